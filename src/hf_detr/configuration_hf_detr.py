@@ -1,0 +1,143 @@
+"""Configuration of hf_detr: the single source of truth for building a model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+_ACTIVATIONS = ("relu", "gelu", "silu")
+_POSITION_EMBEDDINGS = ("sine", "learned")
+
+
+class HfDetrConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`HfDetrModel`] and [`HfDetrForObjectDetection`]. The defaults build DETR-R50 as in the paper
+    (Carion et al. 2020): a ResNet-50 from timm, 6 encoder and 6 decoder layers of width 256, 100 object queries.
+
+    Args:
+        backbone (`str`): any timm CNN that supports `features_only=True` (`"resnet50"`, `"resnet101"`,
+            `"efficientnet_b0"`, ...). The last feature map is the encoder's input.
+        use_pretrained_backbone (`bool`): load timm's ImageNet weights for the backbone when the model is built
+            from this config (never when loading a checkpoint, which holds the backbone weights).
+        backbone_kwargs (`dict`): extra keyword arguments for `timm.create_model`.
+        dilation (`bool`): DC5, i.e. output stride 16 instead of 32 (dilate the last stage).
+        num_channels (`int`): channels of `pixel_values`.
+        num_queries (`int`): object queries, the most objects one image can yield.
+        d_model (`int`): transformer width.
+        encoder_layers / decoder_layers (`int`): transformer depth.
+        encoder_attention_heads / decoder_attention_heads (`int`): heads; must divide `d_model`.
+        encoder_ffn_dim / decoder_ffn_dim (`int`): width of the feed-forward blocks.
+        dropout (`float`): dropout after attention and feed-forward blocks.
+        attention_dropout (`float`): dropout on attention weights (0.1 in the original code).
+        activation_dropout (`float`): dropout after the feed-forward activation (0.1 in the original code).
+        activation_function (`str`): one of `"relu"`, `"gelu"`, `"silu"`.
+        normalize_before (`bool`): pre-norm transformer layers; False is the paper's post-norm.
+        position_embedding_type (`str`): `"sine"` (the paper's) or `"learned"` (row/column tables of 50 entries).
+        auxiliary_loss (`bool`): apply the loss to every decoder layer's output.
+        class_cost / bbox_cost / giou_cost (`float`): weights of the Hungarian matching cost.
+        bbox_loss_coefficient / giou_loss_coefficient (`float`): weights of the L1 and GIoU losses.
+        eos_coefficient (`float`): weight of the "no object" class in the cross-entropy.
+    """
+
+    model_type = "hf_detr"
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "encoder_attention_heads",
+        "num_hidden_layers": "encoder_layers",
+    }
+
+    backbone: str = "resnet50"
+    use_pretrained_backbone: bool = False
+    backbone_kwargs: dict | None = None
+    dilation: bool = False
+    num_channels: int = 3
+    num_queries: int = 100
+    d_model: int = 256
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    encoder_attention_heads: int = 8
+    decoder_attention_heads: int = 8
+    encoder_ffn_dim: int = 2048
+    decoder_ffn_dim: int = 2048
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    activation_function: str = "relu"
+    normalize_before: bool = False
+    position_embedding_type: str = "sine"
+    auxiliary_loss: bool = False
+    class_cost: float = 1.0
+    bbox_cost: float = 5.0
+    giou_cost: float = 2.0
+    bbox_loss_coefficient: float = 5.0
+    giou_loss_coefficient: float = 2.0
+    eos_coefficient: float = 0.1
+    is_encoder_decoder: bool = True
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.backbone_kwargs is None:
+            self.backbone_kwargs = {}
+        super().__post_init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(field: str, value: Any, fix: str) -> None:
+            raise ValueError(f"HfDetrConfig.{field}={value!r} is invalid: {fix}")
+
+        if not isinstance(self.backbone, str) or not self.backbone:
+            fail("backbone", self.backbone, "give the name of a timm CNN, e.g. 'resnet50'")
+        if not isinstance(self.backbone_kwargs, dict):
+            fail("backbone_kwargs", self.backbone_kwargs, "pass a dict of timm.create_model keyword arguments")
+        for reserved in ("features_only", "pretrained", "in_chans"):
+            if reserved in self.backbone_kwargs:
+                fail(
+                    "backbone_kwargs",
+                    self.backbone_kwargs,
+                    f"'{reserved}' is set by hf_detr; use num_channels / use_pretrained_backbone instead",
+                )
+        for name in (
+            "num_channels",
+            "num_queries",
+            "d_model",
+            "encoder_layers",
+            "decoder_layers",
+            "encoder_attention_heads",
+            "decoder_attention_heads",
+            "encoder_ffn_dim",
+            "decoder_ffn_dim",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(name, value, "it must be a positive integer")
+        for name in ("encoder_attention_heads", "decoder_attention_heads"):
+            if self.d_model % getattr(self, name):
+                fail(name, getattr(self, name), f"it must divide d_model={self.d_model}")
+        if self.d_model % 2:
+            fail("d_model", self.d_model, "it must be even (half rows, half columns in the position embedding)")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                fail(name, value, "it must be a probability in [0, 1)")
+        if self.activation_function not in _ACTIVATIONS:
+            fail("activation_function", self.activation_function, f"choose one of {_ACTIVATIONS}")
+        if self.position_embedding_type not in _POSITION_EMBEDDINGS:
+            fail("position_embedding_type", self.position_embedding_type, f"choose one of {_POSITION_EMBEDDINGS}")
+        for name in (
+            "class_cost",
+            "bbox_cost",
+            "giou_cost",
+            "bbox_loss_coefficient",
+            "giou_loss_coefficient",
+            "eos_coefficient",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                fail(name, value, "it must be a non-negative number")
+        if self.class_cost == self.bbox_cost == self.giou_cost == 0:
+            fail("class_cost", self.class_cost, "at least one matching cost must be positive")
+        if self.num_labels < 1:
+            fail("num_labels", self.num_labels, "a detector needs at least one class")
+
+
+__all__ = ["HfDetrConfig"]

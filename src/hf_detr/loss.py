@@ -1,0 +1,175 @@
+"""DETR's set criterion: Hungarian matching, then cross-entropy, L1 and GIoU losses on the matched pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from torchvision.ops import box_convert, generalized_box_iou_loss
+
+from .configuration_hf_detr import HfDetrConfig
+from .matcher import HungarianMatcher
+
+
+def validate_labels(labels: object, batch_size: int, num_labels: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Check `labels` (transformers' format) and return the per-image class ids (int64) and boxes.
+
+    `labels` is a list with one dict per image: `class_labels` int `[n]` and `boxes` float `[n, 4]`, normalized
+    (center_x, center_y, width, height) in [0, 1].
+    """
+    if not isinstance(labels, Sequence) or isinstance(labels, (str, bytes)):
+        raise TypeError(f"labels must be a list with one dict per image, got {type(labels).__name__}")
+    if len(labels) != batch_size:
+        raise ValueError(f"labels has {len(labels)} entries but the batch has {batch_size} images; give one per image")
+    class_labels, boxes = [], []
+    for i, target in enumerate(labels):
+        if not isinstance(target, Mapping) or "class_labels" not in target or "boxes" not in target:
+            raise ValueError(f'labels[{i}] must be a dict with "class_labels" and "boxes"')
+        ids, bxs = torch.as_tensor(target["class_labels"]), torch.as_tensor(target["boxes"])
+        if ids.numel() == 0 and bxs.numel() == 0:  # an image without objects may come as empty lists
+            ids, bxs = ids.long(), bxs.reshape(0, 4)
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f'labels[{i}]["class_labels"] must hold integer class ids, got dtype {ids.dtype}')
+        if ids.ndim != 1 or bxs.ndim != 2 or bxs.shape[-1] != 4 or len(bxs) != len(ids):
+            raise ValueError(
+                f'labels[{i}]: "class_labels" must be [n] and "boxes" [n, 4] with the same n, '
+                f"got {tuple(ids.shape)} and {tuple(bxs.shape)}"
+            )
+        class_labels.append(ids.long())
+        boxes.append(bxs.float())
+    all_ids, all_boxes = torch.cat(class_labels), torch.cat(boxes)
+    sizes = [len(c) for c in class_labels]
+    bad_ids = (all_ids < 0) | (all_ids >= num_labels)
+    if bad_ids.any():
+        i, j = _locate(bad_ids, sizes)
+        raise ValueError(
+            f'labels[{i}]["class_labels"][{j}] = {int(class_labels[i][j])} is not a class id in [0, {num_labels}); '
+            "map dataset categories to contiguous ids and set num_labels / id2label accordingly"
+        )
+    checks = (
+        (~torch.isfinite(all_boxes).all(-1), "is NaN or infinite"),
+        (((all_boxes < 0) | (all_boxes > 1)).any(-1), "lies outside [0, 1]"),
+        ((all_boxes[:, 2:] <= 0).any(-1), "has width or height <= 0"),
+    )
+    for bad, problem in checks:
+        if bad.any():
+            i, j = _locate(bad, sizes)
+            raise ValueError(
+                f'labels[{i}]["boxes"][{j}] = {boxes[i][j].tolist()} {problem}; boxes must be normalized '
+                "(center_x, center_y, width, height) relative to the image, with width and height > 0"
+            )
+    return class_labels, boxes
+
+
+def _locate(flags: torch.Tensor, sizes: list[int]) -> tuple[int, int]:
+    """(image, entry) of the first True in per-box `flags` concatenated over images of `sizes` boxes."""
+    index = int(flags.nonzero()[0, 0])
+    for image, size in enumerate(sizes):
+        if index < size:
+            return image, index
+        index -= size
+    raise IndexError(index)
+
+
+def _num_boxes(count: int, device: torch.device) -> float:
+    """Boxes per process for normalization, averaged over processes.
+
+    DDP averages gradients over processes, so dividing each process's summed loss by (all boxes / world size) gives
+    the gradient of the whole batch's loss divided by all its boxes, as if one process had seen the whole batch.
+    """
+    num = torch.tensor(float(count), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num)
+        num = num / dist.get_world_size()
+    return max(num.item(), 1.0)
+
+
+class SetCriterion:
+    """Hungarian loss of DETR, reading its weights from the config at every call (the config is the source of truth).
+
+    Terms: `loss_ce` (cross-entropy over all queries, the "no object" class weighted by `eos_coefficient`),
+    `loss_bbox` (L1) and `loss_giou` (1 - GIoU) over matched pairs divided by the number of target boxes, and
+    `cardinality_error` (logged, no gradient). With auxiliary outputs the same terms get a `_{i}` suffix per layer.
+    """
+
+    def __init__(self, config: HfDetrConfig) -> None:
+        self.config = config
+
+    def weights(self) -> dict[str, float]:
+        """Weight of each loss term in the total."""
+        return {
+            "loss_ce": 1.0,
+            "loss_bbox": self.config.bbox_loss_coefficient,
+            "loss_giou": self.config.giou_loss_coefficient,
+        }
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        labels: object,
+        auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Returns the weighted total loss and the dict of every term."""
+        cfg = self.config
+        class_labels, boxes = validate_labels(labels, logits.shape[0], cfg.num_labels)
+        class_labels = [c.to(logits.device) for c in class_labels]
+        boxes = [b.to(logits.device) for b in boxes]
+        matcher = HungarianMatcher(cfg.class_cost, cfg.bbox_cost, cfg.giou_cost)
+        num_boxes = _num_boxes(sum(len(b) for b in boxes), logits.device)
+
+        outputs = [("", logits, pred_boxes)]
+        for i, aux in enumerate(auxiliary_outputs or []):
+            outputs.append((f"_{i}", aux["logits"], aux["pred_boxes"]))
+        weights = self.weights()
+        loss = logits.new_zeros((), dtype=torch.float32)
+        loss_dict: dict[str, torch.Tensor] = {}
+        for suffix, layer_logits, layer_boxes in outputs:
+            name = f"auxiliary_outputs[{suffix[1:]}]." if suffix else ""
+            indices = matcher(layer_logits, layer_boxes, class_labels, boxes, name=name)
+            terms = self._terms(layer_logits, layer_boxes, class_labels, boxes, indices, num_boxes)
+            loss = loss + sum(terms[key] * weight for key, weight in weights.items())
+            loss_dict.update({key + suffix: value for key, value in terms.items()})
+        return loss, loss_dict
+
+    def _terms(
+        self,
+        logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        class_labels: list[torch.Tensor],
+        boxes: list[torch.Tensor],
+        indices: list[tuple[torch.Tensor, torch.Tensor]],
+        num_boxes: float,
+    ) -> dict[str, torch.Tensor]:
+        device = logits.device
+        num_classes = logits.shape[-1] - 1
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
+        query_idx = torch.cat([src for src, _ in indices]).to(device)
+        matched_ids = torch.cat([ids[tgt.to(device)] for ids, (_, tgt) in zip(class_labels, indices)])
+        matched_boxes = torch.cat([bxs[tgt.to(device)] for bxs, (_, tgt) in zip(boxes, indices)])
+
+        logits = logits.float()
+        target_classes = torch.full(logits.shape[:2], num_classes, dtype=torch.int64, device=device)
+        target_classes[batch_idx, query_idx] = matched_ids
+        class_weight = torch.ones(num_classes + 1, device=device)
+        class_weight[-1] = self.config.eos_coefficient
+        loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, class_weight)
+
+        src_boxes = pred_boxes[batch_idx, query_idx].float()
+        loss_bbox = F.l1_loss(src_boxes, matched_boxes, reduction="sum") / num_boxes
+        loss_giou = generalized_box_iou_loss(
+            box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(matched_boxes, "cxcywh", "xyxy"), reduction="sum"
+        ) / num_boxes
+
+        with torch.no_grad():
+            predicted_objects = (logits.argmax(-1) != num_classes).sum(1).float()
+            target_counts = torch.tensor([float(len(b)) for b in boxes], device=device)
+            cardinality_error = F.l1_loss(predicted_objects, target_counts)
+        return {
+            "loss_ce": loss_ce,
+            "loss_bbox": loss_bbox,
+            "loss_giou": loss_giou,
+            "cardinality_error": cardinality_error,
+        }

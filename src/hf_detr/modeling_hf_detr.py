@@ -1,0 +1,301 @@
+"""HfDetrModel and HfDetrForObjectDetection: DETR as a transformers `PreTrainedModel`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput, can_return_tuple
+
+from .backbone import TimmBackbone
+from .configuration_hf_detr import HfDetrConfig
+from .loss import SetCriterion
+from .position_encoding import LearnedPositionEmbedding, build_position_embedding
+from .transformer import DecoderLayer, EncoderLayer, MultiHeadAttention, TransformerDecoder, TransformerEncoder
+
+
+@dataclass
+class HfDetrModelOutput(ModelOutput):
+    """
+    Args:
+        last_hidden_state: `[batch, num_queries, d_model]`, the decoder output after its final LayerNorm.
+        intermediate_hidden_states: `[decoder_layers, batch, num_queries, d_model]`, every decoder layer's output
+            through the final LayerNorm (only when `config.auxiliary_loss`).
+        encoder_last_hidden_state: `[batch, h * w, d_model]`, the encoder memory.
+        encoder_hidden_states / decoder_hidden_states: input plus each layer's output, on request.
+        encoder_attentions / decoder_attentions / cross_attentions: `[batch, heads, q_len, kv_len]` per layer,
+            on request.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    intermediate_hidden_states: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class HfDetrObjectDetectionOutput(ModelOutput):
+    """
+    Args:
+        loss: weighted sum of the Hungarian loss terms (when `labels` are given).
+        loss_dict: every loss term, `_{i}` suffixed for decoder layer i with the auxiliary loss.
+        logits: `[batch, num_queries, num_labels + 1]`; the last class is "no object".
+        pred_boxes: `[batch, num_queries, 4]`, normalized (center_x, center_y, width, height) relative to each
+            image's unpadded size.
+        auxiliary_outputs: with `config.auxiliary_loss`, `logits` and `pred_boxes` of every decoder layer but the last.
+        last_hidden_state, encoder_last_hidden_state, hidden states and attentions: as in [`HfDetrModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict[str, torch.Tensor] | None = None
+    logits: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+    auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class HfDetrPreTrainedModel(PreTrainedModel):
+    config: HfDetrConfig
+    config_class = HfDetrConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TimmBackbone", "EncoderLayer", "DecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The original DETR initialization: xavier-uniform transformer weights, PyTorch defaults elsewhere.
+        The timm backbone is initialized by timm and skipped here."""
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight[0].numel()
+                init.uniform_(module.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight)
+        elif isinstance(module, LearnedPositionEmbedding):
+            init.uniform_(module.row_embed.weight)
+            init.uniform_(module.col_embed.weight)
+        elif isinstance(module, MultiHeadAttention):
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+            init.xavier_uniform_(module.out_proj.weight)
+            init.zeros_(module.out_proj.bias)
+        elif isinstance(module, (EncoderLayer, DecoderLayer)):
+            init.xavier_uniform_(module.linear1.weight)
+            init.xavier_uniform_(module.linear2.weight)
+
+
+def _check_inputs(config: HfDetrConfig, pixel_values: object, pixel_mask: object) -> torch.Tensor:
+    """Validate the model inputs; return the pixel mask (all ones when not given)."""
+    if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4:
+        shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
+        raise ValueError(
+            f"pixel_values must be a [batch, channels, height, width] tensor, got {shape}; "
+            "prepare images with HfDetrImageProcessor"
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values must be a float tensor (rescaled and normalized), got {pixel_values.dtype}; "
+            "prepare images with HfDetrImageProcessor"
+        )
+    batch, channels, height, width = pixel_values.shape
+    if channels != config.num_channels:
+        raise ValueError(
+            f"pixel_values has {channels} channels but config.num_channels={config.num_channels}; convert the "
+            f"images (e.g. grayscale to RGB) or build the model with num_channels={channels}"
+        )
+    if pixel_mask is None:
+        return torch.ones((batch, height, width), dtype=torch.bool, device=pixel_values.device)
+    if not torch.is_tensor(pixel_mask) or tuple(pixel_mask.shape) != (batch, height, width):
+        shape = tuple(pixel_mask.shape) if torch.is_tensor(pixel_mask) else type(pixel_mask).__name__
+        raise ValueError(
+            f"pixel_mask must have shape [batch, height, width] = {(batch, height, width)} to match pixel_values, "
+            f"got {shape}"
+        )
+    return pixel_mask
+
+
+class HfDetrModel(HfDetrPreTrainedModel):
+    """Backbone, input projection, position embedding and the encoder-decoder transformer, without heads."""
+
+    def __init__(self, config: HfDetrConfig) -> None:
+        super().__init__(config)
+        self.backbone = TimmBackbone(config)
+        self.input_proj = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
+        self.position_embedding = build_position_embedding(config)
+        self.query_embed = nn.Embedding(config.num_queries, config.d_model)
+        self.encoder = TransformerEncoder(config)
+        self.decoder = TransformerDecoder(config)
+        self.post_init()
+
+    def freeze_backbone(self) -> None:
+        """Stop training the backbone (e.g. for a first phase of fine-tuning)."""
+        self.backbone.freeze()
+
+    def unfreeze_backbone(self) -> None:
+        """Train the backbone again, all but its stem and first stage as in the original recipe."""
+        self.backbone.unfreeze()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> HfDetrModelOutput:
+        """
+        Args:
+            pixel_values: `[batch, num_channels, height, width]` normalized images, padded to a common size.
+            pixel_mask: `[batch, height, width]`, 1 on real pixels and 0 on padding (default: all real).
+            output_attentions / output_hidden_states: also return attentions / hidden states of every layer.
+        """
+        cfg = self.config
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        pixel_mask = _check_inputs(cfg, pixel_values, pixel_mask)
+
+        features, mask = self.backbone(pixel_values, pixel_mask)
+        empty = ~mask.flatten(1).any(1)
+        if empty.any():
+            raise ValueError(
+                f"image {int(empty.nonzero()[0, 0])} of the batch has no real pixel on the feature map: its "
+                "pixel_mask is all zero or its real region is smaller than the backbone stride"
+            )
+        src = self.input_proj(features).flatten(2).transpose(1, 2)
+        pos = self.position_embedding(mask, src.dtype)
+        mask = mask.flatten(1)
+        memory, encoder_states, encoder_attentions = self.encoder(
+            src, pos, mask, output_hidden_states, output_attentions
+        )
+        query_pos = self.query_embed.weight[None].expand(src.shape[0], -1, -1)
+        decoded = self.decoder(
+            torch.zeros_like(query_pos),
+            memory,
+            pos,
+            query_pos,
+            mask,
+            return_intermediate=cfg.auxiliary_loss,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        return HfDetrModelOutput(
+            last_hidden_state=decoded["last_hidden_state"],
+            intermediate_hidden_states=decoded["intermediate"],
+            encoder_last_hidden_state=memory,
+            encoder_hidden_states=encoder_states,
+            encoder_attentions=encoder_attentions,
+            decoder_hidden_states=decoded["hidden_states"],
+            decoder_attentions=decoded["attentions"],
+            cross_attentions=decoded["cross_attentions"],
+        )
+
+
+class BoxHead(nn.Module):
+    """3-layer MLP with ReLU, predicting unnormalized box logits (sigmoid gives cx, cy, w, h in [0, 1])."""
+
+    def __init__(self, d_model: int, num_layers: int = 3) -> None:
+        super().__init__()
+        dims = [d_model] * num_layers + [4]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = nn.functional.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class HfDetrForObjectDetection(HfDetrPreTrainedModel):
+    """DETR with its class head (`num_labels + 1` logits, the last one "no object") and box head on every query."""
+
+    def __init__(self, config: HfDetrConfig) -> None:
+        super().__init__(config)
+        self.model = HfDetrModel(config)
+        self.class_embed = nn.Linear(config.d_model, config.num_labels + 1)
+        self.bbox_embed = BoxHead(config.d_model)
+        self.criterion = SetCriterion(config)
+        self.post_init()
+
+    def freeze_backbone(self) -> None:
+        self.model.freeze_backbone()
+
+    def unfreeze_backbone(self) -> None:
+        self.model.unfreeze_backbone()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        labels: list[dict[str, torch.Tensor]] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> HfDetrObjectDetectionOutput:
+        """
+        Args:
+            pixel_values: `[batch, num_channels, height, width]` normalized images, padded to a common size.
+            pixel_mask: `[batch, height, width]`, 1 on real pixels and 0 on padding (default: all real).
+            labels: one dict per image with `class_labels` int64 `[n]` and `boxes` float `[n, 4]` (normalized
+                center_x, center_y, width, height). When given, the Hungarian loss is computed.
+
+        Returns:
+            [`HfDetrObjectDetectionOutput`]: `logits` `[batch, num_queries, num_labels + 1]` and `pred_boxes`
+            `[batch, num_queries, 4]`, plus `loss` / `loss_dict` with labels.
+        """
+        outputs = self.model(
+            pixel_values,
+            pixel_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        # with the auxiliary loss the heads read every layer at once; the last layer gives the predictions
+        hidden = outputs.intermediate_hidden_states
+        if hidden is None:
+            hidden = outputs.last_hidden_state[None]
+        all_logits = self.class_embed(hidden)
+        all_boxes = self.bbox_embed(hidden).sigmoid()
+        logits, pred_boxes = all_logits[-1], all_boxes[-1]
+        auxiliary_outputs = None
+        if self.config.auxiliary_loss:
+            auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(all_logits[:-1], all_boxes[:-1])]
+
+        loss = loss_dict = None
+        if labels is not None:
+            loss, loss_dict = self.criterion(logits, pred_boxes, labels, auxiliary_outputs)
+        return HfDetrObjectDetectionOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            logits=logits,
+            pred_boxes=pred_boxes,
+            auxiliary_outputs=auxiliary_outputs,
+            last_hidden_state=outputs.last_hidden_state,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+        )
+
+
+__all__ = ["HfDetrPreTrainedModel", "HfDetrModel", "HfDetrForObjectDetection"]

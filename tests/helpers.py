@@ -1,0 +1,50 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tiny_config_kwargs(**overrides):
+    """A model small enough for CPU tests in well under a second per forward."""
+    kwargs = dict(
+        backbone="resnet18",
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_queries=10,
+        id2label={0: "circle", 1: "square", 2: "triangle"},
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def padded_batch(sizes=((160, 224), (128, 96)), channels=3, generator=None):
+    """Random images of different sizes padded to a common canvas, with their pixel mask."""
+    height = max(h for h, _ in sizes)
+    width = max(w for _, w in sizes)
+    pixel_values = torch.zeros(len(sizes), channels, height, width)
+    pixel_mask = torch.zeros(len(sizes), height, width, dtype=torch.long)
+    for i, (h, w) in enumerate(sizes):
+        pixel_values[i, :, :h, :w] = torch.randn(channels, h, w, generator=generator)
+        pixel_mask[i, :h, :w] = 1
+    return pixel_values, pixel_mask
+
+
+def random_labels(counts, num_labels, generator=None):
+    """transformers-format labels with valid normalized (cx, cy, w, h) boxes."""
+    labels = []
+    for n in counts:
+        wh = torch.rand(n, 2, generator=generator) * 0.4 + 0.05
+        center = wh / 2 + torch.rand(n, 2, generator=generator) * (1 - wh)
+        labels.append(
+            {
+                "class_labels": torch.randint(0, num_labels, (n,), generator=generator),
+                "boxes": torch.cat([center, wh], dim=1),
+            }
+        )
+    return labels
