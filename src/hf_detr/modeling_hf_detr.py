@@ -14,6 +14,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 from .backbone import TimmBackbone
 from .configuration_hf_detr import HfDetrConfig
 from .loss import SetCriterion
+from .modelcard import push_to_hub_with_card
 from .position_encoding import LearnedPositionEmbedding, build_position_embedding
 from .transformer import DecoderLayer, EncoderLayer, MultiHeadAttention, TransformerDecoder, TransformerEncoder
 
@@ -76,6 +77,11 @@ class HfDetrPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["TimmBackbone", "EncoderLayer", "DecoderLayer"]
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> object:
+        """As transformers' `push_to_hub` (same arguments), but a repository without a model card gets one generated
+        from the config (Hub metadata, labels, how to load and fine-tune); see `modelcard.push_to_hub_with_card`."""
+        return push_to_hub_with_card(self, repo_id, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -181,7 +187,9 @@ class HfDetrModel(HfDetrPreTrainedModel):
                 f"image {int(empty.nonzero()[0, 0])} of the batch has no real pixel on the feature map: its "
                 "pixel_mask is all zero or its real region is smaller than the backbone stride"
             )
-        src = self.input_proj(features).flatten(2).transpose(1, 2)
+        # the 1x1 projection as a matmul on [batch, h, w, channels]: a free view of a channels-last feature map
+        proj = self.input_proj
+        src = nn.functional.linear(features.permute(0, 2, 3, 1), proj.weight.flatten(1), proj.bias).flatten(1, 2)
         pos = self.position_embedding(mask, src.dtype)
         mask = mask.flatten(1)
         memory, encoder_states, encoder_attentions = self.encoder(

@@ -1,0 +1,201 @@
+"""hf_detr against transformers' DetrForObjectDetection: same random weights, same inputs, same thread count.
+
+Run from the repository root: `python -m benchmarks.bench_model [--threads 2] [--repeats 5]`.
+Each time is the median of `--repeats` timed runs after one warm-up run. Peak memory is the growth of the peak
+resident set size of a fresh process running one workload after building its model, so both sides are measured
+the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import DetrConfig, DetrForObjectDetection
+from transformers.loss.loss_for_object_detection import HungarianMatcher as ReferenceMatcher
+
+from hf_detr.convert import from_transformers
+from hf_detr.matcher import HungarianMatcher
+
+INFERENCE_SIZE = (800, 1066)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: allocator, oneDNN primitive caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def inference_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` images of decreasing size padded to 800x1066 (batch 1 is one full-size image)."""
+    generator = torch.Generator().manual_seed(0)
+    height, width = INFERENCE_SIZE
+    pixel_values = torch.zeros(batch, 3, height, width)
+    pixel_mask = torch.zeros(batch, height, width, dtype=torch.long)
+    for i in range(batch):
+        h, w = height - 64 * i, width - 96 * i
+        pixel_values[i, :, :h, :w] = torch.randn(3, h, w, generator=generator)
+        pixel_mask[i, :h, :w] = 1
+    return pixel_values, pixel_mask
+
+
+def training_inputs(batch: int = 4, size: int = 512, boxes: int = 20):
+    generator = torch.Generator().manual_seed(1)
+    pixel_values = torch.randn(batch, 3, size, size, generator=generator)
+    labels = []
+    for _ in range(batch):
+        wh = torch.rand(boxes, 2, generator=generator) * 0.3 + 0.05
+        center = wh / 2 + torch.rand(boxes, 2, generator=generator) * (1 - wh)
+        labels.append({"class_labels": torch.randint(0, 91, (boxes,), generator=generator),
+                       "boxes": torch.cat([center, wh], 1)})
+    return pixel_values, torch.ones(batch, size, size, dtype=torch.long), labels
+
+
+def build_pair(auxiliary_loss: bool = False):
+    """transformers' DETR-R50 with random weights and hf_detr converted from it."""
+    config = DetrConfig(num_labels=91, auxiliary_loss=auxiliary_loss)
+    reference = DetrForObjectDetection(config)
+    ours = from_transformers(reference.state_dict(), config=config)
+    return reference, ours
+
+
+def run_inference(model, reference: bool, batch: int) -> Callable[[], object]:
+    pixel_values, pixel_mask = inference_inputs(batch)
+    model.eval()
+
+    def step():
+        with torch.no_grad():
+            if reference:
+                return model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+            return model(pixel_values, pixel_mask)
+
+    return step
+
+
+def run_training(model, reference: bool) -> Callable[[], object]:
+    pixel_values, pixel_mask, labels = training_inputs()
+    model.train()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        if reference:
+            loss = model(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels).loss
+        else:
+            loss = model(pixel_values, pixel_mask, labels=labels).loss
+        loss.backward()
+
+    return step
+
+
+def matcher_inputs(batch: int = 32, queries: int = 100, targets: int = 30):
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(batch, queries, 92, generator=generator)
+    pred_boxes = torch.rand(batch, queries, 4, generator=generator) * 0.4 + 0.1
+    labels = [{"class_labels": torch.randint(0, 91, (targets,), generator=generator),
+               "boxes": torch.rand(targets, 4, generator=generator) * 0.4 + 0.1} for _ in range(batch)]
+    return logits, pred_boxes, labels
+
+
+def peak_memory_child(args: argparse.Namespace) -> None:
+    """In a fresh process: build one side, run one workload once, print its peak RSS above the RSS before it, in MiB.
+
+    The workload's activations (hundreds of MiB) dwarf the model build, so the process peak is reached inside it."""
+    torch.set_num_threads(args.threads)
+    config = DetrConfig(num_labels=91, auxiliary_loss=args.workload == "training")
+    state_dict = torch.load(args.weights, weights_only=True)
+    is_reference = args.side == "transformers"
+    if is_reference:
+        model = DetrForObjectDetection(config)
+        model.load_state_dict(state_dict)
+    else:
+        model = from_transformers(state_dict, config=config)
+    del state_dict
+    gc.collect()
+    if args.workload == "training":
+        step = run_training(model, is_reference)
+    else:
+        step = run_inference(model, is_reference, batch=1)
+    rss_before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+    step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_mib": (peak - rss_before) / 2**20}))
+
+
+def peak_memory(weights: Path, side: str, workload: str, threads: int) -> float:
+    command = [sys.executable, "-m", "benchmarks.bench_model", "--child", side, workload, str(weights),
+               "--threads", str(threads)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])["peak_mib"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child", nargs=3, metavar=("SIDE", "WORKLOAD", "WEIGHTS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        args.side, args.workload, args.weights = args.child
+        peak_memory_child(args)
+        return
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = []
+
+    reference, ours = build_pair()
+    with torch.no_grad():
+        expected = run_inference(reference, True, 1)()
+        actual = run_inference(ours, False, 1)()
+    error = max((expected.logits - actual.logits).abs().max().item(),
+                (expected.pred_boxes - actual.pred_boxes).abs().max().item())
+    for batch in (1, 4):
+        rows.append((f"inference R50 800x1066 batch {batch} (s)",
+                     median_seconds(run_inference(reference, True, batch), args.repeats),
+                     median_seconds(run_inference(ours, False, batch), args.repeats)))
+
+    reference, ours = build_pair(auxiliary_loss=True)
+    rows.append(("training step R50 512x512 batch 4, 20 boxes (s)",
+                 median_seconds(run_training(reference, True), args.repeats),
+                 median_seconds(run_training(ours, False), args.repeats)))
+
+    logits, pred_boxes, labels = matcher_inputs()
+    reference_matcher = ReferenceMatcher(class_cost=1, bbox_cost=5, giou_cost=2)
+    matcher = HungarianMatcher(1, 5, 2)
+    ids, boxes = [t["class_labels"] for t in labels], [t["boxes"] for t in labels]
+    rows.append(("matcher 32 x 100 queries x 30 targets (s)",
+                 median_seconds(lambda: reference_matcher({"logits": logits, "pred_boxes": pred_boxes}, labels),
+                                args.repeats * 4),
+                 median_seconds(lambda: matcher(logits, pred_boxes, ids, boxes), args.repeats * 4)))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.pt"
+        torch.save(build_pair()[0].state_dict(), weights)
+        for workload, label in (("inference", "peak memory, inference batch 1 (MiB)"),
+                                ("training", "peak memory, training step (MiB)")):
+            rows.append((label, peak_memory(weights, "transformers", workload, args.threads),
+                         peak_memory(weights, "hf_detr", workload, args.threads)))
+
+    print(f"threads: {args.threads}, repeats: {args.repeats}, torch {torch.__version__}")
+    print(f"max abs difference of outputs at 800x1066: {error:.2e}")
+    print(f"{'measure':<52} {'transformers':>13} {'hf_detr':>10} {'ratio':>7}")
+    for name, theirs, mine in rows:
+        print(f"{name:<52} {theirs:>13.3f} {mine:>10.3f} {mine / theirs:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
