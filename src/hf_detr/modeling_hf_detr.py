@@ -110,6 +110,11 @@ class HfDetrPreTrainedModel(PreTrainedModel):
             init.xavier_uniform_(module.linear2.weight)
 
 
+def _tracing() -> bool:
+    """True under torch.compile / torch.export / ONNX export, where data-dependent checks cannot run."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 def _check_inputs(config: HfDetrConfig, pixel_values: object, pixel_mask: object) -> torch.Tensor:
     """Validate the model inputs; return the pixel mask (all ones when not given)."""
     if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4:
@@ -181,8 +186,8 @@ class HfDetrModel(HfDetrPreTrainedModel):
         pixel_mask = _check_inputs(cfg, pixel_values, pixel_mask)
 
         features, mask = self.backbone(pixel_values, pixel_mask)
-        empty = ~mask.flatten(1).any(1)
-        if empty.any():
+        if not _tracing() and not mask.flatten(1).any(1).all():
+            empty = ~mask.flatten(1).any(1)
             raise ValueError(
                 f"image {int(empty.nonzero()[0, 0])} of the batch has no real pixel on the feature map: its "
                 "pixel_mask is all zero or its real region is smaller than the backbone stride"
