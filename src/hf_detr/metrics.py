@@ -1,0 +1,369 @@
+"""COCO box mAP with ``pycocotools``: an ``evaluate`` metric and a ``compute_metrics`` factory for ``Trainer``.
+
+Results follow ``COCOeval.summarize()``: ``map`` (AP@[.50:.95]), ``map_50``, ``map_75``, ``map_small``,
+``map_medium``, ``map_large``, ``mar_1``, ``mar_10``, ``mar_100``, ``mar_small``, ``mar_medium``, ``mar_large``, and
+with ``per_class=True`` also ``map_<name>`` and ``mar_100_<name>`` per category. A value COCO cannot define (no
+ground truth at all, or none in that area range / category) is **-1.0**, COCO's own convention; it stays below every
+real score, so ``metric_for_best_model="eval_map"`` never prefers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import evaluate
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torchvision.ops import box_convert
+from transformers import EvalPrediction
+from transformers.utils import ModelOutput
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COCO_STAT_NAMES", "CocoDetectionMetric", "coco_evaluate", "make_compute_metrics"]
+
+# Order of COCOeval.stats for iouType="bbox".
+COCO_STAT_NAMES: tuple[str, ...] = (
+    "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
+    "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
+)  # fmt: skip
+
+
+def _as_tensor(value: Any, where: str, field: str, dtype: torch.dtype, trailing: tuple[int, ...] = ()) -> torch.Tensor:
+    """``value`` as a ``dtype`` tensor of shape (N, *trailing), or a ValueError naming ``where``/``field``."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu()
+    else:
+        try:
+            array = np.asarray(value)
+        except ValueError as err:  # ragged nested lists
+            raise ValueError(f"{where}: `{field}` is not a regular array: {err}.") from None
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{where}: `{field}` must be numeric, got {value!r}.")
+        tensor = torch.as_tensor(array)
+    if not dtype.is_floating_point and tensor.is_floating_point() and (tensor != tensor.round()).any():
+        raise ValueError(f"{where}: `{field}` must hold integers, got {value!r}.")
+    tensor = tensor.to(dtype)
+    if tensor.numel() == 0:
+        tensor = tensor.reshape((0, *trailing))
+    if tensor.ndim != 1 + len(trailing) or tuple(tensor.shape[1:]) != trailing:
+        shape = "(N, " + ", ".join(map(str, trailing)) + ")" if trailing else "(N,)"
+        raise ValueError(f"{where}: `{field}` must have shape {shape}, got {tuple(tensor.shape)}.")
+    if dtype.is_floating_point and not torch.isfinite(tensor).all():
+        raise ValueError(f"{where}: `{field}` contains NaN or inf.")
+    return tensor
+
+
+def _check_lengths(where: str, fields: Mapping[str, torch.Tensor]) -> None:
+    lengths = {name: len(t) for name, t in fields.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{where}: per-box fields must have the same length, got {lengths}.")
+
+
+def _normalize_prediction(prediction: Mapping[str, Any], where: str) -> dict[str, list]:
+    """One image's detections: ``scores`` (N,), ``labels`` (N,), ``boxes`` (N, 4) absolute (x0, y0, x1, y1)."""
+    if not isinstance(prediction, Mapping):
+        raise TypeError(f"{where} must be a dict with `scores`, `labels`, `boxes`, got {type(prediction).__name__}.")
+    missing = [key for key in ("scores", "labels", "boxes") if key not in prediction]
+    if missing:
+        raise ValueError(f"{where} is missing {missing}; expected `scores`, `labels`, `boxes` (x0, y0, x1, y1 pixels).")
+    fields = {
+        "scores": _as_tensor(prediction["scores"], where, "scores", torch.float64),
+        "labels": _as_tensor(prediction["labels"], where, "labels", torch.int64),
+        "boxes": _as_tensor(prediction["boxes"], where, "boxes", torch.float64, (4,)),
+    }
+    _check_lengths(where, fields)
+    if (fields["boxes"][:, 2:] < fields["boxes"][:, :2]).any():
+        raise ValueError(f"{where}: `boxes` must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0 (absolute pixels).")
+    return {name: t.tolist() for name, t in fields.items()}
+
+
+def _normalize_reference(reference: Mapping[str, Any], where: str) -> dict[str, list]:
+    """One image's ground truth: ``boxes`` (N, 4) COCO (x, y, w, h) pixels, ``labels`` or ``class_labels`` (N,),
+    optional ``iscrowd`` (N,) (default 0) and ``area`` (N,) (default w * h). Other keys are ignored."""
+    if not isinstance(reference, Mapping):
+        raise TypeError(f"{where} must be a dict with `boxes` and `labels`, got {type(reference).__name__}.")
+    label_key = "labels" if "labels" in reference else "class_labels"
+    if "boxes" not in reference or label_key not in reference:
+        raise ValueError(f"{where} needs `boxes` (COCO x, y, w, h pixels) and `labels` (or `class_labels`).")
+    boxes = _as_tensor(reference["boxes"], where, "boxes", torch.float64, (4,))
+    if (boxes[:, 2:] < 0).any():
+        raise ValueError(f"{where}: `boxes` must be COCO (x, y, w, h) with non-negative w and h.")
+    fields = {
+        "boxes": boxes,
+        "labels": _as_tensor(reference[label_key], where, label_key, torch.int64),
+        "iscrowd": _as_tensor(reference.get("iscrowd", torch.zeros(len(boxes))), where, "iscrowd", torch.int64),
+        "area": _as_tensor(reference.get("area", boxes[:, 2] * boxes[:, 3]), where, "area", torch.float64),
+    }
+    _check_lengths(where, fields)
+    return {name: t.tolist() for name, t in fields.items()}
+
+
+def _coco_from(images: list[dict], categories: list[int], annotations: list[dict]) -> COCO:
+    coco = COCO()
+    coco.dataset = {"images": images, "categories": [{"id": c} for c in categories], "annotations": annotations}
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+        coco.createIndex()
+    return coco
+
+
+def coco_evaluate(
+    predictions: Sequence[Mapping[str, Any]],
+    references: Sequence[Mapping[str, Any]],
+    per_class: bool = False,
+    id2label: Mapping[int, str] | None = None,
+) -> dict[str, float]:
+    """COCO bbox evaluation of ``predictions[i]`` against ``references[i]`` (images are matched by position).
+
+    Args:
+        predictions: per image ``{"scores": (N,), "labels": (N,), "boxes": (N, 4)}``, boxes absolute
+            (x0, y0, x1, y1) pixels, as ``post_process_object_detection`` returns.
+        references: per image ``{"boxes": (M, 4), "labels" | "class_labels": (M,), "iscrowd"?: (M,),
+            "area"?: (M,)}``, boxes COCO (x, y, w, h) pixels in the same frame as the predictions.
+        per_class: also return ``map_<name>`` and ``mar_100_<name>`` for every category.
+        id2label: names for ``per_class`` keys (the integer label otherwise); its ids also join the category list.
+
+    Returns:
+        ``{name: float}`` for :data:`COCO_STAT_NAMES` (and per-class keys); -1.0 where COCO cannot define a value.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references; need one per image.")
+    preds = [_normalize_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
+    refs = [_normalize_reference(r, f"references[{i}]") for i, r in enumerate(references)]
+    return _run_cocoeval(preds, refs, per_class, id2label)
+
+
+def _run_cocoeval(
+    preds: list[dict[str, list]], refs: list[dict[str, list]], per_class: bool, id2label: Mapping[int, str] | None
+) -> dict[str, float]:
+    """:func:`coco_evaluate` on inputs already passed through ``_normalize_prediction`` / ``_normalize_reference``."""
+    # Ids start at 1: COCOeval stores matched ground-truth ids in an array where 0 means "unmatched".
+    images = [{"id": i + 1} for i in range(len(refs))]
+    gt, dt = [], []
+    for image_id, (pred, ref) in enumerate(zip(preds, refs), start=1):
+        for box, label, crowd, area in zip(ref["boxes"], ref["labels"], ref["iscrowd"], ref["area"]):
+            gt.append({"id": len(gt) + 1, "image_id": image_id, "bbox": box, "category_id": label,
+                       "iscrowd": crowd, "area": area})  # fmt: skip
+        xywh = box_convert(torch.tensor(pred["boxes"], dtype=torch.float64).reshape(-1, 4), "xyxy", "xywh").tolist()
+        for box, label, score in zip(xywh, pred["labels"], pred["scores"]):
+            dt.append({"id": len(dt) + 1, "image_id": image_id, "bbox": box, "category_id": label,
+                       "score": score, "iscrowd": 0, "area": box[2] * box[3]})  # fmt: skip
+    categories = sorted({a["category_id"] for a in gt + dt} | {int(k) for k in (id2label or {})})
+
+    names = list(COCO_STAT_NAMES)
+    if per_class:
+        label_name = {int(k): str(v) for k, v in (id2label or {}).items()}
+        for c in categories:
+            names += [f"map_{label_name.get(c, c)}", f"mar_100_{label_name.get(c, c)}"]
+    if not images:
+        logger.warning("COCO evaluation got no images; every metric is -1.")
+        return dict.fromkeys(names, -1.0)
+
+    coco_eval = COCOeval(_coco_from(images, categories, gt), _coco_from(images, categories, dt), iouType="bbox")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    logger.debug("pycocotools output:\n%s", printed.getvalue())
+    results = {name: float(value) for name, value in zip(COCO_STAT_NAMES, coco_eval.stats)}
+
+    if per_class:
+        # precision: (iou, recall, category, area, max_dets); recall: (iou, category, area, max_dets).
+        # Area index 0 is "all", max_dets index -1 is 100: the same slices summarize() averages for map / mar_100.
+        precision, recall = coco_eval.eval["precision"], coco_eval.eval["recall"]
+        for k, c in enumerate(coco_eval.params.catIds):
+            p, r = precision[:, :, k, 0, -1], recall[:, k, 0, -1]
+            results[f"map_{label_name.get(c, c)}"] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+            results[f"mar_100_{label_name.get(c, c)}"] = float(r[r > -1].mean()) if (r > -1).any() else -1.0
+    return results
+
+
+_BOXES = datasets.Sequence(datasets.Sequence(datasets.Value("float64"), length=4))
+
+
+class CocoDetectionMetric(evaluate.Metric):
+    """COCO bbox mAP as an ``evaluate.Metric`` (constructed directly: no Hub download).
+
+    ``add_batch(predictions=[...], references=[...])`` / ``add(prediction=..., reference=...)`` take the formats of
+    :func:`coco_evaluate`; ``compute(per_class=False, id2label=None)`` returns its dict. Inputs are validated and
+    normalised as they arrive, so errors name the offending image, and extra reference keys (``image_id``,
+    ``orig_size``, ...) are accepted and ignored.
+
+    Example::
+
+        metric = CocoDetectionMetric()
+        metric.add_batch(predictions=processor.post_process_object_detection(outputs, 0.0, sizes), references=refs)
+        metric.compute(per_class=True, id2label=model.config.id2label)["map"]
+    """
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="COCO box mAP/mAR computed with pycocotools COCOeval.",
+            citation="Lin et al., Microsoft COCO: Common Objects in Context, ECCV 2014.",
+            inputs_description=coco_evaluate.__doc__,
+            features=datasets.Features(
+                {
+                    "predictions": {
+                        "scores": datasets.Sequence(datasets.Value("float64")),
+                        "labels": datasets.Sequence(datasets.Value("int64")),
+                        "boxes": _BOXES,
+                    },
+                    "references": {
+                        "boxes": _BOXES,
+                        "labels": datasets.Sequence(datasets.Value("int64")),
+                        "iscrowd": datasets.Sequence(datasets.Value("int64")),
+                        "area": datasets.Sequence(datasets.Value("float64")),
+                    },
+                }
+            ),
+        )
+
+    def add_batch(self, *, predictions: Sequence[Mapping] | None = None, references: Sequence[Mapping] | None = None,
+                  **kwargs: Any) -> None:  # fmt: skip
+        """Validate and store a batch: a list of per-image predictions and a list of per-image references.
+        (``evaluate`` appends the input description to this docstring.)"""
+        if predictions is not None:
+            predictions = [_normalize_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
+        if references is not None:
+            references = [_normalize_reference(r, f"references[{i}]") for i, r in enumerate(references)]
+        super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def add(self, *, prediction: Mapping | None = None, reference: Mapping | None = None, **kwargs: Any) -> None:
+        """Validate and store one image's prediction and reference."""
+        if prediction is not None:
+            prediction = _normalize_prediction(prediction, "prediction")
+        if reference is not None:
+            reference = _normalize_reference(reference, "reference")
+        super().add(prediction=prediction, reference=reference, **kwargs)
+
+    def _compute(
+        self,
+        predictions: list[dict],
+        references: list[dict],
+        per_class: bool = False,
+        id2label: Mapping[int, str] | None = None,
+    ) -> dict[str, float]:
+        return _run_cocoeval(predictions, references, per_class, id2label)
+
+
+@dataclass
+class _DetectionOutput(ModelOutput):
+    """The two fields ``post_process_object_detection`` reads."""
+
+    logits: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+
+
+def _logits_and_boxes(batch_predictions: Any, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pick ``logits`` (B, Q, C + 1) and ``pred_boxes`` (B, Q, 4) from one batch of ``EvalPrediction.predictions``.
+
+    Trainer passes the model output's non-``loss`` fields in order, e.g. ``(loss_dict, logits, pred_boxes,
+    auxiliary_outputs, ...)``; dicts and lists come before or after the two arrays, so they are the first two arrays.
+    """
+    items = batch_predictions if isinstance(batch_predictions, (tuple, list)) else (batch_predictions,)
+    arrays = [x for x in items if isinstance(x, (np.ndarray, torch.Tensor))]
+    if len(arrays) < 2:
+        raise ValueError(
+            f"EvalPrediction.predictions[{batch_index}] has no (logits, pred_boxes) arrays. Pass a list of per-batch "
+            "tuples: set TrainingArguments(eval_do_concat_batches=False) and keep `logits`/`pred_boxes` out of "
+            "`keys_to_ignore_at_inference`."
+        )
+    logits, boxes = (np.asarray(a) for a in arrays[:2])
+    if logits.ndim != 3 or boxes.ndim != 3 or boxes.shape[-1] != 4 or logits.shape[:2] != boxes.shape[:2]:
+        raise ValueError(
+            f"EvalPrediction.predictions[{batch_index}]: expected logits (B, Q, C + 1) and pred_boxes (B, Q, 4), got "
+            f"shapes {logits.shape} and {boxes.shape}. Did you set TrainingArguments(eval_do_concat_batches=False)?"
+        )
+    return logits, boxes
+
+
+def _height_width(label: Mapping[str, Any], key: str, where: str) -> tuple[float, float]:
+    size = _as_tensor(label[key], where, key, torch.float64)
+    if size.shape != (2,):
+        raise ValueError(
+            f"{where}: `{key}` must be (h, w), got {size.tolist()}. If this is the last evaluation batch, "
+            "accelerate's gather_for_metrics cut every label tensor to the batch's remainder: make the eval set size "
+            "a multiple of per_device_eval_batch_size * world size (see make_compute_metrics)."
+        )
+    height, width = size.tolist()
+    return height, width
+
+
+def _reference_from_label(label: Mapping[str, Any], where: str) -> tuple[dict[str, Any], tuple[float, float]]:
+    """A processor label dict (normalised cx, cy, w, h boxes) as a reference in the original image's pixel frame,
+    and that frame's (h, w)."""
+    missing = [key for key in ("boxes", "class_labels", "orig_size") if key not in label]
+    if missing:
+        raise ValueError(f"{where} is missing {missing}; expected the image processor's label dict.")
+    orig_h, orig_w = _height_width(label, "orig_size", where)
+    boxes = _as_tensor(label["boxes"], where, "boxes", torch.float64, (4,))
+    boxes = box_convert(boxes, "cxcywh", "xywh") * torch.tensor([orig_w, orig_h, orig_w, orig_h], dtype=torch.float64)
+    reference = {"boxes": boxes, "labels": label["class_labels"], "iscrowd": label.get("iscrowd", np.zeros(len(boxes)))}
+    if "area" in label:
+        # The processor scales `area` to the resized image; bring it back to the original frame.
+        if "size" not in label:
+            raise ValueError(f"{where} has `area` but no `size` (the resized (h, w) the area refers to).")
+        size_h, size_w = _height_width(label, "size", where)
+        area = _as_tensor(label["area"], where, "area", torch.float64)
+        reference["area"] = area * (orig_h * orig_w) / (size_h * size_w)
+    return reference, (orig_h, orig_w)
+
+
+def make_compute_metrics(
+    image_processor: Any,
+    id2label: Mapping[int, str] | None = None,
+    threshold: float = 0.0,
+    per_class: bool = False,
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """``compute_metrics`` for ``Trainer(..., args=TrainingArguments(eval_do_concat_batches=False, ...))``.
+
+    ``EvalPrediction.predictions`` is a list over batches of the model outputs (``logits`` (B, Q, C + 1) and
+    ``pred_boxes`` (B, Q, 4), normalised cx, cy, w, h); ``label_ids`` a list over batches of the processor's label
+    dicts (``boxes`` (M, 4) normalised cx, cy, w, h, ``class_labels``, ``orig_size`` (h, w), ``size``, ``area``,
+    ``iscrowd``). Detections go to each image's original pixel frame through
+    ``image_processor.post_process_object_detection(outputs, threshold, target_sizes=orig_sizes)``; the labels are
+    scaled to the same frame. Returns :func:`coco_evaluate`'s dict rounded to 4 decimals. For COCO's numbers the eval
+    labels must keep crowd regions (``HfDetrImageProcessor(keep_crowd=True)``): detections on them are then ignored
+    rather than counted as false positives.
+
+    Caveat (transformers 5.x with accelerate): when the eval set size is not a multiple of the total eval batch size,
+    ``gather_for_metrics`` truncates *every tensor inside* the last batch's label dicts to the remainder, silently
+    dropping ground-truth objects (and breaking ``orig_size`` when the remainder is 1, which raises here). Use an eval
+    batch size that divides the eval set (1 always does on one process).
+    """
+
+    def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+        predictions, labels = eval_pred.predictions, eval_pred.label_ids
+        if not isinstance(labels, (list, tuple)) or len(predictions) != len(labels):
+            raise ValueError(
+                "compute_metrics needs per-batch predictions and labels: set "
+                "TrainingArguments(eval_do_concat_batches=False)."
+            )
+        metric = CocoDetectionMetric(keep_in_memory=True)
+        for batch_index, (batch_predictions, batch_labels) in enumerate(zip(predictions, labels)):
+            logits, boxes = _logits_and_boxes(batch_predictions, batch_index)
+            if len(batch_labels) != len(logits):
+                raise ValueError(
+                    f"Batch {batch_index}: {len(logits)} predictions but {len(batch_labels)} label dicts."
+                )
+            references, orig_sizes = zip(
+                *(_reference_from_label(label, f"label_ids[{batch_index}][{i}]") for i, label in enumerate(batch_labels))
+            )
+            outputs = _DetectionOutput(logits=torch.as_tensor(logits), pred_boxes=torch.as_tensor(boxes))
+            detections = image_processor.post_process_object_detection(
+                outputs, threshold=threshold, target_sizes=torch.tensor(orig_sizes)
+            )
+            metric.add_batch(predictions=detections, references=references)
+        results = metric.compute(per_class=per_class, id2label=id2label)
+        return {name: round(value, 4) for name, value in results.items()}
+
+    return compute_metrics

@@ -1,0 +1,263 @@
+"""Box-aware augmentation for DETR fine-tuning on examples in the Hub's COCO detection schema.
+
+An example is a dict ``{"image": PIL.Image, "image_id": int, "width": int, "height": int, "objects": {"bbox": [[x, y,
+w, h], ...] (pixels), "category": [...], "area": [...], "iscrowd": [...], "id": [...]}}``. The transforms are plain
+``torchvision.transforms.v2`` pipelines; :func:`transform_example` / :func:`transform_batch` run one on such examples
+and return the same schema, so they plug into ``datasets.Dataset.with_transform``::
+
+    train_ds = train_ds.with_transform(functools.partial(transform_batch, transform=make_train_transform()))
+    streamed = streamed.map(functools.partial(transform_example, transform=make_train_transform()))  # IterableDataset
+
+:func:`to_coco_annotations` then turns an example into the annotation dict the image processor takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import PIL.Image
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+# DETR's recipe (facebookresearch/detr, datasets/coco.py).
+DETR_TRAIN_SCALES: tuple[int, ...] = tuple(range(480, 801, 32))
+DETR_MAX_SIZE = 1333
+DETR_CROP_RESIZE_SCALES: tuple[int, ...] = (400, 500, 600)
+DETR_CROP_SIZE: tuple[int, int] = (384, 600)
+DETR_EVAL_SIZE = 800
+
+__all__ = [
+    "DETR_CROP_RESIZE_SCALES",
+    "DETR_CROP_SIZE",
+    "DETR_EVAL_SIZE",
+    "DETR_MAX_SIZE",
+    "DETR_TRAIN_SCALES",
+    "RandomSizeCrop",
+    "make_eval_transform",
+    "make_train_transform",
+    "to_coco_annotations",
+    "transform_batch",
+    "transform_example",
+]
+
+
+class RandomSizeCrop(v2.Transform):
+    """Crop a window whose height and width are drawn independently and uniformly from ``[min_size, max_size]``.
+
+    This is DETR's ``RandomSizeCrop``; torchvision has no equivalent (``RandomCrop`` has a fixed size,
+    ``RandomResizedCrop`` resizes the crop). A side larger than the image is capped at the image side. Boxes are
+    clipped to the window by torchvision's crop kernel; boxes left outside collapse to zero size, so follow with
+    ``SanitizeBoundingBoxes``. Randomness comes from ``torch``'s generator, like every other v2 transform.
+    """
+
+    def __init__(self, min_size: int, max_size: int) -> None:
+        super().__init__()
+        if not 1 <= min_size <= max_size:
+            raise ValueError(
+                f"RandomSizeCrop needs 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}."
+            )
+        self.min_size = min_size
+        self.max_size = max_size
+
+    def _random_side(self, side: int) -> int:
+        high = min(self.max_size, side)
+        low = min(self.min_size, high)
+        return int(torch.randint(low, high + 1, ()))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        crop_h, crop_w = self._random_side(height), self._random_side(width)
+        top = int(torch.randint(0, height - crop_h + 1, ()))
+        left = int(torch.randint(0, width - crop_w + 1, ()))
+        return {"top": top, "left": left, "height": crop_h, "width": crop_w}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.crop, inpt, **params)
+
+
+def _check_sizes(name: str, sizes: Sequence[int], max_size: int | None) -> list[int]:
+    sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+    if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):
+        raise ValueError(f"`{name}` must be a non-empty list of positive ints, got {sizes!r}.")
+    if max_size is not None and max(sizes) >= max_size:
+        # torchvision's Resize needs max_size strictly above the requested shorter side.
+        raise ValueError(
+            f"`max_size` ({max_size}) must be larger than every value of `{name}` (largest: {max(sizes)})."
+        )
+    return sizes
+
+
+def _shorter_side_resize(sizes: list[int], max_size: int | None) -> v2.Transform:
+    """Resize the shorter side to a size drawn from ``sizes``, keeping the longer side <= ``max_size``.
+
+    ``v2.Resize`` is used instead of ``v2.RandomShortestSize`` because the latter truncates ``side * ratio`` and can
+    land one pixel below the requested size (a 321-px side asked for 672 becomes 671).
+    """
+    resizes = [v2.Resize(size, max_size=max_size) for size in sizes]
+    return resizes[0] if len(resizes) == 1 else v2.RandomChoice(resizes)
+
+
+def make_train_transform(
+    scales: Sequence[int] = DETR_TRAIN_SCALES,
+    max_size: int = DETR_MAX_SIZE,
+    crop_resize_scales: Sequence[int] = DETR_CROP_RESIZE_SCALES,
+    crop_size: tuple[int, int] = DETR_CROP_SIZE,
+    crop_prob: float = 0.5,
+    flip_prob: float = 0.5,
+) -> v2.Compose:
+    """DETR's training augmentation, with its numbers as defaults.
+
+    Horizontal flip (``flip_prob``), then either a multi-scale resize (shorter side drawn from ``scales``, longer side
+    <= ``max_size``) or, with probability ``crop_prob``, a resize of the shorter side to one of ``crop_resize_scales``,
+    a :class:`RandomSizeCrop` of ``crop_size = (min, max)`` and the same multi-scale resize. Boxes narrower or shorter
+    than one pixel afterwards (including those the crop cut away) are removed with their object.
+
+    For a 128-px data set, e.g. ``make_train_transform(scales=range(96, 161, 16), max_size=267,
+    crop_resize_scales=(80, 100, 120), crop_size=(72, 120))``.
+    """
+    scales = _check_sizes("scales", scales, max_size)
+    crop_resize_scales = _check_sizes("crop_resize_scales", crop_resize_scales, None)
+    if len(crop_size) != 2:
+        raise ValueError(f"`crop_size` must be a (min, max) pair, got {crop_size!r}.")
+    for name, prob in (("crop_prob", crop_prob), ("flip_prob", flip_prob)):
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"`{name}` must be in [0, 1], got {prob}.")
+    multi_scale = _shorter_side_resize(scales, max_size)
+    crop_then_resize = v2.Compose(
+        [_shorter_side_resize(crop_resize_scales, None), RandomSizeCrop(*crop_size), multi_scale]
+    )
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(flip_prob),
+            v2.RandomChoice([multi_scale, crop_then_resize], p=[1.0 - crop_prob, crop_prob]),
+            v2.ClampBoundingBoxes(),
+            # The "labels" entry of the sample holds object indices (see transform_example), so every per-object
+            # field is dropped together with its box.
+            v2.SanitizeBoundingBoxes(),
+        ]
+    )
+
+
+def make_eval_transform(size: int = DETR_EVAL_SIZE, max_size: int | None = DETR_MAX_SIZE) -> v2.Compose:
+    """Deterministic evaluation resize: shorter side to ``size``, longer side capped at ``max_size``.
+
+    No box is removed: evaluation must see every ground-truth object.
+    """
+    _check_sizes("size", [size], max_size)
+    return v2.Compose([_shorter_side_resize([size], max_size)])
+
+
+def _where(example: dict[str, Any]) -> str:
+    image_id = example.get("image_id")
+    return f"example with image_id={image_id}" if image_id is not None else "example"
+
+
+def _object_fields(example: dict[str, Any]) -> tuple[torch.Tensor, dict[str, list]]:
+    """Validate ``example["objects"]``; return its boxes as an (N, 4) float64 tensor and the other per-object lists."""
+    objects = example.get("objects")
+    if not isinstance(objects, dict) or "bbox" not in objects:
+        raise ValueError(
+            f"{_where(example)}: expected `objects` to be a dict with a `bbox` list (Hub COCO schema), got {objects!r}."
+        )
+    raw = objects["bbox"]
+    try:
+        boxes = torch.as_tensor(raw, dtype=torch.float64) if len(raw) else torch.zeros((0, 4), dtype=torch.float64)
+    except (TypeError, ValueError):
+        boxes = None
+    if boxes is None or boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{_where(example)}: every `objects.bbox` entry must be [x, y, w, h], got {raw!r}.")
+    invalid = ~torch.isfinite(boxes).all(1) | (boxes[:, 2:] < 0).any(1)
+    if invalid.any():
+        bad = int(invalid.nonzero()[0])
+        raise ValueError(
+            f"{_where(example)}: `objects.bbox[{bad}]` = {objects['bbox'][bad]} is not a finite [x, y, w, h] box "
+            "with non-negative width and height."
+        )
+    others = {key: list(values) for key, values in objects.items() if key != "bbox"}
+    for key, values in others.items():
+        if len(values) != len(boxes):
+            raise ValueError(
+                f"{_where(example)}: `objects.{key}` has {len(values)} entries but `objects.bbox` has {len(boxes)}."
+            )
+    return boxes, others
+
+
+def transform_example(example: dict[str, Any], transform: Callable[[Any], Any]) -> dict[str, Any]:
+    """Apply a box-aware ``torchvision.transforms.v2`` transform to one Hub-COCO example.
+
+    The transform receives ``{"image": PIL image, "boxes": BoundingBoxes (N, 4) XYWH, "labels": LongTensor (N,)}``
+    where ``labels`` holds the object indices 0..N-1: a ``SanitizeBoundingBoxes`` in the pipeline drops them along
+    with the boxes and every per-object field (``category``, ``area``, ``iscrowd``, ``id``, ...) follows.
+
+    ``area`` (COCO's mask area, which decides small/medium/large) keeps its ratio to the box area, so a resize scales
+    it exactly and a crop shrinks it with the box. ``width``/``height`` are updated when present.
+
+    Returns a new example in the same schema; the input is not modified.
+    """
+    image = example.get("image")
+    if not isinstance(image, (PIL.Image.Image, torch.Tensor)):
+        raise TypeError(
+            f"{_where(example)}: `image` must be a PIL image or a (C, H, W) tensor, got {type(image).__name__}. "
+            "Decode the column (datasets.Image feature) before transforming."
+        )
+    boxes, others = _object_fields(example)
+    height, width = F.get_size(image)
+    sample = {
+        "image": image,
+        "boxes": tv_tensors.BoundingBoxes(boxes, format="XYWH", canvas_size=(height, width)),
+        "labels": torch.arange(len(boxes)),
+    }
+    out = transform(sample)
+    kept = out["labels"].tolist()
+    new_boxes = out["boxes"].as_subclass(torch.Tensor)
+
+    objects = {key: [values[i] for i in kept] for key, values in others.items()}
+    objects["bbox"] = new_boxes.tolist()
+    if "area" in others:
+        old_box_area = boxes[kept, 2] * boxes[kept, 3]
+        new_box_area = new_boxes[:, 2] * new_boxes[:, 3]
+        area = torch.as_tensor([float(a) for a in objects["area"]], dtype=torch.float64)
+        objects["area"] = torch.where(old_box_area > 0, area * new_box_area / old_box_area, new_box_area).tolist()
+
+    result = {**example, "image": out["image"], "objects": objects}
+    new_height, new_width = F.get_size(out["image"])
+    if "width" in example:
+        result["width"] = new_width
+    if "height" in example:
+        result["height"] = new_height
+    return result
+
+
+def transform_batch(batch: dict[str, list], transform: Callable[[Any], Any]) -> dict[str, list]:
+    """:func:`transform_example` over a column-major batch, as ``Dataset.with_transform`` / ``set_transform`` pass it.
+
+    Bind the transform with ``functools.partial(transform_batch, transform=...)`` (picklable for DataLoader workers).
+    """
+    columns = list(batch)
+    examples = [transform_example(dict(zip(columns, row)), transform) for row in zip(*batch.values())]
+    return {column: [example[column] for example in examples] for column in columns}
+
+
+def to_coco_annotations(example: dict[str, Any]) -> dict[str, Any]:
+    """Convert a Hub-COCO example to the image processor's annotation format.
+
+    Returns ``{"image_id": int, "annotations": [{"bbox": [x, y, w, h], "category_id": int, "area": float,
+    "iscrowd": int}, ...]}``. Missing ``area`` falls back to the box area and missing ``iscrowd`` to 0.
+    """
+    if "image_id" not in example:
+        raise ValueError("example has no `image_id`: the image processor needs one per image; add that column.")
+    boxes, others = _object_fields(example)
+    if "category" not in others:
+        raise ValueError(f"{_where(example)}: `objects` has no `category` list.")
+    num = len(boxes)
+    areas = others.get("area", (boxes[:, 2] * boxes[:, 3]).tolist())
+    iscrowd = others.get("iscrowd", [0] * num)
+    annotations = [
+        {"bbox": boxes[i].tolist(), "category_id": int(others["category"][i]), "area": float(areas[i]),
+         "iscrowd": int(iscrowd[i])}
+        for i in range(num)
+    ]
+    return {"image_id": example["image_id"], "annotations": annotations}
