@@ -38,6 +38,10 @@ class HfDetrConfig(PreTrainedConfig):
         class_cost / bbox_cost / giou_cost (`float`): weights of the Hungarian matching cost.
         bbox_loss_coefficient / giou_loss_coefficient (`float`): weights of the L1 and GIoU losses.
         eos_coefficient (`float`): weight of the "no object" class in the cross-entropy.
+        num_query_groups (`int`): Group DETR (Chen et al. 2022): during training only, `num_query_groups` groups of
+            `num_queries` queries each, which attend only within their group and are matched one-to-one to the
+            targets separately; more positive queries per image speed up training. Inference uses the first group,
+            so the model stays plain DETR (`drop_query_groups()` removes the others from a trained model). 1 is DETR.
     """
 
     model_type = "hf_detr"
@@ -73,6 +77,7 @@ class HfDetrConfig(PreTrainedConfig):
     bbox_loss_coefficient: float = 5.0
     giou_loss_coefficient: float = 2.0
     eos_coefficient: float = 0.1
+    num_query_groups: int = 1
     is_encoder_decoder: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -106,6 +111,7 @@ class HfDetrConfig(PreTrainedConfig):
             "decoder_attention_heads",
             "encoder_ffn_dim",
             "decoder_ffn_dim",
+            "num_query_groups",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -111,18 +111,26 @@ class SetCriterion:
         pred_boxes: torch.Tensor,
         labels: object,
         auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None,
+        num_groups: int = 1,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Returns the weighted total loss and the dict of every term."""
+        """Returns the weighted total loss and the dict of every term.
+
+        With `num_groups > 1` (Group DETR) the queries form that many consecutive groups, each matched one-to-one
+        to all targets on its own; the losses are averaged over groups.
+        """
         cfg = self.config
         class_labels, boxes = validate_labels(labels, logits.shape[0], cfg.num_labels)
-        class_labels = [c.to(logits.device) for c in class_labels]
-        boxes = [b.to(logits.device) for b in boxes]
+        class_labels = [c.to(logits.device) for c in class_labels for _ in range(num_groups)]
+        boxes = [b.to(logits.device) for b in boxes for _ in range(num_groups)]
         matcher = HungarianMatcher(cfg.class_cost, cfg.bbox_cost, cfg.giou_cost)
         num_boxes = _num_boxes(sum(len(b) for b in boxes), logits.device)
 
-        outputs = [("", logits, pred_boxes)]
+        def by_group(x: torch.Tensor) -> torch.Tensor:  # [batch, groups * queries, ...] -> [batch * groups, queries, ...]
+            return x.reshape(x.shape[0] * num_groups, x.shape[1] // num_groups, *x.shape[2:])
+
+        outputs = [("", by_group(logits), by_group(pred_boxes))]
         for i, aux in enumerate(auxiliary_outputs or []):
-            outputs.append((f"_{i}", aux["logits"], aux["pred_boxes"]))
+            outputs.append((f"_{i}", by_group(aux["logits"]), by_group(aux["pred_boxes"])))
         weights = self.weights()
         loss = logits.new_zeros((), dtype=torch.float32)
         loss_dict: dict[str, torch.Tensor] = {}

@@ -48,7 +48,8 @@ class HfDetrObjectDetectionOutput(ModelOutput):
     Args:
         loss: weighted sum of the Hungarian loss terms (when `labels` are given).
         loss_dict: every loss term, `_{i}` suffixed for decoder layer i with the auxiliary loss.
-        logits: `[batch, num_queries, num_labels + 1]`; the last class is "no object".
+        logits: `[batch, num_queries, num_labels + 1]`; the last class is "no object". In training with
+            `num_query_groups > 1`, every group's queries: `[batch, num_queries * num_query_groups, ...]`.
         pred_boxes: `[batch, num_queries, 4]`, normalized (center_x, center_y, width, height) relative to each
             image's unpadded size.
         auxiliary_outputs: with `config.auxiliary_loss`, `logits` and `pred_boxes` of every decoder layer but the last.
@@ -153,7 +154,7 @@ class HfDetrModel(HfDetrPreTrainedModel):
         self.backbone = TimmBackbone(config)
         self.input_proj = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
         self.position_embedding = build_position_embedding(config)
-        self.query_embed = nn.Embedding(config.num_queries, config.d_model)
+        self.query_embed = nn.Embedding(config.num_queries * config.num_query_groups, config.d_model)
         self.encoder = TransformerEncoder(config)
         self.decoder = TransformerDecoder(config)
         self.post_init()
@@ -196,17 +197,23 @@ class HfDetrModel(HfDetrPreTrainedModel):
         proj = self.input_proj
         src = nn.functional.linear(features.permute(0, 2, 3, 1), proj.weight.flatten(1), proj.bias).flatten(1, 2)
         pos = self.position_embedding(mask, src.dtype)
-        mask = mask.flatten(1)
+        mask = mask.flatten(1)[:, None, None, :]  # broadcast over heads and queries
         memory, encoder_states, encoder_attentions = self.encoder(
             src, pos, mask, output_hidden_states, output_attentions
         )
-        query_pos = self.query_embed.weight[None].expand(src.shape[0], -1, -1)
+        groups = cfg.num_query_groups if self.training else 1
+        query_pos = self.query_embed.weight[: cfg.num_queries * groups][None].expand(src.shape[0], -1, -1)
+        query_mask = None
+        if groups > 1:  # Group DETR: queries attend only within their group
+            group = torch.arange(groups, device=src.device).repeat_interleave(cfg.num_queries)
+            query_mask = group[:, None] == group[None, :]
         decoded = self.decoder(
             torch.zeros_like(query_pos),
             memory,
             pos,
             query_pos,
             mask,
+            query_mask,
             return_intermediate=cfg.auxiliary_loss,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
@@ -251,6 +258,16 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
     def freeze_backbone(self) -> None:
         self.model.freeze_backbone()
 
+    @torch.no_grad()
+    def drop_query_groups(self) -> None:
+        """Keep only the first query group (the one inference uses): the model becomes plain DETR."""
+        cfg = self.config
+        if cfg.num_query_groups == 1:
+            return
+        kept = self.model.query_embed.weight[: cfg.num_queries].clone()
+        self.model.query_embed = nn.Embedding.from_pretrained(kept, freeze=False)
+        cfg.num_query_groups = 1
+
     def unfreeze_backbone(self) -> None:
         self.model.unfreeze_backbone()
 
@@ -294,7 +311,8 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
 
         loss = loss_dict = None
         if labels is not None:
-            loss, loss_dict = self.criterion(logits, pred_boxes, labels, auxiliary_outputs)
+            groups = self.config.num_query_groups if self.training else 1
+            loss, loss_dict = self.criterion(logits, pred_boxes, labels, auxiliary_outputs, num_groups=groups)
         return HfDetrObjectDetectionOutput(
             loss=loss,
             loss_dict=loss_dict,

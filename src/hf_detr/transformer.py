@@ -32,13 +32,14 @@ class MultiHeadAttention(nn.Module):
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             query: `[batch, q_len, d_model]`; key, value: `[batch, kv_len, d_model]`.
-            key_padding_mask: `[batch, kv_len]`, True where the key is real, False on padding.
+            mask: boolean, broadcastable to `[batch, heads, q_len, kv_len]`, True where the query may attend the key
+                (e.g. a key padding mask as `[batch, 1, 1, kv_len]`).
             need_weights: also return the attention weights `[batch, heads, q_len, kv_len]` (slower path).
         """
         d_model = query.shape[-1]
@@ -50,7 +51,6 @@ class MultiHeadAttention(nn.Module):
             k = F.linear(key, weight[d_model : 2 * d_model], bias[d_model : 2 * d_model])
         v = F.linear(value, weight[2 * d_model :], bias[2 * d_model :])
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
         dropout = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
@@ -88,7 +88,7 @@ class EncoderLayer(_FeedForwardMixin, GradientCheckpointingLayer):
     def forward(
         self, src: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`src`, `pos`: `[batch, hw, d_model]`; `mask`: `[batch, hw]` True on real pixels."""
+        """`src`, `pos`: `[batch, hw, d_model]`; `mask`: `[batch, 1, 1, hw]` True on real pixels."""
         x = self.norm1(src) if self.normalize_before else src
         qk = x + pos
         attn, weights = self.self_attn(qk, qk, x, mask, need_weights)
@@ -129,13 +129,16 @@ class DecoderLayer(_FeedForwardMixin, GradientCheckpointingLayer):
         pos: torch.Tensor,
         query_pos: torch.Tensor,
         memory_mask: torch.Tensor,
+        query_mask: torch.Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """`tgt`, `query_pos`: `[batch, queries, d_model]`; `memory`, `pos`: `[batch, hw, d_model]`."""
+        """`tgt`, `query_pos`: `[batch, queries, d_model]`; `memory`, `pos`: `[batch, hw, d_model]`;
+        `memory_mask`: `[batch, 1, 1, hw]` True on real pixels; `query_mask`: `[queries, queries]`, which queries
+        may attend which (query groups), or None for all."""
         pre = self.normalize_before
         x = self.norm1(tgt) if pre else tgt
         qk = x + query_pos
-        attn, self_weights = self.self_attn(qk, qk, x, None, need_weights)
+        attn, self_weights = self.self_attn(qk, qk, x, query_mask, need_weights)
         tgt = tgt + self.dropout(attn)
         if not pre:
             tgt = self.norm1(tgt)
@@ -193,6 +196,7 @@ class TransformerDecoder(nn.Module):
         pos: torch.Tensor,
         query_pos: torch.Tensor,
         memory_mask: torch.Tensor,
+        query_mask: torch.Tensor | None = None,
         return_intermediate: bool = False,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -207,7 +211,9 @@ class TransformerDecoder(nn.Module):
         self_attentions = () if output_attentions else None
         cross_attentions = () if output_attentions else None
         for layer in self.layers:
-            tgt, self_weights, cross_weights = layer(tgt, memory, pos, query_pos, memory_mask, output_attentions)
+            tgt, self_weights, cross_weights = layer(
+                tgt, memory, pos, query_pos, memory_mask, query_mask, output_attentions
+            )
             # normalize a copy: the next layer reads the un-normalized output, as in the original DETR
             if return_intermediate:
                 intermediate.append(self.norm(tgt))
