@@ -79,3 +79,30 @@ def test_inference_uses_the_first_group_and_dropping_groups_gives_plain_detr(tmp
     assert plain.model.query_embed.weight.shape[0] == plain.config.num_queries
     with torch.no_grad():
         torch.testing.assert_close(plain(pixel_values, pixel_mask).logits, grouped.logits, rtol=0, atol=1e-6)
+
+
+def test_from_scratch_backbone_trains_batchnorm_and_stem_then_becomes_plain_detr(tmp_path):
+    config = HfDetrConfig(**tiny_config_kwargs(freeze_backbone_batchnorm=False, freeze_backbone_stem=False,
+                                               num_query_groups=2, **NO_DROPOUT))
+    model = HfDetrForObjectDetection(config).train()
+    body = model.model.backbone.body
+    assert all(p.requires_grad for p in body.parameters())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+    pixel_values, pixel_mask = padded_batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):  # moves BatchNorm statistics and weights away from their identity init
+        optimizer.zero_grad()
+        model(pixel_values, pixel_mask, labels=random_labels([2, 1], config.num_labels)).loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        before = model(pixel_values, pixel_mask)
+        model.to_plain_detr()
+        after = model(pixel_values, pixel_mask)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.model.backbone.body.modules())
+    torch.testing.assert_close(after.logits, before.logits, rtol=0, atol=1e-4)
+    model.save_pretrained(tmp_path)
+    reloaded = HfDetrForObjectDetection.from_pretrained(tmp_path).eval()
+    assert reloaded.config.freeze_backbone_batchnorm and reloaded.config.num_query_groups == 1
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values, pixel_mask).logits, after.logits, rtol=0, atol=1e-6)

@@ -125,14 +125,29 @@ class TimmBackbone(nn.Module):
                 f"timm could not build backbone {config.backbone!r} with features_only=True and {kwargs} "
                 f"(dilation={config.dilation}): {error}. Choose a timm CNN that supports these options."
             ) from error
-        self.body = freeze_batch_norm_2d(body)
-        fold_frozen_batchnorm(self.body, config.num_channels)
+        self.body = body
         self.num_channels = body.feature_info.channels()[-1]
-        self._stem_prefixes = self._stem_parameter_prefixes()
+        self._input_channels = config.num_channels
+        if config.freeze_backbone_batchnorm:
+            self.freeze_batchnorm()
+        self._stem_prefixes = self._stem_parameter_prefixes() if config.freeze_backbone_stem else ()
         self.unfreeze()
+        self._mark_initialized()
+
+    def _mark_initialized(self) -> None:
         # timm initialized (and possibly loaded) these weights; transformers' init pass must leave them alone.
         for module in self.body.modules():
             module._is_hf_initialized = True
+
+    def freeze_batchnorm(self) -> None:
+        """Turn the BatchNorm layers into frozen affine maps (their eval-mode function) folded into the convolutions.
+
+        Training from ImageNet weights freezes them from the start (DETR's batches are too small for batch
+        statistics); training from scratch keeps them trainable and freezes them afterwards for inference.
+        """
+        self.body = freeze_batch_norm_2d(self.body)
+        fold_frozen_batchnorm(self.body, self._input_channels)
+        self._mark_initialized()
 
     def _stem_parameter_prefixes(self) -> tuple[str, ...]:
         """Names of the parameters up to the first stride-4 feature level (the stem and the first stage)."""
@@ -151,7 +166,8 @@ class TimmBackbone(nn.Module):
             parameter.requires_grad_(False)
 
     def unfreeze(self) -> None:
-        """Train the backbone as the original recipe does: everything but the stem and the first stage."""
+        """Train the backbone: all but the stem and the first stage as in the original recipe, unless
+        `freeze_backbone_stem=False`."""
         frozen = set(self._stem_prefixes)
         for name, parameter in self.body.named_parameters():
             parameter.requires_grad_(name not in frozen)

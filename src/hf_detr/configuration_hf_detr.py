@@ -22,6 +22,11 @@ class HfDetrConfig(PreTrainedConfig):
             from this config (never when loading a checkpoint, which holds the backbone weights).
         backbone_kwargs (`dict`): extra keyword arguments for `timm.create_model`.
         dilation (`bool`): DC5, i.e. output stride 16 instead of 32 (dilate the last stage).
+        freeze_backbone_batchnorm (`bool`): BatchNorm as frozen affine maps (the paper's choice for an ImageNet
+            backbone). False keeps BatchNorm trainable with batch statistics, for a backbone trained from scratch;
+            `to_plain_detr()` freezes it after training.
+        freeze_backbone_stem (`bool`): do not train the stem and first stage (the paper's choice for an ImageNet
+            backbone); False trains the whole backbone.
         num_channels (`int`): channels of `pixel_values`.
         num_queries (`int`): object queries, the most objects one image can yield.
         d_model (`int`): transformer width.
@@ -55,6 +60,8 @@ class HfDetrConfig(PreTrainedConfig):
     use_pretrained_backbone: bool = False
     backbone_kwargs: dict | None = None
     dilation: bool = False
+    freeze_backbone_batchnorm: bool = True
+    freeze_backbone_stem: bool = True
     num_channels: int = 3
     num_queries: int = 100
     d_model: int = 256

@@ -258,6 +258,15 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
     def freeze_backbone(self) -> None:
         self.model.freeze_backbone()
 
+    def to_plain_detr(self) -> HfDetrForObjectDetection:
+        """Turn training-only options into their plain-DETR inference equivalents, in place: keep the first query
+        group and freeze trainable BatchNorm (its eval-mode function). Outputs in eval mode do not change."""
+        self.drop_query_groups()
+        if not self.config.freeze_backbone_batchnorm:
+            self.model.backbone.freeze_batchnorm()
+            self.config.freeze_backbone_batchnorm = True
+        return self
+
     @torch.no_grad()
     def drop_query_groups(self) -> None:
         """Keep only the first query group (the one inference uses): the model becomes plain DETR."""
