@@ -24,11 +24,19 @@ HfDetrConfig.register_for_auto_class()
 HfDetrModel.register_for_auto_class("AutoModel")
 HfDetrForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
 
-# -- image processor registration (owned by the image-processor work) --
+from transformers import AutoImageProcessor, AutoVideoProcessor  # noqa: E402
+
+from .image_processing_hf_detr import HfDetrImageProcessor  # noqa: E402
+
+AutoImageProcessor.register(HfDetrConfig, image_processor_classes={"torchvision": HfDetrImageProcessor}, exist_ok=True)
+HfDetrImageProcessor.register_for_auto_class("AutoImageProcessor")
+# No video processor: without this, pipeline() guesses one from the processor's auto_map and prompts for remote code.
+AutoVideoProcessor.register(HfDetrConfig, video_processor_classes={}, exist_ok=True)
 
 __all__ = [
     "HfDetrConfig",
     "HfDetrForObjectDetection",
+    "HfDetrImageProcessor",
     "HfDetrModel",
     "HfDetrModelOutput",
     "HfDetrObjectDetectionOutput",
