@@ -1,16 +1,19 @@
-"""Load checkpoints of other DETR implementations into `HfDetrForObjectDetection`."""
+"""Load checkpoints of other DETR implementations into `HfDetrForObjectDetection`, and write ours in the original's
+layout."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .coco_labels import COCO_ID2LABEL
 from .configuration_hf_detr import HfDetrConfig
 from .modeling_hf_detr import HfDetrForObjectDetection
 
@@ -121,12 +124,19 @@ def pack_attention_projections(state_dict: dict[str, torch.Tensor], names: tuple
     return packed
 
 
-def load_converted(config: HfDetrConfig, state_dict: Mapping[str, torch.Tensor], source: str) -> HfDetrForObjectDetection:
-    """Build the model and load a state dict already in our layout; mismatched keys fail with their list."""
+def load_converted(
+    config: HfDetrConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    source_name: Callable[[str], str] | None = None,
+) -> HfDetrForObjectDetection:
+    """Build the model and load a state dict already in our layout; mismatched keys fail with their list, named as in
+    the checkpoint when `source_name` maps our key names to the checkpoint's."""
+    name = source_name or (lambda key: key)
     model = HfDetrForObjectDetection(config)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
+    missing = sorted(name(k) for k in set(expected) - set(state_dict))
+    unexpected = sorted(name(k) for k in set(state_dict) - set(expected))
     if missing or unexpected:
         raise ValueError(
             f"the {source} checkpoint does not fit {config.backbone} (dilation={config.dilation}): "
@@ -136,21 +146,28 @@ def load_converted(config: HfDetrConfig, state_dict: Mapping[str, torch.Tensor],
     if wrong_shape:
         raise ValueError(
             f"the {source} checkpoint has tensors of unexpected shape: "
-            + ", ".join(f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}" for k in wrong_shape)
+            + ", ".join(f"{name(k)} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}" for k in wrong_shape)
         )
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
 
 
-def load_tensor_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a `.safetensors` or a pickled torch file without executing arbitrary pickled code."""
+def load_tensor_file(path: str | os.PathLike, allowed_classes: tuple[type, ...] = ()) -> dict[str, Any]:
+    """Read a `.safetensors` or a pickled torch file without executing arbitrary pickled code.
+
+    `allowed_classes` are plain data classes the pickle may also rebuild (e.g. `argparse.Namespace`); nothing else
+    than tensors, containers and numbers is unpickled.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed_classes)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError or RuntimeError depending on the payload
         raise ValueError(
             f"{path} could not be loaded safely (weights_only=True): {error}. It holds objects other than tensors "
@@ -197,3 +214,150 @@ def from_transformers(
         detr_config, state_dict = _transformers_files(path_or_state_dict)
     hf_config = config_from_transformers(detr_config)
     return load_converted(hf_config, state_dict_from_transformers(state_dict), "transformers DETR")
+
+
+# --- the original facebookresearch/detr layout -----------------------------------------------------------------------
+
+# the torchvision ResNets the original code builds; timm's models of the same names have the same modules and weights
+ORIGINAL_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+# original key prefix -> ours; plain string prefixes, so the same table maps both ways
+_ORIGINAL_PREFIXES = (
+    ("backbone.0.body.", "model.backbone.body."),
+    ("backbone.1.", "model.position_embedding."),  # the learned position embedding's row/col tables
+    ("transformer.encoder.", "model.encoder."),
+    ("transformer.decoder.", "model.decoder."),
+    ("query_embed.", "model.query_embed."),
+    ("input_proj.", "model.input_proj."),
+)
+_ORIGINAL_CROSS_ATTENTION, _CROSS_ATTENTION = ".multihead_attn.", ".cross_attn."
+
+
+def _rename_original(key: str, to_original: bool = False) -> str:
+    pairs = ((ours, original) for original, ours in _ORIGINAL_PREFIXES) if to_original else _ORIGINAL_PREFIXES
+    for source, target in pairs:
+        if key.startswith(source):
+            key = target + key[len(source) :]
+            break
+    if to_original:
+        return key.replace(_CROSS_ATTENTION, _ORIGINAL_CROSS_ATTENTION)
+    return key.replace(_ORIGINAL_CROSS_ATTENTION, _CROSS_ATTENTION)
+
+
+def _count_layers(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int | None:
+    indices = {int(m[1]) for k in state_dict if (m := re.match(rf"{re.escape(prefix)}(\d+)\.", k))}
+    return max(indices) + 1 if indices else None
+
+
+def config_from_original(
+    state_dict: Mapping[str, torch.Tensor], backbone: str = "resnet50", dilation: bool = False, **config_kwargs: Any
+) -> HfDetrConfig:
+    """The `HfDetrConfig` of an original DETR state dict.
+
+    Sizes (queries, classes, width, depth, feed-forward width), pre-/post-norm and the position embedding type are
+    read from the tensors; the backbone, DC5 `dilation` and the number of attention heads (8 unless given in
+    `config_kwargs`) cannot be, so they must be passed. A 91-class head gets COCO's label map. The auxiliary decoding
+    loss is on, as in the original's training (it does not change predictions).
+    """
+    if backbone not in ORIGINAL_BACKBONES:
+        raise ValueError(f"backbone={backbone!r}: the original DETR code builds one of {ORIGINAL_BACKBONES}")
+    inferred: dict[str, Any] = {"auxiliary_loss": True}
+    if "query_embed.weight" in state_dict:
+        inferred["num_queries"], inferred["d_model"] = state_dict["query_embed.weight"].shape
+    if "class_embed.weight" in state_dict:
+        num_labels = state_dict["class_embed.weight"].shape[0] - 1  # the last logit is "no object"
+        inferred["id2label"] = COCO_ID2LABEL if num_labels == len(COCO_ID2LABEL) else {
+            i: f"LABEL_{i}" for i in range(num_labels)
+        }
+    for side in ("encoder", "decoder"):
+        layers = _count_layers(state_dict, f"transformer.{side}.layers.")
+        if layers is not None:
+            inferred[f"{side}_layers"] = layers
+        ffn = state_dict.get(f"transformer.{side}.layers.0.linear1.weight")
+        if ffn is not None:
+            inferred[f"{side}_ffn_dim"] = ffn.shape[0]
+    # only pre-norm models end the encoder with a LayerNorm; only the learned embedding has weights
+    inferred["normalize_before"] = "transformer.encoder.norm.weight" in state_dict
+    inferred["position_embedding_type"] = "learned" if "backbone.1.row_embed.weight" in state_dict else "sine"
+    return HfDetrConfig(**{"backbone": backbone, "dilation": dilation, **inferred, **config_kwargs})
+
+
+def _original_state_dict(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The model state dict of an original checkpoint (file or loaded dict) and its training `args`, if saved."""
+    if isinstance(path_or_state_dict, Mapping):
+        checkpoint, source = path_or_state_dict, "the given dict"
+    else:
+        # training checkpoints of the original main.py also pickle its argparse.Namespace of arguments
+        checkpoint = load_tensor_file(path_or_state_dict, allowed_classes=(argparse.Namespace,))
+        source = str(path_or_state_dict)
+        if not isinstance(checkpoint, Mapping):
+            raise ValueError(f"{source} holds a {type(checkpoint).__name__}, not a DETR checkpoint dict")
+    state_dict = checkpoint.get("model", checkpoint)
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"the 'model' entry of {source} is a {type(state_dict).__name__}, not a state dict")
+    not_tensors = sorted(k for k, v in state_dict.items() if not torch.is_tensor(v))
+    if not_tensors:
+        raise ValueError(f"the state dict in {source} has entries that are not tensors: {not_tensors}")
+    return dict(state_dict), checkpoint.get("args")
+
+
+def _check_training_args(args: Any, config: HfDetrConfig) -> None:
+    """A training checkpoint records the architecture it was trained with; refuse a config that contradicts it,
+    since the weights alone cannot tell a DC5 model or another head count apart."""
+    expected = {
+        "backbone": getattr(args, "backbone", config.backbone),
+        "dilation": bool(getattr(args, "dilation", config.dilation)),
+        "encoder_attention_heads": getattr(args, "nheads", config.encoder_attention_heads),
+        "decoder_attention_heads": getattr(args, "nheads", config.decoder_attention_heads),
+    }
+    wrong = {name: value for name, value in expected.items() if getattr(config, name) != value}
+    if wrong:
+        got = {name: getattr(config, name) for name in wrong}
+        raise ValueError(
+            f"the checkpoint was trained with {wrong} but the conversion was asked for {got}; pass the training values"
+        )
+
+
+def from_original(
+    path_or_state_dict: str | os.PathLike | Mapping[str, Any],
+    backbone: str = "resnet50",
+    dilation: bool = False,
+    **config_kwargs: Any,
+) -> HfDetrForObjectDetection:
+    """Load a checkpoint of the original facebookresearch/detr code as an equivalent `HfDetrForObjectDetection`.
+
+    Args:
+        path_or_state_dict: a `.pth` file (a dict whose `"model"` entry is the state dict, as the released
+            detr-r50-e632da11.pth or a `checkpoint.pth` of its training script), or such a dict / state dict.
+            Files are read with `weights_only=True`: nothing but tensors, containers and the training arguments
+            are unpickled.
+        backbone: the original's `--backbone` (`"resnet50"` or `"resnet101"` for the released models).
+        dilation: the original's `--dilation`, True for the DC5 models.
+        config_kwargs: further `HfDetrConfig` fields, e.g. `encoder_attention_heads` if not 8, or `id2label`.
+
+    Returns:
+        The model in eval mode; for a 91-class (COCO) checkpoint with COCO's label map.
+    """
+    state_dict, args = _original_state_dict(path_or_state_dict)
+    config = config_from_original(state_dict, backbone, dilation, **config_kwargs)
+    if args is not None:
+        _check_training_args(args, config)
+    # the original's FrozenBatchNorm2d drops the step counters of BatchNorm weights it was initialized from
+    original_names = {_rename_original(k): k for k in state_dict if not k.endswith("num_batches_tracked")}
+    renamed = {ours: state_dict[original] for ours, original in original_names.items()}
+
+    def original_name(key: str) -> str:
+        return original_names.get(key) or _rename_original(key, to_original=True)
+
+    return load_converted(config, renamed, "original DETR", original_name)
+
+
+def to_original(model: HfDetrForObjectDetection) -> dict[str, torch.Tensor]:
+    """The state dict of `model` in the original facebookresearch/detr layout (`torch.save({"model": ...})` makes
+    a checkpoint its code loads with `--resume`). Only the original's ResNet backbones have such a layout."""
+    if model.config.backbone not in ORIGINAL_BACKBONES:
+        raise ValueError(
+            f"the original DETR code has no {model.config.backbone!r} backbone (only {ORIGINAL_BACKBONES}); this "
+            "model cannot be written in its layout"
+        )
+    return {_rename_original(k, to_original=True): v for k, v in model.state_dict().items()}

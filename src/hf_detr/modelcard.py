@@ -1,0 +1,187 @@
+"""Model cards for hf_detr models, and `push_to_hub` with a generated card.
+
+Cards declare `library_name: transformers`: the models load through transformers' Auto classes and `pipeline` with
+`trust_remote_code=True` (the code travels with the weights), so the Hub's transformers snippets and download
+counting apply; `hf_detr` is not a library the Hub knows. The `hf_detr` tag marks the implementation.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import EntryNotFoundError
+
+from .configuration_hf_detr import HfDetrConfig
+
+PAPER_URL = "https://arxiv.org/abs/2005.12872"
+CARD_TAGS = ("hf_detr", "detr", "object-detection", "vision")
+
+_CITATION = """\
+```bibtex
+@inproceedings{carion2020detr,
+  title     = {End-to-End Object Detection with Transformers},
+  author    = {Carion, Nicolas and Massa, Francisco and Synnaeve, Gabriel and Usunier, Nicolas and Kirillov, Alexander
+               and Zagoruyko, Sergey},
+  booktitle = {European Conference on Computer Vision (ECCV)},
+  year      = {2020}
+}
+```"""
+
+
+def _architecture(config: HfDetrConfig) -> str:
+    dilation = " with a dilated last stage (DC5, output stride 16)" if config.dilation else ""
+    return (
+        f"timm backbone `{config.backbone}`{dilation}, a transformer of {config.encoder_layers} encoder and "
+        f"{config.decoder_layers} decoder layers of width {config.d_model}, {config.num_queries} object queries and "
+        f"{config.num_labels} classes"
+    )
+
+
+def model_card(
+    config: HfDetrConfig,
+    repo_id: str,
+    *,
+    coco_ap: float | None = None,
+    source: str | None = None,
+    tags: tuple[str, ...] | list[str] = (),
+) -> ModelCard:
+    """The model card (README.md with Hub metadata) of a model with `config`, to be loaded from `repo_id`.
+
+    Args:
+        config: the model's configuration; the card describes its architecture and labels.
+        repo_id: the Hub repository (or local folder) the usage snippets load from.
+        coco_ap: the COCO 2017 val box AP the paper reports for this architecture; recorded in `model-index` with
+            COCO as the training data set. Leave None for a model of unknown provenance (e.g. a fine-tuned one).
+        source: one sentence on where the weights come from.
+        tags: extra Hub tags.
+    """
+    name = repo_id.rstrip("/").split("/")[-1]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="object-detection",
+        license="apache-2.0",
+        tags=list(dict.fromkeys([*CARD_TAGS, *tags])),
+        datasets=["coco"] if coco_ap is not None else None,
+        model_name=name if coco_ap is not None else None,
+        eval_results=None
+        if coco_ap is None
+        else [
+            EvalResult(
+                task_type="object-detection",
+                dataset_type="coco",
+                dataset_name="COCO 2017",
+                dataset_split="validation",
+                metric_type="mAP",
+                metric_name="AP",
+                metric_value=coco_ap,
+                source_name="DETR paper, Table 1",
+                source_url=PAPER_URL,
+            )
+        ],
+    )
+    labels = ", ".join(f"{i}: {label}" for i, label in sorted(config.id2label.items()))
+    results = "" if coco_ap is None else f"\n\nThe paper reports **{coco_ap} AP** on COCO 2017 val for this model."
+    origin = "" if source is None else f"\n\n{source}"
+    body = f"""
+# {name}
+
+DETR (DEtection TRansformer, [Carion et al. 2020]({PAPER_URL})) object detector, in hf_detr's Hugging Face-native
+implementation: {_architecture(config)}.{results}{origin}
+
+Labels: {labels}.
+
+## How to use
+
+The code is stored next to the weights, so only `transformers` and `timm` are needed (`trust_remote_code=True`):
+
+```python
+from PIL import Image
+from transformers import pipeline
+
+detector = pipeline("object-detection", model="{repo_id}", trust_remote_code=True)
+detector(Image.open("image.jpg"), threshold=0.7)  # [{{"score": ..., "label": ..., "box": {{"xmin": ...}}}}, ...]
+```
+
+With the model and image processor:
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+image = Image.open("image.jpg")
+processor = AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModelForObjectDetection.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+inputs = processor(images=image, return_tensors="pt")
+with torch.no_grad():
+    outputs = model(**inputs)  # logits [1, queries, labels + 1], pred_boxes [1, queries, 4] (cx, cy, w, h)
+detections = processor.post_process_object_detection(outputs, threshold=0.7, target_sizes=[image.size[::-1]])
+```
+
+## How to fine-tune
+
+Load it with your label map; the class head is re-initialized for the new classes, everything else is kept:
+
+```python
+model = AutoModelForObjectDetection.from_pretrained(
+    "{repo_id}", trust_remote_code=True, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
+)
+```
+
+Train it with `transformers.Trainer` (`remove_unused_columns=False`) on batches of `pixel_values`, `pixel_mask` and
+`labels`, one dict per image with `class_labels` `[n]` and `boxes` `[n, 4]` (normalized center x, center y, width,
+height) as the image processor produces from COCO annotations. The DETR recipe trains the backbone with a 10x lower
+learning rate than the transformer; `model.freeze_backbone()` trains the transformer and heads alone.
+
+## Citation
+
+{_CITATION}
+"""
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+
+
+def push_to_hub_with_card(
+    model: Any,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    private: bool | None = None,
+    token: bool | str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    max_shard_size: int | str | None = "50GB",
+    tags: list[str] | str | None = None,
+) -> Any:
+    """Upload `model.save_pretrained`'s files (weights, config with `auto_map`, the code) and a model card in one
+    commit. The repository's own card is kept (with `tags` added) as transformers does; a repository without one gets
+    `model_card(model.config, repo_id)` rather than transformers' generic template. Returns the `CommitInfo`."""
+    api = HfApi()
+    repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+    tags = [tags] if isinstance(tags, str) else list(tags or [])
+    tags = list(dict.fromkeys([*tags, *(model.model_tags or [])]))
+    try:
+        card = ModelCard.load(repo_id, token=token)
+        card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
+    except EntryNotFoundError:
+        card = model_card(model.config, repo_id, tags=tags)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
+        card.save(os.path.join(folder, "README.md"))
+        # transformers' own upload step: one commit of every file of the folder (creating `revision` if needed)
+        return model._upload_modified_files(
+            folder,
+            repo_id,
+            files_timestamps={},
+            commit_message=commit_message,
+            token=token,
+            create_pr=create_pr,
+            revision=revision,
+            commit_description=commit_description,
+        )
+
+
+__all__ = ["model_card", "push_to_hub_with_card"]
