@@ -48,3 +48,23 @@ def random_labels(counts, num_labels, generator=None):
             }
         )
     return labels
+
+
+@torch.no_grad()
+def randomize_weights(model: torch.nn.Module) -> None:
+    """Give every weight and BatchNorm statistic a random value of a sensible scale.
+
+    transformers' default init leaves the box head near zero (every box ~ the image centre) and the attention
+    weights tiny, which would let a wrong implementation pass a parity test; this makes every part matter.
+    """
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        if name.endswith("running_var"):
+            tensor.uniform_(0.5, 1.5)
+        elif tensor.ndim > 1:
+            tensor.normal_(0, tensor[0].numel() ** -0.5)
+        elif "norm" in name or "bn" in name or "downsample.1" in name:
+            tensor.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+        else:
+            tensor.normal_(0, 0.1)

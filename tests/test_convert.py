@@ -11,8 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import padded_batch
-from test_parity import _randomize
+from helpers import padded_batch, randomize_weights
 from transformers import AutoImageProcessor, DetrConfig, DetrForObjectDetection, pipeline
 
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
@@ -41,7 +40,7 @@ def _original_key_list(name: str) -> dict[str, tuple[int, ...]]:
 
 def _random_model(**config_kwargs) -> HfDetrForObjectDetection:
     model = HfDetrForObjectDetection(HfDetrConfig(**config_kwargs)).eval()
-    _randomize(model)
+    randomize_weights(model)
     return model
 
 
@@ -224,7 +223,7 @@ def test_cli_converts_a_transformers_checkpoint(tmp_path, image):
     reference = DetrForObjectDetection(DetrConfig(backbone="resnet18", d_model=64, encoder_layers=1, decoder_layers=2,
                                                   encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=8,
                                                   id2label={0: "cat", 1: "dog", 2: "bird"})).eval()
-    _randomize(reference)
+    randomize_weights(reference)
     reference.save_pretrained(tmp_path / "reference")
     out = tmp_path / "converted"
     assert main(["convert", "--from", "transformers", str(tmp_path / "reference"), str(out)]) == 0

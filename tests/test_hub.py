@@ -13,11 +13,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import tiny_config_kwargs
+from helpers import tiny_config_kwargs, randomize_weights
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors.torch import load as load_safetensors
-from test_parity import _randomize
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetection
 
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection
@@ -138,7 +137,7 @@ def _relative_imports(source: bytes) -> set[str]:
 
 def test_push_to_hub_commits_what_trust_remote_code_needs(tmp_path, fake_hub):
     model = HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs())).eval()
-    _randomize(model)
+    randomize_weights(model)
     processor = HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})  # small images: a fast test
     model.push_to_hub("someone/detr-tiny")
     processor.push_to_hub("someone/detr-tiny")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import padded_batch, random_labels
+from helpers import padded_batch, random_labels, randomize_weights
 from transformers import DetrConfig, DetrForObjectDetection
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
@@ -14,31 +14,11 @@ SMALL = dict(backbone="resnet18", encoder_layers=2, decoder_layers=2, d_model=12
              decoder_ffn_dim=256, num_queries=20)
 
 
-@torch.no_grad()
-def _randomize(model: torch.nn.Module) -> None:
-    """Give every weight and BatchNorm statistic a random value of a sensible scale.
-
-    transformers' default init leaves the box head near zero (every box ~ the image centre) and the attention
-    weights tiny, which would let a wrong implementation pass a parity test; this makes every part matter.
-    """
-    for name, tensor in model.state_dict().items():
-        if not tensor.is_floating_point():
-            continue
-        if name.endswith("running_var"):
-            tensor.uniform_(0.5, 1.5)
-        elif tensor.ndim > 1:
-            tensor.normal_(0, tensor[0].numel() ** -0.5)
-        elif "norm" in name or "bn" in name or "downsample.1" in name:
-            tensor.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
-        else:
-            tensor.normal_(0, 0.1)
-
-
 def _pair(tmp_path, **config_kwargs):
     """A random-weight transformers DETR and the hf_detr model converted from its saved folder."""
     config = DetrConfig(num_labels=5, **config_kwargs)
     reference = DetrForObjectDetection(config).eval()
-    _randomize(reference)
+    randomize_weights(reference)
     reference.save_pretrained(tmp_path / "reference")
     ours = from_transformers(tmp_path / "reference").eval()
     return reference, ours
@@ -158,7 +138,7 @@ def test_from_transformers_state_dict_in_memory_layout():
     """A state dict taken from a live transformers 5 model (its in-memory key names) converts too."""
     config = DetrConfig(num_labels=3, **SMALL)
     reference = DetrForObjectDetection(config).eval()
-    _randomize(reference)
+    randomize_weights(reference)
     ours = from_transformers(reference.state_dict(), config=config).eval()
     pixel_values, pixel_mask = padded_batch()
     with torch.no_grad():

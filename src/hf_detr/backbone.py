@@ -50,7 +50,8 @@ def fold_frozen_batchnorm(body: nn.Module, num_channels: int) -> int:
     """Fold every frozen BatchNorm that directly consumes a plain Conv2d's output into that convolution.
 
     Which BatchNorm reads which convolution is found by tracing one forward pass of a tiny image (on the meta device
-    when the model is being built there for checkpoint loading). Folding removes two elementwise passes over each activation, in training as in inference, and the
+    when the model is being built there for checkpoint loading). Folding removes two elementwise passes over each
+    activation, in training as in inference, and the
     activations the BatchNorm would keep for the backward pass. Returns the number of folded pairs.
     """
     produced: dict[int, tuple[nn.Conv2d, torch.Tensor]] = {}

@@ -105,7 +105,9 @@ def state_dict_from_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict
     return pack_attention_projections(renamed, ("q_proj", "k_proj", "v_proj"))
 
 
-def pack_attention_projections(state_dict: dict[str, torch.Tensor], names: tuple[str, str, str]) -> dict[str, torch.Tensor]:
+def pack_attention_projections(
+    state_dict: dict[str, torch.Tensor], names: tuple[str, str, str]
+) -> dict[str, torch.Tensor]:
     """Concatenate separate query/key/value projections `<prefix>.<name>.{weight,bias}` into `<prefix>.in_proj_*`."""
     packed = {}
     pattern = re.compile(rf"^(.*)\.({'|'.join(names)})\.(weight|bias)$")

@@ -125,7 +125,8 @@ class SetCriterion:
         matcher = HungarianMatcher(cfg.class_cost, cfg.bbox_cost, cfg.giou_cost)
         num_boxes = _num_boxes(sum(len(b) for b in boxes), logits.device)
 
-        def by_group(x: torch.Tensor) -> torch.Tensor:  # [batch, groups * queries, ...] -> [batch * groups, queries, ...]
+        def by_group(x: torch.Tensor) -> torch.Tensor:
+            """[batch, groups * queries, ...] -> [batch * groups, queries, ...]"""
             return x.reshape(x.shape[0] * num_groups, x.shape[1] // num_groups, *x.shape[2:])
 
         outputs = [("", by_group(logits), by_group(pred_boxes))]

@@ -75,7 +75,8 @@ class HungarianMatcher:
             out_boxes = pred_boxes.float()
             cost_class = -prob.gather(2, target_ids[:, None, :].expand(-1, num_queries, -1))
             cost_bbox = torch.cdist(out_boxes, target_boxes, p=1)
-            cost_giou = -_batched_giou(box_convert(out_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
+            corners = box_convert(out_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
+            cost_giou = -_batched_giou(*corners)
             cost = self.bbox_cost * cost_bbox + self.class_cost * cost_class + self.giou_cost * cost_giou
         cost = cost.cpu()
         indices = []

@@ -1,0 +1,48 @@
+"""`hf-detr predict` on a saved model folder and image files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_config_kwargs
+from PIL import Image
+
+from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
+from hf_detr.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs())).save_pretrained(folder)
+    HfDetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 200}).save_pretrained(folder)
+    return folder
+
+
+def test_predict_prints_json_and_writes_annotated_pngs(model_dir, tmp_path, capsys):
+    image_path = tmp_path / "scene.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(image_path)
+    assert main(["predict", str(model_dir), str(image_path), "--threshold", "0", "--out", str(tmp_path / "out")]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in results] == [str(image_path)]
+    detections = results[0]["detections"]
+    assert len(detections) == 10  # threshold 0 keeps every query of the tiny model
+    assert {d["label"] for d in detections} <= {"circle", "square", "triangle"}
+    assert all(set(d["box"]) == {"xmin", "ymin", "xmax", "ymax"} and 0 <= d["score"] <= 1 for d in detections)
+    drawn = Image.open(tmp_path / "out" / "scene.png")
+    assert drawn.size == (120, 90)
+    assert np.abs(np.asarray(drawn, dtype=int) - np.asarray(Image.open(image_path), dtype=int)).max() > 0
+
+
+def test_predict_names_missing_and_unreadable_images(model_dir, tmp_path, capsys):
+    missing = tmp_path / "nope.png"
+    assert main(["predict", str(model_dir), str(missing)]) == 1
+    assert f"image {missing} does not exist" in capsys.readouterr().err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    assert main(["predict", str(model_dir), str(broken)]) == 1
+    assert f"image {broken} could not be read as an image" in capsys.readouterr().err
