@@ -73,17 +73,18 @@ def _locate(flags: torch.Tensor, sizes: list[int]) -> tuple[int, int]:
     raise IndexError(index)
 
 
-def _num_boxes(count: int, device: torch.device) -> float:
-    """Boxes per process for normalization, averaged over processes.
+def _process_means(values: list[float], device: torch.device) -> list[float]:
+    """Average per-process `values` over processes (the values themselves without torch.distributed).
 
-    DDP averages gradients over processes, so dividing each process's summed loss by (all boxes / world size) gives
-    the gradient of the whole batch's loss divided by all its boxes, as if one process had seen the whole batch.
+    DDP averages gradients over processes, so a loss divided by a normalizer averaged over processes (e.g. all boxes
+    / world size) gives the gradient of the whole batch's loss divided by the whole batch's normalizer, as if one
+    process had seen the whole batch.
     """
-    num = torch.tensor(float(count), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num)
-        num = num / dist.get_world_size()
-    return max(num.item(), 1.0)
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return (tensor / dist.get_world_size()).tolist()
 
 
 class SetCriterion:
@@ -123,7 +124,14 @@ class SetCriterion:
         class_labels = [c.to(logits.device) for c in class_labels for _ in range(num_groups)]
         boxes = [b.to(logits.device) for b in boxes for _ in range(num_groups)]
         matcher = HungarianMatcher(cfg.class_cost, cfg.bbox_cost, cfg.giou_cost)
-        num_boxes = _num_boxes(sum(len(b) for b in boxes), logits.device)
+        # L1 and GIoU are divided by the number of target boxes; the cross-entropy is a weighted mean over all
+        # queries (matched ones weigh 1, the others eos_coefficient). Both normalizers are averaged over processes,
+        # or N processes would not compute what one process computes on the whole batch.
+        num_queries = logits.shape[1] // num_groups
+        matched = sum(min(num_queries, len(b)) for b in boxes)
+        class_weight_total = matched + cfg.eos_coefficient * (len(boxes) * num_queries - matched)
+        num_boxes, ce_norm = _process_means([float(sum(len(b) for b in boxes)), class_weight_total], logits.device)
+        num_boxes = max(num_boxes, 1.0)
 
         def by_group(x: torch.Tensor) -> torch.Tensor:
             """[batch, groups * queries, ...] -> [batch * groups, queries, ...]"""
@@ -138,7 +146,7 @@ class SetCriterion:
         for suffix, layer_logits, layer_boxes in outputs:
             name = f"auxiliary_outputs[{suffix[1:]}]." if suffix else ""
             indices = matcher(layer_logits, layer_boxes, class_labels, boxes, name=name)
-            terms = self._terms(layer_logits, layer_boxes, class_labels, boxes, indices, num_boxes)
+            terms = self._terms(layer_logits, layer_boxes, class_labels, boxes, indices, num_boxes, ce_norm)
             loss = loss + sum(terms[key] * weight for key, weight in weights.items())
             loss_dict.update({key + suffix: value for key, value in terms.items()})
         return loss, loss_dict
@@ -151,6 +159,7 @@ class SetCriterion:
         boxes: list[torch.Tensor],
         indices: list[tuple[torch.Tensor, torch.Tensor]],
         num_boxes: float,
+        ce_norm: float,
     ) -> dict[str, torch.Tensor]:
         device = logits.device
         num_classes = logits.shape[-1] - 1
@@ -164,7 +173,7 @@ class SetCriterion:
         target_classes[batch_idx, query_idx] = matched_ids
         class_weight = torch.ones(num_classes + 1, device=device)
         class_weight[-1] = self.config.eos_coefficient
-        loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, class_weight)
+        loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, class_weight, reduction="sum") / ce_norm
 
         src_boxes = pred_boxes[batch_idx, query_idx].float()
         loss_bbox = F.l1_loss(src_boxes, matched_boxes, reduction="sum") / num_boxes

@@ -1,0 +1,280 @@
+"""The `hf-detr` command line.
+
+Each subcommand is one `add_<name>(subparsers)` function listed in `SUBCOMMANDS`: it adds its parser and sets `run` to
+a callable taking the parsed arguments. Errors of bad input (`ValueError`, `OSError`) end the command
+with their message and exit status 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .convert import ORIGINAL_BACKBONES, from_original, from_transformers
+from .image_processing_hf_detr import HfDetrImageProcessor
+from .modelcard import model_card
+
+
+def add_convert(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a DETR checkpoint of another implementation to an hf_detr folder",
+        description="Convert a checkpoint of the original facebookresearch/detr code (.pth) or of transformers' "
+        "DetrForObjectDetection (a save_pretrained folder or Hub id) into a folder that "
+        "HfDetrForObjectDetection.from_pretrained / AutoModelForObjectDetection / pipeline('object-detection') load: "
+        "model.safetensors, config.json, preprocessor_config.json, the code for trust_remote_code and a README.md.",
+    )
+    parser.add_argument("--from", dest="source_format", required=True, choices=("original", "transformers"))
+    parser.add_argument("source", help="the .pth file (original) or the folder / Hub repository id (transformers)")
+    parser.add_argument("output_dir", type=Path)
+    original = parser.add_argument_group("original checkpoints (the weights cannot tell these apart)")
+    original.add_argument("--backbone", default="resnet50", choices=ORIGINAL_BACKBONES, help="default: resnet50")
+    original.add_argument("--dilation", action="store_true", help="a DC5 model (trained with --dilation)")
+
+    def run(args: argparse.Namespace) -> None:
+        if args.source_format == "original":
+            model = from_original(args.source, backbone=args.backbone, dilation=args.dilation)
+        else:
+            model = from_transformers(args.source)
+        model.save_pretrained(args.output_dir)
+        HfDetrImageProcessor().save_pretrained(args.output_dir)
+        source = f"Weights converted from the {args.source_format} DETR checkpoint `{Path(str(args.source)).name}`."
+        model_card(model.config, str(args.output_dir), source=source).save(args.output_dir / "README.md")
+        print(f"wrote {args.output_dir}")
+
+    parser.set_defaults(run=run)
+
+
+def add_predict(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="detect objects in image files with a saved model folder",
+        description="Print the detections of each image as JSON (label, score, box in pixels); with --out, also "
+        "write each image with its boxes drawn as <out>/<name>.png.",
+    )
+    parser.add_argument("model", help="a folder written by save_pretrained (model and image processor)")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for annotated PNGs")
+
+    def run(args: argparse.Namespace) -> None:
+        import json
+
+        from .predict import predict_images
+
+        print(json.dumps(predict_images(args.model, args.images, args.threshold, args.out), indent=2))
+
+    parser.set_defaults(run=run)
+
+
+def add_train(subparsers: argparse._SubParsersAction) -> None:
+    from .train import add_arguments
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a DETR (one device; `accelerate launch -m hf_detr.train` for several)",
+        description="Train on the synthetic shapes set or a Hub-COCO data set (Hub id, save_to_disk or COCO folder), "
+        "evaluate COCO mAP, save resumable states and the final model folder. Same options as "
+        "`accelerate launch -m hf_detr.train`, which runs on several processes or machines (see docs/training.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(parser)
+
+    def run(args: argparse.Namespace) -> None:
+        from accelerate import PartialState
+
+        from .train import config_from_args, train
+
+        result = train(config_from_args(args))
+        if PartialState().is_main_process:
+            print(f"step {result.global_step} ({result.stop_reason}): model saved to {result.output_dir}")
+
+    parser.set_defaults(run=run)
+
+
+# What each COCO number means, for the `evaluate` table.
+_COCO_ROWS: tuple[tuple[str, str], ...] = (
+    ("map", "AP   IoU=0.50:0.95  area=all     maxDets=100"),
+    ("map_50", "AP   IoU=0.50       area=all     maxDets=100"),
+    ("map_75", "AP   IoU=0.75       area=all     maxDets=100"),
+    ("map_small", "AP   IoU=0.50:0.95  area=small   maxDets=100"),
+    ("map_medium", "AP   IoU=0.50:0.95  area=medium  maxDets=100"),
+    ("map_large", "AP   IoU=0.50:0.95  area=large   maxDets=100"),
+    ("mar_1", "AR   IoU=0.50:0.95  area=all     maxDets=1"),
+    ("mar_10", "AR   IoU=0.50:0.95  area=all     maxDets=10"),
+    ("mar_100", "AR   IoU=0.50:0.95  area=all     maxDets=100"),
+    ("mar_small", "AR   IoU=0.50:0.95  area=small   maxDets=100"),
+    ("mar_medium", "AR   IoU=0.50:0.95  area=medium  maxDets=100"),
+    ("mar_large", "AR   IoU=0.50:0.95  area=large   maxDets=100"),
+)
+
+
+def _model_labels(dataset_names: Sequence[str], model_id2label: dict[int, str]) -> list[int]:
+    """The model's label of each data set label, matched by name."""
+    model_label = {name: int(label) for label, name in model_id2label.items()}
+    unknown = [name for name in dataset_names if name not in model_label]
+    if unknown:
+        raise ValueError(
+            f"the data set's categories {unknown} are not classes of the model (it has {sorted(model_label)}); "
+            "evaluate on data with the model's classes, or fine-tune it on this data set first."
+        )
+    return [model_label[name] for name in dataset_names]
+
+
+def _evaluate_model_folder(
+    model_dir: str, dataset: str, split: str = "validation", batch_size: int = 8, threshold: float = 0.0,
+    per_class: bool = False, device: str | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """COCO box metrics (:func:`.metrics.make_compute_metrics`, the numbers `Trainer` logs as `eval_*`) of the model
+    saved in `model_dir` on `split` of `dataset`, preprocessed by the image processor saved with the model.
+
+    Images are resized by that processor, as at inference, and scored in their original pixel frame; crowd boxes are
+    kept so that detections on them are ignored, as in COCO. The data set's categories are matched to the model's
+    classes by name, so a COCO model can be scored on a COCO folder whose category ids differ.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import EvalPrediction
+
+    from .collate import DetectionCollator, DetectionDataset
+    from .data import id2label, load_detection_dataset
+    from .image_processing_hf_detr import HfDetrImageProcessor
+    from .metrics import make_compute_metrics
+    from .modeling_hf_detr import HfDetrForObjectDetection
+
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    try:
+        processor = HfDetrImageProcessor.from_pretrained(model_dir)
+    except OSError as error:
+        raise ValueError(
+            f"no image processor in {model_dir} ({error}); save it next to the model with "
+            "HfDetrImageProcessor(...).save_pretrained(folder)."
+        ) from error
+    model = HfDetrForObjectDetection.from_pretrained(model_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).eval()
+    data = load_detection_dataset(dataset, splits=[split])[split]
+    if len(data) == 0:
+        raise ValueError(f"split {split!r} of {dataset} has no images.")
+    names = list(id2label(data).values())
+    to_model = torch.tensor(_model_labels(names, model.config.id2label), dtype=torch.int64)
+
+    collate = DetectionCollator(processor, do_resize=True, keep_crowd=True)
+    images = DetectionDataset(data)
+    predictions, labels = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc="evaluating", unit="batch", leave=False):
+        batch = collate([images[i] for i in range(start, min(start + batch_size, len(images)))])
+        with torch.inference_mode():
+            outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
+        predictions.append((outputs.logits.float().cpu().numpy(), outputs.pred_boxes.float().cpu().numpy()))
+        labels.append(
+            [{**{k: v.numpy() for k, v in label.items()}, "class_labels": to_model[label["class_labels"]].numpy()}
+             for label in batch["labels"]]  # fmt: skip
+        )
+    compute_metrics = make_compute_metrics(
+        processor, id2label={int(to_model[i]): name for i, name in enumerate(names)}, threshold=threshold,
+        per_class=per_class,
+    )  # fmt: skip
+    return compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels))
+
+
+def _format_coco_table(metrics: dict[str, float], class_names: Sequence[str] = ()) -> str:
+    """`metrics` of :func:`_evaluate_model_folder` as a text table, one row per COCO number, then AP and AR@100 of each
+    of `class_names` if `metrics` has them."""
+    lines = [f"{'metric':<12}{'value':>8}   meaning"]
+    lines += [f"{name:<12}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _COCO_ROWS]
+    rows = [name for name in class_names if f"map_{name}" in metrics]
+    if rows:
+        width = max(12, *(len(name) + 2 for name in rows))
+        lines += ["", f"{'class':<{width}}{'AP':>8}{'AR@100':>8}"]
+        lines += [f"{name:<{width}}{metrics[f'map_{name}']:>8.4f}{metrics[f'mar_100_{name}']:>8.4f}" for name in rows]
+    if any(value == -1.0 for value in metrics.values()):
+        lines.append("-1: no ground-truth object in that area range or class, so COCO leaves the value undefined.")
+    return "\n".join(lines)
+
+
+def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="print the COCO box mAP table of a saved model folder on a data set",
+        description="Score a model folder (weights, config and preprocessor_config.json, e.g. the output_dir of "
+        "examples/run_object_detection.py) with pycocotools on one split of a detection data set: AP at IoU "
+        "0.50:0.95 / 0.50 / 0.75, AP of small / medium / large objects and AR at 1 / 10 / 100 detections.",
+    )
+    parser.add_argument("model", help="a model folder or Hub id with its image processor")
+    parser.add_argument(
+        "--dataset", required=True,
+        help="Hub dataset id, save_to_disk folder or COCO folder (annotations/instances_*.json)",
+    )
+    parser.add_argument("--split", default="validation", help="default: validation")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument(
+        "--threshold", type=float, default=0.0,
+        help="drop detections scoring below this; the default 0 keeps all, as COCO's protocol does",
+    )  # fmt: skip
+    parser.add_argument("--per-class", action="store_true", help="also print AP and AR@100 of every class")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+    def run(args: argparse.Namespace) -> None:
+        metrics = _evaluate_model_folder(
+            args.model, args.dataset, split=args.split, batch_size=args.batch_size, threshold=args.threshold,
+            per_class=args.per_class, device=args.device,
+        )  # fmt: skip
+        class_names = [key[len("mar_100_") :] for key in metrics if key.startswith("mar_100_")]
+        print(f"{args.model} on {args.dataset} [{args.split}], threshold {args.threshold}")
+        print(_format_coco_table(metrics, class_names))
+
+    parser.set_defaults(run=run)
+
+
+def add_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="train and evaluate a small DETR on generated shapes (no download), with pictures",
+        description="Generate the synthetic shapes data set, train a small DETR on the CPU within a time budget, "
+        "evaluate COCO mAP on its test split and write to OUTPUT_DIR: model/ (loadable by pipeline), metrics.json, "
+        "predictions.png (ground truth next to predictions) and curves.png.",
+    )
+    parser.add_argument("--output_dir", type=Path, default=Path("demo_output"))
+    parser.add_argument("--time_budget", type=float, default=600.0, help="training seconds (default 600)")
+    parser.add_argument("--seed", type=int, default=0)
+
+    def run(args: argparse.Namespace) -> None:
+        from .demo import run_demo
+
+        metrics = run_demo(args.output_dir, time_budget=args.time_budget, seed=args.seed)
+        print(f"test split: AP {metrics['map']:.3f}  AP50 {metrics['map_50']:.3f}  AP75 {metrics['map_75']:.3f}  "
+              f"({metrics['steps']} steps, {metrics['total_seconds']:.0f} s in all); wrote {args.output_dir}")
+
+    parser.set_defaults(run=run)
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_convert, add_predict, add_train, add_evaluate, add_demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-detr", description="DETR for the Hugging Face ecosystem.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `hf-detr` with `argv` (default: the process arguments); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, OSError) as error:
+        print(f"hf-detr {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""From examples in the Hub's COCO detection schema to model batches.
+
+:class:`DetectionDataset` applies a box-aware transform of :mod:`.transforms` to a map-style ``datasets.Dataset``
+reproducibly (the randomness of example ``i`` in epoch ``e`` depends only on ``(seed, e, i)``, so a run resumed in the
+middle of an epoch sees the same augmented images as an uninterrupted one) and records each image's original size.
+:class:`DetectionCollator` pads a list of such examples through :class:`HfDetrImageProcessor`::
+
+    train = DetectionDataset(dataset["train"], make_train_transform(), seed=0)
+    loader = DataLoader(train, batch_size=4, collate_fn=DetectionCollator(HfDetrImageProcessor()))
+    batch = next(iter(loader))  # pixel_values [4, 3, H, W], pixel_mask [4, H, W], labels: 4 dicts
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .image_processing_hf_detr import HfDetrImageProcessor
+from .transforms import to_coco_annotations, transform_example
+
+__all__ = ["DetectionCollator", "DetectionDataset", "derived_seed"]
+
+
+def derived_seed(*keys: int) -> int:
+    """A seed determined by `keys` alone (e.g. seed, epoch, index), well spread even for neighbouring keys."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """A Hub-COCO ``datasets.Dataset`` seen through a ``torchvision.transforms.v2`` transform (or none).
+
+    Each item is the transformed example (see :func:`.transforms.transform_example`) plus ``orig_size``: the
+    ``(height, width)`` of the image before the transform, the frame evaluation scores predictions in.
+
+    The transform draws from ``torch``'s global generator; it runs under a generator seeded from ``(seed, epoch,
+    index)`` and restored afterwards, so augmentation neither depends on nor disturbs the training's random state.
+    Call :meth:`set_epoch` at the start of every epoch to get new augmentations.
+    """
+
+    def __init__(self, dataset: Any, transform: Callable[[Any], Any] | None = None, seed: int = 0) -> None:
+        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+            raise TypeError(
+                f"DetectionDataset needs a map-style dataset (datasets.Dataset), got {type(dataset).__name__}; "
+                "stream an IterableDataset through dataset.map(functools.partial(transform_example, transform=...))."
+            )
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = dict(self.dataset[index])
+        image = example.get("image")
+        if not hasattr(image, "size") or not hasattr(image, "mode"):
+            raise TypeError(
+                f"example {index} (image_id={example.get('image_id')}): `image` must be a decoded PIL image, got "
+                f"{type(image).__name__}; keep the column as a datasets.Image() feature."
+            )
+        orig_size = (image.height, image.width)
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derived_seed(self.seed, self.epoch, index))
+                example = transform_example(example, self.transform)
+        example["orig_size"] = orig_size
+        return example
+
+
+class DetectionCollator:
+    """Batches Hub-COCO examples for [`HfDetrForObjectDetection`].
+
+    Annotations are converted with :func:`.transforms.to_coco_annotations` and images padded (not resized: the
+    transforms already did) by ``image_processor``. Returns ``pixel_values`` float32 `[batch, 3, H, W]`,
+    ``pixel_mask`` int64 `[batch, H, W]` and ``labels``: one dict per image with ``class_labels`` `[n]`, ``boxes``
+    `[n, 4]` (normalized cx, cy, w, h), ``area``, ``iscrowd``, ``image_id`` `[1]`, ``size`` (the padded-over image's
+    height, width) and ``orig_size``, taken from the example's ``orig_size`` when it has one (see
+    :class:`DetectionDataset`) so evaluation can map predictions back to the original image.
+
+    Args:
+        image_processor: pads and normalizes; its ``size`` is not used unless ``do_resize``.
+        do_resize: also resize with the processor (for examples that did not go through a resizing transform).
+        keep_crowd: keep ``iscrowd=1`` objects; training drops them (as DETR does), COCO evaluation needs them.
+    """
+
+    def __init__(
+        self, image_processor: HfDetrImageProcessor, do_resize: bool = False, keep_crowd: bool = False
+    ) -> None:
+        self.image_processor = image_processor
+        self.do_resize = do_resize
+        self.keep_crowd = keep_crowd
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not examples:
+            raise ValueError("DetectionCollator got an empty batch.")
+        annotations = [to_coco_annotations(example) for example in examples]
+        encoded = self.image_processor(
+            images=[example["image"] for example in examples],
+            annotations=annotations,
+            do_resize=self.do_resize,
+            keep_crowd=self.keep_crowd,
+            return_tensors="pt",
+        )
+        labels = []
+        for example, label in zip(examples, encoded["labels"]):
+            label = dict(label)
+            if "orig_size" in example:
+                label["orig_size"] = torch.as_tensor(example["orig_size"], dtype=torch.int64)
+            labels.append(label)
+        return {"pixel_values": encoded["pixel_values"], "pixel_mask": encoded["pixel_mask"], "labels": labels}

@@ -1,0 +1,119 @@
+"""`hf-detr demo` / `make demo`: generate the synthetic shapes data, train a small DETR within a time budget on the
+CPU, evaluate COCO mAP on the test split, and write the model folder, metrics and pictures.
+
+The recipe (`DEMO_MODEL`, `DEMO_TRAINING`; measurements in docs/RECIPE.md) is for small compute: a ResNet-18 trained
+from scratch (trainable BatchNorm and stem: with no ImageNet weights, frozen BatchNorm would leave the residual
+branches that timm initializes to zero dead) and a stride-16 feature map for 128-pixel images. The saved model is
+plain DETR (`to_plain_detr()`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from .collate import DetectionCollator, DetectionDataset
+from .configuration_hf_detr import HfDetrConfig
+from .image_processing_hf_detr import HfDetrImageProcessor
+from .modeling_hf_detr import HfDetrForObjectDetection
+from .synthetic import ID2LABEL, make_synthetic_dataset
+from .train import TrainConfig, evaluate, scaled_detr_transforms, train
+from .visualize import draw_detections, save_curves, save_grid
+
+IMAGE_SIZE = 128
+
+DEMO_MODEL: dict[str, Any] = dict(
+    backbone="resnet18",
+    backbone_kwargs={"out_indices": (3,)},  # stride 16: an 8x8 map for 128-pixel images
+    freeze_backbone_batchnorm=False,  # no ImageNet weights here: BatchNorm and stem train from scratch
+    freeze_backbone_stem=False,
+    d_model=128,
+    encoder_layers=3,
+    decoder_layers=3,
+    encoder_attention_heads=8,
+    decoder_attention_heads=8,
+    encoder_ffn_dim=512,
+    decoder_ffn_dim=512,
+    num_queries=20,
+    auxiliary_loss=True,
+    dropout=0.0,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+)
+
+DEMO_TRAINING: dict[str, Any] = dict(
+    per_device_train_batch_size=16,
+    per_device_eval_batch_size=50,
+    learning_rate=2e-4,
+    backbone_learning_rate=2e-4,
+    lr_scheduler="cosine",
+    warmup_steps=50,
+    image_size=IMAGE_SIZE,
+    logging_steps=20,
+)
+
+
+def run_demo(
+    output_dir: str | Path = "demo_output",
+    time_budget: float = 600.0,
+    seed: int = 0,
+    num_train: int = 2000,
+    num_validation: int = 100,
+    num_test: int = 200,
+    show: int = 8,
+) -> dict[str, float]:
+    """Run the demo; returns the test metrics written to `<output_dir>/metrics.json`."""
+    started = time.time()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    data = make_synthetic_dataset(num_train, num_validation, num_test, image_size=IMAGE_SIZE, seed=seed)
+    model = HfDetrForObjectDetection(HfDetrConfig(**DEMO_MODEL, id2label=ID2LABEL))
+    processor = HfDetrImageProcessor(size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE * 2})
+    config = TrainConfig(
+        output_dir=str(output_dir / "run"), time_budget=time_budget, seed=seed, cpu=True, save_steps=0,
+        eval_steps=None, **DEMO_TRAINING,
+    )  # fmt: skip
+    result = train(config, dataset=data, model=model, image_processor=processor)
+    model = result.model.to_plain_detr().eval()
+    model.save_pretrained(output_dir / "model")
+    processor.save_pretrained(output_dir / "model")
+
+    _, eval_transform = scaled_detr_transforms(IMAGE_SIZE, IMAGE_SIZE * 2)
+    test = DetectionDataset(data["test"], eval_transform)
+    loader = torch.utils.data.DataLoader(
+        test, batch_size=config.per_device_eval_batch_size, collate_fn=DetectionCollator(processor, keep_crowd=True)
+    )
+    metrics = evaluate(model, processor, loader, Accelerator(cpu=True), id2label=ID2LABEL)
+    metrics.update(
+        train_seconds=round(result.log_history[-1].get("elapsed", time_budget), 1) if result.log_history else 0.0,
+        steps=result.global_step,
+        total_seconds=round(time.time() - started, 1),
+    )
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _save_pictures(model, processor, data["test"], result.log_history, output_dir, show)
+    return metrics
+
+
+def _save_pictures(model, processor, test, log_history, output_dir: Path, show: int) -> None:
+    """Ground truth next to predictions for the first `show` test images; loss and mAP curves."""
+    tiles = []
+    for example in test.select(range(min(show, len(test)))):
+        image = example["image"].convert("RGB")
+        boxes = torch.tensor(example["objects"]["bbox"]).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        tiles.append(draw_detections(image, boxes, example["objects"]["category"], ID2LABEL))
+        inputs = processor(images=image, return_tensors="pt")
+        with torch.no_grad():
+            outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+        found = processor.post_process_object_detection(outputs, 0.5, target_sizes=[(image.height, image.width)])[0]
+        tiles.append(draw_detections(image, found["boxes"], found["labels"].tolist(), ID2LABEL, found["scores"]))
+    save_grid(tiles, output_dir / "predictions.png", columns=4)
+    losses = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    maps = [(e["step"], e["eval_map"]) for e in log_history if "eval_map" in e]
+    save_curves({"training loss": tuple(zip(*losses)) or ((), ()), "validation mAP": tuple(zip(*maps)) or ((), ())},
+                output_dir / "curves.png")
