@@ -7,7 +7,7 @@ The options are those of `hf-detr train --help` (the fields of `hf_detr.train.Tr
         --num_train_epochs 50
 
 or on several GPUs / machines by putting `accelerate launch --multi_gpu --num_processes 8` in front of `python`'s
-place (see docs/training.md). To train on data you build yourself, pass a `datasets.DatasetDict` in the Hub's COCO
+place (see the README). To train on data you build yourself, pass a `datasets.DatasetDict` in the Hub's COCO
 detection schema to `train(config, dataset=...)`; to change the model beyond `HfDetrConfig` options, build it and
 pass `model=...`.
 """

@@ -1,4 +1,4 @@
-"""The training commands of docs/training.md (merged into the README), as the tests run them.
+"""The training commands of the README, as the tests run them.
 
 The tests do not keep their own copies: they parse the documented commands and run them with `--cpu`, a free port,
 two processes and the tiny settings of `TINY` appended (argparse keeps the last value of a repeated option).
@@ -13,7 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
-DOC = Path(__file__).parents[1] / "docs" / "training.md"
+DOC = Path(__file__).parents[1] / "README.md"
 
 # appended to every documented command: a tiny model and data set that train in seconds on a CPU
 TINY_MODEL = {
@@ -40,7 +40,7 @@ TINY = [
 
 
 def documented_commands() -> list[list[str]]:
-    """Every command of the ```bash blocks of docs/training.md, split as the shell would (variables left as is)."""
+    """Every command of the ```bash blocks of the README, split as the shell would (variables left as is)."""
     blocks = re.findall(r"```bash\n(.*?)```", DOC.read_text(), flags=re.S)
     return [shlex.split(block.replace("\\\n", " ")) for block in blocks]
 
@@ -52,7 +52,7 @@ def command(kind: str) -> list[str]:
             return argv
         if argv[:2] == ["accelerate", "launch"] and ("--num_machines" in argv) == (kind == "multi-node"):
             return argv
-    raise AssertionError(f"docs/training.md has no {kind} training command")
+    raise AssertionError(f"the README has no {kind} training command")
 
 
 def free_port() -> int:

@@ -77,7 +77,7 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
         help="train or fine-tune a DETR (one device; `accelerate launch -m hf_detr.train` for several)",
         description="Train on the synthetic shapes set or a Hub-COCO data set (Hub id, save_to_disk or COCO folder), "
         "evaluate COCO mAP, save resumable states and the final model folder. Same options as "
-        "`accelerate launch -m hf_detr.train`, which runs on several processes or machines (see docs/training.md).",
+        "`accelerate launch -m hf_detr.train`, which runs on several processes or machines (see the README).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_arguments(parser)
