@@ -30,14 +30,7 @@ TESTS = Path(__file__).parent
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread is several times faster than two fighting for busy cores
-    (the launched processes get OMP_NUM_THREADS=1 from accelerate)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
