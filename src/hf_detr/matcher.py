@@ -12,10 +12,14 @@ from torchvision.ops import box_convert, generalized_box_iou
 _batched_giou = torch.vmap(generalized_box_iou)
 
 
+class NonFiniteOutputError(ValueError):
+    """Model outputs reaching the matcher hold NaN or inf: the training diverged or fp16 overflowed."""
+
+
 def check_finite(tensor: torch.Tensor, name: str) -> None:
     """Raise a clear error instead of letting NaN/inf reach scipy ("cost matrix is infeasible")."""
     if not torch.isfinite(tensor).all():
-        raise ValueError(
+        raise NonFiniteOutputError(
             f"{name} contains NaN or inf values: the model has diverged or a half-precision value overflowed. "
             "Lower the learning rate, clip gradients (max_grad_norm=0.1 as in DETR), or train in bf16/float32."
         )

@@ -49,6 +49,7 @@ from .configuration_hf_detr import HfDetrConfig
 from .data import id2label as dataset_id2label
 from .data import load_detection_dataset
 from .image_processing_hf_detr import HfDetrImageProcessor
+from .matcher import NonFiniteOutputError
 from .metrics import make_compute_metrics
 from .modelcard import model_card
 from .modeling_hf_detr import HfDetrForObjectDetection
@@ -623,11 +624,10 @@ class _Loop:
                     f"{self.config.learning_rate}), keep gradient clipping on (max_grad_norm=0.1) or train in "
                     "bf16/float32 instead of fp16."
                 )
-        except (ValueError, TypeError) as error:  # the matcher's error for non-finite outputs, or bad labels
-            if "NaN or inf" in str(error):
-                failure = TrainingDivergedError(f"training diverged at {where}: {error}")
-            else:
-                failure = type(error)(f"{where}: {error}")
+        except NonFiniteOutputError as error:
+            failure = TrainingDivergedError(f"training diverged at {where}: {error}")
+        except (ValueError, TypeError) as error:  # bad labels or inputs: name the batch
+            failure = type(error)(f"{where}: {error}")
         clock = time.monotonic() - self.start if accelerator.is_main_process else 0.0
         status = torch.tensor([float(failure is not None), clock], dtype=torch.float64, device=accelerator.device)
         status = accelerator.reduce(status, "sum")
