@@ -19,7 +19,9 @@ demo: $(STAMP)
 	$(VENV)/bin/hf-detr demo
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run_all
+	$(PY) -m benchmarks.bench_model
+	$(PY) -m benchmarks.bench_image_processor
+	$(PY) -m benchmarks.bench_recipe
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

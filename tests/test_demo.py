@@ -34,3 +34,28 @@ def test_demo_writes_model_metrics_and_pictures(tmp_path, monkeypatch, capsys):
     detector = pipeline("object-detection", model=str(tmp_path / "model"))
     results = detector(Image.open(tmp_path / "predictions.png").convert("RGB").crop((0, 0, 128, 128)), threshold=0.0)
     assert results and {"score", "label", "box"} <= set(results[0])
+
+
+def test_demo_trains_and_tests_on_a_given_dataset(tmp_path):
+    """`--dataset`: the recipe runs on another data set (here a two-class set saved to disk, no validation split)."""
+    from datasets import DatasetDict
+
+    from hf_detr.synthetic import make_synthetic_dataset
+
+    held_out = make_synthetic_dataset(24, 0, 6, classes=("star", "ring"), seed=7)
+    DatasetDict({"train": held_out["train"], "test": held_out["test"]}).save_to_disk(tmp_path / "data")
+    out = tmp_path / "out"
+    assert main(["demo", "--dataset", str(tmp_path / "data"), "--output_dir", str(out), "--time_budget", "4"]) == 0
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "star", "1": "ring"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] >= 1 and 0 <= metrics["map_50"] <= 1
+    assert Image.open(out / "predictions.png").size[0] > 4 * 128
+
+
+def test_demo_dataset_without_test_split_fails_clearly(tmp_path, capsys):
+    from hf_detr.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(4, 2, 2, seed=1)["train"].save_to_disk(tmp_path / "data")  # one split: "train"
+    assert main(["demo", "--dataset", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")]) != 0
+    assert "has no split ['test']" in capsys.readouterr().err

@@ -106,3 +106,17 @@ def test_from_scratch_backbone_trains_batchnorm_and_stem_then_becomes_plain_detr
     assert reloaded.config.freeze_backbone_batchnorm and reloaded.config.num_query_groups == 1
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values, pixel_mask).logits, after.logits, rtol=0, atol=1e-6)
+
+
+def test_demo_backbone_starts_with_open_residual_branches():
+    """timm zero-initializes the last BatchNorm scale of each residual block; the demo recipe (from scratch) does not,
+    so gradients reach every convolution from the first step."""
+    from hf_detr.demo import DEMO_MODEL
+
+    def last_bn_scales(backbone_kwargs):
+        config = HfDetrConfig(**{**DEMO_MODEL, "backbone_kwargs": backbone_kwargs}, id2label={0: "a"})
+        backbone = HfDetrForObjectDetection(config).model.backbone
+        return torch.cat([m.weight for name, m in backbone.named_modules() if name.endswith("bn2")])
+
+    assert (last_bn_scales(DEMO_MODEL["backbone_kwargs"]) == 1).all()
+    assert (last_bn_scales({"out_indices": (3,)}) == 0).all()  # timm's default, which the demo overrides

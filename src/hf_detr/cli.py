@@ -241,11 +241,13 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output_dir", type=Path, default=Path("demo_output"))
     parser.add_argument("--time_budget", type=float, default=600.0, help="training seconds (default 600)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", help="train and test on this data set (train and test splits; a save_to_disk or "
+                        "COCO folder or a Hub id) instead of the generated shapes")
 
     def run(args: argparse.Namespace) -> None:
         from .demo import run_demo
 
-        metrics = run_demo(args.output_dir, time_budget=args.time_budget, seed=args.seed)
+        metrics = run_demo(args.output_dir, time_budget=args.time_budget, seed=args.seed, dataset=args.dataset)
         print(f"test split: AP {metrics['map']:.3f}  AP50 {metrics['map_50']:.3f}  AP75 {metrics['map_75']:.3f}  "
               f"({metrics['steps']} steps, {metrics['total_seconds']:.0f} s in all); wrote {args.output_dir}")
 
