@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import padded_batch, random_labels, tiny_config_kwargs
+from torchvision.ops import box_convert, generalized_box_iou_loss
 from transformers import DetrConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
@@ -120,3 +122,107 @@ def test_demo_backbone_starts_with_open_residual_branches():
 
     assert (last_bn_scales(DEMO_MODEL["backbone_kwargs"]) == 1).all()
     assert (last_bn_scales({"out_indices": (3,)}) == 0).all()  # timm's default, which the demo overrides
+
+
+def test_one_to_many_group_matches_repeated_targets_and_adds_its_loss():
+    config = HfDetrConfig(**tiny_config_kwargs(num_query_groups=3, one_to_many_repeats=3, auxiliary_loss=True,
+                                               **NO_DROPOUT))
+    model = HfDetrForObjectDetection(config).train()
+    queries = config.num_queries
+    pixel_values, pixel_mask = padded_batch()
+    labels = random_labels([3, 0], config.num_labels)
+    output = model(pixel_values, pixel_mask, labels=labels)
+
+    plain = SetCriterion(HfDetrConfig(**tiny_config_kwargs(**NO_DROPOUT)))
+
+    def loss_of(part, targets, groups):
+        aux = [{k: v[:, part] for k, v in a.items()} for a in output.auxiliary_outputs]
+        return plain(output.logits[:, part], output.pred_boxes[:, part], targets, aux, num_groups=groups)[0]
+
+    repeated = [{"class_labels": t["class_labels"].repeat(3), "boxes": t["boxes"].repeat(3, 1)} for t in labels]
+    expected = loss_of(slice(0, 2 * queries), labels, 2) + loss_of(slice(2 * queries, None), repeated, 1)
+    assert abs(output.loss.item() - expected.item()) < 1e-5
+    assert "one_to_many_loss_giou" in output.loss_dict and "one_to_many_loss_ce_0" in output.loss_dict
+
+
+def test_one_to_many_needs_a_second_group_and_is_dropped_for_inference(tmp_path):
+    with pytest.raises(ValueError, match="one_to_many_repeats.*num_query_groups >= 2"):
+        HfDetrConfig(**tiny_config_kwargs(one_to_many_repeats=2))
+    config = HfDetrConfig(**tiny_config_kwargs(num_query_groups=2, one_to_many_repeats=2, **NO_DROPOUT))
+    model = HfDetrForObjectDetection(config).eval()
+    pixel_values, pixel_mask = padded_batch()
+    with torch.no_grad():
+        before = model(pixel_values, pixel_mask).logits
+    model.to_plain_detr().save_pretrained(tmp_path)
+    reloaded = HfDetrForObjectDetection.from_pretrained(tmp_path).eval()
+    assert (reloaded.config.num_query_groups, reloaded.config.one_to_many_repeats) == (1, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values, pixel_mask).logits, before, rtol=0, atol=1e-6)
+
+
+def _encoder_loss_criterion(**overrides):
+    return SetCriterion(HfDetrConfig(**tiny_config_kwargs(encoder_loss_coefficient=0.5, **overrides)))
+
+
+def test_encoder_loss_assigns_tokens_near_the_centre_inside_the_box():
+    """4x4 map, one object centred at (0.3, 0.6), 0.5 x 0.5: the centre cell and the neighbours whose centres lie
+    inside the box and within one cell are positives: x in {0.125, 0.375}, y in {0.375, 0.625}."""
+    criterion = _encoder_loss_criterion()
+    num_labels = criterion.config.num_labels
+    logits = torch.randn(1, 16, num_labels + 1)
+    box_logits = torch.zeros(1, 16, 4)  # boxes at the cell centres, 0.5 x 0.5
+    target = torch.tensor([[0.3, 0.6, 0.5, 0.5]])
+    loss, terms = criterion.encoder_loss(logits, box_logits, torch.ones(1, 4, 4, dtype=torch.bool),
+                                         [{"class_labels": torch.tensor([2]), "boxes": target}])
+    positives = [(1, 0), (1, 1), (2, 0), (2, 1)]  # (row, column)
+    classes = torch.full((16,), num_labels)
+    for row, col in positives:
+        classes[row * 4 + col] = 2
+    weight = torch.ones(num_labels + 1)
+    weight[-1] = criterion.config.eos_coefficient
+    expected_ce = torch.nn.functional.cross_entropy(logits[0], classes, weight)  # the weighted mean
+    centres = torch.tensor([[(col + 0.5) / 4, (row + 0.5) / 4, 0.5, 0.5] for row, col in positives])
+    expected_l1 = (centres - target).abs().sum() / 4
+    expected_giou = generalized_box_iou_loss(box_convert(centres, "cxcywh", "xyxy"),
+                                             box_convert(target.expand(4, 4), "cxcywh", "xyxy"), reduction="mean")
+    torch.testing.assert_close(terms["encoder_loss_ce"], expected_ce)
+    torch.testing.assert_close(terms["encoder_loss_bbox"], expected_l1)
+    torch.testing.assert_close(terms["encoder_loss_giou"], expected_giou)
+    expected = 0.5 * (expected_ce + 5 * expected_l1 + 2 * expected_giou)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_encoder_loss_ignores_padding_and_normalizes_by_the_real_region():
+    """An image whose real region is the left 2 of 4 columns: the same object in its own coordinates gets the same
+    assignment as on a 2-column map, and padded tokens do not count."""
+    criterion = _encoder_loss_criterion()
+    logits, box_logits = torch.randn(1, 8, 4), torch.randn(1, 8, 4)
+    target = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.7, 0.4, 0.6, 0.5]])}]
+    alone = criterion.encoder_loss(logits, box_logits, torch.ones(1, 4, 2, dtype=torch.bool), target)[1]
+    padded_logits = torch.cat([logits.reshape(1, 4, 2, 4), torch.randn(1, 4, 2, 4)], 2).reshape(1, 16, 4)
+    padded_boxes = torch.cat([box_logits.reshape(1, 4, 2, 4), torch.randn(1, 4, 2, 4)], 2).reshape(1, 16, 4)
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[:, :, :2] = True
+    padded = criterion.encoder_loss(padded_logits, padded_boxes, mask, target)[1]
+    for key, value in alone.items():
+        torch.testing.assert_close(padded[key], value)
+
+
+def test_encoder_head_trains_with_the_model_and_is_removed_for_inference(tmp_path):
+    config = HfDetrConfig(**tiny_config_kwargs(encoder_loss_coefficient=1.0, **NO_DROPOUT))
+    model = HfDetrForObjectDetection(config).train()
+    pixel_values, pixel_mask = padded_batch()
+    labels = random_labels([3, 2], config.num_labels)
+    output = model(pixel_values, pixel_mask, labels=labels)
+    detr_loss = SetCriterion(model.config)(output.logits, output.pred_boxes, labels)[0]
+    assert output.loss.item() > detr_loss.item() and "encoder_loss_giou" in output.loss_dict
+    output.loss.backward()
+    assert model.encoder_class_embed.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        before = model(pixel_values, pixel_mask).logits
+    model.to_plain_detr().save_pretrained(tmp_path)
+    reloaded = HfDetrForObjectDetection.from_pretrained(tmp_path).eval()
+    assert reloaded.config.encoder_loss_coefficient == 0 and not hasattr(reloaded, "encoder_class_embed")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values, pixel_mask).logits, before, rtol=0, atol=1e-6)

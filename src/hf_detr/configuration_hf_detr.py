@@ -47,6 +47,13 @@ class HfDetrConfig(PreTrainedConfig):
             `num_queries` queries each, which attend only within their group and are matched one-to-one to the
             targets separately; more positive queries per image speed up training. Inference uses the first group,
             so the model stays plain DETR (`drop_query_groups()` removes the others from a trained model). 1 is DETR.
+        one_to_many_repeats (`int`): H-DETR's hybrid matching (Jia et al. 2023): with `k > 0`, the last query group
+            is matched during training to every target repeated `k` times (many positive queries per object), its
+            loss added to the one-to-one loss of the other groups. Needs `num_query_groups >= 2`; 0 is DETR.
+        encoder_loss_coefficient (`float`): weight of a training-only dense head on the encoder tokens (one-to-many
+            supervision of the encoder as in Co-DETR's auxiliary heads, Zong et al. 2023): every token near an object's
+            centre predicts its class and box. It gives the backbone and encoder a direct signal while the decoder
+            is still learning where to look; `to_plain_detr()` removes the head. 0 is DETR.
     """
 
     model_type = "hf_detr"
@@ -85,6 +92,8 @@ class HfDetrConfig(PreTrainedConfig):
     giou_loss_coefficient: float = 2.0
     eos_coefficient: float = 0.1
     num_query_groups: int = 1
+    one_to_many_repeats: int = 0
+    encoder_loss_coefficient: float = 0.0
     is_encoder_decoder: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -143,10 +152,17 @@ class HfDetrConfig(PreTrainedConfig):
             "bbox_loss_coefficient",
             "giou_loss_coefficient",
             "eos_coefficient",
+            "encoder_loss_coefficient",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 fail(name, value, "it must be a non-negative number")
+        repeats = self.one_to_many_repeats
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 0:
+            fail("one_to_many_repeats", repeats, "it must be a non-negative integer (0 turns hybrid matching off)")
+        if repeats and self.num_query_groups < 2:
+            fail("one_to_many_repeats", repeats, "the last query group is the one-to-many branch: set "
+                 "num_query_groups >= 2 (or one_to_many_repeats=0)")
         if self.class_cost == self.bbox_cost == self.giou_cost == 0:
             fail("class_cost", self.class_cost, "at least one matching cost must be positive")
         if self.num_labels < 1:

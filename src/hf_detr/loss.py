@@ -117,12 +117,107 @@ class SetCriterion:
         """Returns the weighted total loss and the dict of every term.
 
         With `num_groups > 1` (Group DETR) the queries form that many consecutive groups, each matched one-to-one
-        to all targets on its own; the losses are averaged over groups.
+        to all targets on its own; the losses are averaged over groups. With `config.one_to_many_repeats = k > 0`
+        (H-DETR) the last group is matched instead to every target repeated k times, and its loss, normalized by its
+        own target count, is added under `one_to_many_*` keys.
         """
         cfg = self.config
         class_labels, boxes = validate_labels(labels, logits.shape[0], cfg.num_labels)
-        class_labels = [c.to(logits.device) for c in class_labels for _ in range(num_groups)]
-        boxes = [b.to(logits.device) for b in boxes for _ in range(num_groups)]
+        class_labels = [c.to(logits.device) for c in class_labels]
+        boxes = [b.to(logits.device) for b in boxes]
+        repeats = cfg.one_to_many_repeats if num_groups > 1 else 0
+        if not repeats:
+            return self._set_loss(logits, pred_boxes, class_labels, boxes, auxiliary_outputs, num_groups)
+        split = logits.shape[1] // num_groups * (num_groups - 1)
+        first, last = slice(None, split), slice(split, None)
+
+        def part(queries: slice) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
+            aux = [{key: value[:, queries] for key, value in layer.items()} for layer in auxiliary_outputs or []]
+            return logits[:, queries], pred_boxes[:, queries], aux
+
+        one_logits, one_boxes, one_aux = part(first)
+        loss, loss_dict = self._set_loss(one_logits, one_boxes, class_labels, boxes, one_aux, num_groups - 1)
+        many_logits, many_boxes, many_aux = part(last)
+        many_loss, many_dict = self._set_loss(
+            many_logits, many_boxes, [c.repeat(repeats) for c in class_labels], [b.repeat(repeats, 1) for b in boxes],
+            many_aux, 1,
+        )  # fmt: skip
+        loss_dict.update({f"one_to_many_{key}": value for key, value in many_dict.items()})
+        return loss + many_loss, loss_dict
+
+    def encoder_loss(
+        self, logits: torch.Tensor, box_logits: torch.Tensor, feature_mask: torch.Tensor, labels: object
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of the dense head on the encoder tokens (`config.encoder_loss_coefficient`), one-to-many.
+
+        A token is assigned an object when its cell holds the object's centre, or lies within one cell of it and
+        inside the box (the smallest such object when several qualify); all others are "no object". Its box is
+        predicted relative to the cell centre. Terms as in the set loss: weighted cross-entropy over real tokens,
+        L1 and GIoU over assigned tokens.
+
+        Args:
+            logits: `[batch, h * w, num_labels + 1]`; box_logits: `[batch, h * w, 4]`.
+            feature_mask: `[batch, h, w]`, True on real cells; labels: as for `__call__`.
+        """
+        cfg = self.config
+        batch, height, width = feature_mask.shape
+        device = logits.device
+        class_labels, boxes = validate_labels(labels, batch, cfg.num_labels)
+        # cell centres in each image's normalized coordinates (its real cells span [0, 1])
+        rows = feature_mask.any(2).sum(1).clamp(min=1)[:, None, None]
+        cols = feature_mask.any(1).sum(1).clamp(min=1)[:, None, None]
+        grid_y, grid_x = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
+                                        indexing="ij")  # fmt: skip
+        centres = torch.stack([((grid_x + 0.5) / cols).flatten(1), ((grid_y + 0.5) / rows).flatten(1)], -1)
+        cells = torch.cat([cols, rows], -1).reshape(batch, 1, 2)  # cells per unit length, x and y
+
+        num_classes = logits.shape[-1] - 1
+        real = feature_mask.flatten(1)
+        target_classes = torch.full(real.shape, num_classes, dtype=torch.int64, device=device)
+        target_boxes = torch.zeros(*real.shape, 4, device=device)
+        for i, (ids, bxs) in enumerate(zip(class_labels, boxes)):
+            ids, bxs = ids.to(device), bxs.to(device)
+            offset = (centres[i][:, None] - bxs[None, :, :2]).abs()  # [h * w, n, 2]
+            in_cells = offset * cells[i][:, None]
+            assigned = (in_cells <= 0.5).all(-1) | ((in_cells <= 1).all(-1) & (offset < bxs[None, :, 2:] / 2).all(-1))
+            area = torch.where(assigned, bxs[:, 2] * bxs[:, 3], torch.inf)
+            best, hit = area.argmin(1), assigned.any(1) & real[i]
+            target_classes[i, hit], target_boxes[i, hit] = ids[best[hit]], bxs[best[hit]]
+        positive = target_classes != num_classes
+
+        class_weight = torch.ones(num_classes + 1, device=device)
+        class_weight[-1] = cfg.eos_coefficient
+        num_positive, ce_norm = _process_means(
+            [float(positive.sum()), float(class_weight[target_classes][real].sum())], device
+        )
+        ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes, class_weight, reduction="none")
+        loss_ce = ce[real].sum() / max(ce_norm, 1e-6)
+        offsets = box_logits[positive].float()
+        src_boxes = torch.cat([(torch.logit(centres[positive]) + offsets[:, :2]).sigmoid(), offsets[:, 2:].sigmoid()], -1)
+        num_positive = max(num_positive, 1.0)
+        loss_bbox = F.l1_loss(src_boxes, target_boxes[positive], reduction="sum") / num_positive
+        loss_giou = generalized_box_iou_loss(
+            box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(target_boxes[positive], "cxcywh", "xyxy"),
+            reduction="sum",
+        ) / num_positive
+        weights = self.weights()
+        total = loss_ce * weights["loss_ce"] + loss_bbox * weights["loss_bbox"] + loss_giou * weights["loss_giou"]
+        terms = {"encoder_loss_ce": loss_ce, "encoder_loss_bbox": loss_bbox, "encoder_loss_giou": loss_giou}
+        return total * cfg.encoder_loss_coefficient, terms
+
+    def _set_loss(
+        self,
+        logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        class_labels: list[torch.Tensor],
+        boxes: list[torch.Tensor],
+        auxiliary_outputs: list[dict[str, torch.Tensor]] | None,
+        num_groups: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """DETR's loss of `num_groups` consecutive query groups, each matched one-to-one to all targets."""
+        cfg = self.config
+        class_labels = [c for c in class_labels for _ in range(num_groups)]
+        boxes = [b for b in boxes for _ in range(num_groups)]
         matcher = HungarianMatcher(cfg.class_cost, cfg.bbox_cost, cfg.giou_cost)
         # L1 and GIoU are divided by the number of target boxes; the cross-entropy is a weighted mean over all
         # queries (matched ones weigh 1, the others eos_coefficient). Both normalizers are averaged over processes,

@@ -30,6 +30,7 @@ class HfDetrModelOutput(ModelOutput):
         encoder_hidden_states / decoder_hidden_states: input plus each layer's output, on request.
         encoder_attentions / decoder_attentions / cross_attentions: `[batch, heads, q_len, kv_len]` per layer,
             on request.
+        feature_mask: `[batch, h, w]` bool, True on the feature-map cells of real (unpadded) pixels.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -40,6 +41,7 @@ class HfDetrModelOutput(ModelOutput):
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    feature_mask: torch.BoolTensor | None = None
 
 
 @dataclass
@@ -47,7 +49,8 @@ class HfDetrObjectDetectionOutput(ModelOutput):
     """
     Args:
         loss: weighted sum of the Hungarian loss terms (when `labels` are given).
-        loss_dict: every loss term, `_{i}` suffixed for decoder layer i with the auxiliary loss.
+        loss_dict: every loss term, `_{i}` suffixed for decoder layer i with the auxiliary loss (`one_to_many_*` and
+            `encoder_*` terms with those training options).
         logits: `[batch, num_queries, num_labels + 1]`; the last class is "no object". In training with
             `num_query_groups > 1`, every group's queries: `[batch, num_queries * num_query_groups, ...]`.
         pred_boxes: `[batch, num_queries, 4]`, normalized (center_x, center_y, width, height) relative to each
@@ -197,7 +200,7 @@ class HfDetrModel(HfDetrPreTrainedModel):
         proj = self.input_proj
         src = nn.functional.linear(features.permute(0, 2, 3, 1), proj.weight.flatten(1), proj.bias).flatten(1, 2)
         pos = self.position_embedding(mask, src.dtype)
-        mask = mask.flatten(1)[:, None, None, :]  # broadcast over heads and queries
+        feature_mask, mask = mask, mask.flatten(1)[:, None, None, :]  # broadcast over heads and queries
         memory, encoder_states, encoder_attentions = self.encoder(
             src, pos, mask, output_hidden_states, output_attentions
         )
@@ -222,6 +225,7 @@ class HfDetrModel(HfDetrPreTrainedModel):
             last_hidden_state=decoded["last_hidden_state"],
             intermediate_hidden_states=decoded["intermediate"],
             encoder_last_hidden_state=memory,
+            feature_mask=feature_mask,
             encoder_hidden_states=encoder_states,
             encoder_attentions=encoder_attentions,
             decoder_hidden_states=decoded["hidden_states"],
@@ -252,6 +256,9 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         self.model = HfDetrModel(config)
         self.class_embed = nn.Linear(config.d_model, config.num_labels + 1)
         self.bbox_embed = BoxHead(config.d_model)
+        if config.encoder_loss_coefficient > 0:  # training-only dense head; to_plain_detr() removes it
+            self.encoder_class_embed = nn.Linear(config.d_model, config.num_labels + 1)
+            self.encoder_bbox_embed = BoxHead(config.d_model)
         self.criterion = SetCriterion(config)
         self.post_init()
 
@@ -260,8 +267,12 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
 
     def to_plain_detr(self) -> HfDetrForObjectDetection:
         """Turn training-only options into their plain-DETR inference equivalents, in place: keep the first query
-        group and freeze trainable BatchNorm (its eval-mode function). Outputs in eval mode do not change."""
+        group, remove the encoder's dense head and freeze trainable BatchNorm (its eval-mode function). Outputs in
+        eval mode do not change."""
         self.drop_query_groups()
+        if self.config.encoder_loss_coefficient > 0:
+            del self.encoder_class_embed, self.encoder_bbox_embed
+            self.config.encoder_loss_coefficient = 0.0
         if not self.config.freeze_backbone_batchnorm:
             self.model.backbone.freeze_batchnorm()
             self.config.freeze_backbone_batchnorm = True
@@ -275,7 +286,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
             return
         kept = self.model.query_embed.weight[: cfg.num_queries].clone()
         self.model.query_embed = nn.Embedding.from_pretrained(kept, freeze=False)
-        cfg.num_query_groups = 1
+        cfg.num_query_groups, cfg.one_to_many_repeats = 1, 0
 
     def unfreeze_backbone(self) -> None:
         self.model.unfreeze_backbone()
@@ -322,6 +333,13 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         if labels is not None:
             groups = self.config.num_query_groups if self.training else 1
             loss, loss_dict = self.criterion(logits, pred_boxes, labels, auxiliary_outputs, num_groups=groups)
+            if self.training and self.config.encoder_loss_coefficient > 0:
+                memory = outputs.encoder_last_hidden_state
+                dense_loss, dense_terms = self.criterion.encoder_loss(
+                    self.encoder_class_embed(memory), self.encoder_bbox_embed(memory), outputs.feature_mask, labels
+                )
+                loss = loss + dense_loss
+                loss_dict.update(dense_terms)
         return HfDetrObjectDetectionOutput(
             loss=loss,
             loss_dict=loss_dict,

@@ -307,8 +307,10 @@ def _set_labels(model: HfDetrForObjectDetection, id2label: Mapping[int, str]) ->
     if model.config.id2label == id2label:
         return
     logger.info("labels differ from the model's %s: new class head for %s", model.config.id2label, id2label)
-    old = model.class_embed
-    model.class_embed = nn.Linear(old.in_features, len(id2label) + 1).to(old.weight.device, old.weight.dtype)
+    for name in ("class_embed", "encoder_class_embed"):  # the second: the encoder's dense head, when trained
+        old = getattr(model, name, None)
+        if old is not None:
+            setattr(model, name, nn.Linear(old.in_features, len(id2label) + 1).to(old.weight.device, old.weight.dtype))
     model.config.id2label = id2label
     model.config.label2id = {name: i for i, name in id2label.items()}
 
