@@ -208,6 +208,17 @@ def test_encoder_loss_ignores_padding_and_normalizes_by_the_real_region():
         torch.testing.assert_close(padded[key], value)
 
 
+def test_encoder_loss_of_images_without_objects_is_background_only():
+    criterion = _encoder_loss_criterion()
+    logits = torch.randn(2, 16, 4)
+    empty = [{"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}] * 2
+    loss, terms = criterion.encoder_loss(logits, torch.randn(2, 16, 4), torch.ones(2, 4, 4, dtype=torch.bool), empty)
+    background = torch.full((32,), 3)
+    torch.testing.assert_close(terms["encoder_loss_ce"],
+                               torch.nn.functional.cross_entropy(logits.reshape(32, 4), background))
+    assert terms["encoder_loss_bbox"] == 0 and terms["encoder_loss_giou"] == 0
+
+
 def test_encoder_head_trains_with_the_model_and_is_removed_for_inference(tmp_path):
     config = HfDetrConfig(**tiny_config_kwargs(encoder_loss_coefficient=1.0, **NO_DROPOUT))
     model = HfDetrForObjectDetection(config).train()

@@ -176,6 +176,8 @@ class SetCriterion:
         target_classes = torch.full(real.shape, num_classes, dtype=torch.int64, device=device)
         target_boxes = torch.zeros(*real.shape, 4, device=device)
         for i, (ids, bxs) in enumerate(zip(class_labels, boxes)):
+            if len(ids) == 0:  # an image without objects: every token is "no object"
+                continue
             ids, bxs = ids.to(device), bxs.to(device)
             offset = (centres[i][:, None] - bxs[None, :, :2]).abs()  # [h * w, n, 2]
             in_cells = offset * cells[i][:, None]
