@@ -58,4 +58,4 @@ def test_demo_dataset_without_test_split_fails_clearly(tmp_path, capsys):
 
     make_synthetic_dataset(4, 2, 2, seed=1)["train"].save_to_disk(tmp_path / "data")  # one split: "train"
     assert main(["demo", "--dataset", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")]) != 0
-    assert "has no split ['test']" in capsys.readouterr().err
+    assert "has no split ['test'] (it has ['train'])" in capsys.readouterr().err

@@ -79,9 +79,9 @@ def run_demo(
 ) -> dict[str, float]:
     """Run the demo; returns the test metrics written to `<output_dir>/metrics.json`.
 
-    `dataset`: instead of the generated shapes, a data set with `train` and `test` splits that
-    `load_detection_dataset` reads (a `save_to_disk` folder, a COCO folder or a Hub id), e.g. a held-out shapes set
-    to check that the recipe was not tuned to the generator.
+    `dataset`: instead of the generated shapes, a data set with `train` and `test` splits (and optionally
+    `validation`, evaluated during training) that `load_detection_dataset` reads (a `save_to_disk` folder, a COCO
+    folder or a Hub id), e.g. a held-out shapes set to check that the recipe was not tuned to the generator.
     """
     started = time.time()
     output_dir = Path(output_dir)
@@ -89,7 +89,11 @@ def run_demo(
     if dataset is None:
         data = make_synthetic_dataset(num_train, num_validation, num_test, image_size=IMAGE_SIZE, seed=seed)
     else:
-        data = load_detection_dataset(dataset, splits=["train", "test"])
+        data = load_detection_dataset(dataset)
+        missing = [split for split in ("train", "test") if split not in data]
+        if missing:
+            raise ValueError(f"dataset={dataset!r} has no split {missing} (it has {list(data)}); the demo trains on "
+                             "'train', tracks 'validation' when present and reports 'test'")
     id2label = dataset_id2label(data["train"])
     model = HfDetrForObjectDetection(HfDetrConfig(**DEMO_MODEL, id2label=id2label))
     processor = HfDetrImageProcessor(size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE * 2})
