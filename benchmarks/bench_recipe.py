@@ -22,16 +22,15 @@ from typing import Any
 
 import datasets
 import torch
-from accelerate import Accelerator
 from transformers import DetrConfig, DetrForObjectDetection
 
-from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
+from hf_detr import HfDetrConfig, HfDetrForObjectDetection
 from hf_detr.collate import DetectionCollator, DetectionDataset
 from hf_detr.data import id2label as dataset_id2label
 from hf_detr.data import load_detection_dataset
-from hf_detr.demo import DEMO_MODEL, DEMO_TRAINING, IMAGE_SIZE
+from hf_detr.demo import DEMO_MODEL, DEMO_TRAINING, IMAGE_SIZE, demo_processor, score_split
 from hf_detr.synthetic import make_synthetic_dataset
-from hf_detr.train import TrainConfig, evaluate, lr_factor, scaled_detr_transforms
+from hf_detr.train import TrainConfig, _param_groups, lr_factor, scaled_detr_transforms
 
 REFERENCE_MODEL: dict[str, Any] = dict(
     backbone="resnet18", d_model=128, encoder_layers=3, decoder_layers=3, encoder_attention_heads=8,
@@ -50,20 +49,14 @@ def train_and_evaluate(
     model: torch.nn.Module, data: datasets.DatasetDict, config: TrainConfig, id2label: dict[int, str]
 ) -> dict[str, float]:
     """Train `model` on `data["train"]` for `config.time_budget` seconds; COCO metrics on `data["test"]`."""
-    processor = HfDetrImageProcessor(size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE * 2})
-    train_transform, eval_transform = scaled_detr_transforms(IMAGE_SIZE, IMAGE_SIZE * 2)
+    processor = demo_processor()
+    train_transform, _ = scaled_detr_transforms(IMAGE_SIZE, IMAGE_SIZE * 2)
     train_set = DetectionDataset(data["train"], train_transform, seed=config.seed)
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=config.per_device_train_batch_size, shuffle=True, drop_last=True,
         collate_fn=DetectionCollator(processor), generator=torch.Generator().manual_seed(config.seed),
     )  # fmt: skip
-    backbone = {id(p) for p in model.model.backbone.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if id(p) not in backbone], "base_lr": config.learning_rate},
-        {"params": [p for p in trainable if id(p) in backbone], "base_lr": config.backbone_learning_rate},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, config), weight_decay=config.weight_decay)
     model.train()
     step, epoch, start = 0, 0, time.monotonic()
     while time.monotonic() - start < config.time_budget:
@@ -77,16 +70,12 @@ def train_and_evaluate(
             loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             step += 1
         epoch += 1
     seconds = time.monotonic() - start
-    test = torch.utils.data.DataLoader(
-        DetectionDataset(data["test"], eval_transform), batch_size=config.per_device_eval_batch_size,
-        collate_fn=DetectionCollator(processor, keep_crowd=True),
-    )  # fmt: skip
-    metrics = evaluate(model, processor, test, Accelerator(cpu=True), id2label=id2label)
+    metrics = score_split(model, processor, data["test"], id2label, config.per_device_eval_batch_size)
     return {"steps": step, "train_seconds": round(seconds, 1), **{k: metrics[k] for k in ("map", "map_50", "map_75")}}
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from accelerate import Accelerator
 
@@ -96,7 +97,7 @@ def run_demo(
                              "'train', tracks 'validation' when present and reports 'test'")
     id2label = dataset_id2label(data["train"])
     model = HfDetrForObjectDetection(HfDetrConfig(**DEMO_MODEL, id2label=id2label))
-    processor = HfDetrImageProcessor(size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE * 2})
+    processor = demo_processor()
     config = TrainConfig(
         output_dir=str(output_dir / "run"), time_budget=time_budget, seed=seed, cpu=True, save_steps=0,
         eval_steps=None, eval_split="validation" if "validation" in data else None, **DEMO_TRAINING,
@@ -106,12 +107,7 @@ def run_demo(
     model.save_pretrained(output_dir / "model")
     processor.save_pretrained(output_dir / "model")
 
-    _, eval_transform = scaled_detr_transforms(IMAGE_SIZE, IMAGE_SIZE * 2)
-    test = DetectionDataset(data["test"], eval_transform)
-    loader = torch.utils.data.DataLoader(
-        test, batch_size=config.per_device_eval_batch_size, collate_fn=DetectionCollator(processor, keep_crowd=True)
-    )
-    metrics = evaluate(model, processor, loader, Accelerator(cpu=True), id2label=id2label)
+    metrics = score_split(model, processor, data["test"], id2label, config.per_device_eval_batch_size)
     metrics.update(
         train_seconds=round(result.log_history[-1].get("elapsed", time_budget), 1) if result.log_history else 0.0,
         steps=result.global_step,
@@ -120,6 +116,27 @@ def run_demo(
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _save_pictures(model, processor, data["test"], result.log_history, output_dir, show, id2label)
     return metrics
+
+
+def demo_processor() -> HfDetrImageProcessor:
+    """The image processor of the recipe: shorter side `IMAGE_SIZE`, longer side at most twice that."""
+    return HfDetrImageProcessor(size={"shortest_edge": IMAGE_SIZE, "longest_edge": IMAGE_SIZE * 2})
+
+
+def score_split(
+    model: torch.nn.Module,
+    processor: HfDetrImageProcessor,
+    split: datasets.Dataset,
+    id2label: dict[int, str],
+    batch_size: int,
+) -> dict[str, float]:
+    """COCO metrics of `model` on a Hub-COCO `split`, its images resized as the recipe's evaluation resizes them."""
+    _, eval_transform = scaled_detr_transforms(IMAGE_SIZE, IMAGE_SIZE * 2)
+    loader = torch.utils.data.DataLoader(
+        DetectionDataset(split, eval_transform), batch_size=batch_size,
+        collate_fn=DetectionCollator(processor, keep_crowd=True),
+    )  # fmt: skip
+    return evaluate(model, processor, loader, Accelerator(cpu=True), id2label=id2label)
 
 
 def _save_pictures(model, processor, test, log_history, output_dir: Path, show: int,

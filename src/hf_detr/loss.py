@@ -87,6 +87,15 @@ def _process_means(values: list[float], device: torch.device) -> list[float]:
     return (tensor / dist.get_world_size()).tolist()
 
 
+def _box_losses(src_boxes: torch.Tensor, target_boxes: torch.Tensor, normalizer: float) -> tuple[torch.Tensor, ...]:
+    """Summed L1 and GIoU losses of paired (cx, cy, w, h) boxes `[n, 4]`, each divided by `normalizer`."""
+    loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="sum") / normalizer
+    loss_giou = generalized_box_iou_loss(
+        box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"), reduction="sum"
+    ) / normalizer
+    return loss_bbox, loss_giou
+
+
 class SetCriterion:
     """Hungarian loss of DETR, reading its weights from the config at every call (the config is the source of truth).
 
@@ -106,6 +115,16 @@ class SetCriterion:
             "loss_giou": self.config.giou_loss_coefficient,
         }
 
+    def _weighted_sum(self, terms: Mapping[str, torch.Tensor], prefix: str = "") -> torch.Tensor:
+        """`loss_ce`, `loss_bbox` and `loss_giou` of `terms` (keys with `prefix`) times their weights, summed."""
+        return sum(terms[prefix + key] * weight for key, weight in self.weights().items())
+
+    def _class_weight(self, num_classes: int, device: torch.device) -> torch.Tensor:
+        """Cross-entropy class weights: 1 for every class, `eos_coefficient` for the last ("no object")."""
+        weight = torch.ones(num_classes + 1, device=device)
+        weight[-1] = self.config.eos_coefficient
+        return weight
+
     def __call__(
         self,
         logits: torch.Tensor,
@@ -113,31 +132,53 @@ class SetCriterion:
         labels: object,
         auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None,
         num_groups: int = 1,
+        encoder_outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns the weighted total loss and the dict of every term.
 
         With `num_groups > 1` (Group DETR) the queries form that many consecutive groups, each matched one-to-one
         to all targets on its own; the losses are averaged over groups. With `config.one_to_many_repeats = k > 0`
         (H-DETR) the last group is matched instead to every target repeated k times, and its loss, normalized by its
-        own target count, is added under `one_to_many_*` keys.
+        own target count, is added under `one_to_many_*` keys. `encoder_outputs` (the dense head's logits and box
+        logits and the feature mask, see `encoder_loss`) add the `encoder_*` terms.
         """
         cfg = self.config
         class_labels, boxes = validate_labels(labels, logits.shape[0], cfg.num_labels)
         class_labels = [c.to(logits.device) for c in class_labels]
         boxes = [b.to(logits.device) for b in boxes]
         repeats = cfg.one_to_many_repeats if num_groups > 1 else 0
-        if not repeats:
-            return self._set_loss(logits, pred_boxes, class_labels, boxes, auxiliary_outputs, num_groups)
+        if repeats:
+            loss, loss_dict = self._hybrid_loss(logits, pred_boxes, class_labels, boxes, auxiliary_outputs,
+                                                num_groups, repeats)  # fmt: skip
+        else:
+            loss, loss_dict = self._set_loss(logits, pred_boxes, class_labels, boxes, auxiliary_outputs, num_groups)
+        if encoder_outputs is not None:
+            dense_loss, dense_terms = self._encoder_loss(*encoder_outputs, class_labels, boxes)
+            loss = loss + dense_loss
+            loss_dict.update(dense_terms)
+        return loss, loss_dict
+
+    def _hybrid_loss(
+        self,
+        logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        class_labels: list[torch.Tensor],
+        boxes: list[torch.Tensor],
+        auxiliary_outputs: list[dict[str, torch.Tensor]] | None,
+        num_groups: int,
+        repeats: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One-to-one loss of the first `num_groups - 1` groups plus the last group's loss against the targets
+        repeated `repeats` times (its terms prefixed `one_to_many_`)."""
         split = logits.shape[1] // num_groups * (num_groups - 1)
-        first, last = slice(None, split), slice(split, None)
 
         def part(queries: slice) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
             aux = [{key: value[:, queries] for key, value in layer.items()} for layer in auxiliary_outputs or []]
             return logits[:, queries], pred_boxes[:, queries], aux
 
-        one_logits, one_boxes, one_aux = part(first)
+        one_logits, one_boxes, one_aux = part(slice(None, split))
         loss, loss_dict = self._set_loss(one_logits, one_boxes, class_labels, boxes, one_aux, num_groups - 1)
-        many_logits, many_boxes, many_aux = part(last)
+        many_logits, many_boxes, many_aux = part(slice(split, None))
         many_loss, many_dict = self._set_loss(
             many_logits, many_boxes, [c.repeat(repeats) for c in class_labels], [b.repeat(repeats, 1) for b in boxes],
             many_aux, 1,
@@ -159,10 +200,19 @@ class SetCriterion:
             logits: `[batch, h * w, num_labels + 1]`; box_logits: `[batch, h * w, 4]`.
             feature_mask: `[batch, h, w]`, True on real cells; labels: as for `__call__`.
         """
-        cfg = self.config
+        class_labels, boxes = validate_labels(labels, feature_mask.shape[0], self.config.num_labels)
+        return self._encoder_loss(logits, box_logits, feature_mask, class_labels, boxes)
+
+    def _encoder_loss(
+        self,
+        logits: torch.Tensor,
+        box_logits: torch.Tensor,
+        feature_mask: torch.Tensor,
+        class_labels: list[torch.Tensor],
+        boxes: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch, height, width = feature_mask.shape
         device = logits.device
-        class_labels, boxes = validate_labels(labels, batch, cfg.num_labels)
         # cell centres in each image's normalized coordinates (its real cells span [0, 1])
         rows = feature_mask.any(2).sum(1).clamp(min=1)[:, None, None]
         cols = feature_mask.any(1).sum(1).clamp(min=1)[:, None, None]
@@ -187,8 +237,7 @@ class SetCriterion:
             target_classes[i, hit], target_boxes[i, hit] = ids[best[hit]], bxs[best[hit]]
         positive = target_classes != num_classes
 
-        class_weight = torch.ones(num_classes + 1, device=device)
-        class_weight[-1] = cfg.eos_coefficient
+        class_weight = self._class_weight(num_classes, device)
         num_positive, ce_norm = _process_means(
             [float(positive.sum()), float(class_weight[target_classes][real].sum())], device
         )
@@ -196,16 +245,9 @@ class SetCriterion:
         loss_ce = ce[real].sum() / max(ce_norm, 1e-6)
         offsets = box_logits[positive].float()
         src_boxes = torch.cat([(torch.logit(centres[positive]) + offsets[:, :2]).sigmoid(), offsets[:, 2:].sigmoid()], -1)
-        num_positive = max(num_positive, 1.0)
-        loss_bbox = F.l1_loss(src_boxes, target_boxes[positive], reduction="sum") / num_positive
-        loss_giou = generalized_box_iou_loss(
-            box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(target_boxes[positive], "cxcywh", "xyxy"),
-            reduction="sum",
-        ) / num_positive
-        weights = self.weights()
-        total = loss_ce * weights["loss_ce"] + loss_bbox * weights["loss_bbox"] + loss_giou * weights["loss_giou"]
+        loss_bbox, loss_giou = _box_losses(src_boxes, target_boxes[positive], max(num_positive, 1.0))
         terms = {"encoder_loss_ce": loss_ce, "encoder_loss_bbox": loss_bbox, "encoder_loss_giou": loss_giou}
-        return total * cfg.encoder_loss_coefficient, terms
+        return self._weighted_sum(terms, "encoder_") * self.config.encoder_loss_coefficient, terms
 
     def _set_loss(
         self,
@@ -237,14 +279,13 @@ class SetCriterion:
         outputs = [("", by_group(logits), by_group(pred_boxes))]
         for i, aux in enumerate(auxiliary_outputs or []):
             outputs.append((f"_{i}", by_group(aux["logits"]), by_group(aux["pred_boxes"])))
-        weights = self.weights()
         loss = logits.new_zeros((), dtype=torch.float32)
         loss_dict: dict[str, torch.Tensor] = {}
         for suffix, layer_logits, layer_boxes in outputs:
             name = f"auxiliary_outputs[{suffix[1:]}]." if suffix else ""
             indices = matcher(layer_logits, layer_boxes, class_labels, boxes, name=name)
             terms = self._terms(layer_logits, layer_boxes, class_labels, boxes, indices, num_boxes, ce_norm)
-            loss = loss + sum(terms[key] * weight for key, weight in weights.items())
+            loss = loss + self._weighted_sum(terms)
             loss_dict.update({key + suffix: value for key, value in terms.items()})
         return loss, loss_dict
 
@@ -268,15 +309,9 @@ class SetCriterion:
         logits = logits.float()
         target_classes = torch.full(logits.shape[:2], num_classes, dtype=torch.int64, device=device)
         target_classes[batch_idx, query_idx] = matched_ids
-        class_weight = torch.ones(num_classes + 1, device=device)
-        class_weight[-1] = self.config.eos_coefficient
+        class_weight = self._class_weight(num_classes, device)
         loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, class_weight, reduction="sum") / ce_norm
-
-        src_boxes = pred_boxes[batch_idx, query_idx].float()
-        loss_bbox = F.l1_loss(src_boxes, matched_boxes, reduction="sum") / num_boxes
-        loss_giou = generalized_box_iou_loss(
-            box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(matched_boxes, "cxcywh", "xyxy"), reduction="sum"
-        ) / num_boxes
+        loss_bbox, loss_giou = _box_losses(pred_boxes[batch_idx, query_idx].float(), matched_boxes, num_boxes)
 
         with torch.no_grad():
             predicted_objects = (logits.argmax(-1) != num_classes).sum(1).float()

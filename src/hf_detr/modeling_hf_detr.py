@@ -332,14 +332,13 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         loss = loss_dict = None
         if labels is not None:
             groups = self.config.num_query_groups if self.training else 1
-            loss, loss_dict = self.criterion(logits, pred_boxes, labels, auxiliary_outputs, num_groups=groups)
+            encoder_outputs = None
             if self.training and self.config.encoder_loss_coefficient > 0:
                 memory = outputs.encoder_last_hidden_state
-                dense_loss, dense_terms = self.criterion.encoder_loss(
-                    self.encoder_class_embed(memory), self.encoder_bbox_embed(memory), outputs.feature_mask, labels
-                )
-                loss = loss + dense_loss
-                loss_dict.update(dense_terms)
+                encoder_outputs = (self.encoder_class_embed(memory), self.encoder_bbox_embed(memory),
+                                   outputs.feature_mask)  # fmt: skip
+            loss, loss_dict = self.criterion(logits, pred_boxes, labels, auxiliary_outputs, num_groups=groups,
+                                             encoder_outputs=encoder_outputs)  # fmt: skip
         return HfDetrObjectDetectionOutput(
             loss=loss,
             loss_dict=loss_dict,
