@@ -50,7 +50,7 @@ def train_and_evaluate(
 ) -> dict[str, float]:
     """Train `model` on `data["train"]` for `config.time_budget` seconds; COCO metrics on `data["test"]`."""
     processor = demo_processor()
-    train_transform, _ = scaled_detr_transforms(IMAGE_SIZE, IMAGE_SIZE * 2)
+    train_transform, _ = scaled_detr_transforms(IMAGE_SIZE, IMAGE_SIZE * 2, config.augment)
     train_set = DetectionDataset(data["train"], train_transform, seed=config.seed)
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=config.per_device_train_batch_size, shuffle=True, drop_last=True,

@@ -195,6 +195,8 @@ def test_learned_position_embedding_size_limit():
     [
         (dict(d_model=250, encoder_attention_heads=8), r"encoder_attention_heads=8 is invalid: it must divide"),
         (dict(num_queries=0), r"num_queries=0 is invalid"),
+        (dict(encoder_layers=-1), r"encoder_layers=-1 is invalid: it must be a non-negative integer"),
+        (dict(decoder_layers=0), r"decoder_layers=0 is invalid"),
         (dict(dropout=1.5), r"dropout=1.5 is invalid"),
         (dict(position_embedding_type="rope"), r"position_embedding_type='rope' is invalid"),
         (dict(activation_function="tanhh"), r"activation_function='tanhh' is invalid"),

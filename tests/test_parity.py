@@ -31,6 +31,8 @@ def _pair(tmp_path, **config_kwargs):
         pytest.param(dict(dilation=True), id="resnet50-dc5"),
         pytest.param(dict(position_embedding_type="learned"), id="resnet50-learned-pos"),
         pytest.param(SMALL, id="resnet18-2+2"),
+        # no encoder (the paper's ablation, the demo recipe's choice): the decoder reads the projected features
+        pytest.param({**SMALL, "encoder_layers": 0}, id="resnet18-0+2"),
     ],
 )
 def test_inference_parity(tmp_path, config_kwargs):

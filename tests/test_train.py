@@ -262,11 +262,11 @@ def test_build_model_replaces_the_head_only_for_new_labels(tmp_path: Path) -> No
 def test_command_line_options_make_the_config() -> None:
     parser = add_arguments(argparse.ArgumentParser())
     args = parser.parse_args([
-        "--output_dir", "out", "--model_kwargs", '{"d_model": 64}', "--max_steps", "3", "--no-augment", "--resume",
+        "--output_dir", "out", "--model_kwargs", '{"d_model": 64}', "--max_steps", "3", "--augment", "none", "--resume",
         "--mixed_precision", "bf16", "--eval_split", "none",
     ])  # fmt: skip
     config = config_from_args(args)
-    assert config.model_kwargs == {"d_model": 64} and config.max_steps == 3 and config.augment is False
+    assert config.model_kwargs == {"d_model": 64} and config.max_steps == 3 and config.augment == "none"
     assert config.resume == "latest" and config.mixed_precision == "bf16" and config.eval_split is None
     assert config.max_grad_norm == 0.1 and config.backbone_learning_rate == 1e-5 and config.weight_decay == 1e-4
     with pytest.raises(SystemExit):
@@ -299,6 +299,32 @@ def test_scaled_detr_recipe_sizes() -> None:
     assert shorter <= set(range(77, 129)) and len(shorter) > 3  # DETR's 480-800 scaled by 128 / 800
     evaluated = DetectionDataset([image], eval_transform)[0]
     assert evaluated["image"].size == (160, 128) and evaluated["orig_size"] == (128, 160)
+
+
+def test_flip_augmentation_only_mirrors() -> None:
+    """`augment="flip"`: the evaluation resize, and half the epochs the mirror image with its box mirrored."""
+    pixels = np.random.default_rng(0).integers(0, 255, (100, 160, 3), dtype=np.uint8)
+    image = {"image": Image.fromarray(pixels), "image_id": 0,
+             "objects": {"bbox": [[10.0, 20.0, 60.0, 50.0]], "category": [0]}}  # fmt: skip
+    flip_transform, _ = scaled_detr_transforms(50, 100, "flip")
+    resized = np.asarray(DetectionDataset([image], scaled_detr_transforms(50, 100, "none")[0])[0]["image"])
+    dataset = DetectionDataset([image], flip_transform)
+    seen = set()
+    for epoch in range(12):
+        dataset.set_epoch(epoch)
+        out = dataset[0]
+        array = np.asarray(out["image"])
+        assert array.shape == (50, 80, 3) and out["objects"]["category"] == [0]
+        if np.array_equal(array, resized):
+            seen.add("same")
+            assert out["objects"]["bbox"] == [[5.0, 10.0, 30.0, 25.0]]
+        else:
+            assert np.array_equal(array, resized[:, ::-1])
+            seen.add("mirrored")
+            assert out["objects"]["bbox"] == [[80 - 5.0 - 30.0, 10.0, 30.0, 25.0]]
+    assert seen == {"same", "mirrored"}
+    with pytest.raises(ValueError, match="augment='crop' is not one of"):
+        scaled_detr_transforms(50, 100, "crop")
 
 
 # ------------------------------------------------------------------------------------------- collate.py

@@ -30,7 +30,8 @@ class HfDetrConfig(PreTrainedConfig):
         num_channels (`int`): channels of `pixel_values`.
         num_queries (`int`): object queries, the most objects one image can yield.
         d_model (`int`): transformer width.
-        encoder_layers / decoder_layers (`int`): transformer depth.
+        encoder_layers / decoder_layers (`int`): transformer depth; `encoder_layers=0` feeds the projected backbone
+            features straight to the decoder (the paper's encoder ablation; cheaper for small compute).
         encoder_attention_heads / decoder_attention_heads (`int`): heads; must divide `d_model`.
         encoder_ffn_dim / decoder_ffn_dim (`int`): width of the feed-forward blocks.
         dropout (`float`): dropout after attention and feed-forward blocks.
@@ -121,7 +122,6 @@ class HfDetrConfig(PreTrainedConfig):
             "num_channels",
             "num_queries",
             "d_model",
-            "encoder_layers",
             "decoder_layers",
             "encoder_attention_heads",
             "decoder_attention_heads",
@@ -132,6 +132,10 @@ class HfDetrConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 fail(name, value, "it must be a positive integer")
+        layers = self.encoder_layers
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+            fail("encoder_layers", layers, "it must be a non-negative integer (0: the decoder reads the projected "
+                 "backbone features, as in the paper's encoder ablation)")
         for name in ("encoder_attention_heads", "decoder_attention_heads"):
             if self.d_model % getattr(self, name):
                 fail(name, getattr(self, name), f"it must divide d_model={self.d_model}")

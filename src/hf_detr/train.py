@@ -117,7 +117,13 @@ class TrainConfig:
         },
     )
     max_size: int | None = field(default=None, metadata={"help": "longer side cap (default: image_size * 1333/800)"})
-    augment: bool = field(default=True, metadata={"help": "DETR's flip / multi-scale / crop augmentation"})
+    augment: Literal["detr", "flip", "none"] = field(
+        default="detr",
+        metadata={
+            "help": "training augmentation: DETR's flip / multi-scale / crop recipe, horizontal flips only (better "
+            "for a short training from scratch, see docs/RECIPE.md), or none"
+        },
+    )
     # how long
     num_train_epochs: int | None = None
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides num_train_epochs"})
@@ -271,11 +277,14 @@ def default_max_size(image_size: int) -> int:
     return round(DETR_MAX_SIZE * image_size / DETR_EVAL_SIZE)
 
 
-def scaled_detr_transforms(image_size: int, max_size: int) -> tuple[Any, Any]:
+def scaled_detr_transforms(
+    image_size: int, max_size: int, augment: Literal["detr", "flip", "none"] = "detr"
+) -> tuple[Any, Any]:
     """DETR's training augmentation and evaluation resize, with every size scaled by `image_size / 800`.
 
     At (800, 1333) this is the paper's recipe (scales 480-800, crops 384-600); at (128, 213) the scales are 77-128
-    and the crops 61-96. Returns `(train_transform, eval_transform)`.
+    and the crops 61-96. `augment="flip"` keeps only the horizontal flip (images resized as for evaluation),
+    `"none"` trains on the evaluation resize. Returns `(train_transform, eval_transform)`.
     """
     factor = image_size / DETR_EVAL_SIZE
     if max_size <= image_size:
@@ -283,8 +292,16 @@ def scaled_detr_transforms(image_size: int, max_size: int) -> tuple[Any, Any]:
     scales = sorted({round(s * factor) for s in DETR_TRAIN_SCALES})
     crop_resize = sorted({round(s * factor) for s in DETR_CROP_RESIZE_SCALES})
     crop = (max(1, round(DETR_CROP_SIZE[0] * factor)), round(DETR_CROP_SIZE[1] * factor))
-    train = make_train_transform(scales=scales, max_size=max_size, crop_resize_scales=crop_resize, crop_size=crop)
-    return train, make_eval_transform(image_size, max_size)
+    eval_transform = make_eval_transform(image_size, max_size)
+    if augment == "detr":
+        train = make_train_transform(scales=scales, max_size=max_size, crop_resize_scales=crop_resize, crop_size=crop)
+    elif augment == "flip":
+        train = make_train_transform(scales=[image_size], max_size=max_size, crop_prob=0.0)
+    elif augment == "none":
+        train = eval_transform
+    else:
+        raise ValueError(f"augment={augment!r} is not one of 'detr', 'flip', 'none'")
+    return train, eval_transform
 
 
 def load_data(config: TrainConfig) -> datasets.DatasetDict:
@@ -715,13 +732,11 @@ def train(
         image_processor = image_processor or HfDetrImageProcessor()
     image_size = config.image_size or getattr(image_processor.size, "shortest_edge", None) or DETR_EVAL_SIZE
     max_size = config.max_size or default_max_size(image_size)
-    train_transform, eval_transform = scaled_detr_transforms(image_size, max_size)
+    train_transform, eval_transform = scaled_detr_transforms(image_size, max_size, config.augment)
     # the saved processor resizes inference images as evaluation did
     image_processor.size = {"shortest_edge": image_size, "longest_edge": max_size}
 
-    train_set = DetectionDataset(
-        data[config.train_split], train_transform if config.augment else eval_transform, seed=config.seed
-    )
+    train_set = DetectionDataset(data[config.train_split], train_transform, seed=config.seed)
     train_loader = _loader(train_set, config.per_device_train_batch_size, DetectionCollator(image_processor),
                            config, shuffle=True)  # fmt: skip
     eval_loader = None
