@@ -1,11 +1,12 @@
 """`hf-detr demo` / `make demo`: generate the synthetic shapes data, train a small DETR within a time budget on the
 CPU, evaluate COCO mAP on the test split, and write the model folder, metrics and pictures.
 
-The recipe (`DEMO_MODEL`, `DEMO_TRAINING`; measurements in docs/RECIPE.md) is for small compute: a ResNet-18 trained
-from scratch (trainable BatchNorm and stem: with no ImageNet weights, frozen BatchNorm would leave the residual
-branches that timm initializes to zero dead), a stride-16 feature map for 128-pixel images, and two training-only
-signals that together made the difference in the measurements: an H-DETR one-to-many query group and a dense head
-on the encoder tokens, which let much higher learning rates pay off. The saved model is plain DETR
+The recipe (`DEMO_MODEL`, `DEMO_TRAINING`; measurements in docs/RECIPE.md) is for small compute, where steps are
+worth more than capacity: a ResNet-18 trained from scratch (trainable BatchNorm and stem: with no ImageNet weights,
+frozen BatchNorm would leave the residual branches that timm initializes to zero dead) cut at layer2 (a stride-8
+map for 128-pixel images), no encoder layers (the decoder reads the projected features), horizontal flips as the
+only augmentation, and two training-only signals: an H-DETR one-to-many query group and a dense head on the
+projected features, which let much higher learning rates pay off. The saved model is plain DETR
 (`to_plain_detr()`).
 """
 
