@@ -275,6 +275,8 @@ def test_command_line_options_make_the_config() -> None:
         TrainConfig(output_dir="out")
     with pytest.raises(ValueError, match="per_device_train_batch_size=0"):
         TrainConfig(output_dir="out", max_steps=1, per_device_train_batch_size=0)
+    with pytest.raises(ValueError, match=r"augment=True is invalid: choose 'detr'"):  # the bool it was before
+        TrainConfig(output_dir="out", max_steps=1, augment=True)
 
 
 def test_latest_checkpoint_skips_incomplete_ones(tmp_path: Path) -> None:

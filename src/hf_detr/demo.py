@@ -133,7 +133,7 @@ def score_split(
     batch_size: int,
 ) -> dict[str, float]:
     """COCO metrics of `model` on a Hub-COCO `split`, its images resized as the recipe's evaluation resizes them."""
-    _, eval_transform = scaled_detr_transforms(IMAGE_SIZE, IMAGE_SIZE * 2, "none")
+    _, eval_transform = scaled_detr_transforms(IMAGE_SIZE, IMAGE_SIZE * 2)
     loader = torch.utils.data.DataLoader(
         DetectionDataset(split, eval_transform), batch_size=batch_size,
         collate_fn=DetectionCollator(processor, keep_crowd=True),

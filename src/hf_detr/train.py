@@ -204,6 +204,8 @@ class TrainConfig:
                 fail(name, "it must be non-negative")
         if self.time_budget is not None and self.time_budget <= 0:
             fail("time_budget", "give a positive number of seconds")
+        if self.augment not in typing.get_args(typing.get_type_hints(TrainConfig)["augment"]):
+            fail("augment", "choose 'detr' (DETR's flip / multi-scale / crop), 'flip' or 'none'")
         if not 0 < self.lr_drop <= 1:
             fail("lr_drop", "it is a fraction of the training in (0, 1]")
         if self.num_train_epochs is None and self.max_steps is None and self.time_budget is None:
