@@ -3,8 +3,9 @@
 Run from the repository root: `python -m benchmarks.bench_recipe [--time_budget 600] [--threads 2] [--dataset PATH]`.
 
 Both models train in the same loop: the same generated (or `--dataset`) training split, the same augmentation (the
-recipe's, `DEMO_TRAINING["augment"]`), the same batches in the same order, AdamW with the demo's learning rates, gradient clipping 0.1,
-a cosine schedule over the time budget, then COCO mAP on the test split with the same evaluation code.
+recipe's, `DEMO_TRAINING["augment"]`), the same batches in the same order, AdamW with the demo's learning rates,
+gradient clipping 0.1, a cosine schedule over the time budget, then COCO mAP on the test split with the same
+evaluation code.
 What differs is only what each side brings:
 
 * transformers: `DetrForObjectDetection` as the issue measured it (resnet18 from scratch with transformers' frozen

@@ -67,6 +67,7 @@ from .transforms import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Augment",
     "TrainConfig",
     "TrainResult",
     "TrainingDivergedError",
@@ -80,6 +81,9 @@ __all__ = [
     "scaled_detr_transforms",
     "train",
 ]
+
+# training augmentation: DETR's recipe, horizontal flips only, or the evaluation resize alone
+Augment = Literal["detr", "flip", "none"]
 
 _STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks the checkpoint complete
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -117,7 +121,7 @@ class TrainConfig:
         },
     )
     max_size: int | None = field(default=None, metadata={"help": "longer side cap (default: image_size * 1333/800)"})
-    augment: Literal["detr", "flip", "none"] = field(
+    augment: Augment = field(
         default="detr",
         metadata={
             "help": "training augmentation: DETR's flip / multi-scale / crop recipe, horizontal flips only (better "
@@ -204,7 +208,7 @@ class TrainConfig:
                 fail(name, "it must be non-negative")
         if self.time_budget is not None and self.time_budget <= 0:
             fail("time_budget", "give a positive number of seconds")
-        if self.augment not in typing.get_args(typing.get_type_hints(TrainConfig)["augment"]):
+        if self.augment not in typing.get_args(Augment):
             fail("augment", "choose 'detr' (DETR's flip / multi-scale / crop), 'flip' or 'none'")
         if not 0 < self.lr_drop <= 1:
             fail("lr_drop", "it is a fraction of the training in (0, 1]")
@@ -280,7 +284,7 @@ def default_max_size(image_size: int) -> int:
 
 
 def scaled_detr_transforms(
-    image_size: int, max_size: int, augment: Literal["detr", "flip", "none"] = "detr"
+    image_size: int, max_size: int, augment: Augment = "detr"
 ) -> tuple[Any, Any]:
     """DETR's training augmentation and evaluation resize, with every size scaled by `image_size / 800`.
 
@@ -302,7 +306,7 @@ def scaled_detr_transforms(
     elif augment == "none":
         train = eval_transform
     else:
-        raise ValueError(f"augment={augment!r} is not one of 'detr', 'flip', 'none'")
+        raise ValueError(f"augment={augment!r} is not one of {', '.join(map(repr, typing.get_args(Augment)))}")
     return train, eval_transform
 
 
