@@ -3,14 +3,14 @@
 Run from the repository root: `python -m benchmarks.bench_recipe [--time_budget 600] [--threads 2] [--dataset PATH]`.
 
 Both models train in the same loop: the same generated (or `--dataset`) training split, the same augmentation (the
-recipe's, `DEMO_TRAINING["augment"]`), the same batches in the same order, AdamW with the demo's learning rates,
+recipe's, the `demo` preset's `augment`), the same batches in the same order, AdamW with the demo's learning rates,
 gradient clipping 0.1, a cosine schedule over the time budget, then COCO mAP on the test split with the same
 evaluation code.
 What differs is only what each side brings:
 
 * transformers: `DetrForObjectDetection` as the issue measured it (resnet18 from scratch with transformers' frozen
   BatchNorm, stride 32, d_model 128, 3+3 layers, 16 queries, its default dropout 0.1, no auxiliary loss);
-* hf_detr: `hf_detr.demo.DEMO_MODEL` (the recipe options; see docs/RECIPE.md).
+* hf_detr: the `demo` preset of `hf_detr.presets` (the recipe options; see docs/RECIPE.md).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import datasets
 import torch
 from transformers import DetrConfig, DetrForObjectDetection
 
-from hf_detr import HfDetrConfig, HfDetrForObjectDetection
-from hf_detr.collate import DetectionCollator, DetectionDataset
-from hf_detr.data import id2label as dataset_id2label
-from hf_detr.data import load_detection_dataset
-from hf_detr.demo import DEMO_MODEL, DEMO_TRAINING, IMAGE_SIZE, demo_processor, score_split
-from hf_detr.synthetic import make_synthetic_dataset
-from hf_detr.train import TrainConfig, _param_groups, lr_factor, scaled_detr_transforms
+from hf_detr import presets
+from hf_detr.data import SYNTHETIC, id2label, load_data
+from hf_detr.evaluation import evaluate
+from hf_detr.training import TrainConfig, lr_factor, parameter_groups
+from hf_detr.training.setup import training_data
+
+DEMO = presets.get("demo")
 
 REFERENCE_MODEL: dict[str, Any] = dict(
     backbone="resnet18", d_model=128, encoder_layers=3, decoder_layers=3, encoder_attention_heads=8,
@@ -42,22 +42,22 @@ REFERENCE_MODEL: dict[str, Any] = dict(
 def build_models(id2label: dict[int, str]) -> dict[str, Callable[[], torch.nn.Module]]:
     return {
         "transformers DETR": lambda: DetrForObjectDetection(DetrConfig(**REFERENCE_MODEL, id2label=id2label)),
-        "hf_detr demo recipe": lambda: HfDetrForObjectDetection(HfDetrConfig(**DEMO_MODEL, id2label=id2label)),
+        "hf_detr demo recipe": lambda: presets.create("demo", id2label=id2label),
     }
 
 
-def train_and_evaluate(
-    model: torch.nn.Module, data: datasets.DatasetDict, config: TrainConfig, id2label: dict[int, str]
-) -> dict[str, float]:
-    """Train `model` on `data["train"]` for `config.time_budget` seconds; COCO metrics on `data["test"]`."""
-    processor = demo_processor()
-    train_transform, _ = scaled_detr_transforms(IMAGE_SIZE, IMAGE_SIZE * 2, config.augment)
-    train_set = DetectionDataset(data["train"], train_transform, seed=config.seed)
+def train_and_evaluate(model: torch.nn.Module, data: datasets.DatasetDict, config: TrainConfig) -> dict[str, Any]:
+    """Train `model` on `data["train"]` for `config.time_budget` seconds; COCO metrics on `data["test"]`, the step
+    count and the image ids of every batch trained on (`batches`, the same for every model up to its step count)."""
+    processor = DEMO.image_processor()
+    train_set, collator = training_data(data["train"], processor, config.augment, config.seed)
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=config.per_device_train_batch_size, shuffle=True, drop_last=True,
-        collate_fn=DetectionCollator(processor), generator=torch.Generator().manual_seed(config.seed),
+        train_set, batch_size=config.per_device_train_batch_size, shuffle=True, drop_last=True, collate_fn=collator,
+        generator=torch.Generator().manual_seed(config.seed),
     )  # fmt: skip
-    optimizer = torch.optim.AdamW(_param_groups(model, config), weight_decay=config.weight_decay)
+    groups = parameter_groups(model, config.learning_rate, config.backbone_learning_rate)
+    optimizer = torch.optim.AdamW([{**g, "base_lr": g["lr"]} for g in groups], weight_decay=config.weight_decay)
+    batches = []
     model.train()
     step, epoch, start = 0, 0, time.monotonic()
     while time.monotonic() - start < config.time_budget:
@@ -68,6 +68,7 @@ def train_and_evaluate(
                 break
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(elapsed / config.time_budget, step, config)
+            batches.append([int(label["image_id"]) for label in batch["labels"]])
             loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -76,8 +77,9 @@ def train_and_evaluate(
             step += 1
         epoch += 1
     seconds = time.monotonic() - start
-    metrics = score_split(model, processor, data["test"], id2label, config.per_device_eval_batch_size)
-    return {"steps": step, "train_seconds": round(seconds, 1), **{k: metrics[k] for k in ("map", "map_50", "map_75")}}
+    metrics = evaluate(model, processor, data["test"], batch_size=config.per_device_eval_batch_size)
+    return {"steps": step, "train_seconds": round(seconds, 1), **{k: metrics[k] for k in ("map", "map_50", "map_75")},
+            "batches": batches}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -90,17 +92,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--num_test", type=int, default=200, help="generated test images")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.dataset:
-        data = load_detection_dataset(args.dataset, splits=["train", "test"])
-    else:
-        data = make_synthetic_dataset(args.num_train, 0, args.num_test, image_size=IMAGE_SIZE, seed=args.seed)
-    id2label = dataset_id2label(data["train"])
-    config = TrainConfig(output_dir="unused", time_budget=args.time_budget, seed=args.seed, **DEMO_TRAINING)
+    sizes = {"train": args.num_train, "test": args.num_test}
+    data = load_data(args.dataset or SYNTHETIC, ["train", "test"], synthetic_sizes=sizes,
+                     synthetic_image_size=DEMO.image_size, seed=args.seed)  # fmt: skip
+    config = TrainConfig(output_dir="unused", time_budget=args.time_budget, seed=args.seed, **DEMO.training)
     results = {}
-    for name, build in build_models(id2label).items():
+    for name, build in build_models(id2label(data["train"])).items():
         torch.manual_seed(args.seed)
-        results[name] = train_and_evaluate(build(), data, config, id2label)
-        print(f"{name:>20}: {json.dumps(results[name])}", flush=True)
+        results[name] = train_and_evaluate(build(), data, config)
+        shown = {key: value for key, value in results[name].items() if key != "batches"}
+        print(f"{name:>20}: {json.dumps(shown)}", flush=True)
     reference, ours = results.values()
     print(f"AP50 {ours['map_50']:.3f} vs {reference['map_50']:.3f}, AP {ours['map']:.3f} vs {reference['map']:.3f} "
           f"(hf_detr vs transformers; {args.time_budget:.0f} s each, {args.threads} threads, seed {args.seed})")

@@ -1,6 +1,6 @@
 """Train or fine-tune hf_detr with accelerate: a starting point to copy and adapt.
 
-The options are those of `hf-detr train --help` (the fields of `hf_detr.train.TrainConfig`). Run it on one device,
+The options are those of `hf-detr train --help` (the fields of `hf_detr.training.TrainConfig`). Run it on one device,
 
     python examples/train_accelerate.py --output_dir runs/shapes --dataset synthetic --image_size 128 \
         --model_kwargs '{"backbone": "resnet18", "d_model": 128, "encoder_layers": 3, "decoder_layers": 3}' \
@@ -19,7 +19,7 @@ import json
 
 from accelerate import PartialState
 
-from hf_detr.train import add_arguments, config_from_args, train
+from hf_detr.training import add_arguments, config_from_args, train
 
 
 def main() -> None:

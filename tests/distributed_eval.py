@@ -2,14 +2,15 @@
 
     accelerate launch --multi_gpu --num_processes 2 tests/distributed_eval.py OUT.json --cpu
 
-Evaluates a random tiny model with `hf_detr.train.evaluate` over `NUM_IMAGES` images in batches of `BATCH_SIZE` per
-process (the last round is uneven, so accelerate pads it with repeated images) and records the image ids that reach
-the metric with their labels. The main process writes `{"num_processes", "images", "metrics"}` to OUT.json. Run without
-`accelerate launch` it does the same in one process.
+Evaluates a random tiny model with `hf_detr.evaluation.evaluate` over `NUM_IMAGES` images in batches of
+`BATCH_SIZE` per process (the last round is uneven, so accelerate pads it with repeated images) and records the image
+ids that reach the metric with their labels. The main process writes `{"num_processes", "images", "metrics"}` to
+OUT.json. Run without `accelerate launch` it does the same in one process.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -21,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import tiny_config_kwargs  # noqa: E402
 
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor  # noqa: E402
-from hf_detr import train as train_module  # noqa: E402
-from hf_detr.collate import DetectionCollator, DetectionDataset  # noqa: E402
 from hf_detr.data import id2label  # noqa: E402
-from hf_detr.synthetic import make_synthetic_dataset  # noqa: E402
-from hf_detr.transforms import make_eval_transform  # noqa: E402
+from hf_detr.data.synthetic import make_synthetic_dataset  # noqa: E402
+from hf_detr.evaluation import evaluate, evaluation_loader  # noqa: E402
+
+# the module, not the function of the same name that `hf_detr.evaluation` exports
+evaluate_module = importlib.import_module("hf_detr.evaluation.evaluate")
 
 NUM_IMAGES = 5  # with 2 processes x 2 images per batch: 4 + 1, the last round padded with 3 repeated images
 BATCH_SIZE = 2
@@ -34,7 +36,7 @@ BATCH_SIZE = 2
 def run(accelerator: Accelerator) -> dict:
     """Evaluate; return the images (id, boxes, original size) that reached the metric, and the metrics."""
     seen: list[dict] = []
-    make_compute_metrics = train_module.make_compute_metrics
+    make_compute_metrics = evaluate_module.make_compute_metrics
 
     def recording_factory(*args, **kwargs):
         compute_metrics = make_compute_metrics(*args, **kwargs)
@@ -50,22 +52,17 @@ def run(accelerator: Accelerator) -> dict:
 
         return compute
 
-    train_module.make_compute_metrics = recording_factory
+    evaluate_module.make_compute_metrics = recording_factory
     try:
         split = make_synthetic_dataset(0, NUM_IMAGES, 0, image_size=64, seed=3)["validation"]
         torch.manual_seed(0)
         labels = id2label(split)
         model = HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs(num_queries=50, id2label=labels)))
-        processor = HfDetrImageProcessor()
-        loader = torch.utils.data.DataLoader(
-            DetectionDataset(split, make_eval_transform(48, 80)),
-            batch_size=BATCH_SIZE,
-            collate_fn=DetectionCollator(processor, keep_crowd=True),
-        )
-        model, loader = accelerator.prepare(model, loader)
-        metrics = train_module.evaluate(model, processor, loader, accelerator, id2label=labels)
+        processor = HfDetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 80})
+        model, loader = accelerator.prepare(model, evaluation_loader(split, processor, labels, BATCH_SIZE))
+        metrics = evaluate(model, processor, loader, accelerator=accelerator)
     finally:
-        train_module.make_compute_metrics = make_compute_metrics
+        evaluate_module.make_compute_metrics = make_compute_metrics
     return {"num_processes": accelerator.num_processes, "images": seen, "metrics": metrics}
 
 

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
+
+from hf_detr import presets
 
 
 def tiny_config_kwargs(**overrides):
-    """A model small enough for CPU tests in well under a second per forward."""
-    kwargs = dict(
-        backbone="resnet18",
-        d_model=64,
-        encoder_layers=1,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        num_queries=10,
-        id2label={0: "circle", 1: "square", 2: "triangle"},
-    )
-    kwargs.update(overrides)
-    return kwargs
+    """A model small enough for CPU tests in well under a second per forward: the `tiny` preset, with `overrides`."""
+    return {**copy.deepcopy(dict(presets.get("tiny").model)), **overrides}  # a copy: the preset's dicts stay intact
 
 
 def padded_batch(sizes=((160, 224), (128, 96)), channels=3, generator=None):

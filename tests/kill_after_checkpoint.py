@@ -1,4 +1,4 @@
-"""`python -m hf_detr.train` with the same arguments, except that every process kills itself (SIGKILL: no cleanup, no
+"""`python -m hf_detr train` with the same arguments, except that every process kills itself (SIGKILL: no cleanup, no
 final save) right after the first checkpoint is complete. Used by `test_distributed.py` to interrupt a run at a known
 step:
 
@@ -11,10 +11,10 @@ import os
 import signal
 import sys
 
-from hf_detr import train as train_module
-from hf_detr.cli import main
+from hf_detr.apps.cli import main
+from hf_detr.training import loop
 
-save_checkpoint = train_module._save_checkpoint
+save_checkpoint = loop.save_checkpoint  # the loop's name for `hf_detr.training.checkpoints.save_checkpoint`
 
 
 def save_then_die(*args, **kwargs) -> None:
@@ -22,7 +22,7 @@ def save_then_die(*args, **kwargs) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-train_module._save_checkpoint = save_then_die
+loop.save_checkpoint = save_then_die
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -46,7 +46,7 @@ def test_compiled_model_matches_eager_in_inference_and_training(model):
 def test_onnx_export_with_dynamic_batch_and_size(model, tmp_path):
     import onnxruntime  # the onnx extra is part of the dev install
 
-    from hf_detr.export import export_onnx
+    from hf_detr.hub.export import export_onnx
 
     path = export_onnx(model, tmp_path / "model.onnx", example_size=(128, 160))
     session = onnxruntime.InferenceSession(path)

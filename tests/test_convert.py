@@ -15,8 +15,8 @@ from helpers import padded_batch, randomize_weights
 from transformers import AutoImageProcessor, DetrConfig, DetrForObjectDetection, pipeline
 
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
-from hf_detr.cli import main
-from hf_detr.convert import from_original, to_original
+from hf_detr.apps.cli import main
+from hf_detr.hub.convert import from_original, to_original
 
 DATA = Path(__file__).parent / "data"
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"

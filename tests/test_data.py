@@ -71,7 +71,7 @@ def _rows(split) -> list[dict]:
 def test_coco_folder_gives_the_schema_the_label_map_and_the_json_boxes(tmp_path, caplog):
     root = tmp_path / "coco"
     pixels = _write_coco(root)
-    with caplog.at_level(logging.INFO, logger="hf_detr.data"):
+    with caplog.at_level(logging.INFO, logger="hf_detr.data.loading"):
         ds = load_detection_dataset(root)
     assert "instances_train.json: 3 images (1 without objects), 3 annotations (1 crowd)" in caplog.text
 
@@ -199,7 +199,8 @@ def test_load_dataset_source_is_brought_to_the_schema(tmp_path, streaming):
 @pytest.mark.parametrize("streaming", [False, True])
 def test_load_dataset_source_with_a_box_outside_its_image_is_an_error(tmp_path, streaming):
     folder = _cppe5_like(tmp_path, [25.0, 2.0, 10.0, 4.0])  # x + w = 35 > width 30
-    with pytest.raises(ValueError, match=r"split 'train' example 0 \(image_id 4\) object 0: .*outside the 30x20 image"):
+    message = r"split 'train' example 0 \(image_id 4\) object 0: bbox = .* lies outside \[0, 30\] x \[0, 20\]"
+    with pytest.raises(ValueError, match=message):
         ds = load_detection_dataset(folder, streaming=streaming, cache_dir=str(tmp_path / "cache"))
         list(ds["train"])  # a streamed split is checked as it is read
 
@@ -248,7 +249,7 @@ def _edit_train_json(root: Path, edit) -> None:
          r"instances_train.json: annotation id 2 \(image_id 7, 'a.png'\): category_id 3 is not in `categories` "
          r"\(ids \[1, 5, 90\]\)"),
         (lambda c: c["annotations"][2].update(bbox=[30.0, 2.0, 12.0, 6.0]),
-         r"annotation id 3 \(image_id 8, 'b.png'\): bbox .* outside the 40x30 image"),
+         r"annotation id 3 \(image_id 8, 'b.png'\): bbox = .* lies outside \[0, 40\] x \[0, 30\]"),
         (lambda c: c["annotations"][0].update(bbox=[3.0, 4.0, -2.0, 5.0]),
          r"annotation id 1 \(image_id 7, 'a.png'\): bbox .* negative width or height"),
         (lambda c: c["annotations"][0].update(image_id=12),

@@ -8,14 +8,36 @@ import pytest
 from PIL import Image
 from transformers import pipeline
 
-from hf_detr.cli import main
-from hf_detr.synthetic import SHAPES
+from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, presets
+from hf_detr.apps.cli import main
+from hf_detr.data import SYNTHETIC, load_data
+from hf_detr.data.synthetic import SHAPES
+from hf_detr.evaluation import COCO_STAT_NAMES, evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def assert_trained_for_the_budget(metrics: dict, run_dir, time_budget: float) -> None:
+    """The reported steps are the training run's (its log ends at that step) and it trained for the whole budget."""
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert metrics["steps"] == log[-1]["step"] >= 1
+    assert time_budget <= metrics["train_seconds"] <= metrics["total_seconds"]
+
+
+def assert_saved_model_scores(metrics: dict, model_dir, test_split) -> None:
+    """The metrics the demo reports are those of the model folder it saved, with its image processor, on `test_split`:
+    what a user re-scoring the folder gets."""
+    model = HfDetrForObjectDetection.from_pretrained(model_dir).eval()
+    processor = HfDetrImageProcessor.from_pretrained(model_dir)
+    batch_size = presets.get("demo").training["per_device_eval_batch_size"]
+    rescored = evaluate(model, processor, test_split, batch_size=batch_size)
+    assert {name: metrics[name] for name in COCO_STAT_NAMES} == pytest.approx(
+        {name: rescored[name] for name in COCO_STAT_NAMES}, abs=1e-9
+    )
+
+
 def test_demo_writes_model_metrics_and_pictures(tmp_path, monkeypatch, capsys):
-    import hf_detr.demo as demo
+    import hf_detr.apps.demo as demo
 
     real_run_demo = demo.run_demo
     # a few images so the test takes seconds; everything else is the demo as `make demo` runs it
@@ -26,7 +48,12 @@ def test_demo_writes_model_metrics_and_pictures(tmp_path, monkeypatch, capsys):
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"map", "map_50", "map_75", "steps", "total_seconds"} <= set(metrics)
-    assert metrics["steps"] >= 1 and 0 <= metrics["map_50"] <= 1
+    assert_trained_for_the_budget(metrics, tmp_path / "run", 8)
+    # the test split the demo generated (seed 0, the preset's image size), scored again from the saved folder
+    sizes = {"train": 32, "validation": 8, "test": 8}
+    test_split = load_data(SYNTHETIC, synthetic_sizes=sizes, synthetic_image_size=presets.get("demo").image_size,
+                           seed=0)["test"]
+    assert_saved_model_scores(metrics, tmp_path / "model", test_split)
     assert Image.open(tmp_path / "predictions.png").size[0] > 4 * 128
     assert Image.open(tmp_path / "curves.png").size == (900, 300)
 
@@ -50,17 +77,16 @@ def test_demo_recipe_learns_in_a_short_run(tmp_path):
     """150 steps of the demo's recipe (model, optimizer, schedule, augmentation) on 8 images detect those images'
     shapes (AP50 0.76 when measured; an error in the boxes, the matching, the loss or the post-processing keeps it
     near 0). Seeded, so the number is reproducible; about 40 s on one thread."""
-    import hf_detr.demo as demo
-    from hf_detr import HfDetrConfig, HfDetrForObjectDetection
-    from hf_detr.synthetic import ID2LABEL, make_synthetic_dataset
-    from hf_detr.train import TrainConfig, train
+    from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
+    from hf_detr.training import TrainConfig, train
 
-    data = make_synthetic_dataset(8, 0, 0, seed=11)
-    model = HfDetrForObjectDetection(HfDetrConfig(**demo.DEMO_MODEL, id2label=ID2LABEL))
+    demo = presets.get("demo")
+    data = make_synthetic_dataset(8, 0, 0, image_size=demo.image_size, seed=11)
+    model = presets.create("demo", id2label=ID2LABEL)
     config = TrainConfig(output_dir=str(tmp_path), max_steps=150, seed=0, cpu=True, save_steps=0, eval_split=None,
-                         disable_tqdm=True, report_to="none", **demo.DEMO_TRAINING)  # fmt: skip
-    trained = train(config, dataset=data, model=model, image_processor=demo.demo_processor()).model.eval()
-    metrics = demo.score_split(trained, demo.demo_processor(), data["train"], ID2LABEL, 8)
+                         disable_tqdm=True, report_to="none", **demo.training)  # fmt: skip
+    trained = train(config, dataset=data, model=model, image_processor=demo.image_processor()).model.eval()
+    metrics = evaluate(trained, demo.image_processor(), data["train"], batch_size=8)
     print(f"AP50 on the 8 training images after 150 steps: {metrics['map_50']:.3f}")
     assert metrics["map_50"] >= 0.5
 
@@ -69,7 +95,7 @@ def test_demo_trains_and_tests_on_a_given_dataset(tmp_path):
     """`--dataset`: the recipe runs on another data set (here a two-class set saved to disk, no validation split)."""
     from datasets import DatasetDict
 
-    from hf_detr.synthetic import make_synthetic_dataset
+    from hf_detr.data.synthetic import make_synthetic_dataset
 
     held_out = make_synthetic_dataset(24, 0, 6, classes=("star", "ring"), seed=7)
     DatasetDict({"train": held_out["train"], "test": held_out["test"]}).save_to_disk(tmp_path / "data")
@@ -78,12 +104,13 @@ def test_demo_trains_and_tests_on_a_given_dataset(tmp_path):
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["id2label"] == {"0": "star", "1": "ring"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] >= 1 and 0 <= metrics["map_50"] <= 1
+    assert_trained_for_the_budget(metrics, out / "run", 4)
+    assert_saved_model_scores(metrics, out / "model", load_data(str(tmp_path / "data"))["test"])
     assert Image.open(out / "predictions.png").size[0] > 4 * 128
 
 
 def test_demo_dataset_without_test_split_fails_clearly(tmp_path, capsys):
-    from hf_detr.synthetic import make_synthetic_dataset
+    from hf_detr.data.synthetic import make_synthetic_dataset
 
     make_synthetic_dataset(4, 2, 2, seed=1)["train"].save_to_disk(tmp_path / "data")  # one split: "train"
     assert main(["demo", "--dataset", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")]) != 0

@@ -20,8 +20,8 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from hf_detr import HfDetrForObjectDetection
-from hf_detr.synthetic import ID2LABEL
-from hf_detr.train import latest_checkpoint
+from hf_detr.data.synthetic import ID2LABEL
+from hf_detr.training import latest_checkpoint
 
 from distributed_step import LEARNING_RATE, step_inputs
 from training_commands import TINY, command, free_port, launch_argv

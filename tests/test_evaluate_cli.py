@@ -11,9 +11,9 @@ import torch
 from helpers import tiny_config_kwargs
 
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
-from hf_detr.cli import main
+from hf_detr.apps.cli import main
 from hf_detr.data import coco_detection_features
-from hf_detr.metrics import COCO_STAT_NAMES, coco_evaluate
+from hf_detr.evaluation.metrics import COCO_STAT_NAMES, coco_evaluate
 
 LABELS = ["a", "b", "c"]
 # (height, width) of the evaluation images: non-square both ways, so swapped axes would move every box

@@ -1,4 +1,4 @@
-"""The Hub: the paper models' hub_configs folders, and push_to_hub of model and image processor."""
+"""The Hub: the paper models' hub_configs folders, and push_to_hub of model, image processor and card."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors.torch import load as load_safetensors
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetection
 
-from hf_detr import HfDetrConfig, HfDetrForObjectDetection
-from hf_detr.coco_labels import COCO_ID2LABEL
-from hf_detr.hub_configs import write_hub_configs
-from hf_detr.image_processing_hf_detr import HfDetrImageProcessor
+from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
+from hf_detr.hub import push_to_hub
+from hf_detr.hub.coco_labels import COCO_ID2LABEL
+from hf_detr.hub.hub_configs import write_hub_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_CONFIGS = ROOT / "hub_configs"
@@ -47,7 +47,7 @@ def test_hub_configs_are_what_the_generator_writes(tmp_path):
     assert sorted({name.split("/")[0] for name in committed}) == sorted(PAPER)
     assert committed.keys() == generated.keys()
     stale = [name for name in committed if committed[name] != generated[name]]
-    assert not stale, f"{stale} differ from the generator's output; run `python -m hf_detr.hub_configs`"
+    assert not stale, f"{stale} differ from the generator's output; run `python -m hf_detr.hub.hub_configs`"
 
 
 @pytest.mark.parametrize("name", PAPER)
@@ -92,7 +92,8 @@ def test_hub_config_folder_loads_and_builds_the_paper_model(name):
 
 class FakeHub:
     """Hub repositories in memory behind the network calls of `push_to_hub`: `HfApi.create_repo`,
-    `HfApi.create_commit` and the download of an existing model card."""
+    `HfApi.create_commit` (transformers' `push_to_hub`), `HfApi.upload_folder` (hf_detr's) and the download of an
+    existing model card."""
 
     def __init__(self, download_dir: Path) -> None:
         self.repos: dict[str, dict[str, bytes]] = {}
@@ -108,10 +109,21 @@ class FakeHub:
         for operation in operations:
             with operation.as_file() as f:
                 files[operation.path_in_repo] = f.read()
+        return self._commit(repo_id, files, commit_message)
+
+    def _commit(self, repo_id: str, files: dict[str, bytes], commit_message: str) -> CommitInfo:
+        if repo_id not in self.repos:
+            raise AssertionError(f"{repo_id} was not created first")
         self.repos[repo_id].update(files)
         self.commits.append((repo_id, files))
         oid = f"{len(self.commits):040x}"
         return CommitInfo(f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message, "", oid)
+
+    def upload_folder(self, api: HfApi, folder_path, repo_id: str, commit_message: str | None = None,
+                      **kwargs) -> CommitInfo:  # fmt: skip
+        files = {str(path.relative_to(folder_path)): path.read_bytes()
+                 for path in sorted(Path(folder_path).rglob("*")) if path.is_file()}  # fmt: skip
+        return self._commit(repo_id, files, commit_message or "Upload folder")
 
     def hf_hub_download(self, repo_id: str, filename: str, **kwargs) -> str:
         if filename not in self.repos.get(repo_id, {}):
@@ -127,6 +139,7 @@ def fake_hub(tmp_path, monkeypatch) -> FakeHub:
     hub = FakeHub(tmp_path / "downloads")
     monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: hub.create_repo(api, repo_id, **kw))
     monkeypatch.setattr(HfApi, "create_commit", lambda api, repo_id, **kw: hub.create_commit(api, repo_id, **kw))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda api, **kw: hub.upload_folder(api, **kw))
     monkeypatch.setattr("huggingface_hub.repocard.hf_hub_download", hub.hf_hub_download)
     return hub
 
@@ -139,32 +152,32 @@ def test_push_to_hub_commits_what_trust_remote_code_needs(tmp_path, fake_hub):
     model = HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs())).eval()
     randomize_weights(model)
     processor = HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})  # small images: a fast test
-    model.push_to_hub("someone/detr-tiny")
-    processor.push_to_hub("someone/detr-tiny")
+    push_to_hub(model, "someone/detr-tiny", processor)
 
-    (_, model_files), (_, processor_files) = fake_hub.commits
-    weights = load_safetensors(model_files["model.safetensors"])
+    ((repo_id, files),) = fake_hub.commits  # one commit: model, code, image processor and card together
+    assert repo_id == "someone/detr-tiny"
+    weights = load_safetensors(files["model.safetensors"])
     state_dict = model.state_dict()
     assert weights.keys() == state_dict.keys()
     assert all(torch.equal(weights[k], v) for k, v in state_dict.items())
-    config = json.loads(model_files["config.json"])
+    config = json.loads(files["config.json"])
     assert config["model_type"] == "hf_detr"
     assert config["auto_map"] == {
         "AutoConfig": "configuration_hf_detr.HfDetrConfig",
         "AutoModelForObjectDetection": "modeling_hf_detr.HfDetrForObjectDetection",
     }
-    preprocessor = json.loads(processor_files["preprocessor_config.json"])
+    preprocessor = json.loads(files["preprocessor_config.json"])
     assert preprocessor["auto_map"] == {"AutoImageProcessor": "image_processing_hf_detr.HfDetrImageProcessor"}
     assert preprocessor["size"] == {"shortest_edge": 64, "longest_edge": 96}
-    card = ModelCard(model_files["README.md"].decode())
+    # a repository without a card gets hf_detr's, not transformers' generic template
+    card = ModelCard(files["README.md"].decode())
     assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "object-detection")
     assert "hf_detr" in card.data.tags
     assert 'from_pretrained("someone/detr-tiny", trust_remote_code=True)' in card.text
     assert "2: triangle" in card.text  # the labels
-    # the processor's push keeps the model's card (transformers reloads it from the repository)
-    assert ModelCard(processor_files["README.md"].decode()).text == card.text
 
     repo = fake_hub.repos["someone/detr-tiny"]
+    assert repo == files
     code = {name for name in repo if name.endswith(".py")}
     assert {"modeling_hf_detr.py", "configuration_hf_detr.py", "image_processing_hf_detr.py"} <= code
     for name in code:  # every module the remote code imports was uploaded
@@ -213,8 +226,12 @@ def _check_remote_code_load(tmp_path: Path, folder: Path, model, processor) -> N
     assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]
 
 
-def test_push_to_hub_keeps_the_repository_card(fake_hub):
-    fake_hub.repos["someone/detr-tiny"] = {"README.md": b"---\nlicense: mit\ntags:\n- mine\n---\n\n# My own card\n"}
+MY_CARD = b"---\nlicense: mit\ntags:\n- mine\n---\n\n# My own card\n"
+
+
+def test_transformers_push_to_hub_keeps_the_repository_card(fake_hub):
+    """The model's `push_to_hub` is transformers' own: it keeps the repository's card and adds the tags."""
+    fake_hub.repos["someone/detr-tiny"] = {"README.md": MY_CARD}
     model = HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs()))
     model.push_to_hub("someone/detr-tiny", tags=["fine-tuned"])
     (_, files), = fake_hub.commits
@@ -223,3 +240,20 @@ def test_push_to_hub_keeps_the_repository_card(fake_hub):
     assert card.data.license == "mit"
     assert card.data.tags == ["mine", "fine-tuned"]
     assert "model.safetensors" in files
+
+
+def test_hf_detr_push_to_hub_keeps_the_repository_card_or_uploads_the_given_one(fake_hub):
+    fake_hub.repos["someone/detr-tiny"] = {"README.md": MY_CARD}
+    model = HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs()))
+    processor = HfDetrImageProcessor()
+    push_to_hub(model, "someone/detr-tiny", processor, tags=["fine-tuned"])
+    (_, files), = fake_hub.commits
+    card = ModelCard(files["README.md"].decode())
+    assert "# My own card" in card.text and card.data.license == "mit"
+    assert card.data.tags == ["mine", "fine-tuned"]
+    assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= set(files)
+
+    given = ModelCard("---\nlicense: apache-2.0\n---\n\n# The card of this upload\n")
+    push_to_hub(model, "someone/detr-tiny", processor, card=given)
+    _, files = fake_hub.commits[-1]
+    assert ModelCard(files["README.md"].decode()).text == given.text

@@ -361,7 +361,8 @@ _GOOD = {"bbox": [1, 2, 3, 4], "category_id": 1, "area": 12, "iscrowd": 0}
         (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), annotations={"image_id": 0, "annotations": [
             _GOOD, {"category_id": 1}]}), ValueError, r"""annotations\[0\]\["annotations"\]\[1\] has no 'bbox'"""),
         (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), annotations={"image_id": 0, "annotations": [
-            {**_GOOD, "bbox": [1, 2, 3]}]}), ValueError, r"must be 4 numbers"),
+            {**_GOOD, "bbox": [1, 2, 3]}]}), ValueError,
+         r'annotations\[0\]\["annotations"\]\[0\]\["bbox"\] = \[1, 2, 3\] is not 4 numbers'),
         (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), annotations={"annotations": []}), ValueError,
          r"annotations\[0\] must be a COCO detection dict"),
         (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), annotations={"image_id": "a.jpg", "annotations": []}),

@@ -1,17 +1,18 @@
-"""The Hungarian matcher against brute force, and the criterion's input checks."""
+"""The Hungarian matcher against brute force; the criterion's input checks, weights and composition."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 import torch
-from helpers import random_labels
+from helpers import padded_batch, random_labels, tiny_config_kwargs
 from torchvision.ops import box_convert, generalized_box_iou
 
-from hf_detr import HfDetrConfig
-from hf_detr.loss import SetCriterion
-from hf_detr.matcher import HungarianMatcher
+from hf_detr import HfDetrConfig, HfDetrForObjectDetection
+from hf_detr.modeling.loss import LossTerm, build_criterion
+from hf_detr.modeling.matcher import HungarianMatcher
 
 
 def _cost(logits, pred_boxes, ids, boxes, weights=(1.0, 5.0, 2.0)):
@@ -80,12 +81,18 @@ def test_matcher_runs_in_float32_under_autocast():
     assert float(cost[rows, cols].sum()) == pytest.approx(_brute_force(cost), abs=1e-4)
 
 
-def _criterion(num_labels=3):
-    return SetCriterion(HfDetrConfig(num_labels=num_labels))
+def _criterion(num_labels=3, **config):
+    return build_criterion(HfDetrConfig(num_labels=num_labels, num_queries=5, **config))
 
 
-def _predictions(batch=2, queries=5, num_labels=3):
-    return torch.randn(batch, queries, num_labels + 1), torch.rand(batch, queries, 4) * 0.5 + 0.1
+def _predictions(batch=2, queries=5, num_labels=3, aux_layers=0):
+    """Random decoder outputs as the model hands them to its criterion."""
+
+    def layer():
+        return {"logits": torch.randn(batch, queries, num_labels + 1),
+                "pred_boxes": torch.rand(batch, queries, 4) * 0.5 + 0.1}  # fmt: skip
+
+    return {**layer(), "auxiliary_outputs": [layer() for _ in range(aux_layers)]}
 
 
 @pytest.mark.parametrize(
@@ -107,16 +114,16 @@ def _predictions(batch=2, queries=5, num_labels=3):
 )
 def test_bad_labels_are_named(mutate, error, message):
     labels = random_labels([3, 2], 3)
-    logits, boxes = _predictions()
     with pytest.raises(error, match=message):
-        _criterion()(logits, boxes, mutate(labels))
+        _criterion()(_predictions(), mutate(labels))
 
 
 def test_images_without_targets_only_push_towards_no_object():
-    logits, boxes = _predictions()
+    outputs = _predictions()
+    logits = outputs["logits"]
     labels = [{"class_labels": [], "boxes": []}, {"class_labels": torch.zeros(0, dtype=torch.long),
                                                   "boxes": torch.zeros(0, 4)}]
-    loss, terms = _criterion()(logits, boxes, labels)
+    loss, terms = _criterion()(outputs, labels)
     assert terms["loss_bbox"].item() == 0 and terms["loss_giou"].item() == 0
     # every query's target is "no object" (class 3), weighted uniformly, so the CE is the plain mean
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.full((10,), 3))
@@ -125,12 +132,97 @@ def test_images_without_targets_only_push_towards_no_object():
 
 
 def test_loss_weights_follow_the_config():
-    config = HfDetrConfig(num_labels=3)
-    criterion = SetCriterion(config)
-    logits, boxes = _predictions()
+    config = HfDetrConfig(num_labels=3, num_queries=5)
+    outputs = _predictions()
     labels = random_labels([3, 2], 3)
-    loss, terms = criterion(logits, boxes, labels)
+    loss, terms = build_criterion(config)(outputs, labels)
     config.bbox_loss_coefficient, config.giou_loss_coefficient = 0.0, 10.0
-    reweighted, _ = criterion(logits, boxes, labels)
+    reweighted, _ = build_criterion(config)(outputs, labels)
     assert loss.item() == pytest.approx((terms["loss_ce"] + 5 * terms["loss_bbox"] + 2 * terms["loss_giou"]).item())
     assert reweighted.item() == pytest.approx((terms["loss_ce"] + 10 * terms["loss_giou"]).item(), rel=1e-5)
+
+
+def test_outputs_must_hold_whole_query_groups():
+    with pytest.raises(ValueError, match=r'outputs\["logits"\] has 7 queries, not a multiple of num_queries=5'):
+        _criterion()(_predictions(queries=7), random_labels([1, 1], 3))
+
+
+@dataclasses.dataclass(frozen=True)
+class _WidthTerm(LossTerm):
+    """A toy term: the mean predicted box width."""
+
+    def __call__(self, outputs, targets):
+        return {"loss_width": outputs["pred_boxes"][..., 2].mean()}
+
+
+def test_a_new_term_is_one_more_entry_in_the_list():
+    criterion = _criterion()
+    outputs, labels = _predictions(), random_labels([3, 2], 3)
+    loss, terms = criterion(outputs, labels)
+    plugged = dataclasses.replace(criterion, losses=[*criterion.losses, _WidthTerm()],
+                                  weight_dict={**criterion.weight_dict, "loss_width": 0.5})  # fmt: skip
+    plugged_loss, plugged_terms = plugged(outputs, labels)
+    width = outputs["pred_boxes"][..., 2].mean()
+    assert plugged_terms.keys() == terms.keys() | {"loss_width"}
+    torch.testing.assert_close(plugged_terms["loss_width"], width)
+    torch.testing.assert_close(plugged_loss, loss + 0.5 * width)
+    # without a weight the term is only logged, like cardinality_error
+    logged_loss, logged_terms = dataclasses.replace(criterion, losses=plugged.losses)(outputs, labels)
+    assert "loss_width" in logged_terms
+    torch.testing.assert_close(logged_loss, loss)
+    with pytest.raises(ValueError, match=r"_WidthTerm returns \['loss_width'\], which another loss term returned"):
+        dataclasses.replace(plugged, losses=[*plugged.losses, _WidthTerm()])(outputs, labels)
+
+
+class _RecordingMatcher:
+    """Hungarian matching that records the name and `[rows, queries]` of every matching it is asked for."""
+
+    def __init__(self):
+        self.hungarian, self.calls = HungarianMatcher(), []
+
+    def __call__(self, logits, pred_boxes, class_labels, boxes, name=""):
+        self.calls.append((name, tuple(logits.shape[:2])))
+        return self.hungarian(logits, pred_boxes, class_labels, boxes, name=name)
+
+
+def test_the_matcher_is_built_once_and_can_be_injected(monkeypatch):
+    built = []
+    init = HungarianMatcher.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(args)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(HungarianMatcher, "__init__", counting_init)
+    criterion = _criterion(num_query_groups=3, one_to_many_repeats=2, auxiliary_loss=True, decoder_layers=3)
+    assert built == [(1.0, 5.0, 2.0)]
+    outputs, labels = _predictions(queries=15, aux_layers=2), random_labels([3, 2], 3)
+    loss, _ = criterion(outputs, labels)
+    criterion(outputs, labels)
+    assert len(built) == 1  # not per call, term or layer
+
+    recording = _RecordingMatcher()
+    injected_loss, _ = dataclasses.replace(criterion, matcher=recording)(outputs, labels)
+    layers = ["", "auxiliary_outputs[0].", "auxiliary_outputs[1]."]
+    # per layer: the two one-to-one groups of both images at once, then the one-to-many group of both
+    assert recording.calls == [(name, (4, 5)) for name in layers] + [(name, (2, 5)) for name in layers]
+    torch.testing.assert_close(injected_loss, loss)
+
+
+def test_the_model_builds_its_loss_from_its_current_config_or_uses_the_one_assigned():
+    model = HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs()))
+    pixel_values, pixel_mask = padded_batch()
+    labels = random_labels([3, 2], model.config.num_labels)
+    model.config.giou_loss_coefficient = 10.0
+    output = model(pixel_values, pixel_mask, labels=labels)
+    terms = output.loss_dict
+    expected = terms["loss_ce"] + 5 * terms["loss_bbox"] + 10 * terms["loss_giou"]
+    assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    criterion = build_criterion(model.config)
+    model.criterion = dataclasses.replace(criterion, losses=[*criterion.losses, _WidthTerm()],
+                                          weight_dict={**criterion.weight_dict, "loss_width": 0.5})  # fmt: skip
+    output = model(pixel_values, pixel_mask, labels=labels)
+    terms = output.loss_dict
+    expected = terms["loss_ce"] + 5 * terms["loss_bbox"] + 10 * terms["loss_giou"] + 0.5 * terms["loss_width"]
+    assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)

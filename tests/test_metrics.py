@@ -1,4 +1,5 @@
-"""hf_detr.metrics: COCO mAP equals pycocotools run directly; compute_metrics maps predictions to the original frame."""
+"""hf_detr.evaluation.metrics: COCO mAP equals pycocotools run directly; compute_metrics maps predictions to the
+original frame."""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from pycocotools.cocoeval import COCOeval
 import PIL.Image
 from transformers import DetrImageProcessor, EvalPrediction, Trainer, TrainingArguments
 
-from hf_detr.image_processing_hf_detr import HfDetrImageProcessor
-from hf_detr.metrics import COCO_STAT_NAMES, CocoDetectionMetric, coco_evaluate, make_compute_metrics
-from hf_detr.modeling_hf_detr import HfDetrObjectDetectionOutput
-from hf_detr.transforms import to_coco_annotations
+from hf_detr.data.transforms import to_coco_annotations
+from hf_detr.evaluation.metrics import COCO_STAT_NAMES, CocoDetectionMetric, coco_evaluate, make_compute_metrics
+from hf_detr.modeling import HfDetrImageProcessor, HfDetrObjectDetectionOutput
 
 NUM_CLASSES = 3
 
@@ -162,16 +162,17 @@ def test_without_ground_truth_every_metric_is_minus_one():
     ("prediction", "reference", "error", "message"),
     [
         ({"boxes": [1, 2, 3, 4], "labels": [0], "scores": [0.5]}, None, ValueError,
-         r"predictions\[1\]: `boxes` must have shape \(N, 4\)"),
+         r"predictions\[1\]: `boxes\[0\]` = 1 is not 4 numbers"),
         ({"boxes": [[1, 2, 3, 4]], "labels": [0, 1], "scores": [0.5]}, None, ValueError,
          r"predictions\[1\]: per-box fields must have the same length"),
         ({"boxes": [[5, 2, 3, 4]], "labels": [0], "scores": [0.5]}, None, ValueError,
-         r"predictions\[1\]: `boxes` must be \(x0, y0, x1, y1\)"),
+         r"predictions\[1\]: `boxes\[0\]` = .* negative width or height; boxes are corners \[x0, y0, x1, y1\]"),
         ({"boxes": [[1, 2, 3, 4]], "labels": [0]}, None, ValueError, r"predictions\[1\] is missing \['scores'\]"),
         ({"boxes": [[1, 2, 3, float("nan")]], "labels": [0], "scores": [0.5]}, None, ValueError, "NaN"),
         ([[1, 2, 3, 4]], None, TypeError, r"predictions\[1\] must be a dict"),
         (None, {"boxes": [[1, 2, 3, 4]]}, ValueError, r"references\[1\] needs `boxes`.*`labels`"),
-        (None, {"boxes": [[1, 2, -3, 4]], "labels": [0]}, ValueError, r"references\[1\]: .*non-negative w and h"),
+        (None, {"boxes": [[1, 2, -3, 4]], "labels": [0]}, ValueError,
+         r"references\[1\]: `boxes\[0\]` = .* negative width or height"),
         (None, {"boxes": [[1, 2, 3, 4]], "labels": ["cat"]}, ValueError, r"references\[1\]: `labels` must be numeric"),
         (None, {"boxes": [[1, 2, 3, 4]], "labels": [0.5]}, ValueError, r"references\[1\]: `labels` must hold integers"),
     ],

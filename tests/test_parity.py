@@ -8,7 +8,7 @@ from helpers import padded_batch, random_labels, randomize_weights
 from transformers import DetrConfig, DetrForObjectDetection
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
-from hf_detr.convert import from_transformers
+from hf_detr.hub.convert import from_transformers
 
 SMALL = dict(backbone="resnet18", encoder_layers=2, decoder_layers=2, d_model=128, encoder_ffn_dim=256,
              decoder_ffn_dim=256, num_queries=20)

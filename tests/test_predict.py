@@ -11,7 +11,7 @@ from helpers import tiny_config_kwargs
 from PIL import Image
 
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
-from hf_detr.cli import main
+from hf_detr.apps.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from helpers import padded_batch, random_labels, tiny_config_kwargs
@@ -9,10 +11,27 @@ from torchvision.ops import box_convert, generalized_box_iou_loss
 from transformers import DetrConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
-from hf_detr import HfDetrConfig, HfDetrForObjectDetection
-from hf_detr.loss import SetCriterion
+from hf_detr import HfDetrConfig, HfDetrForObjectDetection, presets
+from hf_detr.modeling.loss import EncoderDenseLoss, build_criterion
 
 NO_DROPOUT = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+
+
+def _reference_loss(config, output, labels, queries=slice(None)):
+    """transformers' DETR loss function, independent of hf_detr's criterion, on `queries` of the model's `output`
+    (and of its auxiliary layers, when it has them): `(loss, loss_dict)`."""
+    aux = output.auxiliary_outputs or []
+    layer_logits = torch.stack([a["logits"] for a in aux] + [output.logits])[:, :, queries]
+    layer_boxes = torch.stack([a["pred_boxes"] for a in aux] + [output.pred_boxes])[:, :, queries]
+    reference_config = DetrConfig(num_labels=config.num_labels, decoder_layers=config.decoder_layers,
+                                  auxiliary_loss=bool(aux), eos_coefficient=config.eos_coefficient)
+    loss, loss_dict, _ = ForObjectDetectionLoss(layer_logits[-1], labels, "cpu", layer_boxes[-1], reference_config,
+                                                layer_logits, layer_boxes)  # fmt: skip
+    return loss, loss_dict
+
+
+def _group(g, queries):
+    return slice(g * queries, (g + 1) * queries)
 
 
 def test_default_training_loss_is_the_papers_detr_loss():
@@ -22,14 +41,7 @@ def test_default_training_loss_is_the_papers_detr_loss():
     pixel_values, pixel_mask = padded_batch()
     labels = random_labels([3, 2], config.num_labels)
     output = model(pixel_values, pixel_mask, labels=labels)
-    reference_config = DetrConfig(num_labels=config.num_labels, decoder_layers=config.decoder_layers,
-                                  auxiliary_loss=True, eos_coefficient=config.eos_coefficient)
-    aux = output.auxiliary_outputs
-    expected, expected_terms, _ = ForObjectDetectionLoss(
-        output.logits, labels, "cpu", output.pred_boxes, reference_config,
-        torch.stack([a["logits"] for a in aux] + [output.logits]),
-        torch.stack([a["pred_boxes"] for a in aux] + [output.pred_boxes]),
-    )
+    expected, expected_terms = _reference_loss(config, output, labels)
     assert abs(output.loss.item() - expected.item()) < 1e-5
     assert set(expected_terms) == set(output.loss_dict)
 
@@ -47,12 +59,7 @@ def test_query_groups_train_separately_and_average():
     output = model(pixel_values, pixel_mask, labels=labels)
     assert output.logits.shape[1] == 3 * queries
     # the loss is the mean over groups of DETR's loss of each group alone
-    criterion = SetCriterion(model.config)
-    per_group = []
-    for g in range(3):
-        part = slice(g * queries, (g + 1) * queries)
-        aux = [{k: v[:, part] for k, v in a.items()} for a in output.auxiliary_outputs]
-        per_group.append(criterion(output.logits[:, part], output.pred_boxes[:, part], labels, aux)[0])
+    per_group = [_reference_loss(model.config, output, labels, _group(g, queries))[0] for g in range(3)]
     assert abs(output.loss.item() - torch.stack(per_group).mean().item()) < 1e-5
 
 
@@ -113,7 +120,7 @@ def test_from_scratch_backbone_trains_batchnorm_and_stem_then_becomes_plain_detr
 def test_demo_backbone_starts_with_open_residual_branches():
     """timm zero-initializes the last BatchNorm scale of each residual block; the demo recipe (from scratch) does not,
     so gradients reach every convolution from the first step."""
-    from hf_detr.demo import DEMO_MODEL
+    DEMO_MODEL = presets.get("demo").model
 
     def last_bn_scales(backbone_kwargs):
         config = HfDetrConfig(**{**DEMO_MODEL, "backbone_kwargs": backbone_kwargs}, id2label={0: "a"})
@@ -133,14 +140,10 @@ def test_one_to_many_group_matches_repeated_targets_and_adds_its_loss():
     labels = random_labels([3, 0], config.num_labels)
     output = model(pixel_values, pixel_mask, labels=labels)
 
-    plain = SetCriterion(HfDetrConfig(**tiny_config_kwargs(**NO_DROPOUT)))
-
-    def loss_of(part, targets, groups):
-        aux = [{k: v[:, part] for k, v in a.items()} for a in output.auxiliary_outputs]
-        return plain(output.logits[:, part], output.pred_boxes[:, part], targets, aux, num_groups=groups)[0]
-
+    # the mean of DETR's loss over the two one-to-one groups, plus the last group's DETR loss on repeated targets
+    one_to_one = torch.stack([_reference_loss(config, output, labels, _group(g, queries))[0] for g in range(2)])
     repeated = [{"class_labels": t["class_labels"].repeat(3), "boxes": t["boxes"].repeat(3, 1)} for t in labels]
-    expected = loss_of(slice(0, 2 * queries), labels, 2) + loss_of(slice(2 * queries, None), repeated, 1)
+    expected = one_to_one.mean() + _reference_loss(config, output, repeated, _group(2, queries))[0]
     assert abs(output.loss.item() - expected.item()) < 1e-5
     assert "one_to_many_loss_giou" in output.loss_dict and "one_to_many_loss_ce_0" in output.loss_dict
 
@@ -160,26 +163,35 @@ def test_one_to_many_needs_a_second_group_and_is_dropped_for_inference(tmp_path)
         torch.testing.assert_close(reloaded(pixel_values, pixel_mask).logits, before, rtol=0, atol=1e-6)
 
 
-def _encoder_loss_criterion(**overrides):
-    return SetCriterion(HfDetrConfig(**tiny_config_kwargs(encoder_loss_coefficient=0.5, **overrides)))
+ENCODER_LOSS_CONFIG = HfDetrConfig(**tiny_config_kwargs(encoder_loss_coefficient=0.5))
+
+
+def _encoder_loss(logits, box_logits, feature_mask, labels):
+    """The dense head's weighted loss and terms alone (`build_criterion`'s weights, only its encoder term) for the
+    head's `logits` `[batch, h * w, num_labels + 1]` and `box_logits` `[batch, h * w, 4]`. The criterion reads the
+    batch size and query groups from the decoder's logits, which no term reads here: zeros."""
+    criterion = dataclasses.replace(build_criterion(ENCODER_LOSS_CONFIG), losses=[EncoderDenseLoss()])
+    decoder_logits = logits.new_zeros(len(labels), ENCODER_LOSS_CONFIG.num_queries, logits.shape[-1])
+    outputs = {"logits": decoder_logits, "encoder_logits": logits, "encoder_box_logits": box_logits,
+               "feature_mask": feature_mask}  # fmt: skip
+    return criterion(outputs, labels)
 
 
 def test_encoder_loss_assigns_tokens_near_the_centre_inside_the_box():
     """4x4 map, one object centred at (0.3, 0.6), 0.5 x 0.5: the centre cell and the neighbours whose centres lie
     inside the box and within one cell are positives: x in {0.125, 0.375}, y in {0.375, 0.625}."""
-    criterion = _encoder_loss_criterion()
-    num_labels = criterion.config.num_labels
+    num_labels = ENCODER_LOSS_CONFIG.num_labels
     logits = torch.randn(1, 16, num_labels + 1)
     box_logits = torch.zeros(1, 16, 4)  # boxes at the cell centres, 0.5 x 0.5
     target = torch.tensor([[0.3, 0.6, 0.5, 0.5]])
-    loss, terms = criterion.encoder_loss(logits, box_logits, torch.ones(1, 4, 4, dtype=torch.bool),
-                                         [{"class_labels": torch.tensor([2]), "boxes": target}])
+    loss, terms = _encoder_loss(logits, box_logits, torch.ones(1, 4, 4, dtype=torch.bool),
+                                [{"class_labels": torch.tensor([2]), "boxes": target}])
     positives = [(1, 0), (1, 1), (2, 0), (2, 1)]  # (row, column)
     classes = torch.full((16,), num_labels)
     for row, col in positives:
         classes[row * 4 + col] = 2
     weight = torch.ones(num_labels + 1)
-    weight[-1] = criterion.config.eos_coefficient
+    weight[-1] = ENCODER_LOSS_CONFIG.eos_coefficient
     expected_ce = torch.nn.functional.cross_entropy(logits[0], classes, weight)  # the weighted mean
     centres = torch.tensor([[(col + 0.5) / 4, (row + 0.5) / 4, 0.5, 0.5] for row, col in positives])
     expected_l1 = (centres - target).abs().sum() / 4
@@ -195,24 +207,22 @@ def test_encoder_loss_assigns_tokens_near_the_centre_inside_the_box():
 def test_encoder_loss_ignores_padding_and_normalizes_by_the_real_region():
     """An image whose real region is the left 2 of 4 columns: the same object in its own coordinates gets the same
     assignment as on a 2-column map, and padded tokens do not count."""
-    criterion = _encoder_loss_criterion()
     logits, box_logits = torch.randn(1, 8, 4), torch.randn(1, 8, 4)
     target = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.7, 0.4, 0.6, 0.5]])}]
-    alone = criterion.encoder_loss(logits, box_logits, torch.ones(1, 4, 2, dtype=torch.bool), target)[1]
+    alone = _encoder_loss(logits, box_logits, torch.ones(1, 4, 2, dtype=torch.bool), target)[1]
     padded_logits = torch.cat([logits.reshape(1, 4, 2, 4), torch.randn(1, 4, 2, 4)], 2).reshape(1, 16, 4)
     padded_boxes = torch.cat([box_logits.reshape(1, 4, 2, 4), torch.randn(1, 4, 2, 4)], 2).reshape(1, 16, 4)
     mask = torch.zeros(1, 4, 4, dtype=torch.bool)
     mask[:, :, :2] = True
-    padded = criterion.encoder_loss(padded_logits, padded_boxes, mask, target)[1]
+    padded = _encoder_loss(padded_logits, padded_boxes, mask, target)[1]
     for key, value in alone.items():
         torch.testing.assert_close(padded[key], value)
 
 
 def test_encoder_loss_of_images_without_objects_is_background_only():
-    criterion = _encoder_loss_criterion()
     logits = torch.randn(2, 16, 4)
     empty = [{"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}] * 2
-    loss, terms = criterion.encoder_loss(logits, torch.randn(2, 16, 4), torch.ones(2, 4, 4, dtype=torch.bool), empty)
+    loss, terms = _encoder_loss(logits, torch.randn(2, 16, 4), torch.ones(2, 4, 4, dtype=torch.bool), empty)
     background = torch.full((32,), 3)
     torch.testing.assert_close(terms["encoder_loss_ce"],
                                torch.nn.functional.cross_entropy(logits.reshape(32, 4), background))
@@ -225,8 +235,11 @@ def test_encoder_head_trains_with_the_model_and_is_removed_for_inference(tmp_pat
     pixel_values, pixel_mask = padded_batch()
     labels = random_labels([3, 2], config.num_labels)
     output = model(pixel_values, pixel_mask, labels=labels)
-    detr_loss = SetCriterion(model.config)(output.logits, output.pred_boxes, labels)[0]
+    detr_loss = _reference_loss(model.config, output, labels)[0]
     assert output.loss.item() > detr_loss.item() and "encoder_loss_giou" in output.loss_dict
+    dense = {"encoder_loss_ce": 1.0, "encoder_loss_bbox": 5.0, "encoder_loss_giou": 2.0}  # x coefficient 1
+    expected = detr_loss + sum(weight * output.loss_dict[key] for key, weight in dense.items())
+    assert abs(output.loss.item() - expected.item()) < 1e-5
     output.loss.backward()
     assert model.encoder_class_embed.weight.grad.abs().sum() > 0
     model.eval()

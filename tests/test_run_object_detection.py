@@ -18,10 +18,17 @@ from safetensors.torch import load_file
 from transformers import TrainingArguments
 
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor, HfDetrObjectDetectionOutput
-from hf_detr.cli import main as cli_main
-from hf_detr.collate import DetectionCollator, DetectionDataset
-from hf_detr.metrics import COCO_STAT_NAMES
-from hf_detr.synthetic import ID2LABEL, make_synthetic_dataset
+from hf_detr.apps.cli import main as cli_main
+from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
+from hf_detr.evaluation import (
+    COCO_STAT_NAMES,
+    evaluation_collator,
+    evaluation_dataset,
+    make_compute_metrics,
+    pack_labels,
+    unpack_labels,
+)
+from hf_detr.training import DetrTrainer, build_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_object_detection.py"
 _spec = importlib.util.spec_from_file_location("run_object_detection", SCRIPT)
@@ -31,17 +38,16 @@ _spec.loader.exec_module(run_object_detection)
 
 TINY = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10)
 STEPS_PER_EPOCH = 8  # 32 training images in batches of 4
-# 32 / 8 shapes images of 64 px, augmentation scaled down to them
+# 32 / 8 shapes images of 64 px, DETR's augmentation scaled down to them
 DATA_ARGS = [
     "--dataset", "synthetic", "--synthetic_num_train", "32", "--synthetic_num_eval", "8",
-    "--synthetic_image_size", "64", "--train_scales", "56", "64", "72", "--max_size", "112",
-    "--crop_resize_scales", "48", "56", "--crop_size", "40", "56", "--eval_size", "64",
+    "--synthetic_image_size", "64", "--image_size", "64", "--max_size", "112", "--augment", "detr",
 ]  # fmt: skip
 # evaluation batches of 3 over 8 images: the last one is incomplete (see pack_labels)
 RUN_ARGS = [
     *DATA_ARGS, "--do_train", "--do_eval", "--max_steps", str(3 * STEPS_PER_EPOCH),
     "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
-    "--learning_rate", "1e-3", "--lr_backbone", "1e-4", "--lr_scheduler_type", "constant",
+    "--learning_rate", "1e-3", "--backbone_learning_rate", "1e-4", "--lr_scheduler_type", "constant",
     "--logging_steps", "1", "--seed", "0",
     "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
 ]  # fmt: skip
@@ -158,18 +164,18 @@ class LabelEchoDetector(torch.nn.Module):
 
 
 def evaluate_label_echo(num_images: int, batch_size: int, output_dir: str) -> dict[str, float]:
-    """`DetrTrainer.evaluate` of :class:`LabelEchoDetector` on generated shapes: 1.0 unless boxes are lost."""
+    """`DetrTrainer.evaluate` of :class:`LabelEchoDetector` on generated shapes, with the example's training
+    arguments and evaluation batches: 1.0 unless boxes are lost."""
     split = make_synthetic_dataset(0, num_images, 0, image_size=64, seed=1)["validation"]
     processor = HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 112})
     args = TrainingArguments(output_dir=output_dir, per_device_eval_batch_size=batch_size, use_cpu=True,
                              report_to="none", **run_object_detection.TRAINING_DEFAULTS)  # fmt: skip
-    trainer = run_object_detection.DetrTrainer(
-        model=LabelEchoDetector(len(ID2LABEL)), args=args, eval_dataset=DetectionDataset(split),
-        data_collator=None, eval_data_collator=DetectionCollator(processor, do_resize=True, keep_crowd=True),
-        compute_metrics=run_object_detection.make_packed_compute_metrics(processor, id2label=ID2LABEL),
-        lr_backbone=1e-5,
+    trainer = DetrTrainer(
+        model=LabelEchoDetector(len(ID2LABEL)), args=args, eval_dataset=evaluation_dataset(split, ID2LABEL),
+        data_collator=None, eval_data_collator=evaluation_collator(processor),
+        compute_metrics=make_compute_metrics(processor, id2label=ID2LABEL), backbone_learning_rate=1e-5,
     )  # fmt: skip
-    return trainer.evaluate(ignore_keys=run_object_detection.EVAL_IGNORE_KEYS)
+    return trainer.evaluate()  # labels packed by DetrTrainer, unpacked by make_compute_metrics
 
 
 def test_an_incomplete_last_evaluation_batch_keeps_every_box(tmp_path):
@@ -187,11 +193,11 @@ def test_labels_survive_packing():
          "boxes": torch.zeros(0, 4), "class_labels": torch.zeros(0, dtype=torch.int64),
          "iscrowd": torch.zeros(0, dtype=torch.int64), "area": torch.zeros(0)},
     ]  # fmt: skip
-    packed = run_object_detection.pack_labels(labels)
+    packed = pack_labels(labels)
     assert packed.shape == (2, 3, 7)
     # padding rows (as accelerate adds across processes) are ignored
     padded = torch.cat([packed, torch.full((2, 2, 7), -100.0, dtype=torch.float64)], dim=1)
-    for original, unpacked in zip(labels, run_object_detection.unpack_labels(padded.numpy())):
+    for original, unpacked in zip(labels, unpack_labels(padded.numpy())):
         assert unpacked.keys() == original.keys()
         for key, value in original.items():
             np.testing.assert_allclose(unpacked[key], value.numpy().reshape(unpacked[key].shape), err_msg=key)
@@ -224,7 +230,7 @@ def test_backbone_has_its_own_learning_rate_and_weight_decay(tmp_path):
     model = HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs(**TINY)))
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", learning_rate=1e-4,
                              weight_decay=1e-4)  # fmt: skip
-    trainer = run_object_detection.DetrTrainer(model=model, args=args, lr_backbone=1e-5)
+    trainer = DetrTrainer(model=model, args=args, backbone_learning_rate=1e-5)
     groups = trainer.create_optimizer().param_groups
     by_lr = {group["lr"]: {id(p) for p in group["params"]} for group in groups}
     backbone = {id(p) for name, p in model.named_parameters() if name.startswith("model.backbone.") and p.requires_grad}
@@ -234,33 +240,55 @@ def test_backbone_has_its_own_learning_rate_and_weight_decay(tmp_path):
     assert all(group["weight_decay"] == 1e-4 for group in groups)
 
 
-def test_zero_backbone_learning_rate_freezes_the_backbone(start_model, tmp_path):
-    model = run_object_detection.load_model(run_object_detection.ModelArguments(start_model, lr_backbone=0.0), ID2LABEL)
+def test_zero_backbone_learning_rate_freezes_the_backbone(start_model, tmp_path, monkeypatch):
+    trainers = []
+
+    class RecordingTrainer(DetrTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+    monkeypatch.setattr(run_object_detection, "DetrTrainer", RecordingTrainer)
+    output_dir = tmp_path / "frozen"
+    run_object_detection.main([
+        "--model_name_or_path", start_model, "--output_dir", str(output_dir), *DATA_ARGS, "--do_train",
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--learning_rate", "1e-4",
+        "--backbone_learning_rate", "0", "--eval_strategy", "no", "--save_strategy", "no",
+        "--load_best_model_at_end", "false", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
+    ])  # fmt: skip
+    (trainer,) = trainers
+    model = trainer.model
     assert not any(p.requires_grad for p in model.model.backbone.parameters())
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", learning_rate=1e-4)
-    trainer = run_object_detection.DetrTrainer(model=model, args=args, lr_backbone=0.0)
-    (group,) = trainer.create_optimizer().param_groups
-    assert group["lr"] == 1e-4 and {id(p) for p in group["params"]} == {
+    (group,) = trainer.optimizer.param_groups
+    assert group["initial_lr"] == 1e-4 and {id(p) for p in group["params"]} == {
         id(p) for p in model.parameters() if p.requires_grad
     }
+    # the backbone kept the starting weights; the rest trained
+    start, saved = load_file(Path(start_model) / "model.safetensors"), load_file(output_dir / "model.safetensors")
+    backbone = [name for name in saved if name.startswith("model.backbone.")]
+    assert backbone and all(torch.equal(saved[name], start[name]) for name in backbone)
+    assert any(not torch.equal(saved[name], start[name]) for name in saved if name not in backbone and name in start
+               and not name.startswith("class_embed."))  # fmt: skip
 
 
 def test_model_from_a_config_folder_and_overrides_that_break_weights(start_model, tmp_path):
     labels = dict(ID2LABEL)
     config_only = tmp_path / "config-only"
     HfDetrConfig(**tiny_config_kwargs(**TINY)).save_pretrained(config_only)
-    model = run_object_detection.load_model(
-        run_object_detection.ModelArguments(str(config_only), config_overrides="num_queries=7,eos_coefficient=0.2"),
-        labels,
-    )
+    model, _ = build_model(str(config_only), labels, {"num_queries": 7, "eos_coefficient": 0.2})
     assert model.config.num_queries == 7 and model.config.eos_coefficient == 0.2
     assert model.config.id2label == labels and model.class_embed.out_features == len(labels) + 1
 
     with pytest.raises(ValueError, match="dropout=1.5 is invalid"):
-        run_object_detection.load_model(
-            run_object_detection.ModelArguments(str(config_only), config_overrides="dropout=1.5"), labels
-        )
+        build_model(str(config_only), labels, {"dropout": 1.5})
+    # the example passes --model_kwargs on: with weights, an override that changes a weight's shape is an error
     with pytest.raises(ValueError, match=r"\['model\.query_embed\.weight'\] would be reinitialized"):
-        run_object_detection.load_model(
-            run_object_detection.ModelArguments(start_model, config_overrides="num_queries=7"), labels
-        )
+        run_object_detection.main([
+            "--model_name_or_path", start_model, "--output_dir", str(tmp_path / "out"), *DATA_ARGS,
+            "--model_kwargs", '{"num_queries": 7}', "--use_cpu", "--report_to", "none",
+        ])  # fmt: skip
+    with pytest.raises(ValueError, match="--model_kwargs 'num_queries=7' is not JSON"):
+        run_object_detection.main([
+            "--model_name_or_path", start_model, "--output_dir", str(tmp_path / "out"), *DATA_ARGS,
+            "--model_kwargs", "num_queries=7", "--use_cpu", "--report_to", "none",
+        ])  # fmt: skip

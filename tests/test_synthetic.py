@@ -1,4 +1,4 @@
-"""hf_detr.synthetic: determinism, schema, and boxes that frame the drawn objects."""
+"""hf_detr.data.synthetic: determinism, schema, and boxes that frame the drawn objects."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import datasets
 import numpy as np
 import pytest
 
-from hf_detr.data import coco_detection_features, id2label
-from hf_detr.synthetic import ID2LABEL, SHAPES, make_synthetic_dataset, render_image
+from hf_detr.data import SYNTHETIC, coco_detection_features, id2label, load_data
+from hf_detr.data.synthetic import ID2LABEL, SHAPES, make_synthetic_dataset, render_image
 
 
 def _encoded(ds: datasets.DatasetDict) -> dict[str, list[dict]]:
@@ -133,3 +133,17 @@ def test_boxes_are_tight_around_the_drawn_objects():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_synthetic_dataset(**{"num_train": 1, "num_validation": 0, "num_test": 0, **kwargs})
+
+
+def test_load_data_names_the_generated_splits():
+    """`hf_detr.data.load_data("synthetic", ...)`, the entry point of `hf-detr train`, the demo and the examples."""
+    sizes = {"train": 5, "test": 2}
+    data = load_data(SYNTHETIC, ["train", "test"], synthetic_sizes=sizes, synthetic_image_size=64, seed=3)
+    assert list(data) == ["train", "test"] and {name: len(split) for name, split in data.items()} == sizes
+    assert {(row["width"], row["height"]) for row in data["train"]} == {(64, 64)}
+    again = load_data(SYNTHETIC, ["train", "test"], synthetic_sizes=sizes, synthetic_image_size=64, seed=3)
+    assert _encoded(again) == _encoded(data)  # seeded
+    other_seed = load_data(SYNTHETIC, ["train"], synthetic_sizes=sizes, synthetic_image_size=64, seed=4)
+    assert list(other_seed) == ["train"] and _encoded(other_seed)["train"] != _encoded(data)["train"]
+    with pytest.raises(ValueError, match=r"dataset 'synthetic' has the splits .* not \['val'\]"):
+        load_data(SYNTHETIC, ["val"])

@@ -1,8 +1,10 @@
-"""The accelerate training loop on one process: `hf_detr.train`, `hf_detr.collate` and `hf-detr train`."""
+"""The accelerate training loop on one process: `hf_detr.training` (config, setup, checkpoints, loop),
+`hf_detr.data.collate` and `hf-detr train`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import runpy
@@ -13,29 +15,32 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
+from huggingface_hub import HfApi, RepoUrl
 from PIL import Image
 from transformers import pipeline
 
-import hf_detr.loss
-import hf_detr.matcher
-import hf_detr.train
+import hf_detr.modeling.matcher
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
-from hf_detr.cli import main as cli_main
-from hf_detr.collate import DetectionCollator, DetectionDataset
-from hf_detr.synthetic import ID2LABEL, make_synthetic_dataset
-from hf_detr.train import (
+from hf_detr.apps.cli import main as cli_main
+from hf_detr.data.collate import DetectionCollator, DetectionDataset
+from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
+from hf_detr.data.transforms import make_eval_transform, training_transform
+from hf_detr.evaluation import evaluation_collator
+from hf_detr.modeling.loss import LossTerm, build_criterion
+from hf_detr.training import (
     TrainConfig,
     TrainingDivergedError,
-    _param_groups,
-    _trackers,
     add_arguments,
     build_model,
     config_from_args,
     latest_checkpoint,
     lr_factor,
-    scaled_detr_transforms,
+    parameter_groups,
     train,
 )
+from hf_detr.training import loop
+from hf_detr.training.loop import _trackers
+from hf_detr.training.setup import training_data, with_image_size
 
 from training_commands import TINY, TINY_MODEL, command
 
@@ -101,32 +106,44 @@ def test_documented_commands_differ_only_in_how_they_launch() -> None:
     for kind in ("multi-gpu", "multi-node"):
         launched = command(kind)
         module = launched.index("-m")
-        assert launched[module + 1] == "hf_detr.train" and launched[module + 2 :] == single[2:]
+        assert launched[module + 1 : module + 3] == ["hf_detr", "train"] and launched[module + 3 :] == single[2:]
 
 
 def test_bf16_autocast_keeps_the_matcher_and_losses_in_float32(tmp_path: Path, shapes, monkeypatch) -> None:
     seen = {"matcher inputs": set(), "assignment costs": set(), "loss terms": set()}
-    matcher_call = hf_detr.matcher.HungarianMatcher.__call__
-    assignment = hf_detr.matcher.linear_sum_assignment
-    terms = hf_detr.loss.SetCriterion._terms
-
-    def recording_call(self, logits, pred_boxes, *args, **kwargs):
-        seen["matcher inputs"] |= {logits.dtype, pred_boxes.dtype}
-        return matcher_call(self, logits, pred_boxes, *args, **kwargs)
+    assignment = hf_detr.modeling.matcher.linear_sum_assignment
 
     def recording_assignment(cost):
         seen["assignment costs"].add(str(cost.dtype))
         return assignment(cost)
 
-    def recording_terms(self, *args, **kwargs):
-        result = terms(self, *args, **kwargs)
-        seen["loss terms"] |= {value.dtype for value in result.values()}
-        return result
+    class RecordingMatcher:
+        """A `Matcher` around DETR's, recording the dtypes it is given."""
 
-    monkeypatch.setattr(hf_detr.matcher.HungarianMatcher, "__call__", recording_call)
-    monkeypatch.setattr(hf_detr.matcher, "linear_sum_assignment", recording_assignment)
-    monkeypatch.setattr(hf_detr.loss.SetCriterion, "_terms", recording_terms)
-    result = train(tiny_config(tmp_path, mixed_precision="bf16", max_steps=2), dataset=shapes)
+        def __init__(self, matcher) -> None:
+            self.matcher = matcher
+
+        def __call__(self, logits, pred_boxes, *args, **kwargs):
+            seen["matcher inputs"] |= {logits.dtype, pred_boxes.dtype}
+            return self.matcher(logits, pred_boxes, *args, **kwargs)
+
+    class RecordingTerm(LossTerm):
+        """A `LossTerm` around one of DETR's, recording the dtypes of its values."""
+
+        def __init__(self, term: LossTerm) -> None:
+            self.term, self.takes_last_group = term, term.takes_last_group
+
+        def __call__(self, outputs, targets):
+            values = self.term(outputs, targets)
+            seen["loss terms"] |= {value.dtype for value in values.values()}
+            return values
+
+    monkeypatch.setattr(hf_detr.modeling.matcher, "linear_sum_assignment", recording_assignment)
+    model = HfDetrForObjectDetection(HfDetrConfig(**TINY_MODEL, id2label=ID2LABEL))
+    criterion = build_criterion(model.config)  # the loss the model builds itself, with its matcher and terms wrapped
+    model.criterion = dataclasses.replace(criterion, matcher=RecordingMatcher(criterion.matcher),
+                                          losses=[RecordingTerm(term) for term in criterion.losses])  # fmt: skip
+    result = train(tiny_config(tmp_path, mixed_precision="bf16", max_steps=2), dataset=shapes, model=model)
 
     assert result.global_step == 2
     assert torch.bfloat16 in seen["matcher inputs"]  # autocast was on: the heads computed in bf16
@@ -175,15 +192,23 @@ def test_example_script_stops_cleanly_after_the_step_that_exceeds_the_time_budge
     # every step takes far more than a millisecond, so the budget runs out during the first one
     argv = [*TINY, "--synthetic_train_size", "4", "--eval_split", "none", "--time_budget", "0.001", "--save_steps",
             "50", "--output_dir", str(output), "--push_to_hub", "--hub_model_id", "me/shapes"]  # fmt: skip
-    pushed = []  # no network here: record the uploads instead
-    monkeypatch.setattr(HfDetrForObjectDetection, "push_to_hub", lambda self, repo: pushed.append(("model", repo)))
-    monkeypatch.setattr(HfDetrImageProcessor, "push_to_hub", lambda self, repo: pushed.append(("processor", repo)))
+    pushed = []  # no network here: record the uploads (repository, files of the folder) instead
+
+    def upload_folder(api, folder_path, repo_id, **kwargs):
+        pushed.append((repo_id, sorted(path.name for path in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kwargs: RepoUrl(f"https://hf.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(sys, "argv", ["train_accelerate.py", *argv])
     runpy.run_path(str(EXAMPLES / "train_accelerate.py"), run_name="__main__")
     assert "stopped after 1 steps (time_budget)" in capsys.readouterr().out
     assert latest_checkpoint(output).name == "step_1"  # resumable
     assert (output / "model.safetensors").is_file()
-    assert pushed == [("model", "me/shapes"), ("processor", "me/shapes")]
+    # one commit with the model, its image processor and the card of the saved folder
+    ((repo, files),) = pushed
+    assert repo == "me/shapes"
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(files)
+    assert set(files) <= {path.name for path in output.iterdir()}
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path: Path, shapes) -> None:
@@ -217,16 +242,16 @@ def test_lr_schedules() -> None:
 
 
 def test_trackers(monkeypatch) -> None:
-    monkeypatch.setattr(hf_detr.train, "is_tensorboard_available", lambda: True)
+    monkeypatch.setattr(loop, "is_tensorboard_available", lambda: True)
     assert _trackers("auto") == ["tensorboard"]
-    monkeypatch.setattr(hf_detr.train, "is_tensorboard_available", lambda: False)
+    monkeypatch.setattr(loop, "is_tensorboard_available", lambda: False)
     assert _trackers("auto") is None
     assert _trackers("none") is None and _trackers("wandb") == ["wandb"]
 
 
 def test_parameter_groups_follow_detr() -> None:
     model = HfDetrForObjectDetection(HfDetrConfig(**TINY_MODEL))
-    groups = _param_groups(model, TrainConfig(output_dir="x", max_steps=1))
+    groups = parameter_groups(model, 1e-4, 1e-5)
     assert [(g["name"], g["lr"]) for g in groups] == [("transformer", 1e-4), ("backbone", 1e-5)]
     backbone = {id(p) for p in model.model.backbone.parameters()}
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.model.backbone.parameters() if p.requires_grad}
@@ -234,9 +259,27 @@ def test_parameter_groups_follow_detr() -> None:
     assert sorted(id(p) for g in groups for p in g["params"]) == sorted(trainable)
     assert not backbone & {id(p) for p in groups[0]["params"]}
 
-    frozen = _param_groups(model, TrainConfig(output_dir="x", max_steps=1, backbone_learning_rate=0))
+    # learning rate 0: no backbone group, and no side effect (freezing is the caller's `model.freeze_backbone()`)
+    frozen = parameter_groups(model, 1e-4, 0)
     assert [g["name"] for g in frozen] == ["transformer"]
-    assert not any(p.requires_grad for p in model.model.backbone.parameters())
+    assert {id(p) for p in frozen[0]["params"]} == {id(p) for p in groups[0]["params"]}
+    assert any(p.requires_grad for p in model.model.backbone.parameters())
+    model.freeze_backbone()
+    assert [g["name"] for g in parameter_groups(model, 1e-4, 1e-5)] == ["transformer"]  # an empty group is left out
+
+
+def test_zero_backbone_learning_rate_freezes_the_backbone_in_training(tmp_path: Path, shapes) -> None:
+    model = HfDetrForObjectDetection(HfDetrConfig(**TINY_MODEL, id2label=ID2LABEL))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    config = tiny_config(tmp_path, max_steps=2, learning_rate=1e-3, backbone_learning_rate=0)
+    result = train(config, dataset=shapes, model=model)
+    assert not any(p.requires_grad for p in result.model.model.backbone.parameters())
+    after = result.model.state_dict()
+    backbone = [name for name in before if name.startswith("model.backbone.")]
+    assert backbone and all(torch.equal(after[name], before[name]) for name in backbone)
+    assert any(not torch.equal(after[name], before[name]) for name in before if name not in backbone)
+    lr_logged = {key for entry in result.log_history for key in entry if key.startswith("lr_")}
+    assert lr_logged == {"lr_transformer"}  # the optimizer had no backbone group
 
 
 def test_build_model_replaces_the_head_only_for_new_labels(tmp_path: Path) -> None:
@@ -289,18 +332,28 @@ def test_latest_checkpoint_skips_incomplete_ones(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path / "nothing") is None
 
 
-def test_scaled_detr_recipe_sizes() -> None:
+def test_detr_recipe_is_scaled_to_the_image_size() -> None:
     image = {"image": Image.new("RGB", (160, 128)), "image_id": 0,
              "objects": {"bbox": [[10.0, 20.0, 60.0, 50.0]], "category": [0]}}  # fmt: skip
-    train_transform, eval_transform = scaled_detr_transforms(128, 213)
-    dataset = DetectionDataset([image], train_transform)
+    dataset = DetectionDataset([image], training_transform("detr", 128, 213))
     shorter = set()
     for epoch in range(30):
         dataset.set_epoch(epoch)
         shorter.add(min(dataset[0]["image"].size))
     assert shorter <= set(range(77, 129)) and len(shorter) > 3  # DETR's 480-800 scaled by 128 / 800
-    evaluated = DetectionDataset([image], eval_transform)[0]
-    assert evaluated["image"].size == (160, 128) and evaluated["orig_size"] == (128, 160)
+    # evaluation resizes with the image processor (as inference does): shorter side 128, longer side at most 213
+    default = HfDetrImageProcessor()
+    processor = with_image_size(default, 128)
+    assert (processor.size.shortest_edge, processor.size.longest_edge) == (128, 213)
+    assert (default.size.shortest_edge, default.size.longest_edge) == (800, 1333)  # a copy: the caller's is unchanged
+    evaluated = evaluation_collator(processor)([DetectionDataset([image])[0]])
+    assert evaluated["pixel_values"].shape == (1, 3, 128, 160)
+    assert evaluated["labels"][0]["orig_size"].tolist() == [128, 160]
+    # the recipe resizes itself: its batches are only padded, not resized again
+    _, collator = training_data([image], processor, "detr", seed=0)
+    assert not collator.do_resize
+    with pytest.raises(ValueError, match="augment='detr' scales DETR's recipe to a processor size with shortest_edge"):
+        training_data([image], HfDetrImageProcessor(size={"height": 64, "width": 80}), "detr", seed=0)
 
 
 def test_flip_augmentation_only_mirrors() -> None:
@@ -308,33 +361,44 @@ def test_flip_augmentation_only_mirrors() -> None:
     pixels = np.random.default_rng(0).integers(0, 255, (100, 160, 3), dtype=np.uint8)
     image = {"image": Image.fromarray(pixels), "image_id": 0,
              "objects": {"bbox": [[10.0, 20.0, 60.0, 50.0]], "category": [0]}}  # fmt: skip
-    flip_transform, _ = scaled_detr_transforms(50, 100, "flip")
-    resized = np.asarray(DetectionDataset([image], scaled_detr_transforms(50, 100, "none")[0])[0]["image"])
-    dataset = DetectionDataset([image], flip_transform)
+    processor = with_image_size(HfDetrImageProcessor(), 50, 100)
+    dataset, collator = training_data([image], processor, "flip", seed=0)
+    plain, plain_collator = training_data([image], processor, "none", seed=0)
+    assert plain.transform is None and collator.do_resize and plain_collator.do_resize  # the processor resizes both
+    resized = plain_collator([plain[0]])
+    evaluated = evaluation_collator(processor)([DetectionDataset([image])[0]])
+    assert resized["pixel_values"].shape == (1, 3, 50, 80)
+    assert torch.equal(resized["pixel_values"], evaluated["pixel_values"])  # "none" is the evaluation resize
     seen = set()
     for epoch in range(12):
         dataset.set_epoch(epoch)
         out = dataset[0]
         array = np.asarray(out["image"])
-        assert array.shape == (50, 80, 3) and out["objects"]["category"] == [0]
-        if np.array_equal(array, resized):
+        assert array.shape == (100, 160, 3) and out["objects"]["category"] == [0]
+        batch = collator([out])
+        assert batch["pixel_values"].shape == (1, 3, 50, 80)
+        (box,) = batch["labels"][0]["boxes"].tolist()  # normalized (cx, cy, w, h)
+        if np.array_equal(array, pixels):
             seen.add("same")
-            assert out["objects"]["bbox"] == [[5.0, 10.0, 30.0, 25.0]]
+            assert out["objects"]["bbox"] == [[10.0, 20.0, 60.0, 50.0]]
+            assert torch.equal(batch["pixel_values"], resized["pixel_values"])
+            assert box == pytest.approx([0.25, 0.45, 0.375, 0.5])
         else:
-            assert np.array_equal(array, resized[:, ::-1])
+            assert np.array_equal(array, pixels[:, ::-1])
             seen.add("mirrored")
-            assert out["objects"]["bbox"] == [[80 - 5.0 - 30.0, 10.0, 30.0, 25.0]]
+            assert out["objects"]["bbox"] == [[160 - 10.0 - 60.0, 20.0, 60.0, 50.0]]
+            torch.testing.assert_close(batch["pixel_values"], resized["pixel_values"].flip(-1), rtol=0, atol=1e-5)
+            assert box == pytest.approx([0.75, 0.45, 0.375, 0.5])
     assert seen == {"same", "mirrored"}
-    with pytest.raises(ValueError, match="augment='crop' is not one of"):
-        scaled_detr_transforms(50, 100, "crop")
+    with pytest.raises(ValueError, match="augment='crop': choose 'detr'"):
+        training_transform("crop", 50, 100)
 
 
-# ------------------------------------------------------------------------------------------- collate.py
+# -------------------------------------------------------------------------------------- data/collate.py
 
 
 def test_augmentation_depends_only_on_seed_epoch_and_index(shapes) -> None:
-    transform, _ = scaled_detr_transforms(64, 107)
-    dataset = DetectionDataset(shapes["train"], transform, seed=5)
+    dataset = DetectionDataset(shapes["train"], training_transform("detr", 64, 107), seed=5)
 
     def pixels(epoch: int, index: int) -> torch.Tensor:
         dataset.set_epoch(epoch)
@@ -349,8 +413,7 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(shapes) -> None:
 
 
 def test_collator_pads_and_keeps_original_sizes(shapes) -> None:
-    _, eval_transform = scaled_detr_transforms(48, 80)
-    examples = [DetectionDataset(shapes["validation"], eval_transform)[i] for i in range(3)]
+    examples = [DetectionDataset(shapes["validation"], make_eval_transform(48, 80))[i] for i in range(3)]
     examples[1]["image"] = examples[1]["image"].crop((0, 0, 48, 40))  # a smaller image (without objects) is padded
     objects = examples[0]["objects"]
     examples[0]["objects"] = {**objects, "iscrowd": [1] + objects["iscrowd"][1:]}

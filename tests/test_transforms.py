@@ -1,4 +1,4 @@
-"""hf_detr.transforms: boxes stay on their objects through DETR's augmentation, on Hub-COCO examples."""
+"""hf_detr.data.transforms: boxes stay on their objects through DETR's augmentation, on Hub-COCO examples."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 from torchvision.transforms import v2
 
-from hf_detr.transforms import (
+from hf_detr.data.transforms import (
     DETR_MAX_SIZE,
     DETR_TRAIN_SCALES,
     make_eval_transform,
@@ -225,9 +225,11 @@ def test_with_transform_on_a_dataset_and_coco_annotations():
 @pytest.mark.parametrize(
     ("objects", "message"),
     [
-        ({"bbox": [[1, 2, 3]], "category": [0]}, r"image_id=9.*objects.bbox.*\[x, y, w, h\]"),
-        ({"bbox": [[1, 2, 3, 4], [0, 0, -1, 4]], "category": [0, 1]}, r"image_id=9.*objects.bbox\[1\].*non-negative"),
-        ({"bbox": [[1, 2, float("nan"), 4]], "category": [0]}, r"objects.bbox\[0\].*finite"),
+        ({"bbox": [[1, 2, 3]], "category": [0]},
+         r"image_id=9.*objects.bbox\[0\]. = \[1, 2, 3\] is not 4 numbers.*\[x, y, w, h\]"),
+        ({"bbox": [[1, 2, 3, 4], [0, 0, -1, 4]], "category": [0, 1]},
+         r"image_id=9.*objects.bbox\[1\].*negative width or height"),
+        ({"bbox": [[1, 2, float("nan"), 4]], "category": [0]}, r"objects.bbox\[0\].*is NaN or infinite"),
         ({"bbox": [[1, 2, 3, 4]], "category": [0, 1]}, r"objects.category. has 2 entries but .objects.bbox. has 1"),
         ({"category": [0]}, r"image_id=9.*`objects`.*`bbox`"),
     ],

@@ -13,13 +13,15 @@ import socket
 import sys
 from pathlib import Path
 
+from hf_detr import presets
+
 DOC = Path(__file__).parents[1] / "README.md"
 
-# appended to every documented command: a tiny model and data set that train in seconds on a CPU
+# appended to every documented command: a tiny model and data set that train in seconds on a CPU (the `tiny` preset,
+# smaller still; its labels come from the data)
 TINY_MODEL = {
-    "backbone": "resnet18",
+    **{key: value for key, value in presets.get("tiny").model.items() if key != "id2label"},
     "d_model": 32,
-    "encoder_layers": 1,
     "decoder_layers": 1,
     "encoder_attention_heads": 2,
     "decoder_attention_heads": 2,
@@ -63,16 +65,16 @@ def free_port() -> int:
 
 def launch_argv(documented: list[str], num_processes: int, port: int, replace: dict[str, str] | None = None,
                 script: list[str] | None = None) -> list[str]:  # fmt: skip
-    """A documented `accelerate launch ... -m hf_detr.train ARGS` with this venv's accelerate, `num_processes` in all,
-    `port`, `$VARIABLES` replaced from `replace`; `script` (e.g. a test wrapper) instead of `-m hf_detr.train`."""
+    """A documented `accelerate launch ... -m hf_detr train ARGS` with this venv's accelerate, `num_processes` in all,
+    `port`, `$VARIABLES` replaced from `replace`; `script` (e.g. a test wrapper) instead of `-m hf_detr train`."""
     argv = [replace.get(token, token) if replace else token for token in documented]
     module = argv.index("-m")
-    assert argv[module + 1] == "hf_detr.train", argv
-    launcher, args = argv[2:module], argv[module + 2 :]
+    assert argv[module + 1 : module + 3] == ["hf_detr", "train"], argv
+    launcher, args = argv[2:module], argv[module + 3 :]
     launcher[launcher.index("--num_processes") + 1] = str(num_processes)
     if "--main_process_port" in launcher:
         launcher[launcher.index("--main_process_port") + 1] = str(port)
     else:
         launcher += ["--main_process_port", str(port)]
     accelerate = str(Path(sys.executable).parent / "accelerate")
-    return [accelerate, "launch", *launcher, *(script or ["-m", "hf_detr.train"]), *args]
+    return [accelerate, "launch", *launcher, *(script or ["-m", "hf_detr", "train"]), *args]

@@ -1,5 +1,11 @@
 """hf_detr: DETR for the Hugging Face ecosystem.
 
+Layout (docs/ARCHITECTURE.md): `modeling/` is the model (config, network, image processor, matcher, loss; the files a
+saved folder carries for `trust_remote_code`), `data/` the data sets and batches, `evaluation/` COCO metrics and the
+one evaluation loop, `training/` the accelerate loop and the Trainer integration, `hub/` checkpoint conversion, export
+and model cards, `apps/` the `hf-detr` command, the demo and prediction; `presets` names the published and recipe
+configurations.
+
 Importing the package registers the model type ``hf_detr`` with the transformers Auto classes (config, models,
 image processor) and marks the classes for ``auto_map``, so ``save_pretrained`` writes a folder that also loads
 with ``trust_remote_code=True`` where hf_detr is not installed.
@@ -13,15 +19,9 @@ from transformers import (
     AutoVideoProcessor,
 )
 
-from .configuration_hf_detr import HfDetrConfig
-from .image_processing_hf_detr import HfDetrImageProcessor
-from .modeling_hf_detr import (
-    HfDetrForObjectDetection,
-    HfDetrModel,
-    HfDetrModelOutput,
-    HfDetrObjectDetectionOutput,
-    HfDetrPreTrainedModel,
-)
+from . import _moved
+from .modeling import *  # noqa: F403  (the public API is the model's: config, models, outputs, image processor)
+from .modeling import __all__
 
 __version__ = "0.1.0"
 
@@ -37,12 +37,4 @@ HfDetrModel.register_for_auto_class("AutoModel")
 HfDetrForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
 HfDetrImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-__all__ = [
-    "HfDetrConfig",
-    "HfDetrForObjectDetection",
-    "HfDetrImageProcessor",
-    "HfDetrModel",
-    "HfDetrModelOutput",
-    "HfDetrObjectDetectionOutput",
-    "HfDetrPreTrainedModel",
-]
+_moved.install()

@@ -2,7 +2,7 @@
 
 Needs no download, so it is the data of the demo, the tests and the examples::
 
-    from hf_detr.synthetic import make_synthetic_dataset, ID2LABEL
+    from hf_detr.data.synthetic import make_synthetic_dataset, ID2LABEL
     ds = make_synthetic_dataset(num_train=1000, num_validation=200, num_test=200, image_size=128, seed=0)
     ds["train"][0]  # {"image": PIL 128x128, "image_id": 0, "width": 128, "height": 128, "objects": {...}}
 
@@ -35,7 +35,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from .data import coco_detection_features
+from .loading import coco_detection_features
 
 SHAPES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "cross", "ring")
 ID2LABEL: dict[int, str] = dict(enumerate(SHAPES))

@@ -22,6 +22,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..modeling.boxes import check_boxes
+
 # DETR's recipe (facebookresearch/detr, datasets/coco.py).
 DETR_TRAIN_SCALES: tuple[int, ...] = tuple(range(480, 801, 32))
 DETR_MAX_SIZE = 1333
@@ -39,6 +41,7 @@ __all__ = [
     "make_eval_transform",
     "make_train_transform",
     "to_coco_annotations",
+    "training_transform",
     "transform_batch",
     "transform_example",
 ]
@@ -162,20 +165,7 @@ def _object_fields(example: dict[str, Any]) -> tuple[torch.Tensor, dict[str, lis
         raise ValueError(
             f"{_where(example)}: expected `objects` to be a dict with a `bbox` list (Hub COCO schema), got {objects!r}."
         )
-    raw = objects["bbox"]
-    try:
-        boxes = torch.as_tensor(raw, dtype=torch.float64) if len(raw) else torch.zeros((0, 4), dtype=torch.float64)
-    except (TypeError, ValueError):
-        boxes = None
-    if boxes is None or boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{_where(example)}: every `objects.bbox` entry must be [x, y, w, h], got {raw!r}.")
-    invalid = ~torch.isfinite(boxes).all(1) | (boxes[:, 2:] < 0).any(1)
-    if invalid.any():
-        bad = int(invalid.nonzero()[0])
-        raise ValueError(
-            f"{_where(example)}: `objects.bbox[{bad}]` = {objects['bbox'][bad]} is not a finite [x, y, w, h] box "
-            "with non-negative width and height."
-        )
+    boxes = check_boxes(objects["bbox"], lambda j: f"{_where(example)}: `objects.bbox[{j}]`", "xywh")
     others = {key: list(values) for key, values in objects.items() if key != "bbox"}
     for key, values in others.items():
         if len(values) != len(boxes):
@@ -261,3 +251,27 @@ def to_coco_annotations(example: dict[str, Any]) -> dict[str, Any]:
         for i in range(num)
     ]
     return {"image_id": example["image_id"], "annotations": annotations}
+
+
+def training_transform(augment: str, image_size: int, max_size: int) -> v2.Transform | None:
+    """The training augmentation for images the image processor resizes to shorter side `image_size`, longer side
+    at most `max_size`.
+
+    `"detr"`: DETR's flip, multi-scale resize and random crop with every size scaled by `image_size / 800` (at
+    (800, 1333) the paper's recipe: scales 480-800, crops 384-600; at (128, 213) scales 77-128, crops 61-96); it
+    resizes itself, so batch it without the processor's resize. `"flip"`: the horizontal flip alone, `"none"`: no
+    transform (None); batch both through the processor's resize, the one inference uses.
+    """
+    if augment == "flip":
+        return v2.RandomHorizontalFlip(0.5)
+    if augment == "none":
+        return None
+    if augment != "detr":
+        raise ValueError(f"augment={augment!r}: choose 'detr' (flip, multi-scale resize, crop), 'flip' or 'none'")
+    factor = image_size / DETR_EVAL_SIZE
+    return make_train_transform(
+        scales=sorted({round(s * factor) for s in DETR_TRAIN_SCALES}),
+        max_size=max_size,
+        crop_resize_scales=sorted({round(s * factor) for s in DETR_CROP_RESIZE_SCALES}),
+        crop_size=(max(1, round(DETR_CROP_SIZE[0] * factor)), round(DETR_CROP_SIZE[1] * factor)),
+    )

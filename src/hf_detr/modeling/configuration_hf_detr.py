@@ -103,6 +103,14 @@ class HfDetrConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self._validate()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        # transformers sets keyword overrides (`from_pretrained(path, dropout=...)`) after construction, past
+        # __post_init__'s checks: check them here too
+        result = super().from_dict(config_dict, **kwargs)
+        (result[0] if isinstance(result, tuple) else result)._validate()
+        return result
+
     def _validate(self) -> None:
         def fail(field: str, value: Any, fix: str) -> None:
             raise ValueError(f"HfDetrConfig.{field}={value!r} is invalid: {fix}")

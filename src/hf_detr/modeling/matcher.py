@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -23,6 +24,20 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
             f"{name} contains NaN or inf values: the model has diverged or a half-precision value overflowed. "
             "Lower the learning rate, clip gradients (max_grad_norm=0.1 as in DETR), or train in bf16/float32."
         )
+
+
+class Matcher(Protocol):
+    """What `SetCriterion` asks of a matcher (`HungarianMatcher.__call__`'s signature): any such callable can be
+    injected, e.g. a different cost or a recording fake in tests."""
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        class_labels: Sequence[torch.Tensor],
+        boxes: Sequence[torch.Tensor],
+        name: str = "",
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 class HungarianMatcher:

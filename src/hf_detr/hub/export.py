@@ -7,7 +7,7 @@ import os
 import torch
 from torch import nn
 
-from .modeling_hf_detr import HfDetrForObjectDetection
+from ..modeling.modeling_hf_detr import HfDetrForObjectDetection
 
 
 class _InferenceGraph(nn.Module):
@@ -43,7 +43,7 @@ def export_onnx(
     dim_h = torch.export.Dim("height", min=64, max=max_side)
     dim_w = torch.export.Dim("width", min=64, max=max_side)
     program = torch.onnx.export(
-        _InferenceGraph(model.eval()),
+        _InferenceGraph(model).eval(),
         (pixel_values, pixel_mask),
         input_names=["pixel_values", "pixel_mask"],
         output_names=["logits", "pred_boxes"],

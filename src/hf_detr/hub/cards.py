@@ -14,7 +14,7 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError
 
-from .configuration_hf_detr import HfDetrConfig
+from ..modeling.configuration_hf_detr import HfDetrConfig
 
 PAPER_URL = "https://arxiv.org/abs/2005.12872"
 CARD_TAGS = ("hf_detr", "detr", "object-detection", "vision")
@@ -143,45 +143,57 @@ learning rate than the transformer; `model.freeze_backbone()` trains the transfo
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
 
 
-def push_to_hub_with_card(
+def save_model_folder(
+    folder: str | os.PathLike,
+    model: Any,
+    image_processor: Any = None,
+    card: ModelCard | None = None,
+    state_dict: dict[str, Any] | None = None,
+) -> None:
+    """Write `model.save_pretrained`'s files (weights, config with `auto_map`, the model code), the image processor's
+    `preprocessor_config.json` and the card as `README.md` (default: `model_card(model.config, folder)`) to `folder`.
+    `state_dict`: the weights to write, e.g. accelerate's `get_state_dict` of a distributed model."""
+    model.save_pretrained(folder, state_dict=state_dict)
+    if image_processor is not None:
+        image_processor.save_pretrained(folder)
+    (card or model_card(model.config, str(folder))).save(os.path.join(folder, "README.md"))
+
+
+def push_to_hub(
     model: Any,
     repo_id: str,
+    image_processor: Any = None,
     *,
+    card: ModelCard | None = None,
     commit_message: str | None = None,
-    commit_description: str | None = None,
     private: bool | None = None,
     token: bool | str | None = None,
     revision: str | None = None,
     create_pr: bool = False,
-    max_shard_size: int | str | None = "50GB",
     tags: list[str] | str | None = None,
 ) -> Any:
-    """Upload `model.save_pretrained`'s files (weights, config with `auto_map`, the code) and a model card in one
-    commit. The repository's own card is kept (with `tags` added) as transformers does; a repository without one gets
-    `model_card(model.config, repo_id)` rather than transformers' generic template. Returns the `CommitInfo`."""
-    api = HfApi()
-    repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+    """Upload the folder `save_model_folder` writes (model, code, image processor and card) in one commit.
+
+    Without `card`, the repository's own card is kept (with `tags` added), as `transformers` does, and a repository
+    without one gets `model_card(model.config, repo_id)` rather than transformers' generic template. Returns the
+    `CommitInfo`. (`model.push_to_hub` is transformers' own: it works too, with transformers' card.)
+    """
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     tags = [tags] if isinstance(tags, str) else list(tags or [])
     tags = list(dict.fromkeys([*tags, *(model.model_tags or [])]))
-    try:
-        card = ModelCard.load(repo_id, token=token)
-        card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
-    except EntryNotFoundError:
-        card = model_card(model.config, repo_id, tags=tags)
+    if card is None:
+        try:
+            card = ModelCard.load(repo_id, token=token)
+            card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
+        except EntryNotFoundError:
+            card = model_card(model.config, repo_id, tags=tags)
     with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder, max_shard_size=max_shard_size)
-        card.save(os.path.join(folder, "README.md"))
-        # transformers' own upload step: one commit of every file of the folder (creating `revision` if needed)
-        return model._upload_modified_files(
-            folder,
-            repo_id,
-            files_timestamps={},
-            commit_message=commit_message,
-            token=token,
-            create_pr=create_pr,
-            revision=revision,
-            commit_description=commit_description,
-        )
+        save_model_folder(folder, model, image_processor, card)
+        return api.upload_folder(
+            folder_path=folder, repo_id=repo_id, revision=revision, create_pr=create_pr,
+            commit_message=commit_message or f"Upload {type(model).__name__}",
+        )  # fmt: skip
 
 
-__all__ = ["model_card", "push_to_hub_with_card"]
+__all__ = ["model_card", "push_to_hub", "save_model_folder"]

@@ -1,7 +1,7 @@
 """The paper's four COCO detectors as Hub repository folders: `config.json`, `preprocessor_config.json` and a model
 card `README.md` each, generated from the code so they stay consistent with it.
 
-    python -m hf_detr.hub_configs [ROOT]      # writes ROOT/<name>/ for every model (default ROOT: ./hub_configs)
+    python -m hf_detr.hub.hub_configs [ROOT]      # writes ROOT/<name>/ for every model (default ROOT: ./hub_configs)
 
 A folder plus the weights converted from the original checkpoint (`hf-detr convert --from original <url> <dir>
 [--backbone resnet101] [--dilation]`) is a complete Hub repository.
@@ -19,11 +19,9 @@ from pathlib import Path
 import torch
 from transformers.dynamic_module_utils import custom_object_save
 
-from .coco_labels import COCO_ID2LABEL
-from .configuration_hf_detr import HfDetrConfig
-from .image_processing_hf_detr import HfDetrImageProcessor
-from .modelcard import model_card
-from .modeling_hf_detr import HfDetrForObjectDetection
+from .. import presets
+from ..modeling import HfDetrForObjectDetection
+from .cards import model_card
 
 # the Hub namespace the cards' usage snippets load from
 HUB_NAMESPACE = "hf-detr"
@@ -31,32 +29,20 @@ HUB_NAMESPACE = "hf-detr"
 
 @dataclass(frozen=True)
 class PaperModel:
-    """One row of Table 1 of the DETR paper, with the released checkpoint of facebookresearch/detr's model zoo."""
+    """One row of Table 1 of the DETR paper, with the released checkpoint of facebookresearch/detr's model zoo; its
+    architecture is the preset of the same name."""
 
     name: str
-    backbone: str
-    dilation: bool
     coco_ap: float
     checkpoint_url: str
 
 
 PAPER_MODELS = (
-    PaperModel("detr-resnet-50", "resnet50", False, 42.0, "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"),
-    PaperModel(
-        "detr-resnet-50-dc5", "resnet50", True, 43.3, "https://dl.fbaipublicfiles.com/detr/detr-r50-dc5-f0fb7ef5.pth"
-    ),
-    PaperModel(
-        "detr-resnet-101", "resnet101", False, 43.5, "https://dl.fbaipublicfiles.com/detr/detr-r101-2c7b67e5.pth"
-    ),
-    PaperModel(
-        "detr-resnet-101-dc5", "resnet101", True, 44.9, "https://dl.fbaipublicfiles.com/detr/detr-r101-dc5-a2e86def.pth"
-    ),
+    PaperModel("detr-resnet-50", 42.0, "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"),
+    PaperModel("detr-resnet-50-dc5", 43.3, "https://dl.fbaipublicfiles.com/detr/detr-r50-dc5-f0fb7ef5.pth"),
+    PaperModel("detr-resnet-101", 43.5, "https://dl.fbaipublicfiles.com/detr/detr-r101-2c7b67e5.pth"),
+    PaperModel("detr-resnet-101-dc5", 44.9, "https://dl.fbaipublicfiles.com/detr/detr-r101-dc5-a2e86def.pth"),
 )
-
-
-def paper_config(model: PaperModel) -> HfDetrConfig:
-    """The architecture of a paper model; trained, as all of them, with the auxiliary decoding loss."""
-    return HfDetrConfig(backbone=model.backbone, dilation=model.dilation, id2label=COCO_ID2LABEL, auxiliary_loss=True)
 
 
 def write_hub_config(model: PaperModel, folder: str | Path) -> None:
@@ -67,23 +53,24 @@ def write_hub_config(model: PaperModel, folder: str | Path) -> None:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = paper_config(model)
+    preset = presets.get(model.name)
+    config = preset.config()
     with torch.device("meta"):  # only the config's auto_map and architectures are needed, not the weights
         network = HfDetrForObjectDetection(config)
     config.architectures = [type(network).__name__]
     with tempfile.TemporaryDirectory() as scratch:
         custom_object_save(network, scratch, config=config)  # fills config.auto_map
         config.save_pretrained(scratch)
-        HfDetrImageProcessor().save_pretrained(scratch)
+        preset.image_processor().save_pretrained(scratch)
         for name in ("config.json", "preprocessor_config.json"):
             content = json.loads(Path(scratch, name).read_text())
             content.pop("transformers_version", None)
             (folder / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
     file_name = model.checkpoint_url.rsplit("/", 1)[-1]
-    command = f"hf-detr convert --from original {file_name} OUT_DIR --backbone {model.backbone}"
+    command = f"hf-detr convert --from original {file_name} OUT_DIR --backbone {config.backbone}"
     source = (
         f"Its weights are the [original checkpoint]({model.checkpoint_url}) of facebookresearch/detr, converted with "
-        f"`{command}{' --dilation' if model.dilation else ''}`."
+        f"`{command}{' --dilation' if config.dilation else ''}`."
     )
     card = model_card(config, f"{HUB_NAMESPACE}/{model.name}", coco_ap=model.coco_ap, source=source)
     card.save(folder / "README.md")

@@ -1,8 +1,10 @@
 """The `hf-detr` command line.
 
 Each subcommand is one `add_<name>(subparsers)` function listed in `SUBCOMMANDS`: it adds its parser and sets `run` to
-a callable taking the parsed arguments. Errors of bad input (`ValueError`, `OSError`) end the command
-with their message and exit status 1 instead of a traceback.
+a callable taking the parsed arguments. A subcommand imports what it runs only when it runs, so that building the
+parser (`hf-detr predict --help`, `hf-detr predict ...`) does not import the training, data or evaluation modules.
+Errors of bad input (`ValueError`, `OSError`) end the command with their message and exit status 1 instead of a
+traceback.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .convert import ORIGINAL_BACKBONES, from_original, from_transformers
-from .image_processing_hf_detr import HfDetrImageProcessor
-from .modelcard import model_card
+from ..hub.convert import ORIGINAL_BACKBONES
 
 
 def add_convert(subparsers: argparse._SubParsersAction) -> None:
@@ -34,14 +34,17 @@ def add_convert(subparsers: argparse._SubParsersAction) -> None:
     original.add_argument("--dilation", action="store_true", help="a DC5 model (trained with --dilation)")
 
     def run(args: argparse.Namespace) -> None:
+        from ..hub.cards import model_card, save_model_folder
+        from ..hub.convert import from_original, from_transformers
+        from ..modeling import HfDetrImageProcessor
+
         if args.source_format == "original":
             model = from_original(args.source, backbone=args.backbone, dilation=args.dilation)
         else:
             model = from_transformers(args.source)
-        model.save_pretrained(args.output_dir)
-        HfDetrImageProcessor().save_pretrained(args.output_dir)
         source = f"Weights converted from the {args.source_format} DETR checkpoint `{Path(str(args.source)).name}`."
-        model_card(model.config, str(args.output_dir), source=source).save(args.output_dir / "README.md")
+        card = model_card(model.config, str(args.output_dir), source=source)
+        save_model_folder(args.output_dir, model, HfDetrImageProcessor(), card)
         print(f"wrote {args.output_dir}")
 
     parser.set_defaults(run=run)
@@ -70,14 +73,14 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_train(subparsers: argparse._SubParsersAction) -> None:
-    from .train import add_arguments
+    from ..training.config import add_arguments
 
     parser = subparsers.add_parser(
         "train",
-        help="train or fine-tune a DETR (one device; `accelerate launch -m hf_detr.train` for several)",
+        help="train or fine-tune a DETR (one device; `accelerate launch -m hf_detr train` for several)",
         description="Train on the synthetic shapes set or a Hub-COCO data set (Hub id, save_to_disk or COCO folder), "
         "evaluate COCO mAP, save resumable states and the final model folder. Same options as "
-        "`accelerate launch -m hf_detr.train`, which runs on several processes or machines (see the README).",
+        "`accelerate launch -m hf_detr train`, which runs on several processes or machines (see the README).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_arguments(parser)
@@ -85,7 +88,8 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> None:
         from accelerate import PartialState
 
-        from .train import config_from_args, train
+        from ..training.config import config_from_args
+        from ..training.loop import train
 
         result = train(config_from_args(args))
         if PartialState().is_main_process:
@@ -111,40 +115,19 @@ _COCO_ROWS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _model_labels(dataset_names: Sequence[str], model_id2label: dict[int, str]) -> list[int]:
-    """The model's label of each data set label, matched by name."""
-    model_label = {name: int(label) for label, name in model_id2label.items()}
-    unknown = [name for name in dataset_names if name not in model_label]
-    if unknown:
-        raise ValueError(
-            f"the data set's categories {unknown} are not classes of the model (it has {sorted(model_label)}); "
-            "evaluate on data with the model's classes, or fine-tune it on this data set first."
-        )
-    return [model_label[name] for name in dataset_names]
-
-
 def _evaluate_model_folder(
     model_dir: str, dataset: str, split: str = "validation", batch_size: int = 8, threshold: float = 0.0,
     per_class: bool = False, device: str | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """COCO box metrics (:func:`.metrics.make_compute_metrics`, the numbers `Trainer` logs as `eval_*`) of the model
-    saved in `model_dir` on `split` of `dataset`, preprocessed by the image processor saved with the model.
-
-    Images are resized by that processor, as at inference, and scored in their original pixel frame; crowd boxes are
-    kept so that detections on them are ignored, as in COCO. The data set's categories are matched to the model's
-    classes by name, so a COCO model can be scored on a COCO folder whose category ids differ.
-    """
+    """COCO box metrics (`hf_detr.evaluation.evaluate`) of the model saved in `model_dir` with its image processor, on
+    `split` of `dataset`."""
     import torch
-    from tqdm.auto import tqdm
-    from transformers import EvalPrediction
 
-    from .collate import DetectionCollator, DetectionDataset
-    from .data import id2label, load_detection_dataset
-    from .image_processing_hf_detr import HfDetrImageProcessor
-    from .metrics import make_compute_metrics
-    from .modeling_hf_detr import HfDetrForObjectDetection
+    from ..data.sources import load_data
+    from ..evaluation.evaluate import evaluate
+    from ..modeling import HfDetrForObjectDetection, HfDetrImageProcessor
 
-    if batch_size < 1:
+    if batch_size < 1:  # named as the user typed it, before anything is loaded
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     try:
         processor = HfDetrImageProcessor.from_pretrained(model_dir)
@@ -154,35 +137,15 @@ def _evaluate_model_folder(
             "HfDetrImageProcessor(...).save_pretrained(folder)."
         ) from error
     model = HfDetrForObjectDetection.from_pretrained(model_dir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device).eval()
-    data = load_detection_dataset(dataset, splits=[split])[split]
+    model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    data = load_data(dataset, [split])[split]
     if len(data) == 0:
         raise ValueError(f"split {split!r} of {dataset} has no images.")
-    names = list(id2label(data).values())
-    to_model = torch.tensor(_model_labels(names, model.config.id2label), dtype=torch.int64)
-
-    collate = DetectionCollator(processor, do_resize=True, keep_crowd=True)
-    images = DetectionDataset(data)
-    predictions, labels = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc="evaluating", unit="batch", leave=False):
-        batch = collate([images[i] for i in range(start, min(start + batch_size, len(images)))])
-        with torch.inference_mode():
-            outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
-        predictions.append((outputs.logits.float().cpu().numpy(), outputs.pred_boxes.float().cpu().numpy()))
-        labels.append(
-            [{**{k: v.numpy() for k, v in label.items()}, "class_labels": to_model[label["class_labels"]].numpy()}
-             for label in batch["labels"]]  # fmt: skip
-        )
-    compute_metrics = make_compute_metrics(
-        processor, id2label={int(to_model[i]): name for i, name in enumerate(names)}, threshold=threshold,
-        per_class=per_class,
-    )  # fmt: skip
-    return compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels))
+    return evaluate(model, processor, data, batch_size=batch_size, per_class=per_class, threshold=threshold)
 
 
 def _format_coco_table(metrics: dict[str, float], class_names: Sequence[str] = ()) -> str:
-    """`metrics` of :func:`_evaluate_model_folder` as a text table, one row per COCO number, then AP and AR@100 of each
+    """`metrics` of `evaluate` as a text table, one row per COCO number, then AP and AR@100 of each
     of `class_names` if `metrics` has them."""
     lines = [f"{'metric':<12}{'value':>8}   meaning"]
     lines += [f"{name:<12}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _COCO_ROWS]

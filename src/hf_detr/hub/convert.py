@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from .coco_labels import COCO_ID2LABEL
-from .configuration_hf_detr import HfDetrConfig
-from .modeling_hf_detr import HfDetrForObjectDetection
+from ..modeling.configuration_hf_detr import HfDetrConfig
+from ..modeling.modeling_hf_detr import HfDetrForObjectDetection
 
 # transformers' DetrConfig fields that mean the same here
 _SHARED_CONFIG_FIELDS = (

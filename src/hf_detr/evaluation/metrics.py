@@ -26,9 +26,18 @@ from torchvision.ops import box_convert
 from transformers import EvalPrediction
 from transformers.utils import ModelOutput
 
+from ..modeling.boxes import check_boxes, denormalize_boxes
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["COCO_STAT_NAMES", "CocoDetectionMetric", "coco_evaluate", "make_compute_metrics"]
+__all__ = [
+    "COCO_STAT_NAMES",
+    "CocoDetectionMetric",
+    "coco_evaluate",
+    "make_compute_metrics",
+    "pack_labels",
+    "unpack_labels",
+]
 
 # Order of COCOeval.stats for iouType="bbox".
 COCO_STAT_NAMES: tuple[str, ...] = (
@@ -78,11 +87,9 @@ def _normalize_prediction(prediction: Mapping[str, Any], where: str) -> dict[str
     fields = {
         "scores": _as_tensor(prediction["scores"], where, "scores", torch.float64),
         "labels": _as_tensor(prediction["labels"], where, "labels", torch.int64),
-        "boxes": _as_tensor(prediction["boxes"], where, "boxes", torch.float64, (4,)),
+        "boxes": check_boxes(prediction["boxes"], lambda j: f"{where}: `boxes[{j}]`", "xyxy"),
     }
     _check_lengths(where, fields)
-    if (fields["boxes"][:, 2:] < fields["boxes"][:, :2]).any():
-        raise ValueError(f"{where}: `boxes` must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0 (absolute pixels).")
     return {name: t.tolist() for name, t in fields.items()}
 
 
@@ -94,9 +101,7 @@ def _normalize_reference(reference: Mapping[str, Any], where: str) -> dict[str, 
     label_key = "labels" if "labels" in reference else "class_labels"
     if "boxes" not in reference or label_key not in reference:
         raise ValueError(f"{where} needs `boxes` (COCO x, y, w, h pixels) and `labels` (or `class_labels`).")
-    boxes = _as_tensor(reference["boxes"], where, "boxes", torch.float64, (4,))
-    if (boxes[:, 2:] < 0).any():
-        raise ValueError(f"{where}: `boxes` must be COCO (x, y, w, h) with non-negative w and h.")
+    boxes = check_boxes(reference["boxes"], lambda j: f"{where}: `boxes[{j}]`", "xywh")
     fields = {
         "boxes": boxes,
         "labels": _as_tensor(reference[label_key], where, label_key, torch.int64),
@@ -305,8 +310,8 @@ def _reference_from_label(label: Mapping[str, Any], where: str) -> tuple[dict[st
     if missing:
         raise ValueError(f"{where} is missing {missing}; expected the image processor's label dict.")
     orig_h, orig_w = _height_width(label, "orig_size", where)
-    boxes = _as_tensor(label["boxes"], where, "boxes", torch.float64, (4,))
-    boxes = box_convert(boxes, "cxcywh", "xywh") * torch.tensor([orig_w, orig_h, orig_w, orig_h], dtype=torch.float64)
+    boxes = check_boxes(label["boxes"], lambda j: f"{where}: `boxes[{j}]`", "cxcywh")
+    boxes = denormalize_boxes(boxes, "xywh", (orig_h, orig_w))
     reference = {"boxes": boxes, "labels": label["class_labels"], "iscrowd": label.get("iscrowd", np.zeros(len(boxes)))}
     if "area" in label:
         # The processor scales `area` to the resized image; bring it back to the original frame.
@@ -335,10 +340,10 @@ def make_compute_metrics(
     labels must keep crowd regions (``HfDetrImageProcessor(keep_crowd=True)``): detections on them are then ignored
     rather than counted as false positives.
 
-    Caveat (transformers 5.x with accelerate): when the eval set size is not a multiple of the total eval batch size,
-    ``gather_for_metrics`` truncates *every tensor inside* the last batch's label dicts to the remainder, silently
-    dropping ground-truth objects (and breaking ``orig_size`` when the remainder is 1, which raises here). Use an eval
-    batch size that divides the eval set (1 always does on one process).
+    A batch of ``label_ids`` may also be the ``[batch, 1 + M, 7]`` array of :func:`pack_labels`, which is what
+    :class:`hf_detr.training.DetrTrainer` hands over: with a list of dicts, accelerate's ``gather_for_metrics``
+    (transformers 5.x) cuts *every tensor inside* the last uneven batch's dicts to the batch's remainder, silently
+    dropping ground-truth objects (a cut ``orig_size`` raises here; the lost boxes cannot be detected).
     """
 
     def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
@@ -350,6 +355,8 @@ def make_compute_metrics(
             )
         metric = CocoDetectionMetric(keep_in_memory=True)
         for batch_index, (batch_predictions, batch_labels) in enumerate(zip(predictions, labels)):
+            if isinstance(batch_labels, (np.ndarray, torch.Tensor)):
+                batch_labels = unpack_labels(np.asarray(batch_labels))
             logits, boxes = _logits_and_boxes(batch_predictions, batch_index)
             if len(batch_labels) != len(logits):
                 raise ValueError(
@@ -367,3 +374,42 @@ def make_compute_metrics(
         return {name: round(value, 4) for name, value in results.items()}
 
     return compute_metrics
+
+
+def pack_labels(labels: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+    """A batch of the image processor's label dicts as one float64 tensor `[batch, 1 + M, 7]` (M: the most objects
+    of an image). Row 0 of image i is `(orig_h, orig_w, size_h, size_w, n, image_id, 0)`, rows 1..n its objects
+    `(cx, cy, w, h, class, iscrowd, area)`; the rest is padding.
+
+    Trainer gathers evaluation labels with accelerate's `gather_for_metrics`, which handles one tensor per batch:
+    across processes it pads dimension 1 and drops the duplicated samples of the last batch along dimension 0. A list
+    of per-image dicts breaks both: tensors of different sizes cannot be gathered, and the last batch would cut every
+    tensor *inside* the dicts, losing ground-truth boxes.
+    """
+    most = max(len(label["class_labels"]) for label in labels)
+    packed = torch.zeros(len(labels), 1 + most, 7, dtype=torch.float64, device=labels[0]["boxes"].device)
+    for row, label in zip(packed, labels):
+        count = len(label["class_labels"])
+        header = [*label["orig_size"].tolist(), *label["size"].tolist(), count, int(label["image_id"].reshape(-1)[0])]
+        row[0, :6] = torch.tensor(header, dtype=torch.float64)
+        fields = [label["boxes"], label["class_labels"][:, None], label["iscrowd"][:, None], label["area"][:, None]]
+        row[1 : 1 + count] = torch.cat([field.to(torch.float64) for field in fields], dim=1)
+    return packed
+
+
+def unpack_labels(packed: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """The label dicts of :func:`pack_labels`, from its `[batch, 1 + M, 7]` array (any extra padding rows ignored)."""
+    labels = []
+    for image in packed:
+        orig_h, orig_w, size_h, size_w, count, image_id = image[0, :6]
+        objects = image[1 : 1 + int(count)]
+        labels.append({
+            "orig_size": np.array([orig_h, orig_w], dtype=np.int64),
+            "size": np.array([size_h, size_w], dtype=np.int64),
+            "image_id": np.array([image_id], dtype=np.int64),
+            "boxes": objects[:, :4],
+            "class_labels": objects[:, 4].astype(np.int64),
+            "iscrowd": objects[:, 5].astype(np.int64),
+            "area": objects[:, 6],
+        })  # fmt: skip
+    return labels

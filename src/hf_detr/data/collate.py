@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .image_processing_hf_detr import HfDetrImageProcessor
+from ..modeling.image_processing_hf_detr import HfDetrImageProcessor
 from .transforms import to_coco_annotations, transform_example
 
 __all__ = ["DetectionCollator", "DetectionDataset", "derived_seed"]
@@ -37,10 +37,17 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     The transform draws from ``torch``'s global generator; it runs under a generator seeded from ``(seed, epoch,
     index)`` and restored afterwards, so augmentation neither depends on nor disturbs the training's random state.
-    Call :meth:`set_epoch` at the start of every epoch to get new augmentations.
+    Call :meth:`set_epoch` at the start of every epoch to get new augmentations. ``label_map[c]`` replaces each
+    category ``c`` (e.g. the model's label of each data set label, see :func:`.evaluation.evaluate.model_labels`).
     """
 
-    def __init__(self, dataset: Any, transform: Callable[[Any], Any] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        transform: Callable[[Any], Any] | None = None,
+        seed: int = 0,
+        label_map: Sequence[int] | None = None,
+    ) -> None:
         if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
             raise TypeError(
                 f"DetectionDataset needs a map-style dataset (datasets.Dataset), got {type(dataset).__name__}; "
@@ -49,6 +56,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
+        self.label_map = label_map
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -66,6 +74,9 @@ class DetectionDataset(torch.utils.data.Dataset):
                 f"{type(image).__name__}; keep the column as a datasets.Image() feature."
             )
         orig_size = (image.height, image.width)
+        if self.label_map is not None:
+            objects = example["objects"]
+            example["objects"] = {**objects, "category": [self.label_map[c] for c in objects["category"]]}
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derived_seed(self.seed, self.epoch, index))

@@ -13,8 +13,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .backbone import TimmBackbone
 from .configuration_hf_detr import HfDetrConfig
-from .loss import SetCriterion
-from .modelcard import push_to_hub_with_card
+from .loss import SetCriterion, build_criterion
 from .position_encoding import LearnedPositionEmbedding, build_position_embedding
 from .transformer import DecoderLayer, EncoderLayer, MultiHeadAttention, TransformerDecoder, TransformerEncoder
 
@@ -81,11 +80,6 @@ class HfDetrPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["TimmBackbone", "EncoderLayer", "DecoderLayer"]
-
-    def push_to_hub(self, repo_id: str, **kwargs) -> object:
-        """As transformers' `push_to_hub` (same arguments), but a repository without a model card gets one generated
-        from the config (Hub metadata, labels, how to load and fine-tune); see `modelcard.push_to_hub_with_card`."""
-        return push_to_hub_with_card(self, repo_id, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -259,7 +253,11 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         if config.encoder_loss_coefficient > 0:  # training-only dense head; to_plain_detr() removes it
             self.encoder_class_embed = nn.Linear(config.d_model, config.num_labels + 1)
             self.encoder_bbox_embed = BoxHead(config.d_model)
-        self.criterion = SetCriterion(config)
+        # None: the loss is built from the config at every forward with labels (no tensors, so cheap), because the
+        # config is the source of truth and is edited after construction (eos_coefficient, auxiliary_loss, and
+        # drop_query_groups() / to_plain_detr()); a criterion kept from __init__ would go stale. Assign a
+        # SetCriterion to train with your own matcher or terms.
+        self.criterion: SetCriterion | None = None
         self.post_init()
 
     def freeze_backbone(self) -> None:
@@ -331,14 +329,13 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
 
         loss = loss_dict = None
         if labels is not None:
-            groups = self.config.num_query_groups if self.training else 1
-            encoder_outputs = None
-            if self.training and self.config.encoder_loss_coefficient > 0:
+            heads = {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary_outputs or []}
+            if self.training and hasattr(self, "encoder_class_embed"):  # the training-only dense head
                 memory = outputs.encoder_last_hidden_state
-                encoder_outputs = (self.encoder_class_embed(memory), self.encoder_bbox_embed(memory),
-                                   outputs.feature_mask)  # fmt: skip
-            loss, loss_dict = self.criterion(logits, pred_boxes, labels, auxiliary_outputs, num_groups=groups,
-                                             encoder_outputs=encoder_outputs)  # fmt: skip
+                heads.update(encoder_logits=self.encoder_class_embed(memory),
+                             encoder_box_logits=self.encoder_bbox_embed(memory), feature_mask=outputs.feature_mask)
+            criterion = self.criterion if self.criterion is not None else build_criterion(self.config)
+            loss, loss_dict = criterion(heads, labels)
         return HfDetrObjectDetectionOutput(
             loss=loss,
             loss_dict=loss_dict,

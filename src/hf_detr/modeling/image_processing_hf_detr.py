@@ -1,12 +1,12 @@
 """HfDetrImageProcessor: images and COCO detection annotations in, DETR inputs and labels out; model outputs back to
 boxes in pixels.
 
-This module imports nothing from the package, so a saved folder can load it with `trust_remote_code`.
+This module imports nothing from the package but its sibling `boxes`, so a saved folder can load it with
+`trust_remote_code`.
 """
 
 from __future__ import annotations
 
-import math
 import operator
 import os
 from collections.abc import Mapping, Sequence
@@ -32,6 +32,8 @@ from transformers.image_utils import (
     load_image,
     pil_torch_interpolation_mapping,
 )
+
+from .boxes import check_boxes, denormalize_boxes, normalize_boxes
 
 __all__ = ["HfDetrImageProcessor"]
 
@@ -249,10 +251,10 @@ class HfDetrImageProcessor(TorchvisionBackend):
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}.")
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)
-        boxes = box_convert(pred_boxes, "cxcywh", "xyxy")
         if target_sizes is not None:
-            heights, widths = _target_sizes(target_sizes, len(logits)).to(boxes).unbind(1)
-            boxes = boxes * torch.stack([widths, heights, widths, heights], dim=1)[:, None, :]
+            boxes = denormalize_boxes(pred_boxes, "xyxy", _target_sizes(target_sizes, len(logits)))
+        else:
+            boxes = box_convert(pred_boxes, "cxcywh", "xyxy")
 
         results = []
         for image_scores, image_labels, image_boxes in zip(scores, labels, boxes):
@@ -494,7 +496,7 @@ def _coco_target(annotation: Any, where: str) -> dict[str, torch.Tensor]:
     objects = annotation["annotations"]
     if not isinstance(objects, (list, tuple)):
         raise ValueError(f'{where}["annotations"] must be a list of object dicts, got {type(objects).__name__}.')
-    boxes, labels, areas, crowd = [], [], [], []
+    labels, crowd = [], []
     for j, obj in enumerate(objects):
         name = f'{where}["annotations"][{j}]'
         missing = [key for key in ("bbox", "category_id") if not isinstance(obj, Mapping) or key not in obj]
@@ -503,26 +505,13 @@ def _coco_target(annotation: Any, where: str) -> dict[str, torch.Tensor]:
                 f"{name} has no {' or '.join(map(repr, missing))}: every object needs \"bbox\": [x, y, width, height] "
                 'in pixels and an integer "category_id".'
             )
-        try:
-            box = [float(v) for v in obj["bbox"]]
-        except (TypeError, ValueError):
-            box = []
-        if len(box) != 4:
-            raise ValueError(f'{name}["bbox"] must be 4 numbers [x, y, width, height], got {obj["bbox"]!r}.')
-        if not all(map(math.isfinite, box)):
-            raise ValueError(f'{name}["bbox"] = {obj["bbox"]} has a NaN or infinite coordinate.')
-        if box[2] < 0 or box[3] < 0:
-            raise ValueError(
-                f'{name}["bbox"] = {obj["bbox"]} has a negative width or height; COCO boxes are [x, y, width, height], '
-                "not corners [x0, y0, x1, y1]."
-            )
-        boxes.append(box)
         labels.append(_integer(obj["category_id"], f'{name}["category_id"]'))
-        areas.append(float(obj.get("area", box[2] * box[3])))
         crowd.append(_integer(obj.get("iscrowd", 0), f'{name}["iscrowd"]'))
+    boxes = check_boxes([obj["bbox"] for obj in objects], lambda j: f'{where}["annotations"][{j}]["bbox"]', "xywh")
+    areas = [float(obj.get("area", w * h)) for obj, (_, _, w, h) in zip(objects, boxes.tolist())]
     return {
         "image_id": torch.tensor([image_id], dtype=torch.int64),
-        "boxes": box_convert(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy"),
+        "boxes": box_convert(boxes, "xywh", "xyxy"),
         "class_labels": torch.tensor(labels, dtype=torch.int64),
         "area": torch.tensor(areas, dtype=torch.float64),
         "iscrowd": torch.tensor(crowd, dtype=torch.int64),
@@ -556,7 +545,7 @@ def _labels(
     boxes = boxes[keep]
     if do_convert_annotations:
         # Normalized to the resized image before padding, which is the original image's frame scaled.
-        boxes = box_convert(boxes, "xyxy", "cxcywh") / torch.tensor([orig_w, orig_h, orig_w, orig_h])
+        boxes = normalize_boxes(boxes, "xyxy", (orig_h, orig_w))
     else:
         boxes = boxes * torch.tensor([width / orig_w, height / orig_h] * 2, dtype=torch.float64)
     labels = {

@@ -1,0 +1,40 @@
+"""The one entry point from a data set name to splits in the Hub's COCO detection schema."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import datasets
+
+from .loading import load_detection_dataset
+from .synthetic import SPLITS, make_synthetic_dataset
+
+__all__ = ["SYNTHETIC", "load_data"]
+
+# the name that selects the generated shapes instead of a Hub id or a folder
+SYNTHETIC = "synthetic"
+
+
+def load_data(
+    source: str,
+    splits: Sequence[str] | None = None,
+    *,
+    synthetic_sizes: Mapping[str, int] | None = None,
+    synthetic_image_size: int = 128,
+    seed: int = 0,
+) -> datasets.DatasetDict:
+    """`splits` (default: all) of `source`: `"synthetic"` for the generated shapes (`synthetic_sizes[split]` images
+    per split, default 1000 / 200 / 200, of `synthetic_image_size` pixels, seeded by `seed`), or a Hub id,
+    `save_to_disk` folder or COCO folder for :func:`.loading.load_detection_dataset`."""
+    if source != SYNTHETIC:
+        return load_detection_dataset(source, splits=splits)
+    wanted = list(splits or SPLITS)
+    unknown = [name for name in wanted if name not in SPLITS]
+    if unknown:
+        raise ValueError(f"dataset {SYNTHETIC!r} has the splits {list(SPLITS)}, not {unknown}")
+    sizes = {"train": 1000, "validation": 200, "test": 200, **(synthetic_sizes or {})}
+    counts = {name: sizes[name] if name in wanted else 0 for name in SPLITS}
+    generated = make_synthetic_dataset(
+        counts["train"], counts["validation"], counts["test"], image_size=synthetic_image_size, seed=seed
+    )
+    return datasets.DatasetDict({name: generated[name] for name in wanted})

@@ -1,0 +1,168 @@
+"""Box checks and box normalization, shared by the data loaders, the image processor, the loss and the metrics.
+
+One check (:func:`check_boxes`) so that every entry point rejects the same bad boxes with the same message, and one
+pair (:func:`normalize_boxes` / :func:`denormalize_boxes`) for the pixel <-> normalized cxcywh conversion DETR's labels
+and outputs use. Like the rest of `modeling/`, this imports only torch, torchvision and the standard library, so a saved
+folder can carry it for `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Union
+
+import torch
+from torchvision.ops import box_convert
+
+BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
+# (height, width), a `[2]` tensor, or a `[batch, 2]` tensor of one (height, width) per image.
+ImageSize = Union[Sequence[float], torch.Tensor]
+
+# Spelled out in every error, since a box in the wrong format is the usual cause of a failed check.
+_FORMAT_HINTS: dict[str, str] = {
+    "xywh": "[x, y, w, h] in pixels, not corners [x0, y0, x1, y1]",
+    "xyxy": "corners [x0, y0, x1, y1] in pixels (x1 >= x0, y1 >= y0), not [x, y, w, h]",
+    "cxcywh": "[center_x, center_y, w, h] normalized to the image size",
+}
+
+
+def check_boxes(
+    boxes: Any,
+    name: str | Callable[[int], str],
+    fmt: BoxFormat = "xywh",
+    *,
+    positive: bool = False,
+    within: Sequence[float] | Sequence[Sequence[float]] | torch.Tensor | None = None,
+    tolerance: float = 0.0,
+) -> torch.Tensor:
+    """Return `boxes` as a float64 CPU tensor `[n, 4]`, or raise a `ValueError` naming the first bad box.
+
+    Args:
+        boxes: `[n, 4]` tensor, array or nested list in `fmt` (an empty list gives `[0, 4]`).
+        name: how errors name box `j`: a str gives `f"{name}[{j}]"`, a callable `name(j)`.
+        fmt: "xywh", "xyxy" or "cxcywh".
+        positive: require width and height > 0 (otherwise >= 0).
+        within: (width, height), or `[n, 2]` per box: the box's extent must lie in [0, width] x [0, height] ...
+        tolerance: ... up to this much.
+
+    The result shares memory with a float64 CPU tensor input (no copy).
+    """
+    if fmt not in _FORMAT_HINTS:
+        raise ValueError(f"fmt must be one of {list(_FORMAT_HINTS)}, got {fmt!r}")
+    label = (lambda j: f"{name}[{j}]") if isinstance(name, str) else name
+    hint = _FORMAT_HINTS[fmt]
+    tensor = _as_boxes(boxes, label, hint)
+
+    # every check at once, then one test: a call per image or annotation must stay cheap
+    finite = torch.isfinite(tensor).all(1)
+    # width and height, which xyxy only has as differences
+    wh = tensor[:, 2:] - tensor[:, :2] if fmt == "xyxy" else tensor[:, 2:]
+    negative = (wh < 0).any(1)
+    bad = ~finite | negative
+    if positive:
+        not_positive = (wh <= 0).any(1)
+        bad |= not_positive
+    if within is not None:
+        limits = torch.as_tensor(within, dtype=torch.float64).reshape(-1, 2).expand(len(tensor), 2)
+        corners = tensor if fmt == "xyxy" else box_convert(tensor, fmt, "xyxy")
+        outside = (corners[:, :2] < -tolerance).any(1) | (corners[:, 2:] > limits + tolerance).any(1)
+        bad |= outside
+    if not bad.any():
+        return tensor
+
+    problems = [(~finite, "is NaN or infinite"), (negative, "has a negative width or height")]
+    if positive:
+        problems.append((not_positive, "has width or height <= 0"))
+    for flags, problem in problems:
+        if flags.any():
+            j = int(flags.nonzero()[0, 0])
+            extra = ", with width and height > 0" if positive else ""
+            raise ValueError(f"{label(j)} = {tensor[j].tolist()} {problem}; boxes are {hint}{extra}")
+    j = int(outside.nonzero()[0, 0])
+    width, height = limits[j].tolist()
+    by = f" by more than the tolerance {tolerance:g}" if tolerance else ""
+    raise ValueError(
+        f"{label(j)} = {tensor[j].tolist()} lies outside [0, {width:g}] x [0, {height:g}]{by}; fix the box, or check "
+        f"that boxes are {hint}"
+    )
+
+
+def _as_boxes(boxes: Any, label: Callable[[int], str], hint: str) -> torch.Tensor:
+    """`boxes` as float64 `[n, 4]`, or a ValueError naming the first entry that is not 4 numbers."""
+    if isinstance(boxes, torch.Tensor):
+        tensor = boxes.detach().to("cpu", torch.float64)
+        if tensor.ndim >= 1 and len(tensor) == 0:
+            return tensor.reshape(0, 4)
+        if tensor.ndim == 2 and tensor.shape[1] == 4:
+            return tensor
+        first = tensor.reshape(1)[0] if tensor.ndim == 0 else tensor[0]
+        raise ValueError(f"{label(0)} = {_short(first.tolist())} is not 4 numbers; boxes are {hint}")
+    try:
+        tensor = torch.as_tensor(boxes, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):  # ragged or non-numeric: the scan below finds the entry to blame
+        tensor = None
+    if tensor is not None and tensor.ndim >= 1 and len(tensor) == 0:
+        return tensor.reshape(0, 4)
+    if tensor is not None and tensor.ndim == 2 and tensor.shape[1] == 4:
+        return tensor
+    # slow path, only for bad or unusual input (e.g. a list of tensors): name the first entry as the caller wrote it
+    try:
+        entries = list(boxes)
+    except TypeError:
+        raise ValueError(f"expected [n, 4] boxes at {label(0)}, got {_short(boxes)}; boxes are {hint}") from None
+    rows = []
+    for j, entry in enumerate(entries):
+        try:
+            row = torch.as_tensor(entry, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            row = None
+        if row is None or row.shape != (4,):
+            raise ValueError(f"{label(j)} = {_short(entry)} is not 4 numbers; boxes are {hint}")
+        rows.append(row)
+    return torch.stack(rows).cpu() if rows else torch.zeros(0, 4, dtype=torch.float64)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def normalize_boxes(boxes: torch.Tensor, fmt: BoxFormat, size: ImageSize) -> torch.Tensor:
+    """Pixel boxes `[n, 4]` in `fmt` -> normalized (center_x, center_y, w, h) relative to `size` = (height, width).
+
+    Batched: boxes `[batch, n, 4]` with `size` `[batch, 2]`. The result has the (floating) dtype of `boxes`.
+    """
+    boxes = _floating(boxes)
+    return box_convert(boxes, fmt, "cxcywh") / _whwh(size, boxes)
+
+
+def denormalize_boxes(boxes: torch.Tensor, fmt: BoxFormat, size: ImageSize) -> torch.Tensor:
+    """Normalized (center_x, center_y, w, h) boxes `[n, 4]` -> pixel boxes in `fmt` of an image of `size` =
+    (height, width). Batched: boxes `[batch, n, 4]` with `size` `[batch, 2]`. The result has the (floating) dtype of
+    `boxes`, so float32 model outputs stay float32."""
+    boxes = _floating(boxes)
+    # convert first, then scale: the order post-processing and transformers use, so results match bit for bit
+    return box_convert(boxes, "cxcywh", fmt) * _whwh(size, boxes)
+
+
+def _floating(boxes: torch.Tensor) -> torch.Tensor:
+    boxes = torch.as_tensor(boxes)
+    return boxes if boxes.is_floating_point() else boxes.to(torch.get_default_dtype())
+
+
+def _whwh(size: ImageSize, boxes: torch.Tensor) -> torch.Tensor:
+    """(w, h, w, h) in the dtype and device of `boxes`: `[4]` for one size, `[batch, 1, 4]` for `[batch, 2]` sizes."""
+    if isinstance(size, torch.Tensor):
+        size = size.to(boxes)
+    else:
+        size = torch.as_tensor(size, dtype=boxes.dtype, device=boxes.device)
+    if size.shape == (2,):
+        height, width = size.unbind(0)
+        return torch.stack([width, height, width, height])
+    if size.ndim == 2 and size.shape[1] == 2 and boxes.ndim == 3 and len(size) == len(boxes):
+        height, width = size.unbind(1)
+        return torch.stack([width, height, width, height], dim=1)[:, None, :]
+    raise ValueError(
+        f"size must be (height, width), or [batch, 2] for [batch, n, 4] boxes; got size of shape {tuple(size.shape)} "
+        f"for boxes of shape {tuple(boxes.shape)}"
+    )

@@ -1,0 +1,190 @@
+"""`TrainConfig`: every option of the accelerate training loop, as dataclass fields and as `hf-detr train --<field>`
+command-line options (types, defaults, choices and help from the dataclass).
+
+This module imports nothing heavy: `hf-detr --help` builds its parser from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Augment", "TrainConfig", "add_arguments", "config_from_args"]
+
+# training augmentation: DETR's recipe, horizontal flips only, or none (the image processor's resize alone)
+Augment = Literal["detr", "flip", "none"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train` needs; every field is also a `hf-detr train --<field>` option."""
+
+    output_dir: str = field(metadata={"help": "where the model folder, logs and checkpoints/ go"})
+    # model
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "a hub_configs/ folder (config only: random init), a trained model folder or a Hub id"},
+    )
+    model_kwargs: dict | None = field(
+        default=None,
+        metadata={"help": 'HfDetrConfig overrides, JSON on the command line: \'{"backbone": "resnet18"}\''},
+    )
+    # data
+    dataset: str = field(
+        default="synthetic",
+        metadata={"help": "'synthetic' (generated shapes), or a Hub id, save_to_disk folder or COCO folder"},
+    )
+    train_split: str = "train"
+    eval_split: str | None = field(default="validation", metadata={"help": "'none' to skip evaluation"})
+    synthetic_train_size: int = 1000
+    synthetic_eval_size: int = 200
+    synthetic_image_size: int = 128
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "shorter side of the saved image processor (inference and evaluation) and the largest training "
+            "scale; DETR's multi-scale recipe is scaled to it (default: the starting model's processor, 800 for DETR)"
+        },
+    )
+    max_size: int | None = field(
+        default=None, metadata={"help": "longer side cap (default: image_size * 1333/800 when image_size is given)"}
+    )
+    augment: Augment = field(
+        default="detr",
+        metadata={
+            "help": "training augmentation: DETR's flip / multi-scale / crop recipe, horizontal flips only (better "
+            "for a short training from scratch, see docs/RECIPE.md), or none"
+        },
+    )
+    # how long
+    num_train_epochs: int | None = None
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides num_train_epochs"})
+    time_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "seconds: stop cleanly (state saved) once exceeded; without epochs or max_steps the lr schedule "
+            "spans this budget"
+        },
+    )
+    # optimization
+    per_device_train_batch_size: int = 4
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    backbone_learning_rate: float = field(default=1e-5, metadata={"help": "0 freezes the backbone"})
+    weight_decay: float = 1e-4
+    max_grad_norm: float = field(default=0.1, metadata={"help": "gradient clipping (DETR: 0.1); 0 disables"})
+    lr_scheduler: Literal["step", "cosine", "constant"] = "step"
+    lr_drop: float = field(
+        default=2 / 3, metadata={"help": "fraction of training after which 'step' divides the lr by 10"}
+    )
+    warmup_steps: int = 0
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
+        default=None, metadata={"help": "default: accelerate's launch configuration"}
+    )
+    seed: int = 42
+    cpu: bool = field(default=False, metadata={"help": "train on the CPU even if a GPU is available"})
+    dataloader_num_workers: int = 0
+    # logging and checkpoints
+    logging_steps: int = 10
+    eval_steps: int | None = field(
+        default=None,
+        metadata={"help": "evaluate every N optimizer steps (default: after every epoch); also at the end"},
+    )
+    save_steps: int = field(
+        default=500, metadata={"help": "save a resumable state every N steps and at the end; 0: never"}
+    )
+    save_total_limit: int | None = field(default=2, metadata={"help": "keep only the latest N states"})
+    resume: str | None = field(
+        default=None,
+        metadata={
+            "help": "continue from the latest state in output_dir/checkpoints (--resume) or from a given one",
+            "nargs": "?",
+            "const": "latest",
+        },
+    )
+    report_to: str = field(
+        default="auto",
+        metadata={"help": "accelerate tracker ('tensorboard', 'wandb', ...); auto: tensorboard if installed"},
+    )
+    disable_tqdm: bool = False
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model_kwargs, str):
+            try:
+                self.model_kwargs = _json_object(self.model_kwargs)
+            except argparse.ArgumentTypeError as error:
+                raise ValueError(f"TrainConfig.model_kwargs: {error}") from None
+        if self.eval_split in ("", "none", "None"):
+            self.eval_split = None
+
+        def fail(name: str, fix: str) -> None:
+            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {fix}")
+
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "logging_steps", "synthetic_train_size", "synthetic_image_size"):  # fmt: skip
+            if getattr(self, name) < 1:
+                fail(name, "it must be at least 1")
+        for name in ("num_train_epochs", "max_steps", "eval_steps", "image_size", "max_size", "save_total_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                fail(name, "it must be at least 1 (or left unset)")
+        for name in ("learning_rate", "backbone_learning_rate", "weight_decay", "max_grad_norm", "warmup_steps",
+                     "save_steps", "synthetic_eval_size", "dataloader_num_workers"):  # fmt: skip
+            if getattr(self, name) < 0:
+                fail(name, "it must be non-negative")
+        if self.time_budget is not None and self.time_budget <= 0:
+            fail("time_budget", "give a positive number of seconds")
+        if self.augment not in typing.get_args(Augment):
+            fail("augment", "choose 'detr' (DETR's flip / multi-scale / crop), 'flip' or 'none'")
+        if not 0 < self.lr_drop <= 1:
+            fail("lr_drop", "it is a fraction of the training in (0, 1]")
+        if self.num_train_epochs is None and self.max_steps is None and self.time_budget is None:
+            raise ValueError("TrainConfig: say how long to train: num_train_epochs, max_steps or time_budget")
+        if self.push_to_hub and not self.hub_model_id:
+            fail("hub_model_id", "push_to_hub needs the repository id, e.g. 'my-user/detr-shapes'")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"d_model\": 128}}', got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add one `--<field>` option per `TrainConfig` field (type, default, choices and help from the dataclass)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for spec in dataclasses.fields(TrainConfig):
+        kind = hints[spec.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        options: dict[str, Any] = {"help": spec.metadata.get("help")}
+        if spec.default is dataclasses.MISSING:
+            options["required"] = True
+        else:
+            options["default"] = spec.default
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is Literal:
+            options["choices"] = typing.get_args(kind)
+        else:
+            options["type"] = _json_object if kind is dict else kind
+        options.update({key: value for key, value in spec.metadata.items() if key != "help"})
+        parser.add_argument(f"--{spec.name}", **options)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(TrainConfig)})
+
+

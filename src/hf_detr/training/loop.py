@@ -1,0 +1,398 @@
+"""Training with accelerate: one loop for one CPU, one GPU, many GPUs and many machines.
+
+    hf-detr train --dataset synthetic --output_dir runs/shapes --num_train_epochs 50 ...          # one device
+    accelerate launch --multi_gpu --num_processes 8 -m hf_detr train --output_dir runs/shapes ...  # DDP
+
+From Python: ``train(TrainConfig(output_dir=..., ...))``, optionally with a ready ``datasets.DatasetDict`` and model.
+
+What the loop does, in order: builds the data (`hf_detr.data.load_data`), the model and its image processor
+(`setup.build_model`: a config folder, a trained folder or `HfDetrConfig` keyword arguments, the class head replaced
+when the labels differ) and AdamW with DETR's backbone and transformer parameter groups; then trains with gradient
+accumulation and clipping, the step (DETR's lr drop) or cosine schedule, mixed precision (the matcher and the losses
+stay float32), logs the losses, evaluates COCO mAP over every image exactly once (`hf_detr.evaluation.evaluate`),
+saves resumable states (`checkpoints`) and finally the model and image processor folder that
+`pipeline("object-detection")` loads.
+
+Equivalence with one big batch: the set criterion divides each process's loss by the number of boxes averaged over
+processes, and DDP averages the gradients, so N processes step exactly as one process on the whole batch would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.utils import is_tensorboard_available, set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.collate import DetectionCollator, DetectionDataset, derived_seed
+from ..data.loading import id2label as dataset_id2label
+from ..data.sources import load_data
+from ..evaluation.evaluate import evaluate, evaluation_loader
+from ..hub.cards import model_card, push_to_hub, save_model_folder
+from ..modeling import HfDetrForObjectDetection, HfDetrImageProcessor
+from ..modeling.matcher import NonFiniteOutputError
+from .checkpoints import STATE_FILE, Progress, resume_point, save_checkpoint
+from .config import TrainConfig
+from .setup import build_model, parameter_groups, set_labels, training_data, with_image_size
+
+__all__ = ["TrainResult", "TrainingDivergedError", "lr_factor", "train"]
+
+_LAYER_SUFFIX = re.compile(r"_\d+$")  # loss_dict keys of the auxiliary decoder layers: loss_ce_0, ...
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns (on every process)."""
+
+    model: HfDetrForObjectDetection  # the trained model, unwrapped from DDP
+    image_processor: HfDetrImageProcessor
+    global_step: int
+    stop_reason: str  # "completed" or "time_budget"
+    metrics: dict[str, float]  # the last evaluation ({} without an eval split)
+    log_history: list[dict[str, float]]
+    output_dir: str
+
+
+class TrainingDivergedError(ValueError):
+    """The loss or the model outputs became NaN or infinite."""
+
+
+class _EpochSampler(torch.utils.data.Sampler[int]):
+    """A permutation of `range(size)` that depends only on `(seed, epoch)`, identical on every process (accelerate
+    then gives each process its share) and reproducible after a resume."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool) -> None:
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.size))
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def _loader(dataset: DetectionDataset, batch_size: int, collator: DetectionCollator, config: TrainConfig,
+            shuffle: bool) -> torch.utils.data.DataLoader:  # fmt: skip
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=_EpochSampler(len(dataset), config.seed, shuffle),
+        collate_fn=collator,
+        num_workers=config.dataloader_num_workers,
+        # its own generator: creating an iterator then draws worker seeds from it, not from the global RNG whose
+        # state the checkpoints restore
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+
+# ------------------------------------------------------------------------------------------------- schedule
+
+
+def lr_factor(progress: float, step: int, config: TrainConfig) -> float:
+    """Multiplier of the base learning rates at optimizer step `step` (0-based), `progress` in [0, 1] of training.
+
+    `step`: 1 before `lr_drop`, 0.1 after (DETR's StepLR); `cosine`: 0.5 (1 + cos(pi progress)); `constant`: 1.
+    A linear warmup over the first `warmup_steps` multiplies any of them.
+    """
+    if config.lr_scheduler == "step":
+        factor = 0.1 if progress >= config.lr_drop else 1.0
+    elif config.lr_scheduler == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    else:
+        factor = 1.0
+    if step < config.warmup_steps:
+        factor *= (step + 1) / config.warmup_steps
+    return factor
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+
+def _trackers(report_to: str) -> list[str] | None:
+    if report_to == "auto":
+        return ["tensorboard"] if is_tensorboard_available() else None
+    return None if report_to == "none" else [report_to]
+
+
+def _log_line(entry: Mapping[str, float]) -> str:
+    parts = [f"step {entry['step']}", f"epoch {entry['epoch']:.2f}"]
+    parts += [f"{key} {value:.4g}" for key, value in entry.items() if key not in ("step", "epoch", "elapsed")]
+    return " | ".join(parts) + f" | {entry['elapsed']:.0f} s"
+
+
+class _Loop:
+    """The state of one training session and the steps of the loop; `train` sets it up and runs it."""
+
+    def __init__(self, config: TrainConfig, accelerator: Accelerator, model: nn.Module, optimizer: Any,
+                 image_processor: HfDetrImageProcessor, train_set: DetectionDataset, train_loader: Any,
+                 eval_loader: Any, progress: Progress) -> None:  # fmt: skip
+        self.config, self.accelerator, self.model, self.optimizer = config, accelerator, model, optimizer
+        self.image_processor, self.progress = image_processor, progress
+        self.train_set, self.train_loader, self.eval_loader = train_set, train_loader, eval_loader
+        self.batches_per_epoch = len(train_loader)
+        steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)
+        epochs_steps = steps_per_epoch * config.num_train_epochs if config.num_train_epochs else None
+        self.total_steps = config.max_steps or epochs_steps  # None: the time budget alone says when to stop
+        self.log_file = Path(config.output_dir, "train_log.jsonl")
+        self.start = time.monotonic() - progress.elapsed
+        self.elapsed = progress.elapsed  # the main process's clock, shared with every process at each batch
+        self.window: dict[str, torch.Tensor] = {}  # summed losses since the last log
+        self.window_steps = 0
+        self.metrics: dict[str, float] = {}
+        self.last_evaluated = -1
+        self.bar = tqdm(
+            total=self.total_steps or config.time_budget, unit="step" if self.total_steps else "s",
+            initial=progress.global_step if self.total_steps else int(progress.elapsed), dynamic_ncols=True,
+            disable=config.disable_tqdm or not accelerator.is_local_main_process,
+        )  # fmt: skip
+        images = config.per_device_train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+        accelerator.print(
+            f"training on {accelerator.num_processes} process(es) ({accelerator.device}, mixed precision "
+            f"{accelerator.mixed_precision}): {len(train_set)} images, {steps_per_epoch} steps per epoch of {images} "
+            "images, " + (f"{self.total_steps} steps" if self.total_steps else f"{config.time_budget:g} s")
+        )
+
+    @property
+    def epoch(self) -> float:
+        return self.progress.epoch + self.progress.batches_in_epoch / self.batches_per_epoch
+
+    def run(self) -> str:
+        """Train until the step count or the time budget is reached; returns "completed" or "time_budget"."""
+        progress, config = self.progress, self.config
+        last_saved = progress.global_step if progress.global_step else -1  # a resumed session starts at a checkpoint
+        stop_reason = None
+        self.model.train()
+        while stop_reason is None:
+            if progress.batches_in_epoch >= self.batches_per_epoch:
+                progress.epoch, progress.batches_in_epoch = progress.epoch + 1, 0
+            self.train_set.set_epoch(progress.epoch)
+            self.train_loader.set_epoch(progress.epoch)
+            skip = progress.batches_in_epoch  # after a resume: the batches of this epoch already trained on
+            batches = self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+            for batch_index, batch in enumerate(batches, start=skip):
+                if not self._accumulate(batch, batch_index):
+                    continue
+                self._optimizer_step()
+                step = progress.global_step
+                if self.total_steps and step >= self.total_steps:
+                    stop_reason = "completed"
+                elif config.time_budget and self.elapsed >= config.time_budget:
+                    stop_reason = "time_budget"
+                if step % config.logging_steps == 0 or stop_reason:
+                    self._log_losses()
+                if self.eval_loader is not None and config.eval_steps and step % config.eval_steps == 0:
+                    self.evaluate()
+                if config.save_steps and step % config.save_steps == 0:
+                    save_checkpoint(self.accelerator, progress, config)
+                    last_saved = step
+                if stop_reason:
+                    break
+            else:  # the epoch ended
+                if self.eval_loader is not None and not config.eval_steps:
+                    self.evaluate()
+        self.bar.close()
+        if self.eval_loader is not None and self.last_evaluated != progress.global_step:
+            self.evaluate()
+        if config.save_steps and last_saved != progress.global_step:
+            save_checkpoint(self.accelerator, progress, config)
+        return stop_reason
+
+    def _accumulate(self, batch: dict[str, Any], batch_index: int) -> bool:
+        """Forward and backward one batch; True when it completes an accumulation group (time to step).
+
+        Groups of `gradient_accumulation_steps` batches restart with every epoch, the last one possibly shorter;
+        each batch's loss is divided by the size of its group. Only the last batch of a group synchronizes gradients.
+        """
+        accumulation = self.config.gradient_accumulation_steps
+        group_start = batch_index - batch_index % accumulation
+        group_size = min(accumulation, self.batches_per_epoch - group_start)
+        sync = batch_index == group_start + group_size - 1
+        with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model):
+            outputs = self._forward(batch, f"step {self.progress.global_step + 1} (epoch {self.progress.epoch}, "
+                                           f"batch {batch_index})")  # fmt: skip
+            self.accelerator.backward(outputs.loss / group_size)
+        # the total and the last decoder layer's terms (auxiliary layers carry a `_<i>` suffix)
+        terms = {"loss": outputs.loss, **{k: v for k, v in outputs.loss_dict.items() if not _LAYER_SUFFIX.search(k)}}
+        for name, value in terms.items():
+            self.window[name] = self.window.get(name, 0.0) + value.detach().float() / group_size
+        self.progress.batches_in_epoch = batch_index + 1
+        return sync
+
+    def _forward(self, batch: dict[str, Any], where: str) -> Any:
+        """The model's forward pass with the loss; a failure on any process stops every process.
+
+        One small all-reduce per batch tells every process whether one of them failed (so none waits forever in the
+        next collective) and shares the main process's clock (so all take the same lr and stopping decisions).
+        """
+        accelerator, failure, outputs = self.accelerator, None, None
+        try:
+            outputs = self.model(**batch)
+            if not torch.isfinite(outputs.loss):
+                failure = TrainingDivergedError(
+                    f"training diverged at {where}: the loss is {outputs.loss.item()}. Lower the learning rate (now "
+                    f"{self.config.learning_rate}), keep gradient clipping on (max_grad_norm=0.1) or train in "
+                    "bf16/float32 instead of fp16."
+                )
+        except NonFiniteOutputError as error:
+            failure = TrainingDivergedError(f"training diverged at {where}: {error}")
+        except (ValueError, TypeError) as error:  # bad labels or inputs: name the batch
+            failure = type(error)(f"{where}: {error}")
+        clock = time.monotonic() - self.start if accelerator.is_main_process else 0.0
+        status = torch.tensor([float(failure is not None), clock], dtype=torch.float64, device=accelerator.device)
+        status = accelerator.reduce(status, "sum")
+        self.elapsed = float(status[1])
+        if failure is not None:
+            raise failure
+        if status[0] > 0:
+            raise TrainingDivergedError(f"{where}: another process failed (see its error); stopping")
+        return outputs
+
+    def _optimizer_step(self) -> None:
+        config, progress = self.config, self.progress
+        fraction = progress.global_step / self.total_steps if self.total_steps else self.elapsed / config.time_budget
+        factor = lr_factor(fraction, progress.global_step, config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        if config.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        progress.global_step += 1
+        progress.elapsed = self.elapsed
+        self.window_steps += 1
+        self.bar.update(1 if self.total_steps else max(0, int(self.elapsed) - self.bar.n))
+
+    def _log_losses(self) -> None:
+        """Log the losses averaged over the steps since the last log and over processes."""
+        names = sorted(self.window)  # the same on every process: the terms depend only on the configuration
+        mean = self.accelerator.reduce(torch.stack([self.window[name] for name in names]), "mean") / self.window_steps
+        entry = {"step": self.progress.global_step, "epoch": self.epoch, **dict(zip(names, mean.tolist()))}
+        entry.update({f"lr_{group['name']}": group["lr"] for group in self.optimizer.param_groups})
+        self._record(entry)
+        self.bar.set_postfix(loss=f"{entry['loss']:.3f}")
+        self.window.clear()
+        self.window_steps = 0
+
+    def evaluate(self) -> None:
+        self.metrics = evaluate(self.model, self.image_processor, self.eval_loader, accelerator=self.accelerator)
+        self.last_evaluated = self.progress.global_step
+        self._record({"step": self.progress.global_step, "epoch": self.epoch,
+                      **{f"eval_{name}": value for name, value in self.metrics.items()}})  # fmt: skip
+
+    def _record(self, entry: dict[str, float]) -> None:
+        """Into the history (saved with checkpoints), the trackers, train_log.jsonl and above the progress bar."""
+        entry["elapsed"] = self.elapsed
+        self.progress.log_history.append(entry)
+        self.accelerator.log(entry, step=self.progress.global_step)
+        if self.accelerator.is_main_process:
+            with self.log_file.open("a") as stream:
+                stream.write(json.dumps(entry) + "\n")
+            self.bar.write(_log_line(entry))
+
+
+def train(
+    config: TrainConfig,
+    dataset: datasets.DatasetDict | None = None,
+    model: HfDetrForObjectDetection | None = None,
+    image_processor: HfDetrImageProcessor | None = None,
+) -> TrainResult:
+    """Train (or fine-tune) a DETR as `config` says; see the module docstring. Run it under `accelerate launch` for
+    several processes. `dataset` (Hub COCO schema, with `config.train_split` and `config.eval_split`), `model` and
+    `image_processor` replace what `config` would build."""
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        cpu=config.cpu, mixed_precision=config.mixed_precision, log_with=_trackers(config.report_to),
+        project_dir=str(output_dir),
+    )  # fmt: skip
+    resume_from = resume_point(config)
+    set_seed(config.seed)
+
+    splits = [config.train_split] + ([config.eval_split] if config.eval_split else [])
+    data = dataset if dataset is not None else load_data(
+        config.dataset, splits, synthetic_sizes={config.train_split: config.synthetic_train_size,
+                                                 config.eval_split: config.synthetic_eval_size},
+        synthetic_image_size=config.synthetic_image_size, seed=config.seed,
+    )  # fmt: skip
+    for split in splits:
+        if split not in data:
+            raise ValueError(f"the data set has no split {split!r}; its splits are {list(data)}")
+    if len(data[config.train_split]) == 0:
+        raise ValueError(f"split {config.train_split!r} is empty")
+    id2label = dataset_id2label(data[config.train_split])
+    if model is None:
+        model, built_processor = build_model(config.model_name_or_path, id2label, config.model_kwargs)
+        image_processor = image_processor or built_processor
+    else:
+        set_labels(model, id2label)
+        image_processor = image_processor or HfDetrImageProcessor()
+    # the processor that is saved with the model resizes evaluation and inference images; training scales follow it
+    image_processor = with_image_size(image_processor, config.image_size, config.max_size)
+    train_set, collator = training_data(data[config.train_split], image_processor, config.augment, config.seed)
+    train_loader = _loader(train_set, config.per_device_train_batch_size, collator, config, shuffle=True)
+    eval_loader = None
+    if config.eval_split is not None and len(data[config.eval_split]) > 0:
+        eval_loader = accelerator.prepare(evaluation_loader(
+            data[config.eval_split], image_processor, model.config.id2label, config.per_device_eval_batch_size,
+            config.dataloader_num_workers,
+        ))  # fmt: skip
+    if config.backbone_learning_rate == 0:
+        model.freeze_backbone()
+    groups = parameter_groups(model, config.learning_rate, config.backbone_learning_rate)
+    for group in groups:  # the schedule's reference, kept in the optimizer state so a resumed run has it
+        group["base_lr"] = group["lr"]
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+
+    progress = Progress()
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))  # weights, optimizer, scaler and this process's RNG states
+        progress = Progress(**json.loads((resume_from / STATE_FILE).read_text()))
+        accelerator.print(f"resumed from {resume_from} at step {progress.global_step}")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        # the log restarts from the checkpoint's history, dropping what a killed session wrote after it
+        Path(output_dir, "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in progress.log_history))
+        accelerator.init_trackers(
+            "hf_detr", config={k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str))}
+        )
+    loop = _Loop(config, accelerator, model, optimizer, image_processor, train_set, train_loader, eval_loader,
+                 progress)  # fmt: skip
+    stop_reason = loop.run()
+
+    trained = accelerator.unwrap_model(model)
+    trained.to_plain_detr()  # training-only options (Group DETR queries, trainable BatchNorm) become plain DETR
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        source = f"Trained with `hf-detr train` for {progress.global_step} steps on `{config.dataset}`."
+        # one card for the local folder and the Hub copy
+        card = model_card(trained.config, config.hub_model_id or str(output_dir), source=source)
+        save_model_folder(output_dir, trained, image_processor, card, state_dict=state_dict)
+        (output_dir / "eval_results.json").write_text(json.dumps(loop.metrics, indent=1))
+        if config.push_to_hub:
+            push_to_hub(trained, config.hub_model_id, image_processor, card=card)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(
+        model=trained, image_processor=image_processor, global_step=progress.global_step, stop_reason=stop_reason,
+        metrics=loop.metrics, log_history=progress.log_history, output_dir=str(output_dir),
+    )  # fmt: skip
+

@@ -1,0 +1,130 @@
+"""Model setup (`hf_detr.training.setup`): every weights layout a folder can hold starts `hf-detr train` and the Trainer
+example from those weights, with the processor saved beside them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, presets
+from hf_detr.apps.cli import main as cli_main
+from hf_detr.data.synthetic import ID2LABEL
+from hf_detr.training import build_model
+from hf_detr.training.setup import has_weights, with_image_size
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_object_detection.py"
+TINY_DATA = ["--dataset", "synthetic", "--synthetic_image_size", "64", "--image_size", "64"]
+
+
+def _save_sharded_bin(model: torch.nn.Module, folder: Path) -> None:
+    """The layout of older Hub repositories: pickled shards and `pytorch_model.bin.index.json`."""
+    model.config.save_pretrained(folder)
+    state = model.state_dict()
+    names = sorted(state)
+    shards = {f"pytorch_model-0000{i + 1}-of-00002.bin": names[i::2] for i in range(2)}
+    for file, keys in shards.items():
+        torch.save({key: state[key].clone() for key in keys}, folder / file)
+    weight_map = {key: file for file, keys in shards.items() for key in keys}
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                      "weight_map": weight_map}))  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["sharded_bin", "sharded_safetensors", "safetensors"])
+def start(request, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A tiny model with the shapes' labels saved in one of the layouts, with a non-default image processor."""
+    folder = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(0)
+    model = presets.create("tiny", id2label=ID2LABEL)
+    if request.param == "sharded_bin":
+        _save_sharded_bin(model, folder)
+    else:
+        model.save_pretrained(folder, max_shard_size="1MB" if request.param == "sharded_safetensors" else "5GB")
+    HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(folder)
+    assert has_weights(folder) and not has_weights(tmp_path_factory.mktemp("empty"))
+    return folder, {key: value.clone() for key, value in model.state_dict().items()}
+
+
+def test_build_model_loads_every_layout_with_its_processor(start):
+    folder, weights = start
+    model, processor = build_model(str(folder), ID2LABEL)
+    assert model.state_dict().keys() == weights.keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    assert (processor.size.shortest_edge, processor.size.longest_edge) == (64, 96)
+    # new labels: a new class head, everything else kept
+    renamed, _ = build_model(str(folder), {i: f"{name}!" for i, name in ID2LABEL.items()})
+    changed = {key for key, value in renamed.state_dict().items() if not torch.equal(value, weights[key])}
+    assert changed == {"class_embed.weight", "class_embed.bias"}
+
+
+def _assert_started_from(output: Path, weights: dict[str, torch.Tensor]) -> None:
+    """The frozen backbone (backbone learning rate 0) is the starting one; the transformer trained."""
+    saved = load_file(output / "model.safetensors")
+    backbone = [key for key in weights if key.startswith("model.backbone.")]
+    assert backbone and all(torch.equal(saved[key], weights[key]) for key in backbone)
+    assert not torch.equal(saved["model.query_embed.weight"], weights["model.query_embed.weight"])
+
+
+def test_hf_detr_train_fine_tunes_from_the_folder_weights(start, tmp_path):
+    folder, weights = start
+    args = ["train", "--output_dir", str(tmp_path), "--model_name_or_path", str(folder), *TINY_DATA,
+            "--synthetic_train_size", "4", "--eval_split", "none", "--max_steps", "2", "--backbone_learning_rate", "0",
+            "--learning_rate", "1e-3", "--per_device_train_batch_size", "2", "--cpu", "--disable_tqdm",
+            "--report_to", "none", "--save_steps", "0"]  # fmt: skip
+    assert cli_main(args) == 0
+    _assert_started_from(tmp_path, weights)
+
+
+def test_the_trainer_example_fine_tunes_from_the_folder_weights(start, tmp_path):
+    folder, weights = start
+    spec = importlib.util.spec_from_file_location("run_object_detection", SCRIPT)
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # dataclasses look their module up there
+    spec.loader.exec_module(example)
+    example.main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path), *TINY_DATA,
+                  "--synthetic_num_train", "4", "--eval_strategy", "no", "--save_strategy", "no",
+                  "--load_best_model_at_end", "false", "--do_train", "--max_steps", "2",
+                  "--backbone_learning_rate", "0", "--learning_rate", "1e-3", "--per_device_train_batch_size", "2",
+                  "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"])  # fmt: skip
+    _assert_started_from(tmp_path, weights)
+
+
+def test_with_image_size_copies_and_never_changes_the_callers_processor():
+    processor = HfDetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 256}, image_mean=[0.5, 0.5, 0.5])
+    assert with_image_size(processor) is processor
+    resized = with_image_size(processor, 64)
+    assert (resized.size.shortest_edge, resized.size.longest_edge) == (64, 107)  # DETR's 1333/800 ratio
+    assert list(resized.image_mean) == [0.5, 0.5, 0.5]  # every other setting carried over
+    assert (processor.size.shortest_edge, processor.size.longest_edge) == (128, 256)
+    assert with_image_size(processor, max_size=300).size.longest_edge == 300
+
+
+def test_presets_carry_their_image_size_and_are_read_only():
+    demo = presets.get("demo")
+    assert demo.image_processor().size.shortest_edge == demo.image_size == 128
+    assert demo.max_size == 213 and presets.get("detr-resnet-50").max_size == 1333
+    with pytest.raises(TypeError):
+        demo.model["d_model"] = 1  # a shared preset cannot be changed by one caller
+    assert isinstance(presets.create("tiny"), HfDetrForObjectDetection)
+    with pytest.raises(ValueError, match=r"no preset named 'nope'; the presets are \['demo', "):
+        presets.get("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        presets.register(presets.Preset("demo", {}))
+
+
+def test_from_pretrained_overrides_are_validated_like_the_constructor(tmp_path):
+    presets.create("tiny").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"HfDetrConfig.dropout=1.5 is invalid"):
+        HfDetrForObjectDetection.from_pretrained(tmp_path, dropout=1.5)
+    with pytest.raises(ValueError, match=r"HfDetrConfig.num_queries=0 is invalid"):
+        build_model(str(tmp_path), ID2LABEL, {"num_queries": 0})
+    assert HfDetrForObjectDetection.from_pretrained(tmp_path, eos_coefficient=0.3).config.eos_coefficient == 0.3
