@@ -23,7 +23,9 @@ and the checkpoint with the best `eval_map` is kept and saved with its image pro
         --model_kwargs '{"backbone": "resnet18", "d_model": 64, "encoder_layers": 1, "decoder_layers": 1}' \
         --output_dir /tmp/detr-shapes --do_train --do_eval --num_train_epochs 2 --use_cpu
 
-`--dataset` is a Hub dataset id, a `save_to_disk` folder, a COCO folder or `synthetic` (see `hf_detr.data.load_data`).
+`--dataset` is a Hub dataset id, a `save_to_disk` folder, a COCO folder or `synthetic` (see `hf_detr.data.load_data`);
+`--box_policy` says what happens to a box reaching outside its image: `clip` (default, counts logged), `drop`,
+`error`.
 `--resume_from_checkpoint <output_dir>/checkpoint-N` continues a run. Every `TrainingArguments` option works
 (`--help` lists them).
 """
@@ -41,7 +43,7 @@ import datasets
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from hf_detr.data import id2label, load_data
+from hf_detr.data import BoxPolicy, id2label, load_data
 from hf_detr.evaluation import evaluation_collator, evaluation_dataset, make_compute_metrics
 from hf_detr.training import DetrTrainer, EpochSetter, build_model
 from hf_detr.training.setup import training_data, with_image_size
@@ -69,7 +71,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 class ModelArguments:
     model_name_or_path: str = field(
         metadata={"help": "A hub_configs/ folder (config only: new weights), a converted checkpoint or a fine-tuned "
-                  "folder, or a Hub model id."}  # fmt: skip
+                  "folder, or a Hub model id; also a checkpoint of transformers' DETR (e.g. facebook/detr-resnet-50, "
+                  "converted on load)."}  # fmt: skip
     )
     backbone_learning_rate: float = field(
         default=1e-5, metadata={"help": "Learning rate of the backbone (DETR: 1e-5); 0 freezes the backbone."}
@@ -90,6 +93,11 @@ class DataArguments:
     )
     train_split: str = field(default="train")
     eval_split: str = field(default="validation")
+    box_policy: BoxPolicy = field(
+        default="clip",
+        metadata={"help": "Boxes reaching outside their image: 'clip' them to it (boxes without area dropped; counts "
+                  "logged), 'drop' them, or stop with an 'error' naming the image and box."},  # fmt: skip
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
     synthetic_num_train: int = field(default=1000, metadata={"help": "--dataset synthetic: training images."})
@@ -105,7 +113,9 @@ class DataArguments:
         default="detr",
         metadata={"help": "Training augmentation: 'detr' (flip, multi-scale resize, crop), 'flip' or 'none'."},
     )
-    per_class_metrics: bool = field(default=False, metadata={"help": "Also log AP and AR@100 of every class."})
+    per_class_metrics: bool = field(
+        default=False, metadata={"help": "Also log AP, AP50 and AR@100 of every class (eval_map_class_<name>, ...)."}
+    )
 
 
 def build_parser() -> HfArgumentParser:
@@ -119,7 +129,8 @@ def load_splits(data_args: DataArguments, seed: int) -> tuple[datasets.Dataset |
     wanted = [name for name in (data_args.train_split, data_args.eval_split) if name]
     sizes = {data_args.train_split: data_args.synthetic_num_train, data_args.eval_split: data_args.synthetic_num_eval}
     loaded = load_data(data_args.dataset, wanted, synthetic_sizes=sizes,
-                       synthetic_image_size=data_args.synthetic_image_size, seed=seed)  # fmt: skip
+                       synthetic_image_size=data_args.synthetic_image_size, seed=seed,
+                       box_policy=data_args.box_policy)  # fmt: skip
     splits = []
     for name, limit in ((data_args.train_split, data_args.max_train_samples),
                         (data_args.eval_split, data_args.max_eval_samples)):  # fmt: skip

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -59,3 +63,29 @@ def randomize_weights(model: torch.nn.Module) -> None:
             tensor.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
         else:
             tensor.normal_(0, 0.1)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "run_object_detection.py"
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a script of the repository (examples/, benchmarks/) as a module named after its file, registered in
+    `sys.modules` (where dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_example_fine_tuning(model: str | Path, output_dir: str | Path, steps: int = 2) -> None:
+    """`examples/run_object_detection.py` fine-tuning `model` for a few steps on 4 generated 64-px images, with the
+    backbone frozen (learning rate 0), no evaluation and no checkpoints."""
+    load_script(EXAMPLE).main([
+        "--model_name_or_path", str(model), "--output_dir", str(output_dir), "--dataset", "synthetic",
+        "--synthetic_image_size", "64", "--image_size", "64", "--synthetic_num_train", "4", "--eval_strategy", "no",
+        "--save_strategy", "no", "--load_best_model_at_end", "false", "--do_train", "--max_steps", str(steps),
+        "--backbone_learning_rate", "0", "--learning_rate", "1e-3", "--per_device_train_batch_size", "2",
+        "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
+    ])  # fmt: skip

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import ROOT, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_recipe.py"
-_spec = importlib.util.spec_from_file_location("bench_recipe", SCRIPT)
-bench_recipe = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench_recipe
-_spec.loader.exec_module(bench_recipe)
+bench_recipe = load_script(ROOT / "benchmarks" / "bench_recipe.py")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

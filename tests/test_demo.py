@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
+import numpy as np
 import pytest
 from PIL import Image
 from transformers import pipeline
@@ -11,6 +13,7 @@ from transformers import pipeline
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, presets
 from hf_detr.apps.cli import main
 from hf_detr.data import SYNTHETIC, load_data
+from hf_detr.data.loading import id2label
 from hf_detr.data.synthetic import SHAPES
 from hf_detr.evaluation import COCO_STAT_NAMES, evaluate
 
@@ -36,6 +39,20 @@ def assert_saved_model_scores(metrics: dict, model_dir, test_split) -> None:
     )
 
 
+def assert_a_plot(path, size: tuple[int, int]) -> None:
+    """A matplotlib figure of `size` pixels with something drawn on it: not a blank page, more than a few colours
+    (antialiased lines, text and fills)."""
+    picture = Image.open(path)
+    assert picture.size == size
+    pixels = np.asarray(picture.convert("RGB")).reshape(-1, 3)
+    assert (pixels != 255).any(axis=1).mean() > 0.03
+    assert len(np.unique(pixels, axis=0)) > 50
+
+
+TILE = 384  # the demo's 128-pixel images, upscaled 3x in predictions.png
+PAD = 8
+
+
 def test_demo_writes_model_metrics_and_pictures(tmp_path, monkeypatch, capsys):
     import hf_detr.apps.demo as demo
 
@@ -44,23 +61,40 @@ def test_demo_writes_model_metrics_and_pictures(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: real_run_demo(
         *a, **k, num_train=32, num_validation=8, num_test=8, show=4))
     assert main(["demo", "--output_dir", str(tmp_path), "--time_budget", "8"]) == 0
-    assert "test split: AP" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "test split: AP" in out
+    assert "class" in out and "AP50" in out and "AR@100" in out and "objects" in out  # the per-class table
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert {"map", "map_50", "map_75", "steps", "total_seconds"} <= set(metrics)
+    assert {"map", "map_50", "map_75", "steps", "total_seconds", "per_class"} <= set(metrics)
     assert_trained_for_the_budget(metrics, tmp_path / "run", 8)
     # the test split the demo generated (seed 0, the preset's image size), scored again from the saved folder
     sizes = {"train": 32, "validation": 8, "test": 8}
     test_split = load_data(SYNTHETIC, synthetic_sizes=sizes, synthetic_image_size=presets.get("demo").image_size,
                            seed=0)["test"]
     assert_saved_model_scores(metrics, tmp_path / "model", test_split)
-    assert Image.open(tmp_path / "predictions.png").size[0] > 4 * 128
-    assert Image.open(tmp_path / "curves.png").size == (900, 300)
+    # a row per class with AP, AP50, AR@100 and the number of the test split's objects of that class
+    counts = Counter(c for objects in test_split["objects"] for c, crowd in zip(objects["category"], objects["iscrowd"])
+                     if not crowd)  # fmt: skip
+    names = list(id2label(test_split).values())
+    assert list(metrics["per_class"]) == names
+    for label, name in enumerate(names):
+        row = metrics["per_class"][name]
+        assert set(row) == {"map", "map_50", "mar_100", "objects"} and row["objects"] == counts[label], name
+        assert row["map_50"] >= row["map"] or row["objects"] == 0
+        assert f"\n{name} " in out
+
+    # 4 images: ground truth and prediction side by side, two images a row, each tile upscaled 3x (384 px)
+    grid = Image.open(tmp_path / "predictions.png")
+    assert grid.size[0] == PAD + 4 * (TILE + PAD) and grid.size[1] > PAD + 2 * (TILE + PAD)
+    assert_a_plot(tmp_path / "curves.png", (1100, 420))
+    assert_a_plot(tmp_path / "pr_curve.png", (700, 560))
 
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["num_query_groups"] == 1 and config["freeze_backbone_batchnorm"]  # saved as plain DETR
     detector = pipeline("object-detection", model=str(tmp_path / "model"))
-    image = Image.open(tmp_path / "predictions.png").convert("RGB").crop((0, 0, 128, 128))
+    bottom_left = (PAD, grid.size[1] - PAD - TILE, PAD + TILE, grid.size[1] - PAD)  # the last image's ground truth
+    image = grid.convert("RGB").crop(bottom_left).resize((128, 128))
     results = detector(image, threshold=0.0)
     assert results and {"score", "label", "box"} <= set(results[0])
 
@@ -106,7 +140,18 @@ def test_demo_trains_and_tests_on_a_given_dataset(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert_trained_for_the_budget(metrics, out / "run", 4)
     assert_saved_model_scores(metrics, out / "model", load_data(str(tmp_path / "data"))["test"])
+    assert list(metrics["per_class"]) == ["star", "ring"]
     assert Image.open(out / "predictions.png").size[0] > 4 * 128
+    assert_a_plot(out / "curves.png", (1100, 420))  # its validation panel says "no validation split"
+
+
+def test_without_matplotlib_the_demo_says_how_to_install_it_before_training(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    assert main(["demo", "--output_dir", str(tmp_path / "out")]) == 1
+    assert "pip install 'hf_detr[viz]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing generated or trained
 
 
 def test_demo_dataset_without_test_split_fails_clearly(tmp_path, capsys):

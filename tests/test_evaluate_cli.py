@@ -100,6 +100,19 @@ def _table(out: str) -> dict[str, float]:
     return values
 
 
+def _class_rows(out: str) -> dict[str, list[float]]:
+    """``{class: [AP, AP50, AR@100, objects]}`` of the printed per-class table."""
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:5] == ["class", "AP", "AP50", "AR@100", "objects"])
+    rows = {}
+    for line in lines[header + 1 :]:
+        parts = line.split()
+        if len(parts) != 5:
+            break
+        rows[parts[0]] = [float(value) for value in parts[1:]]
+    return rows
+
+
 def _direct_metrics(model_dir: str, dataset_dir: str) -> dict[str, float]:
     """pycocotools on the model's detections in the original pixel frames, against the data set's own boxes."""
     model = HfDetrForObjectDetection.from_pretrained(model_dir).eval()
@@ -126,13 +139,40 @@ def test_table_equals_pycocotools_on_the_same_detections(model_dir, dataset_dir,
     assert 0.05 < expected["map"] < 0.95 and 0.05 < expected["mar_100"] < 1.0
     for name in COCO_STAT_NAMES:
         assert printed[name] == pytest.approx(round(expected[name], 4), abs=1e-9), name
+    rows = _class_rows(out)
+    assert list(rows) == LABELS
     for name in LABELS:
-        assert printed[name] == pytest.approx(round(expected[f"map_{name}"], 4), abs=1e-9), name
+        expected_row = [expected[f"{stat}_class_{name}"] for stat in ("map", "map_50", "mar_100")]
+        assert rows[name][:3] == pytest.approx([round(value, 4) for value in expected_row], abs=1e-9), name
+    # objects: the non-crowd ground truth of each class
+    objects = [pair for row in _examples() for pair in zip(row["objects"]["category"], row["objects"]["iscrowd"])]
+    assert [rows[name][3] for name in LABELS] == [sum(1 for c, crowd in objects if c == k and not crowd)
+                                                  for k in range(len(LABELS))]  # fmt: skip
     # the crowd region is kept as COCO keeps it: detections on it are ignored, not false positives
     without_crowd = _examples()
     without_crowd[-1]["objects"] = {key: [] for key in without_crowd[-1]["objects"]}
     assert expected != pytest.approx(_direct_metrics(model_dir, _save_dataset(
         dataset_dir + "-no-crowd", LABELS, without_crowd)))  # fmt: skip
+
+
+def test_plots_writes_the_precision_recall_curve(model_dir, dataset_dir, tmp_path, capsys):
+    import PIL.Image
+
+    status, out, err = _run(capsys, model_dir, "--dataset", dataset_dir, "--plots", str(tmp_path / "plots"))
+    assert status == 0, err
+    assert "class " not in out  # the per-class table only with --per-class
+    picture = PIL.Image.open(tmp_path / "plots" / "pr_curve.png")
+    assert picture.size == (700, 560)
+    colours = np.asarray(picture.convert("RGB")).reshape(-1, 3)
+    assert (colours != 255).any(axis=1).mean() > 0.03  # axes, grid and curves, not a blank page
+
+
+def test_plots_without_matplotlib_say_how_to_install_it(model_dir, dataset_dir, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    status, out, err = _run(capsys, model_dir, "--dataset", dataset_dir, "--plots", str(tmp_path / "plots"))
+    assert status == 1 and "pip install 'hf_detr[viz]'" in err and out == ""  # before evaluating anything
 
 
 def test_threshold_drops_low_scoring_detections(model_dir, dataset_dir, capsys):

@@ -16,7 +16,15 @@ import PIL.Image
 from transformers import DetrImageProcessor, EvalPrediction, Trainer, TrainingArguments
 
 from hf_detr.data.transforms import to_coco_annotations
-from hf_detr.evaluation.metrics import COCO_STAT_NAMES, CocoDetectionMetric, coco_evaluate, make_compute_metrics
+from hf_detr.evaluation.metrics import (
+    COCO_STAT_NAMES,
+    PER_CLASS_STATS,
+    CocoDetectionMetric,
+    CocoEvaluation,
+    coco_evaluate,
+    make_compute_metrics,
+    per_class_key,
+)
 from hf_detr.modeling import HfDetrImageProcessor, HfDetrObjectDetectionOutput
 
 NUM_CLASSES = 3
@@ -96,10 +104,11 @@ def test_metric_equals_pycocotools_run_directly(capsys):
     assert 0.1 < results["map"] < 0.9 and 0.1 < results["map_50"] < 1.0  # a scene that tests something
     for category, name in id2label.items():
         stats = pycocotools_directly(predictions, references, category=category)
-        assert results[f"map_{name}"] == pytest.approx(stats[0], abs=1e-12), name
-        assert results[f"mar_100_{name}"] == pytest.approx(stats[8], abs=1e-12), name
-    assert results["map_fish"] == -1.0  # no ground truth of that class
-    assert len({results[f"map_{name}"] for name in ("cat", "dog", "bird")}) == 3
+        assert results[f"map_class_{name}"] == pytest.approx(stats[0], abs=1e-12), name
+        assert results[f"map_50_class_{name}"] == pytest.approx(stats[1], abs=1e-12), name
+        assert results[f"mar_100_class_{name}"] == pytest.approx(stats[8], abs=1e-12), name
+    assert results["map_class_fish"] == -1.0  # no ground truth of that class
+    assert len({results[f"map_class_{name}"] for name in ("cat", "dog", "bird")}) == 3
     assert capsys.readouterr().out == "", "pycocotools output must not reach stdout"
 
 
@@ -111,7 +120,7 @@ def test_single_examples_and_compute_with_inputs_match_batches():
     one_by_one = metric.compute()
     direct = CocoDetectionMetric().compute(predictions=predictions, references=references)
     assert one_by_one == direct == coco_evaluate(predictions, references)
-    assert "map_0" not in direct  # per-class keys only when asked
+    assert set(direct) == set(COCO_STAT_NAMES)  # per-class keys only when asked
 
 
 def perfect_predictions(references):
@@ -132,7 +141,7 @@ def test_perfect_predictions_give_one_and_missing_ones_zero():
     assert perfect["map"] == perfect["map_50"] == perfect["map_75"] == perfect["mar_100"] == 1.0
     assert perfect["map_small"] == perfect["map_medium"] == 1.0
     assert perfect["map_large"] == -1.0  # this scene's only large object is a crowd region: nothing to find
-    assert all(perfect[f"map_{c}"] == 1.0 for c in range(NUM_CLASSES))
+    assert all(perfect[per_class_key(stat, c)] == 1.0 for c in range(NUM_CLASSES) for stat in PER_CLASS_STATS)
 
     none = coco_evaluate([{"boxes": np.zeros((0, 4)), "labels": [], "scores": []}] * len(references), references)
     assert none["map"] == none["map_50"] == none["mar_100"] == none["map_small"] == 0.0
@@ -152,10 +161,76 @@ def test_without_ground_truth_every_metric_is_minus_one():
     predictions, references = random_scene(seed=3, num_images=3)
     empty_refs = [{"boxes": [], "labels": []} for _ in references]
     results = coco_evaluate(predictions, empty_refs, per_class=True)
-    assert results["map"] == results["map_50"] == results["mar_100"] == results["map_1"] == -1.0
+    assert results["map"] == results["map_50"] == results["mar_100"] == results["map_class_1"] == -1.0
     assert set(results.values()) == {-1.0}
     assert set(coco_evaluate([], []).values()) == {-1.0}
     assert set(coco_evaluate([], []).keys()) == set(COCO_STAT_NAMES)
+
+
+def test_classes_named_like_coco_stats_do_not_clash_with_them():
+    """Per-class keys carry a `_class_` infix: classes named "50", "small", "1", ... leave `map_50`, `map_small`,
+    `mar_1`, ... alone, and every class keeps its own keys."""
+    predictions, references = random_scene(seed=4)
+    names = {0: "50", 1: "small", 2: "1", 5: "100", 6: "75", 7: "large", 8: "class_small"}
+    plain = coco_evaluate(predictions, references)
+    results = coco_evaluate(predictions, references, per_class=True, id2label=names)
+    assert {name: results[name] for name in COCO_STAT_NAMES} == plain  # no COCO stat overwritten
+    per_class = {key for key in results if key not in COCO_STAT_NAMES}
+    assert per_class == {per_class_key(stat, name) for name in names.values() for stat in PER_CLASS_STATS}
+    assert len(results) == len(COCO_STAT_NAMES) + len(PER_CLASS_STATS) * len(names)  # nothing merged
+    evaluation = coco_evaluate(predictions, references, per_class=True, id2label=names, return_evaluation=True)
+    for name, row in evaluation.per_class.items():
+        assert {stat: row[stat] for stat in PER_CLASS_STATS} == {
+            stat: results[per_class_key(stat, name)] for stat in PER_CLASS_STATS}
+    assert results[per_class_key("map", "small")] == pytest.approx(pycocotools_directly(predictions, references, 1)[0])
+
+
+def test_per_class_table_by_hand():
+    """One image; class "exact" found exactly (score 1), class "half" has 2 objects of which one is found (0.9)
+    after a false positive (0.95), class "missed" is never detected, "absent" has no ground truth.
+    For "half" the precision is 0 then 1/2 at recall 0 then 1/2; COCO interpolates precision as the best at any
+    higher recall, so 51 of its 101 recall points (0, 0.01, ..., 0.50) have precision 1/2 and the rest 0:
+    AP = 25.5 / 101 at every IoU threshold (the match is exact), AR@100 = 1/2."""
+    reference = {"boxes": [[10, 10, 20, 20], [40, 10, 20, 20], [70, 10, 20, 20], [10, 60, 20, 20], [50, 50, 40, 40]],
+                 "labels": [0, 1, 1, 2, 0], "iscrowd": [0, 0, 0, 0, 1]}  # the last: a crowd region of "exact"
+    prediction = {"boxes": [[10, 10, 30, 30], [40, 10, 60, 30], [0, 100, 5, 105]], "labels": [0, 1, 1],
+                  "scores": [1.0, 0.9, 0.95]}
+    names = {0: "exact", 1: "half", 2: "missed", 3: "absent"}
+    evaluation = coco_evaluate([prediction], [reference], id2label=names, return_evaluation=True)
+    half = 25.5 / 101
+    expected = {
+        "exact": {"map": 1.0, "map_50": 1.0, "mar_100": 1.0, "objects": 1},  # the crowd region is not an object
+        "half": {"map": half, "map_50": half, "mar_100": 0.5, "objects": 2},
+        "missed": {"map": 0.0, "map_50": 0.0, "mar_100": 0.0, "objects": 1},
+        "absent": {"map": -1.0, "map_50": -1.0, "mar_100": -1.0, "objects": 0},
+    }
+    assert list(evaluation.per_class) == list(expected)
+    for name, row in expected.items():
+        assert evaluation.per_class[name] == pytest.approx(row, abs=1e-12), name
+    # COCO's map_50 is the mean over the classes with ground truth
+    assert evaluation.metrics["map_50"] == pytest.approx((1.0 + half + 0.0) / 3)
+    assert set(evaluation.metrics) == set(COCO_STAT_NAMES)  # flat per-class keys only with per_class=True
+
+
+def test_precision_arrays_for_pr_curves():
+    predictions, references = random_scene(seed=5)
+    evaluation = coco_evaluate(predictions, references, id2label={0: "a", 1: "b", 2: "c", 5: "d"},
+                               return_evaluation=True)  # fmt: skip
+    assert evaluation.class_names == ["a", "b", "c", "d"] and evaluation.category_ids == [0, 1, 2, 5]
+    # [IoU thresholds, recall points, classes, areas all/small/medium/large, max detections 1/10/100]
+    assert evaluation.precision.shape == (10, 101, 4, 4, 3)
+    np.testing.assert_allclose(evaluation.iou_thresholds, np.linspace(0.5, 0.95, 10))
+    np.testing.assert_allclose(evaluation.recall_thresholds, np.linspace(0, 1, 101))
+    for iou, name in ((0.5, "map_50"), (0.75, "map_75")):
+        curves = evaluation.precision_curves(iou)
+        assert curves.shape == (4, 101)
+        assert (curves[3] == -1).all()  # "d" has no ground truth
+        # the mean over recall points and classes of the curves is COCO's AP at that IoU: what the plot's legend says
+        assert curves[:3].mean() == pytest.approx(evaluation.metrics[name], abs=1e-12)
+    per_class_ap50 = [evaluation.per_class[name]["map_50"] for name in "abc"]
+    assert evaluation.precision_curves(0.5)[:3].mean(axis=1) == pytest.approx(per_class_ap50, abs=1e-12)
+    empty = coco_evaluate([], [], return_evaluation=True)
+    assert empty.precision is None and set(empty.metrics.values()) == {-1.0}
 
 
 @pytest.mark.parametrize(
@@ -247,8 +322,14 @@ def test_compute_metrics_gives_one_for_perfect_logits(image_processor):
     predictions = [trainer_predictions(*perfect_outputs(batch)) for batch in batches]
     compute_metrics = make_compute_metrics(image_processor, id2label={0: "a", 1: "b", 2: "c"}, per_class=True)
     results = compute_metrics(EvalPrediction(predictions=predictions, label_ids=batches))
-    for name in ("map", "map_50", "map_75", "mar_100", "map_small", "map_medium", "map_large", "map_a", "map_c"):
+    for name in ("map", "map_50", "map_75", "mar_100", "map_small", "map_medium", "map_large", "map_class_a",
+                 "map_50_class_c"):
         assert results[name] == 1.0, name
+    evaluate_all = make_compute_metrics(image_processor, id2label={0: "a", 1: "b", 2: "c"}, per_class=True,
+                                        return_evaluation=True)  # fmt: skip
+    evaluation = evaluate_all(EvalPrediction(predictions=predictions, label_ids=batches))
+    assert isinstance(evaluation, CocoEvaluation) and evaluation.metrics == results
+    assert {name: row["map"] for name, row in evaluation.per_class.items()} == {"a": 1.0, "b": 1.0, "c": 1.0}
 
 
 def test_compute_metrics_on_labels_made_by_the_image_processor():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config_kwargs
+from helpers import EXAMPLE, load_script, tiny_config_kwargs
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
@@ -30,11 +29,7 @@ from hf_detr.evaluation import (
 )
 from hf_detr.training import DetrTrainer, build_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_object_detection.py"
-_spec = importlib.util.spec_from_file_location("run_object_detection", SCRIPT)
-run_object_detection = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = run_object_detection  # dataclasses look their module up there
-_spec.loader.exec_module(run_object_detection)
+run_object_detection = load_script(EXAMPLE)
 
 TINY = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10)
 STEPS_PER_EPOCH = 8  # 32 training images in batches of 4
@@ -117,7 +112,7 @@ def test_resume_in_a_subprocess_continues_from_the_checkpoint(start_model, first
     args = ["--model_name_or_path", start_model, "--output_dir", str(output_dir), *RUN_ARGS,
             "--resume_from_checkpoint", str(checkpoint)]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, str(EXAMPLE), *args], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'eval_map'" in done.stdout
 

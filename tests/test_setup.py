@@ -3,14 +3,14 @@ example from those weights, with the processor saved beside them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from helpers import run_example_fine_tuning
 
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, presets
 from hf_detr.apps.cli import main as cli_main
@@ -20,7 +20,6 @@ from hf_detr.training.setup import has_weights, with_image_size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_object_detection.py"
 TINY_DATA = ["--dataset", "synthetic", "--synthetic_image_size", "64", "--image_size", "64"]
 
 
@@ -86,15 +85,7 @@ def test_hf_detr_train_fine_tunes_from_the_folder_weights(start, tmp_path):
 
 def test_the_trainer_example_fine_tunes_from_the_folder_weights(start, tmp_path):
     folder, weights = start
-    spec = importlib.util.spec_from_file_location("run_object_detection", SCRIPT)
-    example = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = example  # dataclasses look their module up there
-    spec.loader.exec_module(example)
-    example.main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path), *TINY_DATA,
-                  "--synthetic_num_train", "4", "--eval_strategy", "no", "--save_strategy", "no",
-                  "--load_best_model_at_end", "false", "--do_train", "--max_steps", "2",
-                  "--backbone_learning_rate", "0", "--learning_rate", "1e-3", "--per_device_train_batch_size", "2",
-                  "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"])  # fmt: skip
+    run_example_fine_tuning(folder, tmp_path)
     _assert_started_from(tmp_path, weights)
 
 

@@ -19,9 +19,16 @@ from transformers import (
     AutoVideoProcessor,
 )
 
-from . import _moved
-from .modeling import *  # noqa: F403  (the public API is the model's: config, models, outputs, image processor)
-from .modeling import __all__
+from . import _moved, modeling
+from .modeling import (
+    HfDetrConfig,
+    HfDetrForObjectDetection,
+    HfDetrImageProcessor,
+    HfDetrModel,
+    HfDetrModelOutput,
+    HfDetrObjectDetectionOutput,
+    HfDetrPreTrainedModel,
+)
 
 __version__ = "0.1.0"
 
@@ -38,3 +45,5 @@ HfDetrForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
 HfDetrImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 _moved.install()
+
+__all__ = modeling.__all__  # the public API is the model's: config, models, outputs, image processor

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..hub.convert import ORIGINAL_BACKBONES
 
@@ -24,7 +25,9 @@ def add_convert(subparsers: argparse._SubParsersAction) -> None:
         description="Convert a checkpoint of the original facebookresearch/detr code (.pth) or of transformers' "
         "DetrForObjectDetection (a save_pretrained folder or Hub id) into a folder that "
         "HfDetrForObjectDetection.from_pretrained / AutoModelForObjectDetection / pipeline('object-detection') load: "
-        "model.safetensors, config.json, preprocessor_config.json, the code for trust_remote_code and a README.md.",
+        "model.safetensors, config.json, preprocessor_config.json (a transformers checkpoint's own preprocessing "
+        "settings), the code for trust_remote_code and a README.md. HfDetrForObjectDetection.from_pretrained and "
+        "hf-detr train / predict / evaluate also take a transformers DETR folder or Hub id without this step.",
     )
     parser.add_argument("--from", dest="source_format", required=True, choices=("original", "transformers"))
     parser.add_argument("source", help="the .pth file (original) or the folder / Hub repository id (transformers)")
@@ -35,16 +38,18 @@ def add_convert(subparsers: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> None:
         from ..hub.cards import model_card, save_model_folder
-        from ..hub.convert import from_original, from_transformers
+        from ..hub.convert import from_original, from_transformers, image_processor_from_transformers
         from ..modeling import HfDetrImageProcessor
 
         if args.source_format == "original":
             model = from_original(args.source, backbone=args.backbone, dilation=args.dilation)
+            processor = HfDetrImageProcessor()
         else:
             model = from_transformers(args.source)
+            processor = image_processor_from_transformers(args.source)  # the checkpoint's preprocessing settings
         source = f"Weights converted from the {args.source_format} DETR checkpoint `{Path(str(args.source)).name}`."
         card = model_card(model.config, str(args.output_dir), source=source)
-        save_model_folder(args.output_dir, model, HfDetrImageProcessor(), card)
+        save_model_folder(args.output_dir, model, processor, card)
         print(f"wrote {args.output_dir}")
 
     parser.set_defaults(run=run)
@@ -57,7 +62,8 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
         description="Print the detections of each image as JSON (label, score, box in pixels); with --out, also "
         "write each image with its boxes drawn as <out>/<name>.png.",
     )
-    parser.add_argument("model", help="a folder written by save_pretrained (model and image processor)")
+    parser.add_argument("model", help="a folder or Hub id written by save_pretrained (model and image processor), "
+                        "hf_detr's or transformers' DETR (converted on load)")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
     parser.add_argument("--out", type=Path, default=None, help="folder for annotated PNGs")
@@ -117,10 +123,10 @@ _COCO_ROWS: tuple[tuple[str, str], ...] = (
 
 def _evaluate_model_folder(
     model_dir: str, dataset: str, split: str = "validation", batch_size: int = 8, threshold: float = 0.0,
-    per_class: bool = False, device: str | None = None,
-) -> dict[str, float]:  # fmt: skip
+    per_class: bool = False, device: str | None = None, return_evaluation: bool = False,
+) -> dict[str, float] | Any:  # fmt: skip
     """COCO box metrics (`hf_detr.evaluation.evaluate`) of the model saved in `model_dir` with its image processor, on
-    `split` of `dataset`."""
+    `split` of `dataset` (with `return_evaluation`, the `CocoEvaluation`: metrics, per-class table, PR arrays)."""
     import torch
 
     from ..data.sources import load_data
@@ -141,22 +147,34 @@ def _evaluate_model_folder(
     data = load_data(dataset, [split])[split]
     if len(data) == 0:
         raise ValueError(f"split {split!r} of {dataset} has no images.")
-    return evaluate(model, processor, data, batch_size=batch_size, per_class=per_class, threshold=threshold)
+    return evaluate(model, processor, data, batch_size=batch_size, per_class=per_class, threshold=threshold,
+                    return_evaluation=return_evaluation)  # fmt: skip
 
 
-def _format_coco_table(metrics: dict[str, float], class_names: Sequence[str] = ()) -> str:
-    """`metrics` of `evaluate` as a text table, one row per COCO number, then AP and AR@100 of each
-    of `class_names` if `metrics` has them."""
+def _format_coco_table(metrics: dict[str, float], per_class: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """`metrics` of `evaluate` as a text table, one row per COCO number, then, given `per_class`
+    (`CocoEvaluation.per_class`), AP, AP50, AR@100 and the ground-truth objects of each class."""
+    from ..evaluation.metrics import format_per_class_table
+
     lines = [f"{'metric':<12}{'value':>8}   meaning"]
     lines += [f"{name:<12}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _COCO_ROWS]
-    rows = [name for name in class_names if f"map_{name}" in metrics]
-    if rows:
-        width = max(12, *(len(name) + 2 for name in rows))
-        lines += ["", f"{'class':<{width}}{'AP':>8}{'AR@100':>8}"]
-        lines += [f"{name:<{width}}{metrics[f'map_{name}']:>8.4f}{metrics[f'mar_100_{name}']:>8.4f}" for name in rows]
-    if any(value == -1.0 for value in metrics.values()):
+    undefined = any(value == -1.0 for value in metrics.values())
+    if per_class:
+        lines += ["", format_per_class_table(per_class)]
+        undefined = undefined or any(row["map"] == -1.0 for row in per_class.values())
+    if undefined:
         lines.append("-1: no ground-truth object in that area range or class, so COCO leaves the value undefined.")
     return "\n".join(lines)
+
+
+def _require_viz() -> None:
+    """Stop with the install hint before any work when the pictures' matplotlib is missing."""
+    from .visualize import require_matplotlib
+
+    try:
+        require_matplotlib()
+    except ImportError as error:
+        raise ValueError(str(error)) from None
 
 
 def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
@@ -178,17 +196,28 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "--threshold", type=float, default=0.0,
         help="drop detections scoring below this; the default 0 keeps all, as COCO's protocol does",
     )  # fmt: skip
-    parser.add_argument("--per-class", action="store_true", help="also print AP and AR@100 of every class")
+    parser.add_argument("--per-class", action="store_true",
+                        help="also print AP, AP50, AR@100 and the ground-truth objects of every class")  # fmt: skip
+    parser.add_argument("--plots", type=Path, default=None, metavar="DIR",
+                        help="write DIR/pr_curve.png, precision-recall from the same COCOeval run (needs matplotlib: "
+                        "pip install 'hf_detr[viz]')")  # fmt: skip
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
     def run(args: argparse.Namespace) -> None:
-        metrics = _evaluate_model_folder(
+        if args.plots is not None:
+            _require_viz()
+        evaluation = _evaluate_model_folder(
             args.model, args.dataset, split=args.split, batch_size=args.batch_size, threshold=args.threshold,
-            per_class=args.per_class, device=args.device,
+            per_class=args.per_class, device=args.device, return_evaluation=True,
         )  # fmt: skip
-        class_names = [key[len("mar_100_") :] for key in metrics if key.startswith("mar_100_")]
         print(f"{args.model} on {args.dataset} [{args.split}], threshold {args.threshold}")
-        print(_format_coco_table(metrics, class_names))
+        print(_format_coco_table(evaluation.metrics, evaluation.per_class if args.per_class else None))
+        if args.plots is not None:
+            from .visualize import save_pr_curve
+
+            args.plots.mkdir(parents=True, exist_ok=True)
+            save_pr_curve(evaluation, args.plots / "pr_curve.png")
+            print(f"wrote {args.plots / 'pr_curve.png'}")
 
     parser.set_defaults(run=run)
 
@@ -198,8 +227,10 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="train and evaluate a small DETR on generated shapes (no download), with pictures",
         description="Generate the synthetic shapes data set, train a small DETR on the CPU within a time budget, "
-        "evaluate COCO mAP on its test split and write to OUTPUT_DIR: model/ (loadable by pipeline), metrics.json, "
-        "predictions.png (ground truth next to predictions) and curves.png.",
+        "evaluate COCO mAP on its test split and write to OUTPUT_DIR: model/ (loadable by pipeline), metrics.json "
+        "(with a per-class table, also printed), curves.png (training loss, validation mAP), predictions.png (ground "
+        "truth next to predictions) and pr_curve.png (precision-recall). The pictures need matplotlib: "
+        "pip install 'hf_detr[viz]' (make demo installs it).",
     )
     parser.add_argument("--output_dir", type=Path, default=Path("demo_output"))
     parser.add_argument("--time_budget", type=float, default=600.0, help="training seconds (default 600)")
@@ -208,9 +239,12 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
                         "COCO folder or a Hub id) instead of the generated shapes")
 
     def run(args: argparse.Namespace) -> None:
+        _require_viz()
+        from ..evaluation.metrics import format_per_class_table
         from .demo import run_demo
 
         metrics = run_demo(args.output_dir, time_budget=args.time_budget, seed=args.seed, dataset=args.dataset)
+        print(format_per_class_table(metrics["per_class"]))
         print(f"test split: AP {metrics['map']:.3f}  AP50 {metrics['map_50']:.3f}  AP75 {metrics['map_75']:.3f}  "
               f"({metrics['steps']} steps, {metrics['total_seconds']:.0f} s in all); wrote {args.output_dir}")
 

@@ -1,8 +1,10 @@
 """`hf-detr demo` / `make demo`: generate the synthetic shapes data, train a small DETR within a time budget on the
-CPU, evaluate COCO mAP on the test split, and write the model folder, metrics and pictures.
+CPU, evaluate COCO mAP on the test split, and write the model folder, metrics (with a per-class table) and pictures
+(training curves, predictions next to ground truth, the precision-recall curve; drawn with matplotlib, the `viz`
+extra).
 
-The recipe (the `demo` preset of `hf_detr.presets`; measurements in docs/RECIPE.md) is for small compute, where steps are
-worth more than capacity: a ResNet-18 trained from scratch (trainable BatchNorm and stem: with no ImageNet weights,
+The recipe (the `demo` preset of `hf_detr.presets`; measurements in docs/RECIPE.md) is for small compute, where steps
+are worth more than capacity: a ResNet-18 trained from scratch (trainable BatchNorm and stem: with no ImageNet weights,
 frozen BatchNorm would leave the residual branches that timm initializes to zero dead) cut at layer2 (a stride-8
 map for 128-pixel images), no encoder layers (the decoder reads the projected features), horizontal flips as the
 only augmentation, and two training-only signals: an H-DETR one-to-many query group and a dense head on the
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,7 +27,7 @@ from ..data.sources import SYNTHETIC, load_data
 from ..evaluation.evaluate import evaluate
 from ..training.config import TrainConfig
 from ..training.loop import train
-from .visualize import draw_detections, save_curves, save_grid
+from .visualize import draw_detections, require_matplotlib, save_curves, save_grid, save_pr_curve
 
 DEMO = presets.get("demo")
 
@@ -38,14 +41,21 @@ def run_demo(
     num_test: int = 200,
     show: int = 8,
     dataset: str | None = None,
-) -> dict[str, float]:
-    """Run the demo; returns the test metrics written to `<output_dir>/metrics.json`.
+) -> dict[str, Any]:
+    """Run the demo; returns the test metrics written to `<output_dir>/metrics.json`: the COCO numbers (`map`,
+    `map_50`, ...), `steps`, `train_seconds`, `total_seconds` and `per_class`, `{class: {"map", "map_50", "mar_100",
+    "objects"}}` (AP, AP50, AR@100 and the number of ground-truth objects of each class in the test split).
+
+    Pictures in `output_dir`: `curves.png` (training loss, validation mAP / AP50), `predictions.png` (the first
+    `show` test images, ground truth next to the predictions scoring at least 0.5, upscaled so labels read) and
+    `pr_curve.png` (precision-recall at IoU 0.50 and 0.75 from the test evaluation's COCOeval arrays).
 
     `dataset`: instead of the generated shapes, a data set with `train` and `test` splits (and optionally
     `validation`, evaluated during training) that `load_detection_dataset` reads (a `save_to_disk` folder, a COCO
     folder or a Hub id), e.g. a held-out shapes set to check that the recipe was not tuned to the generator.
     """
     started = time.time()
+    require_matplotlib()  # the pictures need it: say so now, not after the training
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if dataset is None:
@@ -69,33 +79,42 @@ def run_demo(
     model.save_pretrained(output_dir / "model")
     processor.save_pretrained(output_dir / "model")
 
-    metrics = evaluate(model, processor, data["test"], batch_size=config.per_device_eval_batch_size)
+    evaluation = evaluate(model, processor, data["test"], batch_size=config.per_device_eval_batch_size,
+                          return_evaluation=True)  # fmt: skip
+    metrics: dict[str, Any] = dict(evaluation.metrics)
     metrics.update(
         train_seconds=round(result.log_history[-1].get("elapsed", time_budget), 1) if result.log_history else 0.0,
         steps=result.global_step,
         total_seconds=round(time.time() - started, 1),
     )
+    metrics["per_class"] = evaluation.per_class
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _save_pictures(model, processor, data["test"], result.log_history, output_dir, show, id2label)
+    has_validation = len(data.get("validation", ())) > 0
+    save_curves(result.log_history, output_dir / "curves.png",
+                validation_note="no validation results" if has_validation else "no validation split")
+    _save_predictions(model, processor, data["test"], output_dir / "predictions.png", show, id2label)
+    save_pr_curve(evaluation, output_dir / "pr_curve.png")
     return metrics
 
 
-def _save_pictures(model, processor, test, log_history, output_dir: Path, show: int,
-                   id2label: dict[int, str]) -> None:
-    """Ground truth next to predictions for the first `show` test images; loss and mAP curves."""
+PREDICTION_THRESHOLD = 0.5  # detections drawn in predictions.png
+TILE_MIN_SIDE = 384  # predictions.png tiles are upscaled to at least this shorter side, so labels read
+
+
+def _save_predictions(model, processor, test, path: Path, show: int, id2label: dict[int, str]) -> None:
+    """Ground truth next to the predictions for the first `show` test images, as a grid PNG."""
     tiles = []
     for example in test.select(range(min(show, len(test)))):
         image = example["image"].convert("RGB")
         boxes = torch.tensor(example["objects"]["bbox"]).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
-        tiles.append(draw_detections(image, boxes, example["objects"]["category"], id2label))
+        tiles.append(draw_detections(image, boxes, example["objects"]["category"], id2label, min_side=TILE_MIN_SIDE))
         inputs = processor(images=image, return_tensors="pt")
         with torch.no_grad():
             outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
-        found = processor.post_process_object_detection(outputs, 0.5, target_sizes=[(image.height, image.width)])[0]
-        tiles.append(draw_detections(image, found["boxes"], found["labels"].tolist(), id2label, found["scores"]))
-    save_grid(tiles, output_dir / "predictions.png", columns=4)
-    losses = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    maps = [(e["step"], e["eval_map"]) for e in log_history if "eval_map" in e]
-    save_curves({"training loss": tuple(zip(*losses)) or ((), ()), "validation mAP": tuple(zip(*maps)) or ((), ())},
-                output_dir / "curves.png")
+        found = processor.post_process_object_detection(outputs, PREDICTION_THRESHOLD,
+                                                        target_sizes=[(image.height, image.width)])[0]  # fmt: skip
+        tiles.append(draw_detections(image, found["boxes"], found["labels"].tolist(), id2label, found["scores"],
+                                     min_side=TILE_MIN_SIDE))  # fmt: skip
+    titles = ("ground truth", f"prediction (score >= {PREDICTION_THRESHOLD})")
+    save_grid(tiles, path, columns=4, column_titles=titles)

@@ -7,20 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from transformers import AutoImageProcessor, AutoModelForObjectDetection
+from PIL import Image, UnidentifiedImageError
 
+from ..modeling import HfDetrForObjectDetection, HfDetrImageProcessor
+from ..modeling.image_processing_hf_detr import upright_rgb
 from .visualize import draw_detections
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB with its EXIF orientation applied; missing or unreadable files name the path."""
+    """Open an image file as upright RGB (`upright_rgb`: EXIF orientation, grayscale, 16-bit, transparency), as
+    training saw its images; missing or unreadable files name the path."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"image {path} does not exist or is not a file")
     try:
         with Image.open(path) as image:
-            return ImageOps.exif_transpose(image).convert("RGB")
+            image.load()  # the pixels, before the file closes (an upright RGB image is returned as it is)
+            return upright_rgb(image)
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"image {path} could not be read as an image: {error}") from error
 
@@ -31,7 +34,8 @@ def predict_images(
     threshold: float = 0.5,
     out_dir: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the model saved in `model_dir` (weights, config and preprocessor config) on each image file.
+    """Run the model saved in `model_dir` (weights, config and preprocessor config; an hf_detr folder or a transformers
+    DETR checkpoint, folder or Hub id) on each image file.
 
     Returns, per image, `{"image": path, "detections": [{"label", "score", "box": {"xmin", "ymin", "xmax",
     "ymax"}}]}` in original pixel coordinates; with `out_dir`, also writes `<stem>.png` with the boxes drawn.
@@ -39,8 +43,9 @@ def predict_images(
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     pictures = [open_image(path) for path in images]  # fail on a bad path before loading the model
-    model = AutoModelForObjectDetection.from_pretrained(model_dir).eval()
-    processor = AutoImageProcessor.from_pretrained(model_dir)
+    # hf_detr's folders, and transformers' DETR checkpoints converted on load
+    model = HfDetrForObjectDetection.from_pretrained(model_dir).eval()
+    processor = HfDetrImageProcessor.from_pretrained(model_dir)
     id2label = model.config.id2label
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 :class:`DetectionDataset` applies a box-aware transform of :mod:`.transforms` to a map-style ``datasets.Dataset``
 reproducibly (the randomness of example ``i`` in epoch ``e`` depends only on ``(seed, e, i)``, so a run resumed in the
-middle of an epoch sees the same augmented images as an uninterrupted one) and records each image's original size.
+middle of an epoch sees the same augmented images as an uninterrupted one) to the image made upright RGB
+(:func:`upright_rgb`), and records each image's original size.
 :class:`DetectionCollator` pads a list of such examples through :class:`HfDetrImageProcessor`::
 
     train = DetectionDataset(dataset["train"], make_train_transform(), seed=0)
@@ -18,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..modeling.image_processing_hf_detr import HfDetrImageProcessor
+from ..modeling.image_processing_hf_detr import HfDetrImageProcessor, upright_rgb
 from .transforms import to_coco_annotations, transform_example
 
-__all__ = ["DetectionCollator", "DetectionDataset", "derived_seed"]
+__all__ = ["DetectionCollator", "DetectionDataset", "derived_seed", "upright_rgb"]
+
 
 
 def derived_seed(*keys: int) -> int:
@@ -33,7 +35,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     """A Hub-COCO ``datasets.Dataset`` seen through a ``torchvision.transforms.v2`` transform (or none).
 
     Each item is the transformed example (see :func:`.transforms.transform_example`) plus ``orig_size``: the
-    ``(height, width)`` of the image before the transform, the frame evaluation scores predictions in.
+    ``(height, width)`` of the image before the transform, the frame evaluation scores predictions in. The image is
+    made upright 8-bit RGB (:func:`upright_rgb`: EXIF orientation, grayscale, palette, transparency, 16-bit) before the
+    transform sees it, so the augmentation moves pixels and boxes of the same upright frame.
 
     The transform draws from ``torch``'s global generator; it runs under a generator seeded from ``(seed, epoch,
     index)`` and restored afterwards, so augmentation neither depends on nor disturbs the training's random state.
@@ -73,6 +77,7 @@ class DetectionDataset(torch.utils.data.Dataset):
                 f"example {index} (image_id={example.get('image_id')}): `image` must be a decoded PIL image, got "
                 f"{type(image).__name__}; keep the column as a datasets.Image() feature."
             )
+        image = example["image"] = upright_rgb(image)
         orig_size = (image.height, image.width)
         if self.label_map is not None:
             objects = example["objects"]

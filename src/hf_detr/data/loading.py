@@ -11,8 +11,18 @@ Every loader here returns splits with exactly the features of :func:`coco_detect
 
 :func:`load_detection_dataset` reads (a) a Hub dataset id or a local data folder (``datasets.load_dataset``), (b) a
 folder written by ``DatasetDict.save_to_disk``, or (c) a COCO folder (``annotations/instances_<split>.json`` plus the
-image files), in memory-mapped or streaming form. COCO's sparse category ids become contiguous labels ``0..K-1`` in
-increasing id order; :func:`coco_category_ids` reads the original ids back from the split's ``info.description``.
+image files), in memory-mapped or streaming form. COCO's category ids, in any numbering (from 0 or 1, with gaps),
+become contiguous labels ``0..K-1`` in increasing id order; :func:`coco_category_ids` reads the original ids back from
+the split's ``info.description``.
+
+Boxes follow a ``box_policy`` (:func:`apply_box_policy`), the same in every loader: ``"clip"`` (the default) clips a
+box that reaches outside its image to the image and drops the boxes that are left without area (entirely outside) or
+have none (zero or negative width or height, NaN), ``"drop"`` drops every box that reaches outside its image or has no
+area, ``"error"`` raises a ``ValueError`` naming the image and the box. A box reaching at most ``box_tolerance`` pixels
+(default 1) outside its image is float slop: it counts as inside under every policy and is kept as written (the image
+processor clips it to the image). Each split logs one warning line with what was clipped and dropped, e.g.
+``instances_train.json: 412 images, 3 boxes clipped to their image, 2 dropped (1 zero-area, 1 outside the image) by
+box_policy='clip'``; DEBUG logging lists every box.
 """
 
 from __future__ import annotations
@@ -22,14 +32,17 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import datasets
 import PIL.Image
+import torch
 
-from ..modeling.boxes import check_boxes
+from ..modeling.boxes import BoxPolicy, box_flags, check_boxes, clip_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +55,15 @@ _DESCRIPTION_KEY = "hf_detr.coco_category_ids"
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
 # Streamed COCO splits are sharded into chunks of this many images (DataLoader workers take whole shards).
 _STREAM_SHARD_SIZE = 1000
+# EXIF tag 0x0112; orientations 5-8 store the image transposed (a quarter turn, perhaps mirrored)
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 __all__ = [
+    "BoxCounts",
+    "BoxPolicy",
+    "BoxPolicyResult",
+    "apply_box_policy",
     "coco_category_ids",
     "coco_detection_features",
     "id2label",
@@ -89,11 +109,155 @@ def coco_category_ids(dataset: AnyDataset) -> list[int] | None:
     return stored.get(_DESCRIPTION_KEY) if isinstance(stored, dict) else None
 
 
+# why a box is dropped, in the order a box with several problems is counted under
+_NOT_FINITE, _NEGATIVE, _ZERO_AREA, _OUTSIDE = "not finite", "negative size", "zero-area", "outside the image"
+_REASONS = (_NOT_FINITE, _NEGATIVE, _ZERO_AREA, _OUTSIDE)
+
+
+@dataclass
+class BoxCounts:
+    """How many boxes a ``box_policy`` clipped to their image and dropped (by reason)."""
+
+    clipped: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.clipped or self.dropped)
+
+    def __iadd__(self, other: BoxCounts) -> BoxCounts:
+        self.clipped += other.clipped
+        for reason, count in other.dropped.items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
+        return self
+
+    @property
+    def num_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    @property
+    def changed(self) -> int:
+        return self.clipped + self.num_dropped
+
+    def summary(self) -> str:
+        """E.g. ``"3 boxes clipped to their image, 2 dropped (1 zero-area, 1 outside the image)"``."""
+        parts = []
+        if self.clipped:
+            parts.append(f"{self.clipped} {'box' if self.clipped == 1 else 'boxes'} clipped to "
+                         f"{'its' if self.clipped == 1 else 'their'} image")  # fmt: skip
+        if self.dropped:
+            reasons = ", ".join(f"{self.dropped[r]} {r}" for r in _REASONS if r in self.dropped)
+            noun = "" if parts else (" box" if self.num_dropped == 1 else " boxes")
+            parts.append(f"{self.num_dropped}{noun} dropped ({reasons})")
+        return ", ".join(parts) or "no box clipped or dropped"
+
+
+class BoxPolicyResult(NamedTuple):
+    """What :func:`apply_box_policy` keeps: the boxes (float64 ``[k, 4]`` xywh pixels, clipped ones clipped), their
+    positions in the input (``[k]`` int64: take every other per-object field with it), their areas and the counts."""
+
+    boxes: torch.Tensor
+    index: torch.Tensor
+    areas: torch.Tensor
+    counts: BoxCounts
+
+
+def apply_box_policy(
+    boxes: Any,
+    name: Callable[[int], str],
+    *,
+    within: Sequence[float] | Sequence[Sequence[float]],
+    policy: BoxPolicy = "clip",
+    tolerance: float = 1.0,
+    areas: Sequence[float] | None = None,
+) -> BoxPolicyResult:
+    """Apply ``policy`` to pixel ``[x, y, w, h]`` ``boxes`` of images of ``within`` = (width, height), or ``[n, 2]``
+    one per box (see the module docstring).
+
+    What is outside or empty is decided by :func:`hf_detr.modeling.boxes.box_flags`, the flags
+    :func:`~hf_detr.modeling.boxes.check_boxes` raises on, so ``"error"`` rejects exactly what ``"clip"`` and ``"drop"``
+    change. ``"clip"`` clips with :func:`~hf_detr.modeling.boxes.clip_boxes` the boxes that reach further than
+    ``tolerance`` outside their image; a box left without width or height (entirely outside the image, or touching it
+    only at an edge) is dropped as outside the image. ``"drop"`` drops those boxes instead. Both drop boxes with a NaN
+    or infinite number, a negative width or height, or a zero one (zero-area). ``"error"`` raises the check's
+    ``ValueError``, naming the box by ``name(j)``, for every one of these boxes (zero-area included).
+
+    ``areas`` (COCO's ``area``; NaN: not given) are kept for the kept boxes; a clipped box's area shrinks with it (it
+    keeps its ratio to the box area, as in a crop of the augmentation, and is at most the clipped box's area); a
+    missing area is the (clipped) box area. Input that is not ``[n, 4]`` numbers raises under every policy.
+    """
+    _check_policy(policy)
+    tensor, flags = box_flags(boxes, name, "xywh", within=within, tolerance=tolerance)
+    n = len(tensor)
+    given = torch.full((n,), float("nan"), dtype=torch.float64) if areas is None else torch.as_tensor(
+        [float("nan") if a is None else float(a) for a in areas], dtype=torch.float64
+    )  # fmt: skip
+    broken = flags.non_finite | flags.empty  # flags.empty includes flags.negative
+    bad = broken | flags.outside
+    if policy == "error" or not bad.any():  # the common case, every box fine, returns here
+        if bad.any():
+            try:
+                check_boxes(tensor, name, "xywh", positive=True, within=within, tolerance=tolerance)
+            except ValueError as error:
+                raise ValueError(
+                    f"{error} (box_policy='error'; box_policy='clip', the default, clips boxes to their image and "
+                    "drops the ones without area)"
+                ) from None
+        return BoxPolicyResult(tensor, torch.arange(n), torch.where(given.isnan(), _box_areas(tensor), given),
+                               BoxCounts())  # fmt: skip
+
+    # why each box is dropped: 0 kept, else 1 + its position in _REASONS; the first problem of a box decides
+    reason = torch.zeros(n, dtype=torch.int64)
+    for code, flag in ((3, flags.empty), (2, flags.negative), (1, flags.non_finite)):
+        reason[flag] = code
+    result = tensor.clone()
+    areas_out = torch.where(given.isnan(), _box_areas(tensor), given)
+    to_clip = flags.outside & ~broken
+    clipped = torch.zeros(n, dtype=torch.bool)
+    if policy == "drop":
+        reason[to_clip] = 1 + _REASONS.index(_OUTSIDE)
+    elif to_clip.any():
+        rows = to_clip.nonzero().flatten()
+        limits = torch.as_tensor(within, dtype=torch.float64).reshape(-1, 2).expand(n, 2)[rows]
+        new = clip_boxes(tensor[rows], "xywh", limits)
+        result[rows] = new
+        new_area, old_area = _box_areas(new), _box_areas(tensor[rows])
+        areas_out[rows] = torch.where(
+            given[rows].isnan(), new_area, torch.minimum(given[rows] * new_area / old_area, new_area)
+        )
+        left_empty = (new[:, 2:] <= 0).any(1)  # entirely outside, or touching the image only at an edge
+        reason[rows[left_empty]] = 1 + _REASONS.index(_OUTSIDE)
+        clipped[rows[~left_empty]] = True
+    keep = reason == 0
+    per_reason = torch.bincount(reason, minlength=len(_REASONS) + 1).tolist()
+    counts = BoxCounts(clipped=int(clipped.sum()),
+                       dropped={why: k for why, k in zip(_REASONS, per_reason[1:]) if k})  # fmt: skip
+    if counts and logger.isEnabledFor(logging.DEBUG):
+        for j in (~keep | clipped).nonzero().flatten().tolist():
+            if keep[j]:
+                logger.debug("%s = %s clipped to %s by box_policy=%r", name(j), tensor[j].tolist(), result[j].tolist(),
+                             policy)  # fmt: skip
+            else:
+                logger.debug("%s = %s dropped (%s) by box_policy=%r", name(j), tensor[j].tolist(),
+                             _REASONS[int(reason[j]) - 1], policy)  # fmt: skip
+    index = keep.nonzero().flatten()
+    return BoxPolicyResult(result[index], index, areas_out[index], counts)
+
+
+def _box_areas(boxes: torch.Tensor) -> torch.Tensor:
+    return boxes[:, 2] * boxes[:, 3]
+
+
+def _check_policy(box_policy: str) -> None:
+    if box_policy not in typing.get_args(BoxPolicy):
+        raise ValueError(f"box_policy={box_policy!r}: choose 'clip' (the default), 'drop' or 'error'.")
+
+
 def load_detection_dataset(
     source: str | os.PathLike,
     *,
     splits: Sequence[str] | None = None,
     streaming: bool = False,
+    box_policy: BoxPolicy = "clip",
     box_tolerance: float = 1.0,
     revision: str | None = None,
     cache_dir: str | None = None,
@@ -114,17 +278,25 @@ def load_detection_dataset(
     becomes the row index, missing ``width``/``height`` are read from the images, and other columns are dropped (all
     logged). Boxes are taken to be ``[x, y, w, h]`` pixels, which the data cannot prove.
 
-    Every box is checked: a negative width or height, a box further than ``box_tolerance`` pixels outside its image or a
-    category outside the label range raises a ``ValueError`` naming the split, example and image id. With
-    ``streaming=True`` the splits are ``IterableDataset``s (nothing is copied to the disk cache) and these checks run as
-    the examples are read.
+    Every box goes through ``box_policy`` (see the module docstring and :func:`apply_box_policy`): by default a box
+    reaching outside its image is clipped to it and a box without area dropped with its object, and one warning line
+    per split counts them; ``"error"`` raises a ``ValueError`` naming the split, example, image id and box. A category
+    outside the label range is always an error. With ``streaming=True`` the splits are ``IterableDataset``s (nothing is
+    copied to the disk cache) and these checks run as the examples are read: a streamed COCO folder counts at loading
+    (its json is read then), a streamed Hub or ``save_to_disk`` split only as it is read, so it logs its running counts
+    each time they reach 1, 2, 4, 8, ... changed boxes (per process). A non-streamed Hub or ``save_to_disk`` split
+    with clipped or dropped boxes is rewritten once (``Dataset.map``, into the ``datasets`` cache).
 
     Args:
         splits: split names to load (default: all).
         streaming: return an ``IterableDatasetDict``.
-        box_tolerance: how far (pixels) a box may reach outside its image before it is an error.
+        box_policy: ``"clip"`` (default), ``"drop"`` or ``"error"``: what to do with a box that reaches outside its
+            image or has no area.
+        box_tolerance: how far (pixels) a box may reach outside its image and still count as inside (float slop;
+            kept as written).
         revision, cache_dir, load_dataset_kwargs: passed to ``datasets.load_dataset`` (source kind 3 only).
     """
+    _check_policy(box_policy)
     path = Path(source)
     if (path / datasets.config.DATASETDICT_JSON_FILENAME).is_file() or (
         path / datasets.config.DATASET_STATE_JSON_FILENAME
@@ -137,7 +309,8 @@ def load_detection_dataset(
         if streaming:
             loaded = {name: ds.to_iterable_dataset() for name, ds in loaded.items()}
     elif path.is_dir() and any((path / "annotations").glob("instances_*.json")):
-        return load_coco_folder(path, splits=splits, streaming=streaming, box_tolerance=box_tolerance)
+        return load_coco_folder(path, splits=splits, streaming=streaming, box_policy=box_policy,
+                                box_tolerance=box_tolerance)
     else:
         split_arg = list(splits) if splits is not None else None
         loaded = datasets.load_dataset(
@@ -146,7 +319,7 @@ def load_detection_dataset(
         )  # fmt: skip
         loaded = dict(zip(split_arg, loaded)) if split_arg is not None else dict(loaded)
     container = datasets.IterableDatasetDict if streaming else datasets.DatasetDict
-    return container({name: _conform(ds, name, box_tolerance) for name, ds in loaded.items()})
+    return container({name: _conform(ds, name, box_tolerance, box_policy) for name, ds in loaded.items()})
 
 
 def load_coco_folder(
@@ -154,6 +327,7 @@ def load_coco_folder(
     *,
     splits: Sequence[str] | None = None,
     streaming: bool = False,
+    box_policy: BoxPolicy = "clip",
     box_tolerance: float = 1.0,
 ) -> AnyDatasetDict:
     """Load a COCO-format folder: ``annotations/instances_<split>.json`` plus the image files.
@@ -168,12 +342,19 @@ def load_coco_folder(
     kept with ``iscrowd=1``; images without annotations are kept with empty ``objects``. A missing ``area`` is the box
     area, a missing ``iscrowd`` 0, a missing annotation ``id`` its 1-based position in the json.
 
+    Boxes follow ``box_policy`` (see the module docstring): with ``"clip"`` (default) or ``"drop"`` an annotation whose
+    box is dropped is left out (its id, category, area and iscrowd with it), and one warning line per json counts the
+    clipped and dropped boxes. An image's size is its upright size: a file with EXIF orientation 5-8 (a quarter turn) is
+    compared with the json's ``width``/``height`` transposed, as annotation tools and ``datasets.Image`` see it.
+
     Raises ``ValueError`` naming the json file, annotation id, image id and file for: an annotation whose
-    ``category_id`` is not in ``categories`` or whose ``image_id`` is not in ``images``; a bbox that is not 4 finite
-    numbers, has a negative width or height, or reaches more than ``box_tolerance`` pixels outside its image; an image
-    file that is missing, is not a readable image, or whose size differs from the json's ``width``/``height``. The image
-    files are checked while loading, or as they are read when ``streaming=True``; annotations always while loading.
+    ``category_id`` is not in ``categories`` or whose ``image_id`` is not in ``images``; a bbox that is not 4 numbers;
+    with ``box_policy="error"``, a bbox that is NaN, has a zero or negative width or height, or reaches more than
+    ``box_tolerance`` pixels outside its image; an image file that is missing, is not a readable image, or whose size
+    differs from the json's ``width``/``height``. The image files are checked while loading, or as they are read when
+    ``streaming=True``; annotations always while loading.
     """
+    _check_policy(box_policy)
     root = Path(root)
     files = sorted((root / "annotations").glob("instances_*.json"))
     if not files:
@@ -194,7 +375,7 @@ def load_coco_folder(
     for name, file in by_split.items():
         mtime_ns = file.stat().st_mtime_ns
         read = _cached_coco_json if streaming else _read_coco_json
-        label_names, category_ids, examples = read(str(file), mtime_ns, box_tolerance)
+        label_names, category_ids, examples = read(str(file), mtime_ns, box_tolerance, box_policy)
         if reference is not None and (label_names, category_ids) != reference[:2]:
             raise ValueError(
                 f"{file.name} lists categories {list(zip(category_ids, label_names))} but {reference[2]} lists "
@@ -212,7 +393,7 @@ def load_coco_folder(
                 _streamed_coco_rows,
                 features=features,
                 gen_kwargs={"ranges": ranges, "file": str(file), "mtime_ns": mtime_ns, "tolerance": box_tolerance,
-                            "image_dirs": image_dirs},
+                            "policy": box_policy, "image_dirs": image_dirs},
             )  # fmt: skip
             dataset.info.description = description
         else:
@@ -246,9 +427,12 @@ def _image_dirs(root: Path, raw_split: str) -> list[Path]:
     return [root / raw_split, root / "images" / raw_split, year_folder, root / "images", root]
 
 
-def _read_coco_json(path: str, mtime_ns: int, tolerance: float) -> tuple[list[str], list[int], list[dict[str, Any]]]:
-    """Parse and check one instances json. Returns the label names, their COCO ids and one example dict per image
-    (``objects`` filled, ``file_name`` in place of ``image``). ``mtime_ns`` only keys :func:`_cached_coco_json`."""
+def _read_coco_json(
+    path: str, mtime_ns: int, tolerance: float, policy: BoxPolicy = "clip"
+) -> tuple[list[str], list[int], list[dict[str, Any]]]:
+    """Parse and check one instances json, its boxes under ``policy``. Returns the label names, their COCO ids and one
+    example dict per image (``objects`` filled, ``file_name`` in place of ``image``). ``mtime_ns`` only keys
+    :func:`_cached_coco_json`."""
     file = Path(path)
     try:
         coco = json.loads(file.read_text())
@@ -304,22 +488,24 @@ def _read_coco_json(path: str, mtime_ns: int, tolerance: float) -> tuple[list[st
                 f"(ids {category_ids}); add the category or fix the annotation."
             )
         found.append((annotation_id, annotation, image))
-    # all boxes in one check: one call per annotation would be slow on COCO's ~900k
-    bboxes = check_boxes(
+    # all boxes in one call: one call per annotation would be slow on COCO's ~900k
+    kept = apply_box_policy(
         [annotation.get("bbox") for _, annotation, _ in found],
         lambda k: f"{where(found[k][0], found[k][2])}: bbox",
-        "xywh",
         within=[(image["width"], image["height"]) for _, _, image in found],
+        policy=policy,
         tolerance=tolerance,
-    ).tolist()
+        areas=[annotation.get("area") for _, annotation, _ in found],
+    )
 
     num_crowd = 0
-    for (annotation_id, annotation, image), bbox in zip(found, bboxes):
+    for k, bbox, area in zip(kept.index.tolist(), kept.boxes.tolist(), kept.areas.tolist()):
+        annotation_id, annotation, image = found[k]
         iscrowd = int(annotation.get("iscrowd", 0))
         num_crowd += iscrowd
         objects = image["objects"]
         objects["id"].append(annotation_id)
-        objects["area"].append(float(annotation.get("area", bbox[2] * bbox[3])))
+        objects["area"].append(area)
         objects["bbox"].append(bbox)
         objects["category"].append(label_of[annotation["category_id"]])
         objects["iscrowd"].append(iscrowd)
@@ -330,6 +516,8 @@ def _read_coco_json(path: str, mtime_ns: int, tolerance: float) -> tuple[list[st
         file.name, len(examples), empty, sum(len(e["objects"]["id"]) for e in examples.values()), num_crowd,
         len(categories),
     )  # fmt: skip
+    if kept.counts:
+        logger.warning("%s: %d images, %s by box_policy=%r", file.name, len(examples), kept.counts.summary(), policy)
     return label_names, category_ids, list(examples.values())
 
 
@@ -338,12 +526,13 @@ _cached_coco_json = functools.lru_cache(maxsize=4)(_read_coco_json)
 
 
 def _streamed_coco_rows(
-    ranges: list[tuple[int, int]], file: str, mtime_ns: int, tolerance: float, image_dirs: tuple[Path, ...]
-) -> Iterator[dict]:
+    ranges: list[tuple[int, int]], file: str, mtime_ns: int, tolerance: float, policy: BoxPolicy,
+    image_dirs: tuple[Path, ...],
+) -> Iterator[dict]:  # fmt: skip
     """Generator of a streamed COCO split: the rows of the images in ``ranges`` (index ranges into the json)."""
     if Path(file).stat().st_mtime_ns != mtime_ns:
         raise ValueError(f"{file} changed after the data set was loaded; load it again.")
-    examples = _cached_coco_json(file, mtime_ns, tolerance)[2]
+    examples = _cached_coco_json(file, mtime_ns, tolerance, policy)[2]
     for start, stop in ranges:
         yield from _coco_rows(examples[start:stop], image_dirs, Path(file).name)
 
@@ -365,11 +554,16 @@ def _checked_image_path(example: dict[str, Any], image_dirs: Sequence[Path], jso
     try:
         with PIL.Image.open(path) as image:
             size = image.size
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except (OSError, PIL.UnidentifiedImageError) as error:
         raise ValueError(f"{where}: {path} is not a readable image ({error}).") from error
+    upright = ""
+    if orientation in _QUARTER_TURNS:  # stored on its side: the upright image (what datasets.Image decodes) is turned
+        size = size[::-1]
+        upright = f" upright (EXIF orientation {orientation}; stored as {size[1]}x{size[0]})"
     if size != (example["width"], example["height"]):
         raise ValueError(
-            f"{where}: {path} is {size[0]}x{size[1]} pixels but the json says width={example['width']}, "
+            f"{where}: {path} is {size[0]}x{size[1]} pixels{upright} but the json says width={example['width']}, "
             f"height={example['height']}; boxes would be in the wrong frame."
         )
     return path
@@ -410,9 +604,10 @@ def _select_splits(loaded: Mapping[str, Any], splits: Sequence[str] | None, sour
     return {name: loaded[name] for name in splits}
 
 
-def _conform(dataset: AnyDataset, split: str, tolerance: float) -> AnyDataset:
-    """Bring a split's features to :func:`coco_detection_features` (see :func:`load_detection_dataset`) and check its
-    boxes: at once for a ``Dataset``, lazily for an ``IterableDataset``."""
+def _conform(dataset: AnyDataset, split: str, tolerance: float, policy: BoxPolicy = "clip") -> AnyDataset:
+    """Bring a split's features to :func:`coco_detection_features` (see :func:`load_detection_dataset`) and apply the
+    box policy: at once for a ``Dataset`` (rewritten only if a box is clipped or dropped), lazily for an
+    ``IterableDataset``."""
     where = f"split '{split}'"
     features = dataset.features
     if features is None:
@@ -449,16 +644,24 @@ def _conform(dataset: AnyDataset, split: str, tolerance: float) -> AnyDataset:
             logger.warning("%s: no `objects.id`; every object gets id -1.", where)
         dataset = dataset.map(_conform_objects, input_columns=["objects"], features=target)
 
-    check = _ExampleChecker(where, len(label_names), tolerance)
+    streamed = isinstance(dataset, datasets.IterableDataset)
+    check = _ExampleChecker(where, len(label_names), tolerance, policy, streamed=streamed)
     columns = ["image_id", "width", "height", "objects"]
-    if isinstance(dataset, datasets.IterableDataset):
+    if streamed:
         # the validating pass must keep the features, which IterableDataset.map otherwise forgets
         return dataset.map(check, input_columns=columns, with_indices=True, features=target)
+    fixed: dict[int, dict[str, list]] = {}
     index = 0
     for batch in dataset.select_columns(columns).iter(batch_size=1000):
         for values in zip(*(batch[column] for column in columns)):
-            check(*values, index)
+            changed = check(*values, index)
+            if changed:
+                fixed[index] = changed["objects"]
             index += 1
+    if check.counts:
+        logger.warning("%s: %d examples, %s by box_policy=%r", where, index, check.counts.summary(), policy)
+    if fixed:
+        dataset = dataset.map(_ReplaceObjects(fixed), input_columns=["objects"], with_indices=True, features=target)
     return dataset
 
 
@@ -480,17 +683,45 @@ def _conform_objects(objects: Any) -> dict[str, Any]:
 
 
 class _ExampleChecker:
-    """Raise on a box outside its image or a category outside ``0..num_labels-1``. A class (not a closure) so that
+    """Apply the box policy to one example's objects (``{}`` if nothing changes, else ``{"objects": kept}``) and raise
+    on a category outside ``0..num_labels-1``. Counts what it clipped and dropped in ``counts``; ``streamed``: logs the
+    running counts each time they reach 1, 2, 4, ... changed boxes. A class (not a closure) so that
     ``IterableDataset.map`` can pickle it for DataLoader workers."""
 
-    def __init__(self, where: str, num_labels: int, tolerance: float) -> None:
-        self.where, self.num_labels, self.tolerance = where, num_labels, tolerance
+    def __init__(self, where: str, num_labels: int, tolerance: float, policy: BoxPolicy = "clip",
+                 streamed: bool = False) -> None:  # fmt: skip
+        self.where, self.num_labels, self.tolerance, self.policy = where, num_labels, tolerance, policy
+        self.streamed = streamed
+        self.counts = BoxCounts()
+        self.examples = 0
+        self._next_report = 1
 
     def __call__(self, image_id: int, width: int, height: int, objects: dict[str, list], index: int) -> dict:
         where = f"{self.where} example {index} (image_id {image_id})"
-        check_boxes(objects["bbox"], lambda j: f"{where} object {j}: bbox", "xywh", within=(width, height),
-                    tolerance=self.tolerance)  # fmt: skip
+        kept = apply_box_policy(objects["bbox"], lambda j: f"{where} object {j}: bbox", within=(width, height),
+                                policy=self.policy, tolerance=self.tolerance, areas=objects.get("area"))  # fmt: skip
         for j, (_, category) in enumerate(zip(objects["bbox"], objects["category"])):
             if not 0 <= category < self.num_labels:
                 raise ValueError(f"{where} object {j}: category {category} is not a label in 0..{self.num_labels - 1}.")
-        return {}
+        self.examples += 1
+        if not kept.counts:
+            return {}
+        self.counts += kept.counts
+        if self.streamed and self.counts.changed >= self._next_report:
+            while self._next_report <= self.counts.changed:
+                self._next_report *= 2
+            logger.warning("%s (streamed, counted as read): %s in the first %d examples read by box_policy=%r",
+                           self.where, self.counts.summary(), self.examples, self.policy)  # fmt: skip
+        keep = kept.index.tolist()
+        fixed = {key: [values[i] for i in keep] for key, values in objects.items() if key not in ("bbox", "area")}
+        return {"objects": {**fixed, "bbox": kept.boxes.tolist(), "area": kept.areas.tolist()}}
+
+
+class _ReplaceObjects:
+    """``Dataset.map`` function: the ``objects`` of the examples in ``fixed`` (by index) replaced."""
+
+    def __init__(self, fixed: dict[int, dict[str, list]]) -> None:
+        self.fixed = fixed
+
+    def __call__(self, objects: dict[str, list], index: int) -> dict:
+        return {"objects": self.fixed.get(index, objects)}

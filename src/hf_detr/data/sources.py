@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import datasets
 
-from .loading import load_detection_dataset
+from .loading import BoxPolicy, load_detection_dataset
 from .synthetic import SPLITS, make_synthetic_dataset
 
 __all__ = ["SYNTHETIC", "load_data"]
@@ -22,12 +22,15 @@ def load_data(
     synthetic_sizes: Mapping[str, int] | None = None,
     synthetic_image_size: int = 128,
     seed: int = 0,
+    box_policy: BoxPolicy = "clip",
 ) -> datasets.DatasetDict:
     """`splits` (default: all) of `source`: `"synthetic"` for the generated shapes (`synthetic_sizes[split]` images
     per split, default 1000 / 200 / 200, of `synthetic_image_size` pixels, seeded by `seed`), or a Hub id,
-    `save_to_disk` folder or COCO folder for :func:`.loading.load_detection_dataset`."""
+    `save_to_disk` folder or COCO folder for :func:`.loading.load_detection_dataset`, whose boxes follow `box_policy`
+    (`"clip"`: boxes reaching outside their image clipped to it, boxes without area dropped, counted in one warning
+    per split; `"drop"`; `"error"`; the generated shapes lie inside their images)."""
     if source != SYNTHETIC:
-        return load_detection_dataset(source, splits=splits)
+        return load_detection_dataset(source, splits=splits, box_policy=box_policy)
     wanted = list(splits or SPLITS)
     unknown = [name for name in wanted if name not in SPLITS]
     if unknown:

@@ -22,7 +22,7 @@ from transformers import EvalPrediction
 
 from ..data.collate import DetectionCollator, DetectionDataset
 from ..data.loading import id2label as dataset_id2label
-from .metrics import make_compute_metrics
+from .metrics import CocoEvaluation, make_compute_metrics
 
 __all__ = ["evaluate", "evaluation_collator", "evaluation_dataset", "evaluation_loader", "model_labels"]
 
@@ -77,10 +77,14 @@ def evaluate(
     accelerator: Any = None,
     per_class: bool = False,
     threshold: float = 0.0,
-) -> dict[str, float]:
-    """COCO box metrics (`make_compute_metrics`: `map`, `map_50`, ..., and with `per_class` AP and AR@100 of each
-    class) of `model` on `data`: a split in the Hub's COCO schema, or a loader made by `evaluation_loader` (already
-    `accelerator.prepare`d when several processes share it).
+    return_evaluation: bool = False,
+) -> dict[str, float] | CocoEvaluation:
+    """COCO box metrics (`make_compute_metrics`: `map`, `map_50`, ..., and with `per_class` the flat
+    `map_class_<name>`, `map_50_class_<name>`, `mar_100_class_<name>` of each class) of `model` on `data`: a split in
+    the Hub's COCO schema, or a loader made by `evaluation_loader` (already `accelerator.prepare`d when several
+    processes share it). With `return_evaluation=True` the result is the `CocoEvaluation` of the same single COCOeval
+    run: these metrics (`.metrics`), the per-class table (`.per_class`: AP, AP50, AR@100 and the ground-truth objects
+    of each class) and COCOeval's precision array for precision-recall curves (`.precision`).
 
     With an `accelerate.Accelerator`, every process predicts its share and `gather_for_metrics` collects one entry per
     image, dropping the duplicates accelerate pads the last uneven batch with, so each image is scored exactly once;
@@ -115,7 +119,7 @@ def evaluate(
     metrics = None
     if accelerator is None or accelerator.is_main_process:
         compute_metrics = make_compute_metrics(image_processor, id2label=id2label, threshold=threshold,
-                                               per_class=per_class)  # fmt: skip
+                                               per_class=per_class, return_evaluation=return_evaluation)  # fmt: skip
         logits, boxes, labels = zip(*images)
         prediction = EvalPrediction(predictions=[(np.stack(logits), np.stack(boxes))], label_ids=[list(labels)])
         metrics = compute_metrics(prediction)

@@ -2,18 +2,29 @@
 
 Results follow ``COCOeval.summarize()``: ``map`` (AP@[.50:.95]), ``map_50``, ``map_75``, ``map_small``,
 ``map_medium``, ``map_large``, ``mar_1``, ``mar_10``, ``mar_100``, ``mar_small``, ``mar_medium``, ``mar_large``, and
-with ``per_class=True`` also ``map_<name>`` and ``mar_100_<name>`` per category. A value COCO cannot define (no
-ground truth at all, or none in that area range / category) is **-1.0**, COCO's own convention; it stays below every
-real score, so ``metric_for_best_model="eval_map"`` never prefers it.
+with ``per_class=True`` also ``map_class_<name>``, ``map_50_class_<name>`` and ``mar_100_class_<name>`` per category
+(AP@[.50:.95], AP@.50 and AR@100 of that class). The ``_class_`` infix keeps the keys apart: no COCO stat name
+contains it, and none of the three per-class prefixes is a prefix of another, so a class named like a COCO stat
+(``"50"``, ``"small"``, ``"1"``, even ``"class_small"``) cannot collide with a stat or with another class's key, and
+:func:`per_class_key` / ``key.startswith(prefix)`` read them back. A value COCO cannot define (no ground truth at
+all, or none in that area range / category) is **-1.0**, COCO's own convention; it stays below every real score, so
+``metric_for_best_model="eval_map"`` never prefers it.
+
+:class:`CocoEvaluation` (``coco_evaluate(..., return_evaluation=True)``, ``hf_detr.evaluation.evaluate(...,
+return_evaluation=True)``) carries, from the same single COCOeval run, the metrics, a per-class table (AP, AP50,
+AR@100 and the number of ground-truth objects of each class) and COCOeval's precision array for precision-recall
+curves.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -32,10 +43,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "COCO_STAT_NAMES",
+    "PER_CLASS_STATS",
     "CocoDetectionMetric",
+    "CocoEvaluation",
     "coco_evaluate",
+    "format_per_class_table",
     "make_compute_metrics",
     "pack_labels",
+    "per_class_key",
+    "per_class_rows",
     "unpack_labels",
 ]
 
@@ -44,6 +60,98 @@ COCO_STAT_NAMES: tuple[str, ...] = (
     "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
     "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
 )  # fmt: skip
+
+# The per-class numbers: flat metric keys `<stat>_class_<name>` (see the module docstring) and the columns of
+# `CocoEvaluation.per_class` (which also counts each class's ground-truth objects under "objects").
+PER_CLASS_STATS: tuple[str, ...] = ("map", "map_50", "mar_100")
+
+
+def per_class_key(stat: str, name: str) -> str:
+    """The flat metric key of one class's ``stat`` (one of :data:`PER_CLASS_STATS`): ``<stat>_class_<name>``."""
+    if stat not in PER_CLASS_STATS:
+        raise ValueError(f"per-class stat must be one of {PER_CLASS_STATS}, got {stat!r}")
+    return f"{stat}_class_{name}"
+
+
+@dataclass
+class CocoEvaluation:
+    """Everything one COCOeval run gives: the metrics, a per-class table and the arrays for precision-recall curves.
+
+    Attributes:
+        metrics: the flat ``{name: float}`` dict of :func:`coco_evaluate` (per-class keys only with ``per_class``).
+        per_class: ``{class name: {"map", "map_50", "mar_100", "objects"}}`` for every category, in category order:
+            AP@[.50:.95], AP@.50 and AR@100 at area "all" (-1.0 for a class without ground truth) and the number of
+            its non-crowd ground-truth objects (the ones recall counts).
+        precision: COCOeval's ``eval["precision"]``, shape ``[T, R, K, A, M]`` (IoU thresholds, recall points,
+            categories in the order of ``class_names``, area ranges all/small/medium/large, max detections 1/10/100);
+            -1 where a category has no ground truth. ``None`` when there was nothing to evaluate.
+        iou_thresholds: the ``T`` IoU thresholds (0.50, 0.55, ..., 0.95).
+        recall_thresholds: the ``R`` = 101 recall points (0, 0.01, ..., 1).
+        class_names: the name of each category of the ``K`` axis.
+        category_ids: the label (category id) of each category of the ``K`` axis.
+    """
+
+    metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    precision: np.ndarray | None = None
+    iou_thresholds: np.ndarray | None = None
+    recall_thresholds: np.ndarray | None = None
+    class_names: list[str] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)
+
+    def precision_curves(self, iou: float = 0.5) -> np.ndarray:
+        """Precision at each recall point at IoU threshold ``iou``, area "all", 100 detections: ``[K, R]`` (rows
+        of -1 for classes without ground truth)."""
+        if self.precision is None:
+            raise ValueError("no precision array: the evaluation had no images")
+        matches = np.flatnonzero(np.isclose(self.iou_thresholds, iou))
+        if len(matches) == 0:
+            raise ValueError(f"IoU {iou} is not one of COCO's thresholds {self.iou_thresholds.tolist()}")
+        return self.precision[matches[0], :, :, 0, -1].T
+
+    def rounded(self, digits: int = 4) -> CocoEvaluation:
+        """A copy with the metrics and the per-class numbers rounded (the arrays as they are)."""
+        per_class = {name: {k: (v if k == "objects" else round(v, digits)) for k, v in row.items()}
+                     for name, row in self.per_class.items()}  # fmt: skip
+        metrics = {name: round(value, digits) for name, value in self.metrics.items()}
+        return dataclasses.replace(self, metrics=metrics, per_class=per_class)
+
+
+def _mean_defined(values: np.ndarray) -> float:
+    """COCO's average: the mean of the entries > -1, or -1.0 when there is none."""
+    defined = values[values > -1]
+    return float(defined.mean()) if defined.size else -1.0
+
+
+def per_class_rows(coco_eval: COCOeval, names: Sequence[str], objects: Sequence[int]) -> dict[str, dict[str, float]]:
+    """``{name: {"map", "map_50", "mar_100", "objects"}}`` from an accumulated ``COCOeval``: for each category
+    ``k`` of ``coco_eval.params.catIds`` (named ``names[k]``, with ``objects[k]`` ground-truth objects), AP over
+    IoU 0.50:0.95, AP at IoU 0.50 and AR@100, at area "all" and 100 detections: the slices ``summarize()`` averages
+    over categories for ``map``, ``map_50`` and ``mar_100``."""
+    # precision: (iou, recall, category, area, max_dets); recall: (iou, category, area, max_dets).
+    precision, recall = coco_eval.eval["precision"], coco_eval.eval["recall"]
+    at_50 = int(np.flatnonzero(np.isclose(coco_eval.params.iouThrs, 0.5))[0])
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if list(names).count(name) > 1})
+        raise ValueError(f"per-class results need one name per category; {repeated} name several categories")
+    return {
+        name: {
+            "map": _mean_defined(precision[:, :, k, 0, -1]),
+            "map_50": _mean_defined(precision[at_50, :, k, 0, -1]),
+            "mar_100": _mean_defined(recall[:, k, 0, -1]),
+            "objects": int(count),
+        }
+        for k, (name, count) in enumerate(zip(names, objects))
+    }
+
+
+def format_per_class_table(per_class: Mapping[str, Mapping[str, float]]) -> str:
+    """:attr:`CocoEvaluation.per_class` as a text table: class, AP, AP50, AR@100, ground-truth objects."""
+    width = max(12, *(len(name) + 2 for name in per_class)) if per_class else 12
+    lines = [f"{'class':<{width}}{'AP':>8}{'AP50':>8}{'AR@100':>8}{'objects':>9}"]
+    lines += [f"{name:<{width}}{row['map']:>8.4f}{row['map_50']:>8.4f}{row['mar_100']:>8.4f}{row['objects']:>9d}"
+              for name, row in per_class.items()]  # fmt: skip
+    return "\n".join(lines)
 
 
 def _as_tensor(value: Any, where: str, field: str, dtype: torch.dtype, trailing: tuple[int, ...] = ()) -> torch.Tensor:
@@ -120,12 +228,20 @@ def _coco_from(images: list[dict], categories: list[int], annotations: list[dict
     return coco
 
 
+def _class_names(categories: Sequence[int], label_name: Mapping[int, str]) -> list[str]:
+    """The name of each category (its integer label when unnamed); a name several categories share gets each one's
+    label appended, ``"<name> (id <label>)"``, so per-class results stay one per category."""
+    names = [label_name.get(c, str(c)) for c in categories]
+    return [f"{name} (id {c})" if names.count(name) > 1 else name for name, c in zip(names, categories)]
+
+
 def coco_evaluate(
     predictions: Sequence[Mapping[str, Any]],
     references: Sequence[Mapping[str, Any]],
     per_class: bool = False,
     id2label: Mapping[int, str] | None = None,
-) -> dict[str, float]:
+    return_evaluation: bool = False,
+) -> dict[str, float] | CocoEvaluation:
     """COCO bbox evaluation of ``predictions[i]`` against ``references[i]`` (images are matched by position).
 
     Args:
@@ -133,8 +249,12 @@ def coco_evaluate(
             (x0, y0, x1, y1) pixels, as ``post_process_object_detection`` returns.
         references: per image ``{"boxes": (M, 4), "labels" | "class_labels": (M,), "iscrowd"?: (M,),
             "area"?: (M,)}``, boxes COCO (x, y, w, h) pixels in the same frame as the predictions.
-        per_class: also return ``map_<name>`` and ``mar_100_<name>`` for every category.
-        id2label: names for ``per_class`` keys (the integer label otherwise); its ids also join the category list.
+        per_class: also return ``map_class_<name>``, ``map_50_class_<name>`` and ``mar_100_class_<name>`` for
+            every category (:func:`per_class_key`).
+        id2label: names for the per-class results (the integer label otherwise); its ids also join the category
+            list.
+        return_evaluation: return a :class:`CocoEvaluation` (the metrics, the per-class table and COCOeval's
+            precision array, all from this one run) instead of the metrics dict.
 
     Returns:
         ``{name: float}`` for :data:`COCO_STAT_NAMES` (and per-class keys); -1.0 where COCO cannot define a value.
@@ -143,12 +263,13 @@ def coco_evaluate(
         raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references; need one per image.")
     preds = [_normalize_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
     refs = [_normalize_reference(r, f"references[{i}]") for i, r in enumerate(references)]
-    return _run_cocoeval(preds, refs, per_class, id2label)
+    evaluation = _run_cocoeval(preds, refs, per_class, id2label)
+    return evaluation if return_evaluation else evaluation.metrics
 
 
 def _run_cocoeval(
     preds: list[dict[str, list]], refs: list[dict[str, list]], per_class: bool, id2label: Mapping[int, str] | None
-) -> dict[str, float]:
+) -> CocoEvaluation:
     """:func:`coco_evaluate` on inputs already passed through ``_normalize_prediction`` / ``_normalize_reference``."""
     # Ids start at 1: COCOeval stores matched ground-truth ids in an array where 0 means "unmatched".
     images = [{"id": i + 1} for i in range(len(refs))]
@@ -162,15 +283,22 @@ def _run_cocoeval(
             dt.append({"id": len(dt) + 1, "image_id": image_id, "bbox": box, "category_id": label,
                        "score": score, "iscrowd": 0, "area": box[2] * box[3]})  # fmt: skip
     categories = sorted({a["category_id"] for a in gt + dt} | {int(k) for k in (id2label or {})})
+    label_name = {int(k): str(v) for k, v in (id2label or {}).items()}
+    class_names = _class_names(categories, label_name)
+    counts = collections.Counter(a["category_id"] for a in gt if not a["iscrowd"])
+    objects = [counts[c] for c in categories]
 
-    names = list(COCO_STAT_NAMES)
-    if per_class:
-        label_name = {int(k): str(v) for k, v in (id2label or {}).items()}
-        for c in categories:
-            names += [f"map_{label_name.get(c, c)}", f"mar_100_{label_name.get(c, c)}"]
+    def with_per_class_keys(metrics: dict[str, float], rows: dict[str, dict[str, float]]) -> dict[str, float]:
+        if per_class:
+            metrics.update({per_class_key(stat, name): row[stat] for name, row in rows.items()
+                            for stat in PER_CLASS_STATS})  # fmt: skip
+        return metrics
+
     if not images:
         logger.warning("COCO evaluation got no images; every metric is -1.")
-        return dict.fromkeys(names, -1.0)
+        rows = {name: {**dict.fromkeys(PER_CLASS_STATS, -1.0), "objects": 0} for name in class_names}
+        return CocoEvaluation(with_per_class_keys(dict.fromkeys(COCO_STAT_NAMES, -1.0), rows), rows,
+                              class_names=class_names, category_ids=categories)  # fmt: skip
 
     coco_eval = COCOeval(_coco_from(images, categories, gt), _coco_from(images, categories, dt), iouType="bbox")
     printed = io.StringIO()
@@ -179,17 +307,14 @@ def _run_cocoeval(
         coco_eval.accumulate()
         coco_eval.summarize()
     logger.debug("pycocotools output:\n%s", printed.getvalue())
-    results = {name: float(value) for name, value in zip(COCO_STAT_NAMES, coco_eval.stats)}
-
-    if per_class:
-        # precision: (iou, recall, category, area, max_dets); recall: (iou, category, area, max_dets).
-        # Area index 0 is "all", max_dets index -1 is 100: the same slices summarize() averages for map / mar_100.
-        precision, recall = coco_eval.eval["precision"], coco_eval.eval["recall"]
-        for k, c in enumerate(coco_eval.params.catIds):
-            p, r = precision[:, :, k, 0, -1], recall[:, k, 0, -1]
-            results[f"map_{label_name.get(c, c)}"] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
-            results[f"mar_100_{label_name.get(c, c)}"] = float(r[r > -1].mean()) if (r > -1).any() else -1.0
-    return results
+    metrics = {name: float(value) for name, value in zip(COCO_STAT_NAMES, coco_eval.stats)}
+    assert list(coco_eval.params.catIds) == categories  # the K axis of the arrays is `categories`
+    rows = per_class_rows(coco_eval, class_names, objects)
+    return CocoEvaluation(
+        metrics=with_per_class_keys(metrics, rows), per_class=rows, precision=coco_eval.eval["precision"],
+        iou_thresholds=np.asarray(coco_eval.params.iouThrs), recall_thresholds=np.asarray(coco_eval.params.recThrs),
+        class_names=class_names, category_ids=categories,
+    )  # fmt: skip
 
 
 _BOXES = datasets.Sequence(datasets.Sequence(datasets.Value("float64"), length=4))
@@ -201,7 +326,8 @@ class CocoDetectionMetric(evaluate.Metric):
     ``add_batch(predictions=[...], references=[...])`` / ``add(prediction=..., reference=...)`` take the formats of
     :func:`coco_evaluate`; ``compute(per_class=False, id2label=None)`` returns its dict. Inputs are validated and
     normalised as they arrive, so errors name the offending image, and extra reference keys (``image_id``,
-    ``orig_size``, ...) are accepted and ignored.
+    ``orig_size``, ...) are accepted and ignored. ``compute(..., return_evaluation=True)`` returns the
+    :class:`CocoEvaluation` instead of the dict.
 
     Example::
 
@@ -256,8 +382,10 @@ class CocoDetectionMetric(evaluate.Metric):
         references: list[dict],
         per_class: bool = False,
         id2label: Mapping[int, str] | None = None,
-    ) -> dict[str, float]:
-        return _run_cocoeval(predictions, references, per_class, id2label)
+        return_evaluation: bool = False,
+    ) -> dict[str, float] | CocoEvaluation:
+        evaluation = _run_cocoeval(predictions, references, per_class, id2label)
+        return evaluation if return_evaluation else evaluation.metrics
 
 
 @dataclass
@@ -328,6 +456,7 @@ def make_compute_metrics(
     id2label: Mapping[int, str] | None = None,
     threshold: float = 0.0,
     per_class: bool = False,
+    return_evaluation: bool = False,
 ) -> Callable[[EvalPrediction], dict[str, float]]:
     """``compute_metrics`` for ``Trainer(..., args=TrainingArguments(eval_do_concat_batches=False, ...))``.
 
@@ -336,7 +465,9 @@ def make_compute_metrics(
     dicts (``boxes`` (M, 4) normalised cx, cy, w, h, ``class_labels``, ``orig_size`` (h, w), ``size``, ``area``,
     ``iscrowd``). Detections go to each image's original pixel frame through
     ``image_processor.post_process_object_detection(outputs, threshold, target_sizes=orig_sizes)``; the labels are
-    scaled to the same frame. Returns :func:`coco_evaluate`'s dict rounded to 4 decimals. For COCO's numbers the eval
+    scaled to the same frame. Returns :func:`coco_evaluate`'s dict rounded to 4 decimals (with
+    ``return_evaluation=True``, for callers other than ``Trainer``: the rounded :class:`CocoEvaluation` of the same
+    run, e.g. for the per-class table and precision-recall curves). For COCO's numbers the eval
     labels must keep crowd regions (``HfDetrImageProcessor(keep_crowd=True)``): detections on them are then ignored
     rather than counted as false positives.
 
@@ -370,8 +501,8 @@ def make_compute_metrics(
                 outputs, threshold=threshold, target_sizes=torch.tensor(orig_sizes)
             )
             metric.add_batch(predictions=detections, references=references)
-        results = metric.compute(per_class=per_class, id2label=id2label)
-        return {name: round(value, 4) for name, value in results.items()}
+        evaluation = metric.compute(per_class=per_class, id2label=id2label, return_evaluation=True).rounded(4)
+        return evaluation if return_evaluation else evaluation.metrics
 
     return compute_metrics
 

@@ -1,20 +1,24 @@
 """Box checks and box normalization, shared by the data loaders, the image processor, the loss and the metrics.
 
-One check (:func:`check_boxes`) so that every entry point rejects the same bad boxes with the same message, and one
-pair (:func:`normalize_boxes` / :func:`denormalize_boxes`) for the pixel <-> normalized cxcywh conversion DETR's labels
-and outputs use. Like the rest of `modeling/`, this imports only torch, torchvision and the standard library, so a saved
-folder can carry it for `trust_remote_code`.
+One check (:func:`check_boxes`, on the flags of :func:`box_flags`) so that every entry point rejects the same bad boxes
+with the same message, and the data loader's `box_policy` clips (:func:`clip_boxes`) or drops exactly the boxes the
+check rejects; and one pair (:func:`normalize_boxes` / :func:`denormalize_boxes`) for the pixel <-> normalized cxcywh
+conversion DETR's labels and outputs use. Like the rest of `modeling/`, this imports only torch, torchvision and the
+standard library, so a saved folder can carry it for `trust_remote_code`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Union
+from typing import Any, Literal, NamedTuple, Union
 
 import torch
 from torchvision.ops import box_convert
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
+# What a data loader does with a box that reaches outside its image or has no area (see `hf_detr.data.loading`):
+# clip it to the image (dropping what is left empty), drop it, or raise the check's error.
+BoxPolicy = Literal["clip", "drop", "error"]
 # (height, width), a `[2]` tensor, or a `[batch, 2]` tensor of one (height, width) per image.
 ImageSize = Union[Sequence[float], torch.Tensor]
 
@@ -24,6 +28,44 @@ _FORMAT_HINTS: dict[str, str] = {
     "xyxy": "corners [x0, y0, x1, y1] in pixels (x1 >= x0, y1 >= y0), not [x, y, w, h]",
     "cxcywh": "[center_x, center_y, w, h] normalized to the image size",
 }
+
+
+class BoxFlags(NamedTuple):
+    """Which boxes fail which check (`[n]` bool tensors), as :func:`box_flags` finds them."""
+
+    non_finite: torch.Tensor  # a NaN or infinite number
+    negative: torch.Tensor  # width or height < 0
+    empty: torch.Tensor  # width or height <= 0 (includes `negative`)
+    outside: torch.Tensor  # reaches further than the tolerance outside `within` (all False without `within`)
+
+
+def box_flags(
+    boxes: Any,
+    name: str | Callable[[int], str],
+    fmt: BoxFormat = "xywh",
+    *,
+    within: Sequence[float] | Sequence[Sequence[float]] | torch.Tensor | None = None,
+    tolerance: float = 0.0,
+) -> tuple[torch.Tensor, BoxFlags]:
+    """`boxes` as a float64 CPU tensor `[n, 4]` and the :class:`BoxFlags` of every check of :func:`check_boxes`,
+    without raising on them (only input that is not `[n, 4]` numbers raises). The one frame logic: `check_boxes`
+    raises on these flags, the data loader's `box_policy` clips or drops by them."""
+    if fmt not in _FORMAT_HINTS:
+        raise ValueError(f"fmt must be one of {list(_FORMAT_HINTS)}, got {fmt!r}")
+    label = (lambda j: f"{name}[{j}]") if isinstance(name, str) else name
+    tensor = _as_boxes(boxes, label, _FORMAT_HINTS[fmt])
+    # every check at once: a call per image or annotation must stay cheap
+    non_finite = ~torch.isfinite(tensor).all(1)
+    # width and height, which xyxy only has as differences
+    wh = tensor[:, 2:] - tensor[:, :2] if fmt == "xyxy" else tensor[:, 2:]
+    negative = (wh < 0).any(1)
+    empty = (wh <= 0).any(1)
+    outside = torch.zeros(len(tensor), dtype=torch.bool)
+    if within is not None:
+        limits = _limits(within, len(tensor))
+        corners = tensor if fmt == "xyxy" else box_convert(tensor, fmt, "xyxy")
+        outside = (corners[:, :2] < -tolerance).any(1) | (corners[:, 2:] > limits + tolerance).any(1)
+    return tensor, BoxFlags(non_finite, negative, empty, outside)
 
 
 def check_boxes(
@@ -47,44 +89,49 @@ def check_boxes(
 
     The result shares memory with a float64 CPU tensor input (no copy).
     """
-    if fmt not in _FORMAT_HINTS:
-        raise ValueError(f"fmt must be one of {list(_FORMAT_HINTS)}, got {fmt!r}")
-    label = (lambda j: f"{name}[{j}]") if isinstance(name, str) else name
-    hint = _FORMAT_HINTS[fmt]
-    tensor = _as_boxes(boxes, label, hint)
-
-    # every check at once, then one test: a call per image or annotation must stay cheap
-    finite = torch.isfinite(tensor).all(1)
-    # width and height, which xyxy only has as differences
-    wh = tensor[:, 2:] - tensor[:, :2] if fmt == "xyxy" else tensor[:, 2:]
-    negative = (wh < 0).any(1)
-    bad = ~finite | negative
+    tensor, flags = box_flags(boxes, name, fmt, within=within, tolerance=tolerance)
+    bad = flags.non_finite | flags.negative | flags.outside
     if positive:
-        not_positive = (wh <= 0).any(1)
-        bad |= not_positive
-    if within is not None:
-        limits = torch.as_tensor(within, dtype=torch.float64).reshape(-1, 2).expand(len(tensor), 2)
-        corners = tensor if fmt == "xyxy" else box_convert(tensor, fmt, "xyxy")
-        outside = (corners[:, :2] < -tolerance).any(1) | (corners[:, 2:] > limits + tolerance).any(1)
-        bad |= outside
+        bad |= flags.empty
     if not bad.any():
         return tensor
 
-    problems = [(~finite, "is NaN or infinite"), (negative, "has a negative width or height")]
+    label = (lambda j: f"{name}[{j}]") if isinstance(name, str) else name
+    hint = _FORMAT_HINTS[fmt]
+    problems = [(flags.non_finite, "is NaN or infinite"), (flags.negative, "has a negative width or height")]
     if positive:
-        problems.append((not_positive, "has width or height <= 0"))
-    for flags, problem in problems:
-        if flags.any():
-            j = int(flags.nonzero()[0, 0])
+        problems.append((flags.empty, "has width or height <= 0"))
+    for problem_flags, problem in problems:
+        if problem_flags.any():
+            j = int(problem_flags.nonzero()[0, 0])
             extra = ", with width and height > 0" if positive else ""
             raise ValueError(f"{label(j)} = {tensor[j].tolist()} {problem}; boxes are {hint}{extra}")
-    j = int(outside.nonzero()[0, 0])
-    width, height = limits[j].tolist()
+    j = int(flags.outside.nonzero()[0, 0])
+    width, height = _limits(within, len(tensor))[j].tolist()
     by = f" by more than the tolerance {tolerance:g}" if tolerance else ""
     raise ValueError(
         f"{label(j)} = {tensor[j].tolist()} lies outside [0, {width:g}] x [0, {height:g}]{by}; fix the box, or check "
         f"that boxes are {hint}"
     )
+
+
+def clip_boxes(boxes: torch.Tensor, fmt: BoxFormat, within: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """`boxes` `[n, 4]` in `fmt` clipped to the frame [0, width] x [0, height] of `within` ((width, height), or
+    `[n, 2]` per box), in `fmt` again: a box reaching outside keeps its part inside the frame; a box entirely outside
+    gets zero width or height. A new float64 tensor."""
+    tensor = torch.as_tensor(boxes, dtype=torch.float64)
+    limits = _limits(within, len(tensor))
+    corners = tensor if fmt == "xyxy" else box_convert(tensor, fmt, "xyxy")
+    low = torch.zeros_like(limits)
+    mins = torch.minimum(torch.maximum(corners[:, :2], low), limits)
+    maxs = torch.minimum(torch.maximum(corners[:, 2:], low), limits)
+    clipped = torch.cat([mins, maxs], dim=1)
+    return clipped if fmt == "xyxy" else box_convert(clipped, "xyxy", fmt)
+
+
+def _limits(within: Any, n: int) -> torch.Tensor:
+    """`within` as `[n, 2]` (width, height) per box."""
+    return torch.as_tensor(within, dtype=torch.float64).reshape(-1, 2).expand(n, 2)
 
 
 def _as_boxes(boxes: Any, label: Callable[[int], str], hint: str) -> torch.Tensor:

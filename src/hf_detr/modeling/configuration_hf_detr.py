@@ -6,6 +6,8 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from .transformers_detr import hf_detr_config_dict
+
 _ACTIVATIONS = ("relu", "gelu", "silu")
 _POSITION_EMBEDDINGS = ("sine", "learned")
 
@@ -104,10 +106,16 @@ class HfDetrConfig(PreTrainedConfig):
         self._validate()
 
     @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> tuple[dict[str, Any], dict]:
+        # a transformers DETR config.json (model_type "detr") is converted, so `from_pretrained` reads it too
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        return hf_detr_config_dict(config_dict), kwargs
+
+    @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
         # transformers sets keyword overrides (`from_pretrained(path, dropout=...)`) after construction, past
         # __post_init__'s checks: check them here too
-        result = super().from_dict(config_dict, **kwargs)
+        result = super().from_dict(hf_detr_config_dict(config_dict), **kwargs)
         (result[0] if isinstance(result, tuple) else result)._validate()
         return result
 

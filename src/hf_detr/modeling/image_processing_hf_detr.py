@@ -1,8 +1,8 @@
 """HfDetrImageProcessor: images and COCO detection annotations in, DETR inputs and labels out; model outputs back to
 boxes in pixels.
 
-This module imports nothing from the package but its sibling `boxes`, so a saved folder can load it with
-`trust_remote_code`.
+This module imports nothing from the package but its siblings `boxes` and `transformers_detr` (which reads a
+transformers `DetrImageProcessor` config), so a saved folder can load it with `trust_remote_code`.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from transformers.image_utils import (
 )
 
 from .boxes import check_boxes, denormalize_boxes, normalize_boxes
+from .transformers_detr import image_processor_dict_from_transformers
 
-__all__ = ["HfDetrImageProcessor"]
+__all__ = ["HfDetrImageProcessor", "upright_rgb"]
 
 _SIZE_FORMS = ({"shortest_edge", "longest_edge"}, {"height", "width"}, {"max_height", "max_width"})
 _CHANNEL_COUNTS = (1, 3, 4)
@@ -125,6 +126,13 @@ class HfDetrImageProcessor(TorchvisionBackend):
     do_pad = True
     do_convert_annotations = True
     keep_crowd = False
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """transformers' `from_dict` (which `from_pretrained` calls), which also takes the settings of a transformers
+        `DetrImageProcessor` (its `preprocessor_config.json`, also the old `DetrFeatureExtractor`'s) and keeps how
+        they preprocess: size, resize, rescale, normalization, padding. `format` must be `"coco_detection"`."""
+        return super().from_dict(image_processor_dict_from_transformers(image_processor_dict), **kwargs)
 
     def _standardize_kwargs(self, size: Any = None, pad_size: Any = None, **kwargs: Any) -> dict:
         size = _size_dict(size, "size", _SIZE_FORMS)
@@ -359,16 +367,38 @@ def _open(path: str | os.PathLike, where: str) -> PIL.Image.Image:
 
 
 def _pil_to_tensor(image: PIL.Image.Image, where: str) -> torch.Tensor:
-    if image.getexif().get(0x0112, 1) != 1:  # 0x0112: EXIF Orientation; exif_transpose always copies, so check first
-        image = PIL.ImageOps.exif_transpose(image)
+    image = upright_rgb(image)
     _check_not_empty((image.height, image.width), where)
-    if image.mode != "RGB":
-        if "A" in image.getbands() or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        image = image.convert("RGB")
     # HWC memory viewed as CHW: torchvision's uint8 resize is fastest on this channels-last layout
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
+_EXIF_ORIENTATION = 0x0112
+# 16-bit and 32-bit integer modes: scaled from 0..65535 to 0..255 (PIL's own convert clips them at 255 instead)
+_WIDE_INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def upright_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """``image`` as an upright 8-bit RGB image, the form every image takes, in training, evaluation and inference.
+
+    EXIF orientation is applied (``PIL.ImageOps.exif_transpose``: boxes are given in the upright frame, which is what
+    annotation tools show and ``datasets.Image`` decodes); grayscale (``"L"``, ``"1"``), palette (``"P"``), CMYK and
+    other modes are converted; transparency (``"RGBA"``, ``"LA"``, ``"PA"``, a palette or grayscale ``transparency``)
+    is composited onto white; 16-bit and 32-bit integer grayscale (``"I;16"``, ``"I"``) is taken as 0..65535 and
+    scaled to 0..255 (PIL's ``convert`` would clip every value above 255 to white). An upright RGB image is returned
+    as it is, anything else as a new image.
+    """
+    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # exif_transpose always copies, so check first
+        image = PIL.ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_INTEGER_MODES:
+        values = np.asarray(image).astype(np.int64)
+        image = PIL.Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8))  # 2-D uint8: mode "L"
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
 
 
 def _is_channels_last(

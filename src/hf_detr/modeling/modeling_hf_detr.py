@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +19,14 @@ from .configuration_hf_detr import HfDetrConfig
 from .loss import SetCriterion, build_criterion
 from .position_encoding import LearnedPositionEmbedding, build_position_embedding
 from .transformer import DecoderLayer, EncoderLayer, MultiHeadAttention, TransformerDecoder, TransformerEncoder
+from .transformers_detr import load_transformers_weights, read_transformers_detr_config, state_dict_from_transformers
+
+logger = logging.getLogger(__name__)
+
+# `from_pretrained` keyword arguments that say where the files come from, and those that say how to load the model
+_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+_LOADING_KWARGS = ("dtype", "torch_dtype", "device_map", "max_memory", "offload_folder", "offload_buffers",
+                   "attn_implementation", "key_mapping", "disable_mmap", "tqdm_class", "_from_auto", "_from_pipeline")
 
 
 @dataclass
@@ -259,6 +270,78 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         # SetCriterion to train with your own matcher or terms.
         self.criterion: SetCriterion | None = None
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any,
+                        **kwargs: Any) -> Any:  # fmt: skip
+        """transformers' `from_pretrained`, which also takes a checkpoint of transformers' own
+        `DetrForObjectDetection` (`model_type: "detr"` in its config.json, a folder or a Hub id such as
+        `"facebook/detr-resnet-50"`) and converts it on load: the same weights (Hub / transformers 4 and transformers
+        5 key layouts, single or sharded safetensors or pickled files, the latter read with `weights_only=True`) in the
+        equivalent `HfDetrConfig`.
+
+        For such a checkpoint, config keyword arguments (`id2label=...`, `num_labels=...`, `dropout=...`) override
+        the converted config, as in transformers; `config=` replaces it (an `HfDetrConfig`, a transformers
+        `DetrConfig` or a path). A class head of another size (other labels) needs `ignore_mismatched_sizes=True`:
+        it is then newly initialized, with a warning naming it; without the flag it is a `ValueError`.
+        `output_loading_info=True`, `dtype` and `device_map` work as in transformers. Nothing is downloaded beyond
+        the config and the weight files the checkpoint holds. Any other folder (`model_type: "hf_detr"`) loads
+        with transformers' own `from_pretrained`.
+        """
+        source = pretrained_model_name_or_path
+        if source is not None and not model_args and kwargs.get("state_dict") is None and not kwargs.get("gguf_file"):
+            download = {name: kwargs[name] for name in _DOWNLOAD_KWARGS if kwargs.get(name) is not None}
+            detr_config = read_transformers_detr_config(source, **download)
+            if detr_config is not None:
+                return cls._from_transformers_detr(source, detr_config, dict(kwargs))
+        return super().from_pretrained(source, *model_args, **kwargs)
+
+    @classmethod
+    def _from_transformers_detr(cls, source: str | os.PathLike, detr_config: dict[str, Any],
+                                kwargs: dict[str, Any]) -> Any:  # fmt: skip
+        download = {name: kwargs.pop(name) for name in _DOWNLOAD_KWARGS if name in kwargs}
+        download = {name: value for name, value in download.items() if value is not None}
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        use_safetensors = kwargs.pop("use_safetensors", None)
+        for name in ("weights_only", "trust_remote_code"):  # pickled weights are always read with weights_only
+            kwargs.pop(name, None)
+        config = kwargs.pop("config", None)
+        config_class = cls.config_class
+        if config is None:
+            # config keyword arguments override the converted config; the others are loading options
+            loading = {name: kwargs.pop(name) for name in _LOADING_KWARGS if name in kwargs}
+            if kwargs.get("num_labels") is not None and "id2label" not in kwargs:  # new labels replace the old ones
+                detr_config = {k: v for k, v in detr_config.items() if k not in ("id2label", "label2id")}
+            given_labels = kwargs.get("id2label") is not None and kwargs.get("label2id") is None
+            config, kwargs = config_class.from_dict(detr_config, return_unused_kwargs=True, **kwargs)
+            if given_labels:
+                config.label2id = {name: i for i, name in config.id2label.items()}
+            kwargs.update(loading)
+        elif isinstance(config, (str, os.PathLike)):
+            config = config_class.from_pretrained(config, **download)
+        elif getattr(config, "model_type", None) == "detr":  # a transformers DetrConfig object
+            config = config_class.from_dict(config.to_dict())
+        state_dict = state_dict_from_transformers(load_transformers_weights(source, use_safetensors, **download))
+        model, info = super().from_pretrained(
+            None, config=config, state_dict=state_dict, ignore_mismatched_sizes=True, output_loading_info=True,
+            **kwargs,
+        )  # fmt: skip
+        model.config.name_or_path = str(source)
+        mismatched = sorted((key, tuple(found), tuple(expected)) for key, found, expected in info["mismatched_keys"])
+        if mismatched:
+            shapes = "; ".join(f"{key}: checkpoint {found}, model {expected}" for key, found, expected in mismatched)
+            if not ignore_mismatched_sizes:
+                raise ValueError(
+                    f"the transformers DETR checkpoint {source} does not fit the model's shapes ({shapes}), e.g. "
+                    "because the labels differ. Pass ignore_mismatched_sizes=True to initialize these weights anew "
+                    "(a new class head for new labels) and keep every other weight."
+                )
+            logger.warning(
+                "%s: weights newly initialized because their shapes differ from the transformers DETR checkpoint "
+                "%s: %s. Train the model before using its predictions.", cls.__name__, source, shapes,
+            )  # fmt: skip
+        return (model, info) if output_loading_info else model
 
     def freeze_backbone(self) -> None:
         self.model.freeze_backbone()

@@ -14,7 +14,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Augment", "TrainConfig", "add_arguments", "config_from_args"]
+from ..modeling.boxes import BoxPolicy
+
+__all__ = ["Augment", "BoxPolicy", "TrainConfig", "add_arguments", "config_from_args"]
 
 # training augmentation: DETR's recipe, horizontal flips only, or none (the image processor's resize alone)
 Augment = Literal["detr", "flip", "none"]
@@ -41,6 +43,13 @@ class TrainConfig:
     )
     train_split: str = "train"
     eval_split: str | None = field(default="validation", metadata={"help": "'none' to skip evaluation"})
+    box_policy: BoxPolicy = field(
+        default="clip",
+        metadata={
+            "help": "boxes reaching outside their image: clip them to it (boxes without area dropped; counts "
+            "logged), drop them, or stop with an error naming the image and box"
+        },
+    )
     synthetic_train_size: int = 1000
     synthetic_eval_size: int = 200
     synthetic_image_size: int = 128
@@ -143,6 +152,8 @@ class TrainConfig:
             fail("time_budget", "give a positive number of seconds")
         if self.augment not in typing.get_args(Augment):
             fail("augment", "choose 'detr' (DETR's flip / multi-scale / crop), 'flip' or 'none'")
+        if self.box_policy not in typing.get_args(BoxPolicy):
+            fail("box_policy", "choose 'clip' (clip boxes to their image, drop empty ones), 'drop' or 'error'")
         if not 0 < self.lr_drop <= 1:
             fail("lr_drop", "it is a fraction of the training in (0, 1]")
         if self.num_train_epochs is None and self.max_steps is None and self.time_budget is None:

@@ -330,7 +330,7 @@ def train(
     data = dataset if dataset is not None else load_data(
         config.dataset, splits, synthetic_sizes={config.train_split: config.synthetic_train_size,
                                                  config.eval_split: config.synthetic_eval_size},
-        synthetic_image_size=config.synthetic_image_size, seed=config.seed,
+        synthetic_image_size=config.synthetic_image_size, seed=config.seed, box_policy=config.box_policy,
     )  # fmt: skip
     for split in splits:
         if split not in data:

@@ -14,6 +14,7 @@ from torch import nn
 from ..data.collate import DetectionCollator, DetectionDataset
 from ..data.transforms import training_transform
 from ..modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
+from ..modeling.transformers_detr import WEIGHT_FILES
 from ..presets import default_max_size
 
 logger = logging.getLogger(__name__)
@@ -21,8 +22,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["WEIGHT_FILES", "build_model", "has_weights", "load_image_processor", "parameter_groups", "set_labels",
            "training_data", "with_image_size"]  # fmt: skip
 
-# what `from_pretrained` loads weights from: safetensors or pickled, single file or sharded
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # heads whose rows are classes: replaced together when the labels change (the second: the encoder's dense head)
 _CLASS_HEADS = ("class_embed", "encoder_class_embed")
 
@@ -58,8 +57,10 @@ def build_model(
 
     `model_name_or_path` is None (a new `HfDetrConfig(**overrides)`), a folder with a config but no weights (e.g.
     `hub_configs/detr-resnet-50`: a new model of that architecture), or a folder or Hub id with weights (fine-tuning;
-    `overrides` may only change what keeps every weight's shape, such as dropout or loss weights). The class head is
-    replaced when the labels differ (`set_labels`). The processor is the checkpoint's when it has one.
+    `overrides` may only change what keeps every weight's shape, such as dropout or loss weights): hf_detr's, or a
+    checkpoint of transformers' own DETR such as `facebook/detr-resnet-50`, converted on load. The class head is
+    replaced when the labels differ (`set_labels`). The processor is the checkpoint's when it has one (a
+    transformers `DetrImageProcessor`'s settings carried over).
     """
     overrides = dict(overrides or {})
     if model_name_or_path is None:
