@@ -155,23 +155,30 @@ def test_table_equals_pycocotools_on_the_same_detections(model_dir, dataset_dir,
         dataset_dir + "-no-crowd", LABELS, without_crowd)))  # fmt: skip
 
 
-def test_plots_writes_the_precision_recall_curve(model_dir, dataset_dir, tmp_path, capsys):
+def test_out_writes_the_metrics_with_the_per_class_table_and_the_precision_recall_curve(model_dir, dataset_dir,
+                                                                                        tmp_path, capsys):  # fmt: skip
     import PIL.Image
 
-    status, out, err = _run(capsys, model_dir, "--dataset", dataset_dir, "--plots", str(tmp_path / "plots"))
+    status, out, err = _run(capsys, model_dir, "--dataset", dataset_dir, "--out", str(tmp_path / "plots"))
     assert status == 0, err
-    assert "class " not in out  # the per-class table only with --per-class
+    assert "class " not in out  # the per-class table is printed only with --per-class
+    written = json.loads((tmp_path / "plots" / "metrics.json").read_text())
+    assert {name: written[name] for name in COCO_STAT_NAMES} == _table(out)
+    assert list(written["per_class"]) == list(LABELS)
+    assert sum(row["objects"] for row in written["per_class"].values()) == sum(
+        not crowd for example in _examples() for crowd in example["objects"]["iscrowd"]
+    )
     picture = PIL.Image.open(tmp_path / "plots" / "pr_curve.png")
     assert picture.size == (700, 560)
     colours = np.asarray(picture.convert("RGB")).reshape(-1, 3)
     assert (colours != 255).any(axis=1).mean() > 0.03  # axes, grid and curves, not a blank page
 
 
-def test_plots_without_matplotlib_say_how_to_install_it(model_dir, dataset_dir, tmp_path, monkeypatch, capsys):
+def test_out_without_matplotlib_says_how_to_install_it(model_dir, dataset_dir, tmp_path, monkeypatch, capsys):
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
-    status, out, err = _run(capsys, model_dir, "--dataset", dataset_dir, "--plots", str(tmp_path / "plots"))
+    status, out, err = _run(capsys, model_dir, "--dataset", dataset_dir, "--out", str(tmp_path / "plots"))
     assert status == 1 and "pip install 'hf_detr[viz]'" in err and out == ""  # before evaluating anything
 
 

@@ -198,13 +198,13 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument("--per-class", action="store_true",
                         help="also print AP, AP50, AR@100 and the ground-truth objects of every class")  # fmt: skip
-    parser.add_argument("--plots", type=Path, default=None, metavar="DIR",
-                        help="write DIR/pr_curve.png, precision-recall from the same COCOeval run (needs matplotlib: "
-                        "pip install 'hf_detr[viz]')")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="write DIR/metrics.json (the COCO numbers and the per-class table) and DIR/pr_curve.png, "
+                        "precision-recall from the same COCOeval run (needs matplotlib: pip install 'hf_detr[viz]')")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
     def run(args: argparse.Namespace) -> None:
-        if args.plots is not None:
+        if args.out is not None:
             _require_viz()
         evaluation = _evaluate_model_folder(
             args.model, args.dataset, split=args.split, batch_size=args.batch_size, threshold=args.threshold,
@@ -212,12 +212,17 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         )  # fmt: skip
         print(f"{args.model} on {args.dataset} [{args.split}], threshold {args.threshold}")
         print(_format_coco_table(evaluation.metrics, evaluation.per_class if args.per_class else None))
-        if args.plots is not None:
+        if args.out is not None:
+            import json
+
             from .visualize import save_pr_curve
 
-            args.plots.mkdir(parents=True, exist_ok=True)
-            save_pr_curve(evaluation, args.plots / "pr_curve.png")
-            print(f"wrote {args.plots / 'pr_curve.png'}")
+            args.out.mkdir(parents=True, exist_ok=True)
+            # the same layout as the demo's metrics.json
+            metrics = {**evaluation.metrics, "per_class": evaluation.per_class}
+            (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            save_pr_curve(evaluation, args.out / "pr_curve.png")
+            print(f"wrote {args.out / 'metrics.json'} and {args.out / 'pr_curve.png'}")
 
     parser.set_defaults(run=run)
 
