@@ -38,15 +38,16 @@ def add_convert(subparsers: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> None:
         from ..hub.cards import model_card, save_model_folder
-        from ..hub.convert import from_original, from_transformers, image_processor_from_transformers
+        from ..hub.convert import from_original, from_transformers
         from ..modeling import HfDetrImageProcessor
+        from ..training.setup import load_image_processor
 
         if args.source_format == "original":
             model = from_original(args.source, backbone=args.backbone, dilation=args.dilation)
             processor = HfDetrImageProcessor()
         else:
             model = from_transformers(args.source)
-            processor = image_processor_from_transformers(args.source)  # the checkpoint's preprocessing settings
+            processor = load_image_processor(args.source)  # the checkpoint's preprocessing settings
         source = f"Weights converted from the {args.source_format} DETR checkpoint `{Path(str(args.source)).name}`."
         card = model_card(model.config, str(args.output_dir), source=source)
         save_model_folder(args.output_dir, model, processor, card)

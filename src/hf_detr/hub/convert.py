@@ -4,7 +4,6 @@ layout."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,7 +14,6 @@ import torch
 
 from .coco_labels import COCO_ID2LABEL
 from ..modeling.configuration_hf_detr import HfDetrConfig
-from ..modeling.image_processing_hf_detr import HfDetrImageProcessor
 from ..modeling.modeling_hf_detr import HfDetrForObjectDetection
 # the translation of transformers' DETR lives in the remote-code set, which converts such checkpoints on load
 from ..modeling.transformers_detr import (
@@ -26,25 +24,9 @@ from ..modeling.transformers_detr import (
     state_dict_from_transformers,
 )
 
-logger = logging.getLogger(__name__)
-
-
 def config_from_transformers(detr_config: Mapping[str, Any] | Any) -> HfDetrConfig:
     """Translate a transformers `DetrConfig` (object or `config.json` dict, v4 or v5 layout) to `HfDetrConfig`."""
     return HfDetrConfig(**config_kwargs_from_transformers(detr_config))
-
-
-def image_processor_from_transformers(path: str | os.PathLike) -> HfDetrImageProcessor:
-    """The `HfDetrImageProcessor` that preprocesses as the checkpoint's own `DetrImageProcessor` does (the settings
-    of its preprocessor_config.json: size, normalization, padding), or DETR's default one when it has none."""
-    from transformers.utils import cached_file
-
-    found = cached_file(str(path), "preprocessor_config.json", _raise_exceptions_for_missing_entries=False,
-                        _raise_exceptions_for_connection_errors=False)  # fmt: skip
-    if found is None:
-        logger.info("%s has no preprocessor_config.json: HfDetrImageProcessor's defaults (DETR's)", path)
-        return HfDetrImageProcessor()
-    return HfDetrImageProcessor.from_pretrained(str(path))
 
 
 def load_converted(
