@@ -1,6 +1,7 @@
-"""hf_detr against transformers' DetrForObjectDetection: same random weights, same inputs, same thread count.
+"""hf_detr against transformers' DetrForObjectDetection (or, with `--task segmentation`, DetrForSegmentation): same
+random weights, same inputs, same thread count.
 
-Run from the repository root: `python -m benchmarks.bench_model [--threads 2] [--repeats 5]`.
+Run from the repository root: `python -m benchmarks.bench_model [--task segmentation] [--threads 2] [--repeats 5]`.
 Each time is the median of `--repeats` timed runs after one warm-up run. Peak memory is the growth of the peak
 resident set size of a fresh process running one workload after building its model, so both sides are measured
 the same way.
@@ -21,13 +22,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import DetrConfig, DetrForObjectDetection
+from transformers import DetrConfig, DetrForObjectDetection, DetrForSegmentation
 from transformers.loss.loss_for_object_detection import HungarianMatcher as ReferenceMatcher
 
-from hf_detr.convert import from_transformers
-from hf_detr.matcher import HungarianMatcher
+from hf_detr.hub.convert import from_transformers
+from hf_detr.modeling.matcher import HungarianMatcher
 
 INFERENCE_SIZE = (800, 1066)
+# the mask head runs on every query at stride 4: smaller inputs keep a segmentation run to minutes on 2 cores
+SEGMENTATION_INFERENCE_SIZE, SEGMENTATION_TRAINING_SIZE = (512, 683), 384
+REFERENCE_CLASSES = {"detection": DetrForObjectDetection, "segmentation": DetrForSegmentation}
+INFERENCE_SIZES = {"detection": INFERENCE_SIZE, "segmentation": SEGMENTATION_INFERENCE_SIZE}
+TRAINING_INPUTS = {
+    "detection": {"batch": 4, "size": 512, "boxes": 20},
+    "segmentation": {"batch": 2, "size": SEGMENTATION_TRAINING_SIZE, "boxes": 10, "masks": True},
+}
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -40,10 +49,10 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def inference_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`batch` images of decreasing size padded to 800x1066 (batch 1 is one full-size image)."""
+def inference_inputs(batch: int, size: tuple[int, int] = INFERENCE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` images of decreasing size padded to `size` (batch 1 is one full-size image)."""
     generator = torch.Generator().manual_seed(0)
-    height, width = INFERENCE_SIZE
+    height, width = size
     pixel_values = torch.zeros(batch, 3, height, width)
     pixel_mask = torch.zeros(batch, height, width, dtype=torch.long)
     for i in range(batch):
@@ -53,28 +62,35 @@ def inference_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return pixel_values, pixel_mask
 
 
-def training_inputs(batch: int = 4, size: int = 512, boxes: int = 20):
+def training_inputs(batch: int = 4, size: int = 512, boxes: int = 20, masks: bool = False):
+    """Random images with `boxes` boxes each (and, with `masks`, each box's filled rectangle as its mask)."""
     generator = torch.Generator().manual_seed(1)
     pixel_values = torch.randn(batch, 3, size, size, generator=generator)
     labels = []
     for _ in range(batch):
         wh = torch.rand(boxes, 2, generator=generator) * 0.3 + 0.05
         center = wh / 2 + torch.rand(boxes, 2, generator=generator) * (1 - wh)
-        labels.append({"class_labels": torch.randint(0, 91, (boxes,), generator=generator),
-                       "boxes": torch.cat([center, wh], 1)})
+        target = {"class_labels": torch.randint(0, 91, (boxes,), generator=generator),
+                  "boxes": torch.cat([center, wh], 1)}
+        if masks:
+            grid = (torch.arange(size) + 0.5) / size
+            low, high = (center - wh / 2)[:, :, None], (center + wh / 2)[:, :, None]
+            inside = (grid >= low) & (grid < high)  # [boxes, 2 (x, y), size]
+            target["masks"] = (inside[:, 1, :, None] & inside[:, 0, None, :]).float()
+        labels.append(target)
     return pixel_values, torch.ones(batch, size, size, dtype=torch.long), labels
 
 
-def build_pair(auxiliary_loss: bool = False):
+def build_pair(auxiliary_loss: bool = False, task: str = "detection"):
     """transformers' DETR-R50 with random weights and hf_detr converted from it."""
     config = DetrConfig(num_labels=91, auxiliary_loss=auxiliary_loss)
-    reference = DetrForObjectDetection(config)
+    reference = REFERENCE_CLASSES[task](config)
     ours = from_transformers(reference.state_dict(), config=config)
     return reference, ours
 
 
-def run_inference(model, reference: bool, batch: int) -> Callable[[], object]:
-    pixel_values, pixel_mask = inference_inputs(batch)
+def run_inference(model, reference: bool, batch: int, size: tuple[int, int] = INFERENCE_SIZE) -> Callable[[], object]:
+    pixel_values, pixel_mask = inference_inputs(batch, size)
     model.eval()
 
     def step():
@@ -86,8 +102,8 @@ def run_inference(model, reference: bool, batch: int) -> Callable[[], object]:
     return step
 
 
-def run_training(model, reference: bool) -> Callable[[], object]:
-    pixel_values, pixel_mask, labels = training_inputs()
+def run_training(model, reference: bool, **inputs: object) -> Callable[[], object]:
+    pixel_values, pixel_mask, labels = training_inputs(**inputs)
     model.train()
 
     def step():
@@ -119,31 +135,41 @@ def peak_memory_child(args: argparse.Namespace) -> None:
     state_dict = torch.load(args.weights, weights_only=True)
     is_reference = args.side == "transformers"
     if is_reference:
-        model = DetrForObjectDetection(config)
+        model = REFERENCE_CLASSES[args.task](config)
         model.load_state_dict(state_dict)
     else:
         model = from_transformers(state_dict, config=config)
     del state_dict
     gc.collect()
     if args.workload == "training":
-        step = run_training(model, is_reference)
+        step = run_training(model, is_reference, **TRAINING_INPUTS[args.task])
     else:
-        step = run_inference(model, is_reference, batch=1)
+        step = run_inference(model, is_reference, 1, INFERENCE_SIZES[args.task])
     rss_before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, this process's own high-water mark: ru_maxrss survives exec, so a child of a large parent would report
+    # the parent's peak
+    peak = _status_kib("VmHWM") * 1024
     print(json.dumps({"peak_mib": (peak - rss_before) / 2**20}))
 
 
-def peak_memory(weights: Path, side: str, workload: str, threads: int) -> float:
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"/proc/self/status has no {field}")
+
+
+def peak_memory(weights: Path, side: str, workload: str, threads: int, task: str) -> float:
     command = [sys.executable, "-m", "benchmarks.bench_model", "--child", side, workload, str(weights),
-               "--threads", str(threads)]
+               "--threads", str(threads), "--task", task]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])["peak_mib"]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=tuple(REFERENCE_CLASSES), default="detection")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--child", nargs=3, metavar=("SIDE", "WORKLOAD", "WEIGHTS"), help=argparse.SUPPRESS)
@@ -155,46 +181,52 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rows = []
+    task, rows = args.task, []
+    size, training = INFERENCE_SIZES[task], TRAINING_INPUTS[task]
+    outputs = ("logits", "pred_boxes", "pred_masks") if task == "segmentation" else ("logits", "pred_boxes")
 
-    reference, ours = build_pair()
+    reference, ours = build_pair(task=task)
     with torch.no_grad():
-        expected = run_inference(reference, True, 1)()
-        actual = run_inference(ours, False, 1)()
-    error = max((expected.logits - actual.logits).abs().max().item(),
-                (expected.pred_boxes - actual.pred_boxes).abs().max().item())
-    for batch in (1, 4):
-        rows.append((f"inference R50 800x1066 batch {batch} (s)",
-                     median_seconds(run_inference(reference, True, batch), args.repeats),
-                     median_seconds(run_inference(ours, False, batch), args.repeats)))
+        expected = run_inference(reference, True, 1, size)()
+        actual = run_inference(ours, False, 1, size)()
+    error = max((getattr(expected, name) - getattr(actual, name)).abs().max().item() for name in outputs)
+    for batch in (1, 4) if task == "detection" else (1, 2):
+        rows.append((f"{task} inference R50 {size[0]}x{size[1]} batch {batch} (s)",
+                     median_seconds(run_inference(reference, True, batch, size), args.repeats),
+                     median_seconds(run_inference(ours, False, batch, size), args.repeats)))
 
-    reference, ours = build_pair(auxiliary_loss=True)
-    rows.append(("training step R50 512x512 batch 4, 20 boxes (s)",
-                 median_seconds(run_training(reference, True), args.repeats),
-                 median_seconds(run_training(ours, False), args.repeats)))
+    reference, ours = build_pair(auxiliary_loss=True, task=task)
+    side = training["size"]
+    rows.append((f"{task} training step R50 {side}x{side} batch {training['batch']}, {training['boxes']} boxes (s)",
+                 median_seconds(run_training(reference, True, **training), args.repeats),
+                 median_seconds(run_training(ours, False, **training), args.repeats)))
 
+    if task == "detection":
+        rows.append(matcher_row(args.repeats))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.pt"
+        torch.save(build_pair(task=task)[0].state_dict(), weights)
+        for workload, label in (("inference", "peak memory, inference batch 1 (MiB)"),
+                                ("training", "peak memory, training step (MiB)")):
+            rows.append((label, peak_memory(weights, "transformers", workload, args.threads, task),
+                         peak_memory(weights, "hf_detr", workload, args.threads, task)))
+
+    print(f"threads: {args.threads}, repeats: {args.repeats}, torch {torch.__version__}")
+    print(f"max abs difference of outputs ({', '.join(outputs)}) at {size[0]}x{size[1]}: {error:.2e}")
+    print(f"{'measure':<72} {'transformers':>13} {'hf_detr':>10} {'ratio':>7}")
+    for name, theirs, mine in rows:
+        print(f"{name:<72} {theirs:>13.3f} {mine:>10.3f} {mine / theirs:>7.2f}")
+
+
+def matcher_row(repeats: int) -> tuple[str, float, float]:
     logits, pred_boxes, labels = matcher_inputs()
     reference_matcher = ReferenceMatcher(class_cost=1, bbox_cost=5, giou_cost=2)
     matcher = HungarianMatcher(1, 5, 2)
     ids, boxes = [t["class_labels"] for t in labels], [t["boxes"] for t in labels]
-    rows.append(("matcher 32 x 100 queries x 30 targets (s)",
-                 median_seconds(lambda: reference_matcher({"logits": logits, "pred_boxes": pred_boxes}, labels),
-                                args.repeats * 4),
-                 median_seconds(lambda: matcher(logits, pred_boxes, ids, boxes), args.repeats * 4)))
-
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "weights.pt"
-        torch.save(build_pair()[0].state_dict(), weights)
-        for workload, label in (("inference", "peak memory, inference batch 1 (MiB)"),
-                                ("training", "peak memory, training step (MiB)")):
-            rows.append((label, peak_memory(weights, "transformers", workload, args.threads),
-                         peak_memory(weights, "hf_detr", workload, args.threads)))
-
-    print(f"threads: {args.threads}, repeats: {args.repeats}, torch {torch.__version__}")
-    print(f"max abs difference of outputs at 800x1066: {error:.2e}")
-    print(f"{'measure':<52} {'transformers':>13} {'hf_detr':>10} {'ratio':>7}")
-    for name, theirs, mine in rows:
-        print(f"{name:<52} {theirs:>13.3f} {mine:>10.3f} {mine / theirs:>7.2f}")
+    return ("matcher 32 x 100 queries x 30 targets (s)",
+            median_seconds(lambda: reference_matcher({"logits": logits, "pred_boxes": pred_boxes}, labels), repeats * 4),
+            median_seconds(lambda: matcher(logits, pred_boxes, ids, boxes), repeats * 4))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ differ), the data from `hf_detr.data.load_data`, the batches and the COCO mAP fr
 `Trainer` subclass from `hf_detr.training.DetrTrainer` (DETR's backbone learning rate, labels packed so multi-process
 evaluation keeps every box). DETR's recipe is the default: AdamW at 1e-4 with the backbone at 1e-5
 (`--backbone_learning_rate 0` freezes it), weight decay 1e-4, gradients clipped at 0.1; COCO mAP after every epoch,
-and the checkpoint with the best `eval_map` is kept and saved with its image processor.
+and the checkpoint with the best `eval_map` is kept and saved with its image processor; `--early_stopping_patience N`
+stops once `--metric_for_best_model` has not improved for N evaluations (transformers' `EarlyStoppingCallback`).
 
     python examples/run_object_detection.py --model_name_or_path hub_configs/detr-resnet-50 \
         --model_kwargs '{"use_pretrained_backbone": true}' --dataset cppe-5 --output_dir detr-cppe5 \
@@ -41,7 +42,7 @@ from typing import Any
 
 import datasets
 import transformers
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
 
 from hf_detr.data import BoxPolicy, id2label, load_data
 from hf_detr.evaluation import evaluation_collator, evaluation_dataset, make_compute_metrics
@@ -83,6 +84,12 @@ class ModelArguments:
                   "changes that keep every weight's shape are allowed."},  # fmt: skip
     )
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the model."})
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop training when --metric_for_best_model (default eval_map) has not improved for N "
+                  "evaluations (transformers' EarlyStoppingCallback); the best checkpoint is then loaded and saved "
+                  "(--load_best_model_at_end, on by default, is required)."},  # fmt: skip
+    )
 
 
 @dataclass
@@ -161,6 +168,15 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
         model_kwargs = json.loads(model_args.model_kwargs) if model_args.model_kwargs else {}
     except json.JSONDecodeError as error:
         raise ValueError(f"--model_kwargs {model_args.model_kwargs!r} is not JSON: {error}") from None
+    patience = model_args.early_stopping_patience
+    if patience is not None:  # EarlyStoppingCallback would only assert these once training starts
+        if patience < 1:
+            raise ValueError(f"--early_stopping_patience {patience}: give at least 1 evaluation.")
+        if not training_args.load_best_model_at_end:
+            raise ValueError("--early_stopping_patience needs --load_best_model_at_end true (the default), which "
+                             "also makes the evaluations and checkpoints follow one strategy.")  # fmt: skip
+        if training_args.eval_strategy == "no":
+            raise ValueError("--early_stopping_patience watches the evaluations: give --eval_strategy epoch or steps.")
     set_seed(training_args.seed)
 
     train_split, eval_split = load_splits(data_args, training_args.seed)
@@ -180,8 +196,12 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
         model.freeze_backbone()
 
     train_dataset = collator = None
+    callbacks: list[transformers.TrainerCallback] = []
     if train_split is not None:
         train_dataset, collator = training_data(train_split, image_processor, data_args.augment, training_args.seed)
+        callbacks.append(EpochSetter(train_dataset))
+    if patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
     trainer = DetrTrainer(
         model=model,
         args=training_args,
@@ -194,7 +214,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
             image_processor, id2label=model.config.id2label, per_class=data_args.per_class_metrics
         ),
         backbone_learning_rate=model_args.backbone_learning_rate,
-        callbacks=[EpochSetter(train_dataset)] if train_dataset is not None else None,
+        callbacks=callbacks,
     )
 
     metrics: dict[str, float] = {}

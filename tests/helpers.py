@@ -12,6 +12,8 @@ import torch
 
 from hf_detr import presets
 
+DATA = Path(__file__).parent / "data"
+
 
 def tiny_config_kwargs(**overrides):
     """A model small enough for CPU tests in well under a second per forward: the `tiny` preset, with `overrides`."""
@@ -28,6 +30,16 @@ def padded_batch(sizes=((160, 224), (128, 96)), channels=3, generator=None):
         pixel_values[i, :, :h, :w] = torch.randn(channels, h, w, generator=generator)
         pixel_mask[i, :h, :w] = 1
     return pixel_values, pixel_mask
+
+
+def original_key_list(name: str) -> dict[str, tuple[int, ...]]:
+    """A committed key list of an original DETR model in tests/data: `key [d0, d1, ...]` per line (see its header)."""
+    keys = {}
+    for line in (DATA / name).read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, shape = line.split(" ", 1)
+            keys[key] = tuple(int(d) for d in shape.strip("[]").split(",") if d.strip())
+    return keys
 
 
 def random_labels(counts, num_labels, generator=None):

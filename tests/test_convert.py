@@ -11,14 +11,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import padded_batch, randomize_weights
+from helpers import original_key_list, padded_batch, randomize_weights
 from transformers import AutoImageProcessor, DetrConfig, DetrForObjectDetection, pipeline
 
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.apps.cli import main
 from hf_detr.hub.convert import from_original, to_original
 
-DATA = Path(__file__).parent / "data"
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
 # a small model in a layout the original code can build (it only knows torchvision's ResNets)
 SMALL = dict(backbone="resnet18", d_model=64, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
@@ -26,16 +25,6 @@ SMALL = dict(backbone="resnet18", d_model=64, encoder_layers=2, decoder_layers=3
 # the command line converts released checkpoints: the head count, which the weights cannot tell, is the default 8
 CLI_SMALL = {**SMALL, "encoder_attention_heads": 8, "decoder_attention_heads": 8}
 SIZES = ((64, 96), (48, 64))  # two images, the second one padded
-
-
-def _original_key_list(name: str) -> dict[str, tuple[int, ...]]:
-    """The committed key list of the original model: `key [d0, d1, ...]` per line (see the file header)."""
-    keys = {}
-    for line in (DATA / name).read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, shape = line.split(" ", 1)
-            keys[key] = tuple(int(d) for d in shape.strip("[]").split(",") if d.strip())
-    return keys
 
 
 def _random_model(**config_kwargs) -> HfDetrForObjectDetection:
@@ -62,7 +51,7 @@ def test_original_key_set_converts_exactly(backbone, dilation, key_list, hub_con
     """The original model's state dict (every key and shape, as listed from its code) converts without a missing or
     unexpected key, and our model written back in the original layout has exactly that key set. Shapes only, on the
     meta device: the values are the round-trip test's business."""
-    original_keys = _original_key_list(key_list)
+    original_keys = original_key_list(key_list)
     with torch.device("meta"):
         model = from_original({k: torch.empty(shape) for k, shape in original_keys.items()}, backbone, dilation)
     assert {k: tuple(v.shape) for k, v in to_original(model).items()} == original_keys

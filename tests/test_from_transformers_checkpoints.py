@@ -165,7 +165,7 @@ def test_new_labels_without_the_flag_are_a_clear_error(hub_folder):
 
 def _processor_folder(tmp_path: Path, settings: dict | str) -> Path:
     folder = tmp_path / "processor"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     if settings == "feature-extractor":  # facebook/detr-resnet-50's own preprocessor_config.json (2021)
         (folder / "preprocessor_config.json").write_text(json.dumps({
             "do_normalize": True, "do_resize": True, "feature_extractor_type": "DetrFeatureExtractor",
@@ -218,10 +218,12 @@ def test_image_processor_takes_the_detr_processors_settings(tmp_path, settings):
     assert HfDetrImageProcessor.from_pretrained(folder, do_pad=False).do_pad is False
 
 
-def test_image_processor_refuses_panoptic_annotations(tmp_path):
+def test_image_processor_keeps_the_panoptic_format(tmp_path):
+    """facebook/detr-resnet-50-panoptic's processor reads COCO panoptic annotations; so does the converted one."""
     folder = _processor_folder(tmp_path, dict(format="coco_panoptic"))
-    with pytest.raises(ValueError, match="coco_panoptic.*COCO detection annotations only"):
-        HfDetrImageProcessor.from_pretrained(folder)
+    assert HfDetrImageProcessor.from_pretrained(folder).format == "coco_panoptic"
+    with pytest.raises(ValueError, match="format"):
+        HfDetrImageProcessor.from_pretrained(_processor_folder(tmp_path / "o", dict(format="coco_keypoints")))
 
 
 def test_auto_classes_keep_transformers_own_detr(hub_folder, tmp_path):

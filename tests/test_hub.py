@@ -17,11 +17,11 @@ from helpers import tiny_config_kwargs, randomize_weights
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors.torch import load as load_safetensors
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetection
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageSegmentation, AutoModelForObjectDetection
 
-from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
+from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
 from hf_detr.hub import push_to_hub
-from hf_detr.hub.coco_labels import COCO_ID2LABEL
+from hf_detr.hub.coco_labels import COCO_ID2LABEL, COCO_PANOPTIC_ID2LABEL
 from hf_detr.hub.hub_configs import write_hub_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +35,8 @@ PAPER = {
     "detr-resnet-101": ("resnet101", False, 60, 43.5),
     "detr-resnet-101-dc5": ("resnet101", True, 60, 44.9),
 }
+# Table 5: the panoptic models, backbone and COCO panoptic val PQ
+PANOPTIC = {"detr-resnet-50-panoptic": ("resnet50", 43.4), "detr-resnet-101-panoptic": ("resnet101", 45.1)}
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -44,7 +46,7 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_hub_configs_are_what_the_generator_writes(tmp_path):
     write_hub_configs(tmp_path)
     committed, generated = _files(HUB_CONFIGS), _files(tmp_path)
-    assert sorted({name.split("/")[0] for name in committed}) == sorted(PAPER)
+    assert sorted({name.split("/")[0] for name in committed}) == sorted([*PAPER, *PANOPTIC])
     assert committed.keys() == generated.keys()
     stale = [name for name in committed if committed[name] != generated[name]]
     assert not stale, f"{stale} differ from the generator's output; run `python -m hf_detr.hub.hub_configs`"
@@ -88,6 +90,28 @@ def test_hub_config_folder_loads_and_builds_the_paper_model(name):
     assert [result.metric_value for result in card.data.eval_results] == [coco_ap]
     assert f"**{coco_ap} AP**" in card.text
     assert "trust_remote_code=True" in card.text and "ignore_mismatched_sizes=True" in card.text
+
+
+@pytest.mark.parametrize("name", PANOPTIC)
+def test_panoptic_hub_config_folder_builds_the_segmentation_model(name):
+    backbone, coco_pq = PANOPTIC[name]
+    folder = HUB_CONFIGS / name
+    config = AutoConfig.from_pretrained(folder)
+    assert (config.backbone, config.num_queries, config.id2label) == (backbone, 100, COCO_PANOPTIC_ID2LABEL)
+    raw = json.loads((folder / "config.json").read_text())
+    assert raw["auto_map"]["AutoModelForImageSegmentation"] == "modeling_hf_detr.HfDetrForSegmentation"
+    processor = AutoImageProcessor.from_pretrained(folder)
+    assert processor.format == "coco_panoptic"  # as transformers' panoptic processors
+    with torch.device("meta"):
+        model = AutoModelForImageSegmentation.from_config(config)
+    assert type(model) is HfDetrForSegmentation
+    # the original DETRsegm's head: 8 attention maps, FPN over ResNet layer3, layer2, layer1
+    adapters = [stage.adapter.in_channels for stage in model.mask_head.fpn_stages]
+    assert adapters == [1024, 512, 256] and model.mask_head.conv1.conv.in_channels == 256 + 8
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "image-segmentation"
+    assert [(r.metric_name, r.metric_value) for r in card.data.eval_results] == [("PQ", coco_pq)]
+    assert f"**{coco_pq} PQ**" in card.text and "post_process_panoptic_segmentation" in card.text
 
 
 class FakeHub:

@@ -22,6 +22,7 @@ from transformers import pipeline
 import hf_detr.modeling.matcher
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.apps.cli import main as cli_main
+from hf_detr.data.sources import load_data
 from hf_detr.data.collate import DetectionCollator, DetectionDataset
 from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
 from hf_detr.data.transforms import make_eval_transform, training_transform
@@ -91,6 +92,17 @@ def test_documented_single_device_command_trains_a_model_pipeline_loads(tmp_path
     assert [entry["step"] for entry in log if "eval_map" in entry] == [12, 24]
     assert json.loads((output / "eval_results.json").read_text()).keys() >= {"map", "map_50", "mar_100"}
     assert latest_checkpoint(output).name == "step_24"
+    # the end of training: the diagnostics of the evaluation split (every ground-truth box in one matrix row)
+    confusion = json.loads((output / "diagnostics" / "confusion_matrix.json").read_text())
+    evaluated = load_data("synthetic", ["validation"], synthetic_sizes={"validation": 3}, synthetic_image_size=64,
+                          seed=42)  # TrainConfig's default seed
+    objects = [0] * len(ID2LABEL)
+    for objs in evaluated["validation"]["objects"]:
+        for category in objs["category"]:
+            objects[category] += 1
+    assert [sum(row) for row in confusion["matrix"][:-1]] == objects
+    for picture in ("confusion_matrix.png", "pr_curves_per_class.png", "worst_images.png"):
+        assert (output / "diagnostics" / picture).stat().st_size > 1000
 
     detector = pipeline("object-detection", model=str(output))
     detections = detector(Image.new("RGB", (80, 64), "white"), threshold=0.0)

@@ -15,7 +15,9 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageSegmentation,
     AutoModelForObjectDetection,
+    AutoModelForUniversalSegmentation,
     AutoVideoProcessor,
 )
 
@@ -23,11 +25,13 @@ from . import _moved, modeling
 from .modeling import (
     HfDetrConfig,
     HfDetrForObjectDetection,
+    HfDetrForSegmentation,
     HfDetrImageProcessor,
     HfDetrModel,
     HfDetrModelOutput,
     HfDetrObjectDetectionOutput,
     HfDetrPreTrainedModel,
+    HfDetrSegmentationOutput,
 )
 
 __version__ = "0.1.0"
@@ -35,6 +39,9 @@ __version__ = "0.1.0"
 AutoConfig.register(HfDetrConfig.model_type, HfDetrConfig, exist_ok=True)
 AutoModel.register(HfDetrConfig, HfDetrModel, exist_ok=True)
 AutoModelForObjectDetection.register(HfDetrConfig, HfDetrForObjectDetection, exist_ok=True)
+# as transformers registers its DetrForSegmentation: the image-segmentation pipeline looks in both
+AutoModelForImageSegmentation.register(HfDetrConfig, HfDetrForSegmentation, exist_ok=True)
+AutoModelForUniversalSegmentation.register(HfDetrConfig, HfDetrForSegmentation, exist_ok=True)
 AutoImageProcessor.register(HfDetrConfig, image_processor_classes={"torchvision": HfDetrImageProcessor}, exist_ok=True)
 # No video processor: without this, pipeline() guesses one from the processor's auto_map and prompts for remote code.
 AutoVideoProcessor.register(HfDetrConfig, video_processor_classes={}, exist_ok=True)
@@ -42,6 +49,7 @@ AutoVideoProcessor.register(HfDetrConfig, video_processor_classes={}, exist_ok=T
 HfDetrConfig.register_for_auto_class()
 HfDetrModel.register_for_auto_class("AutoModel")
 HfDetrForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
+HfDetrForSegmentation.register_for_auto_class("AutoModelForImageSegmentation")
 HfDetrImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 _moved.install()

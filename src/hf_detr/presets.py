@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .hub.coco_labels import COCO_ID2LABEL
-from .modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
+from .hub.coco_labels import COCO_ID2LABEL, COCO_PANOPTIC_ID2LABEL
+from .modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
 
 __all__ = ["Preset", "create", "default_max_size", "get", "list_presets", "register"]
 
@@ -43,6 +43,7 @@ class Preset:
         max_size: longer-side cap (default: DETR's ratio, `default_max_size(image_size)`).
         training: `TrainConfig` fields of the recipe (learning rates, batch size, augmentation...).
         description: one line for `list_presets` readers and model cards.
+        segmentation: the model is `HfDetrForSegmentation` (DETR with its mask head), not the detector alone.
     """
 
     name: str
@@ -51,6 +52,7 @@ class Preset:
     max_size: int | None = None
     training: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    segmentation: bool = False
 
     def __post_init__(self) -> None:
         if self.max_size is None:
@@ -66,10 +68,16 @@ class Preset:
         preset (e.g. `backbone_kwargs`), so changing it leaves the preset as it was."""
         return HfDetrConfig(**copy.deepcopy({**self.model, **overrides}))
 
+    @property
+    def model_class(self) -> type[HfDetrForObjectDetection]:
+        return HfDetrForSegmentation if self.segmentation else HfDetrForObjectDetection
+
     def image_processor(self, **overrides: Any) -> HfDetrImageProcessor:
         """An image processor resizing to the preset's size (shorter side `image_size`, longer side `max_size`)."""
         size = {"shortest_edge": self.image_size, "longest_edge": self.max_size}
-        return HfDetrImageProcessor(**{"size": size, **overrides})
+        # the paper's panoptic models train on COCO panoptic annotations, as transformers' panoptic processors read
+        annotations = {"format": "coco_panoptic"} if self.segmentation and "panoptic" in self.name else {}
+        return HfDetrImageProcessor(**{"size": size, **annotations, **overrides})
 
 
 _PRESETS: dict[str, Preset] = {}
@@ -97,8 +105,9 @@ def list_presets() -> list[str]:
 
 def create(name: str, **overrides: Any) -> HfDetrForObjectDetection:
     """A new model (random weights, timm's ImageNet backbone if the preset asks for it) of preset `name`, with
-    `HfDetrConfig` `overrides`."""
-    return HfDetrForObjectDetection(get(name).config(**overrides))
+    `HfDetrConfig` `overrides`: an `HfDetrForSegmentation` for a segmentation preset."""
+    preset = get(name)
+    return preset.model_class(preset.config(**overrides))
 
 
 # The paper's COCO detectors (Table 1), all trained with the auxiliary decoding loss; hub_configs/ holds their folders.
@@ -109,6 +118,15 @@ for _backbone, _depth in (("resnet50", "50"), ("resnet101", "101")):
             model={"backbone": _backbone, "dilation": _dilation, "id2label": COCO_ID2LABEL, "auxiliary_loss": True},
             description=f"DETR-R{_depth}{'-DC5' if _dilation else ''} of the paper (COCO, 91 labels)",
         ))  # fmt: skip
+
+# The paper's panoptic models (Table 5): the detectors above with the mask head, COCO panoptic's 250 classes
+for _backbone, _depth in (("resnet50", "50"), ("resnet101", "101")):
+    register(Preset(
+        name=f"detr-resnet-{_depth}-panoptic",
+        model={"backbone": _backbone, "id2label": COCO_PANOPTIC_ID2LABEL, "auxiliary_loss": True},
+        description=f"DETR-R{_depth} panoptic segmentation of the paper (COCO panoptic, 250 labels)",
+        segmentation=True,
+    ))  # fmt: skip
 
 # The small-compute recipe of `make demo` (docs/RECIPE.md): steps are worth more than capacity on 2 CPU cores.
 register(Preset(

@@ -59,22 +59,54 @@ def add_convert(subparsers: argparse._SubParsersAction) -> None:
 def add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="detect objects in image files with a saved model folder",
-        description="Print the detections of each image as JSON (label, score, box in pixels); with --out, also "
-        "write each image with its boxes drawn as <out>/<name>.png.",
+        help="detect objects in images, folders of images and videos with a saved model folder",
+        description="Print the detections of each image and video frame as JSON (label, score, box in pixels; "
+        "--format coco: COCO results with an images list); with --out, also write each image with its boxes drawn "
+        "as <out>/<name>.png, each video annotated as <out>/<stem>.mp4, and <out>/results.json (COCO results) with "
+        "<out>/images.json (image ids to file names, categories). --tile cuts large images into overlapping tiles "
+        "and merges the tiles' detections, for objects too small at the model's input size.",
     )
     parser.add_argument("model", help="a folder or Hub id written by save_pretrained (model and image processor), "
                         "hf_detr's or transformers' DETR (converted on load)")
-    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image files, folders (their images, searched recursively, in sorted order) or video "
+                        "files (.mp4 .avi .mov .mkv .webm; need PyAV: pip install 'hf_detr[video]')")  # fmt: skip
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for annotated PNGs")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="folder for annotated PNGs and MP4s, results.json and images.json")  # fmt: skip
+    parser.add_argument("--format", choices=("default", "coco"), default="default",
+                        help="printed JSON: one entry per image or frame (default), or COCO results")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images per forward pass; a batch holds images of one resized size (default 1)")
+    parser.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                        help="cut each image or frame into SIZE x SIZE tiles, detect in each, merge (default: off)")
+    parser.add_argument("--overlap", type=float, default=0.2,
+                        help="with --tile: the fraction of a tile that neighbours share, in [0, 1) (default 0.2)")
+    parser.add_argument("--tile-iou", type=float, default=0.5,
+                        help="with --tile: a detection of one tile overlapping a better one of the same label from "
+                        "another tile by more than this IoU is the same object (default 0.5)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (default: one on stderr when it is a terminal)")
 
     def run(args: argparse.Namespace) -> None:
         import json
 
-        from .predict import predict_images
+        from .predict import VIDEO_EXTENSIONS, coco_results, detection_records, load_model, predict, require_av
 
-        print(json.dumps(predict_images(args.model, args.images, args.threshold, args.out), indent=2))
+        if any(Path(path).suffix.lower() in VIDEO_EXTENSIONS for path in args.paths):
+            try:  # the install hint before the model loads
+                require_av()
+            except ImportError as error:
+                raise ValueError(str(error)) from None
+        model, processor = load_model(args.model)
+        detections = predict(
+            model, processor, args.paths, args.threshold, args.out, batch_size=args.batch_size, tile=args.tile,
+            overlap=args.overlap, tile_iou=args.tile_iou, progress=False if args.no_progress else None,
+        )  # fmt: skip
+        id2label = model.config.id2label
+        coco = args.format == "coco"
+        output = coco_results(detections, id2label) if coco else detection_records(detections, id2label)
+        print(json.dumps(output, indent=2))
 
     parser.set_defaults(run=run)
 
@@ -91,6 +123,9 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_arguments(parser)
+    parser.add_argument("--no_diagnostics", action="store_true",
+                        help="skip OUTPUT_DIR/diagnostics/ (confusion matrix, per-class precision-recall, worst images "
+                        "of the evaluation split, as `hf-detr evaluate --out`; written when matplotlib is installed)")
 
     def run(args: argparse.Namespace) -> None:
         from accelerate import PartialState
@@ -101,8 +136,30 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
         result = train(config_from_args(args))
         if PartialState().is_main_process:
             print(f"step {result.global_step} ({result.stop_reason}): model saved to {result.output_dir}")
+            if result.eval_dataset is not None and not args.no_diagnostics:
+                _training_diagnostics(result)
 
     parser.set_defaults(run=run)
+
+
+def _training_diagnostics(result: Any) -> None:
+    """The end of `hf-detr train`: `hf-detr evaluate --out`'s diagnostics of the trained model on the evaluation
+    split, in OUTPUT_DIR/diagnostics (skipped, with the install hint, without matplotlib)."""
+    from .visualize import require_matplotlib, save_diagnostics
+
+    try:
+        require_matplotlib()
+    except ImportError as error:
+        print(f"no diagnostics pictures: {error}")
+        return
+    from ..evaluation.evaluate import evaluate
+
+    out = Path(result.output_dir) / "diagnostics"
+    evaluation = evaluate(result.model, result.image_processor, result.eval_dataset, per_class=True,
+                          return_evaluation=True)  # fmt: skip
+    diagnostics = save_diagnostics(evaluation, result.eval_dataset, out)
+    worst = ", ".join(f"{image.index} ({image.errors})" for image in diagnostics.worst(8))
+    print(f"diagnostics in {out}: confusion matrix, per-class precision-recall, worst images (errors): {worst}")
 
 
 # What each COCO number means, for the `evaluate` table.
@@ -124,10 +181,11 @@ _COCO_ROWS: tuple[tuple[str, str], ...] = (
 
 def _evaluate_model_folder(
     model_dir: str, dataset: str, split: str = "validation", batch_size: int = 8, threshold: float = 0.0,
-    per_class: bool = False, device: str | None = None, return_evaluation: bool = False,
-) -> dict[str, float] | Any:  # fmt: skip
-    """COCO box metrics (`hf_detr.evaluation.evaluate`) of the model saved in `model_dir` with its image processor, on
-    `split` of `dataset` (with `return_evaluation`, the `CocoEvaluation`: metrics, per-class table, PR arrays)."""
+    per_class: bool = False, device: str | None = None,
+) -> tuple[Any, Any]:  # fmt: skip
+    """The `CocoEvaluation` (`hf_detr.evaluation.evaluate(..., return_evaluation=True)`: metrics, per-class table,
+    PR arrays, per-image detections) of the model saved in `model_dir` with its image processor on `split` of
+    `dataset`, and that split (the images the evaluation's entries refer to, in order)."""
     import torch
 
     from ..data.sources import load_data
@@ -148,8 +206,9 @@ def _evaluate_model_folder(
     data = load_data(dataset, [split])[split]
     if len(data) == 0:
         raise ValueError(f"split {split!r} of {dataset} has no images.")
-    return evaluate(model, processor, data, batch_size=batch_size, per_class=per_class, threshold=threshold,
-                    return_evaluation=return_evaluation)  # fmt: skip
+    evaluation = evaluate(model, processor, data, batch_size=batch_size, per_class=per_class, threshold=threshold,
+                          return_evaluation=True)  # fmt: skip
+    return evaluation, data
 
 
 def _format_coco_table(metrics: dict[str, float], per_class: Mapping[str, Mapping[str, float]] | None = None) -> str:
@@ -200,30 +259,52 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--per-class", action="store_true",
                         help="also print AP, AP50, AR@100 and the ground-truth objects of every class")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="write DIR/metrics.json (the COCO numbers and the per-class table) and DIR/pr_curve.png, "
-                        "precision-recall from the same COCOeval run (needs matplotlib: pip install 'hf_detr[viz]')")
+                        help="write DIR/metrics.json (the COCO numbers and the per-class table), DIR/pr_curve.png and "
+                        "DIR/pr_curves_per_class.png (precision-recall from the same COCOeval run), "
+                        "DIR/confusion_matrix.json and .png and DIR/worst_images.png (the images with the most "
+                        "errors), at --iou-threshold and --score-threshold (needs matplotlib: "
+                        "pip install 'hf_detr[viz]')")
+    parser.add_argument("--iou-threshold", type=float, default=0.5,
+                        help="with --out: a detection matches a ground-truth box at this IoU or more (default 0.5)")
+    parser.add_argument("--score-threshold", type=float, default=0.5,
+                        help="with --out: the confusion matrix and worst images count detections scoring at least "
+                        "this (default 0.5; --threshold instead filters what COCO scores)")
+    parser.add_argument("--worst", type=int, default=8, help="with --out: images in worst_images.png (default 8)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
     def run(args: argparse.Namespace) -> None:
         if args.out is not None:
             _require_viz()
-        evaluation = _evaluate_model_folder(
+            # named as the user typed them, before the model runs
+            if not 0.0 < args.iou_threshold <= 1.0:
+                raise ValueError(f"--iou-threshold must be in (0, 1], got {args.iou_threshold}")
+            if not 0.0 <= args.score_threshold <= 1.0:
+                raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+            if args.worst < 1:
+                raise ValueError(f"--worst must be at least 1, got {args.worst}")
+        evaluation, data = _evaluate_model_folder(
             args.model, args.dataset, split=args.split, batch_size=args.batch_size, threshold=args.threshold,
-            per_class=args.per_class, device=args.device, return_evaluation=True,
+            per_class=args.per_class, device=args.device,
         )  # fmt: skip
         print(f"{args.model} on {args.dataset} [{args.split}], threshold {args.threshold}")
         print(_format_coco_table(evaluation.metrics, evaluation.per_class if args.per_class else None))
         if args.out is not None:
             import json
 
-            from .visualize import save_pr_curve
+            from .visualize import save_diagnostics, save_pr_curve
 
             args.out.mkdir(parents=True, exist_ok=True)
             # the same layout as the demo's metrics.json
             metrics = {**evaluation.metrics, "per_class": evaluation.per_class}
             (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
             save_pr_curve(evaluation, args.out / "pr_curve.png")
-            print(f"wrote {args.out / 'metrics.json'} and {args.out / 'pr_curve.png'}")
+            diagnostics = save_diagnostics(evaluation, data, args.out, iou_threshold=args.iou_threshold,
+                                           score_threshold=args.score_threshold, worst=args.worst)  # fmt: skip
+            worst = ", ".join(f"{image.index} ({image.errors})" for image in diagnostics.worst(args.worst))
+            print(f"worst images (errors) at IoU >= {args.iou_threshold:g}, score >= {args.score_threshold:g}: {worst}")
+            written = ("metrics.json", "pr_curve.png", "pr_curves_per_class.png", "confusion_matrix.json",
+                       "confusion_matrix.png", "worst_images.png")  # fmt: skip
+            print(f"wrote {', '.join(written)} to {args.out}")
 
     parser.set_defaults(run=run)
 
@@ -243,22 +324,58 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", help="train and test on this data set (train and test splits; a save_to_disk or "
                         "COCO folder or a Hub id) instead of the generated shapes")
+    parser.add_argument("--task", choices=("detection", "segmentation"), default="detection",
+                        help="segmentation: the recipe with DETR's mask head, trained on the shapes' masks; reports "
+                        "mask AP and panoptic quality too")  # fmt: skip
 
     def run(args: argparse.Namespace) -> None:
         _require_viz()
         from ..evaluation.metrics import format_per_class_table
         from .demo import run_demo
 
-        metrics = run_demo(args.output_dir, time_budget=args.time_budget, seed=args.seed, dataset=args.dataset)
+        metrics = run_demo(args.output_dir, time_budget=args.time_budget, seed=args.seed, dataset=args.dataset,
+                           task=args.task)  # fmt: skip
         print(format_per_class_table(metrics["per_class"]))
         print(f"test split: AP {metrics['map']:.3f}  AP50 {metrics['map_50']:.3f}  AP75 {metrics['map_75']:.3f}  "
               f"({metrics['steps']} steps, {metrics['total_seconds']:.0f} s in all); wrote {args.output_dir}")
+        if args.task == "segmentation":
+            print(f"masks: AP {metrics['segm_map']:.3f}  AP50 {metrics['segm_map_50']:.3f}  AP75 "
+                  f"{metrics['segm_map_75']:.3f}; panoptic: PQ {metrics['pq']:.3f}  SQ {metrics['sq']:.3f}  RQ "
+                  f"{metrics['rq']:.3f}")
+
+    parser.set_defaults(run=run)
+
+
+def add_check_data(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check-data",
+        help="count a data set's images and boxes per class and list every problem the loader would fix or stop at",
+        description="Read a detection data set as hf-detr train / evaluate would (COCO, YOLO or Pascal VOC folder, "
+        "save_to_disk folder, Hub id or 'synthetic') and print, per split, the images and boxes of each class, box "
+        "width / height / area in pixels and boxes per image (min / median / max) of the data as loaded, then every "
+        "problem, one line each: warnings for the boxes the box policy clips or drops, errors for missing or "
+        "unreadable images, images of another size than annotated, and (with --box-policy error) the boxes the "
+        "other policies would change. Exit status 1 when there are errors, 0 otherwise (warnings included).",
+    )
+    parser.add_argument("source", help="data set folder, YOLO data.yaml, Hub dataset id or 'synthetic'")
+    parser.add_argument("--split", action="append", dest="splits", metavar="SPLIT",
+                        help="check only this split (repeat for several; default: all)")  # fmt: skip
+    parser.add_argument("--box-policy", default="clip", choices=("clip", "drop", "error"),
+                        help="the loader's box_policy to check against (default: clip, as hf-detr train)")  # fmt: skip
+
+    def run(args: argparse.Namespace) -> None:
+        from ..data.check import check_data
+
+        report = check_data(args.source, args.splits, box_policy=args.box_policy)
+        print(report.format())
+        if report.errors:
+            raise ValueError(f"{len(report.errors)} error(s) in {args.source}, listed above.")
 
     parser.set_defaults(run=run)
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    add_convert, add_predict, add_train, add_evaluate, add_demo
+    add_convert, add_predict, add_train, add_evaluate, add_demo, add_check_data
 )
 
 

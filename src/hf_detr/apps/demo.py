@@ -10,6 +10,10 @@ map for 128-pixel images), no encoder layers (the decoder reads the projected fe
 only augmentation, and two training-only signals: an H-DETR one-to-many query group and a dense head on the
 projected features, which let much higher learning rates pay off. The saved model is plain DETR
 (`to_plain_detr()`).
+
+`task="segmentation"` trains the same recipe as `HfDetrForSegmentation` on the shapes' masks (each shape's visible
+pixels), jointly with the detector, and also reports mask AP and panoptic quality; `predictions.png` then shows the
+masks.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from typing import Any
 import torch
 
 from .. import presets
+from ..modeling import HfDetrForSegmentation
 from ..data.loading import id2label as dataset_id2label
+from ..data.masks import mask_references
 from ..data.sources import SYNTHETIC, load_data
 from ..evaluation.evaluate import evaluate
 from ..training.config import TrainConfig
@@ -41,6 +47,7 @@ def run_demo(
     num_test: int = 200,
     show: int = 8,
     dataset: str | None = None,
+    task: str = "detection",
 ) -> dict[str, Any]:
     """Run the demo; returns the test metrics written to `<output_dir>/metrics.json`: the COCO numbers (`map`,
     `map_50`, ...), `steps`, `train_seconds`, `total_seconds` and `per_class`, `{class: {"map", "map_50", "mar_100",
@@ -53,26 +60,35 @@ def run_demo(
     `dataset`: instead of the generated shapes, a data set with `train` and `test` splits (and optionally
     `validation`, evaluated during training) that `load_detection_dataset` reads (a `save_to_disk` folder, a COCO
     folder or a Hub id), e.g. a held-out shapes set to check that the recipe was not tuned to the generator.
+
+    `task="segmentation"`: the recipe with DETR's mask head, trained on the data's masks (loaded with `masks=True`);
+    the metrics add mask AP (`segm_map`, ...) and panoptic quality (`pq`, `sq`, `rq`).
     """
+    if task not in ("detection", "segmentation"):
+        raise ValueError(f"task must be 'detection' or 'segmentation', got {task!r}")
+    segmentation = task == "segmentation"
     started = time.time()
     require_matplotlib()  # the pictures need it: say so now, not after the training
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if dataset is None:
         sizes = {"train": num_train, "validation": num_validation, "test": num_test}
-        data = load_data(SYNTHETIC, synthetic_sizes=sizes, synthetic_image_size=DEMO.image_size, seed=seed)
+        data = load_data(SYNTHETIC, synthetic_sizes=sizes, synthetic_image_size=DEMO.image_size, seed=seed,
+                         masks=segmentation)  # fmt: skip
     else:
-        data = load_data(dataset)
+        data = load_data(dataset, masks=segmentation)
         missing = [split for split in ("train", "test") if split not in data]
         if missing:
             raise ValueError(f"dataset={dataset!r} has no split {missing} (it has {list(data)}); the demo trains on "
                              "'train', tracks 'validation' when present and reports 'test'")
     id2label = dataset_id2label(data["train"])
-    model = presets.create("demo", id2label=id2label)
+    model = HfDetrForSegmentation(DEMO.config(id2label=id2label)) if segmentation else presets.create(
+        "demo", id2label=id2label)  # fmt: skip
     processor = DEMO.image_processor()
     config = TrainConfig(
         output_dir=str(output_dir / "run"), time_budget=time_budget, seed=seed, cpu=True, save_steps=0,
         eval_steps=None, eval_split="validation" if "validation" in data else None, **DEMO.training,
+        task="instance" if segmentation else "detection",
     )  # fmt: skip
     result = train(config, dataset=data, model=model, image_processor=processor)
     model = result.model.to_plain_detr().eval()
@@ -102,19 +118,27 @@ TILE_MIN_SIDE = 384  # predictions.png tiles are upscaled to at least this short
 
 
 def _save_predictions(model, processor, test, path: Path, show: int, id2label: dict[int, str]) -> None:
-    """Ground truth next to the predictions for the first `show` test images, as a grid PNG."""
+    """Ground truth next to the predictions for the first `show` test images, as a grid PNG (with masks for a
+    segmentation model: each kept query's mask at probability > 0.5)."""
     tiles = []
     for example in test.select(range(min(show, len(test)))):
         image = example["image"].convert("RGB")
         boxes = torch.tensor(example["objects"]["bbox"]).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
-        tiles.append(draw_detections(image, boxes, example["objects"]["category"], id2label, min_side=TILE_MIN_SIDE))
+        truth = mask_references(example)["masks"] if "segmentation" in example["objects"] else None
+        tiles.append(draw_detections(image, boxes, example["objects"]["category"], id2label, min_side=TILE_MIN_SIDE,
+                                     masks=truth))  # fmt: skip
         inputs = processor(images=image, return_tensors="pt")
         with torch.no_grad():
             outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
-        found = processor.post_process_object_detection(outputs, PREDICTION_THRESHOLD,
-                                                        target_sizes=[(image.height, image.width)])[0]  # fmt: skip
+        size = (image.height, image.width)
+        found = processor.post_process_object_detection(outputs, PREDICTION_THRESHOLD, target_sizes=[size])[0]
+        masks = None
+        if getattr(outputs, "pred_masks", None) is not None:
+            probabilities = outputs.logits.softmax(-1)[0, :, :-1].max(-1).values
+            kept = outputs.pred_masks[0, probabilities >= PREDICTION_THRESHOLD]  # the queries post-processing kept
+            masks = torch.nn.functional.interpolate(kept[None], size=size, mode="bilinear")[0] > 0 if len(kept) else None
         tiles.append(draw_detections(image, found["boxes"], found["labels"].tolist(), id2label, found["scores"],
-                                     min_side=TILE_MIN_SIDE))  # fmt: skip
+                                     min_side=TILE_MIN_SIDE, masks=masks))  # fmt: skip
     titles = ("ground truth", f"prediction (score >= {PREDICTION_THRESHOLD})")
     save_grid(tiles, path, columns=4, column_titles=titles)

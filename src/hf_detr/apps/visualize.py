@@ -1,5 +1,6 @@
-"""Pictures as PNG files: detections drawn on images (PIL), a grid of them, and with matplotlib (the `viz` extra,
-`pip install 'hf_detr[viz]'`) training curves and precision-recall curves.
+"""Pictures as PNG files: detections drawn on images (PIL), a grid of them, the worst images of an evaluation, and
+with matplotlib (the `viz` extra, `pip install 'hf_detr[viz]'`) training curves, precision-recall curves (all
+classes, and one panel per class) and the confusion matrix; `save_diagnostics` writes an evaluation's diagnostics.
 
 matplotlib is imported only inside the plotting functions and draws through its Agg canvas directly (no pyplot, no
 display, no change to the process's backend). Labels on detections use DejaVu Sans from matplotlib's own files when
@@ -19,8 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from torchvision.ops import box_convert
+from torchvision.utils import draw_segmentation_masks
 
 if TYPE_CHECKING:
+    from ..evaluation.diagnostics import Diagnostics, ImageMatch
     from ..evaluation.metrics import CocoEvaluation
 
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324"]
@@ -73,8 +77,14 @@ def draw_detections(
     id2label: Mapping[int, str],
     scores: Sequence[float] | None = None,
     min_side: int | None = None,
+    notes: Sequence[str] | None = None,
+    colors: Sequence[str] | None = None,
+    masks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw absolute (x0, y0, x1, y1) boxes with their label (and score) on an image; returns uint8 `[3, H, W]`.
+    `notes` add a word to each box's label (e.g. "missed"); `colors` ("#rrggbb", one per box) replace the colour of
+    its class; `masks` (bool `[n, H, W]`, one per box, at the image's size) are laid over the image in the box's
+    colour first (`torchvision.utils.draw_segmentation_masks`).
 
     With `min_side`, an image whose shorter side is smaller is first upscaled by the smallest integer factor that
     reaches it (bicubic; the boxes scaled by the same factor), so that the boxes and labels are drawn at a size one
@@ -86,6 +96,13 @@ def draw_detections(
         image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
     image = image.convert("RGB")
     boxes = torch.as_tensor(boxes, dtype=torch.float32).detach().cpu().reshape(-1, 4).clone()
+    if colors is None:
+        colors = [_PALETTE[int(label) % len(_PALETTE)] for label in labels]
+    if masks is not None and len(masks):
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        pixels = draw_segmentation_masks(pixels, torch.as_tensor(masks, dtype=torch.bool).cpu(), alpha=0.5,
+                                         colors=list(colors))  # fmt: skip
+        image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
     if min_side is not None and min(image.size) < min_side:
         factor = math.ceil(min_side / min(image.size))
         image = image.resize((image.width * factor, image.height * factor), Image.Resampling.BICUBIC)
@@ -96,7 +113,8 @@ def draw_detections(
     names = [id2label.get(int(label), str(int(label))) for label in labels]
     if scores is not None:
         names = [f"{name} {float(score):.2f}" for name, score in zip(names, scores)]
-    colors = [_PALETTE[int(label) % len(_PALETTE)] for label in labels]
+    if notes is not None:
+        names = [f"{name} {note}" if note else name for name, note in zip(names, notes)]
 
     # the best-scoring detections are drawn last (on top) and get their labels placed first
     order = list(range(len(names)))
@@ -131,21 +149,25 @@ def save_grid(
     columns: int,
     column_titles: Sequence[str] | None = None,
     padding: int = 8,
+    captions: Sequence[str] | None = None,
 ) -> None:
     """Save uint8 `[3, H, W]` images (or PIL images) as a grid PNG, `columns` wide, white between them; images of
     other sizes are centred in cells of the largest. `column_titles` (repeating if shorter than `columns`) head
-    the columns."""
+    the columns; `captions` (one per image, lines split by "\\n") are written under the images."""
     tiles = [Image.fromarray(t.permute(1, 2, 0).cpu().numpy()) if isinstance(t, torch.Tensor) else t.convert("RGB")
              for t in images]  # fmt: skip
     if not tiles:
         raise ValueError("save_grid needs at least one image")
+    if captions is not None and len(captions) != len(tiles):
+        raise ValueError(f"captions must give one text per image: got {len(captions)} for {len(tiles)} images")
     cell_w, cell_h = max(t.width for t in tiles), max(t.height for t in tiles)
     columns = max(1, min(columns, len(tiles)))
     rows = math.ceil(len(tiles) / columns)
     font = _font(min(28, max(12, round(cell_w / 22))))
-    header = 0
-    if column_titles:
-        header = font.getbbox("Ag")[3] + padding
+    line_height = font.getbbox("Ag")[3]
+    header = line_height + padding if column_titles else 0
+    if captions is not None:  # room under each image for the longest caption
+        cell_h += max(caption.count("\n") + 1 for caption in captions) * (line_height + 2) + padding // 2
     canvas = Image.new("RGB", (padding + columns * (cell_w + padding), header + padding + rows * (cell_h + padding)),
                        "white")  # fmt: skip
     draw = ImageDraw.Draw(canvas)
@@ -153,11 +175,14 @@ def save_grid(
         title = column_titles[column % len(column_titles)]
         centre = padding + column * (cell_w + padding) + cell_w / 2
         draw.text((centre - draw.textlength(title, font=font) / 2, padding // 2), title, fill="black", font=font)
+    image_h = max(t.height for t in tiles)
     for index, tile in enumerate(tiles):
         row, column = divmod(index, columns)
-        x = padding + column * (cell_w + padding) + (cell_w - tile.width) // 2
-        y = header + padding + row * (cell_h + padding) + (cell_h - tile.height) // 2
-        canvas.paste(tile, (x, y))
+        left, top = padding + column * (cell_w + padding), header + padding + row * (cell_h + padding)
+        canvas.paste(tile, (left + (cell_w - tile.width) // 2, top + (image_h - tile.height) // 2))
+        if captions is not None:
+            draw.multiline_text((left, top + image_h + padding // 2), captions[index], fill="black", font=font,
+                                spacing=2)  # fmt: skip
     canvas.save(path)
 
 
@@ -264,3 +289,179 @@ def save_pr_curve(evaluation: CocoEvaluation, path: str | os.PathLike, max_class
              xlim=(0, 1), ylim=(-0.02, 1.02))  # fmt: skip
     axes.grid(True, alpha=0.35)
     figure.savefig(path)
+
+
+def _count(number: int, noun: str) -> str:
+    """`number` and `noun`, plural unless one."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def save_pr_curves_per_class(evaluation: CocoEvaluation, path: str | os.PathLike, iou: float = 0.5) -> None:
+    """One PNG with a small precision-recall panel per class, up to 6 a row (`hf_detr.evaluation.diagnostics.
+    class_pr_curves`: COCOeval's interpolated precision at IoU `iou`, area "all", 100 detections), titled with the
+    class, its AP at that IoU (the evaluation's per-class AP50 at 0.5) and its ground-truth objects; complete for any
+    number of classes."""
+    from ..evaluation.diagnostics import class_pr_curves
+
+    curves = class_pr_curves(evaluation, iou) if evaluation.precision is not None else []
+    columns = max(1, min(6, math.ceil(math.sqrt(len(curves)))))
+    rows = max(1, math.ceil(len(curves) / columns))
+    figure = _figure(max(5.0, 2.6 * columns), 0.7 + 2.35 * rows)
+    grid = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).reshape(-1)
+    name = f"AP{round(iou * 100)}"
+    for k, axes in enumerate(grid):
+        if k >= len(curves):
+            axes.set_visible(not curves)  # an empty evaluation keeps one panel to say so
+            if not curves:
+                axes.text(0.5, 0.5, "nothing was evaluated (no images)", transform=axes.transAxes, ha="center",
+                          va="center", fontsize=11, color="0.4")  # fmt: skip
+            continue
+        curve = curves[k]
+        if curve.precision is None:
+            axes.text(0.5, 0.5, "no ground truth", transform=axes.transAxes, ha="center", va="center", fontsize=10,
+                      color="0.4")  # fmt: skip
+            axes.set_title(curve.name, fontsize=10)
+        else:
+            color = _PALETTE[int(evaluation.category_ids[k]) % len(_PALETTE)]
+            axes.plot(curve.recall, curve.precision, color=color, linewidth=1.8)
+            axes.fill_between(curve.recall, curve.precision, color=color, alpha=0.15, linewidth=0)
+            axes.set_title(f"{curve.name}\n{name} {curve.ap:.3f}, {_count(curve.objects, 'object')}", fontsize=10)
+        axes.grid(True, alpha=0.35)
+        axes.tick_params(labelsize=8)
+        if k % columns == 0:
+            axes.set_ylabel("precision", fontsize=9)
+        if k // columns == rows - 1 or k + columns >= len(curves):
+            axes.set_xlabel("recall", fontsize=9)
+            axes.tick_params(labelbottom=True)
+    grid[0].set(xlim=(0, 1), ylim=(-0.02, 1.02))
+    figure.suptitle(f"precision-recall per class at IoU {iou:.2f}\n(COCO: area all, up to 100 detections)", fontsize=11)
+    figure.savefig(path)
+
+
+def save_confusion_matrix(diagnostics: Diagnostics, path: str | os.PathLike) -> None:
+    """One PNG of `diagnostics.matrix`: rows the ground truth, columns the prediction, the classes and then
+    background; each cell shows its count (empty cells none), coloured by its share of the row's boxes."""
+    matrix, labels = diagnostics.matrix, diagnostics.labels
+    n = len(labels)
+    cell = 0.55 if n <= 20 else 0.32  # inches: counts stay legible up to COCO's 80 classes
+    longest = max(len(label) for label in labels)
+    side = max(4.5, n * cell + 1.2 + 0.075 * min(longest, 30))
+    figure = _figure(side + 1.4, side + 0.5)
+    axes = figure.subplots()
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, shrink=0.8, label="share of the row")
+    fontsize = 10 if n <= 12 else 8 if n <= 20 else 6
+    for row, column in zip(*np.nonzero(matrix)):
+        axes.text(column, row, str(matrix[row, column]), ha="center", va="center", fontsize=fontsize,
+                  color="white" if shares[row, column] > 0.55 else "black")  # fmt: skip
+    axes.set_xticks(range(n), labels, rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center",
+                    rotation_mode="anchor" if n <= 20 else "default", fontsize=fontsize + 1)  # fmt: skip
+    axes.set_yticks(range(n), labels, fontsize=fontsize + 1)
+    # the background row and column apart from the classes
+    axes.axhline(n - 1.5, color="0.3", linewidth=1)
+    axes.axvline(n - 1.5, color="0.3", linewidth=1)
+    axes.set(xlabel="prediction", ylabel="ground truth")
+    axes.set_title(f"confusion matrix: IoU >= {diagnostics.iou_threshold:g}, score >= {diagnostics.score_threshold:g}"
+                   f"\nbackground column: missed, background row: false positives", fontsize=10)  # fmt: skip
+    figure.savefig(path)
+
+
+# outcome colours of the worst-image gallery
+_RIGHT, _WRONG_CLASS, _WRONG, _NEUTRAL = "#3cb44b", "#f58231", "#e6194b", "#a9a9a9"
+GALLERY_MIN_SIDE = 384  # gallery tiles are upscaled to at least this shorter side, so labels read
+
+
+def _outcome_tiles(
+    picture: Image.Image, match: ImageMatch, prediction: Mapping[str, Any], reference: Mapping[str, Any],
+    id2label: Mapping[int, str],
+) -> list[torch.Tensor]:  # fmt: skip
+    """One image's ground truth and detections (at the score threshold) coloured and tagged by their outcome."""
+    gt_labels, pred_labels = reference["labels"], prediction["labels"]
+    truth, found = {}, {}  # box index -> (colour, note)
+    for g, p in match.matched:
+        if gt_labels[g] == pred_labels[p]:
+            truth[g] = found[p] = (_RIGHT, "")
+        else:
+            truth[g] = (_WRONG_CLASS, f"(found as {id2label.get(pred_labels[p], pred_labels[p])})")
+            found[p] = (_WRONG_CLASS, f"(is {id2label.get(gt_labels[g], gt_labels[g])})")
+    truth.update({g: (_WRONG, "missed") for g in match.missed})
+    truth.update({g: (_NEUTRAL, "crowd") for g, crowd in enumerate(reference["iscrowd"]) if crowd})
+    found.update({p: (_WRONG, "FP") for p in match.false_positives})
+    found.update({p: (_NEUTRAL, "on crowd") for p in match.ignored})
+
+    gt_boxes = box_convert(torch.tensor(reference["boxes"], dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
+    pred_boxes = torch.tensor(prediction["boxes"], dtype=torch.float64).reshape(-1, 4)
+    tiles = []
+    for boxes, labels, scores, outcome in ((gt_boxes, gt_labels, None, truth),
+                                           (pred_boxes, pred_labels, prediction["scores"], found)):  # fmt: skip
+        order = sorted(outcome)
+        tiles.append(draw_detections(
+            picture, boxes[order], [labels[i] for i in order], id2label,
+            None if scores is None else [scores[i] for i in order], min_side=GALLERY_MIN_SIDE,
+            notes=[outcome[i][1] for i in order], colors=[outcome[i][0] for i in order],
+        ))  # fmt: skip
+    return tiles
+
+
+def save_worst_images(
+    diagnostics: Diagnostics,
+    evaluation: CocoEvaluation,
+    images: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    count: int = 8,
+) -> list[int]:
+    """A grid PNG of the `count` images with the most errors (`Diagnostics.worst`), ground truth next to the
+    detections at the score threshold, two images per row. Boxes are coloured by outcome: green right, orange
+    matched with the wrong class (tagged with the other class), red missed or false positive, grey crowd regions
+    and the detections on them. `images[i]["image"]` is image `i` of the evaluation (a row of the evaluated split;
+    made upright as the evaluation saw it); its `image_id`, when present, is named in the caption. Returns the
+    indices of the images drawn, worst first."""
+    from ..modeling.image_processing_hf_detr import upright_rgb
+
+    if len(images) != len(diagnostics.images):
+        raise ValueError(f"images must be the {len(diagnostics.images)} evaluated images in order, got {len(images)}")
+    id2label = dict(zip(diagnostics.category_ids, diagnostics.class_names))
+    tiles, captions, shown = [], [], []
+    for match in diagnostics.worst(count):
+        row = images[match.index]
+        tiles += _outcome_tiles(upright_rgb(row["image"]), match, evaluation.predictions[match.index],
+                                evaluation.references[match.index], id2label)  # fmt: skip
+        name = f"image {match.index}" + (f" (image_id {row['image_id']})" if "image_id" in row else "")
+        objects = _count(len(match.matched) + len(match.missed), "object")
+        captions += [f"{name}\n{_count(match.errors, 'error')}; {len(match.missed)} of {objects} missed",
+                     f"{_count(len(match.false_positives), 'false positive')}, {match.wrong_class} wrong class\n"
+                     f"{match.correct} correct"]  # fmt: skip
+        shown.append(match.index)
+    titles = ("ground truth", f"detections, score >= {diagnostics.score_threshold:g}")
+    save_grid(tiles, path, columns=4, column_titles=titles, captions=captions)
+    return shown
+
+
+def save_diagnostics(
+    evaluation: CocoEvaluation,
+    images: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike,
+    *,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.5,
+    worst: int = 8,
+) -> Diagnostics:
+    """Write the diagnostics of one evaluation (`evaluate(..., return_evaluation=True)` of the split `images`) to
+    `out_dir`: `confusion_matrix.json` and `.png` (`hf_detr.evaluation.diagnostics.diagnose` at the two
+    thresholds), `pr_curves_per_class.png` and `worst_images.png` (the `worst` images with the most errors).
+    Returns the diagnostics."""
+    import json
+
+    from ..evaluation.diagnostics import diagnose
+
+    diagnostics = diagnose(evaluation, iou_threshold=iou_threshold, score_threshold=score_threshold)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "confusion_matrix.json").write_text(json.dumps(diagnostics.confusion_json(), indent=2))
+    save_confusion_matrix(diagnostics, out_dir / "confusion_matrix.png")
+    save_pr_curves_per_class(evaluation, out_dir / "pr_curves_per_class.png")
+    if diagnostics.images:
+        save_worst_images(diagnostics, evaluation, images, out_dir / "worst_images.png", worst)
+    return diagnostics

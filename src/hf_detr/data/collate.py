@@ -9,6 +9,10 @@ middle of an epoch sees the same augmented images as an uninterrupted one) to th
     train = DetectionDataset(dataset["train"], make_train_transform(), seed=0)
     loader = DataLoader(train, batch_size=4, collate_fn=DetectionCollator(HfDetrImageProcessor()))
     batch = next(iter(loader))  # pixel_values [4, 3, H, W], pixel_mask [4, H, W], labels: 4 dicts
+
+Examples with masks (``objects.segmentation``, see :mod:`.masks`) keep them aligned through the transform, and their
+labels get ``masks`` at the padded size; evaluation batches can also carry each image's masks at its original size
+(``DetectionCollator(..., mask_references=True)``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.transforms.v2 import functional as F
 
 from ..modeling.image_processing_hf_detr import HfDetrImageProcessor, upright_rgb
+from .masks import mask_references
 from .transforms import to_coco_annotations, transform_example
 
 __all__ = ["DetectionCollator", "DetectionDataset", "derived_seed", "upright_rgb"]
@@ -41,8 +47,10 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     The transform draws from ``torch``'s global generator; it runs under a generator seeded from ``(seed, epoch,
     index)`` and restored afterwards, so augmentation neither depends on nor disturbs the training's random state.
-    Call :meth:`set_epoch` at the start of every epoch to get new augmentations. ``label_map[c]`` replaces each
-    category ``c`` (e.g. the model's label of each data set label, see :func:`.evaluation.evaluate.model_labels`).
+    Call :meth:`set_epoch` at the start of every epoch to get new augmentations. An example's masks
+    (``objects.segmentation``) are decoded for the transform and encoded again after it (see
+    :func:`.transforms.transform_example`). ``label_map[c]`` replaces each category ``c`` (e.g. the model's label of
+    each data set label, see :func:`.evaluation.evaluate.model_labels`).
     """
 
     def __init__(
@@ -91,27 +99,34 @@ class DetectionDataset(torch.utils.data.Dataset):
 
 
 class DetectionCollator:
-    """Batches Hub-COCO examples for [`HfDetrForObjectDetection`].
+    """Batches Hub-COCO examples for [`HfDetrForObjectDetection`] and, with masks, [`HfDetrForSegmentation`].
 
     Annotations are converted with :func:`.transforms.to_coco_annotations` and images padded (not resized: the
     transforms already did) by ``image_processor``. Returns ``pixel_values`` float32 `[batch, 3, H, W]`,
     ``pixel_mask`` int64 `[batch, H, W]` and ``labels``: one dict per image with ``class_labels`` `[n]`, ``boxes``
     `[n, 4]` (normalized cx, cy, w, h), ``area``, ``iscrowd``, ``image_id`` `[1]`, ``size`` (the padded-over image's
     height, width) and ``orig_size``, taken from the example's ``orig_size`` when it has one (see
-    :class:`DetectionDataset`) so evaluation can map predictions back to the original image.
+    :class:`DetectionDataset`) so evaluation can map predictions back to the original image. Examples with
+    ``objects.segmentation`` also give ``masks`` float32 `[n, H, W]` (0 or 1, one per box, at the padded size, zero
+    on the padding: the processor's ``return_segmentation_masks``).
 
     Args:
         image_processor: pads and normalizes; its ``size`` is not used unless ``do_resize``.
         do_resize: also resize with the processor (for examples that did not go through a resizing transform).
         keep_crowd: keep ``iscrowd=1`` objects; training drops them (as DETR does), COCO evaluation needs them.
+        mask_references: also return ``mask_references``, per image the ground truth of the mask metrics at the
+            original image size (:func:`.masks.mask_references`: ``masks`` bool `[m, height, width]`, ``labels``,
+            ``iscrowd``, crowd objects included); for examples no transform changed, as evaluation's.
     """
 
     def __init__(
-        self, image_processor: HfDetrImageProcessor, do_resize: bool = False, keep_crowd: bool = False
-    ) -> None:
+        self, image_processor: HfDetrImageProcessor, do_resize: bool = False, keep_crowd: bool = False,
+        mask_references: bool = False,
+    ) -> None:  # fmt: skip
         self.image_processor = image_processor
         self.do_resize = do_resize
         self.keep_crowd = keep_crowd
+        self.mask_references = mask_references
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not examples:
@@ -122,6 +137,8 @@ class DetectionCollator:
             annotations=annotations,
             do_resize=self.do_resize,
             keep_crowd=self.keep_crowd,
+            format="coco_detection",  # what to_coco_annotations gives, also for a processor saved for panoptic data
+            return_segmentation_masks=any("segmentation" in example["objects"] for example in examples),
             return_tensors="pt",
         )
         labels = []
@@ -130,4 +147,18 @@ class DetectionCollator:
             if "orig_size" in example:
                 label["orig_size"] = torch.as_tensor(example["orig_size"], dtype=torch.int64)
             labels.append(label)
-        return {"pixel_values": encoded["pixel_values"], "pixel_mask": encoded["pixel_mask"], "labels": labels}
+        batch = {"pixel_values": encoded["pixel_values"], "pixel_mask": encoded["pixel_mask"], "labels": labels}
+        if self.mask_references:
+            batch["mask_references"] = [self._reference(example) for example in examples]
+        return batch
+
+    @staticmethod
+    def _reference(example: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        size = tuple(F.get_size(example["image"]))
+        if tuple(example.get("orig_size", size)) != size:
+            raise ValueError(
+                f"example with image_id={example.get('image_id')}: mask references are at the original image size "
+                f"{tuple(example['orig_size'])}, but a transform made the image {size}; collate evaluation examples "
+                "without a transform (DetectionDataset(split), as evaluation_dataset does)."
+            )
+        return mask_references(example)

@@ -9,11 +9,17 @@ Every loader here returns splits with exactly the features of :func:`coco_detect
     objects    {"id": int64, "area": float32, "bbox": [x, y, w, h] float32 pixels,
                 "category": ClassLabel(label names), "iscrowd": int64 (0 or 1)}   (one list entry per object)
 
+and, loaded with ``masks=True``, each object also has ``segmentation`` {"size": [height, width] int32, "counts":
+string}: the object's pixels as COCO's compressed RLE of its image (see :mod:`hf_detr.data.masks`; polygons,
+uncompressed RLEs and panoptic PNG segments are converted at load time, and every mask is checked against its image).
+
 :func:`load_detection_dataset` reads (a) a Hub dataset id or a local data folder (``datasets.load_dataset``), (b) a
-folder written by ``DatasetDict.save_to_disk``, or (c) a COCO folder (``annotations/instances_<split>.json`` plus the
-image files), in memory-mapped or streaming form. COCO's category ids, in any numbering (from 0 or 1, with gaps),
-become contiguous labels ``0..K-1`` in increasing id order; :func:`coco_category_ids` reads the original ids back from
-the split's ``info.description``.
+folder written by ``DatasetDict.save_to_disk``, (c) a COCO folder (``annotations/instances_<split>.json`` plus the
+image files), a COCO panoptic folder (``annotations/panoptic_<split>.json``, its PNGs in ``panoptic_<split>/``, plus
+the image files) or (d) a YOLO or Pascal VOC folder (parsed by :mod:`hf_detr.data.formats`), in memory-mapped or
+streaming form. COCO's category ids, in any numbering (from 0 or 1, with gaps), become contiguous labels ``0..K-1`` in
+increasing id order; :func:`coco_category_ids` reads the original ids back from the split's ``info.description``, and
+:func:`coco_isthing` the panoptic categories' ``isthing`` (thing or stuff, which panoptic quality reports apart).
 
 Boxes follow a ``box_policy`` (:func:`apply_box_policy`), the same in every loader: ``"clip"`` (the default) clips a
 box that reaches outside its image to the image and drops the boxes that are left without area (entirely outside) or
@@ -33,26 +39,31 @@ import logging
 import os
 import re
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, Literal, NamedTuple, Union
 
 import datasets
 import PIL.Image
 import torch
 
-from ..modeling.boxes import BoxPolicy, box_flags, check_boxes, clip_boxes
+from ..modeling.boxes import BoxPolicy, box_flags, check_boxes, clip_boxes, denormalize_boxes
+from .formats import RawSplit, folder_format, read_voc, read_yolo
+from .masks import panoptic_rles, segmentation_rle
 
 logger = logging.getLogger(__name__)
 
 AnyDataset = Union[datasets.Dataset, datasets.IterableDataset]
 AnyDatasetDict = Union[datasets.DatasetDict, datasets.IterableDatasetDict]
 
-# Key of the JSON object stored in `info.description` of splits loaded from a COCO folder.
+# Keys of the JSON object stored in `info.description` of splits loaded from a COCO folder.
 _DESCRIPTION_KEY = "hf_detr.coco_category_ids"
+_ISTHING_KEY = "hf_detr.coco_isthing"
 # COCO split files are named like `instances_val2017.json`; the Hub names splits train / validation / test.
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
+# the annotation files of a COCO folder, annotations/<kind>_<split>.json, in the order they are looked for
+_COCO_KINDS = ("instances", "panoptic")
 # Streamed COCO splits are sharded into chunks of this many images (DataLoader workers take whole shards).
 _STREAM_SHARD_SIZE = 1000
 # EXIF tag 0x0112; orientations 5-8 store the image transposed (a quarter turn, perhaps mirrored)
@@ -60,35 +71,43 @@ _EXIF_ORIENTATION = 0x0112
 _QUARTER_TURNS = (5, 6, 7, 8)
 
 __all__ = [
+    "BoxChange",
     "BoxCounts",
     "BoxPolicy",
     "BoxPolicyResult",
     "apply_box_policy",
     "coco_category_ids",
     "coco_detection_features",
+    "coco_isthing",
+    "detect_format",
     "id2label",
     "load_coco_folder",
     "load_detection_dataset",
 ]
 
 
-def coco_detection_features(label_names: Sequence[str]) -> datasets.Features:
-    """The Hub's COCO detection schema with ``label_names`` as the ``objects.category`` class names (in label order)."""
+def coco_detection_features(label_names: Sequence[str], masks: bool = False) -> datasets.Features:
+    """The Hub's COCO detection schema with ``label_names`` as the ``objects.category`` class names (in label order);
+    with ``masks``, each object also has its ``segmentation`` as a compressed RLE (see the module docstring)."""
+    objects = {
+        "id": datasets.Value("int64"),
+        "area": datasets.Value("float32"),
+        "bbox": datasets.Sequence(datasets.Value("float32"), length=4),
+        "category": datasets.ClassLabel(names=list(label_names)),
+        "iscrowd": datasets.Value("int64"),
+    }
+    if masks:
+        objects["segmentation"] = {
+            "size": datasets.Sequence(datasets.Value("int32"), length=2),
+            "counts": datasets.Value("string"),
+        }
     return datasets.Features(
         {
             "image": datasets.Image(),
             "image_id": datasets.Value("int64"),
             "width": datasets.Value("int32"),
             "height": datasets.Value("int32"),
-            "objects": datasets.Sequence(
-                {
-                    "id": datasets.Value("int64"),
-                    "area": datasets.Value("float32"),
-                    "bbox": datasets.Sequence(datasets.Value("float32"), length=4),
-                    "category": datasets.ClassLabel(names=list(label_names)),
-                    "iscrowd": datasets.Value("int64"),
-                }
-            ),
+            "objects": datasets.Sequence(objects),
         }
     )
 
@@ -102,16 +121,38 @@ def id2label(source: datasets.Features | AnyDataset) -> dict[int, str]:
 def coco_category_ids(dataset: AnyDataset) -> list[int] | None:
     """The original COCO category id of each label (``ids[label]``), or ``None`` if the split did not come from a COCO
     folder. Kept through ``save_to_disk`` / ``load_from_disk`` since it lives in ``dataset.info.description``."""
+    return _described(dataset, _DESCRIPTION_KEY)
+
+
+def coco_isthing(dataset: AnyDataset) -> list[bool] | None:
+    """Whether each label is a thing (``True``: countable objects) or stuff (``False``: amorphous regions such as sky),
+    from the ``isthing`` of a COCO (panoptic) json's categories (a category without it is a thing); ``None`` if no
+    category of the split's json says. Kept through ``save_to_disk`` like :func:`coco_category_ids`."""
+    return _described(dataset, _ISTHING_KEY)
+
+
+def _described(dataset: AnyDataset, key: str) -> Any:
     try:
         stored = json.loads(dataset.info.description or "")
     except json.JSONDecodeError:
         return None
-    return stored.get(_DESCRIPTION_KEY) if isinstance(stored, dict) else None
+    return stored.get(key) if isinstance(stored, dict) else None
 
 
 # why a box is dropped, in the order a box with several problems is counted under
 _NOT_FINITE, _NEGATIVE, _ZERO_AREA, _OUTSIDE = "not finite", "negative size", "zero-area", "outside the image"
 _REASONS = (_NOT_FINITE, _NEGATIVE, _ZERO_AREA, _OUTSIDE)
+
+
+class BoxChange(NamedTuple):
+    """A box a ``box_policy`` clipped or dropped: its position in the input, ``"clipped"`` or why it was dropped
+    (``"not finite"``, ``"negative size"``, ``"zero-area"``, ``"outside the image"``) and a line naming the box, e.g.
+    ``"instances_train.json: annotation id 3 (image_id 1, 'a.png'): bbox = [70.0, 5.0, 10.0, 10.0] dropped (outside
+    the image)"``."""
+
+    index: int
+    outcome: str
+    message: str
 
 
 @dataclass
@@ -120,6 +161,16 @@ class BoxCounts:
 
     clipped: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, changes: Iterable[BoxChange]) -> BoxCounts:
+        counts = cls()
+        for change in changes:
+            if change.outcome == "clipped":
+                counts.clipped += 1
+            else:
+                counts.dropped[change.outcome] = counts.dropped.get(change.outcome, 0) + 1
+        return counts
 
     def __bool__(self) -> bool:
         return bool(self.clipped or self.dropped)
@@ -153,12 +204,14 @@ class BoxCounts:
 
 class BoxPolicyResult(NamedTuple):
     """What :func:`apply_box_policy` keeps: the boxes (float64 ``[k, 4]`` xywh pixels, clipped ones clipped), their
-    positions in the input (``[k]`` int64: take every other per-object field with it), their areas and the counts."""
+    positions in the input (``[k]`` int64: take every other per-object field with it), their areas, the counts, and
+    every box it clipped or dropped (in input order)."""
 
     boxes: torch.Tensor
     index: torch.Tensor
     areas: torch.Tensor
     counts: BoxCounts
+    changes: tuple[BoxChange, ...] = ()
 
 
 def apply_box_policy(
@@ -228,19 +281,16 @@ def apply_box_policy(
         reason[rows[left_empty]] = 1 + _REASONS.index(_OUTSIDE)
         clipped[rows[~left_empty]] = True
     keep = reason == 0
-    per_reason = torch.bincount(reason, minlength=len(_REASONS) + 1).tolist()
-    counts = BoxCounts(clipped=int(clipped.sum()),
-                       dropped={why: k for why, k in zip(_REASONS, per_reason[1:]) if k})  # fmt: skip
-    if counts and logger.isEnabledFor(logging.DEBUG):
-        for j in (~keep | clipped).nonzero().flatten().tolist():
-            if keep[j]:
-                logger.debug("%s = %s clipped to %s by box_policy=%r", name(j), tensor[j].tolist(), result[j].tolist(),
-                             policy)  # fmt: skip
-            else:
-                logger.debug("%s = %s dropped (%s) by box_policy=%r", name(j), tensor[j].tolist(),
-                             _REASONS[int(reason[j]) - 1], policy)  # fmt: skip
+    rows = (~keep | clipped).nonzero().flatten()
+    changes = tuple(
+        BoxChange(j, "clipped", f"{name(j)} = {box} clipped to {new}") if code == 0
+        else BoxChange(j, _REASONS[code - 1], f"{name(j)} = {box} dropped ({_REASONS[code - 1]})")
+        for j, code, box, new in zip(rows.tolist(), reason[rows].tolist(), tensor[rows].tolist(), result[rows].tolist())
+    )  # fmt: skip
+    for change in changes:
+        logger.debug("%s by box_policy=%r", change.message, policy)
     index = keep.nonzero().flatten()
-    return BoxPolicyResult(result[index], index, areas_out[index], counts)
+    return BoxPolicyResult(result[index], index, areas_out[index], BoxCounts.of(changes), changes)
 
 
 def _box_areas(boxes: torch.Tensor) -> torch.Tensor:
@@ -259,24 +309,31 @@ def load_detection_dataset(
     streaming: bool = False,
     box_policy: BoxPolicy = "clip",
     box_tolerance: float = 1.0,
+    masks: bool = False,
     revision: str | None = None,
     cache_dir: str | None = None,
     **load_dataset_kwargs: Any,
 ) -> AnyDatasetDict:
-    """Load a detection data set in the Hub's COCO schema (see the module docstring).
+    """Load a detection data set in the Hub's COCO schema (see the module docstring), with ``masks=True`` the objects'
+    masks too.
 
     ``source`` is tried in this order:
 
     1. a folder written by ``DatasetDict.save_to_disk`` (or ``Dataset.save_to_disk``, returned as split ``"train"``);
-    2. a COCO folder, recognised by ``annotations/instances_*.json`` (see :func:`load_coco_folder`);
-    3. anything else goes to ``datasets.load_dataset(source, revision=..., cache_dir=..., **load_dataset_kwargs)``:
+    2. a COCO folder, recognised by ``annotations/instances_*.json`` or ``annotations/panoptic_*.json`` (see
+       :func:`load_coco_folder`);
+    3. a YOLO ``data.yaml`` or a folder holding one, or a Pascal VOC folder, recognised by ``Annotations/*.xml`` (see
+       :mod:`hf_detr.data.formats`; each image file is opened at loading for its size, and a streamed split is the
+       loaded one read as an ``IterableDataset``);
+    4. anything else goes to ``datasets.load_dataset(source, revision=..., cache_dir=..., **load_dataset_kwargs)``:
        a Hub dataset id such as ``"cppe-5"``, or a local folder of parquet / image files.
 
-    Splits from (1) and (3) are checked against the schema and converted where that is lossless: numeric types are cast,
-    a missing ``objects.iscrowd`` becomes 0, a missing ``objects.area`` the box area, ``objects.bbox_id`` is renamed
-    ``objects.id`` (a missing id becomes -1), objects stored as a list of structs are transposed, a missing ``image_id``
-    becomes the row index, missing ``width``/``height`` are read from the images, and other columns are dropped (all
-    logged). Boxes are taken to be ``[x, y, w, h]`` pixels, which the data cannot prove.
+    :func:`detect_format` tells which. Splits from (1) and (4) are checked against the schema and converted where that
+    is lossless: numeric types are cast, a missing ``objects.iscrowd`` becomes 0, a missing ``objects.area`` the box
+    area, ``objects.bbox_id`` is renamed ``objects.id`` (a missing id becomes -1), objects stored as a list of structs
+    are transposed, a missing ``image_id`` becomes the row index, missing ``width``/``height`` are read from the
+    images, and other columns are dropped (all logged). Boxes are taken to be ``[x, y, w, h]`` pixels, which the data
+    cannot prove.
 
     Every box goes through ``box_policy`` (see the module docstring and :func:`apply_box_policy`): by default a box
     reaching outside its image is clipped to it and a box without area dropped with its object, and one warning line
@@ -287,6 +344,16 @@ def load_detection_dataset(
     each time they reach 1, 2, 4, 8, ... changed boxes (per process). A non-streamed Hub or ``save_to_disk`` split
     with clipped or dropped boxes is rewritten once (``Dataset.map``, into the ``datasets`` cache).
 
+    With ``masks=True`` every object keeps its mask as ``objects.segmentation``, a compressed RLE of its image (see
+    :mod:`hf_detr.data.masks`), checked at loading (as it is read when streamed; a COCO folder's polygons and RLEs and
+    a panoptic folder's PNGs, see :func:`load_coco_folder`): a Hub or ``save_to_disk`` split needs an
+    ``objects.segmentation`` field of COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` or RLEs ``{"size": [height,
+    width], "counts": str or [int, ...]}`` (one type per data set, as Arrow stores it), converted and checked in one
+    ``Dataset.map`` pass (cached by ``datasets``). A box the box policy drops drops its mask; a clipped box keeps its
+    mask, which lies in the image anyway. A mask whose size is not its image's, a polygon reaching more than a pixel
+    outside its image, an RLE that does not decode to its size and a panoptic PNG with segment ids ``segments_info``
+    does not list raise a ``ValueError`` naming the image and the field. YOLO and VOC folders have no masks.
+
     Args:
         splits: split names to load (default: all).
         streaming: return an ``IterableDatasetDict``.
@@ -294,32 +361,171 @@ def load_detection_dataset(
             image or has no area.
         box_tolerance: how far (pixels) a box may reach outside its image and still count as inside (float slop;
             kept as written).
-        revision, cache_dir, load_dataset_kwargs: passed to ``datasets.load_dataset`` (source kind 3 only).
+        masks: keep (or make) each object's ``segmentation`` (see above).
+        revision, cache_dir, load_dataset_kwargs: passed to ``datasets.load_dataset`` (source kind 4 only).
     """
     _check_policy(box_policy)
+    kind = detect_format(source)
+    if kind == "coco":
+        return load_coco_folder(source, splits=splits, streaming=streaming, box_policy=box_policy,
+                                box_tolerance=box_tolerance, masks=masks)  # fmt: skip
+    container = datasets.IterableDatasetDict if streaming else datasets.DatasetDict
+    if kind in ("yolo", "voc"):
+        if masks:
+            raise ValueError(
+                f"{source} is a {FORMAT_NAMES[kind]}, which holds boxes only, but masks=True was asked for; load it "
+                "with masks=False, or convert it to a COCO folder with `segmentation` polygons."
+            )
+        loaded = {split.name: folder_dataset(split) for split in read_folder_splits(source, splits, box_policy,
+                                                                                   box_tolerance)}  # fmt: skip
+        return container({name: ds.to_iterable_dataset() if streaming else ds for name, ds in loaded.items()})
+    loaded = saved_or_hub_splits(source, splits, streaming=streaming, revision=revision, cache_dir=cache_dir,
+                                 **load_dataset_kwargs)  # fmt: skip
+    return container({name: _conform(ds, name, box_tolerance, box_policy, masks=masks) for name, ds in loaded.items()})
+
+
+SourceFormat = Literal["saved", "coco", "yolo", "voc", "hub"]
+FORMAT_NAMES: dict[str, str] = {"saved": "save_to_disk folder", "coco": "COCO folder", "yolo": "YOLO data set",
+                                "voc": "Pascal VOC folder", "hub": "datasets.load_dataset source"}  # fmt: skip
+
+
+def detect_format(source: str | os.PathLike) -> SourceFormat:
+    """Which kind of source :func:`load_detection_dataset` takes ``source`` for, in its order of trying."""
     path = Path(source)
     if (path / datasets.config.DATASETDICT_JSON_FILENAME).is_file() or (
         path / datasets.config.DATASET_STATE_JSON_FILENAME
     ).is_file():
+        return "saved"
+    if path.is_dir() and any(any((path / "annotations").glob(f"{kind}_*.json")) for kind in _COCO_KINDS):
+        return "coco"
+    return folder_format(path) or "hub"
+
+
+def saved_or_hub_splits(
+    source: str | os.PathLike, splits: Sequence[str] | None = None, *, streaming: bool = False,
+    **load_dataset_kwargs: Any,
+) -> dict[str, AnyDataset]:  # fmt: skip
+    """The splits of a ``save_to_disk`` folder or a ``datasets.load_dataset`` source as stored (not yet conformed to
+    the schema nor under a box policy)."""
+    path = Path(source)
+    if detect_format(path) == "saved":
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.Dataset):
             logger.info("%s holds a single saved Dataset: returning it as split 'train'.", path)
             loaded = datasets.DatasetDict({"train": loaded})
         loaded = _select_splits(loaded, splits, str(path))
-        if streaming:
-            loaded = {name: ds.to_iterable_dataset() for name, ds in loaded.items()}
-    elif path.is_dir() and any((path / "annotations").glob("instances_*.json")):
-        return load_coco_folder(path, splits=splits, streaming=streaming, box_policy=box_policy,
-                                box_tolerance=box_tolerance)
-    else:
-        split_arg = list(splits) if splits is not None else None
-        loaded = datasets.load_dataset(
-            str(source), split=split_arg, streaming=streaming, revision=revision, cache_dir=cache_dir,
-            **load_dataset_kwargs,
-        )  # fmt: skip
-        loaded = dict(zip(split_arg, loaded)) if split_arg is not None else dict(loaded)
-    container = datasets.IterableDatasetDict if streaming else datasets.DatasetDict
-    return container({name: _conform(ds, name, box_tolerance, box_policy) for name, ds in loaded.items()})
+        return {name: ds.to_iterable_dataset() for name, ds in loaded.items()} if streaming else loaded
+    split_arg = list(splits) if splits is not None else None
+    loaded = datasets.load_dataset(str(source), split=split_arg, streaming=streaming, **load_dataset_kwargs)
+    return dict(zip(split_arg, loaded)) if split_arg is not None else dict(loaded)
+
+
+@dataclass
+class FolderSplit:
+    """One split of a COCO, YOLO or VOC folder, parsed and under the box policy: what :func:`folder_dataset` makes a
+    split of, and what ``hf-detr check-data`` reports on."""
+
+    name: str
+    source: str  # the file that defines the split, as messages and the summary line name it
+    label_names: list[str]
+    examples: list[dict[str, Any]]  # image_id, width, height, objects (the kept boxes) and file_name in image_dirs
+    image_dirs: tuple[Path, ...]
+    changes: tuple[BoxChange, ...]  # what the box policy clipped and dropped
+    image_errors: list[str] = field(default_factory=list)  # images that cannot be read (when asked to collect them)
+    description: str = ""  # the split's info.description
+    file: Path | None = None  # a COCO json, which a streamed split reads again, and its modification time
+    mtime_ns: int = 0
+    masks: bool = False  # the examples carry their objects' masks (COCO: their sources, read by `_coco_rows`)
+    png_folder: Path | None = None  # a panoptic split's PNGs (with masks)
+
+
+def read_folder_splits(
+    source: str | os.PathLike, splits: Sequence[str] | None = None, policy: BoxPolicy = "clip", tolerance: float = 1.0,
+    *, collect_image_errors: bool = False, cached: bool = False,
+) -> list[FolderSplit]:  # fmt: skip
+    """The splits of a COCO, YOLO or VOC folder. Without ``collect_image_errors``, a YOLO or VOC image that is missing
+    or unreadable raises a ``ValueError`` (their sizes are read at once) and a COCO image is checked only when
+    :func:`folder_dataset` reads it; with it, every image file is checked and each failure listed in ``image_errors``
+    (a YOLO image, or a VOC image without ``<size>``, is then left out: its boxes have no frame).
+    ``cached``: read COCO jsons through the per-process cache of streamed splits. A COCO folder's masks are read by
+    :func:`load_coco_folder`, not here."""
+    _check_policy(policy)
+    kind = detect_format(source)
+    if kind == "coco":
+        parsed = _coco_splits(Path(source), splits, policy, tolerance, cached)
+        for split in parsed if collect_image_errors else ():
+            for example in split.examples:
+                try:
+                    _checked_image(example, split.image_dirs, split.source)
+                except ValueError as error:
+                    split.image_errors.append(str(error))
+        return parsed
+    if kind not in ("yolo", "voc"):
+        raise ValueError(f"{source} is not a COCO, YOLO or VOC folder but a {FORMAT_NAMES[kind]}.")
+    folder = read_yolo(source) if kind == "yolo" else read_voc(source)
+    chosen = _select_splits(folder.splits, splits, str(source))
+    return [_raw_split(name, read(), folder.label_names, policy, tolerance, collect_image_errors)
+            for name, read in chosen.items()]  # fmt: skip
+
+
+def _raw_split(
+    name: str, raw: RawSplit, label_names: list[str], policy: BoxPolicy, tolerance: float, collect: bool
+) -> FolderSplit:
+    """A YOLO or VOC split under the box policy: each image's size read from its file, boxes in pixels."""
+    if raw.missing and not collect:
+        more = f" ({len(raw.missing) - 1} more)" if len(raw.missing) > 1 else ""
+        raise ValueError(raw.missing[0] + more)
+    split = FolderSplit(name, raw.source, label_names, [], (raw.root,), (), list(raw.missing))
+    found = []  # (example, box position in the image)
+    boxes, names = [], []
+    for image_id, image in enumerate(raw.images):
+        example = {"file_name": image.file_name, "image_id": image_id, "width": image.width, "height": image.height,
+                   "objects": {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}}  # fmt: skip
+        try:
+            _, example["width"], example["height"] = _checked_image(example, split.image_dirs, raw.source, "the XML")
+        except ValueError as error:
+            if not collect:
+                raise
+            split.image_errors.append(str(error))
+            if raw.box_format == "cxcywh" or example["width"] is None:  # boxes without their frame
+                continue
+        if raw.box_format == "cxcywh" and image.boxes:
+            # YOLO's fractions of the image -> pixels, as the model's outputs are
+            pixels = denormalize_boxes(torch.tensor(image.boxes, dtype=torch.float64), "xywh",
+                                       (example["height"], example["width"]))  # fmt: skip
+            boxes += pixels.tolist()
+        else:
+            boxes += image.boxes
+        names += image.names
+        found += [(example, j) for j in range(len(image.boxes))]
+        split.examples.append(example)
+    kept = apply_box_policy(boxes, lambda k: names[k], within=[(e["width"], e["height"]) for e, _ in found],
+                            policy=policy, tolerance=tolerance)  # fmt: skip
+    for k, bbox, area in zip(kept.index.tolist(), kept.boxes.tolist(), kept.areas.tolist()):
+        example, j = found[k]
+        image = raw.images[example["image_id"]]
+        objects = example["objects"]
+        objects["id"].append(k + 1)  # the object's position in the split
+        objects["area"].append(area)
+        objects["bbox"].append(bbox)
+        objects["category"].append(image.categories[j])
+        objects["iscrowd"].append(image.iscrowd[j])
+    split.changes = kept.changes
+    if kept.counts:
+        logger.warning("%s: %d images, %s by box_policy=%r", raw.source, len(raw.images), kept.counts.summary(), policy)
+    return split
+
+
+def folder_dataset(split: FolderSplit) -> datasets.Dataset:
+    """The ``Dataset`` of a folder split, each image file (and with masks each mask) checked (see
+    :func:`load_coco_folder`)."""
+    features = coco_detection_features(split.label_names, masks=split.masks)
+    columns: dict[str, list] = {column: [] for column in features}
+    for row in _coco_rows(split.examples, split.image_dirs, split.source, split.png_folder):
+        for column, value in row.items():
+            columns[column].append(value)
+    info = datasets.DatasetInfo(description=split.description, features=features)
+    return datasets.Dataset.from_dict(columns, features=features, info=info, split=split.name)
 
 
 def load_coco_folder(
@@ -329,13 +535,25 @@ def load_coco_folder(
     streaming: bool = False,
     box_policy: BoxPolicy = "clip",
     box_tolerance: float = 1.0,
+    masks: bool = False,
+    annotations: Literal["instances", "panoptic"] | None = None,
 ) -> AnyDatasetDict:
-    """Load a COCO-format folder: ``annotations/instances_<split>.json`` plus the image files.
+    """Load a COCO-format folder: ``annotations/instances_<split>.json`` (or ``annotations/panoptic_<split>.json``)
+    plus the image files.
 
     Split names come from the file names with a trailing year removed and ``val`` spelled ``validation``
     (``instances_val2017.json`` -> ``"validation"``). Images are looked up by their ``file_name`` under, in order,
     ``<split>/``, ``images/<split>/``, ``<split without year>2017/``, ``images/`` and the root itself, where ``<split>``
-    is the name in the json file name.
+    is the name in the json file name. ``annotations`` chooses the instances or the panoptic jsons; by default the
+    instances ones, and the panoptic ones in a folder without instances jsons.
+
+    A panoptic json (COCO's panoptic format: ``annotations`` holds one ``{"image_id", "file_name", "segments_info":
+    [{"id", "category_id", "bbox", "area", "iscrowd"}, ...]}`` per image) gives one object per segment, with its
+    segment ``id``, category, ``bbox`` (required), area and iscrowd; its categories' ``isthing`` is kept for
+    :func:`coco_isthing`. With ``masks=True`` the segments' masks are read from the PNG named by ``file_name`` (segment
+    id R + 256 G + 256^2 B) in ``annotations/panoptic_<split>/`` or ``panoptic_<split>/``; of an instances json, each
+    annotation's ``segmentation`` (polygons, or an RLE as COCO gives crowd annotations) is read. Both become compressed
+    RLEs (see :mod:`hf_detr.data.masks`), checked as the image files are.
 
     Categories are sorted by COCO id and numbered ``0..K-1``; the names become the ``ClassLabel`` and
     :func:`coco_category_ids` returns the COCO ids. Every split must list the same categories. Crowd annotations are
@@ -343,25 +561,59 @@ def load_coco_folder(
     area, a missing ``iscrowd`` 0, a missing annotation ``id`` its 1-based position in the json.
 
     Boxes follow ``box_policy`` (see the module docstring): with ``"clip"`` (default) or ``"drop"`` an annotation whose
-    box is dropped is left out (its id, category, area and iscrowd with it), and one warning line per json counts the
-    clipped and dropped boxes. An image's size is its upright size: a file with EXIF orientation 5-8 (a quarter turn) is
-    compared with the json's ``width``/``height`` transposed, as annotation tools and ``datasets.Image`` see it.
+    box is dropped is left out (its id, category, area, iscrowd and mask with it), and one warning line per json counts
+    the clipped and dropped boxes. An image's size is its upright size: a file with EXIF orientation 5-8 (a quarter
+    turn) is compared with the json's ``width``/``height`` transposed, as annotation tools and ``datasets.Image`` see
+    it.
 
     Raises ``ValueError`` naming the json file, annotation id, image id and file for: an annotation whose
     ``category_id`` is not in ``categories`` or whose ``image_id`` is not in ``images``; a bbox that is not 4 numbers;
     with ``box_policy="error"``, a bbox that is NaN, has a zero or negative width or height, or reaches more than
     ``box_tolerance`` pixels outside its image; an image file that is missing, is not a readable image, or whose size
-    differs from the json's ``width``/``height``. The image files are checked while loading, or as they are read when
-    ``streaming=True``; annotations always while loading.
+    differs from the json's ``width``/``height``; with ``masks=True``, a mask whose size differs from its image, a
+    polygon reaching more than a pixel outside it, an RLE that does not decode, a panoptic PNG of another size or with
+    segment ids ``segments_info`` does not list, a missing folder of PNGs. The image files and masks are checked while
+    loading, or as they are read when ``streaming=True``; annotations always while loading.
     """
     _check_policy(box_policy)
-    root = Path(root)
-    files = sorted((root / "annotations").glob("instances_*.json"))
+    if annotations not in (None, *_COCO_KINDS):
+        raise ValueError(f"annotations={annotations!r}: choose 'instances', 'panoptic' or None (whichever is there).")
+    result: dict[str, AnyDataset] = {}
+    for split in _coco_splits(Path(root), splits, box_policy, box_tolerance, cached=streaming, masks=masks,
+                              kind=annotations):  # fmt: skip
+        if not streaming:
+            result[split.name] = folder_dataset(split)
+            continue
+        # gen_kwargs hold index ranges, not the parsed json: `datasets` hashes them, which would take minutes
+        ranges = [(i, i + _STREAM_SHARD_SIZE) for i in range(0, len(split.examples), _STREAM_SHARD_SIZE)]
+        dataset = datasets.IterableDataset.from_generator(
+            _streamed_coco_rows,
+            features=coco_detection_features(split.label_names, masks=masks),
+            gen_kwargs={"ranges": ranges, "file": str(split.file), "mtime_ns": split.mtime_ns,
+                        "tolerance": box_tolerance, "policy": box_policy, "image_dirs": split.image_dirs,
+                        "masks": masks, "png_folder": split.png_folder},
+        )  # fmt: skip
+        dataset.info.description = split.description
+        result[split.name] = dataset
+    container = datasets.IterableDatasetDict if streaming else datasets.DatasetDict
+    return container(result)
+
+
+def _coco_splits(
+    root: Path, splits: Sequence[str] | None, policy: BoxPolicy, tolerance: float, cached: bool, masks: bool = False,
+    kind: str | None = None,
+) -> list[FolderSplit]:  # fmt: skip
+    """The parsed splits of a COCO folder (see :func:`load_coco_folder`), from its ``kind`` of json (default: the first
+    of :data:`_COCO_KINDS` it has); image files are not opened."""
+    found = {k: sorted((root / "annotations").glob(f"{k}_*.json")) for k in _COCO_KINDS}
+    kind = kind or next((k for k in _COCO_KINDS if found[k]), _COCO_KINDS[0])
+    files = found[kind]
     if not files:
-        raise ValueError(f"{root} is not a COCO folder: no annotations/instances_<split>.json file found.")
+        raise ValueError(f"{root} is not a COCO folder: no annotations/{kind}_<split>.json file found.")
+    prefix = f"{kind}_"
     by_split: dict[str, Path] = {}
     for file in files:
-        name = _split_name(file.stem[len("instances_") :])
+        name = _split_name(file.stem[len(prefix) :])
         if name in by_split:
             raise ValueError(
                 f"{by_split[name].name} and {file.name} both give split '{name}' in {root / 'annotations'}; "
@@ -370,42 +622,41 @@ def load_coco_folder(
         by_split[name] = file
     by_split = _select_splits(by_split, splits, str(root))
 
-    result: dict[str, AnyDataset] = {}
+    result = []
     reference: tuple[list[str], list[int], str] | None = None
     for name, file in by_split.items():
         mtime_ns = file.stat().st_mtime_ns
-        read = _cached_coco_json if streaming else _read_coco_json
-        label_names, category_ids, examples = read(str(file), mtime_ns, box_tolerance, box_policy)
+        read = _cached_coco_json if cached else _read_coco_json
+        label_names, category_ids, isthing, examples, changes = read(str(file), mtime_ns, tolerance, policy, masks)
         if reference is not None and (label_names, category_ids) != reference[:2]:
             raise ValueError(
                 f"{file.name} lists categories {list(zip(category_ids, label_names))} but {reference[2]} lists "
                 f"{list(zip(reference[1], reference[0]))}; every split must share one category list."
             )
         reference = (label_names, category_ids, file.name)
-        raw_split = file.stem[len("instances_") :]
+        raw_split = file.stem[len(prefix) :]
         image_dirs = tuple(dict.fromkeys(_image_dirs(root, raw_split)))
-        features = coco_detection_features(label_names)
-        description = json.dumps({_DESCRIPTION_KEY: category_ids, "annotation_file": str(file)})
-        if streaming:
-            # gen_kwargs hold index ranges, not the parsed json: `datasets` hashes them, which would take minutes
-            ranges = [(i, i + _STREAM_SHARD_SIZE) for i in range(0, len(examples), _STREAM_SHARD_SIZE)]
-            dataset = datasets.IterableDataset.from_generator(
-                _streamed_coco_rows,
-                features=features,
-                gen_kwargs={"ranges": ranges, "file": str(file), "mtime_ns": mtime_ns, "tolerance": box_tolerance,
-                            "policy": box_policy, "image_dirs": image_dirs},
-            )  # fmt: skip
-            dataset.info.description = description
-        else:
-            columns: dict[str, list] = {column: [] for column in features}
-            for row in _coco_rows(examples, image_dirs, file.name):
-                for column, value in row.items():
-                    columns[column].append(value)
-            info = datasets.DatasetInfo(description=description, features=features)
-            dataset = datasets.Dataset.from_dict(columns, features=features, info=info, split=name)
-        result[name] = dataset
-    container = datasets.IterableDatasetDict if streaming else datasets.DatasetDict
-    return container(result)
+        stored: dict[str, Any] = {_DESCRIPTION_KEY: category_ids, "annotation_file": str(file)}
+        if isthing is not None:
+            stored[_ISTHING_KEY] = isthing
+        png_folder = _png_folder(root, raw_split, file) if masks and kind == "panoptic" else None
+        result.append(FolderSplit(name, file.name, label_names, examples, image_dirs, changes,
+                                  description=json.dumps(stored), file=file, mtime_ns=mtime_ns, masks=masks,
+                                  png_folder=png_folder))  # fmt: skip
+    return result
+
+
+def _png_folder(root: Path, raw_split: str, file: Path) -> Path:
+    """The folder of a panoptic split's PNGs: ``annotations/panoptic_<split>/`` (where COCO puts it) or
+    ``panoptic_<split>/``."""
+    candidates = [root / "annotations" / f"panoptic_{raw_split}", root / f"panoptic_{raw_split}"]
+    folder = next((c for c in candidates if c.is_dir()), None)
+    if folder is None:
+        raise ValueError(
+            f"{file.name}: no folder of panoptic PNGs, which masks=True reads; looked for "
+            f"{[str(c) for c in candidates]}."
+        )
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -428,11 +679,13 @@ def _image_dirs(root: Path, raw_split: str) -> list[Path]:
 
 
 def _read_coco_json(
-    path: str, mtime_ns: int, tolerance: float, policy: BoxPolicy = "clip"
-) -> tuple[list[str], list[int], list[dict[str, Any]]]:
-    """Parse and check one instances json, its boxes under ``policy``. Returns the label names, their COCO ids and one
-    example dict per image (``objects`` filled, ``file_name`` in place of ``image``). ``mtime_ns`` only keys
-    :func:`_cached_coco_json`."""
+    path: str, mtime_ns: int, tolerance: float, policy: BoxPolicy = "clip", masks: bool = False
+) -> tuple[list[str], list[int], list[bool] | None, list[dict[str, Any]], tuple[BoxChange, ...]]:
+    """Parse and check one instances or panoptic (``panoptic_*.json``) json, its boxes under ``policy``. Returns the
+    label names, their COCO ids, their ``isthing`` (``None`` if no category has one), one example dict per image
+    (``objects`` filled, ``file_name`` in place of ``image``; with ``masks``, ``_masks``: the source of each kept
+    object's mask, and of a panoptic image ``_panoptic``: its annotation, both read by :func:`_coco_rows`) and what the
+    policy changed. ``mtime_ns`` only keys :func:`_cached_coco_json`."""
     file = Path(path)
     try:
         coco = json.loads(file.read_text())
@@ -442,18 +695,21 @@ def _read_coco_json(
         if not isinstance(coco.get(key), list):
             raise ValueError(f"{file.name}: the top-level `{key}` list is missing; a COCO instances file needs it.")
 
-    categories: dict[int, str] = {}
+    categories: dict[int, dict[str, Any]] = {}
     for i, category in enumerate(coco["categories"]):
         if not isinstance(category.get("id"), int) or not isinstance(category.get("name"), str):
             raise ValueError(f"{file.name}: categories[{i}] = {category!r} needs an integer `id` and a string `name`.")
         if category["id"] in categories:
             raise ValueError(f"{file.name}: category id {category['id']} appears twice in `categories`.")
-        categories[category["id"]] = category["name"]
+        categories[category["id"]] = category
     category_ids = sorted(categories)
-    label_names = [categories[c] for c in category_ids]
+    label_names = [categories[c]["name"] for c in category_ids]
     if len(set(label_names)) != len(label_names):
         raise ValueError(f"{file.name}: category names {label_names} repeat; ClassLabel names must be unique.")
     label_of = {c: label for label, c in enumerate(category_ids)}
+    isthing = None
+    if any("isthing" in category for category in categories.values()):
+        isthing = [bool(categories[c].get("isthing", True)) for c in category_ids]
 
     examples: dict[int, dict[str, Any]] = {}
     for i, image in enumerate(coco["images"]):
@@ -469,46 +725,71 @@ def _read_coco_json(
             "height": image["height"],
             "objects": {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []},
         }
+        if masks:
+            examples[image["id"]]["_masks"] = []
 
-    def where(annotation_id: Any, image: dict[str, Any]) -> str:
-        return f"{file.name}: annotation id {annotation_id} (image_id {image['image_id']}, '{image['file_name']}')"
+    def named(what: str, image: dict[str, Any]) -> str:
+        return f"{file.name}: {what} (image_id {image['image_id']}, '{image['file_name']}')"
 
-    found = []  # (annotation id, annotation, image)
-    for position, annotation in enumerate(coco.get("annotations", []), start=1):
-        annotation_id = annotation.get("id", position)
-        image = examples.get(annotation.get("image_id"))
-        if image is None:
+    def image_of(what: str, image_id: Any) -> dict[str, Any]:
+        if image_id not in examples:
+            raise ValueError(f"{file.name}: {what} refers to image_id {image_id!r}, which is not in `images`.")
+        return examples[image_id]
+
+    # (object id, its annotation or segment, its image, its name in messages, the source of its mask)
+    found: list[tuple[Any, Mapping[str, Any], dict[str, Any], str, Any]] = []
+    if file.name.startswith("panoptic_"):  # one annotation per image, one object per segment
+        for position, annotation in enumerate(coco.get("annotations", [])):
+            image = image_of(f"annotations[{position}]", annotation.get("image_id"))
+            segments = annotation.get("segments_info")
+            if not isinstance(segments, list):
+                raise ValueError(f"{named(f'annotations[{position}]', image)}: `segments_info` must be a list of "
+                                 f"segments, got {segments!r:.80}.")  # fmt: skip
+            if "_panoptic" in image:
+                raise ValueError(f"{named(f'annotations[{position}]', image)}: a second annotation of the image; a "
+                                 "panoptic json has one per image.")  # fmt: skip
+            if masks:
+                image["_panoptic"] = annotation
+            for j, segment in enumerate(segments):
+                name = named(f"annotations[{position}] segments_info[{j}]", image)
+                if not isinstance(segment, dict) or not isinstance(segment.get("id"), int):
+                    raise ValueError(f"{name}: a segment needs an integer `id`, got {segment!r:.80}.")
+                found.append((segment["id"], segment, image, f"{name} (segment id {segment['id']})", j))
+    else:
+        for position, annotation in enumerate(coco.get("annotations", []), start=1):
+            annotation_id = annotation.get("id", position)
+            image = image_of(f"annotation id {annotation_id}", annotation.get("image_id"))
+            found.append((annotation_id, annotation, image, named(f"annotation id {annotation_id}", image),
+                          annotation.get("segmentation")))  # fmt: skip
+    for _, record, _, name, _ in found:
+        if record.get("category_id") not in label_of:
             raise ValueError(
-                f"{file.name}: annotation id {annotation_id} refers to image_id {annotation.get('image_id')!r}, "
-                "which is not in `images`."
+                f"{name}: category_id {record.get('category_id')!r} is not in `categories` (ids {category_ids}); add "
+                "the category or fix the annotation."
             )
-        if annotation.get("category_id") not in label_of:
-            raise ValueError(
-                f"{where(annotation_id, image)}: category_id {annotation.get('category_id')!r} is not in `categories` "
-                f"(ids {category_ids}); add the category or fix the annotation."
-            )
-        found.append((annotation_id, annotation, image))
     # all boxes in one call: one call per annotation would be slow on COCO's ~900k
     kept = apply_box_policy(
-        [annotation.get("bbox") for _, annotation, _ in found],
-        lambda k: f"{where(found[k][0], found[k][2])}: bbox",
-        within=[(image["width"], image["height"]) for _, _, image in found],
+        [record.get("bbox") for _, record, _, _, _ in found],
+        lambda k: f"{found[k][3]}: bbox",
+        within=[(image["width"], image["height"]) for _, _, image, _, _ in found],
         policy=policy,
         tolerance=tolerance,
-        areas=[annotation.get("area") for _, annotation, _ in found],
+        areas=[record.get("area") for _, record, _, _, _ in found],
     )
 
     num_crowd = 0
     for k, bbox, area in zip(kept.index.tolist(), kept.boxes.tolist(), kept.areas.tolist()):
-        annotation_id, annotation, image = found[k]
-        iscrowd = int(annotation.get("iscrowd", 0))
+        object_id, record, image, _, mask_source = found[k]
+        iscrowd = int(record.get("iscrowd", 0))
         num_crowd += iscrowd
         objects = image["objects"]
-        objects["id"].append(annotation_id)
+        objects["id"].append(object_id)
         objects["area"].append(area)
         objects["bbox"].append(bbox)
-        objects["category"].append(label_of[annotation["category_id"]])
+        objects["category"].append(label_of[record["category_id"]])
         objects["iscrowd"].append(iscrowd)
+        if masks:
+            image["_masks"].append(mask_source)
 
     empty = sum(not e["objects"]["id"] for e in examples.values())
     logger.info(
@@ -518,7 +799,7 @@ def _read_coco_json(
     )  # fmt: skip
     if kept.counts:
         logger.warning("%s: %d images, %s by box_policy=%r", file.name, len(examples), kept.counts.summary(), policy)
-    return label_names, category_ids, list(examples.values())
+    return label_names, category_ids, isthing, list(examples.values()), kept.changes
 
 
 # A streamed split re-reads its json through this cache: once per process (DataLoader workers included).
@@ -527,46 +808,80 @@ _cached_coco_json = functools.lru_cache(maxsize=4)(_read_coco_json)
 
 def _streamed_coco_rows(
     ranges: list[tuple[int, int]], file: str, mtime_ns: int, tolerance: float, policy: BoxPolicy,
-    image_dirs: tuple[Path, ...],
+    image_dirs: tuple[Path, ...], masks: bool = False, png_folder: Path | None = None,
 ) -> Iterator[dict]:  # fmt: skip
     """Generator of a streamed COCO split: the rows of the images in ``ranges`` (index ranges into the json)."""
     if Path(file).stat().st_mtime_ns != mtime_ns:
         raise ValueError(f"{file} changed after the data set was loaded; load it again.")
-    examples = _cached_coco_json(file, mtime_ns, tolerance, policy)[2]
+    examples = _cached_coco_json(file, mtime_ns, tolerance, policy, masks)[3]
     for start, stop in ranges:
-        yield from _coco_rows(examples[start:stop], image_dirs, Path(file).name)
+        yield from _coco_rows(examples[start:stop], image_dirs, Path(file).name, png_folder)
 
 
-def _coco_rows(examples: list[dict[str, Any]], image_dirs: tuple[Path, ...], json_name: str) -> Iterator[dict]:
-    """Yield schema rows for parsed images, checking each image file on the way."""
+def _coco_rows(
+    examples: list[dict[str, Any]], image_dirs: tuple[Path, ...], json_name: str, png_folder: Path | None = None
+) -> Iterator[dict]:
+    """Yield schema rows for parsed images, checking each image file (and each mask the examples carry) on the way."""
     for example in examples:
-        row = {"image": str(_checked_image_path(example, image_dirs, json_name))}
-        row.update((key, value) for key, value in example.items() if key != "file_name")
+        row = {"image": str(_checked_image(example, image_dirs, json_name)[0])}
+        row.update((key, value) for key, value in example.items() if key != "file_name" and not key.startswith("_"))
+        if "_masks" in example:
+            row["objects"] = {**example["objects"], "segmentation": _example_masks(example, json_name, png_folder)}
         yield row
 
 
-def _checked_image_path(example: dict[str, Any], image_dirs: Sequence[Path], json_name: str) -> Path:
+def _example_masks(example: dict[str, Any], json_name: str, png_folder: Path | None) -> list[dict[str, Any]]:
+    """The stored masks of a parsed example's kept objects: segments of its panoptic PNG, or its annotations'
+    ``segmentation``, each checked against the image."""
+    size = (example["height"], example["width"])
+    if "_panoptic" in example:  # every panoptic image is decoded, also one whose segments were all dropped
+        where = f"{json_name}: image '{example['file_name']}'"
+        return panoptic_rles(example["_panoptic"], where, size, png_folder, example["_masks"])
+    return [
+        segmentation_rle(source, f"{json_name}: annotation id {object_id} (image_id {example['image_id']}, "
+                                 f"'{example['file_name']}'): segmentation", size)
+        for object_id, source in zip(example["objects"]["id"], example["_masks"])
+    ]  # fmt: skip
+
+
+def _checked_image(
+    example: dict[str, Any], image_dirs: Sequence[Path], source: str, declared_by: str = "the json"
+) -> tuple[Path, int, int]:
+    """The path of an example's image file and its upright (width, height), which must be the example's unless that is
+    ``None``; a ``ValueError`` naming ``source``, the image id and the file otherwise."""
     file_name = example["file_name"]
-    where = f"{json_name}: image_id {example['image_id']} ('{file_name}')"
+    where = f"{source}: image_id {example['image_id']} ('{file_name}')"
     path = next((d / file_name for d in image_dirs if (d / file_name).is_file()), None)
     if path is None:
         raise ValueError(f"{where}: image file not found; looked in {[str(d) for d in image_dirs]}.")
+    width, height = checked_image_size(path, where, example["width"], example["height"], declared_by)
+    return path, width, height
+
+
+def checked_image_size(
+    file: str | os.PathLike | typing.BinaryIO, where: str, width: int | None = None, height: int | None = None,
+    declared_by: str = "the json",
+) -> tuple[int, int]:  # fmt: skip
+    """The upright (width, height) of an image file (what ``datasets.Image`` decodes: EXIF quarter turns applied), read
+    from its header; a ``ValueError`` starting with ``where`` if it is not a readable image or its size is not the
+    given ``width`` x ``height`` (``None``: not checked)."""
+    shown = file if isinstance(file, (str, os.PathLike)) else "the image"
     try:
-        with PIL.Image.open(path) as image:
+        with PIL.Image.open(file) as image:
             size = image.size
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except (OSError, PIL.UnidentifiedImageError) as error:
-        raise ValueError(f"{where}: {path} is not a readable image ({error}).") from error
+        raise ValueError(f"{where}: {shown} is not a readable image ({error}).") from error
     upright = ""
     if orientation in _QUARTER_TURNS:  # stored on its side: the upright image (what datasets.Image decodes) is turned
         size = size[::-1]
         upright = f" upright (EXIF orientation {orientation}; stored as {size[1]}x{size[0]})"
-    if size != (example["width"], example["height"]):
+    if width is not None and size != (width, height):
         raise ValueError(
-            f"{where}: {path} is {size[0]}x{size[1]} pixels{upright} but the json says width={example['width']}, "
-            f"height={example['height']}; boxes would be in the wrong frame."
+            f"{where}: {shown} is {size[0]}x{size[1]} pixels{upright} but {declared_by} says width={width}, "
+            f"height={height}; boxes would be in the wrong frame."
         )
-    return path
+    return size
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -604,10 +919,14 @@ def _select_splits(loaded: Mapping[str, Any], splits: Sequence[str] | None, sour
     return {name: loaded[name] for name in splits}
 
 
-def _conform(dataset: AnyDataset, split: str, tolerance: float, policy: BoxPolicy = "clip") -> AnyDataset:
+def _conform(
+    dataset: AnyDataset, split: str, tolerance: float, policy: BoxPolicy = "clip",
+    changes: list[BoxChange] | None = None, masks: bool = False,
+) -> AnyDataset:  # fmt: skip
     """Bring a split's features to :func:`coco_detection_features` (see :func:`load_detection_dataset`) and apply the
     box policy: at once for a ``Dataset`` (rewritten only if a box is clipped or dropped), lazily for an
-    ``IterableDataset``."""
+    ``IterableDataset``. ``changes``: a list to append every clipped or dropped box to. ``masks``: keep
+    ``objects.segmentation``, each mask converted to the stored RLE and checked against its image in one more pass."""
     where = f"split '{split}'"
     features = dataset.features
     if features is None:
@@ -624,9 +943,14 @@ def _conform(dataset: AnyDataset, split: str, tolerance: float, policy: BoxPolic
             f"{where}: `objects` needs the fields {missing} (Hub COCO schema), got {features.get('objects')!r}."
         )
     label_names = _category_feature(features, where).names
-    target = coco_detection_features(label_names)
+    target = coco_detection_features(label_names, masks=masks)
+    if masks and "segmentation" not in fields:
+        raise ValueError(
+            f"{where}: `objects` has no `segmentation` field, which masks=True reads (COCO polygons or an RLE per "
+            "object); load with masks=False for the boxes only."
+        )
 
-    if features != target:
+    if features != target or masks:  # with masks, the conforming pass also checks every mask
         extra = [column for column in features if column not in target]
         if extra:
             logger.warning("%s: dropping columns %s, not in the COCO detection schema.", where, extra)
@@ -639,13 +963,19 @@ def _conform(dataset: AnyDataset, split: str, tolerance: float, policy: BoxPolic
             dataset = dataset.map(lambda image: {"width": image.width, "height": image.height}, input_columns=["image"])
         extra_fields = sorted(set(fields) - set(target["objects"]) - {"bbox_id"})
         if extra_fields:
-            logger.warning("%s: dropping object fields %s, not in the COCO detection schema.", where, extra_fields)
+            keep = " (masks=True keeps `segmentation`)" if "segmentation" in extra_fields else ""
+            logger.warning("%s: dropping object fields %s, not in the COCO detection schema%s.", where, extra_fields,
+                           keep)  # fmt: skip
         if "id" not in fields and "bbox_id" not in fields:
             logger.warning("%s: no `objects.id`; every object gets id -1.", where)
-        dataset = dataset.map(_conform_objects, input_columns=["objects"], features=target)
+        if masks:
+            dataset = dataset.map(_ConformMasks(where), input_columns=["image_id", "width", "height", "objects"],
+                                  with_indices=True, features=target)  # fmt: skip
+        else:
+            dataset = dataset.map(_conform_objects, input_columns=["objects"], features=target)
 
     streamed = isinstance(dataset, datasets.IterableDataset)
-    check = _ExampleChecker(where, len(label_names), tolerance, policy, streamed=streamed)
+    check = _ExampleChecker(where, len(label_names), tolerance, policy, streamed=streamed, changes=changes)
     columns = ["image_id", "width", "height", "objects"]
     if streamed:
         # the validating pass must keep the features, which IterableDataset.map otherwise forgets
@@ -668,8 +998,7 @@ def _conform(dataset: AnyDataset, split: str, tolerance: float, policy: BoxPolic
 def _conform_objects(objects: Any) -> dict[str, Any]:
     """Fill the lossless defaults of one example's ``objects`` (see :func:`load_detection_dataset`). Values get their
     schema's Python type here because ``IterableDataset.map(features=...)`` labels the features without casting."""
-    if isinstance(objects, list):  # list of structs -> struct of lists
-        objects = {key: [o[key] for o in objects] for key in (objects[0] if objects else ())}
+    objects = _struct_of_lists(objects)
     boxes = [[float(v) for v in box] for box in objects.get("bbox", [])]
     return {
         "objects": {
@@ -682,16 +1011,43 @@ def _conform_objects(objects: Any) -> dict[str, Any]:
     }
 
 
+def _struct_of_lists(objects: Any) -> dict[str, list]:
+    """One example's ``objects`` as a dict of per-object lists (also when stored as a list of structs)."""
+    if isinstance(objects, list):
+        return {key: [o[key] for o in objects] for key in (objects[0] if objects else ())}
+    return objects
+
+
+class _ConformMasks:
+    """``map`` function of :func:`_conform` with masks: :func:`_conform_objects` plus each object's ``segmentation``
+    (polygons or RLE) as the stored RLE, checked against its image. A class, picklable for DataLoader workers."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __call__(self, image_id: int, width: int, height: int, objects: Any, index: int) -> dict:
+        objects = _struct_of_lists(objects)
+        conformed = _conform_objects(objects)["objects"]
+        where = f"{self.where} example {index} (image_id {image_id})"
+        sources = objects.get("segmentation", [])
+        if len(sources) != len(conformed["bbox"]):
+            raise ValueError(f"{where}: {len(sources)} `objects.segmentation` for {len(conformed['bbox'])} boxes; "
+                             "every object needs its mask.")  # fmt: skip
+        conformed["segmentation"] = [segmentation_rle(source, f"{where} object {j}: segmentation", (height, width))
+                                     for j, source in enumerate(sources)]  # fmt: skip
+        return {"objects": conformed}
+
+
 class _ExampleChecker:
     """Apply the box policy to one example's objects (``{}`` if nothing changes, else ``{"objects": kept}``) and raise
     on a category outside ``0..num_labels-1``. Counts what it clipped and dropped in ``counts``; ``streamed``: logs the
-    running counts each time they reach 1, 2, 4, ... changed boxes. A class (not a closure) so that
-    ``IterableDataset.map`` can pickle it for DataLoader workers."""
+    running counts each time they reach 1, 2, 4, ... changed boxes; ``changes``: a list it appends every clipped or
+    dropped box to. A class (not a closure) so that ``IterableDataset.map`` can pickle it for DataLoader workers."""
 
     def __init__(self, where: str, num_labels: int, tolerance: float, policy: BoxPolicy = "clip",
-                 streamed: bool = False) -> None:  # fmt: skip
+                 streamed: bool = False, changes: list[BoxChange] | None = None) -> None:  # fmt: skip
         self.where, self.num_labels, self.tolerance, self.policy = where, num_labels, tolerance, policy
-        self.streamed = streamed
+        self.streamed, self.changes = streamed, changes
         self.counts = BoxCounts()
         self.examples = 0
         self._next_report = 1
@@ -707,6 +1063,8 @@ class _ExampleChecker:
         if not kept.counts:
             return {}
         self.counts += kept.counts
+        if self.changes is not None:
+            self.changes.extend(kept.changes)
         if self.streamed and self.counts.changed >= self._next_report:
             while self._next_report <= self.counts.changed:
                 self._next_report *= 2

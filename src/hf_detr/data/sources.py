@@ -23,14 +23,18 @@ def load_data(
     synthetic_image_size: int = 128,
     seed: int = 0,
     box_policy: BoxPolicy = "clip",
+    masks: bool = False,
 ) -> datasets.DatasetDict:
     """`splits` (default: all) of `source`: `"synthetic"` for the generated shapes (`synthetic_sizes[split]` images
     per split, default 1000 / 200 / 200, of `synthetic_image_size` pixels, seeded by `seed`), or a Hub id,
-    `save_to_disk` folder or COCO folder for :func:`.loading.load_detection_dataset`, whose boxes follow `box_policy`
+    `save_to_disk` folder, COCO folder, YOLO `data.yaml` (or its folder) or Pascal VOC folder for
+    :func:`.loading.load_detection_dataset`, whose boxes follow `box_policy`
     (`"clip"`: boxes reaching outside their image clipped to it, boxes without area dropped, counted in one warning
-    per split; `"drop"`; `"error"`; the generated shapes lie inside their images)."""
+    per split; `"drop"`; `"error"`; the generated shapes lie inside their images). `masks=True` adds each object's
+    mask as `objects.segmentation`, a compressed RLE (see :mod:`.masks`): the shapes' visible pixels, or what the
+    source holds (an error for a source without masks)."""
     if source != SYNTHETIC:
-        return load_detection_dataset(source, splits=splits, box_policy=box_policy)
+        return load_detection_dataset(source, splits=splits, box_policy=box_policy, masks=masks)
     wanted = list(splits or SPLITS)
     unknown = [name for name in wanted if name not in SPLITS]
     if unknown:
@@ -38,6 +42,6 @@ def load_data(
     sizes = {"train": 1000, "validation": 200, "test": 200, **(synthetic_sizes or {})}
     counts = {name: sizes[name] if name in wanted else 0 for name in SPLITS}
     generated = make_synthetic_dataset(
-        counts["train"], counts["validation"], counts["test"], image_size=synthetic_image_size, seed=seed
+        counts["train"], counts["validation"], counts["test"], image_size=synthetic_image_size, seed=seed, masks=masks
     )
     return datasets.DatasetDict({name: generated[name] for name in wanted})

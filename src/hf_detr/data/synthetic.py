@@ -36,6 +36,7 @@ import PIL.Image
 import PIL.ImageDraw
 
 from .loading import coco_detection_features
+from .masks import encode_rles
 
 SHAPES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "cross", "ring")
 ID2LABEL: dict[int, str] = dict(enumerate(SHAPES))
@@ -170,6 +171,7 @@ def make_synthetic_dataset(
     classes: Sequence[str] = SHAPES,
     scale_range: tuple[float, float] = (0.12, 0.4),
     seed: int = 0,
+    masks: bool = False,
 ) -> datasets.DatasetDict:
     """Generate the ``train`` / ``validation`` / ``test`` splits in :func:`hf_detr.data.coco_detection_features`.
 
@@ -181,6 +183,8 @@ def make_synthetic_dataset(
         classes: names from :data:`SHAPES`; the ClassLabel names, in this order (default: all, ``ID2LABEL``).
         scale_range: object size range as a fraction of the shorter image side.
         seed: base seed; image ``i`` of split ``s`` uses ``default_rng([seed, SPLITS.index(s), i])``.
+        masks: also give each object's visible pixels (:attr:`SyntheticImage.masks`) as its ``segmentation``, a
+            compressed RLE (see :mod:`hf_detr.data.masks`); the images and boxes are the same either way.
 
     Returns:
         A ``DatasetDict``; ``image_id`` counts from 0 and object ``id`` from 1 within each split.
@@ -195,7 +199,7 @@ def make_synthetic_dataset(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
     render_kwargs = dict(image_size=image_size, classes=classes, min_objects=min_objects, max_objects=max_objects,
                          empty_fraction=empty_fraction, scale_range=tuple(scale_range))  # fmt: skip
-    features = coco_detection_features(classes)
+    features = coco_detection_features(classes, masks=masks)
     splits = {}
     for split, count in counts.items():
         columns: dict[str, list] = {name: [] for name in features}
@@ -214,6 +218,7 @@ def make_synthetic_dataset(
                     "bbox": drawn.boxes.tolist(),
                     "category": drawn.labels.tolist(),
                     "iscrowd": [0] * n,
+                    **({"segmentation": encode_rles(drawn.masks)} if masks else {}),
                 }
             )
             next_id += n

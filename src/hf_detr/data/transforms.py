@@ -1,9 +1,11 @@
 """Box-aware augmentation for DETR fine-tuning on examples in the Hub's COCO detection schema.
 
 An example is a dict ``{"image": PIL.Image, "image_id": int, "width": int, "height": int, "objects": {"bbox": [[x, y,
-w, h], ...] (pixels), "category": [...], "area": [...], "iscrowd": [...], "id": [...]}}``. The transforms are plain
-``torchvision.transforms.v2`` pipelines; :func:`transform_example` / :func:`transform_batch` run one on such examples
-and return the same schema, so they plug into ``datasets.Dataset.with_transform``::
+w, h], ...] (pixels), "category": [...], "area": [...], "iscrowd": [...], "id": [...]}}``, with masks also
+``"segmentation": [{"size": [h, w], "counts": str}, ...]`` (compressed RLEs, see :mod:`.masks`). The transforms are
+plain ``torchvision.transforms.v2`` pipelines; :func:`transform_example` / :func:`transform_batch` run one on such
+examples and return the same schema (masks moved with the image and boxes as ``tv_tensors.Mask``), so they plug into
+``datasets.Dataset.with_transform``::
 
     train_ds = train_ds.with_transform(functools.partial(transform_batch, transform=make_train_transform()))
     streamed = streamed.map(functools.partial(transform_example, transform=make_train_transform()))  # IterableDataset
@@ -23,6 +25,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..modeling.boxes import check_boxes
+from .masks import decode_rles, encode_rles
 
 # DETR's recipe (facebookresearch/detr, datasets/coco.py).
 DETR_TRAIN_SCALES: tuple[int, ...] = tuple(range(480, 801, 32))
@@ -180,7 +183,10 @@ def transform_example(example: dict[str, Any], transform: Callable[[Any], Any]) 
 
     The transform receives ``{"image": PIL image, "boxes": BoundingBoxes (N, 4) XYWH, "labels": LongTensor (N,)}``
     where ``labels`` holds the object indices 0..N-1: a ``SanitizeBoundingBoxes`` in the pipeline drops them along
-    with the boxes and every per-object field (``category``, ``area``, ``iscrowd``, ``id``, ...) follows.
+    with the boxes and every per-object field (``category``, ``area``, ``iscrowd``, ``id``, ...) follows. An example
+    with ``objects.segmentation`` also gives ``"masks"``: its RLEs decoded to a uint8 ``Mask`` (N, H, W), which the v2
+    transforms flip, resize (nearest) and crop with the image and ``SanitizeBoundingBoxes`` drops with its box; the
+    result is encoded again as RLEs of the new image size.
 
     ``area`` (COCO's mask area, which decides small/medium/large) keeps its ratio to the box area, so a resize scales
     it exactly and a crop shrinks it with the box. ``width``/``height`` are updated when present.
@@ -200,12 +206,23 @@ def transform_example(example: dict[str, Any], transform: Callable[[Any], Any]) 
         "boxes": tv_tensors.BoundingBoxes(boxes, format="XYWH", canvas_size=(height, width)),
         "labels": torch.arange(len(boxes)),
     }
+    rles = others.pop("segmentation", None)
+    if rles is not None:
+        masks = decode_rles(rles, f"{_where(example)}: `objects.segmentation`", (height, width))
+        sample["masks"] = tv_tensors.Mask(torch.from_numpy(masks).to(torch.uint8))
     out = transform(sample)
     kept = out["labels"].tolist()
     new_boxes = out["boxes"].as_subclass(torch.Tensor)
 
     objects = {key: [values[i] for i in kept] for key, values in others.items()}
     objects["bbox"] = new_boxes.tolist()
+    if rles is not None:
+        if len(out["masks"]) != len(kept):  # a transform that drops boxes but not tv_tensors.Mask entries
+            raise ValueError(
+                f"{_where(example)}: the transform kept {len(kept)} of {len(boxes)} boxes but {len(out['masks'])} "
+                "masks; drop boxes with v2.SanitizeBoundingBoxes, which drops their masks too."
+            )
+        objects["segmentation"] = encode_rles(out["masks"])
     if "area" in others:
         old_box_area = boxes[kept, 2] * boxes[kept, 3]
         new_box_area = new_boxes[:, 2] * new_boxes[:, 3]
@@ -235,7 +252,8 @@ def to_coco_annotations(example: dict[str, Any]) -> dict[str, Any]:
     """Convert a Hub-COCO example to the image processor's annotation format.
 
     Returns ``{"image_id": int, "annotations": [{"bbox": [x, y, w, h], "category_id": int, "area": float,
-    "iscrowd": int}, ...]}``. Missing ``area`` falls back to the box area and missing ``iscrowd`` to 0.
+    "iscrowd": int}, ...]}``, with the RLE of ``objects.segmentation`` as each annotation's ``"segmentation"`` when the
+    example has masks. Missing ``area`` falls back to the box area and missing ``iscrowd`` to 0.
     """
     if "image_id" not in example:
         raise ValueError("example has no `image_id`: the image processor needs one per image; add that column.")
@@ -250,6 +268,8 @@ def to_coco_annotations(example: dict[str, Any]) -> dict[str, Any]:
          "iscrowd": int(iscrowd[i])}
         for i in range(num)
     ]
+    for annotation, rle in zip(annotations, others.get("segmentation", ())):
+        annotation["segmentation"] = rle
     return {"image_id": example["image_id"], "annotations": annotations}
 
 
@@ -260,7 +280,8 @@ def training_transform(augment: str, image_size: int, max_size: int) -> v2.Trans
     `"detr"`: DETR's flip, multi-scale resize and random crop with every size scaled by `image_size / 800` (at
     (800, 1333) the paper's recipe: scales 480-800, crops 384-600; at (128, 213) scales 77-128, crops 61-96); it
     resizes itself, so batch it without the processor's resize. `"flip"`: the horizontal flip alone, `"none"`: no
-    transform (None); batch both through the processor's resize, the one inference uses.
+    transform (None); batch both through the processor's resize, the one inference uses. Masks
+    (``objects.segmentation``) follow the image and boxes through each (see :func:`transform_example`).
     """
     if augment == "flip":
         return v2.RandomHorizontalFlip(0.5)

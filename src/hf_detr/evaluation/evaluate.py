@@ -5,7 +5,9 @@ the same batches (`evaluation_dataset` + `evaluation_collator`, see `hf_detr.tra
 with the same `make_compute_metrics`, so every path gives the same numbers for the same model and split.
 
 Images are resized by the image processor, as at inference, and scored in their original pixel frame; crowd boxes
-are kept so that detections on them are ignored, as in COCO. The data set's categories are matched to the model's
+are kept so that detections on them are ignored, as in COCO. A segmentation model (one whose outputs hold
+`pred_masks`) is also scored on its masks, on a split loaded with masks (`objects.segmentation`): mask mAP (`segm_*`)
+and panoptic quality (`pq`, `sq`, `rq`, every class a "thing"), each image's masks taken from its own unpadded region. The data set's categories are matched to the model's
 classes by name, so a COCO model can be scored on a COCO folder whose category ids differ.
 """
 
@@ -22,7 +24,9 @@ from transformers import EvalPrediction
 
 from ..data.collate import DetectionCollator, DetectionDataset
 from ..data.loading import id2label as dataset_id2label
+from ..data.masks import encode_rles
 from .metrics import CocoEvaluation, make_compute_metrics
+from .segmentation_metrics import PanopticQualityMetric, SegmentCounts, coco_segmentation_evaluate
 
 __all__ = ["evaluate", "evaluation_collator", "evaluation_dataset", "evaluation_loader", "model_labels"]
 
@@ -39,9 +43,10 @@ def model_labels(dataset_names: Sequence[str], model_id2label: Mapping[int, str]
     return [model_label[name] for name in dataset_names]
 
 
-def evaluation_collator(image_processor: Any) -> DetectionCollator:
-    """Batches resized by the processor, as at inference, with crowd boxes kept (COCO ignores detections on them)."""
-    return DetectionCollator(image_processor, do_resize=True, keep_crowd=True)
+def evaluation_collator(image_processor: Any, mask_references: bool = False) -> DetectionCollator:
+    """Batches resized by the processor, as at inference, with crowd boxes kept (COCO ignores detections on them);
+    with `mask_references`, each image's ground-truth masks at its original size too (for a segmentation model)."""
+    return DetectionCollator(image_processor, do_resize=True, keep_crowd=True, mask_references=mask_references)
 
 
 def evaluation_dataset(split: datasets.Dataset, model_id2label: Mapping[int, str]) -> DetectionDataset:
@@ -55,15 +60,17 @@ def evaluation_loader(
     model_id2label: Mapping[int, str],
     batch_size: int = 8,
     num_workers: int = 0,
+    mask_references: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """The batches `evaluate` scores, in order; `accelerator.prepare` it to share it among processes."""
+    """The batches `evaluate` scores, in order; `accelerator.prepare` it to share it among processes. A
+    segmentation model's need `mask_references` (a split loaded with masks)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if len(split) == 0:
         raise ValueError("the evaluation split has no images")
     return torch.utils.data.DataLoader(
         evaluation_dataset(split, model_id2label), batch_size=batch_size, num_workers=num_workers,
-        collate_fn=evaluation_collator(image_processor),
+        collate_fn=evaluation_collator(image_processor, mask_references),
     )  # fmt: skip
 
 
@@ -84,17 +91,21 @@ def evaluate(
     the Hub's COCO schema, or a loader made by `evaluation_loader` (already `accelerator.prepare`d when several
     processes share it). With `return_evaluation=True` the result is the `CocoEvaluation` of the same single COCOeval
     run: these metrics (`.metrics`), the per-class table (`.per_class`: AP, AP50, AR@100 and the ground-truth objects
-    of each class) and COCOeval's precision array for precision-recall curves (`.precision`).
+    of each class), COCOeval's precision array for precision-recall curves (`.precision`) and the detections and
+    ground truth of each image of `data`, in its order, in the original pixel frame (`.predictions`, `.references`:
+    what `hf_detr.evaluation.diagnostics.diagnose` reads, so diagnostics need no second model pass).
 
     With an `accelerate.Accelerator`, every process predicts its share and `gather_for_metrics` collects one entry per
     image, dropping the duplicates accelerate pads the last uneven batch with, so each image is scored exactly once;
     the main process scores and every process returns the same dict. Without one, batches go to the model's device.
     """
-    config = (accelerator.unwrap_model(model) if accelerator is not None else model).config
+    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    config = unwrapped.config
     if isinstance(data, torch.utils.data.DataLoader):
         loader, split = data, data.dataset.dataset
     else:
-        loader, split = evaluation_loader(data, image_processor, config.id2label, batch_size), data
+        masks = hasattr(unwrapped, "mask_head")  # a segmentation model is scored on its masks too
+        loader, split = evaluation_loader(data, image_processor, config.id2label, batch_size, mask_references=masks), data
         if accelerator is not None:
             loader = accelerator.prepare(loader)
     names = list(dataset_id2label(split).values())
@@ -105,6 +116,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     images: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+    masks: list[tuple[dict[str, Any], dict[int, SegmentCounts]]] = []  # per image, for a segmentation model
+    scorer = None
     for batch in loader:
         pixel_values, pixel_mask = batch["pixel_values"], batch["pixel_mask"]
         if device is not None:
@@ -114,6 +127,14 @@ def evaluate(
         labels = [{key: value.cpu().numpy() for key, value in label.items()} for label in batch["labels"]]
         entries = list(zip(logits, boxes, labels))
         images += entries if accelerator is None else accelerator.gather_for_metrics(entries, use_gather_object=True)
+        if getattr(outputs, "pred_masks", None) is not None:
+            if "mask_references" not in batch:
+                raise ValueError("the model predicts masks but the batches carry no ground-truth masks: build the "
+                                 "loader with evaluation_loader(..., mask_references=True) on a split loaded with "
+                                 "masks=True")  # fmt: skip
+            scorer = scorer or _MaskScorer(image_processor, config.id2label, threshold)
+            scored = scorer.batch(outputs, pixel_mask, batch["mask_references"])
+            masks += scored if accelerator is None else accelerator.gather_for_metrics(scored, use_gather_object=True)
     model.train(was_training)
 
     metrics = None
@@ -123,4 +144,76 @@ def evaluate(
         logits, boxes, labels = zip(*images)
         prediction = EvalPrediction(predictions=[(np.stack(logits), np.stack(boxes))], label_ids=[list(labels)])
         metrics = compute_metrics(prediction)
+        if scorer is not None:
+            segm = scorer.compute(masks, per_class, id2label)
+            if isinstance(metrics, CocoEvaluation):
+                metrics.metrics.update(segm)
+            else:
+                metrics.update(segm)
     return metrics if accelerator is None else broadcast_object_list([metrics])[0]
+
+
+class _MaskScorer:
+    """The mask side of `evaluate`: per image the predicted masks (RLE, at the original size) and the panoptic
+    counts, from the image's own region of `pred_masks` (the padding of the batch cut off first, so a padded image
+    scores as it would alone), against the batch's `mask_references` (the collator's, in the model's labels)."""
+
+    def __init__(self, image_processor: Any, model_id2label: Mapping[int, str], threshold: float) -> None:
+        self.image_processor, self.threshold = image_processor, threshold
+        self.panoptic = PanopticQualityMetric(things={int(label) for label in model_id2label})
+
+    def batch(self, outputs: Any, pixel_mask: torch.Tensor, references: Sequence[Mapping[str, torch.Tensor]]
+              ) -> list[tuple[dict[str, Any], dict[int, SegmentCounts]]]:  # fmt: skip
+        scored = []
+        probabilities = outputs.logits.float().softmax(-1)[..., :-1]
+        for i, reference in enumerate(references):
+            height, width = reference["masks"].shape[-2:]
+            mask_logits = _own_region(outputs.pred_masks[i].float(), pixel_mask[i])
+            scores, classes = probabilities[i].max(-1)
+            keep = scores >= self.threshold
+            kept = torch.zeros(0, height, width, dtype=torch.bool)
+            if keep.any():
+                kept = torch.nn.functional.interpolate(mask_logits[keep][None], size=(height, width),
+                                                       mode="bilinear", align_corners=False)[0] > 0  # fmt: skip
+            # a pixel is in a query's mask where its probability exceeds 0.5 (logit > 0), as in the original
+            prediction = {"masks": encode_rles(kept.cpu()), "scores": scores[keep].cpu(), "labels": classes[keep].cpu()}
+            single = _Outputs(logits=outputs.logits[i : i + 1], pred_masks=mask_logits[None])
+            panoptic = self.image_processor.post_process_panoptic_segmentation(single, target_sizes=[(height, width)])
+            counts = self.panoptic.count_image(panoptic[0], _panoptic_reference(reference), f"batch image {i}")
+            scored.append(({"prediction": prediction, "reference": reference}, counts))
+        return scored
+
+    def compute(self, masks: list[tuple[dict[str, Any], dict[int, SegmentCounts]]], per_class: bool,
+                id2label: Mapping[int, str]) -> dict[str, float]:  # fmt: skip
+        pairs, counts = zip(*masks)
+        metrics = coco_segmentation_evaluate([p["prediction"] for p in pairs], [p["reference"] for p in pairs],
+                                             per_class=per_class, id2label=id2label)  # fmt: skip
+        self.panoptic.add_counts(counts)
+        return {**metrics, **self.panoptic.compute(per_class=per_class, id2label=id2label)}
+
+
+class _Outputs(dict):
+    """Model outputs for the image processor's post-processing, read as attributes."""
+
+    __getattr__ = dict.__getitem__
+
+
+def _own_region(mask_logits: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+    """`mask_logits` `[queries, h, w]` cut to the image's real (unpadded) pixels, scaled from `pixel_mask`'s size."""
+    rows, cols = pixel_mask.bool().any(1).sum(), pixel_mask.bool().any(0).sum()
+    height, width = mask_logits.shape[-2:]
+    keep_rows = int(torch.ceil(rows * height / pixel_mask.shape[0]))
+    keep_cols = int(torch.ceil(cols * width / pixel_mask.shape[1]))
+    return mask_logits[:, :keep_rows, :keep_cols]
+
+
+def _panoptic_reference(reference: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """A panoptic map of an image's ground-truth masks: object j is segment j + 1 (later objects over earlier ones
+    where masks overlap, which COCO panoptic data never does), crowd objects marked."""
+    masks = reference["masks"]
+    segmentation = torch.zeros(masks.shape[-2:], dtype=torch.int64)
+    for j, mask in enumerate(masks):
+        segmentation[mask] = j + 1
+    segments_info = [{"id": j + 1, "label_id": int(label), "iscrowd": int(crowd)}
+                     for j, (label, crowd) in enumerate(zip(reference["labels"], reference["iscrowd"]))]  # fmt: skip
+    return {"segmentation": segmentation, "segments_info": segments_info}

@@ -12,8 +12,8 @@ all, or none in that area range / category) is **-1.0**, COCO's own convention; 
 
 :class:`CocoEvaluation` (``coco_evaluate(..., return_evaluation=True)``, ``hf_detr.evaluation.evaluate(...,
 return_evaluation=True)``) carries, from the same single COCOeval run, the metrics, a per-class table (AP, AP50,
-AR@100 and the number of ground-truth objects of each class) and COCOeval's precision array for precision-recall
-curves.
+AR@100 and the number of ground-truth objects of each class), COCOeval's precision array for precision-recall
+curves and the per-image detections and ground truth it scored (for :mod:`hf_detr.evaluation.diagnostics`).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ __all__ = [
     "pack_labels",
     "per_class_key",
     "per_class_rows",
+    "run_cocoeval",
     "unpack_labels",
 ]
 
@@ -89,6 +90,11 @@ class CocoEvaluation:
         recall_thresholds: the ``R`` = 101 recall points (0, 0.01, ..., 1).
         class_names: the name of each category of the ``K`` axis.
         category_ids: the label (category id) of each category of the ``K`` axis.
+        predictions: the detections COCOeval scored, per image in the evaluation's order: ``{"scores": [N],
+            "labels": [N], "boxes": [N][4]}``, boxes absolute (x0, y0, x1, y1) pixels (the input format of
+            :func:`coco_evaluate`, as lists), for diagnostics without a second model pass.
+        references: the ground truth of each image, ``{"boxes": [M][4], "labels", "iscrowd", "area"}``, boxes COCO
+            (x, y, w, h) pixels in the same frame.
     """
 
     metrics: dict[str, float]
@@ -98,6 +104,9 @@ class CocoEvaluation:
     recall_thresholds: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
     category_ids: list[int] = field(default_factory=list)
+    # not in the repr: one entry per image
+    predictions: list[dict[str, list]] = field(default_factory=list, repr=False)
+    references: list[dict[str, list]] = field(default_factory=list, repr=False)
 
     def precision_curves(self, iou: float = 0.5) -> np.ndarray:
         """Precision at each recall point at IoU threshold ``iou``, area "all", 100 detections: ``[K, R]`` (rows
@@ -271,17 +280,41 @@ def _run_cocoeval(
     preds: list[dict[str, list]], refs: list[dict[str, list]], per_class: bool, id2label: Mapping[int, str] | None
 ) -> CocoEvaluation:
     """:func:`coco_evaluate` on inputs already passed through ``_normalize_prediction`` / ``_normalize_reference``."""
-    # Ids start at 1: COCOeval stores matched ground-truth ids in an array where 0 means "unmatched".
-    images = [{"id": i + 1} for i in range(len(refs))]
     gt, dt = [], []
     for image_id, (pred, ref) in enumerate(zip(preds, refs), start=1):
         for box, label, crowd, area in zip(ref["boxes"], ref["labels"], ref["iscrowd"], ref["area"]):
-            gt.append({"id": len(gt) + 1, "image_id": image_id, "bbox": box, "category_id": label,
-                       "iscrowd": crowd, "area": area})  # fmt: skip
+            gt.append({"image_id": image_id, "bbox": box, "category_id": label, "iscrowd": crowd, "area": area})
         xywh = box_convert(torch.tensor(pred["boxes"], dtype=torch.float64).reshape(-1, 4), "xyxy", "xywh").tolist()
         for box, label, score in zip(xywh, pred["labels"], pred["scores"]):
-            dt.append({"id": len(dt) + 1, "image_id": image_id, "bbox": box, "category_id": label,
+            dt.append({"image_id": image_id, "bbox": box, "category_id": label,
                        "score": score, "iscrowd": 0, "area": box[2] * box[3]})  # fmt: skip
+    evaluation = run_cocoeval(len(refs), gt, dt, "bbox", per_class, id2label)
+    return dataclasses.replace(evaluation, predictions=preds, references=refs)
+
+
+def run_cocoeval(
+    num_images: int,
+    ground_truth: list[dict[str, Any]],
+    detections: list[dict[str, Any]],
+    iou_type: str,
+    per_class: bool = False,
+    id2label: Mapping[int, str] | None = None,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
+) -> CocoEvaluation:
+    """One COCOeval run, the one path of box (``iou_type="bbox"``) and mask (``"segm"``) mAP.
+
+    ``ground_truth``: annotations ``{"image_id" (1..num_images), "category_id", "iscrowd", "area", "bbox" (x, y, w, h)
+    | "segmentation" (RLE)}``; ``detections`` the same with ``"score"``; annotation ids are assigned here.
+    ``image_sizes``: each image's (height, width), which COCOeval reads for masks. Returns the
+    :data:`COCO_STAT_NAMES` metrics (and per-class keys with ``per_class``), the per-class table and the precision
+    array; ``predictions`` / ``references`` are left to the caller.
+    """
+    # Ids start at 1: COCOeval stores matched ground-truth ids in an array where 0 means "unmatched".
+    images = [{"id": i + 1} for i in range(num_images)]
+    for image, (height, width) in zip(images, image_sizes or ()):
+        image.update(height=height, width=width)
+    gt = [{**annotation, "id": i} for i, annotation in enumerate(ground_truth, start=1)]
+    dt = [{**annotation, "id": i} for i, annotation in enumerate(detections, start=1)]
     categories = sorted({a["category_id"] for a in gt + dt} | {int(k) for k in (id2label or {})})
     label_name = {int(k): str(v) for k, v in (id2label or {}).items()}
     class_names = _class_names(categories, label_name)
@@ -300,7 +333,7 @@ def _run_cocoeval(
         return CocoEvaluation(with_per_class_keys(dict.fromkeys(COCO_STAT_NAMES, -1.0), rows), rows,
                               class_names=class_names, category_ids=categories)  # fmt: skip
 
-    coco_eval = COCOeval(_coco_from(images, categories, gt), _coco_from(images, categories, dt), iouType="bbox")
+    coco_eval = COCOeval(_coco_from(images, categories, gt), _coco_from(images, categories, dt), iouType=iou_type)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         coco_eval.evaluate()

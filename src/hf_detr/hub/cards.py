@@ -40,60 +40,58 @@ def _architecture(config: HfDetrConfig) -> str:
     )
 
 
-def model_card(
-    config: HfDetrConfig,
-    repo_id: str,
-    *,
-    coco_ap: float | None = None,
-    source: str | None = None,
-    tags: tuple[str, ...] | list[str] = (),
-) -> ModelCard:
-    """The model card (README.md with Hub metadata) of a model with `config`, to be loaded from `repo_id`.
+def _is_segmentation(config: HfDetrConfig) -> bool:
+    return "HfDetrForSegmentation" in (config.architectures or [])
 
-    Args:
-        config: the model's configuration; the card describes its architecture and labels.
-        repo_id: the Hub repository (or local folder) the usage snippets load from.
-        coco_ap: the COCO 2017 val box AP the paper reports for this architecture; recorded in `model-index` with
-            COCO as the training data set. Leave None for a model of unknown provenance (e.g. a fine-tuned one).
-        source: one sentence on where the weights come from.
-        tags: extra Hub tags.
-    """
-    name = repo_id.rstrip("/").split("/")[-1]
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="object-detection",
-        license="apache-2.0",
-        tags=list(dict.fromkeys([*CARD_TAGS, *tags])),
-        datasets=["coco"] if coco_ap is not None else None,
-        model_name=name if coco_ap is not None else None,
-        eval_results=None
-        if coco_ap is None
-        else [
-            EvalResult(
-                task_type="object-detection",
-                dataset_type="coco",
-                dataset_name="COCO 2017",
-                dataset_split="validation",
-                metric_type="mAP",
-                metric_name="AP",
-                metric_value=coco_ap,
-                source_name="DETR paper, Table 1",
-                source_url=PAPER_URL,
-            )
-        ],
-    )
-    labels = ", ".join(f"{i}: {label}" for i, label in sorted(config.id2label.items()))
-    results = "" if coco_ap is None else f"\n\nThe paper reports **{coco_ap} AP** on COCO 2017 val for this model."
-    origin = "" if source is None else f"\n\n{source}"
-    body = f"""
-# {name}
 
-DETR (DEtection TRansformer, [Carion et al. 2020]({PAPER_URL})) object detector, in hf_detr's Hugging Face-native
-implementation: {_architecture(config)}.{results}{origin}
+def _usage(repo_id: str, segmentation: bool) -> str:
+    """The card's "How to use" and "How to fine-tune" sections."""
+    if segmentation:
+        return f"""## How to use
 
-Labels: {labels}.
+The code is stored next to the weights, so only `transformers` and `timm` are needed (`trust_remote_code=True`):
 
-## How to use
+```python
+from PIL import Image
+from transformers import pipeline
+
+segmenter = pipeline("image-segmentation", model="{repo_id}", trust_remote_code=True)
+segmenter(Image.open("image.jpg"), subtask="panoptic")  # [{{"score": ..., "label": ..., "mask": PIL image}}, ...]
+```
+
+With the model and image processor:
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageSegmentation
+
+image = Image.open("image.jpg")
+processor = AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModelForImageSegmentation.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+inputs = processor(images=image, return_tensors="pt")
+with torch.no_grad():
+    outputs = model(**inputs)  # logits, pred_boxes and pred_masks [1, queries, height / 4, width / 4]
+panoptic = processor.post_process_panoptic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]
+# panoptic["segmentation"]: [height, width] segment ids; panoptic["segments_info"]: id, label_id, score per segment
+```
+
+## How to fine-tune
+
+Load it with your label map; the class head is re-initialized for the new classes, everything else is kept:
+
+```python
+model = AutoModelForImageSegmentation.from_pretrained(
+    "{repo_id}", trust_remote_code=True, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
+)
+```
+
+Batches hold `pixel_values`, `pixel_mask` and `labels`, one dict per image with `class_labels` `[n]`, `boxes`
+`[n, 4]` and `masks` `[n, height, width]`, as the image processor produces from COCO instance or panoptic annotations
+with `return_segmentation_masks=True`. The paper trains the detector first and then the mask head alone
+(`model.freeze_detection()`); training both at once works too.
+"""
+    return f"""## How to use
 
 The code is stored next to the weights, so only `transformers` and `timm` are needed (`trust_remote_code=True`):
 
@@ -135,7 +133,73 @@ Train it with `transformers.Trainer` (`remove_unused_columns=False`) on batches 
 `labels`, one dict per image with `class_labels` `[n]` and `boxes` `[n, 4]` (normalized center x, center y, width,
 height) as the image processor produces from COCO annotations. The DETR recipe trains the backbone with a 10x lower
 learning rate than the transformer; `model.freeze_backbone()` trains the transformer and heads alone.
+"""
 
+
+def model_card(
+    config: HfDetrConfig,
+    repo_id: str,
+    *,
+    coco_ap: float | None = None,
+    coco_pq: float | None = None,
+    source: str | None = None,
+    tags: tuple[str, ...] | list[str] = (),
+) -> ModelCard:
+    """The model card (README.md with Hub metadata) of a model with `config`, to be loaded from `repo_id`; a
+    segmentation model's (`config.architectures` naming `HfDetrForSegmentation`) shows the segmentation API.
+
+    Args:
+        config: the model's configuration; the card describes its architecture and labels.
+        repo_id: the Hub repository (or local folder) the usage snippets load from.
+        coco_ap / coco_pq: the COCO 2017 val box AP (detection, Table 1) or panoptic quality PQ (panoptic, Table 5)
+            the paper reports for this architecture; recorded in `model-index` with COCO as the training data set.
+            Leave None for a model of unknown provenance (e.g. a fine-tuned one).
+        source: one sentence on where the weights come from.
+        tags: extra Hub tags.
+    """
+    name = repo_id.rstrip("/").split("/")[-1]
+    segmentation = _is_segmentation(config)
+    task = "image-segmentation" if segmentation else "object-detection"
+    if coco_pq is not None:
+        result, metric, table, dataset = coco_pq, "PQ", "Table 5", "COCO 2017 panoptic"
+    else:
+        result, metric, table, dataset = coco_ap, "AP", "Table 1", "COCO 2017"
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag=task,
+        license="apache-2.0",
+        tags=list(dict.fromkeys([*CARD_TAGS, *(("image-segmentation",) if segmentation else ()), *tags])),
+        datasets=["coco"] if result is not None else None,
+        model_name=name if result is not None else None,
+        eval_results=None
+        if result is None
+        else [
+            EvalResult(
+                task_type=task,
+                dataset_type="coco",
+                dataset_name=dataset,
+                dataset_split="validation",
+                metric_type="mAP" if metric == "AP" else "PQ",
+                metric_name=metric,
+                metric_value=result,
+                source_name=f"DETR paper, {table}",
+                source_url=PAPER_URL,
+            )
+        ],
+    )
+    labels = ", ".join(f"{i}: {label}" for i, label in sorted(config.id2label.items()))
+    results = "" if result is None else f"\n\nThe paper reports **{result} {metric}** on {dataset} val for this model."
+    origin = "" if source is None else f"\n\n{source}"
+    kind = "panoptic segmentation model (the detector with its mask head)" if segmentation else "object detector"
+    body = f"""
+# {name}
+
+DETR (DEtection TRansformer, [Carion et al. 2020]({PAPER_URL})) {kind}, in hf_detr's Hugging Face-native
+implementation: {_architecture(config)}.{results}{origin}
+
+Labels: {labels}.
+
+{_usage(repo_id, segmentation)}
 ## Citation
 
 {_CITATION}

@@ -1,5 +1,5 @@
-"""Load checkpoints of other DETR implementations into `HfDetrForObjectDetection`, and write ours in the original's
-layout."""
+"""Load checkpoints of other DETR implementations into `HfDetrForObjectDetection` (or `HfDetrForSegmentation`, for
+checkpoints with DETR's segmentation head), and write ours in the original's layout."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import torch
 
 from .coco_labels import COCO_ID2LABEL
 from ..modeling.configuration_hf_detr import HfDetrConfig
-from ..modeling.modeling_hf_detr import HfDetrForObjectDetection
+from ..modeling.modeling_hf_detr import HfDetrForObjectDetection, HfDetrForSegmentation
 # the translation of transformers' DETR lives in the remote-code set, which converts such checkpoints on load
 from ..modeling.transformers_detr import (
     config_kwargs_from_transformers,
     load_tensor_file,
     load_transformers_weights,
     read_transformers_detr_config,
+    rename_mask_head,
     state_dict_from_transformers,
 )
 
@@ -35,10 +36,12 @@ def load_converted(
     source: str,
     source_name: Callable[[str], str] | None = None,
 ) -> HfDetrForObjectDetection:
-    """Build the model and load a state dict already in our layout; mismatched keys fail with their list, named as in
-    the checkpoint when `source_name` maps our key names to the checkpoint's."""
+    """Build the model (`HfDetrForSegmentation` when the state dict holds a mask head) and load a state dict already
+    in our layout; mismatched keys fail with their list, named as in the checkpoint when `source_name` maps our key
+    names to the checkpoint's."""
     name = source_name or (lambda key: key)
-    model = HfDetrForObjectDetection(config)
+    segmentation = any(key.startswith("mask_head.") for key in state_dict)
+    model = (HfDetrForSegmentation if segmentation else HfDetrForObjectDetection)(config)
     expected = model.state_dict()
     missing = sorted(name(k) for k in set(expected) - set(state_dict))
     unexpected = sorted(name(k) for k in set(state_dict) - set(expected))
@@ -70,7 +73,8 @@ def from_transformers(
     path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
     config: Mapping[str, Any] | Any | None = None,
 ) -> HfDetrForObjectDetection:
-    """Load a checkpoint of `transformers`' `DetrForObjectDetection` as an equivalent `HfDetrForObjectDetection`.
+    """Load a checkpoint of `transformers`' `DetrForObjectDetection` as an equivalent `HfDetrForObjectDetection`, or
+    of its `DetrForSegmentation` (e.g. `"facebook/detr-resnet-50-panoptic"`) as an `HfDetrForSegmentation`.
 
     Args:
         path_or_state_dict: a folder written by `save_pretrained` (config.json + weights), a Hub repository id such
@@ -104,7 +108,17 @@ _ORIGINAL_PREFIXES = (
 _ORIGINAL_CROSS_ATTENTION, _CROSS_ATTENTION = ".multihead_attn.", ".cross_attn."
 
 
+_ORIGINAL_DETECTOR = "detr."  # the original DETRsegm holds the detector as `detr`
+_SEGMENTATION_HEAD = ("bbox_attention.", "mask_head.")  # DETRsegm's own modules, next to `detr`
+
+
 def _rename_original(key: str, to_original: bool = False) -> str:
+    """An original DETR key as ours (or back); the keys of the original's panoptic model (`DETRsegm`) too: the
+    detector under `detr.`, the head in the names of `MASK_HEAD_RENAMES`."""
+    if rename_mask_head(key, to_original) != key:
+        return rename_mask_head(key, to_original)
+    if not to_original and key.startswith(_ORIGINAL_DETECTOR):
+        key = key[len(_ORIGINAL_DETECTOR) :]
     pairs = ((ours, original) for original, ours in _ORIGINAL_PREFIXES) if to_original else _ORIGINAL_PREFIXES
     for source, target in pairs:
         if key.startswith(source):
@@ -126,13 +140,16 @@ def config_from_original(
     """The `HfDetrConfig` of an original DETR state dict.
 
     Sizes (queries, classes, width, depth, feed-forward width), pre-/post-norm and the position embedding type are
-    read from the tensors; the backbone, DC5 `dilation` and the number of attention heads (8 unless given in
-    `config_kwargs`) cannot be, so they must be passed. A 91-class head gets COCO's label map. The auxiliary decoding
+    read from the tensors (of the detector under `detr.` in a panoptic checkpoint); the backbone, DC5 `dilation` and
+    the number of attention heads (8 unless given in `config_kwargs`) cannot be, so they must be passed. A 91-class head gets COCO's label map. The auxiliary decoding
     loss is on, as in the original's training (it does not change predictions).
     """
     if backbone not in ORIGINAL_BACKBONES:
         raise ValueError(f"backbone={backbone!r}: the original DETR code builds one of {ORIGINAL_BACKBONES}")
     inferred: dict[str, Any] = {"auxiliary_loss": True}
+    if any(key.startswith("mask_head.") for key in state_dict):  # DETRsegm: the detector's keys under `detr.`
+        detector = _ORIGINAL_DETECTOR
+        state_dict = {k[len(detector) :]: v for k, v in state_dict.items() if k.startswith(detector)}
     if "query_embed.weight" in state_dict:
         inferred["num_queries"], inferred["d_model"] = state_dict["query_embed.weight"].shape
     if "class_embed.weight" in state_dict:
@@ -195,7 +212,8 @@ def from_original(
     dilation: bool = False,
     **config_kwargs: Any,
 ) -> HfDetrForObjectDetection:
-    """Load a checkpoint of the original facebookresearch/detr code as an equivalent `HfDetrForObjectDetection`.
+    """Load a checkpoint of the original facebookresearch/detr code as an equivalent `HfDetrForObjectDetection`, or,
+    for its panoptic model (`DETRsegm`, e.g. detr-r50-panoptic-00ce5173.pth), as an `HfDetrForSegmentation`.
 
     Args:
         path_or_state_dict: a `.pth` file (a dict whose `"model"` entry is the state dict, as the released
@@ -225,10 +243,14 @@ def from_original(
 
 def to_original(model: HfDetrForObjectDetection) -> dict[str, torch.Tensor]:
     """The state dict of `model` in the original facebookresearch/detr layout (`torch.save({"model": ...})` makes
-    a checkpoint its code loads with `--resume`). Only the original's ResNet backbones have such a layout."""
+    a checkpoint its code loads with `--resume`; an `HfDetrForSegmentation` in its `DETRsegm` layout). Only the
+    original's ResNet backbones have such a layout."""
     if model.config.backbone not in ORIGINAL_BACKBONES:
         raise ValueError(
             f"the original DETR code has no {model.config.backbone!r} backbone (only {ORIGINAL_BACKBONES}); this "
             "model cannot be written in its layout"
         )
-    return {_rename_original(k, to_original=True): v for k, v in model.state_dict().items()}
+    state_dict = {_rename_original(k, to_original=True): v for k, v in model.state_dict().items()}
+    if not isinstance(model, HfDetrForSegmentation):
+        return state_dict
+    return {k if k.startswith(_SEGMENTATION_HEAD) else _ORIGINAL_DETECTOR + k: v for k, v in state_dict.items()}

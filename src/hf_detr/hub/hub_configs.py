@@ -1,4 +1,4 @@
-"""The paper's four COCO detectors as Hub repository folders: `config.json`, `preprocessor_config.json` and a model
+"""The paper's four COCO detectors and two panoptic models as Hub repository folders: `config.json`, `preprocessor_config.json` and a model
 card `README.md` each, generated from the code so they stay consistent with it.
 
     python -m hf_detr.hub.hub_configs [ROOT]      # writes ROOT/<name>/ for every model (default ROOT: ./hub_configs)
@@ -20,7 +20,6 @@ import torch
 from transformers.dynamic_module_utils import custom_object_save
 
 from .. import presets
-from ..modeling import HfDetrForObjectDetection
 from .cards import model_card
 
 # the Hub namespace the cards' usage snippets load from
@@ -29,11 +28,11 @@ HUB_NAMESPACE = "hf-detr"
 
 @dataclass(frozen=True)
 class PaperModel:
-    """One row of Table 1 of the DETR paper, with the released checkpoint of facebookresearch/detr's model zoo; its
-    architecture is the preset of the same name."""
+    """One row of Table 1 (box AP) or Table 5 (panoptic PQ) of the DETR paper, with the released checkpoint of
+    facebookresearch/detr's model zoo; its architecture is the preset of the same name."""
 
     name: str
-    coco_ap: float
+    coco_result: float
     checkpoint_url: str
 
 
@@ -42,6 +41,9 @@ PAPER_MODELS = (
     PaperModel("detr-resnet-50-dc5", 43.3, "https://dl.fbaipublicfiles.com/detr/detr-r50-dc5-f0fb7ef5.pth"),
     PaperModel("detr-resnet-101", 43.5, "https://dl.fbaipublicfiles.com/detr/detr-r101-2c7b67e5.pth"),
     PaperModel("detr-resnet-101-dc5", 44.9, "https://dl.fbaipublicfiles.com/detr/detr-r101-dc5-a2e86def.pth"),
+    PaperModel("detr-resnet-50-panoptic", 43.4, "https://dl.fbaipublicfiles.com/detr/detr-r50-panoptic-00ce5173.pth"),
+    PaperModel("detr-resnet-101-panoptic", 45.1,
+               "https://dl.fbaipublicfiles.com/detr/detr-r101-panoptic-40021d53.pth"),
 )
 
 
@@ -56,7 +58,7 @@ def write_hub_config(model: PaperModel, folder: str | Path) -> None:
     preset = presets.get(model.name)
     config = preset.config()
     with torch.device("meta"):  # only the config's auto_map and architectures are needed, not the weights
-        network = HfDetrForObjectDetection(config)
+        network = preset.model_class(config)
     config.architectures = [type(network).__name__]
     with tempfile.TemporaryDirectory() as scratch:
         custom_object_save(network, scratch, config=config)  # fills config.auto_map
@@ -72,7 +74,8 @@ def write_hub_config(model: PaperModel, folder: str | Path) -> None:
         f"Its weights are the [original checkpoint]({model.checkpoint_url}) of facebookresearch/detr, converted with "
         f"`{command}{' --dilation' if config.dilation else ''}`."
     )
-    card = model_card(config, f"{HUB_NAMESPACE}/{model.name}", coco_ap=model.coco_ap, source=source)
+    result = {"coco_pq" if preset.segmentation else "coco_ap": model.coco_result}
+    card = model_card(config, f"{HUB_NAMESPACE}/{model.name}", source=source, **result)
     card.save(folder / "README.md")
 
 

@@ -9,18 +9,22 @@ from .configuration_hf_detr import HfDetrConfig
 from .image_processing_hf_detr import HfDetrImageProcessor
 from .modeling_hf_detr import (
     HfDetrForObjectDetection,
+    HfDetrForSegmentation,
     HfDetrModel,
     HfDetrModelOutput,
     HfDetrObjectDetectionOutput,
     HfDetrPreTrainedModel,
+    HfDetrSegmentationOutput,
 )
 
 __all__ = [
     "HfDetrConfig",
     "HfDetrForObjectDetection",
+    "HfDetrForSegmentation",
     "HfDetrImageProcessor",
     "HfDetrModel",
     "HfDetrModelOutput",
     "HfDetrObjectDetectionOutput",
     "HfDetrPreTrainedModel",
+    "HfDetrSegmentationOutput",
 ]

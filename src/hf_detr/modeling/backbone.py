@@ -1,4 +1,5 @@
-"""CNN backbone: any timm model with `features_only` support, BatchNorm frozen, last feature map out."""
+"""CNN backbone: any timm model with `features_only` support, BatchNorm frozen, last feature map out (and, for the
+segmentation head, the higher-resolution maps before it)."""
 
 from __future__ import annotations
 
@@ -94,24 +95,39 @@ def _initialized_on_meta() -> bool:
     return torch.empty(0).device.type == "meta"
 
 
+def _with_finer_levels(name: str, out_indices: tuple[int, ...], count: int, kwargs: dict) -> tuple[int, ...]:
+    """The last of `out_indices` plus up to `count` feature levels before it with stride >= 4, finest first: the maps
+    the segmentation head's FPN reads (DETR-R50: layer1-3 at strides 4, 8, 16, then layer4 for the transformer)."""
+    with torch.device("meta"):  # only the feature table is needed: no weights, no download
+        info = timm.create_model(name, features_only=True, out_indices=out_indices, **kwargs).feature_info
+    last = out_indices[-1] % len(info.info)
+    finer = [i for i in range(last) if info.info[i]["reduction"] >= 4][-count:]
+    return (*finer, last)
+
+
 class TimmBackbone(nn.Module):
-    """Runs a timm CNN and returns its last feature map with the padding mask resized to it.
+    """Runs a timm CNN and returns its last feature map with the padding mask resized to it, and with
+    `finer_levels=k` also up to k higher-resolution maps before it (for the segmentation head's FPN).
 
     BatchNorm layers become frozen affine maps (batch statistics are meaningless at DETR's batch sizes). The stem and
     the first stage, up to the stride-4 feature level, are not trained, as in the original recipe.
     """
 
-    def __init__(self, config: HfDetrConfig) -> None:
+    def __init__(self, config: HfDetrConfig, finer_levels: int = 0) -> None:
         super().__init__()
         kwargs = dict(config.backbone_kwargs)
         if config.dilation:
             kwargs.setdefault("output_stride", 16)
+        out_indices = tuple(kwargs.pop("out_indices", (-1,)))
         try:
+            if finer_levels:
+                out_indices = _with_finer_levels(config.backbone, out_indices, finer_levels,
+                                                 dict(kwargs, in_chans=config.num_channels))  # fmt: skip
             body = timm.create_model(
                 config.backbone,
                 pretrained=config.use_pretrained_backbone and not _initialized_on_meta(),
                 features_only=True,
-                out_indices=kwargs.pop("out_indices", (-1,)),
+                out_indices=out_indices,
                 in_chans=config.num_channels,
                 **kwargs,
             )
@@ -128,6 +144,7 @@ class TimmBackbone(nn.Module):
             ) from error
         self.body = body
         self.num_channels = body.feature_info.channels()[-1]
+        self.finer_channels: list[int] = body.feature_info.channels()[:-1]  # finest first
         self._input_channels = config.num_channels
         if config.freeze_backbone_batchnorm:
             self.freeze_batchnorm()
@@ -173,16 +190,19 @@ class TimmBackbone(nn.Module):
         for name, parameter in self.body.named_parameters():
             parameter.requires_grad_(name not in frozen)
 
-    def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """
         Args:
             pixel_values: `[batch, channels, height, width]` images.
             pixel_mask: `[batch, height, width]`, 1 on real pixels and 0 on padding.
 
         Returns:
-            The last feature map `[batch, num_channels, h, w]` and its boolean mask `[batch, h, w]`.
+            The last feature map `[batch, num_channels, h, w]`, its boolean mask `[batch, h, w]` and the finer maps
+            (`[batch, finer_channels[i], h_i, w_i]`, finest first; empty without `finer_levels`).
         """
         # channels-last convolutions run markedly faster on CPUs (oneDNN) and on tensor-core GPUs
-        features = self.body(pixel_values.contiguous(memory_format=torch.channels_last))[-1]
+        *finer, features = self.body(pixel_values.contiguous(memory_format=torch.channels_last))
         mask = nn.functional.interpolate(pixel_mask[None].float(), size=features.shape[-2:])[0].to(torch.bool)
-        return features, mask
+        return features, mask, finer

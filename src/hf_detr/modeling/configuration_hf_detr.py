@@ -46,6 +46,8 @@ class HfDetrConfig(PreTrainedConfig):
         class_cost / bbox_cost / giou_cost (`float`): weights of the Hungarian matching cost.
         bbox_loss_coefficient / giou_loss_coefficient (`float`): weights of the L1 and GIoU losses.
         eos_coefficient (`float`): weight of the "no object" class in the cross-entropy.
+        mask_loss_coefficient / dice_loss_coefficient (`float`): weights of the focal and Dice losses of the
+            segmentation head's masks (`HfDetrForSegmentation`; 1 and 1 as in the paper).
         num_query_groups (`int`): Group DETR (Chen et al. 2022): during training only, `num_query_groups` groups of
             `num_queries` queries each, which attend only within their group and are matched one-to-one to the
             targets separately; more positive queries per image speed up training. Inference uses the first group,
@@ -94,6 +96,8 @@ class HfDetrConfig(PreTrainedConfig):
     bbox_loss_coefficient: float = 5.0
     giou_loss_coefficient: float = 2.0
     eos_coefficient: float = 0.1
+    mask_loss_coefficient: float = 1.0
+    dice_loss_coefficient: float = 1.0
     num_query_groups: int = 1
     one_to_many_repeats: int = 0
     encoder_loss_coefficient: float = 0.0
@@ -172,6 +176,8 @@ class HfDetrConfig(PreTrainedConfig):
             "bbox_loss_coefficient",
             "giou_loss_coefficient",
             "eos_coefficient",
+            "mask_loss_coefficient",
+            "dice_loss_coefficient",
             "encoder_loss_coefficient",
         ):
             value = getattr(self, name)

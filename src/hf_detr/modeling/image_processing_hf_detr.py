@@ -1,30 +1,34 @@
-"""HfDetrImageProcessor: images and COCO detection annotations in, DETR inputs and labels out; model outputs back to
-boxes in pixels.
+"""HfDetrImageProcessor: images and COCO detection or panoptic annotations in (with object masks on request), DETR
+inputs and labels out; model outputs back to boxes in pixels and to segmentation maps.
 
-This module imports nothing from the package but its siblings `boxes` and `transformers_detr` (which reads a
-transformers `DetrImageProcessor` config), so a saved folder can load it with `trust_remote_code`.
+This module imports nothing from the package but its siblings `boxes`, `segmentation_postprocessing` and
+`transformers_detr` (which reads a transformers `DetrImageProcessor` config), so a saved folder can load it with
+`trust_remote_code`.
 """
 
 from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, masks_to_boxes
 from torchvision.transforms.v2 import functional as tvF
-from transformers import MODEL_FOR_OBJECT_DETECTION_MAPPING
+from transformers import MODEL_FOR_IMAGE_SEGMENTATION_MAPPING, MODEL_FOR_OBJECT_DETECTION_MAPPING
 from transformers.image_processing_backends import TorchvisionBackend
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import get_size_with_aspect_ratio
 from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
+    AnnotationFormat,
     ChannelDimension,
     PILImageResampling,
     SizeDict,
@@ -34,12 +38,17 @@ from transformers.image_utils import (
 )
 
 from .boxes import check_boxes, denormalize_boxes, normalize_boxes
+from .segmentation_postprocessing import instance_segmentation, panoptic_segmentation, semantic_segmentation
 from .transformers_detr import image_processor_dict_from_transformers
 
 __all__ = ["HfDetrImageProcessor", "upright_rgb"]
 
 _SIZE_FORMS = ({"shortest_edge", "longest_edge"}, {"height", "width"}, {"max_height", "max_width"})
 _CHANNEL_COUNTS = (1, 3, 4)
+_FORMATS = ("coco_detection", "coco_panoptic")
+# how far (pixels) a polygon point may lie outside its image: annotation tools put border points on the pixel edge
+# at x = width, and some a fraction beyond
+_POLYGON_TOLERANCE = 1.0
 
 
 class HfDetrImageProcessorKwargs(TypedDict, total=False):
@@ -57,6 +66,8 @@ class HfDetrImageProcessorKwargs(TypedDict, total=False):
     pad_size: dict[str, int] | None
     do_convert_annotations: bool | None
     keep_crowd: bool | None
+    format: str | AnnotationFormat | None
+    return_segmentation_masks: bool | None
     input_data_format: str | ChannelDimension | None
     device: str | torch.device | None
     return_tensors: str | None
@@ -93,12 +104,30 @@ class HfDetrImageProcessor(TorchvisionBackend):
         pad_size (`dict[str, int]`, *optional*): `{"height", "width"}` to pad to instead of the batch's largest size.
         do_convert_annotations (`bool`, defaults to `True`): labels get normalized (cx, cy, w, h) boxes; with `False`
             they keep absolute (x0, y0, x1, y1) pixel boxes of the resized image.
-        keep_crowd (`bool`, defaults to `False`): keep `iscrowd=1` objects in the labels (DETR drops them).
+        keep_crowd (`bool`, defaults to `False`): keep `iscrowd=1` objects in the labels (DETR drops them for
+            detection; for panoptic training DETR and transformers keep crowd segments: pass `True` to match them).
+        format (`str`, defaults to `"coco_detection"`): the annotations' format, `"coco_detection"` or
+            `"coco_panoptic"` (see below).
+        return_segmentation_masks (`bool`, *optional*): add each object's mask to its labels; by default only for
+            `"coco_panoptic"`, as in transformers.
 
     Call with `images` (a PIL image, a numpy array or torch tensor of shape (H, W), (H, W, C) or (C, H, W) with C in
     1, 3, 4, uint8 or float, a file path or URL, a list of those, or a 4-D batch (N, C, H, W) / (N, H, W, C)) and
-    optionally `annotations` (one COCO detection dict per image: `{"image_id": int, "annotations": [{"bbox": [x, y,
-    w, h], "category_id": int, "area": float, "iscrowd": 0 or 1}, ...]}`; `area` defaults to w * h and `iscrowd` to 0).
+    optionally `annotations`, one dict per image, in transformers' `DetrImageProcessor` formats:
+        - `"coco_detection"`: `{"image_id": int, "annotations": [{"bbox": [x, y, w, h], "category_id": int, "area":
+          float, "iscrowd": 0 or 1, "segmentation": ...}, ...]}`; `area` defaults to w * h and `iscrowd` to 0.
+          `segmentation` (read with `return_segmentation_masks=True`) is COCO's: polygons `[[x1, y1, x2, y2, ...],
+          ...]` in pixels (points at most 1 pixel outside the image; polygons of fewer than 3 points enclose nothing
+          and are ignored), or an RLE `{"size": [height, width], "counts": [int, ...] or str}` (uncompressed or
+          compressed) of the image's size.
+        - `"coco_panoptic"`: `{"image_id": int, "segments_info": [{"id": int, "category_id": int, "iscrowd": 0 or 1,
+          "area": float}, ...], "file_name": str}` with the PNG at `masks_path / file_name` (as in transformers), or
+          the PNG itself as `"panoptic_png"` (a path, a PIL image or `[H, W, 3]` uint8 RGB pixels); the segment id
+          of a pixel is R + 256 G + 256^2 B, 0 is unlabeled. Every other id of the PNG must be listed in
+          `segments_info` (an error otherwise); a listed segment without pixels in the PNG gets an empty box and is
+          dropped like any object without area. Boxes come from the masks (`torchvision.ops.masks_to_boxes`, the
+          last pixel's index as the maximum, as transformers does); `bbox` is not read; `area` defaults to the
+          segment's pixel count.
     Images are converted to RGB (transparency composited onto white) and PIL images are turned upright by their EXIF
     orientation; annotations refer to the upright image. A layout that is both (C, H, W) and (H, W, C) is read as
     (C, H, W) for tensors and (H, W, C) for numpy arrays unless `input_data_format` says otherwise.
@@ -109,8 +138,10 @@ class HfDetrImageProcessor(TorchvisionBackend):
         - `pixel_mask` (when padding): int64 `[batch, height, width]`, 1 on image pixels, 0 on padding;
         - `labels` (with annotations): one dict per image of `class_labels` int64 `[n]`, `boxes` float32 `[n, 4]`,
           `area` float32 `[n]` (in resized pixels), `iscrowd` int64 `[n]`, `image_id` int64 `[1]`, `orig_size` and
-          `size` int64 `[2]` (height, width of the upright input and of the resized image before padding).
-          Boxes are clipped to the image; objects left with no area are dropped.
+          `size` int64 `[2]` (height, width of the upright input and of the resized image before padding);
+          with masks also `masks` float32 `[n, height, width]` (0 or 1) at the size of `pixel_values` (resized with
+          nearest-exact as transformers does, zero on padding), one per box. Boxes are clipped to the image; objects
+          left with no area are dropped, with their masks.
     """
 
     valid_kwargs = HfDetrImageProcessorKwargs
@@ -126,6 +157,8 @@ class HfDetrImageProcessor(TorchvisionBackend):
     do_pad = True
     do_convert_annotations = True
     keep_crowd = False
+    format = "coco_detection"
+    return_segmentation_masks = None
 
     @classmethod
     def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> Any:
@@ -134,38 +167,51 @@ class HfDetrImageProcessor(TorchvisionBackend):
         they preprocess: size, resize, rescale, normalization, padding. `format` must be `"coco_detection"`."""
         return super().from_dict(image_processor_dict_from_transformers(image_processor_dict), **kwargs)
 
-    def _standardize_kwargs(self, size: Any = None, pad_size: Any = None, **kwargs: Any) -> dict:
+    def _standardize_kwargs(self, size: Any = None, pad_size: Any = None, format: Any = None, **kwargs: Any) -> dict:
         size = _size_dict(size, "size", _SIZE_FORMS)
         pad_size = _size_dict(pad_size, "pad_size", _SIZE_FORMS[1:2])
-        return super()._standardize_kwargs(size=size, pad_size=pad_size, **kwargs)
+        format = getattr(format, "value", format)  # an AnnotationFormat, as transformers takes it
+        if format is not None and format not in _FORMATS:
+            raise ValueError(f"`format` must be one of {_FORMATS}, got {format!r}.")
+        return super()._standardize_kwargs(size=size, pad_size=pad_size, format=format, **kwargs)
 
     def preprocess(
         self,
         images: Any,
         annotations: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        masks_path: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Process `images` and their COCO `annotations`; any option of the class can be overridden per call."""
-        return super().preprocess(images, annotations, **kwargs)
+        """Process `images` and their COCO `annotations`; any option of the class can be overridden per call.
+        `masks_path`: the folder of the panoptic PNGs that `"file_name"` names (`format="coco_panoptic"`)."""
+        if masks_path is not None and not isinstance(masks_path, (str, os.PathLike)):
+            raise TypeError(f"`masks_path` must be a folder path (str or Path), got {type(masks_path).__name__}.")
+        return super().preprocess(images, annotations, masks_path, **kwargs)
 
     def _preprocess_image_like_inputs(
         self,
         images: Any,
         annotations: Any,
+        masks_path: str | os.PathLike | None,
         *,
         do_rescale: bool,
         rescale_factor: float,
         input_data_format: str | ChannelDimension | None,
         device: str | torch.device | None,
+        format: str,
+        return_segmentation_masks: bool | None,
         **kwargs: Any,
     ) -> BatchFeature:
         white = 1.0 / rescale_factor if do_rescale else 1.0
         loaded = [_to_rgb_tensor(image, where, input_data_format, white) for image, where in _image_list(images)]
         if device is not None:
             loaded = [image.to(device) for image in loaded]
+        if return_segmentation_masks is None:
+            return_segmentation_masks = format == "coco_panoptic"
+        image_sizes = [tuple(image.shape[-2:]) for image in loaded]
         return self._preprocess(
             loaded,
-            _coco_targets(annotations, len(loaded)),
+            _coco_targets(annotations, image_sizes, format, return_segmentation_masks, masks_path),
             do_rescale=do_rescale,
             rescale_factor=rescale_factor,
             **kwargs,
@@ -226,7 +272,7 @@ class HfDetrImageProcessor(TorchvisionBackend):
         if targets is not None:
             encoded["labels"] = [
                 BatchFeature(
-                    _labels(target, orig, resized, do_convert_annotations, keep_crowd, device),
+                    _labels(target, orig, resized, canvas or resized, do_convert_annotations, keep_crowd, device),
                     tensor_type=return_tensors,
                 )
                 for target, orig, resized in zip(targets, orig_sizes, sizes)
@@ -271,6 +317,113 @@ class HfDetrImageProcessor(TorchvisionBackend):
                 keep = keep[image_scores[keep].argsort(descending=True, stable=True)[:top_k]]
             results.append({"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]})
         return results
+
+    def post_process_semantic_segmentation(
+        self,
+        outputs: Any,
+        target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        return_segmentation_scores: bool = False,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
+        """Turn segmentation outputs into one class map per image, as transformers' `DetrImageProcessor` does.
+
+        Args:
+            outputs: any object with `logits` `[batch, queries, num_labels + 1]` and `pred_masks` `[batch, queries,
+                h, w]` (mask logits).
+            target_sizes: `[batch, 2]` (height, width) to resize each map to, or None to keep `(h, w)`.
+            return_segmentation_scores: return `SemanticSegmentationPostProcessorOutput`s with the
+                `[num_labels, height, width]` class scores too.
+
+        Returns:
+            Per image an int64 `[height, width]` map of label ids (pixels no query covers get the label with the
+            highest score all the same).
+
+        The masks cover the whole padded input, as in transformers: with `target_sizes`, an image padded in its
+        batch is resized together with its padding (crop `pred_masks` to the image first, or predict it alone).
+        """
+        logits, mask_logits = _segmentation_outputs(outputs, "post_process_semantic_segmentation")
+        return semantic_segmentation(
+            logits, mask_logits, _segmentation_sizes(target_sizes, len(logits)), return_segmentation_scores
+        )
+
+    def post_process_instance_segmentation(
+        self,
+        outputs: Any,
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        return_coco_annotation: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Turn segmentation outputs into non-overlapping instances, as transformers' `DetrImageProcessor` does
+        (see `post_process_panoptic_segmentation`: the same without fusing).
+
+        Args:
+            return_coco_annotation: give `segmentation` as one COCO RLE dict (`{"size", "counts": str}`, readable by
+                `pycocotools.mask.decode`) per entry of `segments_info`; transformers' option of this name gives
+                row-major runs that pycocotools cannot read.
+
+        Returns:
+            Per image `{"segmentation": int32 [height, width] segment ids (or the RLEs), "segments_info": [{"id",
+            "label_id", "was_fused": False, "score"}]}`.
+        """
+        logits, mask_logits = _segmentation_outputs(outputs, "post_process_instance_segmentation")
+        _check_thresholds(threshold, mask_threshold, overlap_mask_area_threshold)
+        return instance_segmentation(
+            logits,
+            mask_logits,
+            threshold,
+            mask_threshold,
+            overlap_mask_area_threshold,
+            _segmentation_sizes(target_sizes, len(logits)),
+            return_coco_annotation,
+        )
+
+    def post_process_panoptic_segmentation(
+        self,
+        outputs: Any,
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        label_ids_to_fuse: Collection[int] | None = None,
+        target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Turn segmentation outputs into panoptic maps, as transformers' `DetrImageProcessor` does, except that
+        a segment id is never given twice (transformers can reuse one after a fused class reappears).
+
+        Args:
+            outputs: any object with `logits` `[batch, queries, num_labels + 1]` and `pred_masks` `[batch, queries,
+                h, w]` (mask logits).
+            threshold: keep queries whose best class, "no object" included, is a real class with probability >
+                `threshold`.
+            mask_threshold: a kept query's pixels count as its mask where its probability times its score is >=
+                `mask_threshold`.
+            overlap_mask_area_threshold: a query is a segment only when the pixels it wins are more than this
+                fraction of its mask.
+            label_ids_to_fuse: labels whose queries merge into one segment per image ("stuff" such as sky).
+            target_sizes: `[batch, 2]` (height, width) to resize each map to, or None to keep `(h, w)`. The masks
+                cover the whole padded input, as in transformers: an image padded in its batch is resized together
+                with its padding (crop `pred_masks` to the image first, or predict it alone).
+
+        Returns:
+            Per image `{"segmentation": int32 [height, width], "segments_info": [{"id": int, "label_id": int,
+            "was_fused": bool, "score": float}]}`: segment ids from 1, 0 where no segment is; a map of -1 and no
+            segments when no query passes `threshold` (as in transformers).
+        """
+        logits, mask_logits = _segmentation_outputs(outputs, "post_process_panoptic_segmentation")
+        _check_thresholds(threshold, mask_threshold, overlap_mask_area_threshold)
+        if label_ids_to_fuse is not None and (
+            isinstance(label_ids_to_fuse, (str, bytes)) or not isinstance(label_ids_to_fuse, Collection)
+        ):
+            raise TypeError(f"`label_ids_to_fuse` must be a set or list of label ids, got {label_ids_to_fuse!r}.")
+        return panoptic_segmentation(
+            logits,
+            mask_logits,
+            threshold,
+            mask_threshold,
+            overlap_mask_area_threshold,
+            {_integer(label, "`label_ids_to_fuse` entries") for label in label_ids_to_fuse or ()},
+            _segmentation_sizes(target_sizes, len(logits)),
+        )
 
 
 def _size_dict(size: Any, name: str, forms: Sequence[set[str]]) -> dict[str, int] | None:
@@ -498,9 +651,15 @@ def _interpolation(resample: Any) -> tvF.InterpolationMode:
         raise ValueError(f"`resample` must be a PILImageResampling filter (2: BILINEAR), got {resample!r}.") from None
 
 
-def _coco_targets(annotations: Any, num_images: int) -> list[dict[str, torch.Tensor]] | None:
-    """Validate COCO detection annotations; per image: `image_id` `[1]`, unclipped (x0, y0, x1, y1) `boxes` `[n, 4]`
-    (float64, original pixels), `class_labels`, `area` and `iscrowd` `[n]`."""
+def _coco_targets(
+    annotations: Any,
+    image_sizes: list[tuple[int, int]],
+    annotation_format: str,
+    return_masks: bool,
+    masks_path: str | os.PathLike | None,
+) -> list[dict[str, torch.Tensor]] | None:
+    """Validate COCO annotations; per image: `image_id` `[1]`, unclipped (x0, y0, x1, y1) `boxes` `[n, 4]` (float64,
+    original pixels), `class_labels`, `area` and `iscrowd` `[n]`, with `return_masks` bool `masks` `[n, h, w]`."""
     if annotations is None:
         return None
     if isinstance(annotations, Mapping):
@@ -509,15 +668,25 @@ def _coco_targets(annotations: Any, num_images: int) -> list[dict[str, torch.Ten
         raise TypeError(
             f"`annotations` must be a dict or a list of dicts (one per image), got {type(annotations).__name__}."
         )
-    if len(annotations) != num_images:
+    if len(annotations) != len(image_sizes):
         raise ValueError(
-            f"Got {len(annotations)} annotations for {num_images} images; pass exactly one annotation dict per image, "
-            "in the same order."
+            f"Got {len(annotations)} annotations for {len(image_sizes)} images; pass exactly one annotation dict per "
+            "image, in the same order."
         )
-    return [_coco_target(annotation, f"annotations[{i}]") for i, annotation in enumerate(annotations)]
+    if annotation_format == "coco_panoptic":
+        return [
+            coco_panoptic_target(annotation, f"annotations[{i}]", size, return_masks, masks_path)
+            for i, (annotation, size) in enumerate(zip(annotations, image_sizes))
+        ]
+    return [
+        _coco_target(annotation, f"annotations[{i}]", size, return_masks)
+        for i, (annotation, size) in enumerate(zip(annotations, image_sizes))
+    ]
 
 
-def _coco_target(annotation: Any, where: str) -> dict[str, torch.Tensor]:
+def _coco_target(
+    annotation: Any, where: str, image_size: tuple[int, int], return_masks: bool
+) -> dict[str, torch.Tensor]:
     if not isinstance(annotation, Mapping) or "image_id" not in annotation or "annotations" not in annotation:
         raise ValueError(
             f'{where} must be a COCO detection dict {{"image_id": int, "annotations": [...]}}, got {annotation!r:.200}.'
@@ -539,13 +708,210 @@ def _coco_target(annotation: Any, where: str) -> dict[str, torch.Tensor]:
         crowd.append(_integer(obj.get("iscrowd", 0), f'{name}["iscrowd"]'))
     boxes = check_boxes([obj["bbox"] for obj in objects], lambda j: f'{where}["annotations"][{j}]["bbox"]', "xywh")
     areas = [float(obj.get("area", w * h)) for obj, (_, _, w, h) in zip(objects, boxes.tolist())]
-    return {
+    target = {
         "image_id": torch.tensor([image_id], dtype=torch.int64),
         "boxes": box_convert(boxes, "xywh", "xyxy"),
         "class_labels": torch.tensor(labels, dtype=torch.int64),
         "area": torch.tensor(areas, dtype=torch.float64),
         "iscrowd": torch.tensor(crowd, dtype=torch.int64),
     }
+    if return_masks:
+        masks = [
+            object_mask(obj, f'{where}["annotations"][{j}]["segmentation"] (image_id {image_id})', image_size)
+            for j, obj in enumerate(objects)
+        ]
+        target["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, *image_size, dtype=torch.bool)
+    return target
+
+
+def object_mask(obj: Mapping[str, Any], name: str, image_size: tuple[int, int]) -> np.ndarray:
+    """An object's COCO `segmentation` (polygons or RLE) as a bool `[height, width]` mask of its image."""
+    segmentation = obj.get("segmentation")
+    if isinstance(segmentation, Mapping):
+        return rle_mask(segmentation, name, image_size)
+    if isinstance(segmentation, (list, tuple)) and segmentation:
+        return _polygon_mask(segmentation, name, image_size)
+    what = "is missing" if segmentation is None else f"is {segmentation!r:.80}"
+    raise ValueError(
+        f"{name} {what}: with return_segmentation_masks=True every object needs COCO polygons [[x1, y1, x2, y2, ...], "
+        '...] or an RLE {"size": [height, width], "counts": ...}.'
+    )
+
+
+def _polygon_mask(polygons: Sequence[Any], name: str, image_size: tuple[int, int]) -> np.ndarray:
+    from pycocotools import mask as coco_mask
+
+    height, width = image_size
+    kept = []
+    for p, polygon in enumerate(polygons):
+        try:
+            points = np.asarray(polygon, dtype=np.float64)
+        except (TypeError, ValueError):
+            points = np.empty((0, 0))
+        if points.ndim != 1 or len(points) % 2 or not np.isfinite(points).all():
+            raise ValueError(
+                f"{name}[{p}] = {polygon!r:.80} is not a polygon: a flat list of finite x1, y1, x2, y2, ... in pixels."
+            )
+        xs, ys = points[0::2], points[1::2]
+        outside = (xs < -_POLYGON_TOLERANCE) | (xs > width + _POLYGON_TOLERANCE)
+        outside |= (ys < -_POLYGON_TOLERANCE) | (ys > height + _POLYGON_TOLERANCE)
+        if outside.any():
+            k = int(outside.argmax())
+            raise ValueError(
+                f"{name}[{p}] has the point (x, y) = ({xs[k]:g}, {ys[k]:g}), more than {_POLYGON_TOLERANCE:g} pixel "
+                f"outside its {width} x {height} (width x height) image: is the polygon in another image's pixels?"
+            )
+        if len(points) >= 6:  # fewer than 3 points enclose nothing (and pycocotools would read 4 numbers as a box)
+            kept.append(points.tolist())
+    if not kept:
+        return np.zeros(image_size, dtype=bool)
+    return coco_mask.decode(coco_mask.frPyObjects(kept, height, width)).any(axis=2)
+
+
+def rle_mask(rle: Mapping[str, Any], name: str, image_size: tuple[int, int]) -> np.ndarray:
+    from pycocotools import mask as coco_mask
+
+    height, width = image_size
+    if "size" not in rle or "counts" not in rle:
+        raise ValueError(f'{name} is an RLE dict without "size" or "counts"; COCO RLE is {{"size": [height, width], '
+                         '"counts": [int, ...] or str}.')  # fmt: skip
+    size = rle["size"]
+    if not isinstance(size, (list, tuple)) or [*size] != [height, width]:
+        raise ValueError(
+            f'{name}["size"] = {size!r} differs from its image, [height, width] = [{height}, {width}]: the mask must '
+            "cover the image it annotates."
+        )
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes)):
+        runs = _compressed_runs(counts, f'{name}["counts"]')
+    elif isinstance(counts, (list, tuple)) and all(isinstance(c, (int, np.integer)) for c in counts):
+        runs = [int(c) for c in counts]
+    else:
+        raise ValueError(f'{name}["counts"] must be a list of ints (uncompressed RLE) or a str (compressed RLE).')
+    # pycocotools decodes counts unchecked: with too few pixels the rest of the mask is left undefined
+    if any(run < 0 for run in runs) or sum(runs) != height * width:
+        raise ValueError(
+            f'{name}["counts"] does not decode to a {height} x {width} mask: its runs are {runs[:6]}'
+            f"{'...' if len(runs) > 6 else ''} and sum to {sum(runs)} pixels, not {height * width}; runs are "
+            "non-negative pixel counts, alternately background and mask, in column-major order."
+        )
+    return coco_mask.decode(coco_mask.frPyObjects({"size": [height, width], "counts": runs}, height, width)) > 0
+
+
+def _compressed_runs(counts: str | bytes, name: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string, read as pycocotools' `rleFrString` reads them: each run is
+    a little-endian sequence of 5-bit groups in characters 48 + value (bit 0x20: more groups follow, bit 0x10 of
+    the last: negative), and from the third run on, the difference to the run two before."""
+    try:
+        data = counts.encode("ascii") if isinstance(counts, str) else counts
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} has characters beyond ASCII, which no compressed COCO RLE holds.") from None
+    runs: list[int] = []
+    value = shift = 0
+    for character in data:
+        group = character - 48
+        if not 0 <= group < 64:
+            raise ValueError(f"{name} has the character {chr(character)!r}, which no compressed COCO RLE holds.")
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:
+            continue
+        if group & 0x10:
+            value |= -1 << shift
+        runs.append(value + runs[-2] if len(runs) > 2 else value)
+        value = shift = 0
+    if shift:
+        raise ValueError(f"{name} ends inside a run: the compressed RLE is truncated.")
+    return runs
+
+
+def coco_panoptic_target(
+    annotation: Any,
+    where: str,
+    image_size: tuple[int, int],
+    return_masks: bool,
+    masks_path: str | os.PathLike | None,
+) -> dict[str, torch.Tensor]:
+    if not isinstance(annotation, Mapping) or "segments_info" not in annotation or "image_id" not in annotation:
+        raise ValueError(
+            f'{where} must be a COCO panoptic dict {{"image_id": int, "segments_info": [...], "file_name": str}}, got '
+            f"{annotation!r:.200}."
+        )
+    image_id = _integer(annotation["image_id"], f'{where}["image_id"]')
+    segments = annotation["segments_info"]
+    if not isinstance(segments, (list, tuple)):
+        raise ValueError(f'{where}["segments_info"] must be a list of segment dicts, got {type(segments).__name__}.')
+    ids, labels, crowd = [], [], []
+    for j, segment in enumerate(segments):
+        name = f'{where}["segments_info"][{j}]'
+        if not isinstance(segment, Mapping) or "id" not in segment or "category_id" not in segment:
+            raise ValueError(f'{name} needs an integer "id" and "category_id".')
+        ids.append(_integer(segment["id"], f'{name}["id"]'))
+        labels.append(_integer(segment["category_id"], f'{name}["category_id"]'))
+        crowd.append(_integer(segment.get("iscrowd", 0), f'{name}["iscrowd"]'))
+    if len(set(ids)) < len(ids):
+        raise ValueError(f'{where}["segments_info"] (image_id {image_id}) lists a segment id twice: {ids}.')
+    id_map = _panoptic_ids(annotation, where, image_id, image_size, masks_path)
+    unlisted = sorted(set(torch.unique(id_map).tolist()) - set(ids) - {0})
+    if unlisted:
+        raise ValueError(
+            f"{where} (image_id {image_id}): the panoptic PNG has segment ids {unlisted[:10]} (R + 256 G + 256^2 B) "
+            'that "segments_info" does not list; is the PNG the one of this image? (id 0 is unlabeled, needs no entry.)'
+        )
+    masks = id_map == torch.tensor(ids, dtype=torch.int64).reshape(-1, 1, 1)
+    target = {
+        "image_id": torch.tensor([image_id], dtype=torch.int64),
+        "boxes": masks_to_boxes(masks).to(torch.float64),  # an empty mask gets (0, 0, 0, 0), dropped later
+        "class_labels": torch.tensor(labels, dtype=torch.int64),
+        "area": torch.tensor(
+            [float(s["area"]) if "area" in s else float(m.sum()) for s, m in zip(segments, masks)], dtype=torch.float64
+        ),
+        "iscrowd": torch.tensor(crowd, dtype=torch.int64),
+    }
+    if return_masks:
+        target["masks"] = masks
+    return target
+
+
+def _panoptic_ids(
+    annotation: Mapping[str, Any],
+    where: str,
+    image_id: int,
+    image_size: tuple[int, int],
+    masks_path: str | os.PathLike | None,
+) -> torch.Tensor:
+    """The int64 `[height, width]` segment ids of an image's panoptic PNG (R + 256 G + 256^2 B)."""
+    if "panoptic_png" in annotation:
+        png, name = annotation["panoptic_png"], f'{where}["panoptic_png"] (image_id {image_id})'
+    elif masks_path is not None and "file_name" in annotation:
+        png, name = Path(masks_path) / annotation["file_name"], f'{where}["file_name"] (image_id {image_id})'
+    else:
+        raise ValueError(
+            f"{where} (image_id {image_id}) has no panoptic PNG: pass masks_path=<the folder of the PNGs> with a "
+            '"file_name" in each annotation, or the PNG itself as "panoptic_png".'
+        )
+    if isinstance(png, (str, os.PathLike)):
+        png = _open(png, name)
+    if isinstance(png, PIL.Image.Image):
+        if png.mode not in ("RGB", "RGBA", "P"):
+            raise ValueError(f"{name} is a {png.mode!r} image; a panoptic PNG holds segment ids as RGB colors.")
+        rgb = torch.from_numpy(np.array(png.convert("RGB")))
+    elif _is_array(png):
+        rgb = torch.as_tensor(png)
+        if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != torch.uint8:
+            raise ValueError(
+                f"{name} has shape {tuple(rgb.shape)} and dtype {rgb.dtype}; panoptic PNG pixels are uint8 "
+                "[height, width, 3] RGB."
+            )
+    else:
+        raise TypeError(f"{name} is a {type(png).__name__}; pass a path, a PIL image or [height, width, 3] pixels.")
+    if tuple(rgb.shape[:2]) != tuple(image_size):
+        raise ValueError(
+            f"{name} is {rgb.shape[0]} x {rgb.shape[1]} (height x width), but its image is {image_size[0]} x "
+            f"{image_size[1]}: the panoptic PNG must have the image's size."
+        )
+    rgb = rgb.to(torch.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
 def _integer(value: Any, name: str) -> int:
@@ -559,11 +925,13 @@ def _labels(
     target: dict[str, torch.Tensor],
     orig_size: tuple[int, int],
     size: tuple[int, int],
+    canvas: tuple[int, int],
     do_convert_annotations: bool,
     keep_crowd: bool,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """Model labels of one image from its COCO target, boxes clipped to the image and empty or crowd ones dropped."""
+    """Model labels of one image from its COCO target, boxes clipped to the image and empty or crowd ones dropped
+    (with their masks); masks resized to `size` and padded to `canvas`."""
     orig_h, orig_w = orig_size
     height, width = size
     boxes = target["boxes"].clone()
@@ -587,7 +955,21 @@ def _labels(
         "iscrowd": target["iscrowd"][keep],
         "orig_size": torch.tensor([orig_h, orig_w]),
     }
+    if "masks" in target:
+        labels["masks"] = _label_masks(target["masks"][keep].to(device), size, canvas)
     return {key: value.to(device) for key, value in labels.items()}
+
+
+def _label_masks(masks: torch.Tensor, size: tuple[int, int], canvas: tuple[int, int]) -> torch.Tensor:
+    """Bool `[n, h, w]` masks resized to `size` and zero-padded to `canvas`, as float32 `[n, *canvas]`."""
+    out = torch.zeros(len(masks), *canvas, device=masks.device)
+    if not len(masks):  # an image without objects
+        return out
+    if tuple(masks.shape[-2:]) != tuple(size):
+        # nearest-exact, transformers' NEAREST: a pixel takes the source pixel under its centre
+        masks = tvF.resize(masks.to(torch.uint8), list(size), interpolation=tvF.InterpolationMode.NEAREST_EXACT)
+    out[:, : size[0], : size[1]] = masks
+    return out
 
 
 def _detection_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -617,17 +999,55 @@ def _target_sizes(target_sizes: Any, batch: int) -> torch.Tensor:
     return sizes
 
 
-def _register_with_object_detection_pipeline() -> None:
-    """Let `pipeline("object-detection")` accept HfDetrForObjectDetection without logging "not supported".
+def _segmentation_outputs(outputs: Any, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    missing = [name for name in ("logits", "pred_masks") if getattr(outputs, name, None) is None]
+    if missing:
+        raise TypeError(
+            f"{method} needs segmentation outputs with `logits` and `pred_masks` (HfDetrForSegmentation's); "
+            f"{type(outputs).__name__} has no {' or '.join(f'`{m}`' for m in missing)}."
+        )
+    logits, masks = torch.as_tensor(outputs.logits), torch.as_tensor(outputs.pred_masks)
+    if logits.ndim != 3 or logits.shape[-1] < 2 or masks.ndim != 4 or masks.shape[:2] != logits.shape[:2]:
+        raise ValueError(
+            "Expected `logits` [batch, queries, num_labels + 1] and `pred_masks` [batch, queries, height, width], got "
+            f"shapes {tuple(logits.shape)} and {tuple(masks.shape)}."
+        )
+    return logits, masks
 
-    The pipeline checks the model's class name against a copy of transformers' built-in name table, a copy that loses
-    the models added with `AutoModelForObjectDetection.register`. The table is the `_model_mapping` of the public
-    `MODEL_FOR_OBJECT_DETECTION_MAPPING`; the entry is added here because every pipeline loads this module, also when
-    the code comes from a saved folder with `trust_remote_code`.
+
+def _segmentation_sizes(target_sizes: Any, batch: int) -> list[tuple[int, int]] | None:
+    if target_sizes is None:
+        return None
+    sizes = _target_sizes(target_sizes, batch)
+    if not (sizes == sizes.round()).all() or (sizes < 1).any():
+        raise ValueError(f"`target_sizes` must be positive whole (height, width) pairs, got {sizes.tolist()}.")
+    return [(int(height), int(width)) for height, width in sizes.tolist()]
+
+
+def _check_thresholds(threshold: float, mask_threshold: float, overlap_mask_area_threshold: float) -> None:
+    for name, value in [
+        ("threshold", threshold),
+        ("mask_threshold", mask_threshold),
+        ("overlap_mask_area_threshold", overlap_mask_area_threshold),
+    ]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+
+
+def _register_with_pipelines() -> None:
+    """Let `pipeline("object-detection")` and `pipeline("image-segmentation")` accept hf_detr's models without
+    logging "not supported".
+
+    Each pipeline checks the model's class name against a copy of transformers' built-in name tables, a copy that loses
+    the models added with `AutoModelFor*.register`. The tables are the `_model_mapping` of the public
+    `MODEL_FOR_*_MAPPING`s; the entries are added here because every pipeline loads this module, also when the code
+    comes from a saved folder with `trust_remote_code`.
     """
-    names = getattr(MODEL_FOR_OBJECT_DETECTION_MAPPING, "_model_mapping", None)
-    if isinstance(names, dict):
-        names.setdefault("hf_detr", "HfDetrForObjectDetection")
+    for mapping, name in ((MODEL_FOR_OBJECT_DETECTION_MAPPING, "HfDetrForObjectDetection"),
+                          (MODEL_FOR_IMAGE_SEGMENTATION_MAPPING, "HfDetrForSegmentation")):  # fmt: skip
+        names = getattr(mapping, "_model_mapping", None)
+        if isinstance(names, dict):
+            names.setdefault("hf_detr", name)
 
 
-_register_with_object_detection_pipeline()
+_register_with_pipelines()

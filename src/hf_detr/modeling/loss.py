@@ -2,7 +2,8 @@
 
 `build_criterion(config)` maps an `HfDetrConfig` to it: the one-to-one set loss (Hungarian matching, then
 cross-entropy, L1 and GIoU losses on the matched pairs) and, with the training recipe's options, the one-to-many
-query group (H-DETR) and the encoder's dense head. docs/ARCHITECTURE.md ("The loss: adding a term") shows how to add
+query group (H-DETR) and the encoder's dense head; for segmentation, the focal and dice losses of the matched
+masks. docs/ARCHITECTURE.md ("The loss: adding a term") shows how to add
 a term.
 """
 
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
-from torchvision.ops import box_convert, generalized_box_iou_loss
+from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
 from .boxes import check_boxes
 from .configuration_hf_detr import HfDetrConfig
@@ -66,6 +67,26 @@ def validate_labels(labels: object, batch_size: int, num_labels: int) -> tuple[l
     # the box's extent must lie in the image (not just each number in [0, 1]); 1e-5 absorbs float32 rounding at edges
     check_boxes(all_boxes, name, "cxcywh", positive=True, within=(1.0, 1.0), tolerance=1e-5)
     return class_labels, boxes
+
+
+def validate_masks(labels: Sequence[Mapping[str, object]], size: tuple[int, int]) -> list[torch.Tensor]:
+    """The per-image target masks of `labels` (each `masks` `[n, height, width]`, one per box, at the padded
+    `pixel_values` size `size`, as `HfDetrImageProcessor` gives them with `return_segmentation_masks=True`), as
+    float 0/1."""
+    masks = []
+    for i, target in enumerate(labels):
+        if "masks" not in target:
+            raise ValueError(f'labels[{i}] has no "masks"; segmentation needs one mask per box (prepare the '
+                             "annotations with HfDetrImageProcessor(..., return_segmentation_masks=True))")
+        mask = torch.as_tensor(target["masks"])
+        expected = (len(torch.as_tensor(target["class_labels"]).reshape(-1)), *size)
+        if tuple(mask.shape) != expected and not (mask.numel() == 0 and expected[0] == 0):
+            raise ValueError(
+                f'labels[{i}]["masks"] has shape {tuple(mask.shape)}; expected [objects, height, width] = {expected}: '
+                "one mask per box at the size of the padded pixel_values"
+            )
+        masks.append(mask.reshape(expected).float())
+    return masks
 
 
 def _locate(flags: torch.Tensor, sizes: list[int]) -> tuple[int, int]:
@@ -141,6 +162,10 @@ class LossTargets:
         one_to_one: the queries matched one-to-one to the targets: every group but the one `one_to_many` takes.
         one_to_many: the last query group, when a term takes it (`LossTerm.takes_last_group`) and the outputs hold
             more than one group (training); None otherwise.
+        masks: per image, float `[n_i, height, width]` target masks at the padded input size, when a term reads
+            masks (`LossTerm.reads_masks`); None otherwise.
+        matches: the matcher's results, computed once per (query groups, layer) and shared by the terms
+            (`match`): the mask loss reuses the one-to-one matches of the last layer.
     """
 
     class_labels: list[torch.Tensor]
@@ -150,6 +175,18 @@ class LossTargets:
     class_weight: torch.Tensor
     one_to_one: QueryGroups
     one_to_many: QueryGroups | None
+    masks: list[torch.Tensor] | None = None
+    matches: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+
+    def match(self, groups: QueryGroups, suffix: str, logits: torch.Tensor, pred_boxes: torch.Tensor,
+              class_labels: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The matcher's `(query indices, target indices)` per row of `groups.layers(outputs)`'s layer `suffix`,
+        computed on the first call and reused after."""  # fmt: skip
+        key = (groups.queries.start, groups.queries.stop, suffix)  # slices are not hashable before Python 3.12
+        if key not in self.matches:
+            name = f"auxiliary_outputs[{suffix[1:]}]." if suffix else ""
+            self.matches[key] = self.matcher(logits, pred_boxes, class_labels, boxes, name=name)
+        return self.matches[key]
 
 
 class LossTerm(abc.ABC):
@@ -159,6 +196,8 @@ class LossTerm(abc.ABC):
 
     takes_last_group: ClassVar[bool] = False
     """True for a term that reads the last query group on its own; the one-to-one term then leaves that group out."""
+    reads_masks: ClassVar[bool] = False
+    """True for a term that reads the target masks (`LossTargets.masks`), which `labels` must then hold."""
 
     @abc.abstractmethod
     def __call__(self, outputs: LossOutputs, targets: LossTargets) -> dict[str, torch.Tensor]: ...
@@ -187,8 +226,7 @@ def _set_loss(
     num_boxes = max(num_boxes, 1.0)
     loss_dict: dict[str, torch.Tensor] = {}
     for suffix, logits, pred_boxes in layers:
-        name = f"auxiliary_outputs[{suffix[1:]}]." if suffix else ""
-        indices = targets.matcher(logits, pred_boxes, class_labels, boxes, name=name)
+        indices = targets.match(groups, suffix, logits, pred_boxes, class_labels, boxes)
         terms = _matched_terms(logits, pred_boxes, class_labels, boxes, indices, num_boxes, ce_norm,
                                targets.class_weight)  # fmt: skip
         loss_dict.update({key + suffix: value for key, value in terms.items()})
@@ -317,6 +355,60 @@ class EncoderDenseLoss(LossTerm):
         return {"encoder_loss_ce": loss_ce, "encoder_loss_bbox": loss_bbox, "encoder_loss_giou": loss_giou}
 
 
+@dataclass(frozen=True)
+class MaskLoss(LossTerm):
+    """The segmentation head's loss on the matched queries of the last decoder layer (the one-to-one matches the set
+    loss computed; masks are not part of the matching cost, as in the paper): `loss_mask`, the sigmoid focal loss
+    (`torchvision.ops.sigmoid_focal_loss`, alpha 0.25, gamma 2) averaged over each mask's pixels, and `loss_dice`,
+    1 - the smoothed Dice coefficient, both summed over masks and divided by the number of target boxes (averaged
+    over processes, as the box losses).
+
+    The predicted masks are upsampled (bilinear) to the targets' size, the padded input size. Padding pixels are
+    left out of both terms (`outputs["pixel_mask"]`), so a padded image has the loss it has alone; the original and
+    transformers count them as background. Reads `outputs["pred_masks"]` `[batch, num_queries, h, w]` (the first
+    query group), or `outputs["masks_of"]`, a function of the matched (image, query) index pairs giving only their
+    mask logits `[n, h, w]` (what `HfDetrForSegmentation` passes in training: the head runs on the matched queries
+    alone), and `outputs["pixel_mask"]` `[batch, height, width]`.
+    """
+
+    reads_masks: ClassVar[bool] = True
+
+    def __call__(self, outputs: LossOutputs, targets: LossTargets) -> dict[str, torch.Tensor]:
+        if "pred_masks" not in outputs and "masks_of" not in outputs:
+            return {}
+        groups = targets.one_to_one
+        _, logits, pred_boxes = groups.layers(outputs)[0]
+        class_labels = [c for c in targets.class_labels for _ in range(groups.count)]
+        boxes = [b for b in targets.boxes for _ in range(groups.count)]
+        # the first group of each image: the queries the mask head reads
+        indices = targets.match(groups, "", logits, pred_boxes, class_labels, boxes)[:: groups.count]
+        device = outputs["logits"].device
+        (num_boxes,) = _process_means([float(sum(len(b) for b in targets.boxes))], device)
+        num_boxes = max(num_boxes, 1.0)
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
+        query_idx = torch.cat([src for src, _ in indices]).to(device)
+        if len(query_idx) == 0:  # no objects in the batch: zero, still connected to the graph
+            zero = outputs["logits"].sum() * 0.0
+            return {"loss_mask": zero, "loss_dice": zero}
+        if "pred_masks" in outputs:
+            matched = outputs["pred_masks"][batch_idx, query_idx]
+        else:
+            matched = outputs["masks_of"](batch_idx, query_idx)
+        target = torch.cat([m[tgt.to(device)] for m, (_, tgt) in zip(targets.masks, indices)])
+        pixel_mask = outputs.get("pixel_mask")
+        valid = (torch.ones_like(target, dtype=torch.bool) if pixel_mask is None
+                 else pixel_mask.bool()[batch_idx])  # fmt: skip
+        pred = F.interpolate(matched[:, None].float(), size=target.shape[-2:], mode="bilinear",
+                             align_corners=False)[:, 0]  # fmt: skip
+        valid_pixels = valid.flatten(1).sum(1).clamp(min=1)
+        focal = sigmoid_focal_loss(pred, target, alpha=0.25, gamma=2.0, reduction="none")
+        loss_mask = ((focal * valid).flatten(1).sum(1) / valid_pixels).sum() / num_boxes
+        prob = (pred.sigmoid() * valid).flatten(1)
+        target = target.flatten(1)
+        dice = 1 - (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
+        return {"loss_mask": loss_mask, "loss_dice": dice.sum() / num_boxes}
+
+
 @dataclass
 class SetCriterion:
     """DETR's loss, composed as the original's `SetCriterion(num_classes, matcher, weight_dict, eos_coef, losses)`:
@@ -353,7 +445,8 @@ class SetCriterion:
             outputs: `logits` `[batch, groups * num_queries, num_labels + 1]` and `pred_boxes`
                 `[batch, groups * num_queries, 4]`; optionally `auxiliary_outputs` (per decoder layer but the last,
                 a dict of both) and what other terms read (`EncoderDenseLoss`).
-            labels: one dict per image, `class_labels` `[n]` and `boxes` `[n, 4]` (see `validate_labels`).
+            labels: one dict per image, `class_labels` `[n]` and `boxes` `[n, 4]` (see `validate_labels`), and
+                `masks` `[n, height, width]` for a term that reads masks (see `validate_masks`).
         """
         targets = self._targets(outputs, labels)
         loss_dict = self._terms(outputs, targets)
@@ -376,6 +469,12 @@ class SetCriterion:
         split = (groups - many) * self.num_queries
         class_weight = torch.ones(self.num_labels + 1, device=device)
         class_weight[-1] = self.eos_coefficient
+        masks = None
+        if any(term.reads_masks for term in self.losses) and ("pred_masks" in outputs or "masks_of" in outputs):
+            size = outputs["pixel_mask"].shape[-2:] if "pixel_mask" in outputs else None
+            if size is None:  # the first image's masks give the size the others must have
+                size = torch.as_tensor(labels[0].get("masks", torch.zeros(0, 0, 0))).shape[-2:]
+            masks = [m.to(device) for m in validate_masks(labels, tuple(size))]
         return LossTargets(
             class_labels=[c.to(device) for c in class_labels],
             boxes=[b.to(device) for b in boxes],
@@ -384,6 +483,7 @@ class SetCriterion:
             class_weight=class_weight,
             one_to_one=QueryGroups(slice(0, split), groups - many),
             one_to_many=QueryGroups(slice(split, None), 1) if many else None,
+            masks=masks,
         )
 
     def _terms(self, outputs: LossOutputs, targets: LossTargets) -> dict[str, torch.Tensor]:
@@ -397,9 +497,10 @@ class SetCriterion:
         return loss_dict
 
 
-def build_criterion(config: HfDetrConfig) -> SetCriterion:
-    """The loss `config` describes: the one place that maps config values to the matcher (built once), the weights
-    and the terms. Cheap (no tensors), so the model builds it at every forward with labels and config edits apply."""
+def build_criterion(config: HfDetrConfig, masks: bool = False) -> SetCriterion:
+    """The loss `config` describes (with `masks`, the segmentation model's: plus `MaskLoss`): the one place that maps
+    config values to the matcher (built once), the weights and the terms. Cheap (no tensors), so the model builds it
+    at every forward with labels and config edits apply."""
     detr = {"loss_ce": 1.0, "loss_bbox": config.bbox_loss_coefficient, "loss_giou": config.giou_loss_coefficient}
     suffixes = [""] + [f"_{i}" for i in range(config.decoder_layers - 1) if config.auxiliary_loss]
     set_weights = {key + suffix: weight for suffix in suffixes for key, weight in detr.items()}
@@ -411,6 +512,9 @@ def build_criterion(config: HfDetrConfig) -> SetCriterion:
     if config.encoder_loss_coefficient > 0:
         coefficient = config.encoder_loss_coefficient
         terms.append((EncoderDenseLoss(), {f"encoder_{k}": w * coefficient for k, w in detr.items()}))
+    if masks:
+        terms.append((MaskLoss(), {"loss_mask": config.mask_loss_coefficient,
+                                   "loss_dice": config.dice_loss_coefficient}))  # fmt: skip
     return SetCriterion(
         matcher=HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost),
         weight_dict={key: weight for _, weights in terms for key, weight in weights.items()},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
@@ -18,6 +19,7 @@ from .backbone import TimmBackbone
 from .configuration_hf_detr import HfDetrConfig
 from .loss import SetCriterion, build_criterion
 from .position_encoding import LearnedPositionEmbedding, build_position_embedding
+from .segmentation import AttentionMap, MaskHead
 from .transformer import DecoderLayer, EncoderLayer, MultiHeadAttention, TransformerDecoder, TransformerEncoder
 from .transformers_detr import load_transformers_weights, read_transformers_detr_config, state_dict_from_transformers
 
@@ -41,6 +43,10 @@ class HfDetrModelOutput(ModelOutput):
         encoder_attentions / decoder_attentions / cross_attentions: `[batch, heads, q_len, kv_len]` per layer,
             on request.
         feature_mask: `[batch, h, w]` bool, True on the feature-map cells of real (unpadded) pixels.
+        projected_features: `[batch, h * w, d_model]`, the backbone map after the input projection (the encoder's
+            input), for the segmentation head.
+        finer_features: the backbone's higher-resolution maps, finest first (only in a model built with
+            `finer_levels`, the segmentation model's).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -52,6 +58,8 @@ class HfDetrModelOutput(ModelOutput):
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     feature_mask: torch.BoolTensor | None = None
+    projected_features: torch.FloatTensor | None = None
+    finer_features: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -101,7 +109,7 @@ class HfDetrPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 fan_in = module.weight[0].numel()
                 init.uniform_(module.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -117,6 +125,116 @@ class HfDetrPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (EncoderLayer, DecoderLayer)):
             init.xavier_uniform_(module.linear1.weight)
             init.xavier_uniform_(module.linear2.weight)
+        elif isinstance(module, MaskHead):  # the original's mask head initialization
+            for conv in module.modules():
+                if isinstance(conv, nn.Conv2d):
+                    init.kaiming_uniform_(conv.weight, a=1)
+                    init.zeros_(conv.bias)
+        elif isinstance(module, AttentionMap):
+            for linear in (module.q_proj, module.k_proj):
+                init.xavier_uniform_(linear.weight)
+                init.zeros_(linear.bias)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any,
+                        **kwargs: Any) -> Any:  # fmt: skip
+        """transformers' `from_pretrained`, with another number of object queries than the checkpoint's:
+        `num_queries=N` (or a `config` with N queries, as the Auto classes and `hf-detr train --model_kwargs` pass
+        it). The checkpoint loads with its own number of queries, every weight exactly, and `resize_queries(N)` then
+        keeps the first N query embeddings or adds new ones made from the existing ones (seeded, so a checkpoint
+        loads to the same weights every time); `config.num_queries` becomes N. Works for every checkpoint layout
+        `HfDetrForObjectDetection` loads, transformers' own DETR included (see `_load_pretrained`).
+        """
+        target = kwargs.pop("num_queries", None)
+        if target is not None:
+            _check_num_queries(target)
+        requested = target if target is not None else getattr(kwargs.get("config"), "num_queries", None)
+        saved = None if requested is None else cls._checkpoint_num_queries(pretrained_model_name_or_path, model_args,
+                                                                           kwargs)  # fmt: skip
+        if saved is None or saved == requested:  # nothing to resize: the ordinary loading path
+            if target is not None:
+                kwargs["num_queries"] = target
+            return cls._load_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        # load at the checkpoint's own number of queries, so that every weight fits, then resize
+        if isinstance(kwargs.get("config"), PreTrainedConfig):
+            kwargs["config"] = copy.deepcopy(kwargs["config"])
+            kwargs["config"].num_queries = saved
+        else:
+            kwargs["num_queries"] = saved
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = cls._load_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                           **kwargs)  # fmt: skip
+        model.resize_queries(requested)
+        return (model, info) if output_loading_info else model
+
+    @classmethod
+    def _load_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any,
+                         **kwargs: Any) -> Any:  # fmt: skip
+        """Load a checkpoint at its own number of queries: transformers' `from_pretrained`."""
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def _checkpoint_num_queries(cls, source: str | os.PathLike | None, model_args: tuple,
+                                kwargs: dict[str, Any]) -> int | None:  # fmt: skip
+        """`num_queries` of the checkpoint's config.json (hf_detr's or transformers' DETR); None when there is no
+        readable one (weights passed as `state_dict`, a missing folder, ...): the ordinary path then applies."""
+        if source is None or model_args or kwargs.get("state_dict") is not None or kwargs.get("gguf_file"):
+            return None
+        download = {name: kwargs[name] for name in _DOWNLOAD_KWARGS if kwargs.get(name) is not None}
+        try:
+            return cls.config_class.from_pretrained(source, **download).num_queries
+        except (OSError, ValueError):
+            return None
+
+    @torch.no_grad()
+    def resize_queries(self, num_queries: int, generator: torch.Generator | None = None) -> None:
+        """Change the number of object queries to `num_queries` in place, `config.num_queries` included.
+
+        `query_embed.weight` is `[num_queries * num_query_groups, d_model]`, one group after the other. Query groups
+        are independent sets of queries for training only (see `to_plain_detr`), so each one is resized alike:
+        with fewer queries, the first `num_queries` of each group are kept (inference reads the first group); with
+        more, all are kept and each group gets `num_queries - Q` new ones, each a copy of an existing query of its
+        group (every one used once before any twice) plus Gaussian noise of 0.1 times the group's standard
+        deviation, so they start near learnt queries yet distinct. Randomness comes from `generator` (default: a CPU
+        generator seeded with 0), never the global RNG. Every other weight is untouched; one line is logged.
+        `query_embed.weight` becomes a new parameter: build the optimizer afterwards.
+        """
+        _check_num_queries(num_queries)
+        cfg, embed = self.config, self.base_model.query_embed
+        old, groups = cfg.num_queries, cfg.num_query_groups
+        if num_queries == old:
+            return
+        weight = embed.weight.reshape(groups, old, -1)  # [groups, old, d_model]
+        if num_queries < old:
+            resized = weight[:, :num_queries].clone()
+            what, log = f"kept the first {num_queries}", logger.info
+        else:
+            generator = torch.Generator().manual_seed(0) if generator is None else generator
+            extra = num_queries - old
+            rounds = -(-extra // old)  # permutations of the existing queries, so each is copied once before twice
+            picks = torch.stack([
+                torch.cat([torch.randperm(old, generator=generator) for _ in range(rounds)])[:extra]
+                for _ in range(groups)
+            ])  # fmt: skip
+            existing = weight.detach().float().cpu()
+            scale = 0.1 * existing.std(dim=(1, 2), keepdim=True)
+            noise = torch.randn(groups, extra, existing.shape[-1], generator=generator)
+            new = existing[torch.arange(groups)[:, None], picks] + scale * noise
+            resized = torch.cat([weight, new.to(weight)], dim=1)
+            what, log = f"{extra} new ones from existing ones plus noise", logger.warning
+        embed.weight = nn.Parameter(resized.flatten(0, 1), requires_grad=embed.weight.requires_grad)
+        embed.num_embeddings = embed.weight.shape[0]
+        cfg.num_queries = num_queries
+        per_group = f" in each of the {groups} query groups" if groups > 1 else ""
+        log("query_embed: %d -> %d queries (%s)%s", old, num_queries, what, per_group)
+
+
+def _check_num_queries(num_queries: object) -> None:
+    if isinstance(num_queries, bool) or not isinstance(num_queries, int) or num_queries < 1:
+        raise ValueError(
+            f"num_queries={num_queries!r} is invalid: it must be a positive integer, the number of object queries "
+            "(e.g. num_queries=20)"
+        )
 
 
 def _tracing() -> bool:
@@ -155,11 +273,12 @@ def _check_inputs(config: HfDetrConfig, pixel_values: object, pixel_mask: object
 
 
 class HfDetrModel(HfDetrPreTrainedModel):
-    """Backbone, input projection, position embedding and the encoder-decoder transformer, without heads."""
+    """Backbone, input projection, position embedding and the encoder-decoder transformer, without heads.
+    `finer_levels=k` also returns up to k finer backbone maps (`finer_features`), for the segmentation head."""
 
-    def __init__(self, config: HfDetrConfig) -> None:
+    def __init__(self, config: HfDetrConfig, finer_levels: int = 0) -> None:
         super().__init__(config)
-        self.backbone = TimmBackbone(config)
+        self.backbone = TimmBackbone(config, finer_levels)
         self.input_proj = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
         self.position_embedding = build_position_embedding(config)
         self.query_embed = nn.Embedding(config.num_queries * config.num_query_groups, config.d_model)
@@ -194,7 +313,7 @@ class HfDetrModel(HfDetrPreTrainedModel):
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         pixel_mask = _check_inputs(cfg, pixel_values, pixel_mask)
 
-        features, mask = self.backbone(pixel_values, pixel_mask)
+        features, mask, finer = self.backbone(pixel_values, pixel_mask)
         if not _tracing() and not mask.flatten(1).any(1).all():
             empty = ~mask.flatten(1).any(1)
             raise ValueError(
@@ -231,6 +350,8 @@ class HfDetrModel(HfDetrPreTrainedModel):
             intermediate_hidden_states=decoded["intermediate"],
             encoder_last_hidden_state=memory,
             feature_mask=feature_mask,
+            projected_features=src,
+            finer_features=tuple(finer) or None,
             encoder_hidden_states=encoder_states,
             encoder_attentions=encoder_attentions,
             decoder_hidden_states=decoded["hidden_states"],
@@ -256,9 +377,12 @@ class BoxHead(nn.Module):
 class HfDetrForObjectDetection(HfDetrPreTrainedModel):
     """DETR with its class head (`num_labels + 1` logits, the last one "no object") and box head on every query."""
 
+    # finer backbone maps the model reads besides the last one (the segmentation head's FPN)
+    _finer_levels: int = 0
+
     def __init__(self, config: HfDetrConfig) -> None:
         super().__init__(config)
-        self.model = HfDetrModel(config)
+        self.model = HfDetrModel(config, self._finer_levels)
         self.class_embed = nn.Linear(config.d_model, config.num_labels + 1)
         self.bbox_embed = BoxHead(config.d_model)
         if config.encoder_loss_coefficient > 0:  # training-only dense head; to_plain_detr() removes it
@@ -272,9 +396,10 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any,
-                        **kwargs: Any) -> Any:  # fmt: skip
-        """transformers' `from_pretrained`, which also takes a checkpoint of transformers' own
+    def _load_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any,
+                         **kwargs: Any) -> Any:  # fmt: skip
+        """How `from_pretrained` (which also takes `num_queries=N`, see `HfDetrPreTrainedModel.from_pretrained`)
+        loads a checkpoint: transformers' `from_pretrained`, which also takes a checkpoint of transformers' own
         `DetrForObjectDetection` (`model_type: "detr"` in its config.json, a folder or a Hub id such as
         `"facebook/detr-resnet-50"`) and converts it on load: the same weights (Hub / transformers 4 and transformers
         5 key layouts, single or sharded safetensors or pickled files, the latter read with `weights_only=True`) in the
@@ -294,7 +419,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
             detr_config = read_transformers_detr_config(source, **download)
             if detr_config is not None:
                 return cls._from_transformers_detr(source, detr_config, dict(kwargs))
-        return super().from_pretrained(source, *model_args, **kwargs)
+        return super()._load_pretrained(source, *model_args, **kwargs)
 
     @classmethod
     def _from_transformers_detr(cls, source: str | os.PathLike, detr_config: dict[str, Any],
@@ -323,7 +448,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         elif getattr(config, "model_type", None) == "detr":  # a transformers DetrConfig object
             config = config_class.from_dict(config.to_dict())
         state_dict = state_dict_from_transformers(load_transformers_weights(source, use_safetensors, **download))
-        model, info = super().from_pretrained(
+        model, info = super()._load_pretrained(
             None, config=config, state_dict=state_dict, ignore_mismatched_sizes=True, output_loading_info=True,
             **kwargs,
         )  # fmt: skip
@@ -399,32 +524,41 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
+        return HfDetrObjectDetectionOutput(**self._output_fields(outputs, self._heads(outputs), labels))
+
+    def _heads(self, outputs: HfDetrModelOutput) -> dict[str, Any]:
+        """`logits`, `pred_boxes` and `auxiliary_outputs` (None without the auxiliary loss) of the decoder output."""
         # with the auxiliary loss the heads read every layer at once; the last layer gives the predictions
         hidden = outputs.intermediate_hidden_states
         if hidden is None:
             hidden = outputs.last_hidden_state[None]
         all_logits = self.class_embed(hidden)
         all_boxes = self.bbox_embed(hidden).sigmoid()
-        logits, pred_boxes = all_logits[-1], all_boxes[-1]
         auxiliary_outputs = None
         if self.config.auxiliary_loss:
             auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(all_logits[:-1], all_boxes[:-1])]
+        return {"logits": all_logits[-1], "pred_boxes": all_boxes[-1], "auxiliary_outputs": auxiliary_outputs}
 
+    def _output_fields(self, outputs: HfDetrModelOutput, heads: dict[str, Any],
+                       labels: list[dict[str, torch.Tensor]] | None) -> dict[str, Any]:  # fmt: skip
+        """The output's fields: `heads` (what the criterion reads), the loss with `labels`, the model's states."""
         loss = loss_dict = None
         if labels is not None:
-            heads = {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary_outputs or []}
+            inputs = dict(heads, auxiliary_outputs=heads["auxiliary_outputs"] or [])
             if self.training and hasattr(self, "encoder_class_embed"):  # the training-only dense head
                 memory = outputs.encoder_last_hidden_state
-                heads.update(encoder_logits=self.encoder_class_embed(memory),
-                             encoder_box_logits=self.encoder_bbox_embed(memory), feature_mask=outputs.feature_mask)
-            criterion = self.criterion if self.criterion is not None else build_criterion(self.config)
-            loss, loss_dict = criterion(heads, labels)
-        return HfDetrObjectDetectionOutput(
+                inputs.update(encoder_logits=self.encoder_class_embed(memory),
+                              encoder_box_logits=self.encoder_bbox_embed(memory), feature_mask=outputs.feature_mask)
+            criterion = self.criterion
+            if criterion is None:
+                criterion = build_criterion(self.config, masks=self._finer_levels > 0)
+            loss, loss_dict = criterion(inputs, labels)
+        return dict(
             loss=loss,
             loss_dict=loss_dict,
-            logits=logits,
-            pred_boxes=pred_boxes,
-            auxiliary_outputs=auxiliary_outputs,
+            logits=heads["logits"],
+            pred_boxes=heads["pred_boxes"],
+            auxiliary_outputs=heads["auxiliary_outputs"],
             last_hidden_state=outputs.last_hidden_state,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
@@ -435,4 +569,106 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         )
 
 
-__all__ = ["HfDetrPreTrainedModel", "HfDetrModel", "HfDetrForObjectDetection"]
+@dataclass
+class HfDetrSegmentationOutput(HfDetrObjectDetectionOutput):
+    """
+    [`HfDetrObjectDetectionOutput`] plus:
+
+    Args:
+        pred_masks: `[batch, num_queries, height / 4, width / 4]` mask logits, one map per query, at the finest
+            backbone map the mask head reads (stride 4 for DETR-R50); `loss_dict` also holds `loss_mask` (focal)
+            and `loss_dice` with labels. None in training mode with labels: the head then runs only on the queries
+            the loss reads (those matched to an object; the head works on each query alone, so the loss is the same).
+    """
+
+    pred_masks: torch.FloatTensor | None = None
+
+
+class HfDetrForSegmentation(HfDetrForObjectDetection):
+    """DETR with the paper's segmentation head (section 4.4): the detector of [`HfDetrForObjectDetection`] (the same
+    weights under the same names, so a detection checkpoint loads into it with only the head new), a multi-head
+    attention map of every query over the encoder memory (`bbox_attention`) and an FPN-style mask head over up to
+    three finer backbone maps (`mask_head`), giving one mask logit map per query. Panoptic and instance maps come
+    from `HfDetrImageProcessor.post_process_panoptic_segmentation` / `post_process_instance_segmentation`.
+
+    Train the detector first and then the head with `freeze_detection()` (the paper's recipe), or both jointly.
+    """
+
+    _finer_levels = 3
+
+    def __init__(self, config: HfDetrConfig) -> None:
+        super().__init__(config)
+        self.bbox_attention = AttentionMap(config.d_model, config.encoder_attention_heads)
+        fpn_channels = self.model.backbone.finer_channels[::-1]  # coarsest first, the order the head upsamples in
+        self.mask_head = MaskHead(config.d_model, config.encoder_attention_heads, fpn_channels)
+        self.post_init()
+
+    def freeze_detection(self) -> None:
+        """Train only the segmentation head: every detector weight stops receiving gradients (the paper trains the
+        mask head for 25 epochs on a frozen, trained detector)."""
+        heads = {id(p) for module in (self.bbox_attention, self.mask_head) for p in module.parameters()}
+        for parameter in self.parameters():
+            parameter.requires_grad_(id(parameter) in heads)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        labels: list[dict[str, torch.Tensor]] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> HfDetrSegmentationOutput:
+        """
+        Args:
+            pixel_values / pixel_mask: as for [`HfDetrForObjectDetection`].
+            labels: as for [`HfDetrForObjectDetection`], plus `masks` `[n, height, width]` per image (one 0/1 mask
+                per box at the padded `pixel_values` size, as `HfDetrImageProcessor(...,
+                return_segmentation_masks=True)` gives them). The loss adds the focal and Dice losses of the masks
+                matched one-to-one (padding pixels left out).
+
+        Returns:
+            [`HfDetrSegmentationOutput`]: `logits`, `pred_boxes` and `pred_masks` `[batch, num_queries, h, w]`.
+        """
+        outputs = self.model(
+            pixel_values,
+            pixel_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        feature_mask = outputs.feature_mask
+        batch, height, width = feature_mask.shape
+        # the inference queries (the first group when training with several)
+        queries = outputs.last_hidden_state[:, : self.config.num_queries]
+        attention = self.bbox_attention(queries, outputs.encoder_last_hidden_state, feature_mask)
+        projected = outputs.projected_features.transpose(1, 2).reshape(batch, -1, height, width)
+        fpn = list(outputs.finer_features or ())[::-1]
+
+        def masks_of(image: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+            """Mask logits `[n, h, w]` of the `n` (image, query) pairs, image indices ascending: the head runs on
+            each image's chosen queries, padded to the most any image has."""
+            counts = torch.bincount(image, minlength=batch)
+            rank = torch.arange(len(image), device=image.device) - (counts.cumsum(0) - counts)[image]
+            chosen = torch.zeros(batch, int(counts.max()), dtype=torch.long, device=image.device)
+            chosen[image, rank] = query
+            picked = attention[torch.arange(batch, device=image.device)[:, None], chosen]
+            return self.mask_head(projected, picked, fpn)[image, rank]
+
+        heads = self._heads(outputs)
+        pred_masks = None
+        if labels is None or not self.training:
+            pred_masks = self.mask_head(projected, attention, fpn)
+        if labels is not None:
+            if pixel_mask is None:
+                pixel_mask = torch.ones_like(pixel_values[:, 0], dtype=torch.bool)
+            masks = {"pred_masks": pred_masks} if pred_masks is not None else {"masks_of": masks_of}
+            heads = dict(heads, **masks, pixel_mask=pixel_mask)
+        fields = self._output_fields(outputs, heads, labels)
+        return HfDetrSegmentationOutput(**fields, pred_masks=pred_masks)
+
+
+__all__ = [
+    "HfDetrPreTrainedModel", "HfDetrModel", "HfDetrForObjectDetection", "HfDetrForSegmentation",
+    "HfDetrSegmentationOutput",
+]

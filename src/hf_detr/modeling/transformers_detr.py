@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DETR_IMAGE_PROCESSOR_TYPES",
+    "MASK_HEAD_RENAMES",
     "WEIGHT_FILES",
     "config_kwargs_from_transformers",
     "hf_detr_config_dict",
@@ -32,6 +33,7 @@ __all__ = [
     "load_transformers_weights",
     "pack_attention_projections",
     "read_transformers_detr_config",
+    "rename_mask_head",
     "state_dict_from_transformers",
 ]
 
@@ -63,6 +65,8 @@ _SHARED_CONFIG_FIELDS = (
     "bbox_loss_coefficient",
     "giou_loss_coefficient",
     "eos_coefficient",
+    "mask_loss_coefficient",
+    "dice_loss_coefficient",
     "id2label",
     "label2id",
 )
@@ -87,8 +91,24 @@ _TRANSFORMERS_RENAMES = (
     (r"\.fc2\.", ".linear2."),
 )
 
+# the segmentation head in the original DETR's names (also the Hub's, transformers 4) -> ours; plain prefixes
+MASK_HEAD_RENAMES = (
+    ("bbox_attention.q_linear.", "bbox_attention.q_proj."),
+    ("bbox_attention.k_linear.", "bbox_attention.k_proj."),
+    ("mask_head.lay1.", "mask_head.conv1.conv."),
+    ("mask_head.gn1.", "mask_head.conv1.norm."),
+    ("mask_head.lay2.", "mask_head.conv2.conv."),
+    ("mask_head.gn2.", "mask_head.conv2.norm."),
+    *((f"mask_head.adapter{i + 1}.", f"mask_head.fpn_stages.{i}.adapter.") for i in range(3)),
+    *((f"mask_head.lay{i + 3}.", f"mask_head.fpn_stages.{i}.refine.conv.") for i in range(3)),
+    *((f"mask_head.gn{i + 3}.", f"mask_head.fpn_stages.{i}.refine.norm.") for i in range(3)),
+    ("mask_head.out_lay.", "mask_head.output_conv."),
+)
+
 # transformers 5 names in memory -> the names it (and the Hub) store on disk
 _TRANSFORMERS_V5_TO_HUB = (
+    (r"^detr\.", ""),  # DetrForSegmentation holds the detector as `detr`; ours shares the detector's names
+    (r"^mask_head\.fpn_stages\.(\d)\.fpn_adapter\.", r"mask_head.fpn_stages.\1.adapter."),
     (r"^model\.backbone\.model\.", "model.backbone.conv_encoder.model."),
     (r"\.o_proj\.", ".out_proj."),
     (r"\.mlp\.fc([12])\.", r".fc\1."),
@@ -215,16 +235,31 @@ def load_transformers_weights(
 
 
 def state_dict_from_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a transformers DETR state dict (Hub layout or transformers 5 in-memory layout) to ours, packing the
-    separate q/k/v projections into `in_proj_weight` / `in_proj_bias`."""
+    """Rename a transformers DETR state dict (`DetrForObjectDetection` or `DetrForSegmentation`; Hub layout or
+    transformers 5 in-memory layout) to ours, packing the separate q/k/v projections into `in_proj_weight` /
+    `in_proj_bias`."""
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):
             continue  # frozen BatchNorm keeps no step counter
         for pattern, replacement in _TRANSFORMERS_V5_TO_HUB + _TRANSFORMERS_RENAMES:
             key = re.sub(pattern, replacement, key)
-        renamed[key] = value
-    return pack_attention_projections(renamed, ("q_proj", "k_proj", "v_proj"))
+        renamed[rename_mask_head(key)] = value
+    # the attention map of the segmentation head has queries and keys only: nothing to pack
+    attention_map = {k: v for k, v in renamed.items() if k.startswith("bbox_attention.")}
+    packed = pack_attention_projections({k: v for k, v in renamed.items() if k not in attention_map},
+                                        ("q_proj", "k_proj", "v_proj"))  # fmt: skip
+    return {**packed, **attention_map}
+
+
+def rename_mask_head(key: str, to_original: bool = False) -> str:
+    """A segmentation-head key in the original DETR's (and the Hub's) names as ours, or back with `to_original`;
+    any other key unchanged."""
+    for original, ours in MASK_HEAD_RENAMES:
+        source, target = (ours, original) if to_original else (original, ours)
+        if key.startswith(source):
+            return target + key[len(source) :]
+    return key
 
 
 def pack_attention_projections(
@@ -279,20 +314,15 @@ def is_transformers_detr_image_processor(processor_dict: Mapping[str, Any]) -> b
 def image_processor_dict_from_transformers(processor_dict: dict[str, Any]) -> dict[str, Any]:
     """`processor_dict` itself, or for a transformers `DetrImageProcessor` (or the old `DetrFeatureExtractor`)
     `preprocessor_config.json` the `HfDetrImageProcessor` settings that preprocess the same way: size (also the old
-    int `size` with `max_size`), resizing, rescaling, normalization and padding. DETR-only keys without a meaning here
-    are dropped (logged at debug level); annotations in another format than COCO detection are an error."""
+    int `size` with `max_size`), resizing, rescaling, normalization, padding and the annotation format (COCO
+    detection or, for the panoptic checkpoints, COCO panoptic). DETR-only keys without a meaning here are dropped
+    (logged at debug level)."""
     if not is_transformers_detr_image_processor(processor_dict):
         return processor_dict
     from transformers.image_processing_utils import get_size_dict
 
     settings = dict(processor_dict)
     annotation_format = settings.pop("format", "coco_detection")
-    annotation_format = getattr(annotation_format, "value", annotation_format)
-    if annotation_format != "coco_detection":
-        raise ValueError(
-            f"this DetrImageProcessor reads annotations in the {annotation_format!r} format; HfDetrImageProcessor "
-            "does object detection with COCO detection annotations only (format 'coco_detection')"
-        )
     if "pad_and_return_pixel_mask" in settings:  # the feature extractor's name of do_pad
         settings.setdefault("do_pad", settings.pop("pad_and_return_pixel_mask"))
     size, max_size = settings.pop("size", None), settings.pop("max_size", None)
@@ -304,6 +334,7 @@ def image_processor_dict_from_transformers(processor_dict: dict[str, Any]) -> di
     for name in _SHARED_PROCESSOR_FIELDS:
         if settings.get(name) is not None:
             translated[name] = settings.pop(name)
+    translated["format"] = getattr(annotation_format, "value", annotation_format)  # the processor checks the value
     if "do_convert_annotations" not in translated:  # DetrImageProcessor's default: as do_normalize
         translated["do_convert_annotations"] = translated.get("do_normalize", True)
     dropped = sorted(key for key in settings if key not in _BOOKKEEPING and key not in _SHARED_PROCESSOR_FIELDS)

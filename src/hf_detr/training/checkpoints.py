@@ -1,4 +1,5 @@
-"""Resumable training states: `checkpoints/step_<n>` folders of accelerate's `save_state` plus the loop's position."""
+"""Resumable training states: `checkpoints/step_<n>` folders of accelerate's `save_state` (with the weight average of
+`--ema_decay`, registered for checkpointing) plus the loop's position and early-stopping record."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATE_FILE", "Progress", "latest_checkpoint", "resume_point", "save_checkpoint"]
+__all__ = ["EMA_FILE", "STATE_FILE", "Progress", "check_ema_state", "latest_checkpoint", "resume_point",
+           "save_checkpoint"]
 
 STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks the checkpoint complete
+# accelerate's file for the first (here: the only) object of `register_for_checkpointing`, the weight average
+EMA_FILE = "custom_checkpoint_0.pkl"
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -40,6 +44,10 @@ class Progress:
     batches_in_epoch: int = 0  # batches of `epoch` already trained on
     elapsed: float = 0.0  # seconds of training before this session
     log_history: list = field(default_factory=list)
+    # early stopping: the best value of metric_for_best_model so far, its step, and the evaluations since it
+    best_metric: float | None = None
+    best_step: int | None = None
+    evaluations_since_best: int = 0
 
 
 def save_checkpoint(accelerator: Accelerator, progress: Progress, config: TrainConfig) -> None:
@@ -72,3 +80,15 @@ def resume_point(config: TrainConfig) -> Path | None:
             f"{output_dir} already holds checkpoints: pass --resume to continue that run or choose another output_dir"
         )
     return None
+
+
+def check_ema_state(folder: Path, ema: bool) -> None:
+    """A run resumes with the weight average it was saved with, or without one if it had none (accelerate would
+    otherwise fail on the count of its saved objects, or an average would silently restart from the weights)."""
+    saved = (folder / EMA_FILE).is_file()
+    if ema and not saved:
+        raise ValueError(f"ema_decay is set but the checkpoint {folder} holds no weight average (it was saved without "
+                         "--ema_decay): resume without --ema_decay, or start a new run with it")  # fmt: skip
+    if saved and not ema:
+        raise ValueError(f"the checkpoint {folder} holds a weight average (saved with --ema_decay): pass --ema_decay "
+                         "again to continue it")  # fmt: skip

@@ -20,6 +20,8 @@ __all__ = ["Augment", "BoxPolicy", "TrainConfig", "add_arguments", "config_from_
 
 # training augmentation: DETR's recipe, horizontal flips only, or none (the image processor's resize alone)
 Augment = Literal["detr", "flip", "none"]
+# what the model learns: boxes, or boxes and masks (HfDetrForSegmentation)
+Task = Literal["detection", "instance", "panoptic"]
 
 
 @dataclass
@@ -31,6 +33,18 @@ class TrainConfig:
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "a hub_configs/ folder (config only: random init), a trained model folder or a Hub id"},
+    )
+    task: Task = field(
+        default="detection",
+        metadata={
+            "help": "detection, or instance / panoptic segmentation: HfDetrForSegmentation trained on the data set's "
+            "masks (COCO polygons or RLE, COCO panoptic PNGs, the synthetic shapes' pixels), evaluated on mask AP "
+            "(segm_map, ...) and panoptic quality (pq, sq, rq) besides box AP"
+        },
+    )
+    freeze_detection: bool = field(
+        default=False,
+        metadata={"help": "segmentation: train the mask head only, on a trained detector (the paper's second phase)"},
     )
     model_kwargs: dict | None = field(
         default=None,
@@ -93,6 +107,16 @@ class TrainConfig:
         default=2 / 3, metadata={"help": "fraction of training after which 'step' divides the lr by 10"}
     )
     warmup_steps: int = 0
+    ema_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "keep an exponential moving average of the weights, ema = D * ema + (1 - D) * weights after every "
+            "optimizer step (e.g. 0.999 for fine-tuning; default: off); evaluation during training and the saved "
+            "model use the averaged weights, checkpoints hold the average so --resume continues it. BatchNorm "
+            "running statistics are not averaged: the averaged model uses the live model's (averaging them breaks "
+            "training from scratch, docs/RECIPE.md)"
+        },
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
         default=None, metadata={"help": "default: accelerate's launch configuration"}
     )
@@ -104,6 +128,18 @@ class TrainConfig:
     eval_steps: int | None = field(
         default=None,
         metadata={"help": "evaluate every N optimizer steps (default: after every epoch); also at the end"},
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop when metric_for_best_model has not improved for N consecutive evaluations (needs an "
+            "eval split); the model saved is the one at the stop, the log line names the best evaluation"
+        },
+    )
+    metric_for_best_model: str = field(
+        default="map",
+        metadata={"help": "the evaluation metric early stopping watches, greater is better: map, map_50, mar_100, "
+                  "map_class_<name>, ..."},  # fmt: skip
     )
     save_steps: int = field(
         default=500, metadata={"help": "save a resumable state every N steps and at the end; 0: never"}
@@ -141,7 +177,8 @@ class TrainConfig:
                      "logging_steps", "synthetic_train_size", "synthetic_image_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 fail(name, "it must be at least 1")
-        for name in ("num_train_epochs", "max_steps", "eval_steps", "image_size", "max_size", "save_total_limit"):
+        for name in ("num_train_epochs", "max_steps", "eval_steps", "image_size", "max_size", "save_total_limit",
+                     "early_stopping_patience"):  # fmt: skip
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 fail(name, "it must be at least 1 (or left unset)")
         for name in ("learning_rate", "backbone_learning_rate", "weight_decay", "max_grad_norm", "warmup_steps",
@@ -152,10 +189,18 @@ class TrainConfig:
             fail("time_budget", "give a positive number of seconds")
         if self.augment not in typing.get_args(Augment):
             fail("augment", "choose 'detr' (DETR's flip / multi-scale / crop), 'flip' or 'none'")
+        if self.task not in typing.get_args(Task):
+            fail("task", f"choose one of {typing.get_args(Task)}")
+        if self.freeze_detection and self.task == "detection":
+            fail("freeze_detection", "it trains a segmentation head: set task='instance' or 'panoptic'")
         if self.box_policy not in typing.get_args(BoxPolicy):
             fail("box_policy", "choose 'clip' (clip boxes to their image, drop empty ones), 'drop' or 'error'")
         if not 0 < self.lr_drop <= 1:
             fail("lr_drop", "it is a fraction of the training in (0, 1]")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            fail("ema_decay", "the decay is in (0, 1), e.g. 0.999 (or leave it unset: no averaging)")
+        if self.early_stopping_patience is not None and self.eval_split is None:
+            fail("early_stopping_patience", "early stopping watches the evaluation: give an eval_split")
         if self.num_train_epochs is None and self.max_steps is None and self.time_budget is None:
             raise ValueError("TrainConfig: say how long to train: num_train_epochs, max_steps or time_budget")
         if self.push_to_hub and not self.hub_model_id:

@@ -13,6 +13,12 @@ stay float32), logs the losses, evaluates COCO mAP over every image exactly once
 saves resumable states (`checkpoints`) and finally the model and image processor folder that
 `pipeline("object-detection")` loads.
 
+Options for fine-tuning: `ema_decay` keeps an exponential moving average of the weights (`torch.optim.swa_utils.
+AveragedModel` of the unwrapped model, updated after every optimizer step; its BatchNorm statistics are the live
+model's, copied in whenever it is used) which every evaluation scores and which is saved as the model;
+`early_stopping_patience` stops once `metric_for_best_model` has not improved for that many evaluations. Every
+evaluation logs the COCO numbers and each class's AP, AP50 and AR@100 (`eval_map_class_<name>`, ...) to the trackers.
+
 Equivalence with one big batch: the set criterion divides each process's loss by the number of boxes averaged over
 processes, and DDP averages the gradients, so N processes step exactly as one process on the whole batch would.
 """
@@ -35,16 +41,18 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import is_tensorboard_available, set_seed
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..data.collate import DetectionCollator, DetectionDataset, derived_seed
 from ..data.loading import id2label as dataset_id2label
 from ..data.sources import load_data
 from ..evaluation.evaluate import evaluate, evaluation_loader
+from ..evaluation.metrics import COCO_STAT_NAMES, PER_CLASS_STATS, per_class_key
 from ..hub.cards import model_card, push_to_hub, save_model_folder
-from ..modeling import HfDetrForObjectDetection, HfDetrImageProcessor
+from ..modeling import HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
 from ..modeling.matcher import NonFiniteOutputError
-from .checkpoints import STATE_FILE, Progress, resume_point, save_checkpoint
+from .checkpoints import STATE_FILE, Progress, check_ema_state, resume_point, save_checkpoint
 from .config import TrainConfig
 from .setup import build_model, parameter_groups, set_labels, training_data, with_image_size
 
@@ -57,13 +65,14 @@ _LAYER_SUFFIX = re.compile(r"_\d+$")  # loss_dict keys of the auxiliary decoder 
 class TrainResult:
     """What `train` returns (on every process)."""
 
-    model: HfDetrForObjectDetection  # the trained model, unwrapped from DDP
+    model: HfDetrForObjectDetection  # the trained model (with ema_decay: the averaged weights), unwrapped from DDP
     image_processor: HfDetrImageProcessor
     global_step: int
-    stop_reason: str  # "completed" or "time_budget"
-    metrics: dict[str, float]  # the last evaluation ({} without an eval split)
+    stop_reason: str  # "completed", "time_budget" or "early_stopping"
+    metrics: dict[str, float]  # the last evaluation, per-class keys included ({} without an eval split)
     log_history: list[dict[str, float]]
     output_dir: str
+    eval_dataset: Any = None  # the evaluation split (a `datasets.Dataset`), None without one
 
 
 class TrainingDivergedError(ValueError):
@@ -134,8 +143,10 @@ def _trackers(report_to: str) -> list[str] | None:
 
 
 def _log_line(entry: Mapping[str, float]) -> str:
+    """The entry as one line, without the per-class metrics (`<stat>_class_<name>`: three per class)."""
     parts = [f"step {entry['step']}", f"epoch {entry['epoch']:.2f}"]
-    parts += [f"{key} {value:.4g}" for key, value in entry.items() if key not in ("step", "epoch", "elapsed")]
+    parts += [f"{key} {value:.4g}" for key, value in entry.items()
+              if key not in ("step", "epoch", "elapsed") and "_class_" not in key]  # fmt: skip
     return " | ".join(parts) + f" | {entry['elapsed']:.0f} s"
 
 
@@ -144,8 +155,9 @@ class _Loop:
 
     def __init__(self, config: TrainConfig, accelerator: Accelerator, model: nn.Module, optimizer: Any,
                  image_processor: HfDetrImageProcessor, train_set: DetectionDataset, train_loader: Any,
-                 eval_loader: Any, progress: Progress) -> None:  # fmt: skip
+                 eval_loader: Any, progress: Progress, ema: AveragedModel | None) -> None:  # fmt: skip
         self.config, self.accelerator, self.model, self.optimizer = config, accelerator, model, optimizer
+        self.ema, self.live = ema, accelerator.unwrap_model(model)
         self.image_processor, self.progress = image_processor, progress
         self.train_set, self.train_loader, self.eval_loader = train_set, train_loader, eval_loader
         self.batches_per_epoch = len(train_loader)
@@ -176,7 +188,8 @@ class _Loop:
         return self.progress.epoch + self.progress.batches_in_epoch / self.batches_per_epoch
 
     def run(self) -> str:
-        """Train until the step count or the time budget is reached; returns "completed" or "time_budget"."""
+        """Train until the step count or the time budget is reached, or early stopping says so; returns
+        "completed", "time_budget" or "early_stopping"."""
         progress, config = self.progress, self.config
         last_saved = progress.global_step if progress.global_step else -1  # a resumed session starts at a checkpoint
         stop_reason = None
@@ -200,16 +213,19 @@ class _Loop:
                 if step % config.logging_steps == 0 or stop_reason:
                     self._log_losses()
                 if self.eval_loader is not None and config.eval_steps and step % config.eval_steps == 0:
-                    self.evaluate()
+                    if self.evaluate() and not stop_reason:
+                        stop_reason = "early_stopping"
                 if config.save_steps and step % config.save_steps == 0:
                     save_checkpoint(self.accelerator, progress, config)
                     last_saved = step
                 if stop_reason:
                     break
             else:  # the epoch ended
-                if self.eval_loader is not None and not config.eval_steps:
-                    self.evaluate()
+                if self.eval_loader is not None and not config.eval_steps and self.evaluate():
+                    stop_reason = "early_stopping"
         self.bar.close()
+        if self.window_steps:  # early stopping came between two logging steps
+            self._log_losses()
         if self.eval_loader is not None and self.last_evaluated != progress.global_step:
             self.evaluate()
         if config.save_steps and last_saved != progress.global_step:
@@ -276,6 +292,8 @@ class _Loop:
             self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:  # its first update copies the weights
+            self.ema.update_parameters(self.live)
         progress.global_step += 1
         progress.elapsed = self.elapsed
         self.window_steps += 1
@@ -292,11 +310,47 @@ class _Loop:
         self.window.clear()
         self.window_steps = 0
 
-    def evaluate(self) -> None:
-        self.metrics = evaluate(self.model, self.image_processor, self.eval_loader, accelerator=self.accelerator)
+    def evaluate(self) -> bool:
+        """COCO metrics with each class's AP (of the averaged weights with `ema_decay`), logged; True when early
+        stopping says to stop."""
+        model = self.model if self.ema is None else self._averaged_model()
+        # iterating the loader draws from the global RNG, which the training's dropout must not depend on: at an
+        # epoch's end the checkpoint is saved before the evaluation, and a run resumed from it must repeat this one
+        device = self.accelerator.device
+        with torch.random.fork_rng(devices=[device] if device.type != "cpu" else [], device_type=device.type):
+            self.metrics = evaluate(model, self.image_processor, self.eval_loader, accelerator=self.accelerator,
+                                    per_class=True)  # fmt: skip
         self.last_evaluated = self.progress.global_step
         self._record({"step": self.progress.global_step, "epoch": self.epoch,
                       **{f"eval_{name}": value for name, value in self.metrics.items()}})  # fmt: skip
+        return self.config.early_stopping_patience is not None and self._patience_exhausted()
+
+    def _averaged_model(self) -> nn.Module:
+        """The weight average with the live model's buffers: BatchNorm statistics are not averaged (they train with
+        `freeze_backbone_batchnorm=False`, where averaging them breaks training from scratch, docs/RECIPE.md)."""
+        with torch.no_grad():
+            for averaged, live in zip(self.ema.module.buffers(), self.live.buffers(), strict=True):
+                averaged.copy_(live)
+        return self.ema.module
+
+    def _patience_exhausted(self) -> bool:
+        """Early stopping: record the evaluation; True once `early_stopping_patience` evaluations in a row have not
+        beaten the best `metric_for_best_model` (greater is better, strictly)."""
+        config, progress = self.config, self.progress
+        value = self.metrics[config.metric_for_best_model]
+        if progress.best_metric is None or value > progress.best_metric:
+            progress.best_metric, progress.best_step, progress.evaluations_since_best = value, progress.global_step, 0
+            return False
+        progress.evaluations_since_best += 1
+        if progress.evaluations_since_best < config.early_stopping_patience:
+            return False
+        if self.accelerator.is_main_process:
+            self.bar.write(
+                f"early stopping at step {progress.global_step}: eval_{config.metric_for_best_model} has not improved "
+                f"for {progress.evaluations_since_best} evaluations; the best, {progress.best_metric:.4g}, was at step "
+                f"{progress.best_step} (the model saved is the one of step {progress.global_step})"
+            )
+        return True
 
     def _record(self, entry: dict[str, float]) -> None:
         """Into the history (saved with checkpoints), the trackers, train_log.jsonl and above the progress bar."""
@@ -307,6 +361,18 @@ class _Loop:
             with self.log_file.open("a") as stream:
                 stream.write(json.dumps(entry) + "\n")
             self.bar.write(_log_line(entry))
+
+
+def _check_early_stopping(config: TrainConfig, eval_loader: Any, data: datasets.DatasetDict) -> None:
+    """Before training: early stopping needs evaluation images and a metric the evaluation gives."""
+    if eval_loader is None:
+        raise ValueError(f"TrainConfig.early_stopping_patience={config.early_stopping_patience}: the eval split "
+                         f"{config.eval_split!r} has no images to evaluate on; give one that has")  # fmt: skip
+    classes = dataset_id2label(data[config.eval_split]).values()
+    names = [*COCO_STAT_NAMES, *(per_class_key(stat, name) for name in classes for stat in PER_CLASS_STATS)]
+    if config.metric_for_best_model not in names:
+        raise ValueError(f"TrainConfig.metric_for_best_model={config.metric_for_best_model!r} is not a metric of the "
+                         f"evaluation; choose one of {names}")  # fmt: skip
 
 
 def train(
@@ -331,6 +397,7 @@ def train(
         config.dataset, splits, synthetic_sizes={config.train_split: config.synthetic_train_size,
                                                  config.eval_split: config.synthetic_eval_size},
         synthetic_image_size=config.synthetic_image_size, seed=config.seed, box_policy=config.box_policy,
+        masks=config.task != "detection",
     )  # fmt: skip
     for split in splits:
         if split not in data:
@@ -339,11 +406,17 @@ def train(
         raise ValueError(f"split {config.train_split!r} is empty")
     id2label = dataset_id2label(data[config.train_split])
     if model is None:
-        model, built_processor = build_model(config.model_name_or_path, id2label, config.model_kwargs)
+        model, built_processor = build_model(config.model_name_or_path, id2label, config.model_kwargs,
+                                             segmentation=config.task != "detection")  # fmt: skip
         image_processor = image_processor or built_processor
     else:
         set_labels(model, id2label)
         image_processor = image_processor or HfDetrImageProcessor()
+    if config.task != "detection" and not isinstance(model, HfDetrForSegmentation):
+        raise ValueError(f"task={config.task!r} trains masks: give an HfDetrForSegmentation, not a "
+                         f"{type(model).__name__}")  # fmt: skip
+    if config.freeze_detection:
+        model.freeze_detection()
     # the processor that is saved with the model resizes evaluation and inference images; training scales follow it
     image_processor = with_image_size(image_processor, config.image_size, config.max_size)
     train_set, collator = training_data(data[config.train_split], image_processor, config.augment, config.seed)
@@ -352,8 +425,10 @@ def train(
     if config.eval_split is not None and len(data[config.eval_split]) > 0:
         eval_loader = accelerator.prepare(evaluation_loader(
             data[config.eval_split], image_processor, model.config.id2label, config.per_device_eval_batch_size,
-            config.dataloader_num_workers,
+            config.dataloader_num_workers, mask_references=config.task != "detection",
         ))  # fmt: skip
+    if config.early_stopping_patience is not None:
+        _check_early_stopping(config, eval_loader, data)
     if config.backbone_learning_rate == 0:
         model.freeze_backbone()
     groups = parameter_groups(model, config.learning_rate, config.backbone_learning_rate)
@@ -361,9 +436,16 @@ def train(
         group["base_lr"] = group["lr"]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    ema = None
+    if config.ema_decay is not None:
+        # of the unwrapped model (a copy on its device); parameters only: `_Loop._averaged_model` gives it the buffers
+        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+                            use_buffers=False)  # fmt: skip
+        accelerator.register_for_checkpointing(ema)  # saved and restored with the states of --resume
 
     progress = Progress()
     if resume_from is not None:
+        check_ema_state(resume_from, ema is not None)
         accelerator.load_state(str(resume_from))  # weights, optimizer, scaler and this process's RNG states
         progress = Progress(**json.loads((resume_from / STATE_FILE).read_text()))
         accelerator.print(f"resumed from {resume_from} at step {progress.global_step}")
@@ -375,15 +457,20 @@ def train(
             "hf_detr", config={k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str))}
         )
     loop = _Loop(config, accelerator, model, optimizer, image_processor, train_set, train_loader, eval_loader,
-                 progress)  # fmt: skip
+                 progress, ema)  # fmt: skip
     stop_reason = loop.run()
 
     trained = accelerator.unwrap_model(model)
+    if ema is not None:  # the average is the model saved (with the live buffers, which `trained` holds)
+        with torch.no_grad():
+            for weight, averaged in zip(trained.parameters(), ema.module.parameters(), strict=True):
+                weight.copy_(averaged)
     trained.to_plain_detr()  # training-only options (Group DETR queries, trainable BatchNorm) become plain DETR
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         source = f"Trained with `hf-detr train` for {progress.global_step} steps on `{config.dataset}`."
         # one card for the local folder and the Hub copy
+        trained.config.architectures = [type(trained).__name__]  # the card shows the API of the model it describes
         card = model_card(trained.config, config.hub_model_id or str(output_dir), source=source)
         save_model_folder(output_dir, trained, image_processor, card, state_dict=state_dict)
         (output_dir / "eval_results.json").write_text(json.dumps(loop.metrics, indent=1))
@@ -394,5 +481,6 @@ def train(
     return TrainResult(
         model=trained, image_processor=image_processor, global_step=progress.global_step, stop_reason=stop_reason,
         metrics=loop.metrics, log_history=progress.log_history, output_dir=str(output_dir),
+        eval_dataset=data[config.eval_split] if eval_loader is not None else None,
     )  # fmt: skip
 

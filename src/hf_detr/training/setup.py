@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data.collate import DetectionCollator, DetectionDataset
 from ..data.transforms import training_transform
-from ..modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
+from ..modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
 from ..modeling.transformers_detr import WEIGHT_FILES
 from ..presets import default_max_size
 
@@ -24,6 +24,9 @@ __all__ = ["WEIGHT_FILES", "build_model", "has_weights", "load_image_processor",
 
 # heads whose rows are classes: replaced together when the labels change (the second: the encoder's dense head)
 _CLASS_HEADS = ("class_embed", "encoder_class_embed")
+# the segmentation head: new when a segmentation model starts from a detector, unused when a detector starts from a
+# segmentation checkpoint (the paper trains the detector first, then the head)
+_SEGMENTATION_HEAD = ("bbox_attention", "mask_head")
 
 
 def has_weights(source: str | os.PathLike) -> bool:
@@ -52,45 +55,56 @@ def build_model(
     id2label: Mapping[int, str],
     overrides: Mapping[str, Any] | None = None,
     revision: str | None = None,
+    segmentation: bool = False,
 ) -> tuple[HfDetrForObjectDetection, HfDetrImageProcessor]:
-    """The model to train on data with labels `id2label`, and the image processor that comes with it.
+    """The model to train on data with labels `id2label`, and the image processor that comes with it: an
+    `HfDetrForSegmentation` with `segmentation` (from a detection checkpoint, its mask head new), an
+    `HfDetrForObjectDetection` otherwise (from a segmentation checkpoint, its detector).
 
     `model_name_or_path` is None (a new `HfDetrConfig(**overrides)`), a folder with a config but no weights (e.g.
     `hub_configs/detr-resnet-50`: a new model of that architecture), or a folder or Hub id with weights (fine-tuning;
-    `overrides` may only change what keeps every weight's shape, such as dropout or loss weights): hf_detr's, or a
-    checkpoint of transformers' own DETR such as `facebook/detr-resnet-50`, converted on load. The class head is
-    replaced when the labels differ (`set_labels`). The processor is the checkpoint's when it has one (a
+    `overrides` may only change what keeps every weight's shape, such as dropout or loss weights, and `num_queries`,
+    whose query embeddings `from_pretrained` resizes, see `resize_queries`): hf_detr's, or a checkpoint of
+    transformers' own DETR such as `facebook/detr-resnet-50`, converted on load. The class head is replaced when the
+    labels differ (`set_labels`). The processor is the checkpoint's when it has one (a
     transformers `DetrImageProcessor`'s settings carried over).
     """
     overrides = dict(overrides or {})
+    model_class = HfDetrForSegmentation if segmentation else HfDetrForObjectDetection
     if model_name_or_path is None:
-        model = HfDetrForObjectDetection(HfDetrConfig(**overrides, id2label=dict(id2label)))
+        model = model_class(HfDetrConfig(**overrides, id2label=dict(id2label)))
         return model, HfDetrImageProcessor()
     source = str(model_name_or_path)
     if not has_weights(source):
         if not Path(source, "config.json").is_file():
             raise ValueError(f"model_name_or_path={source!r} has neither config.json nor weights")
         logger.info("%s holds no weights: a new model of its architecture", source)
-        model = HfDetrForObjectDetection(HfDetrConfig.from_pretrained(source, revision=revision, **overrides))
+        model = model_class(HfDetrConfig.from_pretrained(source, revision=revision, **overrides))
     else:
-        model = _load_weights(source, overrides, revision)
+        model = _load_weights(model_class, source, overrides, revision)
     set_labels(model, id2label)
     return model, load_image_processor(source, revision)
 
 
-def _load_weights(source: str, overrides: dict[str, Any], revision: str | None) -> HfDetrForObjectDetection:
+def _load_weights(model_class: type[HfDetrForObjectDetection], source: str, overrides: dict[str, Any],
+                  revision: str | None) -> HfDetrForObjectDetection:  # fmt: skip
     config = HfDetrConfig.from_pretrained(source, revision=revision, **overrides)
-    # the class head may not fit (the data set has another number of labels): set_labels replaces it afterwards
-    model, info = HfDetrForObjectDetection.from_pretrained(
+    # the class head may not fit (the data set has another number of labels): set_labels replaces it afterwards; a
+    # num_queries override loads the checkpoint at its own number of queries and resizes them (from_pretrained)
+    model, info = model_class.from_pretrained(
         source, config=config, revision=revision, ignore_mismatched_sizes=True, output_loading_info=True
     )
+    expected = tuple(f"{head}." for head in (*_CLASS_HEADS, *_SEGMENTATION_HEAD))
+    new_head = sorted(key for key in info["missing_keys"] if key.startswith(expected))
+    if new_head:
+        logger.info("%s: weights new (not in %s): %s", model_class.__name__, source, new_head)
     broken = {key for key, *_ in info["mismatched_keys"]} | set(info["missing_keys"]) | set(info["unexpected_keys"])
-    broken = sorted(key for key in broken if not key.startswith(tuple(f"{head}." for head in _CLASS_HEADS)))
+    broken = sorted(key for key in broken if not key.startswith(expected))
     if broken:
         raise ValueError(
             f"the weights of {source} do not fit the model built from its config with the overrides {overrides}: "
             f"{broken[:5]}{' ...' if len(broken) > 5 else ''} would be reinitialized. Only override options that keep "
-            "the architecture (e.g. dropout, loss weights) when starting from weights."
+            "the architecture (e.g. dropout, loss weights, num_queries) when starting from weights."
         )
     return model
 

@@ -1,0 +1,483 @@
+"""Segmentation metrics: COCO mask mAP through ``pycocotools`` and panoptic quality (PQ, SQ, RQ).
+
+**Mask mAP** is the box metric's COCOeval run (:func:`hf_detr.evaluation.metrics.run_cocoeval`) with
+``iouType="segm"`` on binary masks encoded as COCO RLEs (``pycocotools.mask.encode``): the same 12 numbers under the
+same names with the prefix ``segm_`` (``segm_map``, ``segm_map_50``, ..., ``segm_mar_large``; per class
+``segm_map_class_<name>``, ...), so box and mask metrics share one dict without a collision (no box key starts with
+``segm_``). Crowd masks are matched as COCO does: intersection over the detection's area, and detections on them are
+ignored. Images with differently sized prediction and reference masks are an error, not a resize.
+
+**Panoptic quality** follows the COCO panoptic definition (Kirillov et al., "Panoptic Segmentation", CVPR 2019, as
+panopticapi's ``pq_compute`` implements it). Per image, pixels whose segment id is <= 0 are unlabelled (VOID: COCO's
+id 0, and the 0 and -1 of ``post_process_panoptic_segmentation``); every other id must be listed in
+``segments_info``. Then:
+
+- a predicted and a ground-truth segment of the same category match when IoU > 0.5, with the prediction's VOID pixels
+  (where the ground truth is unlabelled) removed from the union; IoU > 0.5 makes matches unique;
+- a crowd ground-truth segment is never matched nor missed;
+- an unmatched ground-truth segment is a false negative; an unmatched prediction is a false positive unless more than
+  half of it lies on VOID plus the crowd regions *of its own category* (panopticapi keeps one crowd segment per
+  category and image; here all of them count, the same for COCO's annotations, which merge a category's crowd);
+- per category: SQ = sum of matched IoUs / TP, RQ = TP / (TP + FP / 2 + FN / 2), PQ = SQ x RQ; ``pq``, ``sq``,
+  ``rq`` average them over the categories with any segment (TP + FP + FN > 0), ``*_things`` and ``*_stuff`` over the
+  thing and the stuff categories of those. A value nothing defines is **-1.0**, as in the COCO box metric; per class
+  ``pq_class_<name>``, ``sq_class_<name>``, ``rq_class_<name>`` (no PQ stat name contains ``_class_``).
+
+Why not a package: ``torchmetrics.detection.PanopticQuality`` (1.9) has no crowd regions, removes the prediction's
+unlabelled pixels inside a ground-truth segment from the union and excuses ground truth the prediction leaves mostly
+unlabelled (COCO counts both against the prediction); panopticapi is not on PyPI (its repackaging
+``panopticapi-lite`` pins numpy < 2) and reads PNG folders. The definition is small, so it is written here in numpy.
+
+Across processes: mask predictions travel as RLEs (:func:`encode_masks`), PQ as each image's small
+:class:`SegmentCounts` (:meth:`PanopticQualityMetric.count_image`), which ``accelerator.gather_for_metrics(...,
+use_gather_object=True)`` collects one per image, dropping the duplicates of the last uneven batch, as the evaluation
+loop does with the box metric's inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import evaluate
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from ..data.masks import encode_rles
+from .metrics import COCO_STAT_NAMES, CocoEvaluation, _as_tensor, _check_lengths, _class_names, run_cocoeval
+
+__all__ = [
+    "PQ_PER_CLASS_STATS",
+    "PQ_STAT_NAMES",
+    "SEGM_PREFIX",
+    "SEGM_STAT_NAMES",
+    "CocoSegmentationMetric",
+    "PanopticQualityMetric",
+    "SegmentCounts",
+    "coco_segmentation_evaluate",
+    "encode_masks",
+    "panoptic_quality",
+]
+
+SEGM_PREFIX = "segm_"
+SEGM_STAT_NAMES: tuple[str, ...] = tuple(SEGM_PREFIX + name for name in COCO_STAT_NAMES)
+
+PQ_PER_CLASS_STATS: tuple[str, ...] = ("pq", "sq", "rq")
+PQ_STAT_NAMES: tuple[str, ...] = tuple(
+    stat + group for group in ("", "_things", "_stuff") for stat in PQ_PER_CLASS_STATS
+)
+
+
+# --------------------------------------------------------------------------------------------------- mask mAP
+
+
+def encode_masks(masks: Any, where: str = "masks") -> list[dict[str, Any]]:
+    """Binary masks ``[N, H, W]`` (bool, or 0/1 numbers; numpy or torch) as COCO RLEs ``{"size": [H, W], "counts":
+    str}``, the compact form predictions and references take for storage and gathering across processes."""
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu().numpy()
+    array = np.asarray(masks)
+    if array.size == 0 and array.ndim < 3:  # [] or an empty array: no masks
+        return []
+    if array.ndim != 3:
+        raise ValueError(f"{where} must have shape (N, H, W), got {array.shape}.")
+    if array.dtype.kind not in "biuf" or (array.dtype != bool and not np.isin(array, (0, 1)).all()):
+        raise ValueError(
+            f"{where} must be binary (bool or 0/1), got dtype {array.dtype}; threshold mask probabilities first "
+            "(e.g. `masks > 0.5`)."
+        )
+    return encode_rles(array)
+
+
+def _rles(masks: Any, where: str) -> list[dict[str, Any]]:
+    """``masks`` as RLEs: binary masks ``[N, H, W]``, or a list of RLE dicts (compressed counts, str or bytes, as
+    :func:`encode_masks` gives; or COCO's uncompressed list of run lengths, as crowd annotations have)."""
+    if not (isinstance(masks, (list, tuple)) and masks and isinstance(masks[0], Mapping)):
+        return encode_masks(masks, f"{where}: `masks`")
+    rles = []
+    for j, rle in enumerate(masks):
+        if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
+            raise ValueError(f"{where}: `masks[{j}]` must be an RLE dict with `size` (H, W) and `counts`.")
+        size = [int(s) for s in rle["size"]]
+        if len(size) != 2 or min(size) < 0:
+            raise ValueError(f"{where}: `masks[{j}]['size']` must be (H, W), got {rle['size']!r}.")
+        counts = rle["counts"]
+        if isinstance(counts, (list, tuple)):  # uncompressed run lengths
+            counts = mask_utils.frPyObjects({"size": size, "counts": list(counts)}, *size)["counts"]
+        if isinstance(counts, bytes):
+            counts = counts.decode("ascii")
+        if not isinstance(counts, str):
+            raise ValueError(f"{where}: `masks[{j}]['counts']` must be str, bytes or a list of run lengths.")
+        rles.append({"size": size, "counts": counts})
+    return rles
+
+
+def _normalize_mask_prediction(prediction: Mapping[str, Any], where: str) -> dict[str, list]:
+    """One image's detections: ``scores`` (N,), ``labels`` (N,), ``masks`` (N, H, W) binary or N RLEs."""
+    if not isinstance(prediction, Mapping):
+        raise TypeError(f"{where} must be a dict with `scores`, `labels`, `masks`, got {type(prediction).__name__}.")
+    missing = [key for key in ("scores", "labels", "masks") if key not in prediction]
+    if missing:
+        raise ValueError(f"{where} is missing {missing}; expected `scores`, `labels`, `masks` (N, H, W) binary.")
+    fields = {
+        "scores": _as_tensor(prediction["scores"], where, "scores", torch.float64).tolist(),
+        "labels": _as_tensor(prediction["labels"], where, "labels", torch.int64).tolist(),
+        "masks": _rles(prediction["masks"], where),
+    }
+    _check_lengths(where, fields)
+    return fields
+
+
+def _normalize_mask_reference(reference: Mapping[str, Any], where: str) -> dict[str, list]:
+    """One image's ground truth: ``masks`` (M, H, W) binary or M RLEs, ``labels`` or ``class_labels`` (M,), optional
+    ``iscrowd`` (M,) (default 0). Other keys are ignored."""
+    if not isinstance(reference, Mapping):
+        raise TypeError(f"{where} must be a dict with `masks` and `labels`, got {type(reference).__name__}.")
+    label_key = "labels" if "labels" in reference else "class_labels"
+    if "masks" not in reference or label_key not in reference:
+        raise ValueError(f"{where} needs `masks` ((M, H, W) binary) and `labels` (or `class_labels`).")
+    masks = _rles(reference["masks"], where)
+    crowd = reference.get("iscrowd", np.zeros(len(masks), dtype=np.int64))
+    fields = {
+        "masks": masks,
+        "labels": _as_tensor(reference[label_key], where, label_key, torch.int64).tolist(),
+        "iscrowd": _as_tensor(crowd, where, "iscrowd", torch.int64).tolist(),
+    }
+    _check_lengths(where, fields)
+    return fields
+
+
+def _run_segm_cocoeval(
+    preds: list[dict[str, list]], refs: list[dict[str, list]], per_class: bool, id2label: Mapping[int, str] | None
+) -> CocoEvaluation:
+    """Mask mAP on normalized inputs: the box metric's COCOeval run with ``iouType="segm"``, keys prefixed."""
+    gt, dt, image_sizes = [], [], []
+    for image_id, (pred, ref) in enumerate(zip(preds, refs), start=1):
+        sizes = {tuple(rle["size"]) for rle in pred["masks"] + ref["masks"]}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"image {image_id - 1}: masks of different sizes {sorted(sizes)}; predictions and references must be "
+                "in the same (H, W) frame (post-process the predictions to the references' size)."
+            )
+        image_sizes.append(sizes.pop() if sizes else (0, 0))  # (0, 0): no masks, nothing reads the size
+        for rle, label, crowd in zip(ref["masks"], ref["labels"], ref["iscrowd"]):
+            gt.append({"image_id": image_id, "segmentation": rle, "category_id": label, "iscrowd": crowd,
+                       "area": float(mask_utils.area(rle))})  # fmt: skip
+        for rle, label, score in zip(pred["masks"], pred["labels"], pred["scores"]):
+            dt.append({"image_id": image_id, "segmentation": rle, "category_id": label, "score": score,
+                       "iscrowd": 0, "area": float(mask_utils.area(rle))})  # fmt: skip
+    evaluation = run_cocoeval(len(refs), gt, dt, "segm", per_class, id2label, image_sizes)
+    return dataclasses.replace(evaluation, metrics={SEGM_PREFIX + k: v for k, v in evaluation.metrics.items()})
+
+
+def coco_segmentation_evaluate(
+    predictions: Sequence[Mapping[str, Any]],
+    references: Sequence[Mapping[str, Any]],
+    per_class: bool = False,
+    id2label: Mapping[int, str] | None = None,
+    return_evaluation: bool = False,
+) -> dict[str, float] | CocoEvaluation:
+    """COCO mask evaluation of ``predictions[i]`` against ``references[i]`` (images are matched by position).
+
+    Args:
+        predictions: per image ``{"scores": (N,), "labels": (N,), "masks": (N, H, W)}``, masks binary (or N RLE dicts,
+            :func:`encode_masks`) in the references' frame.
+        references: per image ``{"masks": (M, H, W), "labels" | "class_labels": (M,), "iscrowd"?: (M,)}``.
+        per_class: also return ``segm_map_class_<name>``, ``segm_map_50_class_<name>``, ``segm_mar_100_class_<name>``.
+        id2label: names for the per-class results (the integer label otherwise); its ids join the category list.
+        return_evaluation: return the :class:`CocoEvaluation` of the run (prefixed metrics; the per-class table and
+            precision array as for boxes; ``predictions`` / ``references`` empty: diagnostics read boxes).
+
+    Returns:
+        ``{name: float}`` for :data:`SEGM_STAT_NAMES` (and per-class keys); -1.0 where COCO cannot define a value.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references; need one per image.")
+    preds = [_normalize_mask_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
+    refs = [_normalize_mask_reference(r, f"references[{i}]") for i, r in enumerate(references)]
+    evaluation = _run_segm_cocoeval(preds, refs, per_class, id2label)
+    return evaluation if return_evaluation else evaluation.metrics
+
+
+_RLES = datasets.List({"size": datasets.List(datasets.Value("int64"), length=2), "counts": datasets.Value("string")})
+
+
+class CocoSegmentationMetric(evaluate.Metric):
+    """COCO mask mAP as an ``evaluate.Metric``, the mask twin of ``CocoDetectionMetric``.
+
+    ``add_batch(predictions=[...], references=[...])`` / ``add(prediction=..., reference=...)`` take the formats of
+    :func:`coco_segmentation_evaluate` and store the masks as RLEs; ``compute(per_class=False, id2label=None,
+    return_evaluation=False)`` returns its result.
+
+    Example::
+
+        metric = CocoSegmentationMetric()
+        metric.add_batch(predictions=[{"masks": masks > 0.5, "scores": scores, "labels": labels}], references=refs)
+        metrics = {**box_metrics, **metric.compute()}  # "map", ... and "segm_map", ...
+    """
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="COCO mask mAP/mAR computed with pycocotools COCOeval (iouType='segm').",
+            citation="Lin et al., Microsoft COCO: Common Objects in Context, ECCV 2014.",
+            inputs_description=coco_segmentation_evaluate.__doc__,
+            features=datasets.Features(
+                {
+                    "predictions": {
+                        "scores": datasets.Sequence(datasets.Value("float64")),
+                        "labels": datasets.Sequence(datasets.Value("int64")),
+                        "masks": _RLES,
+                    },
+                    "references": {
+                        "masks": _RLES,
+                        "labels": datasets.Sequence(datasets.Value("int64")),
+                        "iscrowd": datasets.Sequence(datasets.Value("int64")),
+                    },
+                }
+            ),
+        )
+
+    def add_batch(self, *, predictions: Sequence[Mapping] | None = None, references: Sequence[Mapping] | None = None,
+                  **kwargs: Any) -> None:  # fmt: skip
+        """Validate, encode and store a batch: a list of per-image predictions and a list of per-image references."""
+        if predictions is not None:
+            predictions = [_normalize_mask_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
+        if references is not None:
+            references = [_normalize_mask_reference(r, f"references[{i}]") for i, r in enumerate(references)]
+        super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def add(self, *, prediction: Mapping | None = None, reference: Mapping | None = None, **kwargs: Any) -> None:
+        """Validate, encode and store one image's prediction and reference."""
+        if prediction is not None:
+            prediction = _normalize_mask_prediction(prediction, "prediction")
+        if reference is not None:
+            reference = _normalize_mask_reference(reference, "reference")
+        super().add(prediction=prediction, reference=reference, **kwargs)
+
+    def _compute(
+        self,
+        predictions: list[dict],
+        references: list[dict],
+        per_class: bool = False,
+        id2label: Mapping[int, str] | None = None,
+        return_evaluation: bool = False,
+    ) -> dict[str, float] | CocoEvaluation:
+        evaluation = _run_segm_cocoeval(predictions, references, per_class, id2label)
+        return evaluation if return_evaluation else evaluation.metrics
+
+
+# ------------------------------------------------------------------------------------------- panoptic quality
+
+
+@dataclass
+class SegmentCounts:
+    """PQ's counts for one category: matched pairs (``tp``) and the sum of their IoUs (``iou``), unmatched
+    predictions (``fp``) and unmatched ground truth (``fn``). Images add up."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    iou: float = 0.0
+
+    def __add__(self, other: SegmentCounts) -> SegmentCounts:
+        return SegmentCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.iou + other.iou)
+
+
+def _category_set(values: Collection[int], name: str) -> set[int]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Collection):
+        raise TypeError(f"`{name}` must be a collection of integer category ids, got {values!r}.")
+    bad = [v for v in values if not isinstance(v, numbers.Integral) or isinstance(v, bool)]
+    if bad:
+        raise TypeError(f"`{name}` must hold integer category ids, got {bad}.")
+    return {int(v) for v in values}
+
+
+def _panoptic_segments(panoptic: Mapping[str, Any], where: str, categories: set[int]) -> tuple[np.ndarray, dict]:
+    """One panoptic map: the segment ids ``[H, W]`` (int64) and ``{id: (category, crowd)}`` of its listed segments."""
+    if not isinstance(panoptic, Mapping) or "segmentation" not in panoptic or "segments_info" not in panoptic:
+        raise ValueError(f"{where} must be a dict with `segmentation` ([H, W] segment ids) and `segments_info`.")
+    ids = panoptic["segmentation"]
+    ids = np.asarray(ids.detach().cpu() if isinstance(ids, torch.Tensor) else ids)
+    if ids.ndim != 2 or ids.dtype.kind not in "biuf" or (ids.dtype.kind == "f" and (ids != np.round(ids)).any()):
+        raise ValueError(f"{where}: `segmentation` must be an integer [H, W] map, got {ids.dtype} {ids.shape}.")
+    segments: dict[int, tuple[int, bool]] = {}
+    for j, info in enumerate(panoptic["segments_info"]):
+        field = f"{where}: `segments_info[{j}]`"
+        label_key = "label_id" if isinstance(info, Mapping) and "label_id" in info else "category_id"
+        if not isinstance(info, Mapping) or "id" not in info or label_key not in info:
+            raise ValueError(f"{field} needs `id` and `label_id` (or `category_id`), got {info!r}.")
+        segment_id, label = int(info["id"]), int(info[label_key])
+        if segment_id <= 0:
+            raise ValueError(f"{field}: `id` must be > 0 (ids <= 0 mark unlabelled pixels), got {segment_id}.")
+        if label not in categories:
+            raise ValueError(
+                f"{field}: category {label} is neither in `things` nor in `stuff` ({sorted(categories)}); add it to "
+                "the one it belongs to."
+            )
+        segment = (label, bool(info.get("iscrowd", 0)))
+        # transformers lists a fused stuff segment once per query it merges: the same id, the same category
+        if segments.setdefault(segment_id, segment) != segment:
+            raise ValueError(f"{field}: segment {segment_id} is listed twice, as {segments[segment_id]} and {segment}.")
+    return ids.astype(np.int64), segments
+
+
+def _indices(ids: np.ndarray, segments: Mapping[int, Any], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's index in ``keys = sorted(segments)`` plus one (0: unlabelled), and ``keys``."""
+    keys = np.array(sorted(segments), dtype=np.int64)
+    labelled = ids[ids > 0]
+    position = np.searchsorted(keys, labelled)
+    listed = keys[np.minimum(position, len(keys) - 1)] == labelled if len(keys) else np.zeros(len(labelled), bool)
+    if not listed.all():
+        raise ValueError(
+            f"{where}: segment ids {np.unique(labelled[~listed]).tolist()} are in `segmentation` but not in "
+            "`segments_info` (use ids <= 0 for unlabelled pixels)."
+        )
+    index = np.zeros(ids.shape, dtype=np.int64)
+    index[ids > 0] = position + 1
+    return index, keys
+
+
+def _image_counts(
+    prediction: tuple[np.ndarray, dict], reference: tuple[np.ndarray, dict], where: str
+) -> dict[int, SegmentCounts]:
+    """PQ's counts of one image, per category (only the categories it has segments of)."""
+    (pred_ids, pred_segments), (gt_ids, gt_segments) = prediction, reference
+    if pred_ids.shape != gt_ids.shape:
+        raise ValueError(
+            f"{where}: prediction map {pred_ids.shape} and reference map {gt_ids.shape} differ in size; post-process "
+            "the prediction to the reference's size."
+        )
+    pred_index, pred_keys = _indices(pred_ids, pred_segments, f"{where} prediction")
+    gt_index, gt_keys = _indices(gt_ids, gt_segments, f"{where} reference")
+    # intersection[g, p]: pixels of ground-truth segment g and predicted segment p; row and column 0 are VOID
+    width = len(pred_keys) + 1
+    intersection = np.bincount((gt_index * width + pred_index).ravel(), minlength=(len(gt_keys) + 1) * width)
+    intersection = intersection.reshape(len(gt_keys) + 1, width)
+    pred_area, gt_area = intersection.sum(0), intersection.sum(1)
+    for side, keys, area in (("prediction", pred_keys, pred_area), ("reference", gt_keys, gt_area)):
+        if (area[1:] == 0).any():
+            raise ValueError(f"{where} {side}: segments {keys[area[1:] == 0].tolist()} are listed but have no pixel.")
+    pred_category = np.array([pred_segments[k][0] for k in pred_keys], dtype=np.int64)
+    gt_category = np.array([gt_segments[k][0] for k in gt_keys], dtype=np.int64)
+    gt_crowd = np.array([gt_segments[k][1] for k in gt_keys], dtype=bool)
+
+    pairs = intersection[1:, 1:]
+    union = pred_area[None, 1:] - intersection[0, None, 1:] + gt_area[1:, None] - pairs  # >= gt area > 0
+    iou = pairs / union
+    matched = (iou > 0.5) & (gt_category[:, None] == pred_category[None, :]) & ~gt_crowd[:, None]
+
+    counts: dict[int, SegmentCounts] = defaultdict(SegmentCounts)
+    for g, p in zip(*np.nonzero(matched)):
+        counts[int(gt_category[g])].tp += 1
+        counts[int(gt_category[g])].iou += float(iou[g, p])
+    for g in np.flatnonzero(~matched.any(1) & ~gt_crowd):
+        counts[int(gt_category[g])].fn += 1
+    for p in np.flatnonzero(~matched.any(0)):
+        same_crowd = gt_crowd & (gt_category == pred_category[p])
+        ignored = intersection[0, p + 1] + pairs[same_crowd, p].sum()
+        if ignored / pred_area[p + 1] <= 0.5:
+            counts[int(pred_category[p])].fp += 1
+    return dict(counts)
+
+
+class PanopticQualityMetric:
+    """PQ, SQ and RQ accumulated over images; ``things`` and ``stuff`` are the category ids of each kind (disjoint;
+    from COCO's categories: ``[c["id"] for c in categories if c["isthing"]]`` and the rest).
+
+    Predictions and references are per image ``{"segmentation": [H, W] segment ids, "segments_info": [{"id",
+    "label_id" | "category_id", "iscrowd"?}]}``, the output of ``post_process_panoptic_segmentation`` and COCO's
+    panoptic annotations (``rgb2id`` of the PNG, ``segments_info`` of the JSON), in the same frame. ``iscrowd`` is read
+    from the references only. Each image is reduced to its :class:`SegmentCounts` as it is added.
+
+    Example (several processes: each counts its images, the gathered counts are added everywhere)::
+
+        metric = PanopticQualityMetric(things={1, 2}, stuff={3})
+        for batch in loader:
+            counts = [metric.count_image(p, r) for p, r in zip(panoptic_maps, references)]
+            metric.add_counts(accelerator.gather_for_metrics(counts, use_gather_object=True))
+        metric.compute(per_class=True, id2label=id2label)["pq"]
+    """
+
+    def __init__(self, things: Collection[int], stuff: Collection[int] = ()) -> None:
+        self.things, self.stuff = _category_set(things, "things"), _category_set(stuff, "stuff")
+        if self.things & self.stuff:
+            raise ValueError(f"`things` and `stuff` share categories {sorted(self.things & self.stuff)}.")
+        if not self.things | self.stuff:
+            raise ValueError("`things` and `stuff` are both empty; give the category ids of each kind.")
+        self.counts: list[dict[int, SegmentCounts]] = []
+
+    def count_image(self, prediction: Mapping[str, Any], reference: Mapping[str, Any],
+                    where: str = "image") -> dict[int, SegmentCounts]:  # fmt: skip
+        """One image's counts per category (not added: :meth:`add_counts` adds them)."""
+        categories = self.things | self.stuff
+        return _image_counts(
+            _panoptic_segments(prediction, f"{where}: prediction", categories),
+            _panoptic_segments(reference, f"{where}: reference", categories),
+            where,
+        )
+
+    def add_counts(self, counts: Iterable[Mapping[int, SegmentCounts]]) -> None:
+        """Add images' counts, e.g. gathered from every process."""
+        self.counts += [dict(image) for image in counts]
+
+    def add_batch(self, *, predictions: Sequence[Mapping[str, Any]], references: Sequence[Mapping[str, Any]]) -> None:
+        """Count and add a batch: per-image panoptic predictions and references."""
+        if len(predictions) != len(references):
+            raise ValueError(
+                f"Got {len(predictions)} predictions but {len(references)} references; need one per image."
+            )
+        first = len(self.counts)  # errors name the image by its position among all added
+        self.add_counts(
+            self.count_image(p, r, f"image {first + i}") for i, (p, r) in enumerate(zip(predictions, references))
+        )
+
+    def add(self, *, prediction: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
+        """Count and add one image."""
+        self.add_batch(predictions=[prediction], references=[reference])
+
+    def compute(self, per_class: bool = False, id2label: Mapping[int, str] | None = None) -> dict[str, float]:
+        """:data:`PQ_STAT_NAMES` (and with ``per_class`` ``pq_class_<name>``, ``sq_class_<name>``,
+        ``rq_class_<name>`` for every category of ``things`` and ``stuff``, named by ``id2label``), over all images
+        added; -1.0 where no image has a segment of the categories averaged."""
+        totals: dict[int, SegmentCounts] = defaultdict(SegmentCounts)
+        for image in self.counts:
+            for category, counts in image.items():
+                totals[category] += counts
+        quality = {}  # category -> (pq, sq, rq), for categories with any segment
+        for category, c in totals.items():
+            if c.tp + c.fp + c.fn:
+                sq = c.iou / c.tp if c.tp else 0.0
+                rq = c.tp / (c.tp + 0.5 * c.fp + 0.5 * c.fn)
+                quality[category] = (sq * rq, sq, rq)
+        metrics = {}
+        for group, categories in (("", self.things | self.stuff), ("_things", self.things), ("_stuff", self.stuff)):
+            values = np.array([quality[c] for c in categories if c in quality]).reshape(-1, 3)
+            means = values.mean(0).tolist() if len(values) else [-1.0] * 3
+            metrics.update({stat + group: float(m) for stat, m in zip(PQ_PER_CLASS_STATS, means)})
+        if per_class:
+            categories = sorted(self.things | self.stuff)
+            names = _class_names(categories, {int(k): str(v) for k, v in (id2label or {}).items()})
+            for category, name in zip(categories, names):
+                values = quality.get(category, (-1.0, -1.0, -1.0))
+                metrics.update({f"{stat}_class_{name}": float(v) for stat, v in zip(PQ_PER_CLASS_STATS, values)})
+        return metrics
+
+
+def panoptic_quality(
+    predictions: Sequence[Mapping[str, Any]],
+    references: Sequence[Mapping[str, Any]],
+    things: Collection[int],
+    stuff: Collection[int] = (),
+    per_class: bool = False,
+    id2label: Mapping[int, str] | None = None,
+) -> dict[str, float]:
+    """PQ, SQ, RQ of per-image panoptic ``predictions`` against ``references`` (:class:`PanopticQualityMetric`)."""
+    metric = PanopticQualityMetric(things, stuff)
+    metric.add_batch(predictions=predictions, references=references)
+    return metric.compute(per_class=per_class, id2label=id2label)
