@@ -160,3 +160,27 @@ def test_demo_dataset_without_test_split_fails_clearly(tmp_path, capsys):
     make_synthetic_dataset(4, 2, 2, seed=1)["train"].save_to_disk(tmp_path / "data")  # one split: "train"
     assert main(["demo", "--dataset", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")]) != 0
     assert "has no split ['test'] (it has ['train'])" in capsys.readouterr().err
+
+
+def test_segmentation_demo_trains_the_mask_head_on_the_detector(tmp_path, capsys):
+    """`hf-detr demo --task segmentation` on a tiny budget: two phases (the detector, then the mask head alone on
+    it), a saved HfDetrForSegmentation whose detector weights are the first phase's, mask and panoptic metrics that
+    re-scoring the folder reproduces, and a predictions.png with masks."""
+    import torch
+    from safetensors.torch import load_file
+
+    from hf_detr import HfDetrForSegmentation
+    from hf_detr.apps.demo import run_demo
+
+    out = tmp_path / "demo"
+    metrics = run_demo(out, time_budget=8.0, num_train=16, num_validation=0, num_test=4, show=2, task="segmentation")
+    for name in ("segm_map", "segm_map_50", "pq", "sq", "rq"):
+        assert -1.0 <= metrics[name] <= 1.0
+    detector, segmenter = load_file(out / "run" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(segmenter[key], value) for key, value in detector.items())
+    assert any(key.startswith("mask_head.") for key in segmenter)
+    model = HfDetrForSegmentation.from_pretrained(out / "model").eval()
+    test = load_data(SYNTHETIC, ["test"], synthetic_sizes={"test": 4}, synthetic_image_size=128, masks=True)["test"]
+    rescored = evaluate(model, HfDetrImageProcessor.from_pretrained(out / "model"), test, batch_size=50)
+    assert {k: metrics[k] for k in ("segm_map", "pq")} == pytest.approx({k: rescored[k] for k in ("segm_map", "pq")})
+    assert Image.open(out / "predictions.png").size[0] > 2 * TILE

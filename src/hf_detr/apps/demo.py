@@ -11,9 +11,11 @@ only augmentation, and two training-only signals: an H-DETR one-to-many query gr
 projected features, which let much higher learning rates pay off. The saved model is plain DETR
 (`to_plain_detr()`).
 
-`task="segmentation"` trains the same recipe as `HfDetrForSegmentation` on the shapes' masks (each shape's visible
-pixels), jointly with the detector, and also reports mask AP and panoptic quality; `predictions.png` then shows the
-masks.
+`task="segmentation"` follows the paper's two phases: the detector as above for 3/4 of the budget, then DETR's mask
+head alone (`freeze_detection`) on the shapes' masks (each shape's visible pixels) for the rest; it also reports mask
+AP and panoptic quality, and `predictions.png` shows the masks. Trained jointly from the start, the mask head barely
+learned in the same budget (Dice loss 0.70 -> 0.65 in 785 steps, mask AP50 0.01): its gradients are a small part of
+the total that DETR's gradient clipping (0.1) scales down.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from ..training.loop import train
 from .visualize import draw_detections, require_matplotlib, save_curves, save_grid, save_pr_curve
 
 DEMO = presets.get("demo")
+SEGMENTATION_SHARE = 0.25  # of the time budget, for the mask head on the frozen detector
+MASK_HEAD_TRAINING = {"learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_steps": 0}
 
 
 def run_demo(
@@ -71,27 +75,45 @@ def run_demo(
     require_matplotlib()  # the pictures need it: say so now, not after the training
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if dataset is None:
-        sizes = {"train": num_train, "validation": num_validation, "test": num_test}
-        data = load_data(SYNTHETIC, synthetic_sizes=sizes, synthetic_image_size=DEMO.image_size, seed=seed,
-                         masks=segmentation)  # fmt: skip
-    else:
-        data = load_data(dataset, masks=segmentation)
-        missing = [split for split in ("train", "test") if split not in data]
+    def load(masks: bool) -> Any:
+        if dataset is None:
+            sizes = {"train": num_train, "validation": num_validation, "test": num_test}
+            return load_data(SYNTHETIC, synthetic_sizes=sizes, synthetic_image_size=DEMO.image_size, seed=seed,
+                             masks=masks)  # fmt: skip
+        loaded = load_data(dataset, masks=masks)
+        missing = [split for split in ("train", "test") if split not in loaded]
         if missing:
-            raise ValueError(f"dataset={dataset!r} has no split {missing} (it has {list(data)}); the demo trains on "
-                             "'train', tracks 'validation' when present and reports 'test'")
+            raise ValueError(f"dataset={dataset!r} has no split {missing} (it has {list(loaded)}); the demo trains "
+                             "on 'train', tracks 'validation' when present and reports 'test'")
+        return loaded
+
+    data = load(masks=False)  # the detector trains on boxes alone, without decoding masks
     id2label = dataset_id2label(data["train"])
-    model = HfDetrForSegmentation(DEMO.config(id2label=id2label)) if segmentation else presets.create(
-        "demo", id2label=id2label)  # fmt: skip
+    model = presets.create("demo", id2label=id2label)
     processor = DEMO.image_processor()
+    detection_budget = time_budget * (1 - SEGMENTATION_SHARE) if segmentation else time_budget
     config = TrainConfig(
-        output_dir=str(output_dir / "run"), time_budget=time_budget, seed=seed, cpu=True, save_steps=0,
+        output_dir=str(output_dir / "run"), time_budget=detection_budget, seed=seed, cpu=True, save_steps=0,
         eval_steps=None, eval_split="validation" if "validation" in data else None, **DEMO.training,
-        task="instance" if segmentation else "detection",
     )  # fmt: skip
     result = train(config, dataset=data, model=model, image_processor=processor)
     model = result.model.to_plain_detr().eval()
+    log_history, steps = result.log_history, result.global_step
+    if segmentation:  # the paper's second phase: the mask head on the trained, frozen detector
+        data = load(masks=True)
+        detector = model
+        model = HfDetrForSegmentation(detector.config)
+        model.load_state_dict(detector.state_dict(), strict=False)  # every detector weight; the head is new
+        config = TrainConfig(**{**vars(config), "output_dir": str(output_dir / "masks"), "task": "instance",
+                                "freeze_detection": True, "time_budget": time_budget - detection_budget,
+                                **MASK_HEAD_TRAINING})  # fmt: skip
+        result = train(config, dataset=data, model=model, image_processor=processor)
+        model = result.model.eval()
+        elapsed = log_history[-1].get("elapsed", 0.0) if log_history else 0.0
+        log_history = log_history + [{**entry, "step": entry["step"] + steps,
+                                      **({"elapsed": entry["elapsed"] + elapsed} if "elapsed" in entry else {})}
+                                     for entry in result.log_history]  # fmt: skip
+        steps += result.global_step
     model.save_pretrained(output_dir / "model")
     processor.save_pretrained(output_dir / "model")
 
@@ -99,14 +121,14 @@ def run_demo(
                           return_evaluation=True)  # fmt: skip
     metrics: dict[str, Any] = dict(evaluation.metrics)
     metrics.update(
-        train_seconds=round(result.log_history[-1].get("elapsed", time_budget), 1) if result.log_history else 0.0,
-        steps=result.global_step,
+        train_seconds=round(log_history[-1].get("elapsed", time_budget), 1) if log_history else 0.0,
+        steps=steps,
         total_seconds=round(time.time() - started, 1),
     )
     metrics["per_class"] = evaluation.per_class
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     has_validation = len(data.get("validation", ())) > 0
-    save_curves(result.log_history, output_dir / "curves.png",
+    save_curves(log_history, output_dir / "curves.png",
                 validation_note="no validation results" if has_validation else "no validation split")
     _save_predictions(model, processor, data["test"], output_dir / "predictions.png", show, id2label)
     save_pr_curve(evaluation, output_dir / "pr_curve.png")

@@ -25,7 +25,7 @@ import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import evaluate
@@ -353,7 +353,45 @@ def run_cocoeval(
 _BOXES = datasets.Sequence(datasets.Sequence(datasets.Value("float64"), length=4))
 
 
-class CocoDetectionMetric(evaluate.Metric):
+class CocoMetric(evaluate.Metric):
+    """An ``evaluate.Metric`` over one COCOeval run: inputs validated and normalised as they arrive (errors name the
+    offending image), scored at ``compute``. Subclasses name the three steps (boxes, masks)."""
+
+    normalize_prediction: ClassVar[Callable[[Mapping, str], dict]]
+    normalize_reference: ClassVar[Callable[[Mapping, str], dict]]
+    run: ClassVar[Callable[..., CocoEvaluation]]  # (predictions, references, per_class, id2label)
+
+    def add_batch(self, *, predictions: Sequence[Mapping] | None = None, references: Sequence[Mapping] | None = None,
+                  **kwargs: Any) -> None:  # fmt: skip
+        """Validate and store a batch: a list of per-image predictions and a list of per-image references.
+        (``evaluate`` appends the input description to this docstring.)"""
+        if predictions is not None:
+            predictions = [type(self).normalize_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
+        if references is not None:
+            references = [type(self).normalize_reference(r, f"references[{i}]") for i, r in enumerate(references)]
+        super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def add(self, *, prediction: Mapping | None = None, reference: Mapping | None = None, **kwargs: Any) -> None:
+        """Validate and store one image's prediction and reference."""
+        if prediction is not None:
+            prediction = type(self).normalize_prediction(prediction, "prediction")
+        if reference is not None:
+            reference = type(self).normalize_reference(reference, "reference")
+        super().add(prediction=prediction, reference=reference, **kwargs)
+
+    def _compute(
+        self,
+        predictions: list[dict],
+        references: list[dict],
+        per_class: bool = False,
+        id2label: Mapping[int, str] | None = None,
+        return_evaluation: bool = False,
+    ) -> dict[str, float] | CocoEvaluation:
+        evaluation = type(self).run(predictions, references, per_class, id2label)
+        return evaluation if return_evaluation else evaluation.metrics
+
+
+class CocoDetectionMetric(CocoMetric):
     """COCO bbox mAP as an ``evaluate.Metric`` (constructed directly: no Hub download).
 
     ``add_batch(predictions=[...], references=[...])`` / ``add(prediction=..., reference=...)`` take the formats of
@@ -368,6 +406,10 @@ class CocoDetectionMetric(evaluate.Metric):
         metric.add_batch(predictions=processor.post_process_object_detection(outputs, 0.0, sizes), references=refs)
         metric.compute(per_class=True, id2label=model.config.id2label)["map"]
     """
+
+    normalize_prediction = staticmethod(_normalize_prediction)
+    normalize_reference = staticmethod(_normalize_reference)
+    run = staticmethod(_run_cocoeval)
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -391,34 +433,6 @@ class CocoDetectionMetric(evaluate.Metric):
             ),
         )
 
-    def add_batch(self, *, predictions: Sequence[Mapping] | None = None, references: Sequence[Mapping] | None = None,
-                  **kwargs: Any) -> None:  # fmt: skip
-        """Validate and store a batch: a list of per-image predictions and a list of per-image references.
-        (``evaluate`` appends the input description to this docstring.)"""
-        if predictions is not None:
-            predictions = [_normalize_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
-        if references is not None:
-            references = [_normalize_reference(r, f"references[{i}]") for i, r in enumerate(references)]
-        super().add_batch(predictions=predictions, references=references, **kwargs)
-
-    def add(self, *, prediction: Mapping | None = None, reference: Mapping | None = None, **kwargs: Any) -> None:
-        """Validate and store one image's prediction and reference."""
-        if prediction is not None:
-            prediction = _normalize_prediction(prediction, "prediction")
-        if reference is not None:
-            reference = _normalize_reference(reference, "reference")
-        super().add(prediction=prediction, reference=reference, **kwargs)
-
-    def _compute(
-        self,
-        predictions: list[dict],
-        references: list[dict],
-        per_class: bool = False,
-        id2label: Mapping[int, str] | None = None,
-        return_evaluation: bool = False,
-    ) -> dict[str, float] | CocoEvaluation:
-        evaluation = _run_cocoeval(predictions, references, per_class, id2label)
-        return evaluation if return_evaluation else evaluation.metrics
 
 
 @dataclass

@@ -50,7 +50,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from ..data.masks import encode_rles
-from .metrics import COCO_STAT_NAMES, CocoEvaluation, _as_tensor, _check_lengths, _class_names, run_cocoeval
+from .metrics import COCO_STAT_NAMES, CocoEvaluation, CocoMetric, _as_tensor, _check_lengths, _class_names, run_cocoeval
 
 __all__ = [
     "PQ_PER_CLASS_STATS",
@@ -208,7 +208,7 @@ def coco_segmentation_evaluate(
 _RLES = datasets.List({"size": datasets.List(datasets.Value("int64"), length=2), "counts": datasets.Value("string")})
 
 
-class CocoSegmentationMetric(evaluate.Metric):
+class CocoSegmentationMetric(CocoMetric):
     """COCO mask mAP as an ``evaluate.Metric``, the mask twin of ``CocoDetectionMetric``.
 
     ``add_batch(predictions=[...], references=[...])`` / ``add(prediction=..., reference=...)`` take the formats of
@@ -221,6 +221,10 @@ class CocoSegmentationMetric(evaluate.Metric):
         metric.add_batch(predictions=[{"masks": masks > 0.5, "scores": scores, "labels": labels}], references=refs)
         metrics = {**box_metrics, **metric.compute()}  # "map", ... and "segm_map", ...
     """
+
+    normalize_prediction = staticmethod(_normalize_mask_prediction)
+    normalize_reference = staticmethod(_normalize_mask_reference)
+    run = staticmethod(_run_segm_cocoeval)
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -243,33 +247,6 @@ class CocoSegmentationMetric(evaluate.Metric):
             ),
         )
 
-    def add_batch(self, *, predictions: Sequence[Mapping] | None = None, references: Sequence[Mapping] | None = None,
-                  **kwargs: Any) -> None:  # fmt: skip
-        """Validate, encode and store a batch: a list of per-image predictions and a list of per-image references."""
-        if predictions is not None:
-            predictions = [_normalize_mask_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
-        if references is not None:
-            references = [_normalize_mask_reference(r, f"references[{i}]") for i, r in enumerate(references)]
-        super().add_batch(predictions=predictions, references=references, **kwargs)
-
-    def add(self, *, prediction: Mapping | None = None, reference: Mapping | None = None, **kwargs: Any) -> None:
-        """Validate, encode and store one image's prediction and reference."""
-        if prediction is not None:
-            prediction = _normalize_mask_prediction(prediction, "prediction")
-        if reference is not None:
-            reference = _normalize_mask_reference(reference, "reference")
-        super().add(prediction=prediction, reference=reference, **kwargs)
-
-    def _compute(
-        self,
-        predictions: list[dict],
-        references: list[dict],
-        per_class: bool = False,
-        id2label: Mapping[int, str] | None = None,
-        return_evaluation: bool = False,
-    ) -> dict[str, float] | CocoEvaluation:
-        evaluation = _run_segm_cocoeval(predictions, references, per_class, id2label)
-        return evaluation if return_evaluation else evaluation.metrics
 
 
 # ------------------------------------------------------------------------------------------- panoptic quality
