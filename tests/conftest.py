@@ -21,3 +21,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A random-weight tiny detector saved with a processor resizing to 128-200 pixels (the prediction tests')."""
+    from helpers import tiny_config_kwargs  # imported here: the environment above must be set before transformers
+
+    from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
+
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs())).save_pretrained(folder)
+    HfDetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 200}).save_pretrained(folder)
+    return folder

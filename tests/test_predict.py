@@ -5,22 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-import torch
-from helpers import tiny_config_kwargs
 from PIL import Image
 
-from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.apps.cli import main
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs())).save_pretrained(folder)
-    HfDetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 200}).save_pretrained(folder)
-    return folder
 
 
 def test_predict_prints_json_and_writes_annotated_pngs(model_dir, tmp_path, capsys):

@@ -10,11 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config_kwargs
 from PIL import Image
 from scipy import ndimage
 
-from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
+from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.apps.cli import main
 from hf_detr.apps.predict import (
     Detections,
@@ -26,15 +25,6 @@ from hf_detr.apps.predict import (
     predict,
     tile_origins,
 )
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs())).save_pretrained(folder)
-    HfDetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 200}).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

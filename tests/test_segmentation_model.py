@@ -92,7 +92,8 @@ def test_mask_loss_leaves_padding_out():
     generator = torch.Generator().manual_seed(2)
     labels = random_labels((2,), 3, generator)
     box_masks(labels, 64, 96, generator)
-    heads = {"logits": torch.randn(1, 10, 4, generator=generator), "pred_boxes": torch.rand(1, 10, 4, generator=generator),
+    heads = {"logits": torch.randn(1, 10, 4, generator=generator),
+             "pred_boxes": torch.rand(1, 10, 4, generator=generator),
              "pred_masks": torch.randn(1, 10, 64, 96, generator=generator),
              "pixel_mask": torch.ones(1, 64, 96, dtype=torch.bool)}
     criterion = build_criterion(config, masks=True)

@@ -159,7 +159,8 @@ def _save_predictions(model, processor, test, path: Path, show: int, id2label: d
         if getattr(outputs, "pred_masks", None) is not None:
             probabilities = outputs.logits.softmax(-1)[0, :, :-1].max(-1).values
             kept = outputs.pred_masks[0, probabilities >= PREDICTION_THRESHOLD]  # the queries post-processing kept
-            masks = torch.nn.functional.interpolate(kept[None], size=size, mode="bilinear")[0] > 0 if len(kept) else None
+            if len(kept):
+                masks = torch.nn.functional.interpolate(kept[None], size=size, mode="bilinear")[0] > 0
         tiles.append(draw_detections(image, found["boxes"], found["labels"].tolist(), id2label, found["scores"],
                                      min_side=TILE_MIN_SIDE, masks=masks))  # fmt: skip
     titles = ("ground truth", f"prediction (score >= {PREDICTION_THRESHOLD})")

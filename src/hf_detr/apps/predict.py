@@ -34,12 +34,12 @@ from tqdm.auto import tqdm
 
 from ..modeling import HfDetrForObjectDetection, HfDetrImageProcessor
 from ..modeling.image_processing_hf_detr import upright_rgb
+from .extras import require_extra
 from .visualize import draw_detections
 
 # found in folders (case-insensitive); an image file given by name may have any extension PIL reads
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
-VIDEO_HINT = "pip install 'hf_detr[video]'"
 
 # Images wait for others of their resized size up to this many batches in all; then the fullest size runs as a
 # smaller batch, so that a folder of many different sizes holds a bounded number of images in memory.
@@ -81,12 +81,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
 
 def require_av() -> Any:
     """The `av` module (PyAV), or an ImportError saying how to install it (the `video` extra)."""
-    try:
-        import av
-    except ImportError as error:
-        raise ImportError(f"videos are read and written with PyAV, which is not installed: {VIDEO_HINT} "
-                          "(or pip install av)") from error  # fmt: skip
-    return av
+    return require_extra("av", "videos are read and written with PyAV", "video", "av")
 
 
 def load_model(model_dir: str | os.PathLike) -> tuple[HfDetrForObjectDetection, HfDetrImageProcessor]:

@@ -23,23 +23,17 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.ops import box_convert
 from torchvision.utils import draw_segmentation_masks
 
+from .extras import require_extra
+
 if TYPE_CHECKING:
     from ..evaluation.diagnostics import Diagnostics, ImageMatch
     from ..evaluation.metrics import CocoEvaluation
 
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324"]
 
-VIZ_HINT = "pip install 'hf_detr[viz]'"
-
-
 def require_matplotlib() -> Any:
     """The `matplotlib` module, or an ImportError saying how to install it (the `viz` extra)."""
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise ImportError(f"these pictures are drawn with matplotlib, which is not installed: {VIZ_HINT} "
-                          "(or pip install 'matplotlib>=3.7')") from error  # fmt: skip
-    return matplotlib
+    return require_extra("matplotlib", "these pictures are drawn with matplotlib", "viz", "'matplotlib>=3.7'")
 
 
 @lru_cache(maxsize=None)

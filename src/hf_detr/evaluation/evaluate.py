@@ -5,10 +5,12 @@ the same batches (`evaluation_dataset` + `evaluation_collator`, see `hf_detr.tra
 with the same `make_compute_metrics`, so every path gives the same numbers for the same model and split.
 
 Images are resized by the image processor, as at inference, and scored in their original pixel frame; crowd boxes
-are kept so that detections on them are ignored, as in COCO. A segmentation model (one whose outputs hold
-`pred_masks`) is also scored on its masks, on a split loaded with masks (`objects.segmentation`): mask mAP (`segm_*`)
-and panoptic quality (`pq`, `sq`, `rq`, every class a "thing"), each image's masks taken from its own unpadded region. The data set's categories are matched to the model's
+are kept so that detections on them are ignored, as in COCO. The data set's categories are matched to the model's
 classes by name, so a COCO model can be scored on a COCO folder whose category ids differ.
+
+A segmentation model (one with a mask head) is also scored on its masks, on a split loaded with masks
+(`objects.segmentation`): mask mAP (`segm_*`) and panoptic quality (`pq`, `sq`, `rq`, every class a "thing"), each
+image's masks taken from its own unpadded region.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from transformers import EvalPrediction
 from ..data.collate import DetectionCollator, DetectionDataset
 from ..data.loading import id2label as dataset_id2label
 from ..data.masks import encode_rles
-from .metrics import CocoEvaluation, make_compute_metrics
+from .metrics import CocoEvaluation, PostProcessInputs, make_compute_metrics
 from .segmentation_metrics import PanopticQualityMetric, SegmentCounts, coco_segmentation_evaluate
 
 __all__ = ["evaluate", "evaluation_collator", "evaluation_dataset", "evaluation_loader", "model_labels"]
@@ -104,8 +106,9 @@ def evaluate(
     if isinstance(data, torch.utils.data.DataLoader):
         loader, split = data, data.dataset.dataset
     else:
-        masks = hasattr(unwrapped, "mask_head")  # a segmentation model is scored on its masks too
-        loader, split = evaluation_loader(data, image_processor, config.id2label, batch_size, mask_references=masks), data
+        with_masks = hasattr(unwrapped, "mask_head")  # a segmentation model is scored on its masks too
+        loader = evaluation_loader(data, image_processor, config.id2label, batch_size, mask_references=with_masks)
+        split = data
         if accelerator is not None:
             loader = accelerator.prepare(loader)
     names = list(dataset_id2label(split).values())
@@ -177,10 +180,13 @@ class _MaskScorer:
                                                        mode="bilinear", align_corners=False)[0] > 0  # fmt: skip
             # a pixel is in a query's mask where its probability exceeds 0.5 (logit > 0), as in the original
             prediction = {"masks": encode_rles(kept.cpu()), "scores": scores[keep].cpu(), "labels": classes[keep].cpu()}
-            single = _Outputs(logits=outputs.logits[i : i + 1], pred_masks=mask_logits[None])
+            single = PostProcessInputs(logits=outputs.logits[i : i + 1], pred_masks=mask_logits[None])
             panoptic = self.image_processor.post_process_panoptic_segmentation(single, target_sizes=[(height, width)])
             counts = self.panoptic.count_image(panoptic[0], _panoptic_reference(reference), f"batch image {i}")
-            scored.append(({"prediction": prediction, "reference": reference}, counts))
+            # RLEs, not pixels, are kept until the end (and gathered across processes): a split's decoded masks
+            # would not fit in memory on COCO's scale
+            stored = {**reference, "masks": encode_rles(reference["masks"])}
+            scored.append(({"prediction": prediction, "reference": stored}, counts))
         return scored
 
     def compute(self, masks: list[tuple[dict[str, Any], dict[int, SegmentCounts]]], per_class: bool,
@@ -190,12 +196,6 @@ class _MaskScorer:
                                              per_class=per_class, id2label=id2label)  # fmt: skip
         self.panoptic.add_counts(counts)
         return {**metrics, **self.panoptic.compute(per_class=per_class, id2label=id2label)}
-
-
-class _Outputs(dict):
-    """Model outputs for the image processor's post-processing, read as attributes."""
-
-    __getattr__ = dict.__getitem__
 
 
 def _own_region(mask_logits: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,8 @@ __all__ = [
     "PER_CLASS_STATS",
     "CocoDetectionMetric",
     "CocoEvaluation",
+    "CocoMetric",
+    "PostProcessInputs",
     "coco_evaluate",
     "format_per_class_table",
     "make_compute_metrics",
@@ -360,6 +362,24 @@ class CocoMetric(evaluate.Metric):
     normalize_prediction: ClassVar[Callable[[Mapping, str], dict]]
     normalize_reference: ClassVar[Callable[[Mapping, str], dict]]
     run: ClassVar[Callable[..., CocoEvaluation]]  # (predictions, references, per_class, id2label)
+    # what `_info` describes: one line, the function whose docstring gives the inputs, the stored location fields
+    description: ClassVar[str]
+    inputs: ClassVar[Callable[..., Any]]
+    prediction_fields: ClassVar[dict[str, Any]]
+    reference_fields: ClassVar[dict[str, Any]]
+
+    def _info(self) -> evaluate.MetricInfo:
+        ids = datasets.Sequence(datasets.Value("int64"))
+        return evaluate.MetricInfo(
+            description=self.description,
+            citation="Lin et al., Microsoft COCO: Common Objects in Context, ECCV 2014.",
+            inputs_description=type(self).inputs.__doc__,
+            features=datasets.Features({
+                "predictions": {"scores": datasets.Sequence(datasets.Value("float64")), "labels": ids,
+                                **self.prediction_fields},
+                "references": {**self.reference_fields, "labels": ids, "iscrowd": ids},
+            }),
+        )  # fmt: skip
 
     def add_batch(self, *, predictions: Sequence[Mapping] | None = None, references: Sequence[Mapping] | None = None,
                   **kwargs: Any) -> None:  # fmt: skip
@@ -410,37 +430,20 @@ class CocoDetectionMetric(CocoMetric):
     normalize_prediction = staticmethod(_normalize_prediction)
     normalize_reference = staticmethod(_normalize_reference)
     run = staticmethod(_run_cocoeval)
-
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="COCO box mAP/mAR computed with pycocotools COCOeval.",
-            citation="Lin et al., Microsoft COCO: Common Objects in Context, ECCV 2014.",
-            inputs_description=coco_evaluate.__doc__,
-            features=datasets.Features(
-                {
-                    "predictions": {
-                        "scores": datasets.Sequence(datasets.Value("float64")),
-                        "labels": datasets.Sequence(datasets.Value("int64")),
-                        "boxes": _BOXES,
-                    },
-                    "references": {
-                        "boxes": _BOXES,
-                        "labels": datasets.Sequence(datasets.Value("int64")),
-                        "iscrowd": datasets.Sequence(datasets.Value("int64")),
-                        "area": datasets.Sequence(datasets.Value("float64")),
-                    },
-                }
-            ),
-        )
-
+    description = "COCO box mAP/mAR computed with pycocotools COCOeval."
+    inputs = staticmethod(coco_evaluate)
+    prediction_fields = {"boxes": _BOXES}
+    reference_fields = {"boxes": _BOXES, "area": datasets.Sequence(datasets.Value("float64"))}
 
 
 @dataclass
-class _DetectionOutput(ModelOutput):
-    """The two fields ``post_process_object_detection`` reads."""
+class PostProcessInputs(ModelOutput):
+    """What the image processor's post-processing reads of a model's outputs, rebuilt from stored predictions:
+    `logits` with `pred_boxes` (detection) or `pred_masks` (segmentation)."""
 
     logits: torch.Tensor | None = None
     pred_boxes: torch.Tensor | None = None
+    pred_masks: torch.Tensor | None = None
 
 
 def _logits_and_boxes(batch_predictions: Any, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -543,7 +546,7 @@ def make_compute_metrics(
             references, orig_sizes = zip(
                 *(_reference_from_label(label, f"label_ids[{batch_index}][{i}]") for i, label in enumerate(batch_labels))
             )
-            outputs = _DetectionOutput(logits=torch.as_tensor(logits), pred_boxes=torch.as_tensor(boxes))
+            outputs = PostProcessInputs(logits=torch.as_tensor(logits), pred_boxes=torch.as_tensor(boxes))
             detections = image_processor.post_process_object_detection(
                 outputs, threshold=threshold, target_sizes=torch.tensor(orig_sizes)
             )

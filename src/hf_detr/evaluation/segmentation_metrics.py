@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
-import evaluate
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
@@ -225,28 +224,10 @@ class CocoSegmentationMetric(CocoMetric):
     normalize_prediction = staticmethod(_normalize_mask_prediction)
     normalize_reference = staticmethod(_normalize_mask_reference)
     run = staticmethod(_run_segm_cocoeval)
-
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="COCO mask mAP/mAR computed with pycocotools COCOeval (iouType='segm').",
-            citation="Lin et al., Microsoft COCO: Common Objects in Context, ECCV 2014.",
-            inputs_description=coco_segmentation_evaluate.__doc__,
-            features=datasets.Features(
-                {
-                    "predictions": {
-                        "scores": datasets.Sequence(datasets.Value("float64")),
-                        "labels": datasets.Sequence(datasets.Value("int64")),
-                        "masks": _RLES,
-                    },
-                    "references": {
-                        "masks": _RLES,
-                        "labels": datasets.Sequence(datasets.Value("int64")),
-                        "iscrowd": datasets.Sequence(datasets.Value("int64")),
-                    },
-                }
-            ),
-        )
-
+    description = "COCO mask mAP/mAR computed with pycocotools COCOeval (iouType='segm')."
+    inputs = staticmethod(coco_segmentation_evaluate)
+    prediction_fields = {"masks": _RLES}
+    reference_fields = {"masks": _RLES}
 
 
 # ------------------------------------------------------------------------------------------- panoptic quality

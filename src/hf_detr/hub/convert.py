@@ -109,7 +109,6 @@ _ORIGINAL_CROSS_ATTENTION, _CROSS_ATTENTION = ".multihead_attn.", ".cross_attn."
 
 
 _ORIGINAL_DETECTOR = "detr."  # the original DETRsegm holds the detector as `detr`
-_SEGMENTATION_HEAD = ("bbox_attention.", "mask_head.")  # DETRsegm's own modules, next to `detr`
 
 
 def _rename_original(key: str, to_original: bool = False) -> str:
@@ -253,4 +252,5 @@ def to_original(model: HfDetrForObjectDetection) -> dict[str, torch.Tensor]:
     state_dict = {_rename_original(k, to_original=True): v for k, v in model.state_dict().items()}
     if not isinstance(model, HfDetrForSegmentation):
         return state_dict
-    return {k if k.startswith(_SEGMENTATION_HEAD) else _ORIGINAL_DETECTOR + k: v for k, v in state_dict.items()}
+    head = tuple(f"{name}." for name in HfDetrForSegmentation.head_modules)  # DETRsegm's own, next to `detr`
+    return {k if k.startswith(head) else _ORIGINAL_DETECTOR + k: v for k, v in state_dict.items()}

@@ -972,14 +972,21 @@ def _label_masks(masks: torch.Tensor, size: tuple[int, int], canvas: tuple[int, 
     return out
 
 
-def _detection_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    missing = [name for name in ("logits", "pred_boxes") if getattr(outputs, name, None) is None]
+def _output_tensors(outputs: Any, names: tuple[str, str], needs: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two fields `names` of model `outputs` as tensors; a TypeError naming what is missing (`needs`: who needs
+    them, e.g. "post_process_object_detection needs model outputs")."""
+    missing = [name for name in names if getattr(outputs, name, None) is None]
     if missing:
         raise TypeError(
-            f"post_process_object_detection needs model outputs with `logits` and `pred_boxes`; "
+            f"{needs} with `{names[0]}` and `{names[1]}`; "
             f"{type(outputs).__name__} has no {' or '.join(f'`{m}`' for m in missing)}."
         )
-    logits, boxes = torch.as_tensor(outputs.logits), torch.as_tensor(outputs.pred_boxes)
+    return torch.as_tensor(getattr(outputs, names[0])), torch.as_tensor(getattr(outputs, names[1]))
+
+
+def _detection_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    needs = "post_process_object_detection needs model outputs"
+    logits, boxes = _output_tensors(outputs, ("logits", "pred_boxes"), needs)
     if logits.ndim != 3 or logits.shape[-1] < 2 or boxes.shape != (*logits.shape[:2], 4):
         raise ValueError(
             "Expected `logits` [batch, queries, num_labels + 1] and `pred_boxes` [batch, queries, 4], got shapes "
@@ -1000,13 +1007,8 @@ def _target_sizes(target_sizes: Any, batch: int) -> torch.Tensor:
 
 
 def _segmentation_outputs(outputs: Any, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    missing = [name for name in ("logits", "pred_masks") if getattr(outputs, name, None) is None]
-    if missing:
-        raise TypeError(
-            f"{method} needs segmentation outputs with `logits` and `pred_masks` (HfDetrForSegmentation's); "
-            f"{type(outputs).__name__} has no {' or '.join(f'`{m}`' for m in missing)}."
-        )
-    logits, masks = torch.as_tensor(outputs.logits), torch.as_tensor(outputs.pred_masks)
+    needs = f"{method} needs segmentation outputs (HfDetrForSegmentation's)"
+    logits, masks = _output_tensors(outputs, ("logits", "pred_masks"), needs)
     if logits.ndim != 3 or logits.shape[-1] < 2 or masks.ndim != 4 or masks.shape[:2] != logits.shape[:2]:
         raise ValueError(
             "Expected `logits` [batch, queries, num_labels + 1] and `pred_masks` [batch, queries, height, width], got "

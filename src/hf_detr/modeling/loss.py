@@ -134,6 +134,10 @@ class QueryGroups:
     queries: slice
     count: int
 
+    def per_row(self, per_image: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-image targets repeated for the `count` groups of each image, in the row order of `layers`."""
+        return [item for item in per_image for _ in range(self.count)]
+
     def layers(self, outputs: LossOutputs) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         """`(suffix, logits, pred_boxes)` of these queries on the last decoder layer (suffix `""`) and on every
         auxiliary layer i (suffix `_{i}`), as `[batch * count, queries per group, ...]`: one matching per image and
@@ -212,8 +216,7 @@ def _set_loss(
 ) -> dict[str, torch.Tensor]:
     """DETR's terms of the query `groups`, each group matched one-to-one to all of `class_labels` / `boxes` on its
     own and the terms averaged over groups, on the last decoder layer and (`_{i}` suffixed) every auxiliary one."""
-    class_labels = [c for c in class_labels for _ in range(groups.count)]
-    boxes = [b for b in boxes for _ in range(groups.count)]
+    class_labels, boxes = groups.per_row(class_labels), groups.per_row(boxes)
     layers = groups.layers(outputs)
     num_queries, device = layers[0][1].shape[1], layers[0][1].device
     # L1 and GIoU are divided by the number of target boxes; the cross-entropy is a weighted mean over all
@@ -378,8 +381,7 @@ class MaskLoss(LossTerm):
             return {}
         groups = targets.one_to_one
         _, logits, pred_boxes = groups.layers(outputs)[0]
-        class_labels = [c for c in targets.class_labels for _ in range(groups.count)]
-        boxes = [b for b in targets.boxes for _ in range(groups.count)]
+        class_labels, boxes = groups.per_row(targets.class_labels), groups.per_row(targets.boxes)
         # the first group of each image: the queries the mask head reads
         indices = targets.match(groups, "", logits, pred_boxes, class_labels, boxes)[:: groups.count]
         device = outputs["logits"].device

@@ -595,6 +595,8 @@ class HfDetrForSegmentation(HfDetrForObjectDetection):
     """
 
     _finer_levels = 3
+    # the modules the detector lacks: new when a detection checkpoint starts this model, trained by freeze_detection
+    head_modules: tuple[str, ...] = ("bbox_attention", "mask_head")
 
     def __init__(self, config: HfDetrConfig) -> None:
         super().__init__(config)
@@ -606,7 +608,7 @@ class HfDetrForSegmentation(HfDetrForObjectDetection):
     def freeze_detection(self) -> None:
         """Train only the segmentation head: every detector weight stops receiving gradients (the paper trains the
         mask head for 25 epochs on a frozen, trained detector)."""
-        heads = {id(p) for module in (self.bbox_attention, self.mask_head) for p in module.parameters()}
+        heads = {id(p) for name in self.head_modules for p in getattr(self, name).parameters()}
         for parameter in self.parameters():
             parameter.requires_grad_(id(parameter) in heads)
 

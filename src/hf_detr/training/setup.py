@@ -24,9 +24,6 @@ __all__ = ["WEIGHT_FILES", "build_model", "has_weights", "load_image_processor",
 
 # heads whose rows are classes: replaced together when the labels change (the second: the encoder's dense head)
 _CLASS_HEADS = ("class_embed", "encoder_class_embed")
-# the segmentation head: new when a segmentation model starts from a detector, unused when a detector starts from a
-# segmentation checkpoint (the paper trains the detector first, then the head)
-_SEGMENTATION_HEAD = ("bbox_attention", "mask_head")
 
 
 def has_weights(source: str | os.PathLike) -> bool:
@@ -94,7 +91,9 @@ def _load_weights(model_class: type[HfDetrForObjectDetection], source: str, over
     model, info = model_class.from_pretrained(
         source, config=config, revision=revision, ignore_mismatched_sizes=True, output_loading_info=True
     )
-    expected = tuple(f"{head}." for head in (*_CLASS_HEADS, *_SEGMENTATION_HEAD))
+    # the segmentation head is new when a segmentation model starts from a detector, and unused when a detector
+    # starts from a segmentation checkpoint (the paper trains the detector first, then the head)
+    expected = tuple(f"{head}." for head in (*_CLASS_HEADS, *HfDetrForSegmentation.head_modules))
     new_head = sorted(key for key in info["missing_keys"] if key.startswith(expected))
     if new_head:
         logger.info("%s: weights new (not in %s): %s", model_class.__name__, source, new_head)
