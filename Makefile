@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench clean
+.PHONY: test demo demo-segmentation bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/hf-detr demo
+
+demo-segmentation: $(STAMP)
+	$(VENV)/bin/hf-detr demo --task segmentation
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_model
