@@ -24,6 +24,10 @@ stops once `--metric_for_best_model` has not improved for N evaluations (transfo
         --model_kwargs '{"backbone": "resnet18", "d_model": 64, "encoder_layers": 1, "decoder_layers": 1}' \
         --output_dir /tmp/detr-shapes --do_train --do_eval --num_train_epochs 2 --use_cpu
 
+    # instance or panoptic segmentation (HfDetrForSegmentation on the data set's masks; mask mAP and PQ reported as
+    # eval_segm_map, eval_pq, ...); --freeze_detection trains the mask head alone on a trained detector:
+    python examples/run_object_detection.py --task panoptic --model_name_or_path DETECTOR --freeze_detection ...
+
 `--dataset` is a Hub dataset id, a `save_to_disk` folder, a COCO folder or `synthetic` (see `hf_detr.data.load_data`);
 `--box_policy` says what happens to a box reaching outside its image: `clip` (default, counts logged), `drop`,
 `error`.
@@ -84,6 +88,16 @@ class ModelArguments:
                   "changes that keep every weight's shape are allowed."},  # fmt: skip
     )
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the model."})
+    task: str = field(
+        default="detection",
+        metadata={"help": "detection, or instance / panoptic segmentation: HfDetrForSegmentation trained on the data "
+                  "set's masks and evaluated on mask AP and panoptic quality too.",
+                  "choices": ["detection", "instance", "panoptic"]},  # fmt: skip
+    )
+    freeze_detection: bool = field(
+        default=False,
+        metadata={"help": "Segmentation: train the mask head only, on a trained detector (the paper's second phase)."},
+    )
     early_stopping_patience: int | None = field(
         default=None,
         metadata={"help": "Stop training when --metric_for_best_model (default eval_map) has not improved for N "
@@ -131,13 +145,15 @@ def build_parser() -> HfArgumentParser:
     return parser
 
 
-def load_splits(data_args: DataArguments, seed: int) -> tuple[datasets.Dataset | None, datasets.Dataset | None]:
-    """The training and evaluation splits (``None`` for an empty split name), cut to ``max_*_samples``."""
+def load_splits(data_args: DataArguments, seed: int, masks: bool = False
+                ) -> tuple[datasets.Dataset | None, datasets.Dataset | None]:  # fmt: skip
+    """The training and evaluation splits (``None`` for an empty split name), cut to ``max_*_samples``; with their
+    masks for segmentation."""
     wanted = [name for name in (data_args.train_split, data_args.eval_split) if name]
     sizes = {data_args.train_split: data_args.synthetic_num_train, data_args.eval_split: data_args.synthetic_num_eval}
     loaded = load_data(data_args.dataset, wanted, synthetic_sizes=sizes,
                        synthetic_image_size=data_args.synthetic_image_size, seed=seed,
-                       box_policy=data_args.box_policy)  # fmt: skip
+                       box_policy=data_args.box_policy, masks=masks)  # fmt: skip
     splits = []
     for name, limit in ((data_args.train_split, data_args.max_train_samples),
                         (data_args.eval_split, data_args.max_eval_samples)):  # fmt: skip
@@ -177,9 +193,12 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
                              "also makes the evaluations and checkpoints follow one strategy.")  # fmt: skip
         if training_args.eval_strategy == "no":
             raise ValueError("--early_stopping_patience watches the evaluations: give --eval_strategy epoch or steps.")
+    segmentation = model_args.task != "detection"
+    if model_args.freeze_detection and not segmentation:
+        raise ValueError("--freeze_detection trains a segmentation head: add --task instance or --task panoptic.")
     set_seed(training_args.seed)
 
-    train_split, eval_split = load_splits(data_args, training_args.seed)
+    train_split, eval_split = load_splits(data_args, training_args.seed, masks=segmentation)
     if training_args.do_train and train_split is None:
         raise ValueError(f"--do_train needs a training split; --train_split is {data_args.train_split!r}.")
     needs_eval = training_args.do_eval or training_args.eval_strategy != "no"
@@ -190,8 +209,10 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
         )
     labels = id2label(train_split if train_split is not None else eval_split)
     model, image_processor = build_model(model_args.model_name_or_path, labels, model_kwargs,
-                                         model_args.model_revision)  # fmt: skip
+                                         model_args.model_revision, segmentation=segmentation)  # fmt: skip
     image_processor = with_image_size(image_processor, data_args.image_size, data_args.max_size)
+    if model_args.freeze_detection:
+        model.freeze_detection()
     if model_args.backbone_learning_rate <= 0:
         model.freeze_backbone()
 
@@ -208,12 +229,13 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
         train_dataset=train_dataset,
         eval_dataset=evaluation_dataset(eval_split, model.config.id2label) if eval_split is not None else None,
         data_collator=collator,
-        eval_data_collator=evaluation_collator(image_processor),
+        eval_data_collator=evaluation_collator(image_processor, mask_references=segmentation),
         processing_class=image_processor,
         compute_metrics=make_compute_metrics(
             image_processor, id2label=model.config.id2label, per_class=data_args.per_class_metrics
         ),
         backbone_learning_rate=model_args.backbone_learning_rate,
+        per_class=data_args.per_class_metrics,
         callbacks=callbacks,
     )
 
@@ -233,7 +255,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
     if training_args.push_to_hub:
         trainer.push_to_hub(
             finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset,
-            tags=["object-detection", "vision", "hf_detr"],
+            tags=["image-segmentation" if segmentation else "object-detection", "vision", "hf_detr"],
         )  # fmt: skip
     return metrics
 

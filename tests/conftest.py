@@ -23,15 +23,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def _saved_tiny_model(tmp_path_factory, name: str, segmentation: bool, size: dict[str, int]):
+    """A random-weight tiny model (seed 0) saved with a processor resizing to `size`, in a new folder `name`."""
+    from helpers import tiny_config_kwargs  # imported here: the environment above must be set before transformers
+
+    from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
+
+    folder = tmp_path_factory.mktemp(name)
+    torch.manual_seed(0)
+    model_class = HfDetrForSegmentation if segmentation else HfDetrForObjectDetection
+    model_class(HfDetrConfig(**tiny_config_kwargs())).save_pretrained(folder)
+    HfDetrImageProcessor(size=size).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A random-weight tiny detector saved with a processor resizing to 128-200 pixels (the prediction tests')."""
-    from helpers import tiny_config_kwargs  # imported here: the environment above must be set before transformers
+    return _saved_tiny_model(tmp_path_factory, "model", False, {"shortest_edge": 128, "longest_edge": 200})
 
-    from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs())).save_pretrained(folder)
-    HfDetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 200}).save_pretrained(folder)
-    return folder
+@pytest.fixture(scope="module")
+def segmentation_dir(tmp_path_factory):
+    """A random-weight tiny segmentation model saved with a processor resizing to 64-107 pixels."""
+    return _saved_tiny_model(tmp_path_factory, "segmentation_model", True, {"shortest_edge": 64, "longest_edge": 107})

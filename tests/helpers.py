@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -101,3 +105,54 @@ def run_example_fine_tuning(model: str | Path, output_dir: str | Path, steps: in
         "--backbone_learning_rate", "0", "--learning_rate", "1e-3", "--per_device_train_batch_size", "2",
         "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
     ])  # fmt: skip
+
+
+def trainer_evaluate(folder: Path, data: Path, output_dir: Path, batch_size: int,
+                     mask_references: bool | None = None) -> dict[str, float]:  # fmt: skip
+    """`DetrTrainer.evaluate` of the saved model in `folder` on the `validation` split saved in `data`, as the example
+    sets it up (`mask_references`, None: for a segmentation model); runs in this process or under torchrun."""
+    import datasets
+    from transformers import TrainingArguments
+
+    from hf_detr.apps.predict import load_model
+    from hf_detr.evaluation import evaluation_collator, evaluation_dataset, make_compute_metrics
+    from hf_detr.training import DetrTrainer
+
+    model, processor = load_model(folder)
+    if mask_references is None:
+        mask_references = hasattr(model, "mask_head")
+    split = datasets.load_from_disk(str(data))["validation"]
+    args = TrainingArguments(output_dir=str(output_dir), per_device_eval_batch_size=batch_size, use_cpu=True,
+                             report_to="none", eval_do_concat_batches=False, remove_unused_columns=False)  # fmt: skip
+    trainer = DetrTrainer(
+        model=model, args=args, eval_dataset=evaluation_dataset(split, model.config.id2label),
+        eval_data_collator=evaluation_collator(processor, mask_references=mask_references),
+        processing_class=processor, compute_metrics=make_compute_metrics(processor, id2label=model.config.id2label),
+    )  # fmt: skip
+    return trainer.evaluate()
+
+
+def launch_two_processes(script: str, tmp_path: Path) -> list[dict[str, float]]:
+    """Run `script` (which can import `helpers`) on 2 processes with torchrun, offline and one thread each; the
+    metrics each process printed on a line `METRICS <json>`."""
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n" + textwrap.dedent(script))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(launcher)],
+                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("METRICS")]
+    assert len(results) == 2
+    return results
+
+
+def trainer_evaluate_on_two_processes(root: Path, tmp_path: Path, batch_size: int) -> list[dict[str, float]]:
+    """`trainer_evaluate` of `root`/model on `root`/data on 2 processes; each process's metrics."""
+    return launch_two_processes(f"""
+        import json
+        from pathlib import Path
+        from helpers import trainer_evaluate
+        root = Path({str(root)!r})
+        metrics = trainer_evaluate(root / "model", root / "data", Path({str(tmp_path / "out")!r}), {batch_size})
+        print("METRICS", json.dumps(metrics))
+    """, tmp_path)  # fmt: skip

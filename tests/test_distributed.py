@@ -68,18 +68,24 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
-def test_two_processes_step_like_one_process_on_the_whole_batch(tmp_path: Path, env: dict[str, str]) -> None:
+@pytest.mark.parametrize("segmentation", [False, True], ids=["detection", "segmentation"])
+def test_two_processes_step_like_one_process_on_the_whole_batch(tmp_path: Path, env: dict[str, str],
+                                                                segmentation: bool) -> None:  # fmt: skip
     out = tmp_path / "ddp.pt"
     launcher = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())]
-    run([*launcher, str(TESTS / "distributed_step.py"), str(out), "--cpu"], env)
+    flags = ["--cpu", "--segmentation"] if segmentation else ["--cpu"]
+    run([*launcher, str(TESTS / "distributed_step.py"), str(out), *flags], env)
     ddp = torch.load(out, weights_only=True)
     assert ddp["num_processes"] == 2
 
-    model, pixel_values, pixel_mask, labels = step_inputs()
+    model, pixel_values, pixel_mask, labels = step_inputs(segmentation)
     initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     whole = sgd_step(model, [(pixel_values, pixel_mask, labels)])
+    if segmentation:  # the mask head learned: the mask losses reached the step
+        head = [name for name in whole if name.startswith("mask_head.")]
+        assert any(not torch.equal(whole[name], initial[name]) for name in head)
     # the halves' box counts differ (4 vs 1): normalizing each by its own count gives another step entirely
-    model, *_ = step_inputs()
+    model, *_ = step_inputs(segmentation)
     halves = [(pixel_values[:2], pixel_mask[:2], labels[:2]), (pixel_values[2:], pixel_mask[2:], labels[2:])]
     naive = sgd_step(model, halves)
 

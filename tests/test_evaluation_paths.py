@@ -3,30 +3,16 @@ uneven last batch) give the same COCO numbers for the same model and split."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import datasets
 import pytest
 import torch
-from transformers import TrainingArguments
+from helpers import trainer_evaluate, trainer_evaluate_on_two_processes
 
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, presets
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
-from hf_detr.evaluation import (
-    COCO_STAT_NAMES,
-    evaluate,
-    evaluation_collator,
-    evaluation_dataset,
-    evaluation_loader,
-    make_compute_metrics,
-)
-from hf_detr.training import DetrTrainer, TrainConfig, parameter_groups, train
+from hf_detr.evaluation import COCO_STAT_NAMES, evaluate, evaluation_loader
+from hf_detr.training import TrainConfig, parameter_groups, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,42 +76,12 @@ def test_the_demo_reports_what_evaluate_gives_for_its_saved_model(tmp_path):
     assert _coco(metrics) == _coco(evaluate(saved, processor, test, batch_size=3))
 
 
-def _trainer_metrics(folder: Path, data: Path, output_dir: Path) -> dict[str, float]:
-    """`DetrTrainer.evaluate` as the example sets it up; runs in this process or under torchrun."""
-    model = HfDetrForObjectDetection.from_pretrained(folder)
-    processor = HfDetrImageProcessor.from_pretrained(folder)
-    split = datasets.load_from_disk(str(data))["validation"]
-    args = TrainingArguments(output_dir=str(output_dir), per_device_eval_batch_size=BATCH_SIZE, use_cpu=True,
-                             report_to="none", eval_do_concat_batches=False, remove_unused_columns=False)  # fmt: skip
-    trainer = DetrTrainer(
-        model=model, args=args, eval_dataset=evaluation_dataset(split, model.config.id2label),
-        eval_data_collator=evaluation_collator(processor),
-        compute_metrics=make_compute_metrics(processor, id2label=model.config.id2label),
-    )  # fmt: skip
-    return trainer.evaluate()
-
-
 def test_trainer_gives_the_evaluate_numbers(scene, tmp_path):
-    metrics = _trainer_metrics(scene["root"] / "model", scene["root"] / "data", tmp_path)
+    metrics = trainer_evaluate(scene["root"] / "model", scene["root"] / "data", tmp_path, BATCH_SIZE)
     assert _coco(metrics, "eval_") == _coco(scene["reference"])
 
 
 def test_trainer_on_two_processes_with_an_uneven_last_batch_gives_the_evaluate_numbers(scene, tmp_path):
-    launcher = tmp_path / "launch.py"
-    launcher.write_text(textwrap.dedent(f"""
-        import json, sys
-        from pathlib import Path
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_evaluation_paths import _trainer_metrics
-        root = Path({str(scene["root"])!r})
-        metrics = _trainer_metrics(root / "model", root / "data", Path({str(tmp_path / "out")!r}))
-        print("METRICS", json.dumps(metrics))
-    """))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(launcher)],
-                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("METRICS")]
-    assert len(results) == 2
+    results = trainer_evaluate_on_two_processes(scene["root"], tmp_path, BATCH_SIZE)
     for metrics in results:
         assert _coco(metrics, "eval_") == _coco(scene["reference"])

@@ -59,12 +59,14 @@ def add_convert(subparsers: argparse._SubParsersAction) -> None:
 def add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="detect objects in images, folders of images and videos with a saved model folder",
+        help="detect objects (and their masks) in images, folders of images and videos with a saved model folder",
         description="Print the detections of each image and video frame as JSON (label, score, box in pixels; "
         "--format coco: COCO results with an images list); with --out, also write each image with its boxes drawn "
         "as <out>/<name>.png, each video annotated as <out>/<stem>.mp4, and <out>/results.json (COCO results) with "
         "<out>/images.json (image ids to file names, categories). --tile cuts large images into overlapping tiles "
-        "and merges the tiles' detections, for objects too small at the model's input size.",
+        "and merges the tiles' detections, for objects too small at the model's input size. A segmentation model "
+        "(HfDetrForSegmentation, or transformers' DetrForSegmentation) also gives each detection's mask: a COCO RLE "
+        "in the JSON (\"mask\"; \"segmentation\" in the COCO results) and laid over the pictures.",
     )
     parser.add_argument("model", help="a folder or Hub id written by save_pretrained (model and image processor), "
                         "hf_detr's or transformers' DETR (converted on load)")
@@ -177,6 +179,11 @@ _COCO_ROWS: tuple[tuple[str, str], ...] = (
     ("mar_medium", "AR   IoU=0.50:0.95  area=medium  maxDets=100"),
     ("mar_large", "AR   IoU=0.50:0.95  area=large   maxDets=100"),
 )
+_PANOPTIC_ROWS = (
+    ("pq", "panoptic quality (SQ x RQ)"),
+    ("sq", "segmentation quality: mean IoU of matched segments"),
+    ("rq", "recognition quality: F1 of segments matched at IoU > 0.5"),
+)
 
 
 def _evaluate_model_folder(
@@ -185,12 +192,14 @@ def _evaluate_model_folder(
 ) -> tuple[Any, Any]:  # fmt: skip
     """The `CocoEvaluation` (`hf_detr.evaluation.evaluate(..., return_evaluation=True)`: metrics, per-class table,
     PR arrays, per-image detections) of the model saved in `model_dir` with its image processor on `split` of
-    `dataset`, and that split (the images the evaluation's entries refer to, in order)."""
+    `dataset`, and that split (the images the evaluation's entries refer to, in order). A segmentation model's
+    split is loaded with its masks, which are scored too (mask mAP, panoptic quality)."""
     import torch
 
     from ..data.sources import load_data
     from ..evaluation.evaluate import evaluate
-    from ..modeling import HfDetrForObjectDetection, HfDetrImageProcessor
+    from ..modeling import HfDetrImageProcessor
+    from .predict import load_model
 
     if batch_size < 1:  # named as the user typed it, before anything is loaded
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
@@ -201,9 +210,9 @@ def _evaluate_model_folder(
             f"no image processor in {model_dir} ({error}); save it next to the model with "
             "HfDetrImageProcessor(...).save_pretrained(folder)."
         ) from error
-    model = HfDetrForObjectDetection.from_pretrained(model_dir)
+    model, _ = load_model(model_dir)
     model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    data = load_data(dataset, [split])[split]
+    data = load_data(dataset, [split], masks=hasattr(model, "mask_head"))[split]
     if len(data) == 0:
         raise ValueError(f"split {split!r} of {dataset} has no images.")
     evaluation = evaluate(model, processor, data, batch_size=batch_size, per_class=per_class, threshold=threshold,
@@ -218,6 +227,10 @@ def _format_coco_table(metrics: dict[str, float], per_class: Mapping[str, Mappin
 
     lines = [f"{'metric':<12}{'value':>8}   meaning"]
     lines += [f"{name:<12}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _COCO_ROWS]
+    if "segm_map" in metrics:  # a segmentation model's masks: the same COCO rows at mask IoU, and panoptic quality
+        lines += [f"{'segm_' + name:<12}{metrics['segm_' + name]:>8.4f}   mask {meaning}"
+                  for name, meaning in _COCO_ROWS]  # fmt: skip
+        lines += [f"{name:<12}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _PANOPTIC_ROWS]
     undefined = any(value == -1.0 for value in metrics.values())
     if per_class:
         lines += ["", format_per_class_table(per_class)]
@@ -240,7 +253,8 @@ def _require_viz() -> None:
 def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="print the COCO box mAP table of a saved model folder on a data set",
+        help="print the COCO box mAP table of a saved model folder on a data set (and a segmentation model's mask "
+        "mAP and panoptic quality)",
         description="Score a model folder (weights, config and preprocessor_config.json, e.g. the output_dir of "
         "examples/run_object_detection.py) with pycocotools on one split of a detection data set: AP at IoU "
         "0.50:0.95 / 0.50 / 0.75, AP of small / medium / large objects and AR at 1 / 10 / 100 detections.",

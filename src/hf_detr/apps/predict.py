@@ -1,9 +1,10 @@
 """Detect objects with a saved model: image files, folders of images, videos, and large images cut into tiles.
 
-`predict(model, processor, paths, ...)` returns one `Detections` per image or video frame (boxes in its own pixels)
-and, with `out_dir`, writes the pictures (`<name>.png` per image with its boxes drawn, `<stem>.mp4` per video, its
-frames annotated at the same size and frame rate) and the COCO results (`results.json`, `images.json`);
-`detection_records` and `coco_results` turn the detections into `hf-detr predict`'s two JSON formats.
+`predict(model, processor, paths, ...)` returns one `Detections` per image or video frame (boxes in its own pixels,
+and with a segmentation model each detection's mask) and, with `out_dir`, writes the pictures (`<name>.png` per image
+with its boxes and masks drawn, `<stem>.mp4` per video, its frames annotated at the same size and frame rate) and the
+COCO results (`results.json`, `images.json`); `detection_records` and `coco_results` turn the detections into
+`hf-detr predict`'s two JSON formats.
 
 Batches hold images of one resized size only, so nothing is padded. DETR's pixel mask keeps padding out of the
 transformer, but not out of the backbone: the convolutions near the image's right and bottom border see padded
@@ -32,8 +33,9 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.ops import box_convert, box_iou
 from tqdm.auto import tqdm
 
-from ..modeling import HfDetrForObjectDetection, HfDetrImageProcessor
+from ..modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
 from ..modeling.image_processing_hf_detr import upright_rgb
+from ..modeling.segmentation_postprocessing import encode_rles
 from .extras import require_extra
 from .visualize import draw_detections
 
@@ -45,15 +47,18 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
 # smaller batch, so that a folder of many different sizes holds a bounded number of images in memory.
 _MAX_WAITING_BATCHES = 4
 
-Found = dict[str, torch.Tensor]  # post-processed: "scores" [n], "labels" [n] int64, "boxes" [n, 4] (x0, y0, x1, y1)
+# post-processed: "scores" [n], "labels" [n] int64, "boxes" [n, 4] (x0, y0, x1, y1); a segmentation model's also
+# "masks" [n, H, W] bool, at the picture's size
+Found = dict[str, torch.Tensor]
 Detector = Callable[[Iterable[Image.Image]], Iterator[tuple[int, Image.Image, Found]]]  # `detect` or `detect_tiled`
 
 
 @dataclass(frozen=True)
 class Detections:
     """What the model found in one image or video frame: `scores` `[n]`, `labels` `[n]` (int64) and `boxes`
-    `[n, 4]` (x0, y0, x1, y1) in the pixels of the `height` x `width` image; `frame` (from 0) and `time` (seconds)
-    for a video's frames, None for images."""
+    `[n, 4]` (x0, y0, x1, y1) in the pixels of the `height` x `width` image; a segmentation model's `masks`, one COCO
+    RLE (`{"size": [height, width], "counts": str}`, `pycocotools.mask.decode` reads it) per detection, else None;
+    `frame` (from 0) and `time` (seconds) for a video's frames, None for images."""
 
     source: str
     height: int
@@ -61,8 +66,18 @@ class Detections:
     scores: torch.Tensor
     labels: torch.Tensor
     boxes: torch.Tensor
+    masks: list[dict[str, Any]] | None = None
     frame: int | None = None
     time: float | None = None
+
+    @classmethod
+    def of(cls, source: str, picture: Image.Image, found: Found, **where: Any) -> Detections:
+        """The detections `found` in `picture` (its masks, if any, encoded as RLEs: a folder's or a video's pixels
+        would not fit in memory)."""
+        masks = found.get("masks")
+        fields = {name: found[name] for name in ("scores", "labels", "boxes")}
+        return cls(source, picture.height, picture.width, **fields,
+                   masks=None if masks is None else encode_rles(masks), **where)  # fmt: skip
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
@@ -86,9 +101,12 @@ def require_av() -> Any:
 
 def load_model(model_dir: str | os.PathLike) -> tuple[HfDetrForObjectDetection, HfDetrImageProcessor]:
     """The model (in eval mode) and image processor saved in `model_dir`: an hf_detr folder, or a transformers DETR
-    checkpoint (folder or Hub id), converted on load."""
-    model = HfDetrForObjectDetection.from_pretrained(model_dir).eval()
-    return model, HfDetrImageProcessor.from_pretrained(model_dir)
+    checkpoint (folder or Hub id), converted on load; an `HfDetrForSegmentation` when the checkpoint is a
+    segmentation model's (its `config.architectures`: hf_detr's or transformers' `DetrForSegmentation`)."""
+    architectures = HfDetrConfig.from_pretrained(model_dir).architectures or []
+    segmentation = any(name.endswith("ForSegmentation") for name in architectures)
+    model_class = HfDetrForSegmentation if segmentation else HfDetrForObjectDetection
+    return model_class.from_pretrained(model_dir).eval(), HfDetrImageProcessor.from_pretrained(model_dir)
 
 
 def detect(
@@ -120,15 +138,17 @@ def detect(
 def _run_batch(
     model: torch.nn.Module, processor: HfDetrImageProcessor, group: list[tuple[int, Image.Image, Any]], threshold: float
 ) -> Iterator[tuple[int, Image.Image, Found]]:
-    """One forward pass on same-size processed images; post-processed with each image's own (height, width)."""
+    """One forward pass on same-size processed images; post-processed with each image's own (height, width), the
+    masks too for a segmentation model (the batch is unpadded, so its masks cover the images exactly)."""
     indices, pictures, inputs = zip(*group)
     pixel_values = torch.cat([x["pixel_values"] for x in inputs]).to(model.device)
     pixel_mask = torch.cat([x["pixel_mask"] for x in inputs]).to(model.device)
     with torch.no_grad():
         outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
     found = processor.post_process_object_detection(
-        outputs, threshold=threshold, target_sizes=[(p.height, p.width) for p in pictures]
-    )
+        outputs, threshold=threshold, target_sizes=[(p.height, p.width) for p in pictures],
+        return_masks=getattr(outputs, "pred_masks", None) is not None,
+    )  # fmt: skip
     for index, picture, image_found in zip(indices, pictures, found):
         yield index, picture, {name: value.cpu() for name, value in image_found.items()}
 
@@ -191,7 +211,8 @@ def detect_tiled(
     order, best score first.
 
     Small objects are seen at the tile's resolution instead of the whole image's. An object larger than the overlap
-    can be cut by a tile border, and its parts in two tiles may overlap too little to merge.
+    can be cut by a tile border, and its parts in two tiles may overlap too little to merge. A segmentation model's
+    masks are placed in the picture at their tile's position.
     """
     for index, picture in enumerate(pictures):
         width, height = min(tile, picture.width), min(tile, picture.height)
@@ -205,7 +226,15 @@ def detect_tiled(
         labels = torch.cat([f["labels"] for _, _, f in found])
         tiles = torch.cat([torch.full((len(f["scores"]),), t) for t, _, f in found])
         keep = merge_tiles(boxes, scores, labels, tiles, iou_threshold)
-        yield index, picture, {"scores": scores[keep], "labels": labels[keep], "boxes": boxes[keep]}
+        merged = {"scores": scores[keep], "labels": labels[keep], "boxes": boxes[keep]}
+        if found and "masks" in found[0][2]:
+            placed = torch.zeros(len(scores), picture.height, picture.width, dtype=torch.bool)
+            first = 0
+            for (x, y), (_, _, f) in zip(origins, found):
+                placed[first : first + len(f["masks"]), y : y + height, x : x + width] = f["masks"]
+                first += len(f["masks"])
+            merged["masks"] = placed[keep]
+        yield index, picture, merged
 
 
 @dataclass(frozen=True)
@@ -280,7 +309,8 @@ def predict(
     `collect_inputs`), in that order; with `tile`, each image or frame is cut into tiles (`detect_tiled`).
 
     `model` needs `config.id2label` and `device`, and returns `logits` and `pred_boxes` (an
-    `HfDetrForObjectDetection`, see `load_model`). With `out_dir`: `<name>.png` per image and `<stem>.mp4` per video
+    `HfDetrForObjectDetection`, see `load_model`), and `pred_masks` for masks (an `HfDetrForSegmentation`). With
+    `out_dir`: `<name>.png` per image and `<stem>.mp4` per video
     (an image of a folder keeps its sub-folders), `results.json` (COCO results, `coco_results`) and `images.json`
     (its images and categories). `progress`: a progress bar on stderr (None: when stderr is a terminal).
     """
@@ -313,7 +343,7 @@ def predict(
     with tqdm(total=len(images), unit="image", disable=True if not images else disable) as bar:
         for k, picture, found in run(open_image(inputs[i].path) for i in images):
             item = inputs[images[k]]
-            results[images[k]] = [Detections(str(item.path), picture.height, picture.width, **found)]
+            results[images[k]] = [Detections.of(str(item.path), picture, found)]
             if out is not None:
                 target = out / item.output
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -332,8 +362,9 @@ def predict(
 
 
 def _drawn(picture: Image.Image, found: Found, id2label: Mapping[int, str]) -> Any:
-    """The picture with its detections drawn, as a uint8 `[H, W, 3]` array."""
-    drawn = draw_detections(picture, found["boxes"], found["labels"].tolist(), id2label, found["scores"])
+    """The picture with its detections (and masks) drawn, as a uint8 `[H, W, 3]` array."""
+    drawn = draw_detections(picture, found["boxes"], found["labels"].tolist(), id2label, found["scores"],
+                            masks=found.get("masks"))  # fmt: skip
     return drawn.permute(1, 2, 0).numpy()
 
 
@@ -371,7 +402,7 @@ def _predict_video(
             encoder.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         with tqdm(total=stream.frames or None, unit="frame", desc=path.name, disable=disable) as bar:
             for index, picture, found in run(frames()):
-                results.append(Detections(str(path), height, width, **found, frame=index, time=times[index]))
+                results.append(Detections.of(str(path), picture, found, frame=index, time=times[index]))
                 if target is not None:
                     frame = av.VideoFrame.from_ndarray(_drawn(picture, found, id2label), format="rgb24")
                     writer.mux(encoder.encode(frame))
@@ -387,7 +418,8 @@ def _rounded(values: Iterable[float], digits: int) -> list[float]:
 
 def detection_records(detections: Sequence[Detections], id2label: Mapping[int, str]) -> list[dict[str, Any]]:
     """`hf-detr predict`'s default JSON: per image `{"image": path, "detections": [{"label", "score", "box": {"xmin",
-    "ymin", "xmax", "ymax"}}]}`, per video frame `{"video": path, "frame", "time", "detections"}`."""
+    "ymin", "xmax", "ymax"}}]}` (a segmentation model's detections also with `"mask"`, a COCO RLE), per video frame
+    `{"video": path, "frame", "time", "detections"}`."""
     records = []
     for found in detections:
         where = {"image": found.source} if found.frame is None else {"video": found.source, "frame": found.frame,
@@ -400,6 +432,8 @@ def detection_records(detections: Sequence[Detections], id2label: Mapping[int, s
             }
             for score, label, box in zip(found.scores, found.labels, found.boxes)
         ]
+        for item, mask in zip(items, found.masks or ()):
+            item["mask"] = mask
         records.append({**where, "detections": items})
     return records
 
@@ -407,16 +441,20 @@ def detection_records(detections: Sequence[Detections], id2label: Mapping[int, s
 def coco_results(detections: Sequence[Detections], id2label: Mapping[int, str]) -> dict[str, list[dict[str, Any]]]:
     """The detections in COCO's results format: `{"images": [{"id", "file_name", "height", "width"} (+ "frame" for a
     video's frames)], "categories": [{"id", "name"}] (the model's id2label), "results": [{"image_id", "category_id",
-    "bbox": [x, y, width, height], "score"}]}`; image ids count from 1 in the order of `detections`, and "results"
-    alone is what pycocotools' `COCO.loadRes` reads."""
+    "bbox": [x, y, width, height], "score"}]}` (with a segmentation model's masks also `"segmentation"`, a COCO RLE);
+    image ids count from 1 in the order of `detections`, and "results" alone is what pycocotools' `COCO.loadRes`
+    reads (for `iouType="bbox"`, and `"segm"` with masks)."""
     images, results = [], []
     for image_id, found in enumerate(detections, start=1):
         entry = {"id": image_id, "file_name": found.source, "height": found.height, "width": found.width}
         images.append(entry if found.frame is None else {**entry, "frame": found.frame})
-        results += [
+        found_results = [
             {"image_id": image_id, "category_id": int(label), "bbox": _rounded(box, 2), "score": round(float(score), 4)}
             for score, label, box in zip(found.scores, found.labels, box_convert(found.boxes, "xyxy", "xywh"))
         ]
+        for result, mask in zip(found_results, found.masks or ()):
+            result["segmentation"] = mask
+        results += found_results
     categories = [{"id": int(i), "name": name} for i, name in sorted(id2label.items())]
     return {"images": images, "categories": categories, "results": results}
 

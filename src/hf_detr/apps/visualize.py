@@ -120,7 +120,7 @@ def draw_detections(
     placed: list[tuple[float, ...]] = []
     pad = max(1, line // 2 + 1)
     for i in order:
-        (x0, y0, x1, y1), name, color = boxes[i].tolist(), names[i], colors[i]
+        (x0, y0, _, y1), name, color = boxes[i].tolist(), names[i], colors[i]
         left, top, right, bottom = draw.textbbox((0, 0), name, font=font)
         width, height = right - left + 2 * pad, bottom - top + 2 * pad
         # above the box, inside its top, below it, then further inside, further above and further below

@@ -22,25 +22,9 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from ..modeling.image_processing_hf_detr import coco_panoptic_target, object_mask, rle_mask
+from ..modeling.segmentation_postprocessing import encode_rles
 
 __all__ = ["decode_rles", "encode_rles", "mask_references", "panoptic_rles", "segmentation_rle"]
-
-
-def encode_rles(masks: np.ndarray | torch.Tensor) -> list[dict[str, Any]]:
-    """Binary masks ``[n, height, width]`` (bool or 0/1) as ``n`` compressed RLEs ``{"size": [height, width],
-    "counts": str}``, the stored form of ``objects.segmentation``."""
-    from pycocotools import mask as coco_mask
-
-    if isinstance(masks, torch.Tensor):
-        masks = masks.detach().cpu().numpy()
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise ValueError(f"masks must have shape [n, height, width], got {masks.shape}.")
-    if not len(masks):
-        return []
-    # pycocotools encodes a Fortran-ordered [height, width, n] uint8 array
-    rles = coco_mask.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
 
 
 def decode_rles(rles: Sequence[Mapping[str, Any]], name: str, image_size: tuple[int, int]) -> np.ndarray:

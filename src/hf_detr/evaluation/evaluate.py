@@ -30,7 +30,7 @@ from ..data.masks import encode_rles
 from .metrics import CocoEvaluation, PostProcessInputs, make_compute_metrics
 from .segmentation_metrics import PanopticQualityMetric, SegmentCounts, coco_segmentation_evaluate
 
-__all__ = ["evaluate", "evaluation_collator", "evaluation_dataset", "evaluation_loader", "model_labels"]
+__all__ = ["MaskScorer", "evaluate", "evaluation_collator", "evaluation_dataset", "evaluation_loader", "model_labels"]
 
 
 def model_labels(dataset_names: Sequence[str], model_id2label: Mapping[int, str]) -> list[int]:
@@ -135,7 +135,7 @@ def evaluate(
                 raise ValueError("the model predicts masks but the batches carry no ground-truth masks: build the "
                                  "loader with evaluation_loader(..., mask_references=True) on a split loaded with "
                                  "masks=True")  # fmt: skip
-            scorer = scorer or _MaskScorer(image_processor, config.id2label, threshold)
+            scorer = scorer or MaskScorer(image_processor, config.id2label, threshold)
             scored = scorer.batch(outputs, pixel_mask, batch["mask_references"])
             masks += scored if accelerator is None else accelerator.gather_for_metrics(scored, use_gather_object=True)
     model.train(was_training)
@@ -156,32 +156,29 @@ def evaluate(
     return metrics if accelerator is None else broadcast_object_list([metrics])[0]
 
 
-class _MaskScorer:
-    """The mask side of `evaluate`: per image the predicted masks (RLE, at the original size) and the panoptic
-    counts, from the image's own region of `pred_masks` (the padding of the batch cut off first, so a padded image
-    scores as it would alone), against the batch's `mask_references` (the collator's, in the model's labels)."""
+class MaskScorer:
+    """The mask side of the evaluation (`evaluate` and `DetrTrainer`): per image the predicted masks (RLE, at the
+    original size) and the panoptic counts, from the image's own region of `pred_masks` (the padding of the batch cut
+    off first, so a padded image scores as it would alone), against the batch's `mask_references` (the collator's, in
+    the model's labels). `batch` scores one batch; `compute` the images of all batches, once."""
 
-    def __init__(self, image_processor: Any, model_id2label: Mapping[int, str], threshold: float) -> None:
+    def __init__(self, image_processor: Any, model_id2label: Mapping[int, str], threshold: float = 0.0) -> None:
         self.image_processor, self.threshold = image_processor, threshold
         self.panoptic = PanopticQualityMetric(things={int(label) for label in model_id2label})
 
     def batch(self, outputs: Any, pixel_mask: torch.Tensor, references: Sequence[Mapping[str, torch.Tensor]]
               ) -> list[tuple[dict[str, Any], dict[int, SegmentCounts]]]:  # fmt: skip
         scored = []
-        probabilities = outputs.logits.float().softmax(-1)[..., :-1]
         for i, reference in enumerate(references):
-            height, width = reference["masks"].shape[-2:]
-            mask_logits = _own_region(outputs.pred_masks[i].float(), pixel_mask[i])
-            scores, classes = probabilities[i].max(-1)
-            keep = scores >= self.threshold
-            kept = torch.zeros(0, height, width, dtype=torch.bool)
-            if keep.any():
-                kept = torch.nn.functional.interpolate(mask_logits[keep][None], size=(height, width),
-                                                       mode="bilinear", align_corners=False)[0] > 0  # fmt: skip
-            # a pixel is in a query's mask where its probability exceeds 0.5 (logit > 0), as in the original
-            prediction = {"masks": encode_rles(kept.cpu()), "scores": scores[keep].cpu(), "labels": classes[keep].cpu()}
-            single = PostProcessInputs(logits=outputs.logits[i : i + 1], pred_masks=mask_logits[None])
-            panoptic = self.image_processor.post_process_panoptic_segmentation(single, target_sizes=[(height, width)])
+            size = tuple(reference["masks"].shape[-2:])
+            own = _own_region(outputs.pred_masks[i].float(), pixel_mask[i])
+            single = PostProcessInputs(logits=outputs.logits[i : i + 1].float(),
+                                       pred_boxes=outputs.pred_boxes[i : i + 1], pred_masks=own[None])  # fmt: skip
+            found = self.image_processor.post_process_object_detection(single, self.threshold, target_sizes=[size],
+                                                                       return_masks=True)[0]  # fmt: skip
+            prediction = {"masks": encode_rles(found["masks"].cpu()), "scores": found["scores"].cpu(),
+                          "labels": found["labels"].cpu()}  # fmt: skip
+            panoptic = self.image_processor.post_process_panoptic_segmentation(single, target_sizes=[size])
             counts = self.panoptic.count_image(panoptic[0], _panoptic_reference(reference), f"batch image {i}")
             # RLEs, not pixels, are kept until the end (and gathered across processes): a split's decoded masks
             # would not fit in memory on COCO's scale

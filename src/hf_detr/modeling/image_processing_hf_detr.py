@@ -38,7 +38,12 @@ from transformers.image_utils import (
 )
 
 from .boxes import check_boxes, denormalize_boxes, normalize_boxes
-from .segmentation_postprocessing import instance_segmentation, panoptic_segmentation, semantic_segmentation
+from .segmentation_postprocessing import (
+    instance_segmentation,
+    panoptic_segmentation,
+    query_masks,
+    semantic_segmentation,
+)
 from .transformers_detr import image_processor_dict_from_transformers
 
 __all__ = ["HfDetrImageProcessor", "upright_rgb"]
@@ -285,6 +290,7 @@ class HfDetrImageProcessor(TorchvisionBackend):
         threshold: float = 0.5,
         target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
         top_k: int | None = None,
+        return_masks: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """Turn DETR outputs into detections.
 
@@ -297,11 +303,22 @@ class HfDetrImageProcessor(TorchvisionBackend):
                 absolute pixels of that size, otherwise they stay relative to [0, 1].
             top_k: keep at most this many detections per image, highest scores first. Without it detections keep
                 the query order (as in transformers).
+            return_masks: also return each detection's mask, from a segmentation model's `pred_masks` `[batch,
+                queries, h, w]` (bool, at the target size; a pixel is in where the mask's probability exceeds 0.5).
+                The masks span the whole padded input: post-process an unpadded batch (or each image's own region)
+                so that they cover the image the boxes refer to.
 
         Returns:
-            One dict per image: `scores` `[n]`, `labels` `[n]` (int64) and `boxes` `[n, 4]` (x0, y0, x1, y1).
+            One dict per image: `scores` `[n]`, `labels` `[n]` (int64) and `boxes` `[n, 4]` (x0, y0, x1, y1); with
+            `return_masks`, `masks` `[n, height, width]`.
         """
         logits, pred_boxes = _detection_outputs(outputs)
+        mask_logits = None
+        if return_masks:
+            (mask_logits,) = _output_tensors(outputs, ("pred_masks",), "return_masks=True needs segmentation outputs")
+            if mask_logits.ndim != 4 or mask_logits.shape[:2] != logits.shape[:2]:
+                raise ValueError(f"Expected `pred_masks` [batch, queries, height, width] for `logits` "
+                                 f"{tuple(logits.shape)}, got {tuple(mask_logits.shape)}.")  # fmt: skip
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}.")
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)
@@ -311,11 +328,14 @@ class HfDetrImageProcessor(TorchvisionBackend):
             boxes = box_convert(pred_boxes, "cxcywh", "xyxy")
 
         results = []
-        for image_scores, image_labels, image_boxes in zip(scores, labels, boxes):
+        for i, (image_scores, image_labels, image_boxes) in enumerate(zip(scores, labels, boxes)):
             keep = (image_scores >= threshold).nonzero()[:, 0]
             if top_k is not None:
                 keep = keep[image_scores[keep].argsort(descending=True, stable=True)[:top_k]]
             results.append({"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]})
+            if mask_logits is not None:
+                size = mask_logits.shape[-2:] if target_sizes is None else _target_sizes(target_sizes, len(logits))[i]
+                results[-1]["masks"] = query_masks(mask_logits[i, keep].float(), tuple(int(v) for v in size))
         return results
 
     def post_process_semantic_segmentation(
@@ -972,16 +992,16 @@ def _label_masks(masks: torch.Tensor, size: tuple[int, int], canvas: tuple[int, 
     return out
 
 
-def _output_tensors(outputs: Any, names: tuple[str, str], needs: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two fields `names` of model `outputs` as tensors; a TypeError naming what is missing (`needs`: who needs
+def _output_tensors(outputs: Any, names: tuple[str, ...], needs: str) -> tuple[torch.Tensor, ...]:
+    """The fields `names` of model `outputs` as tensors; a TypeError naming what is missing (`needs`: who needs
     them, e.g. "post_process_object_detection needs model outputs")."""
     missing = [name for name in names if getattr(outputs, name, None) is None]
     if missing:
         raise TypeError(
-            f"{needs} with `{names[0]}` and `{names[1]}`; "
+            f"{needs} with {' and '.join(f'`{name}`' for name in names)}; "
             f"{type(outputs).__name__} has no {' or '.join(f'`{m}`' for m in missing)}."
         )
-    return torch.as_tensor(getattr(outputs, names[0])), torch.as_tensor(getattr(outputs, names[1]))
+    return tuple(torch.as_tensor(getattr(outputs, name)) for name in names)
 
 
 def _detection_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:

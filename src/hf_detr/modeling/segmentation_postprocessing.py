@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
-__all__ = ["instance_segmentation", "panoptic_segmentation", "semantic_segmentation"]
+__all__ = ["encode_rles", "instance_segmentation", "panoptic_segmentation", "query_masks", "semantic_segmentation"]
 
 Size = tuple[int, int]
 
@@ -164,6 +165,14 @@ def _segments(
     return lookup[owner], segments
 
 
+def query_masks(mask_logits: torch.Tensor, size: Size) -> torch.Tensor:
+    """Boolean `[n, height, width]` masks of `n` queries' mask logits `[n, h, w]` resized to `size` (bilinear): a
+    pixel is in a query's mask where its probability exceeds 0.5 (logit > 0), as in the original DETR's results."""
+    if not len(mask_logits):
+        return torch.zeros(0, *size, dtype=torch.bool, device=mask_logits.device)
+    return _resize(mask_logits, size) > 0
+
+
 def _resize(maps: torch.Tensor, size: Size) -> torch.Tensor:
     """`[c, h, w]` maps resized to `size` (bilinear, as transformers resizes them)."""
     return F.interpolate(maps[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
@@ -171,11 +180,24 @@ def _resize(maps: torch.Tensor, size: Size) -> torch.Tensor:
 
 def _coco_rles(segmentation: torch.Tensor, segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The COCO RLE of each segment of a panoptic map, in the order of `segments`."""
-    from pycocotools import mask as coco_mask  # imported only here: the rest of the module does not need it
-
     if not segments:
         return []
     ids = torch.tensor([segment["id"] for segment in segments], dtype=segmentation.dtype, device=segmentation.device)
-    binary = (segmentation[None] == ids[:, None, None]).permute(1, 2, 0).to(torch.uint8).cpu().numpy()
-    rles = coco_mask.encode(binary.copy(order="F"))  # pycocotools reads column-major [height, width, n]
-    return [{"size": rle["size"], "counts": rle["counts"].decode("ascii")} for rle in rles]
+    return encode_rles(segmentation[None] == ids[:, None, None])
+
+
+def encode_rles(masks: np.ndarray | torch.Tensor) -> list[dict[str, Any]]:
+    """Binary masks ``[n, height, width]`` (bool or 0/1) as ``n`` COCO compressed RLEs ``{"size": [height, width],
+    "counts": str}`` (what `pycocotools.mask.encode` gives, its counts as text so JSON and Arrow store them)."""
+    from pycocotools import mask as coco_mask  # imported only here: the rest of the module does not need it
+
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu().numpy()
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must have shape [n, height, width], got {masks.shape}.")
+    if not len(masks):
+        return []
+    # pycocotools encodes a Fortran-ordered [height, width, n] uint8 array
+    rles = coco_mask.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
