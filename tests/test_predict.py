@@ -33,3 +33,14 @@ def test_predict_names_missing_and_unreadable_images(model_dir, tmp_path, capsys
     broken.write_bytes(b"not an image at all")
     assert main(["predict", str(model_dir), str(broken)]) == 1
     assert f"image {broken} could not be read as an image" in capsys.readouterr().err
+
+
+def test_predict_names_a_model_folder_without_its_image_processor(model_dir, tmp_path, capsys):
+    from hf_detr import HfDetrForObjectDetection
+
+    bare = tmp_path / "no-processor"
+    HfDetrForObjectDetection.from_pretrained(model_dir).save_pretrained(bare)
+    image_path = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image_path)
+    assert main(["predict", str(bare), str(image_path)]) == 1
+    assert "no image processor" in capsys.readouterr().err

@@ -198,19 +198,11 @@ def _evaluate_model_folder(
 
     from ..data.sources import load_data
     from ..evaluation.evaluate import evaluate
-    from ..modeling import HfDetrImageProcessor
     from .predict import load_model
 
     if batch_size < 1:  # named as the user typed it, before anything is loaded
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    try:
-        processor = HfDetrImageProcessor.from_pretrained(model_dir)
-    except OSError as error:
-        raise ValueError(
-            f"no image processor in {model_dir} ({error}); save it next to the model with "
-            "HfDetrImageProcessor(...).save_pretrained(folder)."
-        ) from error
-    model, _ = load_model(model_dir)
+    model, processor = load_model(model_dir)
     model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     data = load_data(dataset, [split], masks=hasattr(model, "mask_head"))[split]
     if len(data) == 0:

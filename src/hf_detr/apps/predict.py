@@ -102,11 +102,19 @@ def require_av() -> Any:
 def load_model(model_dir: str | os.PathLike) -> tuple[HfDetrForObjectDetection, HfDetrImageProcessor]:
     """The model (in eval mode) and image processor saved in `model_dir`: an hf_detr folder, or a transformers DETR
     checkpoint (folder or Hub id), converted on load; an `HfDetrForSegmentation` when the checkpoint is a
-    segmentation model's (its `config.architectures`: hf_detr's or transformers' `DetrForSegmentation`)."""
+    segmentation model's (its `config.architectures`: hf_detr's or transformers' `DetrForSegmentation`). A folder
+    without an image processor is a ValueError saying how to save one, raised before the weights are read."""
+    try:
+        processor = HfDetrImageProcessor.from_pretrained(model_dir)
+    except OSError as error:
+        raise ValueError(
+            f"no image processor in {model_dir} ({error}); save it next to the model with "
+            "HfDetrImageProcessor(...).save_pretrained(folder)."
+        ) from error
     architectures = HfDetrConfig.from_pretrained(model_dir).architectures or []
     segmentation = any(name.endswith("ForSegmentation") for name in architectures)
     model_class = HfDetrForSegmentation if segmentation else HfDetrForObjectDetection
-    return model_class.from_pretrained(model_dir).eval(), HfDetrImageProcessor.from_pretrained(model_dir)
+    return model_class.from_pretrained(model_dir).eval(), processor
 
 
 def detect(
@@ -227,13 +235,12 @@ def detect_tiled(
         tiles = torch.cat([torch.full((len(f["scores"]),), t) for t, _, f in found])
         keep = merge_tiles(boxes, scores, labels, tiles, iou_threshold)
         merged = {"scores": scores[keep], "labels": labels[keep], "boxes": boxes[keep]}
-        if found and "masks" in found[0][2]:
-            placed = torch.zeros(len(scores), picture.height, picture.width, dtype=torch.bool)
-            first = 0
-            for (x, y), (_, _, f) in zip(origins, found):
-                placed[first : first + len(f["masks"]), y : y + height, x : x + width] = f["masks"]
-                first += len(f["masks"])
-            merged["masks"] = placed[keep]
+        if found and "masks" in found[0][2]:  # only the kept detections' masks are placed in picture-sized maps
+            tile_masks = torch.cat([f["masks"] for _, _, f in found])
+            merged["masks"] = torch.zeros(len(keep), picture.height, picture.width, dtype=torch.bool)
+            for placed, k in zip(merged["masks"], keep.tolist()):
+                x, y = origins[tiles[k]]
+                placed[y : y + height, x : x + width] = tile_masks[k]
         yield index, picture, merged
 
 

@@ -322,8 +322,9 @@ class HfDetrImageProcessor(TorchvisionBackend):
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}.")
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)
-        if target_sizes is not None:
-            boxes = denormalize_boxes(pred_boxes, "xyxy", _target_sizes(target_sizes, len(logits)))
+        sizes = None if target_sizes is None else _target_sizes(target_sizes, len(logits))
+        if sizes is not None:
+            boxes = denormalize_boxes(pred_boxes, "xyxy", sizes)
         else:
             boxes = box_convert(pred_boxes, "cxcywh", "xyxy")
 
@@ -334,7 +335,7 @@ class HfDetrImageProcessor(TorchvisionBackend):
                 keep = keep[image_scores[keep].argsort(descending=True, stable=True)[:top_k]]
             results.append({"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]})
             if mask_logits is not None:
-                size = mask_logits.shape[-2:] if target_sizes is None else _target_sizes(target_sizes, len(logits))[i]
+                size = mask_logits.shape[-2:] if sizes is None else sizes[i]
                 results[-1]["masks"] = query_masks(mask_logits[i, keep].float(), tuple(int(v) for v in size))
         return results
 
