@@ -24,7 +24,8 @@ def load_data(
     seed: int = 0,
     box_policy: BoxPolicy = "clip",
     masks: bool = False,
-) -> datasets.DatasetDict:
+    streaming: bool = False,
+) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """`splits` (default: all) of `source`: `"synthetic"` for the generated shapes (`synthetic_sizes[split]` images
     per split, default 1000 / 200 / 200, of `synthetic_image_size` pixels, seeded by `seed`), or a Hub id,
     `save_to_disk` folder, COCO folder, YOLO `data.yaml` (or its folder) or Pascal VOC folder for
@@ -32,9 +33,10 @@ def load_data(
     (`"clip"`: boxes reaching outside their image clipped to it, boxes without area dropped, counted in one warning
     per split; `"drop"`; `"error"`; the generated shapes lie inside their images). `masks=True` adds each object's
     mask as `objects.segmentation`, a compressed RLE (see :mod:`.masks`): the shapes' visible pixels, or what the
-    source holds (an error for a source without masks)."""
+    source holds (an error for a source without masks). `streaming=True` gives `IterableDataset` splits (the generated shapes: their
+    in-memory splits read as streams)."""
     if source != SYNTHETIC:
-        return load_detection_dataset(source, splits=splits, box_policy=box_policy, masks=masks)
+        return load_detection_dataset(source, splits=splits, box_policy=box_policy, masks=masks, streaming=streaming)
     wanted = list(splits or SPLITS)
     unknown = [name for name in wanted if name not in SPLITS]
     if unknown:
@@ -44,4 +46,6 @@ def load_data(
     generated = make_synthetic_dataset(
         counts["train"], counts["validation"], counts["test"], image_size=synthetic_image_size, seed=seed, masks=masks
     )
+    if streaming:
+        return datasets.IterableDatasetDict({name: generated[name].to_iterable_dataset() for name in wanted})
     return datasets.DatasetDict({name: generated[name] for name in wanted})
