@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -6,6 +7,8 @@ import torch
 # the suite must never reach the network (there is none); fail fast instead of retrying
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# prepared splits of this run in a folder of its own (processes the tests launch inherit it)
+os.environ.setdefault("HF_DETR_CACHE", tempfile.mkdtemp(prefix="hf_detr_prepared_"))
 
 
 @pytest.fixture(autouse=True)

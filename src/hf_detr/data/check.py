@@ -19,7 +19,6 @@ loader's ``ValueError``. Counts and statistics are of the boxes the loader keeps
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,9 +32,9 @@ from .loading import (
     BoxChange,
     BoxCounts,
     BoxPolicy,
+    SplitConformer,
     _check_policy,
-    _conform,
-    checked_image_size,
+    _image_size,
     detect_format,
     id2label,
     read_folder_splits,
@@ -178,34 +177,25 @@ def check_data(
         stored = load_data(SYNTHETIC, splits) if kind == SYNTHETIC else saved_or_hub_splits(source, splits)
         for name, dataset in stored.items():
             changes: list[BoxChange] = []
-            dataset = _conform(dataset, name, box_tolerance, applied, changes)
-            report = SplitReport(name, list(id2label(dataset).values()))
-            for batch in dataset.select_columns(["objects"]).iter(batch_size=1000):
-                for objects in batch["objects"]:
-                    report.add(objects)
-            problems.extend(Problem("error", name, message) for message in _stored_image_errors(dataset, name))
+            conformer = SplitConformer(dataset.features, name, box_tolerance, applied, changes=changes)
+            report = SplitReport(name, list(id2label(conformer.target).values()))
+            images = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+            for index, (example, image) in enumerate(zip(conformer.rows(dataset), images)):
+                report.add(example["objects"])
+                problems.extend(Problem("error", name, message) for message in _image_error(example, image, index, name))
             report.changes = add_changes(name, changes)
             reports.append(report)
     return DataReport(str(source), kind, box_policy, applied, reports, problems)
 
 
-def _stored_image_errors(dataset: datasets.Dataset, split: str) -> list[str]:
-    """An error for each image of a stored split that is not a readable image of its ``width`` x ``height``."""
-    found = []
-    undecoded = dataset.select_columns(["image", "image_id", "width", "height"]).cast_column(
-        "image", datasets.Image(decode=False)
-    )
-    for index, row in enumerate(undecoded):
-        where = f"split '{split}' example {index} (image_id {row['image_id']})"
-        image: dict[str, Any] = row["image"] or {}
-        file = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
-        try:
-            if file is None:
-                raise ValueError(f"{where}: no image (neither bytes nor a path).")
-            checked_image_size(file, where, row["width"], row["height"], "the example's `width`/`height`")
-        except ValueError as error:
-            found.append(str(error))
-    return found
+def _image_error(example: dict[str, Any], image: dict[str, Any], index: int, split: str) -> list[str]:
+    """The error of a stored example whose image is not a readable image of its ``width`` x ``height``, if any."""
+    where = f"split '{split}' example {index} (image_id {example['image_id']})"
+    try:
+        _image_size(image["image"], where, example["width"], example["height"], "the example's `width`/`height`")
+    except ValueError as error:
+        return [str(error)]
+    return []
 
 
 def _statistics(values: Any) -> str:

@@ -34,8 +34,10 @@ box_policy='clip'``; DEBUG logging lists every box.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
+import math
 import os
 import re
 import typing
@@ -51,6 +53,7 @@ import torch
 from ..modeling.boxes import BoxPolicy, box_flags, check_boxes, clip_boxes, denormalize_boxes
 from .formats import RawSplit, folder_format, read_voc, read_yolo
 from .masks import panoptic_rles, segmentation_rle
+from .prepared import PreparedRows, content_hash, open_prepared, parallel_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ _ISTHING_KEY = "hf_detr.coco_isthing"
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
 # the annotation files of a COCO folder, annotations/<kind>_<split>.json, in the order they are looked for
 _COCO_KINDS = ("instances", "panoptic")
-# Streamed COCO splits are sharded into chunks of this many images (DataLoader workers take whole shards).
+# Streamed splits are sharded into chunks of this many images (DataLoader workers and processes take whole shards).
 _STREAM_SHARD_SIZE = 1000
 # EXIF tag 0x0112; orientations 5-8 store the image transposed (a quarter turn, perhaps mirrored)
 _EXIF_ORIENTATION = 0x0112
@@ -312,6 +315,7 @@ def load_detection_dataset(
     masks: bool = False,
     revision: str | None = None,
     cache_dir: str | None = None,
+    num_proc: int | None = None,
     **load_dataset_kwargs: Any,
 ) -> AnyDatasetDict:
     """Load a detection data set in the Hub's COCO schema (see the module docstring), with ``masks=True`` the objects'
@@ -368,7 +372,7 @@ def load_detection_dataset(
     kind = detect_format(source)
     if kind == "coco":
         return load_coco_folder(source, splits=splits, streaming=streaming, box_policy=box_policy,
-                                box_tolerance=box_tolerance, masks=masks)  # fmt: skip
+                                box_tolerance=box_tolerance, masks=masks, num_proc=num_proc)  # fmt: skip
     container = datasets.IterableDatasetDict if streaming else datasets.DatasetDict
     if kind in ("yolo", "voc"):
         if masks:
@@ -378,10 +382,11 @@ def load_detection_dataset(
             )
         loaded = {split.name: folder_dataset(split) for split in read_folder_splits(source, splits, box_policy,
                                                                                    box_tolerance)}  # fmt: skip
-        return container({name: ds.to_iterable_dataset() if streaming else ds for name, ds in loaded.items()})
+        return container({name: streamed(ds) if streaming else ds for name, ds in loaded.items()})
     loaded = saved_or_hub_splits(source, splits, streaming=streaming, revision=revision, cache_dir=cache_dir,
                                  **load_dataset_kwargs)  # fmt: skip
-    return container({name: _conform(ds, name, box_tolerance, box_policy, masks=masks) for name, ds in loaded.items()})
+    return container({name: _conform(ds, name, box_tolerance, box_policy, masks=masks, num_proc=num_proc)
+                      for name, ds in loaded.items()})  # fmt: skip
 
 
 SourceFormat = Literal["saved", "coco", "yolo", "voc", "hub"]
@@ -414,7 +419,7 @@ def saved_or_hub_splits(
             logger.info("%s holds a single saved Dataset: returning it as split 'train'.", path)
             loaded = datasets.DatasetDict({"train": loaded})
         loaded = _select_splits(loaded, splits, str(path))
-        return {name: ds.to_iterable_dataset() for name, ds in loaded.items()} if streaming else loaded
+        return {name: streamed(ds) for name, ds in loaded.items()} if streaming else loaded
     split_arg = list(splits) if splits is not None else None
     loaded = datasets.load_dataset(str(source), split=split_arg, streaming=streaming, **load_dataset_kwargs)
     return dict(zip(split_arg, loaded)) if split_arg is not None else dict(loaded)
@@ -433,26 +438,23 @@ class FolderSplit:
     changes: tuple[BoxChange, ...]  # what the box policy clipped and dropped
     image_errors: list[str] = field(default_factory=list)  # images that cannot be read (when asked to collect them)
     description: str = ""  # the split's info.description
-    file: Path | None = None  # a COCO json, which a streamed split reads again, and its modification time
-    mtime_ns: int = 0
     masks: bool = False  # the examples carry their objects' masks (COCO: their sources, read by `_coco_rows`)
     png_folder: Path | None = None  # a panoptic split's PNGs (with masks)
 
 
 def read_folder_splits(
     source: str | os.PathLike, splits: Sequence[str] | None = None, policy: BoxPolicy = "clip", tolerance: float = 1.0,
-    *, collect_image_errors: bool = False, cached: bool = False,
+    *, collect_image_errors: bool = False,
 ) -> list[FolderSplit]:  # fmt: skip
     """The splits of a COCO, YOLO or VOC folder. Without ``collect_image_errors``, a YOLO or VOC image that is missing
     or unreadable raises a ``ValueError`` (their sizes are read at once) and a COCO image is checked only when
     :func:`folder_dataset` reads it; with it, every image file is checked and each failure listed in ``image_errors``
-    (a YOLO image, or a VOC image without ``<size>``, is then left out: its boxes have no frame).
-    ``cached``: read COCO jsons through the per-process cache of streamed splits. A COCO folder's masks are read by
-    :func:`load_coco_folder`, not here."""
+    (a YOLO image, or a VOC image without ``<size>``, is then left out: its boxes have no frame). A COCO folder's
+    masks are read by :func:`load_coco_folder`, not here."""
     _check_policy(policy)
     kind = detect_format(source)
     if kind == "coco":
-        parsed = _coco_splits(Path(source), splits, policy, tolerance, cached)
+        parsed = _coco_splits(Path(source), splits, policy, tolerance)
         for split in parsed if collect_image_errors else ():
             for example in split.examples:
                 try:
@@ -512,7 +514,7 @@ def _raw_split(
         objects["iscrowd"].append(image.iscrowd[j])
     split.changes = kept.changes
     if kept.counts:
-        logger.warning("%s: %d images, %s by box_policy=%r", raw.source, len(raw.images), kept.counts.summary(), policy)
+        logger.warning(_policy_line(raw.source, len(raw.images), kept.counts, policy))
     return split
 
 
@@ -537,6 +539,7 @@ def load_coco_folder(
     box_tolerance: float = 1.0,
     masks: bool = False,
     annotations: Literal["instances", "panoptic"] | None = None,
+    num_proc: int | None = None,
 ) -> AnyDatasetDict:
     """Load a COCO-format folder: ``annotations/instances_<split>.json`` (or ``annotations/panoptic_<split>.json``)
     plus the image files.
@@ -578,33 +581,102 @@ def load_coco_folder(
     _check_policy(box_policy)
     if annotations not in (None, *_COCO_KINDS):
         raise ValueError(f"annotations={annotations!r}: choose 'instances', 'panoptic' or None (whichever is there).")
-    result: dict[str, AnyDataset] = {}
-    for split in _coco_splits(Path(root), splits, box_policy, box_tolerance, cached=streaming, masks=masks,
-                              kind=annotations):  # fmt: skip
-        if not streaming:
-            result[split.name] = folder_dataset(split)
-            continue
-        # gen_kwargs hold index ranges, not the parsed json: `datasets` hashes them, which would take minutes
-        ranges = [(i, i + _STREAM_SHARD_SIZE) for i in range(0, len(split.examples), _STREAM_SHARD_SIZE)]
-        dataset = datasets.IterableDataset.from_generator(
-            _streamed_coco_rows,
-            features=coco_detection_features(split.label_names, masks=masks),
-            gen_kwargs={"ranges": ranges, "file": str(split.file), "mtime_ns": split.mtime_ns,
-                        "tolerance": box_tolerance, "policy": box_policy, "image_dirs": split.image_dirs,
-                        "masks": masks, "png_folder": split.png_folder},
-        )  # fmt: skip
-        dataset.info.description = split.description
-        result[split.name] = dataset
-    container = datasets.IterableDatasetDict if streaming else datasets.DatasetDict
-    return container(result)
+    root = Path(root)
+    kind, files = _coco_files(root, splits, annotations)
+    result: dict[str, datasets.Dataset] = {}
+    for name, file in files.items():
+        # the json's content, not its name or date, says whether the prepared split is still the json's
+        key = {"source": "coco", "file": str(file.resolve()), "sha256": content_hash(file), "policy": box_policy,
+               "tolerance": box_tolerance, "masks": masks}
+        prepare = functools.partial(_prepare_coco_split, root, name, file, kind, box_policy, box_tolerance, masks,
+                                    num_proc)
+        result[name] = open_prepared(key, name, prepare)
+    _check_same_categories([(file.name, coco_category_ids(result[name]), list(id2label(result[name]).values()))
+                            for name, file in files.items()])  # fmt: skip
+    if streaming:  # the prepared split holds paths, not pixels: it fits on any disk
+        return datasets.IterableDatasetDict({name: streamed(split) for name, split in result.items()})
+    return datasets.DatasetDict(result)
+
+
+def streamed(split: datasets.Dataset) -> datasets.IterableDataset:
+    """A map-style split read as a stream, in shards of about 1,000 examples (which processes and DataLoader workers
+    share out), its ``info.description`` (COCO category ids) kept."""
+    stream = split.to_iterable_dataset(num_shards=max(1, min(len(split), math.ceil(len(split) / _STREAM_SHARD_SIZE))))
+    stream.info.description = split.info.description
+    return stream
+
+
+def _prepare_coco_split(
+    root: Path, name: str, file: Path, kind: str, policy: BoxPolicy, tolerance: float, masks: bool,
+    num_proc: int | None,
+) -> PreparedRows:  # fmt: skip
+    """The rows of one COCO json for :func:`open_prepared`: parsed here, image files checked and masks encoded in
+    chunks (in parallel at scale). With ``policy="drop"`` a missing or unreadable image is left out and counted."""
+    split = _coco_split(root, name, file, kind, policy, tolerance, masks)
+    examples = split.examples
+    skipped: list[str] = []
+
+    def chunk(start: int, stop: int) -> list[dict | str]:
+        return list(_coco_rows(examples[start:stop], split.image_dirs, split.source, split.png_folder,
+                               skip_missing=policy == "drop"))  # fmt: skip
+
+    def rows() -> Iterator[dict]:
+        for part in parallel_chunks(chunk, len(examples), num_proc):
+            for row in part:
+                if isinstance(row, str):  # a skipped image's message
+                    skipped.append(row)
+                    logger.debug("%s: left out by box_policy='drop'", row)
+                else:
+                    yield row
+
+    def summary() -> str | None:
+        counts = BoxCounts.of(split.changes)
+        line = _policy_line(split.source, len(examples), counts, policy) if counts else None
+        if skipped:
+            line = (f"{line}; " if line else f"{split.source}: ") + (
+                f"{len(skipped)} of {len(examples)} images left out (missing or unreadable) by box_policy='drop', "
+                f"the first: {skipped[0]}"
+            )
+        return line
+
+    features = coco_detection_features(split.label_names, masks=masks)
+    return PreparedRows(features, split.description, rows(), summary)
+
+
+def _policy_line(source: str, examples: int, counts: BoxCounts, policy: BoxPolicy, unit: str = "images") -> str:
+    """The one warning line per split of what the box policy changed."""
+    return f"{source}: {examples} {unit}, {counts.summary()} by box_policy={policy!r}"
+
+
+def _check_same_categories(splits: list[tuple[str, list[int], list[str]]]) -> None:
+    """Every split of a COCO folder (its json's name, category ids and names) must list the same categories."""
+    reference = None
+    for file_name, category_ids, label_names in splits:
+        categories = list(zip(category_ids, label_names))
+        if reference is not None and categories != reference[1]:
+            raise ValueError(
+                f"{file_name} lists categories {categories} but {reference[0]} lists {reference[1]}; every split must "
+                "share one category list."
+            )
+        reference = (file_name, categories)
 
 
 def _coco_splits(
-    root: Path, splits: Sequence[str] | None, policy: BoxPolicy, tolerance: float, cached: bool, masks: bool = False,
+    root: Path, splits: Sequence[str] | None, policy: BoxPolicy, tolerance: float, masks: bool = False,
     kind: str | None = None,
 ) -> list[FolderSplit]:  # fmt: skip
-    """The parsed splits of a COCO folder (see :func:`load_coco_folder`), from its ``kind`` of json (default: the first
-    of :data:`_COCO_KINDS` it has); image files are not opened."""
+    """The parsed splits of a COCO folder (see :func:`load_coco_folder`), not prepared nor cached (``hf-detr
+    check-data`` reports on them); image files are not opened."""
+    kind, files = _coco_files(root, splits, kind)
+    parsed = [_coco_split(root, name, file, kind, policy, tolerance, masks) for name, file in files.items()]
+    _check_same_categories([(split.source, json.loads(split.description)[_DESCRIPTION_KEY], split.label_names)
+                            for split in parsed])  # fmt: skip
+    return parsed
+
+
+def _coco_files(root: Path, splits: Sequence[str] | None, kind: str | None) -> tuple[str, dict[str, Path]]:
+    """The ``kind`` of json a COCO folder is read from (default: the first of :data:`_COCO_KINDS` it has) and its
+    json file of each split."""
     found = {k: sorted((root / "annotations").glob(f"{k}_*.json")) for k in _COCO_KINDS}
     kind = kind or next((k for k in _COCO_KINDS if found[k]), _COCO_KINDS[0])
     files = found[kind]
@@ -620,30 +692,20 @@ def _coco_splits(
                 "keep one of them."
             )
         by_split[name] = file
-    by_split = _select_splits(by_split, splits, str(root))
+    return kind, _select_splits(by_split, splits, str(root))
 
-    result = []
-    reference: tuple[list[str], list[int], str] | None = None
-    for name, file in by_split.items():
-        mtime_ns = file.stat().st_mtime_ns
-        read = _cached_coco_json if cached else _read_coco_json
-        label_names, category_ids, isthing, examples, changes = read(str(file), mtime_ns, tolerance, policy, masks)
-        if reference is not None and (label_names, category_ids) != reference[:2]:
-            raise ValueError(
-                f"{file.name} lists categories {list(zip(category_ids, label_names))} but {reference[2]} lists "
-                f"{list(zip(reference[1], reference[0]))}; every split must share one category list."
-            )
-        reference = (label_names, category_ids, file.name)
-        raw_split = file.stem[len(prefix) :]
-        image_dirs = tuple(dict.fromkeys(_image_dirs(root, raw_split)))
-        stored: dict[str, Any] = {_DESCRIPTION_KEY: category_ids, "annotation_file": str(file)}
-        if isthing is not None:
-            stored[_ISTHING_KEY] = isthing
-        png_folder = _png_folder(root, raw_split, file) if masks and kind == "panoptic" else None
-        result.append(FolderSplit(name, file.name, label_names, examples, image_dirs, changes,
-                                  description=json.dumps(stored), file=file, mtime_ns=mtime_ns, masks=masks,
-                                  png_folder=png_folder))  # fmt: skip
-    return result
+
+def _coco_split(root: Path, name: str, file: Path, kind: str, policy: BoxPolicy, tolerance: float, masks: bool
+                ) -> FolderSplit:  # fmt: skip
+    """One json of a COCO folder parsed and under the box policy."""
+    label_names, category_ids, isthing, examples, changes = _read_coco_json(str(file), tolerance, policy, masks)
+    raw_split = file.stem[len(kind) + 1 :]
+    stored: dict[str, Any] = {_DESCRIPTION_KEY: category_ids, "annotation_file": str(file)}
+    if isthing is not None:
+        stored[_ISTHING_KEY] = isthing
+    png_folder = _png_folder(root, raw_split, file) if masks and kind == "panoptic" else None
+    return FolderSplit(name, file.name, label_names, examples, tuple(dict.fromkeys(_image_dirs(root, raw_split))),
+                       changes, description=json.dumps(stored), masks=masks, png_folder=png_folder)  # fmt: skip
 
 
 def _png_folder(root: Path, raw_split: str, file: Path) -> Path:
@@ -679,13 +741,13 @@ def _image_dirs(root: Path, raw_split: str) -> list[Path]:
 
 
 def _read_coco_json(
-    path: str, mtime_ns: int, tolerance: float, policy: BoxPolicy = "clip", masks: bool = False
+    path: str, tolerance: float, policy: BoxPolicy = "clip", masks: bool = False
 ) -> tuple[list[str], list[int], list[bool] | None, list[dict[str, Any]], tuple[BoxChange, ...]]:
     """Parse and check one instances or panoptic (``panoptic_*.json``) json, its boxes under ``policy``. Returns the
     label names, their COCO ids, their ``isthing`` (``None`` if no category has one), one example dict per image
     (``objects`` filled, ``file_name`` in place of ``image``; with ``masks``, ``_masks``: the source of each kept
     object's mask, and of a panoptic image ``_panoptic``: its annotation, both read by :func:`_coco_rows`) and what the
-    policy changed. ``mtime_ns`` only keys :func:`_cached_coco_json`."""
+    policy changed (the caller sums it up)."""
     file = Path(path)
     try:
         coco = json.loads(file.read_text())
@@ -797,33 +859,24 @@ def _read_coco_json(
         file.name, len(examples), empty, sum(len(e["objects"]["id"]) for e in examples.values()), num_crowd,
         len(categories),
     )  # fmt: skip
-    if kept.counts:
-        logger.warning("%s: %d images, %s by box_policy=%r", file.name, len(examples), kept.counts.summary(), policy)
     return label_names, category_ids, isthing, list(examples.values()), kept.changes
 
 
-# A streamed split re-reads its json through this cache: once per process (DataLoader workers included).
-_cached_coco_json = functools.lru_cache(maxsize=4)(_read_coco_json)
-
-
-def _streamed_coco_rows(
-    ranges: list[tuple[int, int]], file: str, mtime_ns: int, tolerance: float, policy: BoxPolicy,
-    image_dirs: tuple[Path, ...], masks: bool = False, png_folder: Path | None = None,
-) -> Iterator[dict]:  # fmt: skip
-    """Generator of a streamed COCO split: the rows of the images in ``ranges`` (index ranges into the json)."""
-    if Path(file).stat().st_mtime_ns != mtime_ns:
-        raise ValueError(f"{file} changed after the data set was loaded; load it again.")
-    examples = _cached_coco_json(file, mtime_ns, tolerance, policy, masks)[3]
-    for start, stop in ranges:
-        yield from _coco_rows(examples[start:stop], image_dirs, Path(file).name, png_folder)
-
-
 def _coco_rows(
-    examples: list[dict[str, Any]], image_dirs: tuple[Path, ...], json_name: str, png_folder: Path | None = None
-) -> Iterator[dict]:
-    """Yield schema rows for parsed images, checking each image file (and each mask the examples carry) on the way."""
+    examples: list[dict[str, Any]], image_dirs: tuple[Path, ...], json_name: str, png_folder: Path | None = None,
+    skip_missing: bool = False,
+) -> Iterator[dict | str]:
+    """Yield schema rows for parsed images, checking each image file (and each mask the examples carry) on the way.
+    ``skip_missing``: a missing or unreadable image yields its error message instead of raising it."""
     for example in examples:
-        row = {"image": str(_checked_image(example, image_dirs, json_name)[0])}
+        try:
+            path = _checked_image(example, image_dirs, json_name)[0]
+        except ValueError as error:
+            if not skip_missing:
+                raise
+            yield str(error)
+            continue
+        row = {"image": str(path)}
         row.update((key, value) for key, value in example.items() if key != "file_name" and not key.startswith("_"))
         if "_masks" in example:
             row["objects"] = {**example["objects"], "segmentation": _example_masks(example, json_name, png_folder)}
@@ -919,80 +972,145 @@ def _select_splits(loaded: Mapping[str, Any], splits: Sequence[str] | None, sour
     return {name: loaded[name] for name in splits}
 
 
-def _conform(
-    dataset: AnyDataset, split: str, tolerance: float, policy: BoxPolicy = "clip",
-    changes: list[BoxChange] | None = None, masks: bool = False,
-) -> AnyDataset:  # fmt: skip
-    """Bring a split's features to :func:`coco_detection_features` (see :func:`load_detection_dataset`) and apply the
-    box policy: at once for a ``Dataset`` (rewritten only if a box is clipped or dropped), lazily for an
-    ``IterableDataset``. ``changes``: a list to append every clipped or dropped box to. ``masks``: keep
-    ``objects.segmentation``, each mask converted to the stored RLE and checked against its image in one more pass."""
-    where = f"split '{split}'"
-    features = dataset.features
-    if features is None:
-        raise ValueError(
-            f"{where}: the streamed data set declares no features, so its label names are unknown; load it with "
-            "streaming=False, or give the dataset card a `dataset_info.features` section."
-        )
-    if not isinstance(features.get("image"), datasets.Image):
-        raise ValueError(f"{where}: needs an `image` column of type datasets.Image, got {features.get('image')!r}.")
-    fields = _object_fields(features.get("objects"))
-    missing = [key for key in ("bbox", "category") if fields is None or key not in fields]
-    if missing:
-        raise ValueError(
-            f"{where}: `objects` needs the fields {missing} (Hub COCO schema), got {features.get('objects')!r}."
-        )
-    label_names = _category_feature(features, where).names
-    target = coco_detection_features(label_names, masks=masks)
-    if masks and "segmentation" not in fields:
-        raise ValueError(
-            f"{where}: `objects` has no `segmentation` field, which masks=True reads (COCO polygons or an RLE per "
-            "object); load with masks=False for the boxes only."
-        )
+class SplitConformer:
+    """Brings the examples of a Hub or ``save_to_disk`` split to :func:`coco_detection_features` (see
+    :func:`load_detection_dataset`) under the box policy: checks the split's features and logs what it drops at
+    construction, then ``conformer(example, index)`` gives one example's ``image_id``, ``width``, ``height`` and
+    ``objects`` (with ``masks``, each object's ``segmentation`` as the stored RLE, checked against its image). The one
+    conversion of a streamed split (``IterableDataset.map``), a prepared one (:meth:`rows`) and ``hf-detr check-data``.
+    A class, not a closure, so that DataLoader workers can unpickle a streamed split's ``map``.
 
-    if features != target or masks:  # with masks, the conforming pass also checks every mask
-        extra = [column for column in features if column not in target]
-        if extra:
-            logger.warning("%s: dropping columns %s, not in the COCO detection schema.", where, extra)
-            dataset = dataset.remove_columns(extra)
-        if "image_id" not in features:
+    ``counts`` / ``changes``: what the policy clipped and dropped (see :class:`_ExampleChecker`)."""
+
+    def __init__(
+        self, features: datasets.Features | None, split: str, tolerance: float = 1.0, policy: BoxPolicy = "clip",
+        masks: bool = False, streamed: bool = False, changes: list[BoxChange] | None = None,
+    ) -> None:  # fmt: skip
+        where = f"split '{split}'"
+        if features is None:
+            raise ValueError(
+                f"{where}: the streamed data set declares no features, so its label names are unknown; load it with "
+                "streaming=False, or give the dataset card a `dataset_info.features` section."
+            )
+        if not isinstance(features.get("image"), datasets.Image):
+            raise ValueError(f"{where}: needs an `image` column of type datasets.Image, got {features.get('image')!r}.")
+        fields = _object_fields(features.get("objects"))
+        missing = [key for key in ("bbox", "category") if fields is None or key not in fields]
+        if missing:
+            raise ValueError(
+                f"{where}: `objects` needs the fields {missing} (Hub COCO schema), got {features.get('objects')!r}."
+            )
+        label_names = _category_feature(features, where).names
+        if masks and "segmentation" not in fields:
+            raise ValueError(
+                f"{where}: `objects` has no `segmentation` field, which masks=True reads (COCO polygons or an RLE per "
+                "object); load with masks=False for the boxes only."
+            )
+        self.where, self.masks = where, masks
+        self.target = coco_detection_features(label_names, masks=masks)
+        self.extra = [column for column in features if column not in self.target]
+        if self.extra:
+            logger.warning("%s: dropping columns %s, not in the COCO detection schema.", where, self.extra)
+        self.has_ids, self.has_sizes = "image_id" in features, "width" in features and "height" in features
+        if not self.has_ids:
             logger.warning("%s: no `image_id` column; using the row index.", where)
-            dataset = dataset.map(lambda _, index: {"image_id": index}, with_indices=True, input_columns=["objects"])
-        if "width" not in features or "height" not in features:
-            logger.warning("%s: no `width`/`height` columns; reading them from the decoded images.", where)
-            dataset = dataset.map(lambda image: {"width": image.width, "height": image.height}, input_columns=["image"])
-        extra_fields = sorted(set(fields) - set(target["objects"]) - {"bbox_id"})
+        if not self.has_sizes:
+            logger.warning("%s: no `width`/`height` columns; reading them from the images.", where)
+        extra_fields = sorted(set(fields) - set(self.target["objects"]) - {"bbox_id"})
         if extra_fields:
             keep = " (masks=True keeps `segmentation`)" if "segmentation" in extra_fields else ""
             logger.warning("%s: dropping object fields %s, not in the COCO detection schema%s.", where, extra_fields,
                            keep)  # fmt: skip
         if "id" not in fields and "bbox_id" not in fields:
             logger.warning("%s: no `objects.id`; every object gets id -1.", where)
-        if masks:
-            dataset = dataset.map(_ConformMasks(where), input_columns=["image_id", "width", "height", "objects"],
-                                  with_indices=True, features=target)  # fmt: skip
-        else:
-            dataset = dataset.map(_conform_objects, input_columns=["objects"], features=target)
+        # the columns an example is conformed from: the image only for a split without sizes (its header is read)
+        self.columns = ["objects", *(["image_id"] if self.has_ids else []),
+                        *(["width", "height"] if self.has_sizes else ["image"])]  # fmt: skip
+        self.checker = _ExampleChecker(where, len(label_names), tolerance, policy, streamed=streamed, changes=changes)
 
+    @property
+    def counts(self) -> BoxCounts:
+        return self.checker.counts
+
+    def __call__(self, example: Mapping[str, Any], index: int) -> dict[str, Any]:
+        image_id = example["image_id"] if self.has_ids else index
+        if self.has_sizes:
+            width, height = example["width"], example["height"]
+        else:
+            width, height = _image_size(example["image"], f"{self.where} example {index} (image_id {image_id})")
+        objects = _struct_of_lists(example["objects"])
+        conformed = _conform_objects(objects)
+        if self.masks:
+            where = f"{self.where} example {index} (image_id {image_id})"
+            sources = objects.get("segmentation", [])
+            if len(sources) != len(conformed["bbox"]):
+                raise ValueError(f"{where}: {len(sources)} `objects.segmentation` for {len(conformed['bbox'])} boxes; "
+                                 "every object needs its mask.")  # fmt: skip
+            conformed["segmentation"] = [segmentation_rle(source, f"{where} object {j}: segmentation", (height, width))
+                                         for j, source in enumerate(sources)]  # fmt: skip
+        kept = self.checker(image_id, width, height, conformed, index)
+        return {"image_id": image_id, "width": width, "height": height, "objects": kept.get("objects", conformed)}
+
+    def rows(self, dataset: datasets.Dataset, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+        """The conformed examples ``start:stop`` of a map-style split, its images not decoded."""
+        part = dataset.select_columns(self.columns)
+        if "image" in self.columns:
+            part = part.cast_column("image", datasets.Image(decode=False))
+        stop = len(part) if stop is None else stop
+        for index, example in enumerate(part.select(range(start, stop)), start=start):
+            yield self(example, index)
+
+
+def _image_size(image: Any, where: str, width: int | None = None, height: int | None = None,
+                declared_by: str = "the json") -> tuple[int, int]:  # fmt: skip
+    """The upright (width, height) of a decoded image, or of an undecoded one's bytes or path (its header only,
+    checked against ``width`` x ``height`` when given, see :func:`checked_image_size`)."""
+    if hasattr(image, "size") and hasattr(image, "mode"):  # decoded: datasets.Image applied the EXIF turn already
+        return image.size
+    file = io.BytesIO(image["bytes"]) if image and image.get("bytes") else (image or {}).get("path")
+    if file is None:
+        raise ValueError(f"{where}: no image (neither bytes nor a path).")
+    return checked_image_size(file, where, width, height, declared_by)
+
+
+def _conform(
+    dataset: AnyDataset, split: str, tolerance: float, policy: BoxPolicy = "clip", masks: bool = False,
+    num_proc: int | None = None,
+) -> AnyDataset:  # fmt: skip
+    """A Hub or ``save_to_disk`` split in the schema under the box policy (see :func:`load_detection_dataset`): a
+    streamed one conformed lazily, as it is read; a map-style one prepared once into the cache (:func:`open_prepared`:
+    the conformed columns only), its image column joined back unchanged, never copied."""
     streamed = isinstance(dataset, datasets.IterableDataset)
-    check = _ExampleChecker(where, len(label_names), tolerance, policy, streamed=streamed, changes=changes)
-    columns = ["image_id", "width", "height", "objects"]
+    conformer = SplitConformer(dataset.features, split, tolerance, policy, masks=masks, streamed=streamed)
     if streamed:
-        # the validating pass must keep the features, which IterableDataset.map otherwise forgets
-        return dataset.map(check, input_columns=columns, with_indices=True, features=target)
-    fixed: dict[int, dict[str, list]] = {}
-    index = 0
-    for batch in dataset.select_columns(columns).iter(batch_size=1000):
-        for values in zip(*(batch[column] for column in columns)):
-            changed = check(*values, index)
-            if changed:
-                fixed[index] = changed["objects"]
-            index += 1
-    if check.counts:
-        logger.warning("%s: %d examples, %s by box_policy=%r", where, index, check.counts.summary(), policy)
-    if fixed:
-        dataset = dataset.map(_ReplaceObjects(fixed), input_columns=["objects"], with_indices=True, features=target)
-    return dataset
+        # the features must be given: IterableDataset.map otherwise forgets them
+        return dataset.map(conformer, with_indices=True, features=conformer.target, remove_columns=conformer.extra)
+    files = [Path(f["filename"]) for f in dataset.cache_files]
+    key = {"source": "datasets", "fingerprint": dataset._fingerprint, "split": split, "policy": policy,
+           "tolerance": tolerance, "masks": masks,
+           "files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}  # fmt: skip
+    columns = datasets.Features({k: v for k, v in conformer.target.items() if k != "image"})
+
+    def prepare() -> PreparedRows:
+        def chunk(start: int, stop: int) -> tuple[list[dict], BoxCounts]:
+            conformer.checker.counts = BoxCounts()  # this chunk's alone: a forked worker runs several
+            rows = list(conformer.rows(dataset, start, stop))
+            return rows, conformer.counts  # a forked worker's counts travel back with its rows
+
+        counts = BoxCounts()
+
+        def rows() -> Iterator[dict]:
+            for part, part_counts in parallel_chunks(chunk, len(dataset), num_proc):
+                counts.__iadd__(part_counts)
+                yield from part
+
+        return PreparedRows(columns, dataset.info.description or "", rows(),
+                            lambda: _policy_line(conformer.where, len(dataset), counts, policy, "examples") if counts else None)
+
+    prepared = open_prepared(key, split, prepare)
+    joined = datasets.concatenate_datasets([dataset.select_columns(["image"]), prepared], axis=1)
+    joined.info.description = dataset.info.description
+    return joined
 
 
 def _conform_objects(objects: Any) -> dict[str, Any]:
@@ -1001,13 +1119,11 @@ def _conform_objects(objects: Any) -> dict[str, Any]:
     objects = _struct_of_lists(objects)
     boxes = [[float(v) for v in box] for box in objects.get("bbox", [])]
     return {
-        "objects": {
-            "id": [int(i) for i in objects.get("id", objects.get("bbox_id", [-1] * len(boxes)))],
-            "area": [float(a) for a in objects.get("area", [w * h for _, _, w, h in boxes])],
-            "bbox": boxes,
-            "category": objects.get("category", []),
-            "iscrowd": [int(c) for c in objects.get("iscrowd", [0] * len(boxes))],
-        }
+        "id": [int(i) for i in objects.get("id", objects.get("bbox_id", [-1] * len(boxes)))],
+        "area": [float(a) for a in objects.get("area", [w * h for _, _, w, h in boxes])],
+        "bbox": boxes,
+        "category": objects.get("category", []),
+        "iscrowd": [int(c) for c in objects.get("iscrowd", [0] * len(boxes))],
     }
 
 
@@ -1016,26 +1132,6 @@ def _struct_of_lists(objects: Any) -> dict[str, list]:
     if isinstance(objects, list):
         return {key: [o[key] for o in objects] for key in (objects[0] if objects else ())}
     return objects
-
-
-class _ConformMasks:
-    """``map`` function of :func:`_conform` with masks: :func:`_conform_objects` plus each object's ``segmentation``
-    (polygons or RLE) as the stored RLE, checked against its image. A class, picklable for DataLoader workers."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def __call__(self, image_id: int, width: int, height: int, objects: Any, index: int) -> dict:
-        objects = _struct_of_lists(objects)
-        conformed = _conform_objects(objects)["objects"]
-        where = f"{self.where} example {index} (image_id {image_id})"
-        sources = objects.get("segmentation", [])
-        if len(sources) != len(conformed["bbox"]):
-            raise ValueError(f"{where}: {len(sources)} `objects.segmentation` for {len(conformed['bbox'])} boxes; "
-                             "every object needs its mask.")  # fmt: skip
-        conformed["segmentation"] = [segmentation_rle(source, f"{where} object {j}: segmentation", (height, width))
-                                     for j, source in enumerate(sources)]  # fmt: skip
-        return {"objects": conformed}
 
 
 class _ExampleChecker:
@@ -1073,13 +1169,3 @@ class _ExampleChecker:
         keep = kept.index.tolist()
         fixed = {key: [values[i] for i in keep] for key, values in objects.items() if key not in ("bbox", "area")}
         return {"objects": {**fixed, "bbox": kept.boxes.tolist(), "area": kept.areas.tolist()}}
-
-
-class _ReplaceObjects:
-    """``Dataset.map`` function: the ``objects`` of the examples in ``fixed`` (by index) replaced."""
-
-    def __init__(self, fixed: dict[int, dict[str, list]]) -> None:
-        self.fixed = fixed
-
-    def __call__(self, objects: dict[str, list], index: int) -> dict:
-        return {"objects": self.fixed.get(index, objects)}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from ..modeling.image_processing_hf_detr import coco_panoptic_target, object_mask, rle_mask
+from ..modeling.image_processing_hf_detr import coco_panoptic_target, object_mask, polygon_rle, rle_mask
 from ..modeling.segmentation_postprocessing import encode_rles
 
 __all__ = ["decode_rles", "encode_rles", "mask_references", "panoptic_rles", "segmentation_rle"]
@@ -43,6 +43,8 @@ def segmentation_rle(segmentation: Any, name: str, image_size: tuple[int, int]) 
             f"{name} is missing: masks=True needs every object's COCO polygons or RLE; load with masks=False to read "
             "the boxes only."
         )
+    if isinstance(segmentation, (list, tuple)) and segmentation:  # COCO's usual form, encoded without drawing it
+        return polygon_rle(segmentation, name, image_size)
     return encode_rles(object_mask({"segmentation": segmentation}, name, image_size)[None])[0]
 
 

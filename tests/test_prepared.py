@@ -1,0 +1,135 @@
+"""Prepared once, shared everywhere: a split is parsed, checked and encoded once, written beside nothing it copies,
+and opened by every later load and every other process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from pycocotools import mask as coco_mask
+
+from benchmarks.scale_data import OUTSIDE_PIXELS, WIDTH, write_coco_folder, write_hub_dataset
+from hf_detr.data import load_detection_dataset, loading
+
+TESTS = Path(__file__).parent
+
+
+def folder_bytes(*folders: Path) -> int:
+    return sum(f.stat().st_size for folder in folders if folder.exists() for f in folder.rglob("*") if f.is_file())
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """An empty cache of prepared splits for this test (launched processes inherit it)."""
+    folder = tmp_path / "prepared"
+    monkeypatch.setenv("HF_DETR_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture
+def calls(monkeypatch) -> dict[str, int]:
+    """How often the work a prepared split saves runs in this process: json parsing, mask encoding, conforming."""
+    counts = {"parse": 0, "encode": 0, "conform": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(loading, "_read_coco_json", counted("parse", loading._read_coco_json))
+    monkeypatch.setattr(loading, "segmentation_rle", counted("encode", loading.segmentation_rle))
+    monkeypatch.setattr(loading.SplitConformer, "__call__", counted("conform", loading.SplitConformer.__call__))
+    return counts
+
+
+def test_a_hub_split_with_masks_writes_under_5_percent_of_its_size(tmp_path, cache, calls):
+    saved = tmp_path / "hub"
+    written = write_hub_dataset(saved, 40, seed=1, pool=8)["train"]
+    assert written.outside  # the policy has boxes to clip
+    size = folder_bytes(saved)
+    ds = load_detection_dataset(saved, masks=True)["train"]
+
+    assert folder_bytes(saved, cache) - size <= 0.05 * size
+    assert calls["conform"] == 40 and calls["encode"] == written.boxes
+    # the image column is the source's own: same bytes, nothing re-encoded
+    assert ds.cache_files[0]["filename"].startswith(str(saved))
+    assert len(ds) == 40 and sum(len(o["id"]) for o in ds["objects"]) == written.boxes
+    boxes = {i: b for objects in ds["objects"] for i, b in zip(objects["id"], objects["bbox"])}
+    for annotation_id, (x, y, w, h) in written.outside.items():  # clipped to the image by the default policy
+        assert boxes[annotation_id] == pytest.approx([x, y, WIDTH - x, h])
+        assert x + w == pytest.approx(WIDTH + OUTSIDE_PIXELS)
+    # a mask is the polygon's pixels, as drawn by pycocotools
+    example = ds[3]
+    first = datasets.load_from_disk(str(saved))["train"][3]["objects"]["segmentation"][0]
+    expected = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(first, example["height"], example["width"])))
+    stored = example["objects"]["segmentation"][0]
+    decoded = coco_mask.decode({"size": stored["size"], "counts": stored["counts"].encode()})
+    assert decoded.sum() > 0 and np.array_equal(decoded, expected)
+
+
+@pytest.mark.parametrize("source", ["coco", "hub"])
+def test_a_second_load_and_a_second_process_open_the_prepared_split(tmp_path, cache, calls, source):
+    path = tmp_path / source
+    (write_coco_folder if source == "coco" else write_hub_dataset)(path, 12, seed=2, pool=4)
+    first = load_detection_dataset(path, masks=True)["train"]
+    assert calls["encode"] > 0 and (calls["parse"] == 1 if source == "coco" else calls["conform"] == 12)
+
+    calls.update(parse=0, encode=0, conform=0)
+    second = load_detection_dataset(path, masks=True)["train"]
+    assert calls == {"parse": 0, "encode": 0, "conform": 0}
+    assert second[:] == first[:]
+    # another setting is another preparation
+    load_detection_dataset(path, masks=False, box_policy="drop")
+    assert calls["parse"] == 1 if source == "coco" else calls["conform"] == 12
+
+    # a second process: the counting wrappers of the fixture, in a fresh interpreter
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(TESTS)!r})
+from hf_detr.data import load_detection_dataset, loading
+calls = {{"parse": 0, "encode": 0}}
+for name, attribute in (("parse", "_read_coco_json"), ("encode", "segmentation_rle")):
+    function = getattr(loading, attribute)
+    def wrapper(*args, _f=function, _n=name, **kwargs):
+        calls[_n] += 1
+        return _f(*args, **kwargs)
+    setattr(loading, attribute, wrapper)
+rows = load_detection_dataset({str(path)!r}, masks=True)["train"][:]
+print(json.dumps({{"calls": calls, "ids": rows["image_id"]}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    other = json.loads(done.stdout.splitlines()[-1])
+    assert other == {"calls": {"parse": 0, "encode": 0}, "ids": first["image_id"]}
+
+
+def test_a_missing_image_is_named_or_skipped_and_counted_by_drop(tmp_path, cache, caplog):
+    root = tmp_path / "coco"
+    write_coco_folder(root, 6, seed=3, pool=6)
+    missing = sorted((root / "train2017").iterdir())[2]
+    missing.unlink()
+    message = rf"instances_train2017.json: image_id \d+ \('{missing.name}'\): image file not found"
+    with pytest.raises(ValueError, match=message):
+        load_detection_dataset(root)
+    ds = load_detection_dataset(root, box_policy="drop")["train"]
+    paths = [image["path"] for image in ds.cast_column("image", datasets.Image(decode=False))["image"]]
+    assert len(paths) == 5 and str(missing) not in paths
+    assert "1 of 6 images left out (missing or unreadable) by box_policy='drop', the first: " in caplog.text
+    assert missing.name in caplog.text
+
+
+@pytest.mark.parametrize("source", ["coco", "hub"])
+def test_a_pool_of_workers_prepares_the_same_rows(tmp_path, cache, monkeypatch, source):
+    root = tmp_path / source
+    (write_coco_folder if source == "coco" else write_hub_dataset)(root, 30, seed=4, pool=5)
+    alone = load_detection_dataset(root, masks=True, num_proc=1)["train"][:]
+    monkeypatch.setenv("HF_DETR_CACHE", str(tmp_path / "other"))
+    assert load_detection_dataset(root, masks=True, num_proc=2)["train"][:] == alone
