@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as coco_mask
 
 from benchmarks.scale_data import OUTSIDE_PIXELS, WIDTH, write_coco_folder, write_hub_dataset
@@ -133,3 +134,38 @@ def test_a_pool_of_workers_prepares_the_same_rows(tmp_path, cache, monkeypatch, 
     alone = load_detection_dataset(root, masks=True, num_proc=1)["train"][:]
     monkeypatch.setenv("HF_DETR_CACHE", str(tmp_path / "other"))
     assert load_detection_dataset(root, masks=True, num_proc=2)["train"][:] == alone
+
+
+@pytest.mark.slow
+def test_two_processes_prepare_once_and_train_as_before(tmp_path, cache):
+    from safetensors.torch import load_file
+    from training_commands import TINY, command, free_port, launch_argv
+
+    root = tmp_path / "coco"
+    written = write_coco_folder(root, 8, seed=5, pool=4)["train2017"]
+    env = {**os.environ, "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml"), "HF_HOME": str(tmp_path / "hf"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    args = [*TINY, "--dataset", str(root), "--task", "instance", "--eval_split", "none", "--max_steps", "2",
+            "--save_steps", "0"]  # fmt: skip
+
+    def launch(name: str, *extra: str) -> list[str]:
+        env["HF_DETR_TEST_CALLS"] = str(tmp_path / f"{name}.calls")
+        Path(env["HF_DETR_TEST_CALLS"]).touch()
+        argv = launch_argv(command("multi-gpu"), 2, free_port(), script=[str(TESTS / "count_preparation.py"), *extra])
+        done = subprocess.run([*argv, *args, "--output_dir", str(tmp_path / name)], env=env, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-4000:]
+        return Path(env["HF_DETR_TEST_CALLS"]).read_text().split()
+
+    first = launch("first")  # one process parses and encodes, the other waits and opens
+    assert first.count("parse") == 1 and first.count("encode") == written.boxes
+    assert len({pid for work, pid in zip(first[::2], first[1::2])}) == 1
+    assert launch("second") == []  # a second start opens the prepared split
+    before = launch("before", "--uncached")  # each process builds its own in-memory copy, as before the cache
+    assert before.count("parse") == 2
+
+    expected = load_file(tmp_path / "before" / "model.safetensors")
+    for name in ("first", "second"):
+        actual = load_file(tmp_path / name / "model.safetensors")
+        assert actual.keys() == expected.keys()
+        assert all(torch.equal(actual[key], expected[key]) for key in expected)

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, Union
 
 import datasets
+import numpy as np
 import PIL.Image
 import torch
 
@@ -750,7 +751,7 @@ def _read_coco_json(
     policy changed (the caller sums it up)."""
     file = Path(path)
     try:
-        coco = json.loads(file.read_text())
+        coco = json.loads(file.read_bytes(), object_hook=_compact_polygons if masks else None)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{file}: cannot read the annotation file as JSON ({error}).") from error
     for key in ("images", "categories"):
@@ -860,6 +861,19 @@ def _read_coco_json(
         len(categories),
     )  # fmt: skip
     return label_names, category_ids, isthing, list(examples.values()), kept.changes
+
+
+def _compact_polygons(record: dict[str, Any]) -> dict[str, Any]:
+    """``json.loads`` hook: an annotation's polygons as float64 arrays, each made as soon as its list is parsed. A
+    coordinate then takes 8 bytes instead of a list slot and a float object (40): a third of what COCO's train2017
+    json parses to."""
+    polygons = record.get("segmentation")
+    if isinstance(polygons, list) and all(isinstance(p, list) for p in polygons):
+        try:
+            record["segmentation"] = [np.array(p, dtype=np.float64) for p in polygons]
+        except (TypeError, ValueError):  # not numbers: left as written, for the check to name
+            pass
+    return record
 
 
 def _coco_rows(
