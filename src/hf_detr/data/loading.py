@@ -343,18 +343,23 @@ def load_detection_dataset(
     Every box goes through ``box_policy`` (see the module docstring and :func:`apply_box_policy`): by default a box
     reaching outside its image is clipped to it and a box without area dropped with its object, and one warning line
     per split counts them; ``"error"`` raises a ``ValueError`` naming the split, example, image id and box. A category
-    outside the label range is always an error. With ``streaming=True`` the splits are ``IterableDataset``s (nothing is
-    copied to the disk cache) and these checks run as the examples are read: a streamed COCO folder counts at loading
-    (its json is read then), a streamed Hub or ``save_to_disk`` split only as it is read, so it logs its running counts
-    each time they reach 1, 2, 4, 8, ... changed boxes (per process). A non-streamed Hub or ``save_to_disk`` split
-    with clipped or dropped boxes is rewritten once (``Dataset.map``, into the ``datasets`` cache).
+    outside the label range is always an error.
+
+    Prepared once (:mod:`hf_detr.data.prepared`): a COCO folder, and a Hub or ``save_to_disk`` split loaded without
+    ``streaming``, is parsed, checked and (with masks) encoded once per content and settings, into a memory-mapped
+    Arrow file in the cache of prepared splits that every later load and every other process opens; the image bytes
+    are never copied (a COCO folder's rows hold paths, a Hub split's image column is joined back as it is). At
+    COCO's size the work is spread over ``num_proc`` forked processes (default: the usable cores). With
+    ``streaming=True`` the splits are ``IterableDataset``s: a COCO folder's prepared split read in shards; a Hub or
+    ``save_to_disk`` split, nothing written, conformed and checked as it is read, so it logs its running counts each
+    time they reach 1, 2, 4, 8, ... changed boxes (per process).
 
     With ``masks=True`` every object keeps its mask as ``objects.segmentation``, a compressed RLE of its image (see
     :mod:`hf_detr.data.masks`), checked at loading (as it is read when streamed; a COCO folder's polygons and RLEs and
     a panoptic folder's PNGs, see :func:`load_coco_folder`): a Hub or ``save_to_disk`` split needs an
     ``objects.segmentation`` field of COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` or RLEs ``{"size": [height,
-    width], "counts": str or [int, ...]}`` (one type per data set, as Arrow stores it), converted and checked in one
-    ``Dataset.map`` pass (cached by ``datasets``). A box the box policy drops drops its mask; a clipped box keeps its
+    width], "counts": str or [int, ...]}`` (one type per data set, as Arrow stores it), converted and checked as the
+    split is prepared. A box the box policy drops drops its mask; a clipped box keeps its
     mask, which lies in the image anyway. A mask whose size is not its image's, a polygon reaching more than a pixel
     outside its image, an RLE that does not decode to its size and a panoptic PNG with segment ids ``segments_info``
     does not list raise a ``ValueError`` naming the image and the field. YOLO and VOC folders have no masks.
@@ -368,6 +373,7 @@ def load_detection_dataset(
             kept as written).
         masks: keep (or make) each object's ``segmentation`` (see above).
         revision, cache_dir, load_dataset_kwargs: passed to ``datasets.load_dataset`` (source kind 4 only).
+        num_proc: processes that prepare a split (default: the usable cores from a few thousand examples on).
     """
     _check_policy(box_policy)
     kind = detect_format(source)
@@ -576,8 +582,9 @@ def load_coco_folder(
     ``box_tolerance`` pixels outside its image; an image file that is missing, is not a readable image, or whose size
     differs from the json's ``width``/``height``; with ``masks=True``, a mask whose size differs from its image, a
     polygon reaching more than a pixel outside it, an RLE that does not decode, a panoptic PNG of another size or with
-    segment ids ``segments_info`` does not list, a missing folder of PNGs. The image files and masks are checked while
-    loading, or as they are read when ``streaming=True``; annotations always while loading.
+    segment ids ``segments_info`` does not list, a missing folder of PNGs. Everything is checked once, when the split
+    is prepared (see :func:`load_detection_dataset`); with ``box_policy="drop"`` a missing or unreadable image is left
+    out instead and counted in the split's warning line.
     """
     _check_policy(box_policy)
     if annotations not in (None, *_COCO_KINDS):
