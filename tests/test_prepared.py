@@ -169,3 +169,18 @@ def test_two_processes_prepare_once_and_train_as_before(tmp_path, cache):
         actual = load_file(tmp_path / name / "model.safetensors")
         assert actual.keys() == expected.keys()
         assert all(torch.equal(actual[key], expected[key]) for key in expected)
+
+
+def test_an_image_deleted_after_preparing_is_named_or_left_out_by_drop(tmp_path, cache, caplog):
+    root = tmp_path / "coco"
+    write_coco_folder(root, 5, seed=6, pool=5)
+    assert len(load_detection_dataset(root)["train"]) == 5
+    assert len(load_detection_dataset(root, box_policy="drop")["train"]) == 5
+    gone = sorted((root / "train2017").iterdir())[1]
+    gone.unlink()
+    with pytest.raises(ValueError, match=rf"instances_train2017.json: image file {gone} is missing, though it was "
+                                         "there when the split was prepared; restore it, or load with "
+                                         "box_policy='drop'"):  # fmt: skip
+        load_detection_dataset(root)
+    assert len(load_detection_dataset(root, box_policy="drop")["train"]) == 4  # prepared again, without it
+    assert "1 of 5 images left out (missing or unreadable) by box_policy='drop'" in caplog.text

@@ -68,23 +68,34 @@ class PreparedRows:
     summary: Callable[[], str | None] = lambda: None  # read after the rows are consumed
 
 
-def open_prepared(key: Mapping[str, Any], split: str, prepare: Callable[[], PreparedRows]) -> datasets.Dataset:
+def open_prepared(
+    key: Mapping[str, Any], split: str, prepare: Callable[[], PreparedRows],
+    stale: Callable[[datasets.Dataset], bool] | None = None,
+) -> datasets.Dataset:  # fmt: skip
     """The split prepared for ``key`` (JSON-able settings that decide its content), from the cache, or made by
-    ``prepare`` and written there first (under a lock, see the module docstring)."""
+    ``prepare`` and written there first (under a lock, see the module docstring); also made again when ``stale``
+    says the stored one no longer holds (e.g. an image file it lists is gone)."""
     digest = hashlib.sha256(json.dumps({**key, "version": _VERSION}, sort_keys=True).encode()).hexdigest()[:24]
     folder = cache_root() / digest
     folder.mkdir(parents=True, exist_ok=True)
     file, meta = folder / f"{split}.arrow", folder / f"{split}.json"
     with FileLock(str(folder / f"{split}.lock")):
-        if not meta.is_file():  # written last: its presence marks a complete split
+        if not meta.is_file() or (stale is not None and stale(_open(file, meta, split)[0])):
+            meta.unlink(missing_ok=True)  # written last: its presence marks a complete split
             _write(prepare(), file, meta)
-    stored = json.loads(meta.read_text())
-    if stored["summary"]:
-        logger.warning(stored["summary"])
+    dataset, summary = _open(file, meta, split)
+    if summary:
+        logger.warning(summary)
     logger.info("split %r: prepared data in %s", split, folder)
+    return dataset
+
+
+def _open(file: Path, meta: Path, split: str) -> tuple[datasets.Dataset, str | None]:
+    """A stored split, memory-mapped, and its summary line."""
+    stored = json.loads(meta.read_text())
     features = datasets.Features.from_dict(stored["features"])
     info = datasets.DatasetInfo(description=stored["description"], features=features)
-    return datasets.Dataset.from_file(str(file), info=info, split=split)
+    return datasets.Dataset.from_file(str(file), info=info, split=split), stored["summary"]
 
 
 def _write(prepared: PreparedRows, file: Path, meta: Path) -> None:
