@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     if 1 in results:
         needed = math.ceil(args.gpu_steps * BATCH_SIZE / results[1]["images_per_second"])
         print(f"one worker delivers {results[1]['images_per_second']:.1f} images/s: a GPU stepping at "
-              f"{args.gpu_steps:g} it/s at batch {BATCH_SIZE} needs {needed} worker{'' if needed == 1 else 's'}")  # fmt: skip
+              f"{args.gpu_steps:g} it/s at batch {BATCH_SIZE} needs {needed} worker{'' if needed == 1 else 's'}")
     return results
 
 

@@ -17,14 +17,15 @@ for both sources:
 Every measurement runs in a fresh process (`python -m benchmarks.bench_scale --child SPEC`), so its peak RSS
 (`ru_maxrss` of the process, or of the largest of its child processes) is its own, on a copy of the source made of
 hard links, so that nothing a loader wrote before is there, with `HF_HOME`, `HF_DATASETS_CACHE`, `HF_DETR_CACHE` and
-`XDG_CACHE_HOME` in a fresh folder. Bytes written = the growth of that folder plus the growth of the source's copy (`datasets` writes
-`cache-*.arrow` files next to a `save_to_disk` data set). Training runs start cold (fresh copy and caches).
+`XDG_CACHE_HOME` in a fresh folder. Bytes written = the growth of that folder plus the growth of the source's copy
+(`datasets` writes `cache-*.arrow` files next to a `save_to_disk` data set). Training runs start cold (fresh copy and
+caches).
 
 Evaluation, which does not depend on N, is measured once: `benchmarks.scale_evaluation.measure_evaluation` on
 `--eval_images` (5,000) images x `--eval_detections` (100) detections, for boxes, masks and panoptic.
 
-Every measurement is then fitted by least squares as a + b N over the sizes measured (through the origin for a single
-size) and evaluated at train2017's and val2017's sizes. Only the public entry points are used (`load_data`,
+Every measurement is then fitted by least squares as a + b N over the sizes measured (two at least) and evaluated at
+train2017's and val2017's sizes. Only the public entry points are used (`load_data`,
 `load_detection_dataset`, the `hf-detr` command), so the benchmark keeps measuring as their insides change.
 """
 
@@ -48,9 +49,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from benchmarks.scale_data import Written, write_coco_folder, write_hub_dataset
 from hf_detr import presets
+from hf_detr.data import load_data
+from hf_detr.data.loading import load_detection_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (1000, 5000, 20000)
@@ -78,8 +82,6 @@ def _peak_rss_mib() -> float:
 
 
 def _measure_load(path: str, masks: bool) -> dict[str, Any]:
-    from hf_detr.data import load_data
-
     baseline = _peak_rss_mib()
     start = time.perf_counter()
     loaded = load_data(path, masks=masks)
@@ -93,8 +95,6 @@ def _measure_load(path: str, masks: bool) -> dict[str, Any]:
 
 
 def _measure_stream(path: str, max_images: int) -> dict[str, Any]:
-    from hf_detr.data.loading import load_detection_dataset
-
     start = time.perf_counter()
     examples = iter(load_detection_dataset(path, splits=["train"], streaming=True)["train"])
     next(examples)["image"].load()
@@ -273,16 +273,14 @@ NOT_EXTRAPOLATED = {"images_per_second"}  # a rate, not a quantity growing with 
 
 
 def linear_fit(sizes: Sequence[int], values: Sequence[float]) -> tuple[float, float]:
-    """(a, b) of the least-squares line a + b N; through the origin (a = 0) when only one size is measured."""
-    if len(sizes) == 1:
-        return 0.0, values[0] / sizes[0]
+    """(a, b) of the least-squares line a + b N through the measurements (two sizes at least)."""
     slope, intercept = np.polyfit(np.asarray(sizes, dtype=float), np.asarray(values, dtype=float), 1)
     return float(intercept), float(slope)
 
 
 def table_rows(results: dict[str, Any], sizes: Sequence[int]) -> list[dict[str, Any]]:
-    """One row per source, case and field: the values per size and, where it makes sense, the fit and its
-    extrapolation to train2017 and val2017."""
+    """One row per source, case and field: the values per size and, where it makes sense and two sizes or more were
+    measured, the fit and its extrapolation to train2017 and val2017."""
     rows = []
     first = results[str(sizes[0])]["results"]
     for source, cases in first.items():
@@ -290,7 +288,7 @@ def table_rows(results: dict[str, Any], sizes: Sequence[int]) -> list[dict[str, 
             for field, unit in FIELDS[case.split()[0]]:  # "load", "train" or "stream"
                 values = [results[str(n)]["results"][source][case][field] for n in sizes]
                 row = {"source": source, "case": case, "field": field, "unit": unit, "values": values}
-                if field not in NOT_EXTRAPOLATED and None not in values:
+                if len(sizes) > 1 and field not in NOT_EXTRAPOLATED and None not in values:
                     intercept, slope = linear_fit(sizes, values)
                     row.update(intercept=intercept, slope=slope, train2017=intercept + slope * TRAIN2017,
                                val2017=intercept + slope * VAL2017)  # fmt: skip
@@ -322,18 +320,17 @@ def format_table(rows: list[dict[str, Any]], sizes: Sequence[int], evaluation: d
 
 
 def machine() -> dict[str, Any]:
-    import torch
-
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    # the load average tells how much else ran on the machine, which these wall times depend on
     return {"cpus": os.cpu_count(), "memory_gib": round(memory, 1), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__}  # fmt: skip
+            "python": platform.python_version(), "torch": torch.__version__, "load_average": os.getloadavg()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="numbers of images N")
     parser.add_argument("--quick", action="store_true",
-                        help=f"tiny sizes {QUICK_SIZES}, 200 evaluation images x 20 detections")  # fmt: skip
+                        help=f"tiny sizes {QUICK_SIZES}, evaluation of 200 images x 20 detections")  # fmt: skip
     parser.add_argument("--sources", nargs="+", choices=list(SOURCES), default=list(SOURCES))
     parser.add_argument("--train_processes", type=int, nargs="*", default=[1, 2],
                         help="the process counts of the training runs (none: no training run)")  # fmt: skip
@@ -354,29 +351,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.sizes, args.eval_images, args.eval_detections = list(QUICK_SIZES), 200, 20
     sizes = sorted(set(args.sizes))
 
-    results: dict[str, Any] = {}
+    report: dict[str, Any] = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "sizes": sizes,
+        "fit": "least squares a + b N over the sizes measured", "train2017": TRAIN2017, "val2017": VAL2017,
+        "runs": {}, "rows": [], "evaluation": {"images": args.eval_images, "detections": args.eval_detections},
+    }  # fmt: skip
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         for n in sizes:
             folder = Path(workdir) / str(n)
             folder.mkdir()
-            results[str(n)] = measure_size(n, folder, args)
+            report["runs"][str(n)] = measure_size(n, folder, args)
             shutil.rmtree(folder)
-    evaluation = {kind: measure({"measure": "evaluate", "kind": kind, "num_images": args.eval_images,
-                                 "detections": args.eval_detections}) for kind in args.evaluation}  # fmt: skip
-    rows = table_rows(results, sizes)
-    report = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "sizes": sizes,
-        "fit": "least squares a + b N over the sizes measured (through the origin for one size)",
-        "train2017": TRAIN2017, "val2017": VAL2017, "runs": results, "rows": rows,
-        "evaluation": {"images": args.eval_images, "detections": args.eval_detections, **evaluation},
-    }  # fmt: skip
+            _save(report, args.out)  # so far: a long run that fails later keeps these
+    for kind in args.evaluation:
+        report["evaluation"][kind] = measure({"measure": "evaluate", "kind": kind, "num_images": args.eval_images,
+                                              "detections": args.eval_detections})  # fmt: skip
+        _report(args.eval_images, "evaluation", f"{kind}, {args.eval_detections} detections per image",
+                report["evaluation"][kind])
+    report["rows"] = table_rows(report["runs"], sizes)
+    report["machine"]["load_average_end"] = os.getloadavg()
+    _save(report, args.out)
     print(f"\nscale benchmark, {report['date']}, {report['machine']['cpus']} cores, "
-          f"{report['machine']['memory_gib']} GiB; extrapolated: {report['fit']}")  # fmt: skip
-    print(format_table(rows, sizes, evaluation))
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1))
+          f"{report['machine']['memory_gib']} GiB, load average (1, 5, 15 min) at the start "
+          f"{_rounded(report['machine']['load_average'])}, at the end {_rounded(os.getloadavg())}; extrapolated: "
+          f"{report['fit']}")  # fmt: skip
+    print(format_table(report["rows"], sizes, {k: v for k, v in report["evaluation"].items() if k in EVALUATIONS}))
     return report
 
+
+def _save(report: dict[str, Any], out: Path | None) -> None:
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1))
+
+
+def _rounded(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,6 @@ the benchmarks (bench_scale, bench_data_loader) run at a tiny size and report th
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 import pytest
@@ -59,31 +58,38 @@ def test_scale_data_is_deterministic(tmp_path):
 
 @pytest.mark.slow
 def test_bench_scale_reports_every_measurement(tmp_path, capsys):
-    """One size, 1 training process (the 2-process runs and larger sizes are the benchmark's, not the test's)."""
+    """One size, one source, 1 training process: the COCO folder goes through the same measurements, and the
+    2-process runs and larger sizes are the benchmark's, not the test's."""
     out = tmp_path / "results.json"
-    bench_scale.main(["--sizes", "30", "--train_processes", "1", "--evaluation", "boxes", "--eval_images", "20",
-                      "--eval_detections", "5", "--stream_images", "20", "--workdir", str(tmp_path),
-                      "--out", str(out)])  # fmt: skip
+    bench_scale.main(["--sizes", "30", "--sources", "hub", "--train_processes", "1", "--evaluation", "boxes",
+                      "--eval_images", "20", "--eval_detections", "5", "--stream_images", "20",
+                      "--workdir", str(tmp_path), "--out", str(out)])  # fmt: skip
     report = json.loads(out.read_text())
-    run = report["runs"]["30"]
-    for source in ("coco", "hub"):
-        data, cases = run["data"][source], run["results"][source]
-        assert data["images"] == 30 and data["outside"] == 1 and data["boxes"] > 30
-        assert sorted(cases) == ["load boxes, first", "load boxes, second", "load masks, first", "load masks, second",
-                                 "stream", "train 1 process"]  # fmt: skip
-        for case, result in cases.items():
-            if case.startswith("load"):
-                assert (result["images"], result["boxes"]) == (data["images"], data["boxes"])
-            assert result["written_mib"] >= 0  # a second load may write nothing
-            assert all(value > 0 for key, value in result.items() if key not in ("written_mib", "over_baseline_mib"))
-        assert cases["stream"]["images"] == 20
-    for row in report["rows"]:
-        assert len(row["values"]) == 1
-        if row["field"] != "images_per_second":
-            assert math.isfinite(row["train2017"]) and math.isfinite(row["val2017"])
+    data, cases = report["runs"]["30"]["data"]["hub"], report["runs"]["30"]["results"]["hub"]
+    assert data["images"] == 30 and data["outside"] == 1 and data["boxes"] > 30
+    assert sorted(cases) == ["load boxes, first", "load boxes, second", "load masks, first", "load masks, second",
+                             "stream", "train 1 process"]  # fmt: skip
+    for case, result in cases.items():
+        if case.startswith("load"):
+            assert (result["images"], result["boxes"]) == (data["images"], data["boxes"])
+        assert result["written_mib"] >= 0  # a second load may write nothing
+        assert all(value > 0 for key, value in result.items() if key not in ("written_mib", "over_baseline_mib"))
+    assert cases["stream"]["images"] == 20
+    assert all(len(row["values"]) == 1 and "train2017" not in row for row in report["rows"])  # one size: no fit
     assert report["evaluation"]["boxes"]["seconds"] > 0 and report["evaluation"]["boxes"]["peak_rss_mib"] > 0
     printed = capsys.readouterr().out
-    assert "train2017" in printed and "COCO folder" in printed and "load masks, second: written MiB" in printed
+    assert "train2017" in printed and "Hub-schema" in printed and "load masks, second: written MiB" in printed
+
+
+def test_bench_scale_extrapolates_the_least_squares_line():
+    intercept, slope = bench_scale.linear_fit([1000, 5000, 20000], [3.0, 7.0, 22.0])
+    assert (intercept, slope) == (pytest.approx(2.0), pytest.approx(0.001))
+    runs = {str(n): {"results": {"coco": {"stream": {"images_per_second": 50.0, "setup_seconds": 1.0,
+                                                     "pass_seconds": 1 + n / 50}}}} for n in (1000, 5000)}  # fmt: skip
+    rows = {row["field"]: row for row in bench_scale.table_rows(runs, [1000, 5000])}
+    assert "train2017" not in rows["images_per_second"]  # a rate
+    assert rows["pass_seconds"]["train2017"] == pytest.approx(1 + bench_scale.TRAIN2017 / 50)
+    assert rows["pass_seconds"]["val2017"] == pytest.approx(1 + 5000 / 50)
 
 
 def test_bench_data_loader_reports_the_workers_a_gpu_needs(capsys):
