@@ -19,15 +19,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 from transformers import EvalPrediction
 
 from ..data.collate import DetectionCollator, DetectionDataset
 from ..data.loading import id2label as dataset_id2label
 from ..data.masks import encode_rles
-from .metrics import CocoEvaluation, PostProcessInputs, make_compute_metrics
+from .metrics import CocoEvaluation, PostProcessInputs, detections_in_original_frame, make_compute_metrics
 from .segmentation_metrics import PanopticQualityMetric, SegmentCounts, coco_segmentation_evaluate
 
 __all__ = ["MaskScorer", "evaluate", "evaluation_collator", "evaluation_dataset", "evaluation_loader", "model_labels"]
@@ -87,6 +86,7 @@ def evaluate(
     per_class: bool = False,
     threshold: float = 0.0,
     return_evaluation: bool = False,
+    backend: str = "pycocotools",
 ) -> dict[str, float] | CocoEvaluation:
     """COCO box metrics (`make_compute_metrics`: `map`, `map_50`, ..., and with `per_class` the flat
     `map_class_<name>`, `map_50_class_<name>`, `mar_100_class_<name>` of each class) of `model` on `data`: a split in
@@ -97,8 +97,13 @@ def evaluate(
     ground truth of each image of `data`, in its order, in the original pixel frame (`.predictions`, `.references`:
     what `hf_detr.evaluation.diagnostics.diagnose` reads, so diagnostics need no second model pass).
 
-    With an `accelerate.Accelerator`, every process predicts its share and `gather_for_metrics` collects one entry per
-    image, dropping the duplicates accelerate pads the last uneven batch with, so each image is scored exactly once;
+    `backend` computes COCOeval's numbers: "pycocotools" or "numpy" (the same numbers, several times faster on large
+    sets; see `hf_detr.evaluation.metrics.coco_evaluate`).
+
+    Memory stays that of the detections: each batch is post-processed at once (at `threshold`, to each image's
+    original frame) and kept as numpy arrays, a segmentation model's masks as RLEs. With an `accelerate.Accelerator`,
+    every process predicts its share and keeps it; one gather at the end puts every image in the data's order and
+    drops the duplicates accelerate pads the last uneven round of batches with, so each image is scored exactly once;
     the main process scores and every process returns the same dict. Without one, batches go to the model's device.
     """
     unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
@@ -118,42 +123,57 @@ def evaluate(
 
     was_training = model.training
     model.eval()
-    images: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
-    masks: list[tuple[dict[str, Any], dict[int, SegmentCounts]]] = []  # per image, for a segmentation model
+    boxes: list[list[tuple[dict[str, Any], dict[str, Any]]]] = []  # per batch, per image: (detections, label)
+    masks: list[list[tuple[dict[str, Any], dict[int, SegmentCounts]]]] = []  # the same, for a segmentation model
     scorer = None
     for batch in loader:
         pixel_values, pixel_mask = batch["pixel_values"], batch["pixel_mask"]
         if device is not None:
             pixel_values, pixel_mask = pixel_values.to(device), pixel_mask.to(device)
         outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
-        logits, boxes = outputs.logits.float().cpu().numpy(), outputs.pred_boxes.float().cpu().numpy()
         labels = [{key: value.cpu().numpy() for key, value in label.items()} for label in batch["labels"]]
-        entries = list(zip(logits, boxes, labels))
-        images += entries if accelerator is None else accelerator.gather_for_metrics(entries, use_gather_object=True)
+        detections = detections_in_original_frame(image_processor, outputs.logits.float().cpu(),
+                                                   outputs.pred_boxes.float().cpu(), labels, threshold,
+                                                   f"batch {len(boxes)} labels")  # fmt: skip
+        boxes.append(list(zip(detections, labels)))
         if getattr(outputs, "pred_masks", None) is not None:
             if "mask_references" not in batch:
                 raise ValueError("the model predicts masks but the batches carry no ground-truth masks: build the "
                                  "loader with evaluation_loader(..., mask_references=True) on a split loaded with "
                                  "masks=True")  # fmt: skip
             scorer = scorer or MaskScorer(image_processor, config.id2label, threshold)
-            scored = scorer.batch(outputs, pixel_mask, batch["mask_references"])
-            masks += scored if accelerator is None else accelerator.gather_for_metrics(scored, use_gather_object=True)
+            masks.append(scorer.batch(outputs, pixel_mask, batch["mask_references"]))
     model.train(was_training)
+    images = len(loader.dataset)
+    boxes, masks = _in_data_order(boxes, images, accelerator), _in_data_order(masks, images, accelerator)
 
     metrics = None
     if accelerator is None or accelerator.is_main_process:
         compute_metrics = make_compute_metrics(image_processor, id2label=id2label, threshold=threshold,
-                                               per_class=per_class, return_evaluation=return_evaluation)  # fmt: skip
-        logits, boxes, labels = zip(*images)
-        prediction = EvalPrediction(predictions=[(np.stack(logits), np.stack(boxes))], label_ids=[list(labels)])
-        metrics = compute_metrics(prediction)
+                                               per_class=per_class, return_evaluation=return_evaluation,
+                                               backend=backend)  # fmt: skip
+        detections, labels = zip(*boxes)
+        metrics = compute_metrics(EvalPrediction(predictions=[list(detections)], label_ids=[list(labels)]))
         if scorer is not None:
-            segm = scorer.compute(masks, per_class, id2label)
+            segm = scorer.compute(masks, per_class, id2label, backend)
             if isinstance(metrics, CocoEvaluation):
                 metrics.metrics.update(segm)
             else:
                 metrics.update(segm)
     return metrics if accelerator is None else broadcast_object_list([metrics])[0]
+
+
+def _in_data_order(batches: list[list[Any]], images: int, accelerator: Any = None) -> list[Any]:
+    """Every process's per-batch entries (one per image) in one list in the data's order, with one gather.
+
+    accelerate deals the loader's batches out in turn (batch i of process p is the data's batch i * processes + p,
+    or its p-th slice with `split_batches`) and completes the last round with repeated images; so the entries sorted
+    by batch, then process, are the data's, and the repeats are whatever lies past its `images`."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return [entry for batch in batches for entry in batch]
+    gathered = gather_object(list(enumerate(batches)))  # process 0's batches, then process 1's, ...
+    ordered = sorted(gathered, key=lambda item: item[0])  # stable: processes in order within a batch index
+    return [entry for _, batch in ordered for entry in batch][:images]
 
 
 class MaskScorer:
@@ -187,10 +207,10 @@ class MaskScorer:
         return scored
 
     def compute(self, masks: list[tuple[dict[str, Any], dict[int, SegmentCounts]]], per_class: bool,
-                id2label: Mapping[int, str]) -> dict[str, float]:  # fmt: skip
+                id2label: Mapping[int, str], backend: str = "pycocotools") -> dict[str, float]:  # fmt: skip
         pairs, counts = zip(*masks)
         metrics = coco_segmentation_evaluate([p["prediction"] for p in pairs], [p["reference"] for p in pairs],
-                                             per_class=per_class, id2label=id2label)  # fmt: skip
+                                             per_class=per_class, id2label=id2label, backend=backend)  # fmt: skip
         self.panoptic.add_counts(counts)
         return {**metrics, **self.panoptic.compute(per_class=per_class, id2label=id2label)}
 

@@ -18,7 +18,6 @@ curves and the per-image detections and ground truth it scored (for :mod:`hf_det
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import io
@@ -32,16 +31,17 @@ import evaluate
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-from torchvision.ops import box_convert
+from pycocotools.cocoeval import COCOeval, Params
 from transformers import EvalPrediction
 from transformers.utils import ModelOutput
 
 from ..modeling.boxes import check_boxes, denormalize_boxes
+from .coco_arrays import Annotations, evaluate_arrays
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "COCO_BACKENDS",
     "COCO_STAT_NAMES",
     "PER_CLASS_STATS",
     "CocoDetectionMetric",
@@ -49,6 +49,7 @@ __all__ = [
     "CocoMetric",
     "PostProcessInputs",
     "coco_evaluate",
+    "detections_in_original_frame",
     "format_per_class_table",
     "make_compute_metrics",
     "pack_labels",
@@ -63,6 +64,9 @@ COCO_STAT_NAMES: tuple[str, ...] = (
     "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
     "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
 )  # fmt: skip
+
+# What computes COCOeval's numbers: pycocotools itself, or the same arithmetic on arrays (`coco_arrays`).
+COCO_BACKENDS: tuple[str, ...] = ("pycocotools", "numpy")
 
 # The per-class numbers: flat metric keys `<stat>_class_<name>` (see the module docstring) and the columns of
 # `CocoEvaluation.per_class` (which also counts each class's ground-truth objects under "objects").
@@ -196,8 +200,20 @@ def _check_lengths(where: str, fields: Mapping[str, torch.Tensor]) -> None:
         raise ValueError(f"{where}: per-box fields must have the same length, got {lengths}.")
 
 
-def _normalize_prediction(prediction: Mapping[str, Any], where: str) -> dict[str, list]:
-    """One image's detections: ``scores`` (N,), ``labels`` (N,), ``boxes`` (N, 4) absolute (x0, y0, x1, y1)."""
+def _compact(values: torch.Tensor, source: Any) -> np.ndarray:
+    """Validated float64 ``values`` as a numpy array in the precision of ``source``, the caller's input: float32 when
+    that was single or half precision (exact, since the values came from it; what post-processing gives, and half the
+    memory of a split's detections in float64), float64 otherwise."""
+    if isinstance(source, torch.Tensor):
+        narrow = source.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    else:
+        narrow = isinstance(source, np.ndarray) and source.dtype.kind == "f" and source.dtype.itemsize <= 4
+    return values.numpy().astype(np.float32 if narrow else np.float64, copy=False)
+
+
+def _prediction_arrays(prediction: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
+    """One image's detections as arrays: ``scores`` (N,), ``labels`` (N,) int64, ``boxes`` (N, 4) absolute
+    (x0, y0, x1, y1); scores and boxes in float32 when given so, float64 otherwise."""
     if not isinstance(prediction, Mapping):
         raise TypeError(f"{where} must be a dict with `scores`, `labels`, `boxes`, got {type(prediction).__name__}.")
     missing = [key for key in ("scores", "labels", "boxes") if key not in prediction]
@@ -209,12 +225,13 @@ def _normalize_prediction(prediction: Mapping[str, Any], where: str) -> dict[str
         "boxes": check_boxes(prediction["boxes"], lambda j: f"{where}: `boxes[{j}]`", "xyxy"),
     }
     _check_lengths(where, fields)
-    return {name: t.tolist() for name, t in fields.items()}
+    return {"scores": _compact(fields["scores"], prediction["scores"]), "labels": fields["labels"].numpy(),
+            "boxes": _compact(fields["boxes"], prediction["boxes"])}  # fmt: skip
 
 
-def _normalize_reference(reference: Mapping[str, Any], where: str) -> dict[str, list]:
-    """One image's ground truth: ``boxes`` (N, 4) COCO (x, y, w, h) pixels, ``labels`` or ``class_labels`` (N,),
-    optional ``iscrowd`` (N,) (default 0) and ``area`` (N,) (default w * h). Other keys are ignored."""
+def _reference_arrays(reference: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
+    """One image's ground truth as arrays: ``boxes`` (N, 4) COCO (x, y, w, h) pixels, ``labels`` or ``class_labels``
+    (N,), optional ``iscrowd`` (N,) (default 0) and ``area`` (N,) (default w * h). Other keys are ignored."""
     if not isinstance(reference, Mapping):
         raise TypeError(f"{where} must be a dict with `boxes` and `labels`, got {type(reference).__name__}.")
     label_key = "labels" if "labels" in reference else "class_labels"
@@ -228,7 +245,43 @@ def _normalize_reference(reference: Mapping[str, Any], where: str) -> dict[str, 
         "area": _as_tensor(reference.get("area", boxes[:, 2] * boxes[:, 3]), where, "area", torch.float64),
     }
     _check_lengths(where, fields)
-    return {name: t.tolist() for name, t in fields.items()}
+    return {name: t.numpy() for name, t in fields.items()}
+
+
+def _listed(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` with its arrays as lists (what ``evaluate.Metric`` stores and ``CocoEvaluation`` carries)."""
+    return {name: value.tolist() if isinstance(value, np.ndarray) else value for name, value in fields.items()}
+
+
+def _column(values: Sequence[Any], dtype: type, trailing: tuple[int, ...] = ()) -> np.ndarray:
+    """Per-image arrays (or lists) concatenated into one ``dtype`` array of shape (N, *trailing)."""
+    empty = np.zeros((0, *trailing), dtype=dtype)
+    return np.concatenate([empty, *(np.asarray(v, dtype=dtype).reshape(-1, *trailing) for v in values)])
+
+
+def _image_index(counts: Sequence[int]) -> np.ndarray:
+    """Each object's image index, from the number of objects of each image."""
+    return np.repeat(np.arange(len(counts), dtype=np.int64), np.asarray(counts, dtype=np.int64))
+
+
+def _box_annotations(preds: Sequence[Mapping[str, Any]], refs: Sequence[Mapping[str, Any]]
+                     ) -> tuple[Annotations, Annotations]:  # fmt: skip
+    """The ground truth and the detections of normalized inputs as COCOeval's columns (boxes (x, y, w, h) float64,
+    a detection's area its box's)."""
+    ground_truth = Annotations(
+        image=_image_index([len(r["labels"]) for r in refs]), category=_column([r["labels"] for r in refs], np.int64),
+        iscrowd=_column([r["iscrowd"] for r in refs], np.int64), area=_column([r["area"] for r in refs], np.float64),
+        boxes=_column([r["boxes"] for r in refs], np.float64, (4,)),
+    )  # fmt: skip
+    corners = _column([p["boxes"] for p in preds], np.float64, (4,))
+    size = corners[:, 2:] - corners[:, :2]
+    detections = Annotations(
+        image=_image_index([len(pred["labels"]) for pred in preds]),
+        category=_column([p["labels"] for p in preds], np.int64), iscrowd=np.zeros(len(corners), dtype=np.int64),
+        area=size[:, 0] * size[:, 1], score=_column([p["scores"] for p in preds], np.float64),
+        boxes=np.concatenate([corners[:, :2], size], axis=1),
+    )  # fmt: skip
+    return ground_truth, detections
 
 
 def _coco_from(images: list[dict], categories: list[int], annotations: list[dict]) -> COCO:
@@ -252,6 +305,7 @@ def coco_evaluate(
     per_class: bool = False,
     id2label: Mapping[int, str] | None = None,
     return_evaluation: bool = False,
+    backend: str = "pycocotools",
 ) -> dict[str, float] | CocoEvaluation:
     """COCO bbox evaluation of ``predictions[i]`` against ``references[i]`` (images are matched by position).
 
@@ -266,62 +320,92 @@ def coco_evaluate(
             list.
         return_evaluation: return a :class:`CocoEvaluation` (the metrics, the per-class table and COCOeval's
             precision array, all from this one run) instead of the metrics dict.
+        backend: "pycocotools" (``COCOeval`` itself) or "numpy" (the same numbers, bit for bit, several times
+            faster on large sets: :mod:`hf_detr.evaluation.coco_arrays`).
 
     Returns:
         ``{name: float}`` for :data:`COCO_STAT_NAMES` (and per-class keys); -1.0 where COCO cannot define a value.
     """
     if len(predictions) != len(references):
         raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references; need one per image.")
-    preds = [_normalize_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
-    refs = [_normalize_reference(r, f"references[{i}]") for i, r in enumerate(references)]
-    evaluation = _run_cocoeval(preds, refs, per_class, id2label)
+    preds = [_prediction_arrays(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
+    refs = [_reference_arrays(r, f"references[{i}]") for i, r in enumerate(references)]
+    evaluation = _evaluate_boxes(preds, refs, per_class, id2label, return_evaluation, backend)
     return evaluation if return_evaluation else evaluation.metrics
 
 
-def _run_cocoeval(
-    preds: list[dict[str, list]], refs: list[dict[str, list]], per_class: bool, id2label: Mapping[int, str] | None
-) -> CocoEvaluation:
-    """:func:`coco_evaluate` on inputs already passed through ``_normalize_prediction`` / ``_normalize_reference``."""
-    gt, dt = [], []
-    for image_id, (pred, ref) in enumerate(zip(preds, refs), start=1):
-        for box, label, crowd, area in zip(ref["boxes"], ref["labels"], ref["iscrowd"], ref["area"]):
-            gt.append({"image_id": image_id, "bbox": box, "category_id": label, "iscrowd": crowd, "area": area})
-        xywh = box_convert(torch.tensor(pred["boxes"], dtype=torch.float64).reshape(-1, 4), "xyxy", "xywh").tolist()
-        for box, label, score in zip(xywh, pred["labels"], pred["scores"]):
-            dt.append({"image_id": image_id, "bbox": box, "category_id": label,
-                       "score": score, "iscrowd": 0, "area": box[2] * box[3]})  # fmt: skip
-    evaluation = run_cocoeval(len(refs), gt, dt, "bbox", per_class, id2label)
-    return dataclasses.replace(evaluation, predictions=preds, references=refs)
+def _evaluate_boxes(
+    preds: Sequence[Mapping[str, Any]], refs: Sequence[Mapping[str, Any]], per_class: bool,
+    id2label: Mapping[int, str] | None, return_evaluation: bool = False, backend: str = "pycocotools",
+) -> CocoEvaluation:  # fmt: skip
+    """:func:`coco_evaluate` on inputs already passed through ``_prediction_arrays`` / ``_reference_arrays`` (or
+    their lists); with ``return_evaluation`` the evaluation carries them, as lists."""
+    ground_truth, detections = _box_annotations(preds, refs)
+    evaluation = run_cocoeval(len(refs), ground_truth, detections, "bbox", per_class, id2label, backend=backend)
+    if not return_evaluation:
+        return evaluation
+    return dataclasses.replace(evaluation, predictions=[_listed(p) for p in preds],
+                               references=[_listed(r) for r in refs])  # fmt: skip
+
+
+def _rows_by_category(annotations: Annotations, categories: Sequence[int]) -> list[np.ndarray]:
+    """The rows of each of ``categories`` (sorted, holding every category of ``annotations``), in input order."""
+    order = np.argsort(annotations.category, kind="stable")
+    bounds = np.searchsorted(annotations.category[order], [*categories, np.iinfo(np.int64).max])
+    return [order[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+
+
+def _pycocotools_arrays(
+    num_images: int, ground_truth: Annotations, detections: Annotations, categories: list[int], iou_type: str,
+    image_sizes: Sequence[tuple[int, int]] | None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """COCOeval's ``precision`` and ``recall`` arrays, from one COCOeval run per category: a category's numbers
+    depend on its own annotations only, and COCOeval keeps a dict per image, category and area range (2 GiB for all
+    of COCO val2017's categories at once), so one category's at a time bounds the memory at no cost in time."""
+    images = [{"id": i + 1} for i in range(num_images)]
+    for image, (height, width) in zip(images, image_sizes or ()):
+        image.update(height=height, width=width)
+    params = Params(iouType=iou_type)
+    shape = (len(params.iouThrs), len(params.recThrs), len(categories), len(params.areaRng), len(params.maxDets))
+    precision, recall = -np.ones(shape), -np.ones(shape[:1] + shape[2:])
+    truth, found = _rows_by_category(ground_truth, categories), _rows_by_category(detections, categories)
+    for k, category in enumerate(categories):
+        truth_k, found_k = ground_truth.records(truth[k]), detections.records(found[k])
+        coco_eval = COCOeval(_coco_from(images, [category], truth_k), _coco_from(images, [category], found_k), iou_type)
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+        precision[:, :, k], recall[:, k] = coco_eval.eval["precision"][:, :, 0], coco_eval.eval["recall"][:, 0]
+    return precision, recall
 
 
 def run_cocoeval(
     num_images: int,
-    ground_truth: list[dict[str, Any]],
-    detections: list[dict[str, Any]],
+    ground_truth: Annotations,
+    detections: Annotations,
     iou_type: str,
     per_class: bool = False,
     id2label: Mapping[int, str] | None = None,
     image_sizes: Sequence[tuple[int, int]] | None = None,
+    backend: str = "pycocotools",
 ) -> CocoEvaluation:
-    """One COCOeval run, the one path of box (``iou_type="bbox"``) and mask (``"segm"``) mAP.
+    """One COCO evaluation, the one path of box (``iou_type="bbox"``) and mask (``"segm"``) mAP.
 
-    ``ground_truth``: annotations ``{"image_id" (1..num_images), "category_id", "iscrowd", "area", "bbox" (x, y, w, h)
-    | "segmentation" (RLE)}``; ``detections`` the same with ``"score"``; annotation ids are assigned here.
-    ``image_sizes``: each image's (height, width), which COCOeval reads for masks. Returns the
-    :data:`COCO_STAT_NAMES` metrics (and per-class keys with ``per_class``), the per-class table and the precision
-    array; ``predictions`` / ``references`` are left to the caller.
+    ``ground_truth`` and ``detections``: :class:`Annotations` of images ``0 .. num_images - 1`` (boxes for "bbox",
+    RLEs for "segm"; detections with scores). ``image_sizes``: each image's (height, width), which COCOeval reads for
+    masks. ``backend``: "pycocotools" (``COCOeval``, one category at a time) or "numpy"
+    (:func:`hf_detr.evaluation.coco_arrays.evaluate_arrays`, the same arrays); ``COCOeval.summarize`` gives the
+    numbers of both. Returns the :data:`COCO_STAT_NAMES` metrics (and per-class keys with ``per_class``), the
+    per-class table and the precision array; ``predictions`` / ``references`` are left to the caller.
     """
-    # Ids start at 1: COCOeval stores matched ground-truth ids in an array where 0 means "unmatched".
-    images = [{"id": i + 1} for i in range(num_images)]
-    for image, (height, width) in zip(images, image_sizes or ()):
-        image.update(height=height, width=width)
-    gt = [{**annotation, "id": i} for i, annotation in enumerate(ground_truth, start=1)]
-    dt = [{**annotation, "id": i} for i, annotation in enumerate(detections, start=1)]
-    categories = sorted({a["category_id"] for a in gt + dt} | {int(k) for k in (id2label or {})})
+    if backend not in COCO_BACKENDS:
+        raise ValueError(f"backend must be one of {COCO_BACKENDS}, got {backend!r}")
+    categories = sorted(set(ground_truth.category.tolist()) | set(detections.category.tolist())
+                        | {int(k) for k in (id2label or {})})  # fmt: skip
     label_name = {int(k): str(v) for k, v in (id2label or {}).items()}
     class_names = _class_names(categories, label_name)
-    counts = collections.Counter(a["category_id"] for a in gt if not a["iscrowd"])
-    objects = [counts[c] for c in categories]
+    counted, counts = np.unique(ground_truth.category[ground_truth.iscrowd == 0], return_counts=True)
+    objects = [dict(zip(counted.tolist(), counts.tolist())).get(c, 0) for c in categories]
 
     def with_per_class_keys(metrics: dict[str, float], rows: dict[str, dict[str, float]]) -> dict[str, float]:
         if per_class:
@@ -329,24 +413,29 @@ def run_cocoeval(
                             for stat in PER_CLASS_STATS})  # fmt: skip
         return metrics
 
-    if not images:
+    if not num_images:
         logger.warning("COCO evaluation got no images; every metric is -1.")
         rows = {name: {**dict.fromkeys(PER_CLASS_STATS, -1.0), "objects": 0} for name in class_names}
         return CocoEvaluation(with_per_class_keys(dict.fromkeys(COCO_STAT_NAMES, -1.0), rows), rows,
                               class_names=class_names, category_ids=categories)  # fmt: skip
 
-    coco_eval = COCOeval(_coco_from(images, categories, gt), _coco_from(images, categories, dt), iouType=iou_type)
+    if backend == "numpy":
+        precision, recall = evaluate_arrays(ground_truth, detections, categories, iou_type)
+    else:
+        precision, recall = _pycocotools_arrays(num_images, ground_truth, detections, categories, iou_type,
+                                                image_sizes)  # fmt: skip
+    # summarize() reads only the parameters and these two arrays
+    coco_eval = COCOeval(iouType=iou_type)
+    coco_eval.params.imgIds, coco_eval.params.catIds = list(range(1, num_images + 1)), categories
+    coco_eval.eval = {"precision": precision, "recall": recall}
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        coco_eval.evaluate()
-        coco_eval.accumulate()
         coco_eval.summarize()
     logger.debug("pycocotools output:\n%s", printed.getvalue())
     metrics = {name: float(value) for name, value in zip(COCO_STAT_NAMES, coco_eval.stats)}
-    assert list(coco_eval.params.catIds) == categories  # the K axis of the arrays is `categories`
     rows = per_class_rows(coco_eval, class_names, objects)
     return CocoEvaluation(
-        metrics=with_per_class_keys(metrics, rows), per_class=rows, precision=coco_eval.eval["precision"],
+        metrics=with_per_class_keys(metrics, rows), per_class=rows, precision=precision,
         iou_thresholds=np.asarray(coco_eval.params.iouThrs), recall_thresholds=np.asarray(coco_eval.params.recThrs),
         class_names=class_names, category_ids=categories,
     )  # fmt: skip
@@ -361,7 +450,8 @@ class CocoMetric(evaluate.Metric):
 
     normalize_prediction: ClassVar[Callable[[Mapping, str], dict]]
     normalize_reference: ClassVar[Callable[[Mapping, str], dict]]
-    run: ClassVar[Callable[..., CocoEvaluation]]  # (predictions, references, per_class, id2label)
+    # (predictions, references, per_class, id2label, return_evaluation, backend)
+    run: ClassVar[Callable[..., CocoEvaluation]]
     # what `_info` describes: one line, the function whose docstring gives the inputs, the stored location fields
     description: ClassVar[str]
     inputs: ClassVar[Callable[..., Any]]
@@ -386,17 +476,19 @@ class CocoMetric(evaluate.Metric):
         """Validate and store a batch: a list of per-image predictions and a list of per-image references.
         (``evaluate`` appends the input description to this docstring.)"""
         if predictions is not None:
-            predictions = [type(self).normalize_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
+            predictions = [_listed(type(self).normalize_prediction(p, f"predictions[{i}]"))
+                           for i, p in enumerate(predictions)]  # fmt: skip
         if references is not None:
-            references = [type(self).normalize_reference(r, f"references[{i}]") for i, r in enumerate(references)]
+            references = [_listed(type(self).normalize_reference(r, f"references[{i}]"))
+                          for i, r in enumerate(references)]  # fmt: skip
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def add(self, *, prediction: Mapping | None = None, reference: Mapping | None = None, **kwargs: Any) -> None:
         """Validate and store one image's prediction and reference."""
         if prediction is not None:
-            prediction = type(self).normalize_prediction(prediction, "prediction")
+            prediction = _listed(type(self).normalize_prediction(prediction, "prediction"))
         if reference is not None:
-            reference = type(self).normalize_reference(reference, "reference")
+            reference = _listed(type(self).normalize_reference(reference, "reference"))
         super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(
@@ -406,8 +498,9 @@ class CocoMetric(evaluate.Metric):
         per_class: bool = False,
         id2label: Mapping[int, str] | None = None,
         return_evaluation: bool = False,
+        backend: str = "pycocotools",
     ) -> dict[str, float] | CocoEvaluation:
-        evaluation = type(self).run(predictions, references, per_class, id2label)
+        evaluation = type(self).run(predictions, references, per_class, id2label, return_evaluation, backend)
         return evaluation if return_evaluation else evaluation.metrics
 
 
@@ -415,9 +508,9 @@ class CocoDetectionMetric(CocoMetric):
     """COCO bbox mAP as an ``evaluate.Metric`` (constructed directly: no Hub download).
 
     ``add_batch(predictions=[...], references=[...])`` / ``add(prediction=..., reference=...)`` take the formats of
-    :func:`coco_evaluate`; ``compute(per_class=False, id2label=None)`` returns its dict. Inputs are validated and
-    normalised as they arrive, so errors name the offending image, and extra reference keys (``image_id``,
-    ``orig_size``, ...) are accepted and ignored. ``compute(..., return_evaluation=True)`` returns the
+    :func:`coco_evaluate`; ``compute(per_class=False, id2label=None, backend="pycocotools")`` returns its dict.
+    Inputs are validated and normalised as they arrive, so errors name the offending image, and extra reference keys
+    (``image_id``, ``orig_size``, ...) are accepted and ignored. ``compute(..., return_evaluation=True)`` returns the
     :class:`CocoEvaluation` instead of the dict.
 
     Example::
@@ -427,9 +520,9 @@ class CocoDetectionMetric(CocoMetric):
         metric.compute(per_class=True, id2label=model.config.id2label)["map"]
     """
 
-    normalize_prediction = staticmethod(_normalize_prediction)
-    normalize_reference = staticmethod(_normalize_reference)
-    run = staticmethod(_run_cocoeval)
+    normalize_prediction = staticmethod(_prediction_arrays)
+    normalize_reference = staticmethod(_reference_arrays)
+    run = staticmethod(_evaluate_boxes)
     description = "COCO box mAP/mAR computed with pycocotools COCOeval."
     inputs = staticmethod(coco_evaluate)
     prediction_fields = {"boxes": _BOXES}
@@ -481,9 +574,8 @@ def _height_width(label: Mapping[str, Any], key: str, where: str) -> tuple[float
     return height, width
 
 
-def _reference_from_label(label: Mapping[str, Any], where: str) -> tuple[dict[str, Any], tuple[float, float]]:
-    """A processor label dict (normalised cx, cy, w, h boxes) as a reference in the original image's pixel frame,
-    and that frame's (h, w)."""
+def _reference_from_label(label: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A processor label dict (normalised cx, cy, w, h boxes) as a reference in the original image's pixel frame."""
     missing = [key for key in ("boxes", "class_labels", "orig_size") if key not in label]
     if missing:
         raise ValueError(f"{where} is missing {missing}; expected the image processor's label dict.")
@@ -498,7 +590,27 @@ def _reference_from_label(label: Mapping[str, Any], where: str) -> tuple[dict[st
         size_h, size_w = _height_width(label, "size", where)
         area = _as_tensor(label["area"], where, "area", torch.float64)
         reference["area"] = area * (orig_h * orig_w) / (size_h * size_w)
-    return reference, (orig_h, orig_w)
+    return reference
+
+
+def detections_in_original_frame(
+    image_processor: Any, logits: Any, pred_boxes: Any, labels: Sequence[Mapping[str, Any]], threshold: float,
+    where: str = "labels",
+) -> list[dict[str, np.ndarray]]:  # fmt: skip
+    """A batch's detections (``image_processor.post_process_object_detection`` of ``logits`` (B, Q, C + 1) and
+    ``pred_boxes`` (B, Q, 4) at ``threshold``), each image's in the original pixel frame of its processor label dict
+    (``orig_size``), as numpy arrays: the compact form an evaluation keeps of each image until it scores them all."""
+    sizes = [_height_width(label, "orig_size", f"{where}[{i}]") for i, label in enumerate(labels)]
+    outputs = PostProcessInputs(logits=torch.as_tensor(logits), pred_boxes=torch.as_tensor(pred_boxes))
+    found = image_processor.post_process_object_detection(outputs, threshold, target_sizes=torch.tensor(sizes))
+    return [{key: value.cpu().numpy() for key, value in image.items()} for image in found]
+
+
+def _are_detections(batch_predictions: Any) -> bool:
+    """Whether a batch of ``EvalPrediction.predictions`` is already post-processed: one detection dict per image."""
+    return isinstance(batch_predictions, list) and all(
+        isinstance(image, Mapping) and "scores" in image for image in batch_predictions
+    )
 
 
 def make_compute_metrics(
@@ -507,6 +619,7 @@ def make_compute_metrics(
     threshold: float = 0.0,
     per_class: bool = False,
     return_evaluation: bool = False,
+    backend: str = "pycocotools",
 ) -> Callable[[EvalPrediction], dict[str, float]]:
     """``compute_metrics`` for ``Trainer(..., args=TrainingArguments(eval_do_concat_batches=False, ...))``.
 
@@ -515,17 +628,22 @@ def make_compute_metrics(
     dicts (``boxes`` (M, 4) normalised cx, cy, w, h, ``class_labels``, ``orig_size`` (h, w), ``size``, ``area``,
     ``iscrowd``). Detections go to each image's original pixel frame through
     ``image_processor.post_process_object_detection(outputs, threshold, target_sizes=orig_sizes)``; the labels are
-    scaled to the same frame. Returns :func:`coco_evaluate`'s dict rounded to 4 decimals (with
-    ``return_evaluation=True``, for callers other than ``Trainer``: the rounded :class:`CocoEvaluation` of the same
-    run, e.g. for the per-class table and precision-recall curves). For COCO's numbers the eval
-    labels must keep crowd regions (``HfDetrImageProcessor(keep_crowd=True)``): detections on them are then ignored
-    rather than counted as false positives.
+    scaled to the same frame. A batch of predictions may also be a list of such detections already, one
+    ``{"scores", "labels", "boxes"}`` dict per image (:func:`detections_in_original_frame`, what
+    ``hf_detr.evaluation.evaluate`` keeps): they are scored as they are. Each batch is reduced to compact arrays at
+    once, so only the model outputs of the batch at hand are ever expanded. Returns :func:`coco_evaluate`'s dict
+    (with ``backend``) rounded to 4 decimals (with ``return_evaluation=True``, for callers other than ``Trainer``:
+    the rounded :class:`CocoEvaluation` of the same run, e.g. for the per-class table and precision-recall curves).
+    For COCO's numbers the eval labels must keep crowd regions (``HfDetrImageProcessor(keep_crowd=True)``):
+    detections on them are then ignored rather than counted as false positives.
 
     A batch of ``label_ids`` may also be the ``[batch, 1 + M, 7]`` array of :func:`pack_labels`, which is what
     :class:`hf_detr.training.DetrTrainer` hands over: with a list of dicts, accelerate's ``gather_for_metrics``
     (transformers 5.x) cuts *every tensor inside* the last uneven batch's dicts to the batch's remainder, silently
     dropping ground-truth objects (a cut ``orig_size`` raises here; the lost boxes cannot be detected).
     """
+    if backend not in COCO_BACKENDS:
+        raise ValueError(f"backend must be one of {COCO_BACKENDS}, got {backend!r}")
 
     def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         predictions, labels = eval_pred.predictions, eval_pred.label_ids
@@ -534,24 +652,22 @@ def make_compute_metrics(
                 "compute_metrics needs per-batch predictions and labels: set "
                 "TrainingArguments(eval_do_concat_batches=False)."
             )
-        metric = CocoDetectionMetric(keep_in_memory=True)
+        preds, refs = [], []
         for batch_index, (batch_predictions, batch_labels) in enumerate(zip(predictions, labels)):
             if isinstance(batch_labels, (np.ndarray, torch.Tensor)):
                 batch_labels = unpack_labels(np.asarray(batch_labels))
-            logits, boxes = _logits_and_boxes(batch_predictions, batch_index)
-            if len(batch_labels) != len(logits):
-                raise ValueError(
-                    f"Batch {batch_index}: {len(logits)} predictions but {len(batch_labels)} label dicts."
-                )
-            references, orig_sizes = zip(
-                *(_reference_from_label(label, f"label_ids[{batch_index}][{i}]") for i, label in enumerate(batch_labels))
+            where = f"label_ids[{batch_index}]"
+            outputs = None if _are_detections(batch_predictions) else _logits_and_boxes(batch_predictions, batch_index)
+            count = len(batch_predictions) if outputs is None else len(outputs[0])
+            if len(batch_labels) != count:
+                raise ValueError(f"Batch {batch_index}: {count} predictions but {len(batch_labels)} label dicts.")
+            references = [_reference_from_label(label, f"{where}[{i}]") for i, label in enumerate(batch_labels)]
+            detections = batch_predictions if outputs is None else detections_in_original_frame(
+                image_processor, *outputs, batch_labels, threshold, where
             )
-            outputs = PostProcessInputs(logits=torch.as_tensor(logits), pred_boxes=torch.as_tensor(boxes))
-            detections = image_processor.post_process_object_detection(
-                outputs, threshold=threshold, target_sizes=torch.tensor(orig_sizes)
-            )
-            metric.add_batch(predictions=detections, references=references)
-        evaluation = metric.compute(per_class=per_class, id2label=id2label, return_evaluation=True).rounded(4)
+            preds += [_prediction_arrays(d, f"predictions[{batch_index}][{i}]") for i, d in enumerate(detections)]
+            refs += [_reference_arrays(r, f"{where}[{i}]") for i, r in enumerate(references)]
+        evaluation = _evaluate_boxes(preds, refs, per_class, id2label, return_evaluation, backend).rounded(4)
         return evaluation if return_evaluation else evaluation.metrics
 
     return compute_metrics

@@ -49,7 +49,18 @@ import torch
 from pycocotools import mask as mask_utils
 
 from ..data.masks import encode_rles
-from .metrics import COCO_STAT_NAMES, CocoEvaluation, CocoMetric, _as_tensor, _check_lengths, _class_names, run_cocoeval
+from .coco_arrays import Annotations
+from .metrics import (
+    COCO_STAT_NAMES,
+    CocoEvaluation,
+    CocoMetric,
+    _as_tensor,
+    _check_lengths,
+    _class_names,
+    _column,
+    _image_index,
+    run_cocoeval,
+)
 
 __all__ = [
     "PQ_PER_CLASS_STATS",
@@ -117,25 +128,26 @@ def _rles(masks: Any, where: str) -> list[dict[str, Any]]:
     return rles
 
 
-def _normalize_mask_prediction(prediction: Mapping[str, Any], where: str) -> dict[str, list]:
-    """One image's detections: ``scores`` (N,), ``labels`` (N,), ``masks`` (N, H, W) binary or N RLEs."""
+def _normalize_mask_prediction(prediction: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One image's detections: ``scores`` (N,) float64, ``labels`` (N,) int64, ``masks`` N RLEs (from (N, H, W)
+    binary masks or N RLEs)."""
     if not isinstance(prediction, Mapping):
         raise TypeError(f"{where} must be a dict with `scores`, `labels`, `masks`, got {type(prediction).__name__}.")
     missing = [key for key in ("scores", "labels", "masks") if key not in prediction]
     if missing:
         raise ValueError(f"{where} is missing {missing}; expected `scores`, `labels`, `masks` (N, H, W) binary.")
     fields = {
-        "scores": _as_tensor(prediction["scores"], where, "scores", torch.float64).tolist(),
-        "labels": _as_tensor(prediction["labels"], where, "labels", torch.int64).tolist(),
+        "scores": _as_tensor(prediction["scores"], where, "scores", torch.float64).numpy(),
+        "labels": _as_tensor(prediction["labels"], where, "labels", torch.int64).numpy(),
         "masks": _rles(prediction["masks"], where),
     }
     _check_lengths(where, fields)
     return fields
 
 
-def _normalize_mask_reference(reference: Mapping[str, Any], where: str) -> dict[str, list]:
-    """One image's ground truth: ``masks`` (M, H, W) binary or M RLEs, ``labels`` or ``class_labels`` (M,), optional
-    ``iscrowd`` (M,) (default 0). Other keys are ignored."""
+def _normalize_mask_reference(reference: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One image's ground truth: ``masks`` (M, H, W) binary or M RLEs (as RLEs), ``labels`` or ``class_labels``
+    (M,), optional ``iscrowd`` (M,) (default 0), as int64 arrays. Other keys are ignored."""
     if not isinstance(reference, Mapping):
         raise TypeError(f"{where} must be a dict with `masks` and `labels`, got {type(reference).__name__}.")
     label_key = "labels" if "labels" in reference else "class_labels"
@@ -145,33 +157,45 @@ def _normalize_mask_reference(reference: Mapping[str, Any], where: str) -> dict[
     crowd = reference.get("iscrowd", np.zeros(len(masks), dtype=np.int64))
     fields = {
         "masks": masks,
-        "labels": _as_tensor(reference[label_key], where, label_key, torch.int64).tolist(),
-        "iscrowd": _as_tensor(crowd, where, "iscrowd", torch.int64).tolist(),
+        "labels": _as_tensor(reference[label_key], where, label_key, torch.int64).numpy(),
+        "iscrowd": _as_tensor(crowd, where, "iscrowd", torch.int64).numpy(),
     }
     _check_lengths(where, fields)
     return fields
 
 
+def _areas(rles: list[dict[str, Any]]) -> np.ndarray:
+    """The pixel count of each RLE, float64 (one pycocotools call for all)."""
+    return mask_utils.area(rles).astype(np.float64) if rles else np.zeros(0)
+
+
 def _run_segm_cocoeval(
-    preds: list[dict[str, list]], refs: list[dict[str, list]], per_class: bool, id2label: Mapping[int, str] | None
-) -> CocoEvaluation:
-    """Mask mAP on normalized inputs: the box metric's COCOeval run with ``iouType="segm"``, keys prefixed."""
-    gt, dt, image_sizes = [], [], []
-    for image_id, (pred, ref) in enumerate(zip(preds, refs), start=1):
-        sizes = {tuple(rle["size"]) for rle in pred["masks"] + ref["masks"]}
+    preds: Sequence[Mapping[str, Any]], refs: Sequence[Mapping[str, Any]], per_class: bool,
+    id2label: Mapping[int, str] | None, return_evaluation: bool = False, backend: str = "pycocotools",
+) -> CocoEvaluation:  # fmt: skip
+    """Mask mAP on normalized inputs: the box metric's COCOeval run with ``iouType="segm"``, keys prefixed (the
+    evaluation carries no inputs, whatever ``return_evaluation``: diagnostics read boxes)."""
+    image_sizes = []
+    for image, (pred, ref) in enumerate(zip(preds, refs)):
+        sizes = {tuple(rle["size"]) for rle in [*pred["masks"], *ref["masks"]]}
         if len(sizes) > 1:
             raise ValueError(
-                f"image {image_id - 1}: masks of different sizes {sorted(sizes)}; predictions and references must be "
+                f"image {image}: masks of different sizes {sorted(sizes)}; predictions and references must be "
                 "in the same (H, W) frame (post-process the predictions to the references' size)."
             )
         image_sizes.append(sizes.pop() if sizes else (0, 0))  # (0, 0): no masks, nothing reads the size
-        for rle, label, crowd in zip(ref["masks"], ref["labels"], ref["iscrowd"]):
-            gt.append({"image_id": image_id, "segmentation": rle, "category_id": label, "iscrowd": crowd,
-                       "area": float(mask_utils.area(rle))})  # fmt: skip
-        for rle, label, score in zip(pred["masks"], pred["labels"], pred["scores"]):
-            dt.append({"image_id": image_id, "segmentation": rle, "category_id": label, "score": score,
-                       "iscrowd": 0, "area": float(mask_utils.area(rle))})  # fmt: skip
-    evaluation = run_cocoeval(len(refs), gt, dt, "segm", per_class, id2label, image_sizes)
+    truth = [rle for ref in refs for rle in ref["masks"]]
+    found = [rle for pred in preds for rle in pred["masks"]]
+    ground_truth = Annotations(
+        image=_image_index([len(r["masks"]) for r in refs]), category=_column([r["labels"] for r in refs], np.int64),
+        iscrowd=_column([r["iscrowd"] for r in refs], np.int64), area=_areas(truth), masks=truth,
+    )  # fmt: skip
+    detections = Annotations(
+        image=_image_index([len(pred["masks"]) for pred in preds]),
+        category=_column([p["labels"] for p in preds], np.int64), iscrowd=np.zeros(len(found), dtype=np.int64),
+        area=_areas(found), score=_column([p["scores"] for p in preds], np.float64), masks=found,
+    )  # fmt: skip
+    evaluation = run_cocoeval(len(refs), ground_truth, detections, "segm", per_class, id2label, image_sizes, backend)
     return dataclasses.replace(evaluation, metrics={SEGM_PREFIX + k: v for k, v in evaluation.metrics.items()})
 
 
@@ -181,6 +205,7 @@ def coco_segmentation_evaluate(
     per_class: bool = False,
     id2label: Mapping[int, str] | None = None,
     return_evaluation: bool = False,
+    backend: str = "pycocotools",
 ) -> dict[str, float] | CocoEvaluation:
     """COCO mask evaluation of ``predictions[i]`` against ``references[i]`` (images are matched by position).
 
@@ -192,6 +217,7 @@ def coco_segmentation_evaluate(
         id2label: names for the per-class results (the integer label otherwise); its ids join the category list.
         return_evaluation: return the :class:`CocoEvaluation` of the run (prefixed metrics; the per-class table and
             precision array as for boxes; ``predictions`` / ``references`` empty: diagnostics read boxes).
+        backend: "pycocotools" or "numpy", as for :func:`hf_detr.evaluation.metrics.coco_evaluate`.
 
     Returns:
         ``{name: float}`` for :data:`SEGM_STAT_NAMES` (and per-class keys); -1.0 where COCO cannot define a value.
@@ -200,7 +226,7 @@ def coco_segmentation_evaluate(
         raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references; need one per image.")
     preds = [_normalize_mask_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
     refs = [_normalize_mask_reference(r, f"references[{i}]") for i, r in enumerate(references)]
-    evaluation = _run_segm_cocoeval(preds, refs, per_class, id2label)
+    evaluation = _run_segm_cocoeval(preds, refs, per_class, id2label, backend=backend)
     return evaluation if return_evaluation else evaluation.metrics
 
 
