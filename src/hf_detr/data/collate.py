@@ -2,8 +2,10 @@
 
 :class:`DetectionDataset` applies a box-aware transform of :mod:`.transforms` to a map-style ``datasets.Dataset``
 reproducibly (the randomness of example ``i`` in epoch ``e`` depends only on ``(seed, e, i)``, so a run resumed in the
-middle of an epoch sees the same augmented images as an uninterrupted one) to the image made upright RGB
-(:func:`upright_rgb`), and records each image's original size.
+middle of an epoch sees the same augmented images as an uninterrupted one, whatever the number of DataLoader workers)
+to the image made upright RGB (:func:`upright_rgb`), and records each image's original size; a streamed split
+(``datasets.IterableDataset``) goes through the same per-example work (:meth:`DetectionDataset.prepare`, with each
+example's row index in the source) in :mod:`.streaming`.
 :class:`DetectionCollator` pads a list of such examples through :class:`HfDetrImageProcessor`::
 
     train = DetectionDataset(dataset["train"], make_train_transform(), seed=0)
@@ -31,7 +33,6 @@ from .transforms import to_coco_annotations, transform_example
 __all__ = ["DetectionCollator", "DetectionDataset", "derived_seed", "upright_rgb"]
 
 
-
 def derived_seed(*keys: int) -> int:
     """A seed determined by `keys` alone (e.g. seed, epoch, index), well spread even for neighbouring keys."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
@@ -47,10 +48,14 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     The transform draws from ``torch``'s global generator; it runs under a generator seeded from ``(seed, epoch,
     index)`` and restored afterwards, so augmentation neither depends on nor disturbs the training's random state.
-    Call :meth:`set_epoch` at the start of every epoch to get new augmentations. An example's masks
-    (``objects.segmentation``) are decoded for the transform and encoded again after it (see
-    :func:`.transforms.transform_example`). ``label_map[c]`` replaces each category ``c`` (e.g. the model's label of
-    each data set label, see :func:`.evaluation.evaluate.model_labels`).
+    ``dataset[index]`` augments as in the epoch of the last :meth:`set_epoch`; ``dataset[epoch, index]`` as in
+    ``epoch``, which is what a sampler hands persistent DataLoader workers (their copies of the data set do not see
+    ``set_epoch``). An example's masks (``objects.segmentation``) are decoded for the transform and encoded again
+    after it (see :func:`.transforms.transform_example`). ``label_map[c]`` replaces each category ``c`` (e.g. the
+    model's label of each data set label, see :func:`.evaluation.evaluate.model_labels`).
+
+    ``dataset`` may also be a streamed split (``datasets.IterableDataset``): it has no items by index, and
+    :mod:`.streaming` reads it and hands each example to :meth:`prepare`.
     """
 
     def __init__(
@@ -60,10 +65,11 @@ class DetectionDataset(torch.utils.data.Dataset):
         seed: int = 0,
         label_map: Sequence[int] | None = None,
     ) -> None:
-        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        streamed = isinstance(dataset, torch.utils.data.IterableDataset)
+        if not streamed and not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
             raise TypeError(
-                f"DetectionDataset needs a map-style dataset (datasets.Dataset), got {type(dataset).__name__}; "
-                "stream an IterableDataset through dataset.map(functools.partial(transform_example, transform=...))."
+                f"DetectionDataset needs a datasets.Dataset (or a streamed datasets.IterableDataset), got "
+                f"{type(dataset).__name__}."
             )
         self.dataset = dataset
         self.transform = transform
@@ -77,8 +83,14 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        example = dict(self.dataset[index])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        return self.prepare(self.dataset[index], index, epoch)
+
+    def prepare(self, example: Mapping[str, Any], index: int, epoch: int) -> dict[str, Any]:
+        """The item of `example`, row `index` of the data set, in `epoch`: upright RGB, relabelled, augmented with
+        the randomness of `(seed, epoch, index)`, with its `orig_size`."""
+        example = dict(example)
         image = example.get("image")
         if not hasattr(image, "size") or not hasattr(image, "mode"):
             raise TypeError(
@@ -92,7 +104,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             example["objects"] = {**objects, "category": [self.label_map[c] for c in objects["category"]]}
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derived_seed(self.seed, self.epoch, index))
+                torch.manual_seed(derived_seed(self.seed, epoch, index))
                 example = transform_example(example, self.transform)
         example["orig_size"] = orig_size
         return example

@@ -1,5 +1,7 @@
 """Resumable training states: `checkpoints/step_<n>` folders of accelerate's `save_state` (with the weight average of
-`--ema_decay`, registered for checkpointing) plus the loop's position and early-stopping record."""
+`--ema_decay`, registered for checkpointing) plus the loop's position and early-stopping record. The position (epoch,
+batches into it) is all an epoch needs to continue exactly, map-style or streamed: both orders are functions of the
+seed and the epoch, and the processes always stand at the same batch."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ class Progress:
 
     global_step: int = 0
     epoch: int = 0
-    batches_in_epoch: int = 0  # batches of `epoch` already trained on
+    batches_in_epoch: int = 0  # batches of `epoch` already trained on (on a streamed share that ended early: stand-ins)
     elapsed: float = 0.0  # seconds of training before this session
     log_history: list = field(default_factory=list)
     # early stopping: the best value of metric_for_best_model so far, its step, and the evaluations since it

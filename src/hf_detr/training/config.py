@@ -84,6 +84,24 @@ class TrainConfig:
             "for a short training from scratch, see docs/RECIPE.md), or none"
         },
     )
+    shuffle: bool = field(
+        default=True,
+        metadata={"help": "shuffle the training images every epoch (streamed: within the shuffle buffer); "
+                  "--no-shuffle keeps the data set's order"},  # fmt: skip
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "train from a stream of train_split (a datasets.IterableDataset: nothing is loaded or copied "
+            "first), cut into batches shared among the processes, shuffled with a buffer, resumable mid-epoch; the "
+            "eval split is loaded in full. Bound the run with max_steps or time_budget (num_train_epochs needs the "
+            "number of images, which only some streams record)"
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata={"help": "--streaming: how many examples the shuffle mixes (kept in memory, images undecoded)"},
+    )
     # how long
     num_train_epochs: int | None = None
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides num_train_epochs"})
@@ -122,7 +140,14 @@ class TrainConfig:
     )
     seed: int = 42
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even if a GPU is available"})
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "processes decoding and augmenting the training images, per training process (default: min(8, "
+            "CPUs / processes on the machine) on a GPU, 0 on the CPU, see training.setup.dataloader_workers); "
+            "results do not depend on it"
+        },
+    )
     # logging and checkpoints
     logging_steps: int = 10
     eval_steps: int | None = field(
@@ -174,7 +199,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {fix}")
 
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "logging_steps", "synthetic_train_size", "synthetic_image_size"):  # fmt: skip
+                     "logging_steps", "synthetic_train_size", "synthetic_image_size",
+                     "shuffle_buffer_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 fail(name, "it must be at least 1")
         for name in ("num_train_epochs", "max_steps", "eval_steps", "image_size", "max_size", "save_total_limit",
@@ -182,9 +208,11 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 fail(name, "it must be at least 1 (or left unset)")
         for name in ("learning_rate", "backbone_learning_rate", "weight_decay", "max_grad_norm", "warmup_steps",
-                     "save_steps", "synthetic_eval_size", "dataloader_num_workers"):  # fmt: skip
+                     "save_steps", "synthetic_eval_size"):  # fmt: skip
             if getattr(self, name) < 0:
                 fail(name, "it must be non-negative")
+        if self.dataloader_num_workers is not None and self.dataloader_num_workers < 0:
+            fail("dataloader_num_workers", "it must be non-negative (or left unset: chosen from the machine)")
         if self.time_budget is not None and self.time_budget <= 0:
             fail("time_budget", "give a positive number of seconds")
         if self.augment not in typing.get_args(Augment):

@@ -13,6 +13,16 @@ stay float32), logs the losses, evaluates COCO mAP over every image exactly once
 saves resumable states (`checkpoints`) and finally the model and image processor folder that
 `pipeline("object-detection")` loads.
 
+Data: a map-style split through a DataLoader that accelerate shares among the processes, or with `streaming` a
+streamed split (`hf_detr.data.streaming.StreamedBatches`: each process reads the stream and takes every n-th batch;
+the evaluation split is still loaded in full). Either way the training images are prepared by
+`dataloader_num_workers` worker processes (`setup.dataloader_workers`), each keyed by (epoch, index) so that the
+augmentation, and the run, do not depend on their number. Batches are taken in accumulation groups of the same size
+on every process; a streamed epoch ends on all processes together, and a process whose share ended one batch early
+steps on a stand-in batch with weight 0, so each image is trained on once per epoch and no process waits forever. A
+resumed run skips the batches of the epoch already trained on (a stream: before decoding them) and repeats the
+uninterrupted run.
+
 Options for fine-tuning: `ema_decay` keeps an exponential moving average of the weights (`torch.optim.swa_utils.
 AveragedModel` of the unwrapped model, updated after every optimizer step; its BatchNorm statistics are the live
 model's, copied in whenever it is used) which every evaluation scores and which is saved as the model;
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -39,14 +50,15 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import is_tensorboard_available, set_seed
+from accelerate.utils import is_tensorboard_available, send_to_device, set_seed
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ..data.collate import DetectionCollator, DetectionDataset, derived_seed
+from ..data.collate import derived_seed
 from ..data.loading import id2label as dataset_id2label
 from ..data.sources import load_data
+from ..data.streaming import StreamedBatches, known_size
 from ..evaluation.evaluate import evaluate, evaluation_loader
 from ..evaluation.metrics import COCO_STAT_NAMES, PER_CLASS_STATS, per_class_key
 from ..hub.cards import model_card, push_to_hub, save_model_folder
@@ -54,7 +66,8 @@ from ..modeling import HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrIm
 from ..modeling.matcher import NonFiniteOutputError
 from .checkpoints import STATE_FILE, Progress, check_ema_state, resume_point, save_checkpoint
 from .config import TrainConfig
-from .setup import build_model, parameter_groups, set_labels, training_data, with_image_size
+from .setup import (build_model, dataloader_workers, loader_options, parameter_groups, set_labels, training_data,
+                    with_image_size)  # fmt: skip
 
 __all__ = ["TrainResult", "TrainingDivergedError", "lr_factor", "train"]
 
@@ -79,9 +92,11 @@ class TrainingDivergedError(ValueError):
     """The loss or the model outputs became NaN or infinite."""
 
 
-class _EpochSampler(torch.utils.data.Sampler[int]):
+class _EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
     """A permutation of `range(size)` that depends only on `(seed, epoch)`, identical on every process (accelerate
-    then gives each process its share) and reproducible after a resume."""
+    then gives each process its share) and reproducible after a resume. Each index comes with its epoch, the key of
+    `DetectionDataset[epoch, index]`: persistent workers hold their own copies of the data set, which `set_epoch` in
+    this process does not reach."""
 
     def __init__(self, size: int, seed: int, shuffle: bool) -> None:
         self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
@@ -92,25 +107,13 @@ class _EpochSampler(torch.utils.data.Sampler[int]):
     def __len__(self) -> int:
         return self.size
 
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.size))
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-
-def _loader(dataset: DetectionDataset, batch_size: int, collator: DetectionCollator, config: TrainConfig,
-            shuffle: bool) -> torch.utils.data.DataLoader:  # fmt: skip
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=_EpochSampler(len(dataset), config.seed, shuffle),
-        collate_fn=collator,
-        num_workers=config.dataloader_num_workers,
-        # its own generator: creating an iterator then draws worker seeds from it, not from the global RNG whose
-        # state the checkpoints restore
-        generator=torch.Generator().manual_seed(config.seed),
-    )
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = range(self.size)
+        return ((self.epoch, index) for index in order)
 
 
 # ------------------------------------------------------------------------------------------------- schedule
@@ -154,15 +157,23 @@ class _Loop:
     """The state of one training session and the steps of the loop; `train` sets it up and runs it."""
 
     def __init__(self, config: TrainConfig, accelerator: Accelerator, model: nn.Module, optimizer: Any,
-                 image_processor: HfDetrImageProcessor, train_set: DetectionDataset, train_loader: Any,
+                 image_processor: HfDetrImageProcessor, train_loader: Any, num_images: int | None,
                  eval_loader: Any, progress: Progress, ema: AveragedModel | None) -> None:  # fmt: skip
         self.config, self.accelerator, self.model, self.optimizer = config, accelerator, model, optimizer
         self.ema, self.live = ema, accelerator.unwrap_model(model)
         self.image_processor, self.progress = image_processor, progress
-        self.train_set, self.train_loader, self.eval_loader = train_set, train_loader, eval_loader
-        self.batches_per_epoch = len(train_loader)
-        steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)
-        epochs_steps = steps_per_epoch * config.num_train_epochs if config.num_train_epochs else None
+        self.train_loader, self.eval_loader = train_loader, eval_loader
+        self.streamed = isinstance(train_loader, StreamedBatches)
+        self.stand_in = send_to_device(train_loader.stand_in, accelerator.device) if self.streamed else None
+        # a stream of unknown length: None (`train` then requires max_steps or the time budget)
+        self.batches_per_epoch = len(train_loader) if not self.streamed else (
+            math.ceil(math.ceil(num_images / config.per_device_train_batch_size) / accelerator.num_processes)
+            if num_images else None
+        )  # fmt: skip
+        epochs_steps = None
+        if config.num_train_epochs and self.batches_per_epoch:
+            steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)
+            epochs_steps = steps_per_epoch * config.num_train_epochs
         self.total_steps = config.max_steps or epochs_steps  # None: the time budget alone says when to stop
         self.log_file = Path(config.output_dir, "train_log.jsonl")
         self.start = time.monotonic() - progress.elapsed
@@ -177,14 +188,18 @@ class _Loop:
             disable=config.disable_tqdm or not accelerator.is_local_main_process,
         )  # fmt: skip
         images = config.per_device_train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+        per_epoch = (f"{num_images} images, {math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)} "
+                     "steps per epoch" if self.batches_per_epoch else "a stream of unknown length")  # fmt: skip
         accelerator.print(
             f"training on {accelerator.num_processes} process(es) ({accelerator.device}, mixed precision "
-            f"{accelerator.mixed_precision}): {len(train_set)} images, {steps_per_epoch} steps per epoch of {images} "
+            f"{accelerator.mixed_precision}{', streamed' if self.streamed else ''}): {per_epoch}, steps of {images} "
             "images, " + (f"{self.total_steps} steps" if self.total_steps else f"{config.time_budget:g} s")
         )
 
     @property
     def epoch(self) -> float:
+        if self.batches_per_epoch is None:
+            return float(self.progress.epoch)
         return self.progress.epoch + self.progress.batches_in_epoch / self.batches_per_epoch
 
     def run(self) -> str:
@@ -195,15 +210,9 @@ class _Loop:
         stop_reason = None
         self.model.train()
         while stop_reason is None:
-            if progress.batches_in_epoch >= self.batches_per_epoch:
-                progress.epoch, progress.batches_in_epoch = progress.epoch + 1, 0
-            self.train_set.set_epoch(progress.epoch)
-            self.train_loader.set_epoch(progress.epoch)
-            skip = progress.batches_in_epoch  # after a resume: the batches of this epoch already trained on
-            batches = self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
-            for batch_index, batch in enumerate(batches, start=skip):
-                if not self._accumulate(batch, batch_index):
-                    continue
+            for group in self._groups():
+                for position, batch in enumerate(group):
+                    self._accumulate(batch, len(group), sync=position == len(group) - 1)
                 self._optimizer_step()
                 step = progress.global_step
                 if self.total_steps and step >= self.total_steps:
@@ -220,7 +229,8 @@ class _Loop:
                     last_saved = step
                 if stop_reason:
                     break
-            else:  # the epoch ended
+            else:  # the epoch ended (on every process: `_groups`)
+                progress.epoch, progress.batches_in_epoch = progress.epoch + 1, 0
                 if self.eval_loader is not None and not config.eval_steps and self.evaluate():
                     stop_reason = "early_stopping"
         self.bar.close()
@@ -232,26 +242,57 @@ class _Loop:
             save_checkpoint(self.accelerator, progress, config)
         return stop_reason
 
-    def _accumulate(self, batch: dict[str, Any], batch_index: int) -> bool:
-        """Forward and backward one batch; True when it completes an accumulation group (time to step).
+    def _groups(self) -> Iterator[list[dict[str, Any] | None]]:
+        """The rest of this epoch's accumulation groups, as many and as long on every process:
+        `gradient_accumulation_steps` batches each, restarting with every epoch, the last one possibly shorter.
 
-        Groups of `gradient_accumulation_steps` batches restart with every epoch, the last one possibly shorter;
-        each batch's loss is divided by the size of its group. Only the last batch of a group synchronizes gradients.
+        After a resume, the batches of this epoch already trained on are skipped. A streamed epoch's shares may end
+        one batch apart, so the processes agree on each group's length (one small gather per group) and a process
+        whose share has ended gets None for its missing batches; the epoch ends when every share has.
         """
-        accumulation = self.config.gradient_accumulation_steps
-        group_start = batch_index - batch_index % accumulation
-        group_size = min(accumulation, self.batches_per_epoch - group_start)
-        sync = batch_index == group_start + group_size - 1
+        progress, accelerator = self.progress, self.accelerator
+        if self.streamed:
+            streamed = self.train_loader.epoch(progress.epoch, skip=progress.batches_in_epoch)
+            batches = (send_to_device(batch, accelerator.device, non_blocking=True) for batch in streamed)
+        else:
+            self.train_loader.set_epoch(progress.epoch)
+            skip = progress.batches_in_epoch
+            batches = accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+        batches = iter(batches)
+        while True:
+            group: list[Any] = list(itertools.islice(batches, self.config.gradient_accumulation_steps))
+            size = len(group)
+            if self.streamed:
+                size = int(accelerator.gather(torch.tensor([size], device=accelerator.device)).max())
+                if size == 0 and progress.batches_in_epoch == 0:
+                    raise ValueError(f"the training stream of split {self.config.train_split!r} has no images")
+            if size == 0:
+                return
+            yield group + [None] * (size - len(group))
+
+    def _accumulate(self, batch: dict[str, Any] | None, group_size: int, sync: bool) -> None:
+        """Forward and backward one batch of an accumulation group of `group_size`, its loss divided by that size;
+        only the last batch of a group (`sync`) synchronizes gradients.
+
+        None: this process's share of a streamed epoch has ended before the others'. It still takes part in the
+        collectives of the step (the loss normalizers, the gradient average) on the stand-in batch, one black image
+        without objects, whose loss counts 0: no gradient and no boxes, only its queries' no-object weight in the
+        cross-entropy's normalizer of that step.
+        """
+        progress = self.progress
+        where = f"step {progress.global_step + 1} (epoch {progress.epoch}, batch {progress.batches_in_epoch})"
+
+        def share(value: torch.Tensor) -> torch.Tensor:
+            return value * 0.0 if batch is None else value / group_size
+
         with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model):
-            outputs = self._forward(batch, f"step {self.progress.global_step + 1} (epoch {self.progress.epoch}, "
-                                           f"batch {batch_index})")  # fmt: skip
-            self.accelerator.backward(outputs.loss / group_size)
+            outputs = self._forward(self.stand_in if batch is None else batch, where)
+            self.accelerator.backward(share(outputs.loss))
         # the total and the last decoder layer's terms (auxiliary layers carry a `_<i>` suffix)
         terms = {"loss": outputs.loss, **{k: v for k, v in outputs.loss_dict.items() if not _LAYER_SUFFIX.search(k)}}
         for name, value in terms.items():
-            self.window[name] = self.window.get(name, 0.0) + value.detach().float() / group_size
-        self.progress.batches_in_epoch = batch_index + 1
-        return sync
+            self.window[name] = self.window.get(name, 0.0) + share(value.detach().float())
+        progress.batches_in_epoch += 1
 
     def _forward(self, batch: dict[str, Any], where: str) -> Any:
         """The model's forward pass with the loss; a failure on any process stops every process.
@@ -375,15 +416,57 @@ def _check_early_stopping(config: TrainConfig, eval_loader: Any, data: datasets.
                          f"evaluation; choose one of {names}")  # fmt: skip
 
 
+def _load_splits(config: TrainConfig) -> dict[str, Any]:
+    """The train and eval splits of `config.dataset`: the train split streamed with `config.streaming`, the eval
+    split always in full."""
+
+    def load(splits: list[str], streaming: bool) -> dict[str, Any]:
+        return dict(load_data(
+            config.dataset, splits, synthetic_sizes={config.train_split: config.synthetic_train_size,
+                                                     config.eval_split: config.synthetic_eval_size},
+            synthetic_image_size=config.synthetic_image_size, seed=config.seed, box_policy=config.box_policy,
+            masks=config.task != "detection", streaming=streaming,
+        ))  # fmt: skip
+
+    evaluated = [config.eval_split] if config.eval_split else []
+    if not config.streaming:
+        return load([config.train_split, *evaluated], streaming=False)
+    return {**load([config.train_split], streaming=True), **(load(evaluated, streaming=False) if evaluated else {})}
+
+
+def _training_split(config: TrainConfig, data: Mapping[str, Any]) -> tuple[Any, int | None]:
+    """The train split (streamed with `config.streaming`, a given `datasets.Dataset` too) and its number of images
+    (None for a stream that does not record it, which then needs max_steps or a time budget)."""
+    split = data[config.train_split]
+    if not config.streaming:
+        if isinstance(split, datasets.IterableDataset):
+            raise ValueError(f"split {config.train_split!r} is a datasets.IterableDataset: set TrainConfig.streaming="
+                             "True (hf-detr train --streaming) to train from a stream")  # fmt: skip
+        if len(split) == 0:
+            raise ValueError(f"split {config.train_split!r} is empty")
+        return split, len(split)
+    if isinstance(split, datasets.Dataset):
+        return split.to_iterable_dataset(), len(split)
+    size = known_size(split, config.train_split)
+    if size is None and config.max_steps is None and config.num_train_epochs is not None:
+        raise ValueError(
+            f"TrainConfig.num_train_epochs={config.num_train_epochs} with streaming: the stream of split "
+            f"{config.train_split!r} does not record how many images it holds (its info.splits), so epochs cannot be "
+            "counted in steps; bound the run with max_steps or time_budget instead"
+        )
+    return split, size
+
+
 def train(
     config: TrainConfig,
-    dataset: datasets.DatasetDict | None = None,
+    dataset: datasets.DatasetDict | datasets.IterableDatasetDict | Mapping[str, Any] | None = None,
     model: HfDetrForObjectDetection | None = None,
     image_processor: HfDetrImageProcessor | None = None,
 ) -> TrainResult:
     """Train (or fine-tune) a DETR as `config` says; see the module docstring. Run it under `accelerate launch` for
-    several processes. `dataset` (Hub COCO schema, with `config.train_split` and `config.eval_split`), `model` and
-    `image_processor` replace what `config` would build."""
+    several processes. `dataset` (Hub COCO schema, with `config.train_split` and `config.eval_split`; with
+    `config.streaming` the train split may be a `datasets.IterableDataset`, the eval split is a `datasets.Dataset`),
+    `model` and `image_processor` replace what `config` would build."""
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         cpu=config.cpu, mixed_precision=config.mixed_precision, log_with=_trackers(config.report_to),
@@ -392,19 +475,15 @@ def train(
     resume_from = resume_point(config)
     set_seed(config.seed)
 
-    splits = [config.train_split] + ([config.eval_split] if config.eval_split else [])
-    data = dataset if dataset is not None else load_data(
-        config.dataset, splits, synthetic_sizes={config.train_split: config.synthetic_train_size,
-                                                 config.eval_split: config.synthetic_eval_size},
-        synthetic_image_size=config.synthetic_image_size, seed=config.seed, box_policy=config.box_policy,
-        masks=config.task != "detection",
-    )  # fmt: skip
-    for split in splits:
+    data = dataset if dataset is not None else _load_splits(config)
+    for split in [config.train_split] + ([config.eval_split] if config.eval_split else []):
         if split not in data:
             raise ValueError(f"the data set has no split {split!r}; its splits are {list(data)}")
-    if len(data[config.train_split]) == 0:
-        raise ValueError(f"split {config.train_split!r} is empty")
-    id2label = dataset_id2label(data[config.train_split])
+    if config.eval_split and isinstance(data[config.eval_split], datasets.IterableDataset):
+        raise ValueError(f"split {config.eval_split!r} is streamed, but evaluation reads its split in full: give a "
+                         "datasets.Dataset (load_data(..., streaming=False))")  # fmt: skip
+    train_split, num_images = _training_split(config, data)
+    id2label = dataset_id2label(train_split)
     if model is None:
         model, built_processor = build_model(config.model_name_or_path, id2label, config.model_kwargs,
                                              segmentation=config.task != "detection")  # fmt: skip
@@ -419,13 +498,25 @@ def train(
         model.freeze_detection()
     # the processor that is saved with the model resizes evaluation and inference images; training scales follow it
     image_processor = with_image_size(image_processor, config.image_size, config.max_size)
-    train_set, collator = training_data(data[config.train_split], image_processor, config.augment, config.seed)
-    train_loader = _loader(train_set, config.per_device_train_batch_size, collator, config, shuffle=True)
+    train_set, collator = training_data(train_split, image_processor, config.augment, config.seed)
+    num_workers = dataloader_workers(config.dataloader_num_workers, accelerator.device, accelerator.num_processes)
+    options = loader_options(num_workers, accelerator.device, config.seed)
+    if config.streaming:
+        train_loader = StreamedBatches(
+            train_set, collator, batch_size=config.per_device_train_batch_size, seed=config.seed,
+            shuffle_buffer_size=config.shuffle_buffer_size if config.shuffle else None,
+            rank=accelerator.process_index, num_processes=accelerator.num_processes, **options,
+        )  # fmt: skip
+    else:
+        train_loader = torch.utils.data.DataLoader(
+            train_set, batch_size=config.per_device_train_batch_size, collate_fn=collator,
+            sampler=_EpochSampler(len(train_set), config.seed, config.shuffle), **options,
+        )  # fmt: skip
     eval_loader = None
     if config.eval_split is not None and len(data[config.eval_split]) > 0:
         eval_loader = accelerator.prepare(evaluation_loader(
             data[config.eval_split], image_processor, model.config.id2label, config.per_device_eval_batch_size,
-            config.dataloader_num_workers, mask_references=config.task != "detection",
+            num_workers, mask_references=config.task != "detection",
         ))  # fmt: skip
     if config.early_stopping_patience is not None:
         _check_early_stopping(config, eval_loader, data)
@@ -435,7 +526,10 @@ def train(
     for group in groups:  # the schedule's reference, kept in the optimizer state so a resumed run has it
         group["base_lr"] = group["lr"]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if config.streaming:  # each process already reads its own share of the stream
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     ema = None
     if config.ema_decay is not None:
         # of the unwrapped model (a copy on its device); parameters only: `_Loop._averaged_model` gives it the buffers
@@ -456,7 +550,7 @@ def train(
         accelerator.init_trackers(
             "hf_detr", config={k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str))}
         )
-    loop = _Loop(config, accelerator, model, optimizer, image_processor, train_set, train_loader, eval_loader,
+    loop = _Loop(config, accelerator, model, optimizer, image_processor, train_loader, num_images, eval_loader,
                  progress, ema)  # fmt: skip
     stop_reason = loop.run()
 

@@ -1,0 +1,170 @@
+"""Training from a stream (`hf-detr train --streaming`, `hf_detr.data.streaming`) and DataLoader workers: a streamed
+epoch is the map-style path's batches of the same order, on every process, resumable mid-epoch exactly; neither path
+depends on the number of workers.
+
+The two-process tests launch `accelerate launch --multi_gpu ... --cpu` as `test_distributed.py` does (its `env` and
+`run`), with the README's multi-GPU command and the tiny settings of `training_commands.TINY`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+
+from hf_detr import HfDetrImageProcessor
+from hf_detr.data.streaming import StreamedBatches
+from hf_detr.data.synthetic import make_synthetic_dataset
+from hf_detr.training import TrainConfig, latest_checkpoint, train
+from hf_detr.training.setup import training_data
+
+from test_distributed import env, max_difference, run  # noqa: F401 (env: the launched processes' fixture)
+from training_commands import TINY, TINY_MODEL, command, free_port, launch_argv
+
+TESTS = Path(__file__).parent
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    """`train` creates an Accelerator; its process-wide state must not leak into the next test."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def tiny_config(tmp_path: Path, name: str, **overrides) -> TrainConfig:
+    kwargs = dict(
+        output_dir=str(tmp_path / name), model_kwargs=TINY_MODEL, cpu=True, image_size=64, synthetic_image_size=64,
+        per_device_train_batch_size=2, logging_steps=1, disable_tqdm=True, eval_split=None, save_steps=0,
+        report_to="none",
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return TrainConfig(**kwargs)
+
+
+def weights(result) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in result.model.state_dict().items()}
+
+
+def image_ids(batch: dict) -> list[int]:
+    return [int(label["image_id"][0]) for label in batch["labels"]]
+
+
+# ----------------------------------------------------------------------------------------------- in one process
+
+
+def test_a_streamed_epoch_is_the_map_style_batches_of_its_rows() -> None:
+    split = make_synthetic_dataset(13, 0, 0, image_size=64, seed=0)["train"]  # image_id i is row i
+    processor = HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 107})
+    mapped, collator = training_data(split, processor, "detr", seed=3)
+    # three shards: datasets reorders shards when it shuffles unless their order is pinned, which would give the
+    # examples the row indices of another order
+    streamed, _ = training_data(split.to_iterable_dataset(num_shards=3), processor, "detr", seed=3)
+
+    def epoch_one(rank: int, skip: int = 0, workers: int = 0) -> list[dict]:
+        batches = StreamedBatches(streamed, collator, batch_size=2, seed=3, shuffle_buffer_size=4, rank=rank,
+                                  num_processes=2, num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+        return list(batches.epoch(1, skip=skip))
+
+    shares = [epoch_one(0), epoch_one(1)]
+    assert [len(share) for share in shares] == [4, 3]  # 7 batches (the last of 1 image), every other one
+    ids = [image_ids(batch) for share in shares for batch in share]
+    assert sorted(sum(ids, [])) == list(range(13))  # every image once
+    assert sum(ids, []) != sorted(sum(ids, []))  # shuffled
+    for batch in shares[0] + shares[1]:  # each image augmented as the map-style path does example i in epoch 1
+        expected = collator([mapped[1, i] for i in image_ids(batch)])
+        assert torch.equal(batch["pixel_values"], expected["pixel_values"])
+        assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(batch["labels"], expected["labels"]))
+    # a resumed epoch continues with the same batches; workers change nothing
+    for resumed, uninterrupted in zip(epoch_one(0, skip=2) + epoch_one(1, workers=2), shares[0][2:] + shares[1]):
+        assert torch.equal(resumed["pixel_values"], uninterrupted["pixel_values"])
+        assert image_ids(resumed) == image_ids(uninterrupted)
+
+
+def test_streaming_needs_a_bound_when_the_stream_has_no_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"num_train_epochs=2 with streaming.*bound the run with max_steps or "
+                                         r"time_budget"):  # fmt: skip
+        train(tiny_config(tmp_path, "run", streaming=True, num_train_epochs=2, synthetic_train_size=4))
+
+
+def test_epochs_of_a_stream_that_records_its_size(tmp_path: Path) -> None:
+    stream = make_synthetic_dataset(7, 0, 0, image_size=64, seed=0)["train"].to_iterable_dataset()
+    stream.info.splits = datasets.SplitDict()
+    stream.info.splits.add(datasets.SplitInfo("train", num_examples=7))
+    result = train(tiny_config(tmp_path, "run", streaming=True, num_train_epochs=2), dataset={"train": stream})
+    assert result.global_step == 8  # 4 batches of 2 per epoch
+    assert [entry["epoch"] for entry in result.log_history][3::4] == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["map_style", "streamed"])
+def test_results_do_not_depend_on_the_number_of_workers(tmp_path: Path, streaming: bool) -> None:
+    # 7 images in batches of 2: the run goes into the second epoch, whose augmentation persistent workers must draw
+    runs = [
+        weights(train(tiny_config(tmp_path, f"workers_{workers}", streaming=streaming, synthetic_train_size=7,
+                                  max_steps=6, dataloader_num_workers=workers)))  # fmt: skip
+        for workers in (0, 2)
+    ]
+    assert max_difference(*runs) == 0
+
+
+# ---------------------------------------------------------------------------------------------- on two processes
+
+# 13 images in batches of 2 on 2 processes: process 0 gets 4 batches per epoch, process 1 gets 3 and a stand-in.
+# With 2 batches per step that is 2 steps per epoch; 4 steps are 2 epochs. Augmentation and dropout are on.
+ODD = [*TINY, "--streaming", "--synthetic_train_size", "13", "--eval_split", "none", "--gradient_accumulation_steps",
+       "2", "--max_steps", "4", "--save_steps", "1", "--shuffle_buffer_size", "5"]  # fmt: skip
+
+
+def launch(output: Path, args: list[str], env: dict[str, str], script: str | None = None,
+           check: bool = True):  # fmt: skip
+    argv = launch_argv(command("multi-gpu"), 2, free_port(), script=[str(TESTS / script)] if script else None)
+    return run([*argv, *args, "--output_dir", str(output)], env, check=check)
+
+
+@pytest.mark.slow
+def test_two_streamed_processes_train_on_every_image_once_per_epoch_and_resume_exactly(
+    tmp_path: Path, env: dict[str, str]  # noqa: F811 (the imported `env` fixture)
+) -> None:
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    launch(uninterrupted, ODD, env, script="record_trained_images.py")
+    records = [[json.loads(line) for line in (uninterrupted / f"images_{rank}.jsonl").read_text().splitlines()]
+               for rank in (0, 1)]  # fmt: skip
+    assert len(records[0]) == len(records[1]) == 8
+    for epoch in (0, 1):
+        trained = [record["image_ids"] for rank in records for record in rank if record["epoch"] == epoch]
+        assert sorted(i for ids in trained if ids for i in ids) == list(range(13))
+        # the shares end one batch apart: process 1 steps on the stand-in once, and the epoch ends for both
+        stand_ins = [record["image_ids"] is None for record in records[1] if record["epoch"] == epoch]
+        assert stand_ins == [False, False, False, True]
+
+    # killed after the checkpoint of step 1, in the middle of the first epoch, then resumed
+    killed = launch(interrupted, ODD, env, script="kill_after_checkpoint.py", check=False)
+    assert killed.returncode != 0
+    assert latest_checkpoint(interrupted).name == "step_1"
+    resumed = launch(interrupted, [*ODD, "--resume"], env)
+    assert "at step 1" in resumed.stdout
+    assert max_difference(load_file(interrupted / "model.safetensors"),
+                          load_file(uninterrupted / "model.safetensors")) < 1e-6  # fmt: skip
+    logs = [[json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+            for folder in (uninterrupted, interrupted)]  # fmt: skip
+    assert [entry["step"] for entry in logs[1]] == [1, 2, 3, 4]
+    assert [entry["loss"] for entry in logs[1]] == pytest.approx([entry["loss"] for entry in logs[0]], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_streamed_run_equals_a_non_streamed_run_given_the_same_order(tmp_path: Path,
+                                                                      env: dict[str, str]) -> None:  # noqa: F811
+    # 12 images in batches of 2 on 2 processes: 3 steps per epoch, 4 steps reach the second epoch
+    args = [*TINY, "--no-shuffle", "--synthetic_train_size", "12", "--eval_split", "none", "--max_steps", "4",
+            "--save_steps", "0"]  # fmt: skip
+    launch(tmp_path / "map_style", args, env)
+    launch(tmp_path / "streamed", [*args, "--streaming"], env)
+    assert max_difference(load_file(tmp_path / "streamed" / "model.safetensors"),
+                          load_file(tmp_path / "map_style" / "model.safetensors")) < 1e-6  # fmt: skip
