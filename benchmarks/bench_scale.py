@@ -14,12 +14,12 @@ for both sources:
 * streaming: images per second read and decoded from `load_detection_dataset(path, streaming=True)` (at most
   `--stream_images`), and the time from the call to the first image.
 
-Every measurement runs in a fresh process (`python -m benchmarks.bench_scale --child SPEC`), so its peak RSS
-(`ru_maxrss` of the process, or of the largest of its child processes) is its own, on a copy of the source made of
-hard links, so that nothing a loader wrote before is there, with `HF_HOME`, `HF_DATASETS_CACHE`, `HF_DETR_CACHE` and
-`XDG_CACHE_HOME` in a fresh folder. Bytes written = the growth of that folder plus the growth of the source's copy
-(`datasets` writes `cache-*.arrow` files next to a `save_to_disk` data set). Training runs start cold (fresh copy and
-caches).
+Every measurement runs in a fresh process (`python -m benchmarks.bench_scale --child SPEC`), so its peak RSS (VmHWM
+of the process or of the largest of its child processes; of the largest process of a training run) is its own, on a
+copy of the source made of hard links, so that nothing a loader wrote before is there, with `HF_HOME`,
+`HF_DATASETS_CACHE`, `HF_DETR_CACHE` and `XDG_CACHE_HOME` in a fresh folder. Bytes written = the growth of that folder
+plus the growth of the source's copy (`datasets` writes `cache-*.arrow` files next to a `save_to_disk` data set).
+Training runs start cold (fresh copy and caches).
 
 Evaluation, which does not depend on N, is measured once: `benchmarks.scale_evaluation.measure_evaluation` on
 `--eval_images` (5,000) images x `--eval_detections` (100) detections, for boxes, masks and panoptic.
@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 
 from benchmarks.scale_data import Written, write_coco_folder, write_hub_dataset
@@ -65,6 +66,7 @@ SOURCES: dict[str, tuple[str, Callable[..., dict[str, Written]]]] = {
     "hub": ("Hub-schema save_to_disk (images embedded)", write_hub_dataset),
 }
 EVALUATIONS = ("boxes", "masks", "panoptic")
+EVALUATION_FIELDS = ("seconds", "peak_rss_mib", "over_baseline_mib")  # of measure_evaluation's results
 _BIN = Path(sys.executable).parent
 _TINY = presets.get("tiny")
 # the tiny preset without its labels, which come from the data
@@ -75,10 +77,21 @@ _RESULT = "RESULT "  # the line a child process reports on
 # ------------------------------------------------------------------------------------------- measured in a child
 
 
+def _hwm_mib(pid: int | str = "self") -> float:
+    """A process's peak RSS since it started its program (VmHWM), 0 if it has ended. Not `ru_maxrss`, which Linux
+    keeps across exec: a process started by a larger one (this benchmark's parent) would report the parent's peak."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    # an ended process not yet waited for has no memory lines
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0.0)
+
+
 def _peak_rss_mib() -> float:
-    """The peak RSS of this process or of the largest child process it waited for (a launcher's workers)."""
-    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return peak / 1024  # KiB on Linux
+    """The peak RSS of this process or of the largest child process it waited for (e.g. a pool's workers, forked
+    from this process, so their `ru_maxrss` starts from this process's own)."""
+    return max(_hwm_mib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)  # KiB on Linux
 
 
 def _measure_load(path: str, masks: bool) -> dict[str, Any]:
@@ -123,19 +136,23 @@ def _measure_train(path: str, output_dir: str, processes: int) -> dict[str, Any]
     output = Path(output_dir).parent / "train_output.txt"  # a file, not a pipe, which a long output would fill
     start = time.perf_counter()
     first_step = None
+    peaks: dict[int, float] = {}  # the peak RSS of each process of the run, as last read
     with output.open("w") as stream, subprocess.Popen(argv, env=env, stdout=stream, stderr=subprocess.STDOUT) as run:
         while run.poll() is None:
             if first_step is None and log.is_file() and log.read_text().strip():  # the file starts empty
                 first_step = time.perf_counter() - start
+            try:
+                processes = [run.pid, *(child.pid for child in psutil.Process(run.pid).children(recursive=True))]
+            except psutil.NoSuchProcess:  # it has just ended
+                processes = []
+            peaks.update({pid: max(peaks.get(pid, 0.0), _hwm_mib(pid)) for pid in processes})
             time.sleep(0.05)
     seconds = time.perf_counter() - start
     if run.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed ({run.returncode}):\n{output.read_text()[-5000:]}")
     if first_step is None and log.is_file() and log.read_text().strip():  # logged in the last poll interval
         first_step = seconds
-    # the launched processes' peak (each process's, under accelerate), not this wrapper's
-    return {"first_step_seconds": first_step, "seconds": seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {"first_step_seconds": first_step, "seconds": seconds, "peak_rss_mib": max(peaks.values())}
 
 
 def _free_port() -> int:
@@ -263,7 +280,8 @@ def _report(n: int, source: str, case: str, values: dict[str, Any]) -> None:
 
 # the fields of each case that go in the table (and are extrapolated), with their units
 FIELDS = {
-    "load": (("seconds", "s"), ("peak_rss_mib", "peak RSS MiB"), ("written_mib", "written MiB")),
+    "load": (("seconds", "s"), ("peak_rss_mib", "peak RSS MiB"), ("over_baseline_mib", "MiB over the imports"),
+             ("written_mib", "written MiB")),
     "train": (("first_step_seconds", "s to first step"), ("seconds", "s whole run"),
               ("peak_rss_mib", "peak RSS MiB/process")),
     "stream": (("images_per_second", "images/s"), ("setup_seconds", "s to first image"),
@@ -315,7 +333,7 @@ def format_table(rows: list[dict[str, Any]], sizes: Sequence[int], evaluation: d
     if evaluation:
         lines.append("evaluation (measured once, not extrapolated)")
         for kind, values in evaluation.items():
-            lines.append(f"  {kind}: " + ", ".join(f"{key} {cell(value)}" for key, value in values.items()))
+            lines.append(f"  {kind}: " + ", ".join(f"{key} {cell(values[key])}" for key in EVALUATION_FIELDS))
     return "\n".join(lines)
 
 
@@ -367,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["evaluation"][kind] = measure({"measure": "evaluate", "kind": kind, "num_images": args.eval_images,
                                               "detections": args.eval_detections})  # fmt: skip
         _report(args.eval_images, "evaluation", f"{kind}, {args.eval_detections} detections per image",
-                report["evaluation"][kind])
+                {key: report["evaluation"][kind][key] for key in EVALUATION_FIELDS})
     report["rows"] = table_rows(report["runs"], sizes)
     report["machine"]["load_average_end"] = os.getloadavg()
     _save(report, args.out)
