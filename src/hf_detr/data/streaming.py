@@ -29,7 +29,8 @@ since a split by shards would give shares as long as the shards and no row index
 downloaded once per process. The shards keep their order, so the shuffle mixes within the buffer's reach.
 
 The processes' shares differ by at most one batch. The training loop ends the epoch for all of them together, and a
-process left without a batch steps on :attr:`StreamedBatches.stand_in` with weight 0.
+process left without a batch steps on :attr:`StreamedBatches.stand_in` (a black image, with masks one object
+covering it) with weight 0.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import datasets
+import numpy as np
 import PIL.Image
 import torch
 from datasets.distributed import split_dataset_by_node
 
 from .collate import DetectionCollator, DetectionDataset
+from .masks import encode_rles
 
 __all__ = ["ROW", "StreamedBatches", "known_size"]
 
@@ -94,6 +97,18 @@ class _Prepared(torch.utils.data.Dataset):
         return prepared
 
 
+def _stand_in_example(masks: bool) -> dict[str, Any]:
+    """What a process steps on (with weight 0) while the others still have a batch: a black image without objects;
+    with masks, with one object covering it, since the mask head runs only on matched queries and DDP needs every
+    parameter in every backward pass."""
+    size = _STAND_IN_SIZE
+    objects: dict[str, list] = {"bbox": [], "category": []}
+    if masks:
+        whole = np.ones((1, size, size), dtype=bool)
+        objects = {"bbox": [[0.0, 0.0, size, size]], "category": [0], "segmentation": encode_rles(whole)}
+    return {"image": PIL.Image.new("RGB", (size, size)), "image_id": -1, "objects": objects}
+
+
 class StreamedBatches:
     """This process's training batches of a streamed split, epoch by epoch (see the module docstring).
 
@@ -122,13 +137,7 @@ class StreamedBatches:
         self._loader = torch.utils.data.DataLoader(_Prepared(examples, split.features["image"]), batch_size=None,
                                                    sampler=self._stream, collate_fn=collator,
                                                    **loader_options)  # fmt: skip
-        # what a process steps on when the others still have a batch: one black image without objects, in the
-        # collator's format (with masks when the split has them)
-        objects: dict[str, list] = {"bbox": [], "category": []}
-        if "segmentation" in split.features["objects"]:
-            objects["segmentation"] = []
-        image = PIL.Image.new("RGB", (_STAND_IN_SIZE, _STAND_IN_SIZE))
-        self.stand_in = collator([{"image": image, "image_id": -1, "objects": objects}])
+        self.stand_in = collator([_stand_in_example("segmentation" in split.features["objects"])])
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict[str, Any]]:
         """This process's batches of `epoch` after the first `skip` (which are never decoded)."""

@@ -275,9 +275,9 @@ class _Loop:
         only the last batch of a group (`sync`) synchronizes gradients.
 
         None: this process's share of a streamed epoch has ended before the others'. It still takes part in the
-        collectives of the step (the loss normalizers, the gradient average) on the stand-in batch, one black image
-        without objects, whose loss counts 0: no gradient and no boxes, only its queries' no-object weight in the
-        cross-entropy's normalizer of that step.
+        collectives of the step (the loss normalizers, the gradient average) on the stand-in batch (a black image;
+        with masks one object covering it), whose loss counts 0: it adds no gradient, only its own share to that
+        step's loss normalizers (the no-object weight of its queries; with masks one box).
         """
         progress = self.progress
         where = f"step {progress.global_step + 1} (epoch {progress.epoch}, batch {progress.batches_in_epoch})"
