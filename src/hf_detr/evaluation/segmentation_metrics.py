@@ -114,10 +114,14 @@ def _rles(masks: Any, where: str) -> list[dict[str, Any]]:
     for j, rle in enumerate(masks):
         if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
             raise ValueError(f"{where}: `masks[{j}]` must be an RLE dict with `size` (H, W) and `counts`.")
-        size = [int(s) for s in rle["size"]]
+        size, counts = rle["size"], rle["counts"]
+        if type(rle) is dict and type(counts) is str and type(size) is list and len(size) == 2 \
+                and type(size[0]) is type(size[1]) is int and min(size) >= 0:  # fmt: skip
+            rles.append(rle)  # the form kept already (encode_masks'): not copied, a split holds hundreds of thousands
+            continue
+        size = [int(s) for s in size]
         if len(size) != 2 or min(size) < 0:
             raise ValueError(f"{where}: `masks[{j}]['size']` must be (H, W), got {rle['size']!r}.")
-        counts = rle["counts"]
         if isinstance(counts, (list, tuple)):  # uncompressed run lengths
             counts = mask_utils.frPyObjects({"size": size, "counts": list(counts)}, *size)["counts"]
         if isinstance(counts, bytes):
@@ -165,8 +169,9 @@ def _normalize_mask_reference(reference: Mapping[str, Any], where: str) -> dict[
 
 
 def _areas(rles: list[dict[str, Any]]) -> np.ndarray:
-    """The pixel count of each RLE, float64 (one pycocotools call for all)."""
-    return mask_utils.area(rles).astype(np.float64) if rles else np.zeros(0)
+    """The pixel count of each RLE, float64. pycocotools counts 255 at a time: `mask.area` sizes an internal uint8
+    array by the number of RLEs, which numpy 2 refuses past 255."""
+    return np.concatenate([np.zeros(0), *(mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255))])
 
 
 def _run_segm_cocoeval(
@@ -308,22 +313,30 @@ def _panoptic_segments(panoptic: Mapping[str, Any], where: str, categories: set[
         # transformers lists a fused stuff segment once per query it merges: the same id, the same category
         if segments.setdefault(segment_id, segment) != segment:
             raise ValueError(f"{field}: segment {segment_id} is listed twice, as {segments[segment_id]} and {segment}.")
-    return ids.astype(np.int64), segments
+    return ids.astype(np.int64, copy=False), segments
 
 
 def _indices(ids: np.ndarray, segments: Mapping[int, Any], where: str) -> tuple[np.ndarray, np.ndarray]:
     """Each pixel's index in ``keys = sorted(segments)`` plus one (0: unlabelled), and ``keys``."""
     keys = np.array(sorted(segments), dtype=np.int64)
-    labelled = ids[ids > 0]
-    position = np.searchsorted(keys, labelled)
-    listed = keys[np.minimum(position, len(keys) - 1)] == labelled if len(keys) else np.zeros(len(labelled), bool)
-    if not listed.all():
+    labelled = ids > 0
+    top = int(ids.max(initial=0))
+    if top <= ids.size:  # small ids (post-processing's, the evaluation's references'): a lookup table, one pass
+        table = np.zeros(top + 1, dtype=np.int64)
+        present = keys[keys <= top]
+        table[present] = np.searchsorted(keys, present) + 1
+        index = table[np.where(labelled, ids, 0)]
+    else:  # large ids (COCO's PNG ids reach 2^24): a sorted search
+        position = np.searchsorted(keys, ids[labelled])
+        found = keys[np.minimum(position, len(keys) - 1)] == ids[labelled] if len(keys) else False
+        index = np.zeros(ids.shape, dtype=np.int64)
+        index[labelled] = np.where(found, position + 1, 0)
+    unlisted = labelled & (index == 0)
+    if unlisted.any():
         raise ValueError(
-            f"{where}: segment ids {np.unique(labelled[~listed]).tolist()} are in `segmentation` but not in "
+            f"{where}: segment ids {np.unique(ids[unlisted]).tolist()} are in `segmentation` but not in "
             "`segments_info` (use ids <= 0 for unlabelled pixels)."
         )
-    index = np.zeros(ids.shape, dtype=np.int64)
-    index[ids > 0] = position + 1
     return index, keys
 
 
