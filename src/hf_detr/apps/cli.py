@@ -380,8 +380,47 @@ def add_check_data(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def add_app(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "app",
+        help="serve a Gradio page for a model: upload an image or a short video, see its detections",
+        description="Serve a web page (Gradio; pip install 'hf_detr[app]') for a model folder or Hub id: an image "
+        "tab (upload an image or pick one of --dataset's, a score slider, the picture with its boxes and masks, the "
+        "detections as a table and as JSON) and a video tab for short clips (the annotated video and the detections "
+        "per frame; PyAV, pip install 'hf_detr[video]'). The same page runs in a Space written by "
+        "hf_detr.hub.push_to_hub(..., space=True). Runs until interrupted.",
+    )
+    parser.add_argument("model", help="a model folder or Hub id with its image processor")
+    parser.add_argument("--dataset", default=None, metavar="PATH",
+                        help="a data set (as hf-detr train --dataset) whose first --examples images of --split the "
+                        "page offers to pick from")  # fmt: skip
+    parser.add_argument("--split", default="validation", help="with --dataset: the split (default: validation)")
+    parser.add_argument("--examples", type=int, default=8, help="with --dataset: how many images (default 8)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="the slider's starting score (default 0.5)")
+    parser.add_argument("--max-video-frames", type=int, default=300,
+                        help="longer videos are refused with a message (default 300)")  # fmt: skip
+    parser.add_argument("--host", default=None,
+                        help="address to serve on (default: $GRADIO_SERVER_NAME, else 127.0.0.1, this machine only; "
+                        "0.0.0.0 for every network)")  # fmt: skip
+    parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT, else 7860")
+
+    def run(args: argparse.Namespace) -> None:
+        from .app import create_app
+
+        if args.examples < 1:
+            raise ValueError(f"--examples must be at least 1, got {args.examples}")
+        try:
+            page = create_app(args.model, args.dataset, args.split, args.examples, args.threshold,
+                              args.max_video_frames)  # fmt: skip
+        except ImportError as error:  # gradio missing: the install hint, not a traceback
+            raise ValueError(str(error)) from None
+        page.launch(server_name=args.host, server_port=args.port, show_error=True)
+
+    parser.set_defaults(run=run)
+
+
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    add_convert, add_predict, add_train, add_evaluate, add_demo, add_check_data
+    add_convert, add_predict, add_train, add_evaluate, add_demo, add_check_data, add_app
 )
 
 

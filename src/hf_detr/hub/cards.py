@@ -1,4 +1,5 @@
-"""Model cards for hf_detr models, and `push_to_hub` with a generated card.
+"""Model cards for hf_detr models, the folder a model is saved as (`save_model_folder`: with the card and an
+Inference Endpoints handler) and `push_to_hub` of that folder, optionally with a Space.
 
 Cards declare `library_name: transformers`: the models load through transformers' Auto classes and `pipeline` with
 `trust_remote_code=True` (the code travels with the weights), so the Hub's transformers snippets and download
@@ -8,13 +9,16 @@ counting apply; `hf_detr` is not a library the Hub knows. The `hf_detr` tag mark
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError
 
 from ..modeling.configuration_hf_detr import HfDetrConfig
+from .space import MODEL_CODE_REQUIREMENTS, requirements, save_space_folder
 
 PAPER_URL = "https://arxiv.org/abs/2005.12872"
 CARD_TAGS = ("hf_detr", "detr", "object-detection", "vision")
@@ -215,12 +219,16 @@ def save_model_folder(
     state_dict: dict[str, Any] | None = None,
 ) -> None:
     """Write `model.save_pretrained`'s files (weights, config with `auto_map`, the model code), the image processor's
-    `preprocessor_config.json` and the card as `README.md` (default: `model_card(model.config, folder)`) to `folder`.
-    `state_dict`: the weights to write, e.g. accelerate's `get_state_dict` of a distributed model."""
+    `preprocessor_config.json`, the card as `README.md` (default: `model_card(model.config, folder)`) and, for
+    Inference Endpoints, `handler.py` (`EndpointHandler`, see `hub/handler.py`) with the `requirements.txt` of the
+    model code to `folder`. `state_dict`: the weights to write, e.g. accelerate's `get_state_dict` of a distributed
+    model."""
     model.save_pretrained(folder, state_dict=state_dict)
     if image_processor is not None:
         image_processor.save_pretrained(folder)
     (card or model_card(model.config, str(folder))).save(os.path.join(folder, "README.md"))
+    shutil.copyfile(Path(__file__).with_name("handler.py"), Path(folder) / "handler.py")
+    (Path(folder) / "requirements.txt").write_text("\n".join(requirements(MODEL_CODE_REQUIREMENTS)) + "\n")
 
 
 def push_to_hub(
@@ -235,13 +243,19 @@ def push_to_hub(
     revision: str | None = None,
     create_pr: bool = False,
     tags: list[str] | str | None = None,
+    space: bool | str = False,
 ) -> Any:
-    """Upload the folder `save_model_folder` writes (model, code, image processor and card) in one commit.
+    """Upload the folder `save_model_folder` writes (model, code, image processor, card, endpoint handler) in one
+    commit.
 
     Without `card`, the repository's own card is kept (with `tags` added), as `transformers` does, and a repository
-    without one gets `model_card(model.config, repo_id)` rather than transformers' generic template. Returns the
+    without one gets `model_card(model.config, repo_id)` rather than transformers' generic template. With `space`
+    (True: a Space of the same id; or a Space id), a Gradio Space running `hf-detr app`'s page on the model is
+    created or updated too (`space.save_space_folder`), in one commit after the model's. Returns the model's
     `CommitInfo`. (`model.push_to_hub` is transformers' own: it works too, with transformers' card.)
     """
+    if not isinstance(space, (bool, str)) or space == "":
+        raise TypeError(f"space must be True, False or a Space id such as 'owner/name', got {space!r}")
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     tags = [tags] if isinstance(tags, str) else list(tags or [])
@@ -254,10 +268,18 @@ def push_to_hub(
             card = model_card(model.config, repo_id, tags=tags)
     with tempfile.TemporaryDirectory() as folder:
         save_model_folder(folder, model, image_processor, card)
-        return api.upload_folder(
+        commit = api.upload_folder(
             folder_path=folder, repo_id=repo_id, revision=revision, create_pr=create_pr,
             commit_message=commit_message or f"Upload {type(model).__name__}",
         )  # fmt: skip
+    if space:
+        space_id = api.create_repo(repo_id if space is True else space, repo_type="space", space_sdk="gradio",
+                                   private=private, exist_ok=True).repo_id  # fmt: skip
+        with tempfile.TemporaryDirectory() as folder:
+            save_space_folder(folder, repo_id)
+            api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space",
+                              commit_message=f"The hf_detr app of {repo_id}")  # fmt: skip
+    return commit
 
 
 __all__ = ["model_card", "push_to_hub", "save_model_folder"]
