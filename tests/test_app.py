@@ -121,7 +121,7 @@ def test_the_video_tab_annotates_a_short_clip_and_refuses_a_long_one(app, tmp_pa
     clip = tmp_path / "clip.mp4"
     _write_video(clip, [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)], 10)
     result = app.video(clip, 0.0)
-    assert [frame["frame"] for frame in result.frames] == [0, 1, 2]
+    assert [(frame["video"], frame["frame"]) for frame in result.frames] == [("clip.mp4", i) for i in range(3)]
     assert all(len(frame["detections"]) == 10 for frame in result.frames)
     assert result.message == "30 detection(s) with score >= 0.00 in 3 frame(s) of clip.mp4"
     with av.open(result.video) as annotated:
