@@ -184,3 +184,16 @@ def test_an_image_deleted_after_preparing_is_named_or_left_out_by_drop(tmp_path,
         load_detection_dataset(root)
     assert len(load_detection_dataset(root, box_policy="drop")["train"]) == 4  # prepared again, without it
     assert "1 of 5 images left out (missing or unreadable) by box_policy='drop'" in caplog.text
+
+
+def test_a_stream_read_undecoded_reads_no_pixel(tmp_path, cache, monkeypatch):
+    import PIL.Image
+
+    saved = tmp_path / "hub"
+    write_hub_dataset(saved, 6, seed=7, pool=3)
+    decoded = list(load_detection_dataset(saved, streaming=True, masks=True)["train"])
+    opened = []
+    monkeypatch.setattr(PIL.Image, "open", lambda *args, **kwargs: opened.append(args))
+    undecoded = list(load_detection_dataset(saved, streaming=True, masks=True, decode=False)["train"])
+    assert opened == [] and all(isinstance(row["image"]["bytes"], bytes) for row in undecoded)
+    assert [{**row, "image": None} for row in undecoded] == [{**row, "image": None} for row in decoded]

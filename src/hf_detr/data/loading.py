@@ -317,6 +317,7 @@ def load_detection_dataset(
     revision: str | None = None,
     cache_dir: str | None = None,
     num_proc: int | None = None,
+    decode: bool = True,
     **load_dataset_kwargs: Any,
 ) -> AnyDatasetDict:
     """Load a detection data set in the Hub's COCO schema (see the module docstring), with ``masks=True`` the objects'
@@ -374,12 +375,15 @@ def load_detection_dataset(
         masks: keep (or make) each object's ``segmentation`` (see above).
         revision, cache_dir, load_dataset_kwargs: passed to ``datasets.load_dataset`` (source kind 4 only).
         num_proc: processes that prepare a split (default: the usable cores from a few thousand examples on).
+        decode: streamed splits only: ``False`` leaves each ``image`` undecoded (``{"bytes", "path"}``) and converts
+            the rest without reading a pixel, for a reader that decodes only the images it needs (the training
+            processes of a shared stream, ``hf_detr.data.streaming``).
     """
     _check_policy(box_policy)
     kind = detect_format(source)
     if kind == "coco":
         return load_coco_folder(source, splits=splits, streaming=streaming, box_policy=box_policy,
-                                box_tolerance=box_tolerance, masks=masks, num_proc=num_proc)  # fmt: skip
+                                box_tolerance=box_tolerance, masks=masks, num_proc=num_proc, decode=decode)  # fmt: skip
     container = datasets.IterableDatasetDict if streaming else datasets.DatasetDict
     if kind in ("yolo", "voc"):
         if masks:
@@ -389,10 +393,10 @@ def load_detection_dataset(
             )
         loaded = {split.name: folder_dataset(split) for split in read_folder_splits(source, splits, box_policy,
                                                                                    box_tolerance)}  # fmt: skip
-        return container({name: streamed(ds) if streaming else ds for name, ds in loaded.items()})
+        return container({name: streamed(ds, decode) if streaming else ds for name, ds in loaded.items()})
     loaded = saved_or_hub_splits(source, splits, streaming=streaming, revision=revision, cache_dir=cache_dir,
                                  **load_dataset_kwargs)  # fmt: skip
-    return container({name: _conform(ds, name, box_tolerance, box_policy, masks=masks, num_proc=num_proc)
+    return container({name: _conform(ds, name, box_tolerance, box_policy, masks, num_proc, decode)
                       for name, ds in loaded.items()})  # fmt: skip
 
 
@@ -547,6 +551,7 @@ def load_coco_folder(
     masks: bool = False,
     annotations: Literal["instances", "panoptic"] | None = None,
     num_proc: int | None = None,
+    decode: bool = True,
 ) -> AnyDatasetDict:
     """Load a COCO-format folder: ``annotations/instances_<split>.json`` (or ``annotations/panoptic_<split>.json``)
     plus the image files.
@@ -584,7 +589,8 @@ def load_coco_folder(
     polygon reaching more than a pixel outside it, an RLE that does not decode, a panoptic PNG of another size or with
     segment ids ``segments_info`` does not list, a missing folder of PNGs. Everything is checked once, when the split
     is prepared (see :func:`load_detection_dataset`); with ``box_policy="drop"`` a missing or unreadable image is left
-    out instead and counted in the split's warning line.
+    out instead and counted in the split's warning line. ``num_proc`` and ``decode``: see
+    :func:`load_detection_dataset`.
     """
     _check_policy(box_policy)
     if annotations not in (None, *_COCO_KINDS):
@@ -611,7 +617,7 @@ def load_coco_folder(
     _check_same_categories([(file.name, coco_category_ids(result[name]), list(id2label(result[name]).values()))
                             for name, file in files.items()])  # fmt: skip
     if streaming:  # the prepared split holds paths, not pixels: it fits on any disk
-        return datasets.IterableDatasetDict({name: streamed(split) for name, split in result.items()})
+        return datasets.IterableDatasetDict({name: streamed(split, decode) for name, split in result.items()})
     return datasets.DatasetDict(result)
 
 
@@ -621,12 +627,12 @@ def _missing_images(split: datasets.Dataset) -> list[str]:
     return [path for path in paths if not os.path.isfile(path)]
 
 
-def streamed(split: datasets.Dataset) -> datasets.IterableDataset:
+def streamed(split: datasets.Dataset, decode: bool = True) -> datasets.IterableDataset:
     """A map-style split read as a stream, in shards of about 1,000 examples (which processes and DataLoader workers
-    share out), its ``info.description`` (COCO category ids) kept."""
+    share out), its ``info.description`` (COCO category ids) kept; ``decode=False``: its images left undecoded."""
     stream = split.to_iterable_dataset(num_shards=max(1, min(len(split), math.ceil(len(split) / _STREAM_SHARD_SIZE))))
     stream.info.description = split.info.description
-    return stream
+    return stream if decode else stream.decode(False)
 
 
 def _prepare_coco_split(
@@ -1111,7 +1117,7 @@ def _image_size(image: Any, where: str, width: int | None = None, height: int | 
 
 def _conform(
     dataset: AnyDataset, split: str, tolerance: float, policy: BoxPolicy = "clip", masks: bool = False,
-    num_proc: int | None = None,
+    num_proc: int | None = None, decode: bool = True,
 ) -> AnyDataset:  # fmt: skip
     """A Hub or ``save_to_disk`` split in the schema under the box policy (see :func:`load_detection_dataset`): a
     streamed one conformed lazily, as it is read; a map-style one prepared once into the cache (:func:`open_prepared`:
@@ -1119,8 +1125,10 @@ def _conform(
     streamed = isinstance(dataset, datasets.IterableDataset)
     conformer = SplitConformer(dataset.features, split, tolerance, policy, masks=masks, streamed=streamed)
     if streamed:
+        # a map decodes every image it is handed, whatever is decided downstream: undecoded, nothing is read of them
+        source = dataset if decode else dataset.decode(False)
         # the features must be given: IterableDataset.map otherwise forgets them
-        return dataset.map(conformer, with_indices=True, features=conformer.target, remove_columns=conformer.extra)
+        return source.map(conformer, with_indices=True, features=conformer.target, remove_columns=conformer.extra)
     files = [Path(f["filename"]) for f in dataset.cache_files]
     key = {"source": "datasets", "fingerprint": dataset._fingerprint, "split": split, "policy": policy,
            "tolerance": tolerance, "masks": masks,

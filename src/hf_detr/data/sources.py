@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import datasets
 
-from .loading import BoxPolicy, load_detection_dataset
+from .loading import BoxPolicy, load_detection_dataset, streamed
 from .synthetic import SPLITS, make_synthetic_dataset
 
 __all__ = ["SYNTHETIC", "load_data"]
@@ -25,6 +25,7 @@ def load_data(
     box_policy: BoxPolicy = "clip",
     masks: bool = False,
     streaming: bool = False,
+    decode: bool = True,
 ) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """`splits` (default: all) of `source`: `"synthetic"` for the generated shapes (`synthetic_sizes[split]` images
     per split, default 1000 / 200 / 200, of `synthetic_image_size` pixels, seeded by `seed`), or a Hub id,
@@ -34,9 +35,10 @@ def load_data(
     per split; `"drop"`; `"error"`; the generated shapes lie inside their images). `masks=True` adds each object's
     mask as `objects.segmentation`, a compressed RLE (see :mod:`.masks`): the shapes' visible pixels, or what the
     source holds (an error for a source without masks). `streaming=True` gives `IterableDataset` splits (the generated shapes: their
-    in-memory splits read as streams)."""
+    in-memory splits read as streams), with `decode=False` their images undecoded."""
     if source != SYNTHETIC:
-        return load_detection_dataset(source, splits=splits, box_policy=box_policy, masks=masks, streaming=streaming)
+        return load_detection_dataset(source, splits=splits, box_policy=box_policy, masks=masks, streaming=streaming,
+                                      decode=decode)  # fmt: skip
     wanted = list(splits or SPLITS)
     unknown = [name for name in wanted if name not in SPLITS]
     if unknown:
@@ -47,5 +49,5 @@ def load_data(
         counts["train"], counts["validation"], counts["test"], image_size=synthetic_image_size, seed=seed, masks=masks
     )
     if streaming:
-        return datasets.IterableDatasetDict({name: generated[name].to_iterable_dataset() for name in wanted})
+        return datasets.IterableDatasetDict({name: streamed(generated[name], decode) for name in wanted})
     return datasets.DatasetDict({name: generated[name] for name in wanted})

@@ -134,7 +134,7 @@ class StreamedBatches:
             rows = rows.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         batches = split_dataset_by_node(rows.batch(batch_size), rank, num_processes, strategy="examples")
         self._stream = _EpochStream(batches)
-        self._loader = torch.utils.data.DataLoader(_Prepared(examples, split.features["image"]), batch_size=None,
+        self._loader = torch.utils.data.DataLoader(_Prepared(examples, datasets.Image(mode=split.features["image"].mode)), batch_size=None,
                                                    sampler=self._stream, collate_fn=collator,
                                                    **loader_options)  # fmt: skip
         self.stand_in = collator([_stand_in_example("segmentation" in split.features["objects"])])

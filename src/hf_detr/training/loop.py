@@ -425,7 +425,7 @@ def _load_splits(config: TrainConfig) -> dict[str, Any]:
             config.dataset, splits, synthetic_sizes={config.train_split: config.synthetic_train_size,
                                                      config.eval_split: config.synthetic_eval_size},
             synthetic_image_size=config.synthetic_image_size, seed=config.seed, box_policy=config.box_policy,
-            masks=config.task != "detection", streaming=streaming,
+            masks=config.task != "detection", streaming=streaming, decode=not streaming,  # workers decode a stream
         ))  # fmt: skip
 
     evaluated = [config.eval_split] if config.eval_split else []
