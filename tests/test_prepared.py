@@ -17,6 +17,8 @@ from pycocotools import mask as coco_mask
 
 from benchmarks.scale_data import OUTSIDE_PIXELS, WIDTH, write_coco_folder, write_hub_dataset
 from hf_detr.data import load_detection_dataset, loading
+from hf_detr.training.loop import train
+from test_train import _fresh_accelerator_state, tiny_config  # noqa: F401 (the first: autouse)
 
 TESTS = Path(__file__).parent
 
@@ -96,6 +98,8 @@ def test_a_second_load_and_a_second_process_open_the_prepared_split(tmp_path, ca
 import json, sys
 sys.path.insert(0, {str(TESTS)!r})
 from hf_detr.data import load_detection_dataset, loading
+from hf_detr.training.loop import train
+from test_train import _fresh_accelerator_state, tiny_config  # noqa: F401 (the first: autouse)
 calls = {{"parse": 0, "encode": 0}}
 for name, attribute in (("parse", "_read_coco_json"), ("encode", "segmentation_rle")):
     function = getattr(loading, attribute)
@@ -197,3 +201,29 @@ def test_a_stream_read_undecoded_reads_no_pixel(tmp_path, cache, monkeypatch):
     undecoded = list(load_detection_dataset(saved, streaming=True, masks=True, decode=False)["train"])
     assert opened == [] and all(isinstance(row["image"]["bytes"], bytes) for row in undecoded)
     assert [{**row, "image": None} for row in undecoded] == [{**row, "image": None} for row in decoded]
+
+
+def test_an_image_gone_or_broken_while_training_is_named(tmp_path, cache):
+    from hf_detr.data.collate import DetectionDataset
+
+    root = tmp_path / "coco"
+    write_coco_folder(root, 4, seed=8, pool=4)
+    split = load_detection_dataset(root)["train"]
+    gone = Path(split.cast_column("image", datasets.Image(decode=False))[2]["image"]["path"])
+    gone.unlink()  # after the split was opened: only reading it can tell
+    with pytest.raises(ValueError, match=rf"example 2 \(image_id=\d+\): cannot decode the image {gone} \(.*No such "
+                                         r"file.*\); restore or replace the file"):  # fmt: skip
+        DetectionDataset(split)[2]
+    assert DetectionDataset(split)[1]["image"].size == (WIDTH, 480)
+
+    # a stream whose image bytes are broken: training stops at that batch, mid-epoch, naming the image
+    saved = tmp_path / "hub"
+    write_hub_dataset(saved, 6, seed=9, pool=3)
+    source = datasets.load_from_disk(str(saved))["train"]
+    rows = source.cast_column("image", datasets.Image(decode=False)).to_list()
+    rows[4]["image"] = {"bytes": b"not a jpeg", "path": "000000000005.jpg"}
+    datasets.Dataset.from_list(rows, features=source.features).save_to_disk(str(tmp_path / "broken"))
+    config = tiny_config(tmp_path, dataset=str(tmp_path / "broken"), streaming=True, shuffle=False, max_steps=3)
+    with pytest.raises(ValueError, match=r"example 4 \(image_id=\d+\): cannot decode the image 000000000005.jpg"):
+        train(config)
+    assert json.loads((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 2

@@ -22,7 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import datasets
 import numpy as np
+import PIL.Image
 import torch
 from torchvision.transforms.v2 import functional as F
 
@@ -30,7 +32,25 @@ from ..modeling.image_processing_hf_detr import HfDetrImageProcessor, upright_rg
 from .masks import mask_references
 from .transforms import to_coco_annotations, transform_example
 
-__all__ = ["DetectionCollator", "DetectionDataset", "derived_seed", "upright_rgb"]
+__all__ = ["DetectionCollator", "DetectionDataset", "decoded_image", "derived_seed", "upright_rgb"]
+
+
+def decoded_image(image: Any, where: str) -> PIL.Image.Image:
+    """A PIL image, or an undecoded ``datasets.Image`` value (``{"bytes", "path"}``) decoded; a ``ValueError`` naming
+    ``where`` and the file when it is gone or cannot be decoded (e.g. deleted since the data set was prepared)."""
+    if isinstance(image, PIL.Image.Image):
+        return image
+    if not isinstance(image, Mapping) or not (image.get("bytes") or image.get("path")):
+        raise TypeError(f"{where}: `image` must be a PIL image or a datasets.Image value, got {type(image).__name__}; "
+                        "keep the column as a datasets.Image() feature.")  # fmt: skip
+    try:
+        return datasets.Image().decode_example(dict(image))
+    except (OSError, PIL.UnidentifiedImageError, ValueError) as error:  # FileNotFoundError is an OSError
+        shown = image.get("path") or "its embedded bytes"
+        raise ValueError(
+            f"{where}: cannot decode the image {shown} ({error}); restore or replace the file, or load the data set "
+            "again (box_policy='drop' leaves out the images of a COCO folder that are missing or unreadable)."
+        ) from error
 
 
 def derived_seed(*keys: int) -> int:
@@ -71,6 +91,9 @@ class DetectionDataset(torch.utils.data.Dataset):
                 f"DetectionDataset needs a datasets.Dataset (or a streamed datasets.IterableDataset), got "
                 f"{type(dataset).__name__}."
             )
+        if isinstance(dataset, datasets.Dataset) and isinstance(dataset.features.get("image"), datasets.Image):
+            # decoded in `prepare`, where a file gone or broken since loading can be named (free: no data is copied)
+            dataset = dataset.cast_column("image", datasets.Image(mode=dataset.features["image"].mode, decode=False))
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
@@ -91,13 +114,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         """The item of `example`, row `index` of the data set, in `epoch`: upright RGB, relabelled, augmented with
         the randomness of `(seed, epoch, index)`, with its `orig_size`."""
         example = dict(example)
-        image = example.get("image")
-        if not hasattr(image, "size") or not hasattr(image, "mode"):
-            raise TypeError(
-                f"example {index} (image_id={example.get('image_id')}): `image` must be a decoded PIL image, got "
-                f"{type(image).__name__}; keep the column as a datasets.Image() feature."
-            )
-        image = example["image"] = upright_rgb(image)
+        image = example["image"] = upright_rgb(decoded_image(example.get("image"), f"example {index} (image_id="
+                                                                                   f"{example.get('image_id')})"))
         orig_size = (image.height, image.width)
         if self.label_map is not None:
             objects = example["objects"]

@@ -82,18 +82,15 @@ class _EpochStream(torch.utils.data.Sampler):
 class _Prepared(torch.utils.data.Dataset):
     """In a DataLoader worker: the examples of a raw batch, decoded and prepared (`DetectionDataset.prepare`)."""
 
-    def __init__(self, examples: DetectionDataset, image: datasets.Image) -> None:
-        self.examples, self.image = examples, image
+    def __init__(self, examples: DetectionDataset) -> None:
+        self.examples = examples
 
     def __getitem__(self, key: tuple[int, dict[str, list]]) -> list[dict[str, Any]]:
         epoch, columns = key
         prepared = []
         for values in zip(*columns.values()):
             example = dict(zip(columns, values))
-            row = example.pop(ROW)
-            if not isinstance(example["image"], PIL.Image.Image):  # a loader's map may have decoded it already
-                example["image"] = self.image.decode_example(example["image"])
-            prepared.append(self.examples.prepare(example, row, epoch))
+            prepared.append(self.examples.prepare(example, example.pop(ROW), epoch))
         return prepared
 
 
@@ -134,7 +131,7 @@ class StreamedBatches:
             rows = rows.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         batches = split_dataset_by_node(rows.batch(batch_size), rank, num_processes, strategy="examples")
         self._stream = _EpochStream(batches)
-        self._loader = torch.utils.data.DataLoader(_Prepared(examples, datasets.Image(mode=split.features["image"].mode)), batch_size=None,
+        self._loader = torch.utils.data.DataLoader(_Prepared(examples), batch_size=None,
                                                    sampler=self._stream, collate_fn=collator,
                                                    **loader_options)  # fmt: skip
         self.stand_in = collator([_stand_in_example("segmentation" in split.features["objects"])])
