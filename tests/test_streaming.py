@@ -76,16 +76,15 @@ def test_a_streamed_epoch_is_the_map_style_batches_of_its_rows() -> None:
 
 
 def test_streaming_needs_a_bound_when_the_stream_has_no_size(tmp_path: Path) -> None:
+    stream = make_synthetic_dataset(4, 0, 0, image_size=64, seed=0)["train"].to_iterable_dataset()  # no size recorded
     with pytest.raises(ValueError, match=r"num_train_epochs=2 with streaming.*bound the run with max_steps or "
                                          r"time_budget"):  # fmt: skip
-        train(config(tmp_path, "run", streaming=True, num_train_epochs=2, synthetic_train_size=4))
+        train(config(tmp_path, "run", streaming=True, num_train_epochs=2), dataset={"train": stream})
 
 
 def test_epochs_of_a_stream_that_records_its_size(tmp_path: Path) -> None:
-    stream = make_synthetic_dataset(7, 0, 0, image_size=64, seed=0)["train"].to_iterable_dataset()
-    stream.info.splits = datasets.SplitDict()
-    stream.info.splits.add(datasets.SplitInfo("train", num_examples=7))
-    result = train(config(tmp_path, "run", streaming=True, num_train_epochs=2), dataset={"train": stream})
+    # load_data's streams record their size (here the synthetic set's; a COCO folder's, a saved set's too)
+    result = train(config(tmp_path, "run", streaming=True, num_train_epochs=2, synthetic_train_size=7))
     assert result.global_step == 8  # 4 batches of 2 per epoch
     assert [entry["epoch"] for entry in result.log_history][3::4] == [1.0, 2.0]
 

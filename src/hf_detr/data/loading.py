@@ -632,6 +632,9 @@ def streamed(split: datasets.Dataset, decode: bool = True) -> datasets.IterableD
     share out), its ``info.description`` (COCO category ids) kept; ``decode=False``: its images left undecoded."""
     stream = split.to_iterable_dataset(num_shards=max(1, min(len(split), math.ceil(len(split) / _STREAM_SHARD_SIZE))))
     stream.info.description = split.info.description
+    if split.split is not None:  # its size, which an epoch count of a streamed training needs
+        name = str(split.split)
+        stream.info.splits = datasets.SplitDict({name: datasets.SplitInfo(name=name, num_examples=len(split))})
     return stream if decode else stream.decode(False)
 
 
