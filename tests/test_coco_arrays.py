@@ -5,18 +5,14 @@ PQ's fast pixel indexing counts what the sorted search counts."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 
 import numpy as np
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-from test_metrics import IMAGES, NUM_CLASSES, perfect_outputs, processor_labels, pycocotools_directly, random_scene
+from test_metrics import IMAGES, perfect_outputs, processor_labels, pycocotools_directly, random_scene
 from test_segmentation_metrics import mask_scene
 from transformers import EvalPrediction
 
@@ -153,34 +149,24 @@ def test_the_compact_path_gives_the_numbers_of_pycocotools_on_all_outputs_at_onc
     pred_boxes = (pred_boxes + 0.03 * torch.randn(pred_boxes.shape, generator=generator)).clamp(0.01, 0.99)
     processor, threshold, batches = HfDetrImageProcessor(), 0.1, [slice(0, 3), slice(3, 6), slice(6, 7)]
 
-    # the textbook run on every image's detections at once
+    # every image's detections post-processed at once (as `evaluate` did), scored by COCOeval the textbook way
     sizes = torch.tensor([label["orig_size"].tolist() for label in labels], dtype=torch.float32)
     everything = processor.post_process_object_detection(
         PostProcessInputs(logits=logits, pred_boxes=pred_boxes), threshold, target_sizes=sizes)
-    truth = COCO()
-    truth.dataset = {"images": [{"id": i} for i in range(1, len(labels) + 1)],
-                     "categories": [{"id": c} for c in range(NUM_CLASSES)], "annotations": []}  # fmt: skip
+    predictions = [{"boxes": image["boxes"].double().tolist(), "labels": image["labels"].tolist(),
+                    "scores": image["scores"].tolist()} for image in everything]  # fmt: skip
+    references = []
     for image_id, label in enumerate(labels, start=1):
         orig, size = label["orig_size"].tolist(), label["size"].tolist()
-        boxes = denormalize_boxes(torch.as_tensor(label["boxes"], dtype=torch.float64), "xywh", orig).tolist()
-        areas = (torch.as_tensor(label["area"], dtype=torch.float64) * (orig[0] * orig[1]) / (size[0] * size[1]))
-        for box, category, crowd, area in zip(boxes, label["class_labels"], label["iscrowd"], areas.tolist()):
-            truth.dataset["annotations"].append({"id": len(truth.dataset["annotations"]) + 1, "image_id": image_id,
-                                                 "bbox": box, "category_id": int(category), "iscrowd": int(crowd),
-                                                 "area": area})  # fmt: skip
-    found = [{"image_id": image_id, "category_id": int(category), "score": float(score),
-              "bbox": [x0, y0, x1 - x0, y1 - y0]}
-             for image_id, image in enumerate(everything, start=1)
-             for (x0, y0, x1, y1), category, score in zip(image["boxes"].double().tolist(), image["labels"],
-                                                          image["scores"])]  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()):
-        truth.createIndex()
-        textbook = COCOeval(truth, truth.loadRes(found), iouType="bbox")
-        textbook.evaluate()
-        textbook.accumulate()
-        textbook.summarize()
-    expected = {name: round(float(value), 4) for name, value in zip(COCO_STAT_NAMES, textbook.stats)}
+        area = torch.as_tensor(label["area"], dtype=torch.float64) * (orig[0] * orig[1]) / (size[0] * size[1])
+        references.append({"image_id": image_id, "labels": label["class_labels"].tolist(), "area": area.tolist(),
+                           "boxes": denormalize_boxes(torch.as_tensor(label["boxes"], dtype=torch.float64), "xywh",
+                                                      orig).tolist(), "iscrowd": label["iscrowd"].tolist()})  # fmt: skip
+    textbook = pycocotools_directly(predictions, references)
+    expected = {name: round(float(value), 4) for name, value in zip(COCO_STAT_NAMES, textbook)}
     assert any(label["iscrowd"].any() for label in labels) and 0.1 < expected["map"] < 0.9
+    at_once = coco_evaluate(predictions, references, return_evaluation=True)
+    assert [at_once.metrics[name] for name in COCO_STAT_NAMES] == textbook.tolist()
 
     by_batch = [labels[batch] for batch in batches]
     trainer = EvalPrediction(predictions=[(logits[b].numpy(), pred_boxes[b].numpy()) for b in batches],
@@ -193,7 +179,7 @@ def test_the_compact_path_gives_the_numbers_of_pycocotools_on_all_outputs_at_onc
         for eval_pred in (trainer, evaluate):
             evaluation = compute_metrics(eval_pred)
             assert evaluation.metrics == expected
-            assert np.array_equal(evaluation.precision, textbook.eval["precision"])
+            assert np.array_equal(evaluation.precision, at_once.precision)
             # what the evaluation keeps of each image: float32 arrays, in the model's precision
             assert len(evaluation.predictions) == len(labels)
     kept = detections_in_original_frame(processor, logits[:3], pred_boxes[:3], labels[:3], threshold)

@@ -32,8 +32,9 @@ from pycocotools.cocoeval import Params
 
 __all__ = ["Annotations", "evaluate_arrays"]
 
-# The most values one block of the matching holds in one array (its IoUs: pairs x detections x ground truth; one rank's
-# candidates: area ranges x pairs x thresholds x ground truth), to bound memory.
+# The most values one block of image-category pairs puts in one array of the matching (per pair: its IoUs, detections x
+# ground truth; its outcomes, area ranges x thresholds x detections; one rank's candidates, area ranges x thresholds x
+# ground truth), to bound memory.
 _MATCH_BLOCK = 1 << 22
 
 
@@ -176,7 +177,8 @@ def evaluate_arrays(
         depth_of = dt_count[group]
         # blocks of pairs sorted by detection count, so padding to a block's deepest pair stays small
         group = group[np.argsort(depth_of, kind="stable")]
-        block = max(1, _MATCH_BLOCK // (int(width) * max(int(depth_of.max()), num_a * num_t)))
+        most = int(depth_of.max())
+        block = max(1, _MATCH_BLOCK // max(most * int(width), num_a * num_t * max(most, int(width))))
         for start in range(0, len(group), block):
             chunk = group[start : start + block]
             depth = int(dt_count[chunk].max())

@@ -131,7 +131,9 @@ def evaluate(
         if device is not None:
             pixel_values, pixel_mask = pixel_values.to(device), pixel_mask.to(device)
         outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
-        labels = [{key: value.cpu().numpy() for key, value in label.items()} for label in batch["labels"]]
+        # kept until the end: the box metric's fields, not a segmentation label's `masks` (pixels at the padded size)
+        labels = [{key: value.cpu().numpy() for key, value in label.items() if key != "masks"}
+                  for label in batch["labels"]]  # fmt: skip
         detections = detections_in_original_frame(image_processor, outputs.logits.float().cpu(),
                                                    outputs.pred_boxes.float().cpu(), labels, threshold,
                                                    f"batch {len(boxes)} labels")  # fmt: skip

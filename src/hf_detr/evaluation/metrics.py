@@ -14,6 +14,13 @@ all, or none in that area range / category) is **-1.0**, COCO's own convention; 
 return_evaluation=True)``) carries, from the same single COCOeval run, the metrics, a per-class table (AP, AP50,
 AR@100 and the number of ground-truth objects of each class), COCOeval's precision array for precision-recall
 curves and the per-image detections and ground truth it scored (for :mod:`hf_detr.evaluation.diagnostics`).
+
+At COCO's size (val2017: 5,000 images x 100 detections) the inputs stay compact: each image's detections are
+validated into numpy arrays (float32 when given so, as post-processing gives them), the run reads them as columns
+(:class:`hf_detr.evaluation.coco_arrays.Annotations`) and COCOeval goes one category at a time, so no dict per
+detection and no per-image record of COCOeval exists for the whole split at once. ``backend="numpy"`` replaces
+COCOeval's Python loops by array code with the same arithmetic (:func:`hf_detr.evaluation.coco_arrays.evaluate_arrays`:
+the same precision and recall arrays bit for bit, several times faster); pycocotools stays the default.
 """
 
 from __future__ import annotations

@@ -29,9 +29,10 @@ unlabelled (COCO counts both against the prediction); panopticapi is not on PyPI
 ``panopticapi-lite`` pins numpy < 2) and reads PNG folders. The definition is small, so it is written here in numpy.
 
 Across processes: mask predictions travel as RLEs (:func:`encode_masks`), PQ as each image's small
-:class:`SegmentCounts` (:meth:`PanopticQualityMetric.count_image`), which ``accelerator.gather_for_metrics(...,
-use_gather_object=True)`` collects one per image, dropping the duplicates of the last uneven batch, as the evaluation
-loop does with the box metric's inputs.
+:class:`SegmentCounts` (:meth:`PanopticQualityMetric.count_image`), one entry per image, which
+``accelerator.gather_for_metrics(..., use_gather_object=True)`` collects batch by batch (``DetrTrainer``) or
+``hf_detr.evaluation.evaluate`` gathers once at the end, dropping the duplicates of the last uneven batch either way.
+Mask mAP accepts ``backend="numpy"`` as the box metric does (:mod:`hf_detr.evaluation.coco_arrays`).
 """
 
 from __future__ import annotations
