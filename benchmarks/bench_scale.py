@@ -9,8 +9,9 @@ for both sources:
 * load (`hf_detr.data.load_data(path)`, and with `masks=True`): time and peak RSS of a first load and of a second one
   with the first one's caches, and the bytes each writes;
 * time to the first training step of `hf-detr train --max_steps 1` with a tiny model, on 1 process and on 2
-  (`accelerate launch --multi_gpu --num_processes 2 -m hf_detr train ... --cpu`, as the tests launch it), from the
-  command's start to the step's line in `train_log.jsonl`, and the whole command's time and peak RSS per process;
+  (`accelerate launch --multi_gpu --num_processes 2 -m hf_detr train ... --cpu`, as the tests launch it), loaded and
+  streamed (`--streaming`), from the command's start to the step's line in `train_log.jsonl`, and the whole command's
+  time and peak RSS per process;
 * streaming: images per second read and decoded from `load_detection_dataset(path, streaming=True)` (at most
   `--stream_images`), and the time from the call to the first image.
 
@@ -120,11 +121,11 @@ def _measure_stream(path: str, max_images: int) -> dict[str, Any]:
     return {"setup_seconds": first - start, "images": count + 1, "images_per_second": count / seconds}
 
 
-def _measure_train(path: str, output_dir: str, processes: int) -> dict[str, Any]:
+def _measure_train(path: str, output_dir: str, processes: int, streaming: bool = False) -> dict[str, Any]:
     args = ["--dataset", path, "--output_dir", output_dir, "--max_steps", "1", "--eval_split", "none",
             "--model_kwargs", json.dumps(TINY_MODEL), "--image_size", str(_TINY.image_size),
             "--per_device_train_batch_size", "2", "--save_steps", "0", "--logging_steps", "1", "--cpu",
-            "--report_to", "none", "--disable_tqdm"]  # fmt: skip
+            "--report_to", "none", "--disable_tqdm", *(["--streaming"] if streaming else [])]  # fmt: skip
     if processes == 1:
         argv = [str(_BIN / "hf-detr"), "train", *args]
     else:  # accelerate's own --cpu flag starts one process: --multi_gpu spawns them, the script's --cpu keeps the CPU
@@ -181,13 +182,10 @@ def _run_child(spec: dict[str, Any]) -> None:
 
 
 def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under ``folder``, each file (inode) once."""
-    seen: dict[tuple[int, int], int] = {}
-    for directory, _, files in os.walk(folder):
-        for name in files:
-            stat = os.lstat(os.path.join(directory, name))
-            seen[stat.st_dev, stat.st_ino] = stat.st_size
-    return sum(seen.values())
+    """Bytes of the files under ``folder``, a hard-linked file as often as it is linked: what a folder of copies (a
+    real COCO folder) holds."""
+    return sum(os.lstat(os.path.join(directory, name)).st_size for directory, _, files in os.walk(folder)
+               for name in files)  # fmt: skip
 
 
 def measure(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -252,11 +250,11 @@ def measure_size(n: int, workdir: Path, args: argparse.Namespace) -> dict[str, A
                                                                    "masks": masks})  # fmt: skip
                 _report(n, name, f"load {what}, {attempt}", cases[f"load {what}, {attempt}"])
             sandbox.remove()
-        for processes in args.train_processes:
+        for processes, streaming in itertools.product(args.train_processes, (False, True)[: 1 + args.train_streaming]):
             sandbox = Sandbox(path, workdir / f"{source}-train")
-            case = f"train {processes} process{'es' if processes > 1 else ''}"
+            case = f"train {processes} process{'es' if processes > 1 else ''}" + (", streamed" if streaming else "")
             cases[case] = sandbox.measure({"measure": "train", "path": str(sandbox.data), "processes": processes,
-                                           "output_dir": str(sandbox.folder / "run")})  # fmt: skip
+                                           "streaming": streaming, "output_dir": str(sandbox.folder / "run")})
             _report(n, name, case, cases[case])
             sandbox.remove()
         sandbox = Sandbox(path, workdir / f"{source}-stream")
@@ -352,6 +350,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sources", nargs="+", choices=list(SOURCES), default=list(SOURCES))
     parser.add_argument("--train_processes", type=int, nargs="*", default=[1, 2],
                         help="the process counts of the training runs (none: no training run)")  # fmt: skip
+    parser.add_argument("--train_streaming", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time each training run streamed (hf-detr train --streaming)")  # fmt: skip
     parser.add_argument("--stream_images", type=int, default=2000, help="images read per streaming measurement")
     parser.add_argument("--evaluation", nargs="*", choices=EVALUATIONS, default=list(EVALUATIONS),
                         help="evaluations to measure (none: none)")  # fmt: skip

@@ -68,7 +68,7 @@ def test_bench_scale_reports_every_measurement(tmp_path, capsys):
     data, cases = report["runs"]["30"]["data"]["hub"], report["runs"]["30"]["results"]["hub"]
     assert data["images"] == 30 and data["outside"] == 1 and data["boxes"] > 30
     assert sorted(cases) == ["load boxes, first", "load boxes, second", "load masks, first", "load masks, second",
-                             "stream", "train 1 process"]  # fmt: skip
+                             "stream", "train 1 process", "train 1 process, streamed"]  # fmt: skip
     for case, result in cases.items():
         if case.startswith("load"):
             assert (result["images"], result["boxes"]) == (data["images"], data["boxes"])
