@@ -1,10 +1,11 @@
-"""Evaluation: COCO metrics through pycocotools (`metrics`), the one evaluation loop (`evaluate`) and where a model
-goes wrong (`diagnostics`: confusion matrix, per-image errors, per-class precision-recall curves); mask mAP and
-panoptic quality (`segmentation_metrics`)."""
+"""Evaluation: COCO metrics through pycocotools (`metrics`; or `backend="numpy"`, the same numbers from arrays:
+`coco_arrays`), the one evaluation loop (`evaluate`) and where a model goes wrong (`diagnostics`: confusion matrix,
+per-image errors, per-class precision-recall curves); mask mAP and panoptic quality (`segmentation_metrics`)."""
 
 from .diagnostics import ClassCurve, Diagnostics, ImageMatch, class_pr_curves, diagnose, match_image
 from .evaluate import evaluate, evaluation_collator, evaluation_dataset, evaluation_loader, model_labels
 from .metrics import (
+    COCO_BACKENDS,
     COCO_STAT_NAMES,
     PER_CLASS_STATS,
     CocoDetectionMetric,
@@ -29,6 +30,7 @@ from .segmentation_metrics import (
 )
 
 __all__ = [
+    "COCO_BACKENDS",
     "COCO_STAT_NAMES",
     "PER_CLASS_STATS",
     "PQ_STAT_NAMES",

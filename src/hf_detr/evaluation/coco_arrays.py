@@ -30,7 +30,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import Params
 
-__all__ = ["Annotations", "evaluate_arrays"]
+__all__ = ["Annotations", "evaluate_arrays", "undefined_arrays"]
 
 # The most values one block of image-category pairs puts in one array of the matching (per pair: its IoUs, detections x
 # ground truth; its outcomes, area ranges x thresholds x detections; one rank's candidates, area ranges x thresholds x
@@ -85,6 +85,13 @@ class Annotations:
             columns["segmentation"] = [self.masks[row] for row in rows]
         names = list(columns)
         return [dict(zip(names, values)) for values in zip(*columns.values())]
+
+
+def undefined_arrays(params: Params, num_categories: int) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval's ``precision`` ``[T, R, K, A, M]`` and ``recall`` ``[T, K, A, M]`` for ``params``, all -1 (undefined)
+    until a category's numbers fill them."""
+    shape = (len(params.iouThrs), len(params.recThrs), num_categories, len(params.areaRng), len(params.maxDets))
+    return -np.ones(shape), -np.ones(shape[:1] + shape[2:])
 
 
 def _rank_in_group(keys: np.ndarray) -> np.ndarray:
@@ -144,10 +151,8 @@ def evaluate_arrays(
     params = Params(iouType=iou_type)
     thresholds, recall_points = params.iouThrs, params.recThrs
     area_ranges, max_dets = np.asarray(params.areaRng, dtype=np.float64), sorted(params.maxDets)
-    num_t, num_r, num_k, num_a, num_m = len(thresholds), len(recall_points), len(categories), len(area_ranges), \
-        len(max_dets)  # fmt: skip
-    precision = -np.ones((num_t, num_r, num_k, num_a, num_m))
-    recall = -np.ones((num_t, num_k, num_a, num_m))
+    precision, recall = undefined_arrays(params, len(categories))
+    num_t, _, num_k, num_a, _ = precision.shape
     sorted_categories = np.asarray(categories, dtype=np.int64)
 
     # detections by image, category, score (stable: ties keep their input order, as COCOeval's mergesort does)

@@ -43,7 +43,7 @@ from transformers import EvalPrediction
 from transformers.utils import ModelOutput
 
 from ..modeling.boxes import check_boxes, denormalize_boxes
-from .coco_arrays import Annotations, evaluate_arrays
+from .coco_arrays import Annotations, evaluate_arrays, undefined_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -372,9 +372,7 @@ def _pycocotools_arrays(
     images = [{"id": i + 1} for i in range(num_images)]
     for image, (height, width) in zip(images, image_sizes or ()):
         image.update(height=height, width=width)
-    params = Params(iouType=iou_type)
-    shape = (len(params.iouThrs), len(params.recThrs), len(categories), len(params.areaRng), len(params.maxDets))
-    precision, recall = -np.ones(shape), -np.ones(shape[:1] + shape[2:])
+    precision, recall = undefined_arrays(Params(iouType=iou_type), len(categories))
     truth, found = _rows_by_category(ground_truth, categories), _rows_by_category(detections, categories)
     for k, category in enumerate(categories):
         truth_k, found_k = ground_truth.records(truth[k]), detections.records(found[k])
