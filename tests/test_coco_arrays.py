@@ -229,3 +229,28 @@ def test_panoptic_counts_are_the_same_for_small_and_large_segment_ids():
         with pytest.raises(ValueError, match=r"segment ids \[\d+\] are in `segmentation` but not in `segments_info`"):
             metric.count_image(panoptic(found, large, "label_id", range(1, 4)),
                                panoptic(truth, large, "category_id", range(1, 4)))  # fmt: skip
+
+
+def test_the_training_option_names_the_backends_and_reaches_the_evaluation(tmp_path, monkeypatch):
+    import typing
+
+    from test_train import _fresh_accelerator_state, tiny_config  # noqa: F401 (the first: autouse)
+
+    from hf_detr.evaluation.metrics import COCO_BACKENDS
+    from hf_detr.training import loop
+    from hf_detr.training.config import CocoBackend
+
+    assert typing.get_args(CocoBackend) == COCO_BACKENDS
+    with pytest.raises(ValueError, match=r"TrainConfig.coco_backend='fast' is invalid: choose one of"):
+        tiny_config(tmp_path, coco_backend="fast", max_steps=1)
+    backends = []
+
+    def spy(*args, **kwargs):
+        backends.append(kwargs["backend"])
+        return evaluate(*args, **kwargs)
+
+    evaluate = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", spy)
+    config = tiny_config(tmp_path, coco_backend="numpy", max_steps=2, eval_split="validation", dataset="synthetic",
+                         synthetic_train_size=4, synthetic_eval_size=4, synthetic_image_size=64)  # fmt: skip
+    assert set(loop.train(config).metrics) >= {"map", "map_50"} and backends == ["numpy"]

@@ -360,7 +360,7 @@ class _Loop:
         device = self.accelerator.device
         with torch.random.fork_rng(devices=[device] if device.type != "cpu" else [], device_type=device.type):
             self.metrics = evaluate(model, self.image_processor, self.eval_loader, accelerator=self.accelerator,
-                                    per_class=True)  # fmt: skip
+                                    per_class=True, backend=self.config.coco_backend)  # fmt: skip
         self.last_evaluated = self.progress.global_step
         self._record({"step": self.progress.global_step, "epoch": self.epoch,
                       **{f"eval_{name}": value for name, value in self.metrics.items()}})  # fmt: skip
