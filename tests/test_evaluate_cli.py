@@ -130,8 +130,11 @@ def _direct_metrics(model_dir: str, dataset_dir: str) -> dict[str, float]:
     return coco_evaluate(predictions, references, per_class=True, id2label=dict(enumerate(LABELS)))
 
 
-def test_table_equals_pycocotools_on_the_same_detections(model_dir, dataset_dir, capsys):
-    status, out, err = _run(capsys, model_dir, "--dataset", dataset_dir, "--batch-size", str(BATCH), "--per-class")
+@pytest.mark.parametrize("backend", [[], ["--coco-backend", "pycocotools"], ["--coco_backend", "numpy"]],
+                         ids=["default", "pycocotools", "numpy"])
+def test_table_equals_pycocotools_on_the_same_detections(model_dir, dataset_dir, capsys, backend):
+    status, out, err = _run(capsys, model_dir, "--dataset", dataset_dir, "--batch-size", str(BATCH), "--per-class",
+                            *backend)  # fmt: skip
     assert status == 0, err
     printed = _table(out)
     expected = _direct_metrics(model_dir, dataset_dir)

@@ -10,6 +10,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import typing
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -188,7 +189,7 @@ _PANOPTIC_ROWS = (
 
 def _evaluate_model_folder(
     model_dir: str, dataset: str, split: str = "validation", batch_size: int = 8, threshold: float = 0.0,
-    per_class: bool = False, device: str | None = None,
+    per_class: bool = False, device: str | None = None, backend: str = "pycocotools",
 ) -> tuple[Any, Any]:  # fmt: skip
     """The `CocoEvaluation` (`hf_detr.evaluation.evaluate(..., return_evaluation=True)`: metrics, per-class table,
     PR arrays, per-image detections) of the model saved in `model_dir` with its image processor on `split` of
@@ -208,7 +209,7 @@ def _evaluate_model_folder(
     if len(data) == 0:
         raise ValueError(f"split {split!r} of {dataset} has no images.")
     evaluation = evaluate(model, processor, data, batch_size=batch_size, per_class=per_class, threshold=threshold,
-                          return_evaluation=True)  # fmt: skip
+                          return_evaluation=True, backend=backend)  # fmt: skip
     return evaluation, data
 
 
@@ -243,6 +244,8 @@ def _require_viz() -> None:
 
 
 def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    from ..training.config import CocoBackend  # light: the options of hf-detr train are built from the same module
+
     parser = subparsers.add_parser(
         "evaluate",
         help="print the COCO box mAP table of a saved model folder on a data set (and a segmentation model's mask "
@@ -277,6 +280,10 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
                         "this (default 0.5; --threshold instead filters what COCO scores)")
     parser.add_argument("--worst", type=int, default=8, help="with --out: images in worst_images.png (default 8)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--coco-backend", "--coco_backend", dest="coco_backend", default="pycocotools",
+                        choices=typing.get_args(CocoBackend),
+                        help="computes the COCO numbers: pycocotools (default) or numpy (hf_detr's own arrays: "
+                        "pycocotools' numbers bit for bit, about 10x faster on val2017's 5,000 images)")
 
     def run(args: argparse.Namespace) -> None:
         if args.out is not None:
@@ -290,7 +297,7 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
                 raise ValueError(f"--worst must be at least 1, got {args.worst}")
         evaluation, data = _evaluate_model_folder(
             args.model, args.dataset, split=args.split, batch_size=args.batch_size, threshold=args.threshold,
-            per_class=args.per_class, device=args.device,
+            per_class=args.per_class, device=args.device, backend=args.coco_backend,
         )  # fmt: skip
         print(f"{args.model} on {args.dataset} [{args.split}], threshold {args.threshold}")
         print(_format_coco_table(evaluation.metrics, evaluation.per_class if args.per_class else None))
