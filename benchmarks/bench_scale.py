@@ -26,7 +26,8 @@ Evaluation, which does not depend on N, is measured once: `benchmarks.scale_eval
 `--eval_images` (5,000) images x `--eval_detections` (100) detections, for boxes, masks and panoptic.
 
 Every measurement is then fitted by least squares as a + b N over the sizes measured (two at least) and evaluated at
-train2017's and val2017's sizes. Only the public entry points are used (`load_data`,
+train2017's and val2017's sizes; one that does not grow with N (slope <= 0: start-up costs and noise) is extrapolated
+as the mean of its values instead, marked. Only the public entry points are used (`load_data`,
 `load_detection_dataset`, the `hf-detr` command), so the benchmark keeps measuring as their insides change.
 """
 
@@ -296,7 +297,8 @@ def linear_fit(sizes: Sequence[int], values: Sequence[float]) -> tuple[float, fl
 
 def table_rows(results: dict[str, Any], sizes: Sequence[int]) -> list[dict[str, Any]]:
     """One row per source, case and field: the values per size and, where it makes sense and two sizes or more were
-    measured, the fit and its extrapolation to train2017 and val2017."""
+    measured, the fit and its extrapolation to train2017 and val2017 (the mean of the values, marked `constant`, where
+    they do not grow with N)."""
     rows = []
     first = results[str(sizes[0])]["results"]
     for source, cases in first.items():
@@ -306,8 +308,11 @@ def table_rows(results: dict[str, Any], sizes: Sequence[int]) -> list[dict[str, 
                 row = {"source": source, "case": case, "field": field, "unit": unit, "values": values}
                 if len(sizes) > 1 and field not in NOT_EXTRAPOLATED and None not in values:
                     intercept, slope = linear_fit(sizes, values)
-                    row.update(intercept=intercept, slope=slope, train2017=intercept + slope * TRAIN2017,
-                               val2017=intercept + slope * VAL2017)  # fmt: skip
+                    if slope > 0:
+                        at = {"train2017": intercept + slope * TRAIN2017, "val2017": intercept + slope * VAL2017}
+                    else:  # no growth with N measured (start-up costs, noise): a line would go below zero
+                        at = dict.fromkeys(("train2017", "val2017"), float(np.mean(values)))
+                    row.update(intercept=intercept, slope=slope, constant=slope <= 0, **at)
                 rows.append(row)
     return rows
 
@@ -326,8 +331,12 @@ def format_table(rows: list[dict[str, Any]], sizes: Sequence[int], evaluation: d
             source = row["source"]
             lines.append(SOURCES[source][0])
         label = f"  {row['case']}: {row['unit']}"
-        extrapolated = [row.get("train2017"), row.get("val2017")]
-        lines.append(f"{label:<{label_width}}" + "".join(f"{cell(v):>12}" for v in [*row["values"], *extrapolated]))
+        measured = "".join(f"{cell(v):>12}" for v in row["values"])
+        mark = "*" if row.get("constant") else ""
+        lines.append(f"{label:<{label_width}}{measured}" + "".join(f"{cell(row.get(at)) + mark:>12}"
+                                                                  for at in ("train2017", "val2017")))  # fmt: skip
+    if any(row.get("constant") for row in rows):
+        lines.append("* did not grow with N: the mean of the sizes measured, not a line")
     if evaluation:
         lines.append("evaluation (measured once, not extrapolated)")
         for kind, values in evaluation.items():
@@ -371,8 +380,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     report: dict[str, Any] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "sizes": sizes,
-        "fit": "least squares a + b N over the sizes measured", "train2017": TRAIN2017, "val2017": VAL2017,
-        "runs": {}, "rows": [], "evaluation": {"images": args.eval_images, "detections": args.eval_detections},
+        "fit": "least squares a + b N over the sizes measured (the mean where b <= 0)", "train2017": TRAIN2017,
+        "val2017": VAL2017, "runs": {}, "rows": [],
+        "evaluation": {"images": args.eval_images, "detections": args.eval_detections},
     }  # fmt: skip
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         for n in sizes:

@@ -1,7 +1,7 @@
 """COCO-shaped data of any size for the scale benchmark: deterministic, and fast to write for tens of thousands of
 images on 2 cores.
 
-Every image is a 640x480 JPEG of about COCO's mean file size (~160 KB: a smooth colour field, filled polygons and
+Every image is a 640x480 JPEG of ~150 KB, near COCO's mean of ~160 KB (a smooth colour field, filled polygons and
 pixel noise), holding on average train2017's 7.27 objects (860,001 / 118,287), each with a COCO polygon
 ``segmentation`` inside the image and its bounding box; COCO's 80 category ids (1..90 with gaps) and names; 1% of the
 objects are crowd (``iscrowd=1``); in 2% of the images one box reaches 3 px outside the right edge (its polygon does

@@ -84,12 +84,13 @@ def test_bench_scale_reports_every_measurement(tmp_path, capsys):
 def test_bench_scale_extrapolates_the_least_squares_line():
     intercept, slope = bench_scale.linear_fit([1000, 5000, 20000], [3.0, 7.0, 22.0])
     assert (intercept, slope) == (pytest.approx(2.0), pytest.approx(0.001))
-    runs = {str(n): {"results": {"coco": {"stream": {"images_per_second": 50.0, "setup_seconds": 1.0,
+    runs = {str(n): {"results": {"coco": {"stream": {"images_per_second": 50.0, "setup_seconds": 1000 / n,
                                                      "pass_seconds": 1 + n / 50}}}} for n in (1000, 5000)}  # fmt: skip
     rows = {row["field"]: row for row in bench_scale.table_rows(runs, [1000, 5000])}
     assert "train2017" not in rows["images_per_second"]  # a rate
     assert rows["pass_seconds"]["train2017"] == pytest.approx(1 + bench_scale.TRAIN2017 / 50)
     assert rows["pass_seconds"]["val2017"] == pytest.approx(1 + 5000 / 50)
+    assert rows["setup_seconds"]["constant"] and rows["setup_seconds"]["train2017"] == pytest.approx(0.6)  # the mean
 
 
 def test_bench_data_loader_reports_the_workers_a_gpu_needs(capsys):
