@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import torch
 from transformers import DetrConfig, DetrForObjectDetection, DetrForSegmentation
 from transformers.loss.loss_for_object_detection import HungarianMatcher as ReferenceMatcher
 
+from benchmarks.memory import peak_rss_mib, rss_mib
 from hf_detr.hub.convert import from_transformers
 from hf_detr.modeling.matcher import HungarianMatcher
 
@@ -145,19 +145,9 @@ def peak_memory_child(args: argparse.Namespace) -> None:
         step = run_training(model, is_reference, **TRAINING_INPUTS[args.task])
     else:
         step = run_inference(model, is_reference, 1, INFERENCE_SIZES[args.task])
-    rss_before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+    rss_before = rss_mib()
     step()
-    # VmHWM, this process's own high-water mark: ru_maxrss survives exec, so a child of a large parent would report
-    # the parent's peak
-    peak = _status_kib("VmHWM") * 1024
-    print(json.dumps({"peak_mib": (peak - rss_before) / 2**20}))
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise ValueError(f"/proc/self/status has no {field}")
+    print(json.dumps({"peak_mib": peak_rss_mib() - rss_before}))
 
 
 def peak_memory(weights: Path, side: str, workload: str, threads: int, task: str) -> float:

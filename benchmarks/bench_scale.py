@@ -54,6 +54,7 @@ import numpy as np
 import psutil
 import torch
 
+from benchmarks.memory import peak_rss_mib
 from benchmarks.scale_data import Written, write_coco_folder, write_hub_dataset
 from hf_detr import presets
 from hf_detr.data import load_data
@@ -79,21 +80,10 @@ _RESULT = "RESULT "  # the line a child process reports on
 # ------------------------------------------------------------------------------------------- measured in a child
 
 
-def _hwm_mib(pid: int | str = "self") -> float:
-    """A process's peak RSS since it started its program (VmHWM), 0 if it has ended. Not `ru_maxrss`, which Linux
-    keeps across exec: a process started by a larger one (this benchmark's parent) would report the parent's peak."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    # an ended process not yet waited for has no memory lines
-    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0.0)
-
-
 def _peak_rss_mib() -> float:
     """The peak RSS of this process or of the largest child process it waited for (e.g. a pool's workers, forked
     from this process, so their `ru_maxrss` starts from this process's own)."""
-    return max(_hwm_mib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)  # KiB on Linux
+    return max(peak_rss_mib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)  # KiB on Linux
 
 
 def _measure_load(path: str, masks: bool) -> dict[str, Any]:
@@ -147,7 +137,7 @@ def _measure_train(path: str, output_dir: str, processes: int, streaming: bool =
                 processes = [run.pid, *(child.pid for child in psutil.Process(run.pid).children(recursive=True))]
             except psutil.NoSuchProcess:  # it has just ended
                 processes = []
-            peaks.update({pid: max(peaks.get(pid, 0.0), _hwm_mib(pid)) for pid in processes})
+            peaks.update({pid: max(peaks.get(pid, 0.0), peak_rss_mib(pid)) for pid in processes})
             time.sleep(0.05)
     seconds = time.perf_counter() - start
     if run.returncode:

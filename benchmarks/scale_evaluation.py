@@ -6,7 +6,7 @@
 objects per image (about 7; 1% crowd), an ellipse inside each box; per image ``detections`` detections, half of them
 jittered copies of the ground truth (80% with its class), half random, scores uniform, as post-processing gives them
 (float32 scores and boxes, int64 labels). It does so in a fresh Python process, which then measures its RSS, runs
-the evaluation and reports the evaluation's wall time, the process's peak RSS (``ru_maxrss``) and that peak over the
+the evaluation and reports the evaluation's wall time, the process's peak RSS (VmHWM, :mod:`benchmarks.memory`) and that peak over the
 RSS before the evaluation (the data, hf_detr, torch and pycocotools loaded):
 
 - ``boxes``: ``coco_evaluate`` on per-image ``{"scores", "labels", "boxes"}``;
@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -30,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.memory import peak_rss_mib, rss_mib
 
 KINDS = ("boxes", "masks", "panoptic")
 HEIGHT, WIDTH, CLASSES = 480, 640, 80
@@ -98,20 +98,6 @@ def _panoptic(ids: np.ndarray, labels: np.ndarray, crowd: np.ndarray | None, key
     return {"segmentation": ids, "segments_info": info}
 
 
-def _rss_mib() -> float:
-    """The process's resident memory now (Linux /proc; elsewhere its peak so far, an upper bound)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return _peak_mib()
-
-
-def _peak_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
-
-
 def _run(num_images: int, detections: int, kind: str, backend: str, perfect: bool, seed: int) -> dict[str, Any]:
     """In the measuring process: generate, then time the evaluation and read the memory."""
     import torch
@@ -122,7 +108,7 @@ def _run(num_images: int, detections: int, kind: str, backend: str, perfect: boo
     if kind == "panoptic":
         metric, elapsed = PanopticQualityMetric(things=range(CLASSES)), 0.0
         gc.collect()
-        baseline = _rss_mib()
+        baseline = rss_mib()
         for _ in range(num_images):
             scene = _scene(rng, detections, perfect)
             truth = _panoptic(_panoptic_map(scene["truth"], np.arange(len(scene["truth"]))), scene["labels"],
@@ -152,11 +138,11 @@ def _run(num_images: int, detections: int, kind: str, backend: str, perfect: boo
             references.append(reference)
         evaluate = coco_evaluate if kind == "boxes" else coco_segmentation_evaluate
         gc.collect()
-        baseline = _rss_mib()
+        baseline = rss_mib()
         start = time.perf_counter()
         metrics = evaluate(predictions, references, backend=backend)
         elapsed = time.perf_counter() - start
-    peak = _peak_mib()
+    peak = peak_rss_mib()
     return {"seconds": elapsed, "peak_rss_mib": peak, "over_baseline_mib": max(peak - baseline, 0.0),
             "metrics": metrics}  # fmt: skip
 
@@ -188,8 +174,8 @@ def measure_evaluation(
     if num_images < 1 or detections < 1:
         raise ValueError(f"num_images and detections must be at least 1, got {num_images} and {detections}")
     arguments = [num_images, detections, kind, backend, perfect, seed]
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(arguments)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "benchmarks.scale_evaluation", "--child", json.dumps(arguments)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"the measuring process failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
