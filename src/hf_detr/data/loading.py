@@ -782,7 +782,7 @@ def _read_coco_json(
     policy changed (the caller sums it up)."""
     file = Path(path)
     try:
-        coco = json.loads(file.read_bytes(), object_hook=_compact_polygons if masks else None)
+        coco = json.loads(file.read_bytes(), object_hook=_compact_polygons if masks else _without_masks)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{file}: cannot read the annotation file as JSON ({error}).") from error
     for key in ("images", "categories"):
@@ -904,6 +904,13 @@ def _compact_polygons(record: dict[str, Any]) -> dict[str, Any]:
             record["segmentation"] = [np.array(p, dtype=np.float64) for p in polygons]
         except (TypeError, ValueError):  # not numbers: left as written, for the check to name
             pass
+    return record
+
+
+def _without_masks(record: dict[str, Any]) -> dict[str, Any]:
+    """``json.loads`` hook without masks: an annotation's ``segmentation`` dropped as soon as it is parsed (COCO's
+    polygons are most of what train2017's json parses to)."""
+    record.pop("segmentation", None)
     return record
 
 
