@@ -153,10 +153,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _measure_evaluation(kind: str, num_images: int, detections: int) -> dict[str, Any]:
+def _measure_evaluation(kind: str, num_images: int, detections: int, backend: str) -> dict[str, Any]:
     from benchmarks.scale_evaluation import measure_evaluation
 
-    return measure_evaluation(num_images=num_images, detections=detections, kind=kind)
+    return measure_evaluation(num_images=num_images, detections=detections, kind=kind, backend=backend)
 
 
 _CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
@@ -354,6 +354,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--stream_images", type=int, default=2000, help="images read per streaming measurement")
     parser.add_argument("--evaluation", nargs="*", choices=EVALUATIONS, default=list(EVALUATIONS),
                         help="evaluations to measure (none: none)")  # fmt: skip
+    parser.add_argument("--coco_backends", nargs="+", choices=("pycocotools", "numpy"),
+                        default=["pycocotools", "numpy"], help="COCOeval backends of the box and mask evaluations")
     parser.add_argument("--eval_images", type=int, default=VAL2017)
     parser.add_argument("--eval_detections", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -382,10 +384,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             shutil.rmtree(folder)
             _save(report, args.out)  # so far: a long run that fails later keeps these
     for kind in args.evaluation:
-        report["evaluation"][kind] = measure({"measure": "evaluate", "kind": kind, "num_images": args.eval_images,
-                                              "detections": args.eval_detections})  # fmt: skip
-        _report(args.eval_images, "evaluation", f"{kind}, {args.eval_detections} detections per image",
-                {key: report["evaluation"][kind][key] for key in EVALUATION_FIELDS})
+        for backend in args.coco_backends if kind != "panoptic" else ["pycocotools"]:  # PQ has no COCOeval
+            name = kind if backend == "pycocotools" else f"{kind}, {backend} backend"
+            report["evaluation"][name] = measure({"measure": "evaluate", "kind": kind, "num_images": args.eval_images,
+                                                  "detections": args.eval_detections, "backend": backend})  # fmt: skip
+            _report(args.eval_images, "evaluation", f"{name}, {args.eval_detections} detections per image",
+                    {key: report["evaluation"][name][key] for key in EVALUATION_FIELDS})
     report["rows"] = table_rows(report["runs"], sizes)
     report["machine"]["load_average_end"] = os.getloadavg()
     _save(report, args.out)
