@@ -397,7 +397,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{report['machine']['memory_gib']} GiB, load average (1, 5, 15 min) at the start "
           f"{_rounded(report['machine']['load_average'])}, at the end {_rounded(os.getloadavg())}; extrapolated: "
           f"{report['fit']}")  # fmt: skip
-    print(format_table(report["rows"], sizes, {k: v for k, v in report["evaluation"].items() if k in EVALUATIONS}))
+    evaluations = {name: values for name, values in report["evaluation"].items() if isinstance(values, dict)}
+    print(format_table(report["rows"], sizes, evaluations))
     return report
 
 
