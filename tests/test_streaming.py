@@ -165,3 +165,24 @@ def test_a_streamed_segmentation_run_steps_on_the_stand_in(tmp_path: Path, env: 
     launch(output, args, env, script="record_trained_images.py")
     records = [json.loads(line) for line in (output / "images_1.jsonl").read_text().splitlines()]
     assert [record["image_ids"] is None for record in records] == [False, False, False, True]
+
+
+@pytest.mark.slow
+def test_a_broken_image_in_one_process_s_share_stops_both_with_its_name(tmp_path: Path,
+                                                                        env: dict[str, str]) -> None:  # noqa: F811
+    import datasets
+
+    from hf_detr.data.synthetic import make_synthetic_dataset as shapes
+
+    # 8 shapes, batches of 2 on 2 processes, in order: image 6 is in process 1's second batch (the second step)
+    source = shapes(8, 0, 0, image_size=64, seed=0)["train"]
+    rows = source.cast_column("image", datasets.Image(decode=False)).to_list()
+    rows[6]["image"] = {"bytes": b"not a png", "path": "shape_6.png"}
+    datasets.Dataset.from_list(rows, features=source.features).save_to_disk(str(tmp_path / "broken"))
+    args = [*TINY, "--dataset", str(tmp_path / "broken"), "--streaming", "--no-shuffle", "--eval_split", "none",
+            "--max_steps", "4", "--save_steps", "0"]  # fmt: skip
+    failed = launch(tmp_path / "run", args, env, check=False)  # run() times out after 300 s: a hang fails the test
+    assert failed.returncode != 0
+    assert "example 6 (image_id=6): cannot decode the image shape_6.png" in failed.stderr
+    logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert logged == [1]  # the first step trained; the second stopped at the broken image
