@@ -1,31 +1,57 @@
-"""The exported ONNX graph under onnxruntime against the PyTorch model, eager and `torch.compile`d: same random
+"""The exported ONNX graphs under onnxruntime against the PyTorch model, eager and `torch.compile`d: same random
 weights, same inputs, same thread count, one process.
 
 Run from the repository root: `python -m benchmarks.bench_export [--threads 2] [--repeats 5]`. Models: DETR-R50
 (`presets.create("detr-resnet-50")`, random weights: speed does not depend on them) at 800x1066 and the demo's model
-(the `demo` preset made plain DETR, as `make demo` saves it) at 128x170, each at batch 1 and 4 (padded batches of
-decreasing image sizes, image i an eighth smaller per side than image i - 1). Each time is the median of `--repeats`
-timed runs after one warm-up run (for `torch.compile`, the warm-up compiles). The graph is the raw float32 one that
-`hf-detr export` writes (`hf_detr.hub.export.export_onnx`).
+(the `demo` preset made plain DETR, as `make demo` saves it) at 128x170, each at batch 1 and 4. Each time is the
+median of `--repeats` timed runs after one warm-up run (for `torch.compile`, the warm-up compiles), the three ways
+taking turns run by run, so that load from other processes falls on all three alike. Two workloads:
+
+- `model`: the raw float32 graph (`hf-detr export`'s `model.onnx`) against the model's forward, on padded batches
+  of decreasing image sizes (image i an eighth smaller per side than image i - 1; batch 1: one full-size image).
+- `end-to-end`: the end-to-end graph (`model_end_to_end.onnx`, uint8 images in, the 100 best detections out)
+  against the Python pipeline it replaces, `HfDetrImageProcessor` + the model + `post_process_object_detection`, on
+  480x640 photos (random pixels) decreasing the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import torch
 
-from benchmarks.bench_model import INFERENCE_SIZE, median_seconds
+from benchmarks.bench_model import INFERENCE_SIZE
 from hf_detr import presets
-from hf_detr.hub.export import export_onnx
-from hf_detr.hub.onnx_runtime import session
+from hf_detr.hub.export import export_folder
+from hf_detr.hub.onnx_runtime import OnnxDetector, session
+from hf_detr.hub.validate import compare_detections, reference_detections
 
 MODELS = {"R50": ("detr-resnet-50", INFERENCE_SIZE), "demo": ("demo", (128, 170))}
 BATCHES = (1, 4)
+PHOTO_SIZE = (480, 640)
+
+Runs = dict[str, Callable[[], object]]
+
+
+def interleaved_medians(runs: Runs, repeats: int) -> dict[str, float]:
+    """The median seconds of each of `runs` over `repeats` timed runs after one warm-up run each, the runs taking
+    turns."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {way: [] for way in runs}
+    for _ in range(repeats):
+        for way, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[way].append(time.perf_counter() - start)
+    return {way: statistics.median(values) for way, values in times.items()}
 
 
 def build(preset: str) -> torch.nn.Module:
@@ -33,41 +59,63 @@ def build(preset: str) -> torch.nn.Module:
     return presets.create(preset).to_plain_detr().eval()
 
 
-def padded_inputs(batch: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`batch` seeded random images padded to `size`, image i an eighth smaller per side than image i - 1 (batch 1:
-    one full-size image), with the pixel mask."""
-    generator = torch.Generator().manual_seed(0)
+def decreasing_sizes(batch: int, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """`batch` sizes from `size` down, each an eighth smaller per side than the one before."""
     height, width = size
-    pixel_values = torch.zeros(batch, 3, height, width)
-    pixel_mask = torch.zeros(batch, height, width, dtype=torch.long)
-    for i in range(batch):
-        h, w = height - i * height // 8, width - i * width // 8
+    return [(height - i * height // 8, width - i * width // 8) for i in range(batch)]
+
+
+def padded_inputs(batch: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random images of `decreasing_sizes(batch, size)` padded to `size`, with the pixel mask."""
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.zeros(batch, 3, *size)
+    pixel_mask = torch.zeros(batch, *size, dtype=torch.long)
+    for i, (h, w) in enumerate(decreasing_sizes(batch, size)):
         pixel_values[i, :, :h, :w] = torch.randn(3, h, w, generator=generator)
         pixel_mask[i, :h, :w] = 1
     return pixel_values, pixel_mask
 
 
-def runners(model: torch.nn.Module, graph: Path, threads: int, batch: int, size: tuple[int, int]
-            ) -> tuple[dict[str, Callable[[], object]], float]:  # fmt: skip
-    """The three ways to run `batch` padded images of `size`, and the largest difference of their logits and boxes
-    between onnxruntime and eager PyTorch."""
+def model_runs(model: torch.nn.Module, compiled: torch.nn.Module, graph: Path, threads: int, batch: int,
+               size: tuple[int, int]) -> tuple[Runs, float]:  # fmt: skip
+    """The three ways to run the model on a padded batch, and the largest difference of the logits and boxes of
+    onnxruntime and eager PyTorch."""
     pixel_values, pixel_mask = padded_inputs(batch, size)
-    compiled = torch.compile(model)
     graph_session = session(graph, threads=threads)
     feed = {"pixel_values": pixel_values.numpy(), "pixel_mask": pixel_mask.numpy()}
 
-    def eager() -> object:
-        with torch.no_grad():
-            return model(pixel_values, pixel_mask)
+    def forward(module: torch.nn.Module) -> Callable[[], object]:
+        return torch.no_grad()(lambda: module(pixel_values, pixel_mask))
 
-    def compiled_run() -> object:
-        with torch.no_grad():
-            return compiled(pixel_values, pixel_mask)
-
-    expected, (logits, boxes) = eager(), graph_session.run(None, feed)
+    expected, (logits, boxes) = forward(model)(), graph_session.run(None, feed)
     error = max(float((torch.from_numpy(logits) - expected.logits).abs().max()),
                 float((torch.from_numpy(boxes) - expected.pred_boxes).abs().max()))  # fmt: skip
-    return {"eager": eager, "compile": compiled_run, "onnxruntime": lambda: graph_session.run(None, feed)}, error
+    return {"eager": forward(model), "compile": forward(compiled),
+            "onnxruntime": lambda: graph_session.run(None, feed)}, error  # fmt: skip
+
+
+def end_to_end_runs(model: torch.nn.Module, compiled: torch.nn.Module, processor: object, graph: Path, threads: int,
+                    batch: int) -> tuple[Runs, float]:  # fmt: skip
+    """The Python pipeline (processor, eager or compiled model, post-processing) and the end-to-end graph on
+    `batch` uint8 photos, and the largest difference of their boxes in pixels."""
+    generator = np.random.default_rng(0)
+    images = [generator.integers(0, 256, (*size, 3), dtype=np.uint8) for size in decreasing_sizes(batch, PHOTO_SIZE)]
+    detector = OnnxDetector(graph, threads=threads)
+    top_k = min(100, model.config.num_queries)
+
+    def pipeline(module: torch.nn.Module) -> Callable[[], object]:
+        @torch.no_grad()
+        def run() -> object:
+            inputs = processor(images=images, return_tensors="pt")
+            outputs = module(inputs["pixel_values"], inputs["pixel_mask"])
+            sizes = [image.shape[:2] for image in images]
+            return processor.post_process_object_detection(outputs, 0.0, target_sizes=sizes, top_k=top_k)
+
+        return run
+
+    comparison = compare_detections(detector(images), reference_detections(model, processor, images, top_k))
+    return {"eager": pipeline(model), "compile": pipeline(compiled),
+            "onnxruntime": lambda: detector(images)}, comparison["max_abs_error_boxes_px"]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,23 +130,30 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             preset, size = MODELS[name]
-            model = build(preset)
-            graph = Path(export_onnx(model, Path(tmp) / f"{name}.onnx", example_size=size))
+            model, processor = build(preset), presets.get(preset).image_processor()
+            graphs = export_folder(model, processor, Path(tmp) / name, end_to_end=True,
+                                   max_detections=min(100, model.config.num_queries)).graphs  # fmt: skip
             for batch in BATCHES:
-                runs, errors[f"{name} batch {batch}"] = runners(model, graph, args.threads, batch, size)
-                times = {way: median_seconds(run, args.repeats) for way, run in runs.items()}
-                rows.append((f"inference {name} {size[0]}x{size[1]} batch {batch} (s)", times))
-                torch._dynamo.reset()  # each compiled model compiles for its own shapes, as a deployment would
+                compiled = torch.compile(model)
+                workloads = {
+                    f"model {name} {size[0]}x{size[1]} batch {batch}":
+                        model_runs(model, compiled, graphs["raw"], args.threads, batch, size),
+                    f"end-to-end {name} {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} photos batch {batch}":
+                        end_to_end_runs(model, compiled, processor, graphs["end_to_end"], args.threads, batch),
+                }  # fmt: skip
+                for label, (runs, errors[label]) in workloads.items():
+                    rows.append((f"{label} (s)", interleaved_medians(runs, args.repeats)))
+                torch._dynamo.reset()  # each batch size compiles for its own shapes, as a deployment would
 
     print(f"threads: {args.threads}, repeats: {args.repeats}, torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}")  # fmt: skip
-    print("max abs difference of logits and boxes, onnxruntime vs eager: "
-          + ", ".join(f"{key} {value:.1e}" for key, value in errors.items()))  # fmt: skip
-    header = f"{'measure':<44} {'eager':>8} {'compile':>8} {'onnxruntime':>12} {'compile/eager':>14} {'ort/eager':>10}"
-    print(header)
+    print("max abs difference, onnxruntime vs eager (model: logits and boxes; end-to-end: boxes in pixels):")
+    for label, error in errors.items():
+        print(f"  {label}: {error:.1e}")
+    print(f"{'measure':<50} {'eager':>8} {'compile':>8} {'onnxruntime':>12} {'compile/eager':>14} {'ort/eager':>10}")
     for label, times in rows:
         eager, compiled, ort = times["eager"], times["compile"], times["onnxruntime"]
-        print(f"{label:<44} {eager:>8.3f} {compiled:>8.3f} {ort:>12.3f} {compiled / eager:>14.2f} {ort / eager:>10.2f}")
+        print(f"{label:<50} {eager:>8.3f} {compiled:>8.3f} {ort:>12.3f} {compiled / eager:>14.2f} {ort / eager:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -299,3 +299,21 @@ def test_validation_fails_with_the_numbers_on_a_broken_graph(detector_export, da
     report = json.loads((broken / "validation.json").read_text())
     assert not report["passed"]  # the end-to-end graph, untouched, still agrees
     assert abs(report["dataset"]["end_to_end"]["map"] - report["dataset"]["pytorch"]["map"]) <= 0.002
+
+
+@pytest.mark.slow
+def test_the_readme_examples_run(detector_export, tmp_path, monkeypatch):
+    import re
+
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "this_folder").symlink_to(detector_export)
+    for name, image in zip(("street.jpg", "park.png"), _images(SIZES[:2])):
+        Image.fromarray(image).save(name)
+    examples = re.findall(r"```python\n(.*?)```", (detector_export / "README.md").read_text(), re.S)
+    assert len(examples) == 3  # the raw graph, the end-to-end graph, OnnxDetector
+    namespace = {}  # one after the other, as a reader runs them
+    for example in examples:
+        exec(example, namespace)
+    assert len(namespace["detections"]) == 1 and namespace["detections"][0]["boxes"].shape[1] == 4

@@ -427,6 +427,8 @@ def add_app(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_export(subparsers: argparse._SubParsersAction) -> None:
+    from ..hub.export import DTYPES
+
     parser = subparsers.add_parser(
         "export",
         help="export a model folder to ONNX (raw or end-to-end, float32 or float16) and validate the graph",
@@ -436,15 +438,16 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         "image processor's preprocessing and the post-processing inside the graph), config.json, "
         "preprocessor_config.json, README.md (inputs, outputs, how to run with onnxruntime) and validation.json: the "
         "graphs under onnxruntime against the PyTorch model on a batch of images of mixed sizes and, with --dataset, "
-        "COCO mAP on a split. Exit status 1 when the mAP differs by more than 0.002 (fp32) or 0.01 (fp16), or a "
-        "float32 graph's outputs by more than 1e-3. `hf-detr export --validate OUT_DIR --dataset PATH` validates an "
+        "COCO mAP on a split. Exit status 1 when a graph's mAP differs from the model's by more than 0.002 (fp32) or "
+        "0.01 (fp16), or a float32 graph's outputs differ from the model's (logits or boxes by more than 1e-3, "
+        "end-to-end boxes by more than 0.5 pixel). `hf-detr export --validate OUT_DIR --dataset PATH` validates an "
         "existing export against the model it was exported from (or MODEL). Options take dashes or underscores.",
     )
     parser.add_argument("model", nargs="?", help="model folder or Hub id (with --validate: compare with this model "
                         "instead of the one the export records)")  # fmt: skip
     parser.add_argument("out_dir", nargs="?", type=Path, help="the folder to write")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="default: onnx")
-    parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
                         help="fp16: float16 weights and arithmetic but for LayerNorm, softmax, the boxes' sigmoid "
                         "and top-k (and the end-to-end pre- and post-processing), kept float32 (default: fp32)")
     parser.add_argument("--end_to_end", "--end-to-end", action="store_true",

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..modeling.modeling_hf_detr import HfDetrForObjectDetection
+from .export_readme import export_readme
 from .onnx_graph import MAX_SIDE, MIN_SIDE, EndToEndGraph, check_max_detections
 
 __all__ = [
@@ -91,7 +92,7 @@ def _raw_graph(
     dim_h = torch.export.Dim("height", min=64, max=max_side)
     dim_w = torch.export.Dim("width", min=64, max=max_side)
     proto = _export(
-        _InferenceGraph(model.eval()), (pixel_values, pixel_mask), ["pixel_values", "pixel_mask"],
+        _InferenceGraph(model).eval(), (pixel_values, pixel_mask), ["pixel_values", "pixel_mask"],
         ["logits", "pred_boxes"] + (["pred_masks"] if hasattr(model, "mask_head") else []),
         {"pixel_values": {0: batch, 2: dim_h, 3: dim_w}, "pixel_mask": {0: batch, 1: dim_h, 2: dim_w}},
     )  # fmt: skip
@@ -239,8 +240,6 @@ def export_folder(
     exported once, inside both), `config.json` (the model's labels and settings), `preprocessor_config.json` and a
     `README.md` saying how to run the graphs with onnxruntime. `source` (the model's folder or Hub id) is recorded in
     the graphs' metadata, so that `hf-detr export --validate` finds the PyTorch model to compare with."""
-    from .export_readme import export_readme
-
     _check_dtype(dtype)
     if end_to_end:  # before the slow export
         check_max_detections(max_detections, model.config.num_queries)
@@ -254,10 +253,13 @@ def export_folder(
         graphs["end_to_end"] = Path(_save(*joined, out / END_TO_END_FILE,
                                           _end_to_end_metadata(dtype, source, max_detections)))  # fmt: skip
     graphs = {"raw": Path(_save(*raw, out / RAW_FILE, {"graph": "raw", "dtype": dtype, "source": source})), **graphs}
+    if not end_to_end:  # an earlier export's, which validation would take for this one's
+        (out / END_TO_END_FILE).unlink(missing_ok=True)
     # the JSON files alone: save_pretrained would also copy the model's Python code, which no graph needs
     model.config.to_json_file(out / "config.json")
     processor.to_json_file(out / "preprocessor_config.json")
-    (out / "README.md").write_text(export_readme(model, processor, list(graphs), dtype, max_detections))
+    files = {kind: path.name for kind, path in graphs.items()}
+    (out / "README.md").write_text(export_readme(model, processor, files, dtype, max_detections, FP32_OPS))
     return ExportInfo(out, graphs, dtype)
 
 

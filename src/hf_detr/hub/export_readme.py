@@ -3,10 +3,9 @@ onnxruntime."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .export import END_TO_END_FILE, FP32_OPS, RAW_FILE
 from .onnx_graph import MAX_SIDE, MIN_SIDE
 
 __all__ = ["export_readme"]
@@ -23,18 +22,28 @@ def _size_rule(processor: Any) -> str:
     return f"resized to {size.height} x {size.width} pixels (height x width)"
 
 
-def _raw_section(masks: bool) -> str:
-    mask_row = ("| output | `pred_masks` | float32 `[batch, queries, height / 4, width / 4]` | mask logits of each query "
-                "(probability = sigmoid) |\n") if masks else ""  # fmt: skip
-    return f"""## `{RAW_FILE}`: the model
+def _table(rows: list[tuple[str, str, str, str]]) -> str:
+    """A Markdown table of a graph's inputs and outputs."""
+    lines = ["| | name | type and shape | meaning |", "|---|---|---|---|"]
+    return "\n".join(lines + [f"| {kind} | `{name}` | {shape} | {meaning} |" for kind, name, shape, meaning in rows])
 
-| | name | type and shape | meaning |
-|---|---|---|---|
-| input | `pixel_values` | float32 `[batch, 3, height, width]` | images resized, normalized and padded by the image processor (`preprocessor_config.json`) |
-| input | `pixel_mask` | int64 `[batch, height, width]` | 1 on image pixels, 0 on padding |
-| output | `logits` | float32 `[batch, queries, classes + 1]` | class logits; the last class is "no object" |
-| output | `pred_boxes` | float32 `[batch, queries, 4]` | boxes (center x, center y, width, height) relative to each image's resized size before padding |
-{mask_row}
+
+def _raw_section(file: str, masks: bool) -> str:
+    rows = [
+        ("input", "pixel_values", "float32 `[batch, 3, height, width]`",
+         "images resized, normalized and padded by the image processor (`preprocessor_config.json`)"),
+        ("input", "pixel_mask", "int64 `[batch, height, width]`", "1 on image pixels, 0 on padding"),
+        ("output", "logits", "float32 `[batch, queries, classes + 1]`", 'class logits; the last class is "no object"'),
+        ("output", "pred_boxes", "float32 `[batch, queries, 4]`",
+         "boxes (center x, center y, width, height) relative to each image's resized size before padding"),
+    ]  # fmt: skip
+    if masks:
+        rows.append(("output", "pred_masks", "float32 `[batch, queries, height / 4, width / 4]`",
+                     "mask logits of each query (probability = sigmoid)"))  # fmt: skip
+    return f"""## `{file}`: the model
+
+{_table(rows)}
+
 Batch size, height and width are dynamic. With hf_detr installed, the image processor prepares the inputs and turns
 the outputs into detections:
 
@@ -46,7 +55,7 @@ from hf_detr import HfDetrImageProcessor
 from hf_detr.evaluation.metrics import PostProcessInputs
 
 processor = HfDetrImageProcessor.from_pretrained("this_folder")
-session = onnxruntime.InferenceSession("this_folder/{RAW_FILE}")
+session = onnxruntime.InferenceSession("this_folder/{file}")
 images = [Image.open("street.jpg").convert("RGB")]
 inputs = processor(images=images, return_tensors="np")
 names = [output.name for output in session.get_outputs()]
@@ -59,25 +68,29 @@ detections = processor.post_process_object_detection(
 """
 
 
-def _end_to_end_section(processor: Any, masks: bool, max_detections: int) -> str:
-    mask_row = ("| output | `masks` | bool `[batch, k, H, W]` | each detection's mask; image i's in its top-left "
-                "`sizes[i]`, H and W the largest height and width of `sizes` |\n") if masks else ""  # fmt: skip
-    mask_read = ', masks' if masks else ''
-    return f"""## `{END_TO_END_FILE}`: images in, detections out
+def _end_to_end_section(file: str, processor: Any, masks: bool, max_detections: int) -> str:
+    rows = [
+        ("input", "images", "uint8 `[batch, H, W, 3]`",
+         "RGB images, image i in the top-left `sizes[i]` of the array (the rest is ignored)"),
+        ("input", "sizes", "int64 `[batch, 2]`", f"each image's (height, width), from {MIN_SIDE} to {MAX_SIDE} pixels"),
+        ("output", "scores", "float32 `[batch, k]`",
+         f"the k = {max_detections} best detections of each image, best first"),
+        ("output", "labels", "int64 `[batch, k]`", "class ids (`id2label` in `config.json`)"),
+        ("output", "boxes", "float32 `[batch, k, 4]`", "(x0, y0, x1, y1) in the image's own pixels"),
+    ]  # fmt: skip
+    if masks:
+        rows.append(("output", "masks", "bool `[batch, k, H, W]`", "each detection's mask; image i's in its top-left "
+                     "`sizes[i]`, H and W the largest height and width of `sizes`"))  # fmt: skip
+    mask_read, mask_key = (", masks", ', "masks"') if masks else ("", "")
+    return f"""## `{file}`: images in, detections out
 
 The image processor's preprocessing (images {_size_rule(processor)}, antialiased bilinear as the processor does it,
 rescaled, normalized, padded to the batch's largest image with the pixel mask) and the post-processing
 (`post_process_object_detection` with `top_k={max_detections}`) are inside the graph: a deployment needs no Python
 preprocessing.
 
-| | name | type and shape | meaning |
-|---|---|---|---|
-| input | `images` | uint8 `[batch, H, W, 3]` | RGB images, image i in the top-left `sizes[i]` of the array (the rest is ignored) |
-| input | `sizes` | int64 `[batch, 2]` | each image's (height, width), from {MIN_SIDE} to {MAX_SIDE} pixels |
-| output | `scores` | float32 `[batch, k]` | the k = {max_detections} best detections of each image, best first |
-| output | `labels` | int64 `[batch, k]` | class ids (`id2label` in `config.json`) |
-| output | `boxes` | float32 `[batch, k, 4]` | (x0, y0, x1, y1) in the image's own pixels |
-{mask_row}
+{_table(rows)}
+
 Keep the detections whose score passes your threshold. The graph does not check its inputs: sides outside
 {MIN_SIDE}-{MAX_SIDE} pixels or other than 3 channels are for the caller to refuse (`OnnxDetector` below does).
 
@@ -87,17 +100,19 @@ import numpy as np
 import onnxruntime
 from PIL import Image
 
-session = onnxruntime.InferenceSession("this_folder/{END_TO_END_FILE}")
+session = onnxruntime.InferenceSession("this_folder/{file}")
 id2label = json.load(open("this_folder/config.json"))["id2label"]
-pictures = [np.asarray(Image.open(path).convert("RGB")) for path in ["street.jpg", "park.png"]]
+paths = ["street.jpg", "park.png"]
+pictures = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
 sizes = np.array([picture.shape[:2] for picture in pictures], dtype=np.int64)
-images = np.zeros((len(pictures), *sizes.max(0), 3), dtype=np.uint8)
+images = np.zeros((len(pictures), *sizes.max(0), 3), dtype=np.uint8)  # padded to the largest
 for image, picture in zip(images, pictures):
     image[: picture.shape[0], : picture.shape[1]] = picture
 scores, labels, boxes{mask_read} = session.run(None, {{"images": images, "sizes": sizes}})
-for score, label, box in zip(scores[0], labels[0], boxes[0]):
-    if score >= 0.5:
-        print(id2label[str(label)], round(float(score), 3), box.round(1).tolist())
+for i, path in enumerate(paths):
+    for score, label, box in zip(scores[i], labels[i], boxes[i]):
+        if score >= 0.5:
+            print(path, id2label[str(label)], round(float(score), 3), box.round(1).tolist())
 ```
 
 With hf_detr installed, `OnnxDetector` does the batching and checks each image:
@@ -105,21 +120,26 @@ With hf_detr installed, `OnnxDetector` does the batching and checks each image:
 ```python
 from hf_detr.hub.onnx_runtime import OnnxDetector
 
-detector = OnnxDetector("this_folder/{END_TO_END_FILE}")
-detections = detector([Image.open("street.jpg")], threshold=0.5)  # [{{"scores", "labels", "boxes"{', "masks"' if masks else ''}}}]
+detector = OnnxDetector("this_folder/{file}")
+detections = detector([Image.open("street.jpg")], threshold=0.5)  # per image: {{"scores", "labels", "boxes"{mask_key}}}
 ```
 """
 
 
-def export_readme(model: Any, processor: Any, graphs: Sequence[str], dtype: str, max_detections: int) -> str:
-    """The README of an export folder holding `graphs` ("raw", "end_to_end") of `model` in `dtype`."""
+def export_readme(
+    model: Any, processor: Any, files: Mapping[str, str], dtype: str, max_detections: int, fp32_ops: Sequence[str]
+) -> str:
+    """The README of an export folder holding the graphs `files` (`{"raw": file name[, "end_to_end": file name]}`)
+    of `model` in `dtype`, float16 ones with `fp32_ops` kept in float32."""
     masks = hasattr(model, "mask_head")
-    files = [f"- `{RAW_FILE}`: the model, `(pixel_values, pixel_mask) -> (logits, pred_boxes"
-             f"{', pred_masks' if masks else ''})`."]  # fmt: skip
-    if "end_to_end" in graphs:
-        files.append(f"- `{END_TO_END_FILE}`: preprocessing, model and post-processing in one graph, "
-                     f"`(images, sizes) -> (scores, labels, boxes{', masks' if masks else ''})`.")  # fmt: skip
-    files += [
+    listing = [f"- `{files['raw']}`: the model, `(pixel_values, pixel_mask) -> (logits, pred_boxes"
+               f"{', pred_masks' if masks else ''})`."]  # fmt: skip
+    sections = [_raw_section(files["raw"], masks)]
+    if "end_to_end" in files:
+        listing.append(f"- `{files['end_to_end']}`: preprocessing, model and post-processing in one graph, "
+                       f"`(images, sizes) -> (scores, labels, boxes{', masks' if masks else ''})`.")  # fmt: skip
+        sections.append(_end_to_end_section(files["end_to_end"], processor, masks, max_detections))
+    listing += [
         "- `config.json`: the model's configuration, with the class names (`id2label`).",
         "- `preprocessor_config.json`: the image processor (`HfDetrImageProcessor.from_pretrained(this_folder)`).",
         "- `validation.json`: the graphs under onnxruntime against the PyTorch model: largest differences of the "
@@ -127,20 +147,17 @@ def export_readme(model: Any, processor: Any, graphs: Sequence[str], dtype: str,
     ]
     precision = "float32" if dtype == "fp32" else (
         "float16 weights and arithmetic, except the operators that lose accuracy in half precision "
-        f"({', '.join(FP32_OPS)}), which run in float32 behind casts, as do the end-to-end graph's preprocessing and "
+        f"({', '.join(fp32_ops)}), which run in float32 behind casts, as do the end-to-end graph's preprocessing and "
         "post-processing; inputs and outputs keep their types. onnxruntime's CPU provider runs most float16 "
         "operators through casts to float32: use a GPU provider (CUDAExecutionProvider) for its speed"
     )  # fmt: skip
-    sections = [_raw_section(masks)]
-    if "end_to_end" in graphs:
-        sections.append(_end_to_end_section(processor, masks, max_detections))
     return "\n".join([
         f"# {type(model).__name__} exported to ONNX",
         "",
         f"Written by `hf-detr export` ({dtype}: {precision}). {model.config.num_labels} classes, "
         f"{model.config.num_queries} queries.",
         "",
-        *files,
+        *listing,
         "",
         *sections,
     ])  # fmt: skip

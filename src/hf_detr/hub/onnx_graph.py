@@ -89,11 +89,11 @@ def _antialias_weights(
     weights = torch.where(total > 0, weights / torch.where(total > 0, total, 1.0), weights)
     rows = torch.arange(out_length, device=scale.device)[None, :, None] < out_sizes[:, None, None]
     weights = weights * rows
-    # the largest power of two that keeps the largest weight within int16 (ATen's loop over precisions)
+    # ATen's loop over precisions p = 0, 1, ...: stop at the first p whose next power would overflow int16
     largest = weights.amax(dim=(1, 2))[:, None]
-    powers = 2.0 ** torch.arange(1, _MAX_PRECISION + 1, dtype=torch.float64, device=scale.device)
-    fits = (largest * powers + 0.5).floor() >= _INT16_LIMIT
-    precision = torch.where(fits.any(-1), fits.to(torch.int64).argmax(-1), _MAX_PRECISION)
+    next_powers = 2.0 ** torch.arange(1, _MAX_PRECISION + 1, dtype=torch.float64, device=scale.device)
+    overflows = (largest * next_powers + 0.5).floor() >= _INT16_LIMIT
+    precision = torch.where(overflows.any(-1), overflows.to(torch.int64).argmax(-1), _MAX_PRECISION)
     divisor = 2.0 ** precision.to(torch.float64)
     weights = (weights * divisor[:, None, None] + 0.5).floor()
     return weights.to(torch.float32), divisor.to(torch.float32)

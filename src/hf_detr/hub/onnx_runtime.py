@@ -75,12 +75,14 @@ def end_to_end_inputs(images: Sequence[Any]) -> dict[str, np.ndarray]:
 
 
 class OnnxDetector:
-    """The end-to-end graph at `path` under onnxruntime: `detector(images, threshold)` gives one dict per image
-    (`scores`, `labels`, `boxes` in the image's pixels and, for a segmentation model, bool `masks`
-    `[n, height, width]`), the detections scoring at least `threshold`, best first."""
+    """The end-to-end graph at `path` under onnxruntime (`providers`, `threads`: see `session`):
+    `detector(images, threshold)` gives one dict per image (`scores`, `labels`, `boxes` in the image's pixels and,
+    for a segmentation model, bool `masks` `[n, height, width]`), the detections scoring at least `threshold`, best
+    first."""
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None) -> None:
-        self.session = session(path, providers)
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
+                 threads: int | None = None) -> None:  # fmt: skip
+        self.session = session(path, providers, threads)
         self.output_names = [output.name for output in self.session.get_outputs()]
         if [graph_input.name for graph_input in self.session.get_inputs()] != ["images", "sizes"]:
             raise ValueError(f"{path} is not an end-to-end graph (inputs images, sizes); a raw graph runs with "
@@ -102,11 +104,12 @@ class OnnxDetector:
 class OnnxModel(nn.Module):
     """The raw graph at `path` behind the model interface that `hf_detr.evaluation.evaluate` scores:
     `model(pixel_values, pixel_mask)` returns `logits`, `pred_boxes` (and `pred_masks`) computed by onnxruntime;
-    `config` is the PyTorch model's (labels)."""
+    `config` is the PyTorch model's (labels); `providers`, `threads`: see `session`."""
 
-    def __init__(self, path: str | os.PathLike, config: Any, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, config: Any, providers: Sequence[str] | None = None,
+                 threads: int | None = None) -> None:  # fmt: skip
         super().__init__()
-        self.session, self.config = session(path, providers), config
+        self.session, self.config = session(path, providers, threads), config
         self.output_names = [output.name for output in self.session.get_outputs()]
         # evaluate reads the model's device from its parameters; the graph runs on the CPU
         self.device_marker = nn.Parameter(torch.empty(0), requires_grad=False)

@@ -10,8 +10,9 @@ its graphs under onnxruntime against the PyTorch model.
   graph through `evaluate` itself, the end-to-end graph's detections through the same metrics), boxes and, for a
   segmentation model, masks.
 
-Validation fails when a mAP differs from the PyTorch model's by more than `MAP_TOLERANCE[dtype]`, or when a float32
-raw graph's logits or boxes differ by more than `FP32_OUTPUT_TOLERANCE`. The numbers go to `validation.json`.
+Validation fails when a mAP differs from the PyTorch model's by more than `MAP_TOLERANCE[dtype]`, or, for float32
+graphs, when the raw logits or boxes differ by more than `FP32_OUTPUT_TOLERANCE` or an end-to-end detection finds no
+counterpart of its label within `FP32_BOX_TOLERANCE_PX` pixel. The numbers go to `validation.json`.
 """
 
 from __future__ import annotations
@@ -30,15 +31,15 @@ from .onnx_graph import MIN_SIDE
 from .onnx_runtime import OnnxDetector, OnnxModel, session
 
 __all__ = [
-    "FP32_OUTPUT_TOLERANCE", "MAP_TOLERANCE", "VALIDATION_FILE", "compare_detections", "load_validation_split",
-    "mixed_size_images", "reference_detections", "validate_export",
+    "FP32_BOX_TOLERANCE_PX", "FP32_OUTPUT_TOLERANCE", "MAP_TOLERANCE", "VALIDATION_FILE", "compare_detections",
+    "load_validation_split", "mixed_size_images", "reference_detections", "validate_export",
 ]  # fmt: skip
 
 VALIDATION_FILE = "validation.json"
 # how far an exported graph's COCO mAP may lie from the PyTorch model's on the same split
 MAP_TOLERANCE = {"fp32": 0.002, "fp16": 0.01}
 # a float32 graph computes what PyTorch computes up to the order of float operations
-FP32_OUTPUT_TOLERANCE = 1e-3
+FP32_OUTPUT_TOLERANCE, FP32_BOX_TOLERANCE_PX = 1e-3, 0.5
 _COMPARED_MAPS = ("map", "segm_map")
 _REPORTED_METRICS = ("map", "map_50", "map_75", "segm_map", "segm_map_50", "pq")
 
@@ -183,6 +184,53 @@ def _reported(metrics: Mapping[str, float]) -> dict[str, float]:
     return {name: round(float(metrics[name]), 4) for name in _REPORTED_METRICS if name in metrics}
 
 
+def _mixed_size_check(
+    paths: Mapping[str, Path], metadata: Mapping[str, Any], model: torch.nn.Module, processor: Any
+) -> tuple[dict[str, Any], list[str]]:
+    """The graphs against the model on `mixed_size_images`, and what fails a float32 graph."""
+    images = mixed_size_images(processor)
+    numbers: dict[str, Any] = {"sizes": [list(image.shape[:2]) for image in images],
+                               "raw": _raw_errors(paths["raw"], model, processor, images)}  # fmt: skip
+    if "end_to_end" in paths:
+        expected = reference_detections(model, processor, images, metadata["end_to_end"]["max_detections"])
+        numbers["end_to_end"] = compare_detections(OnnxDetector(paths["end_to_end"])(images), expected)
+    if metadata["raw"]["dtype"] != "fp32":
+        return numbers, []
+    failures = [f"raw graph: {name} {numbers['raw'][name]:.2e} > {FP32_OUTPUT_TOLERANCE:g} on the mixed-size batch"
+                for name in ("max_abs_error_logits", "max_abs_error_pred_boxes")
+                if numbers["raw"][name] > FP32_OUTPUT_TOLERANCE]  # fmt: skip
+    end_to_end = numbers.get("end_to_end", {"same_labels": True, "max_abs_error_boxes_px": 0.0})
+    if not end_to_end["same_labels"] or end_to_end["max_abs_error_boxes_px"] > FP32_BOX_TOLERANCE_PX:
+        failures.append(f"end-to-end graph: other labels or boxes more than {FP32_BOX_TOLERANCE_PX:g} pixel away on "
+                        f"the mixed-size batch ({end_to_end})")  # fmt: skip
+    return numbers, failures
+
+
+def _dataset_check(
+    paths: Mapping[str, Path], model: torch.nn.Module, processor: Any, data: Any, dtype: str, batch_size: int
+) -> tuple[dict[str, Any], list[str]]:
+    """COCO mAP of the model and of each graph on `data`, and the graphs whose mAP lies too far from the model's."""
+    from ..evaluation.evaluate import evaluate, evaluation_loader
+
+    with_masks = hasattr(model, "mask_head")
+    loader = evaluation_loader(data, processor, model.config.id2label, batch_size, mask_references=with_masks)
+    maps = {"pytorch": _reported(evaluate(model, processor, loader)),
+            "raw": _reported(evaluate(OnnxModel(paths["raw"], model.config), processor, loader))}  # fmt: skip
+    if "end_to_end" in paths:
+        detector = OnnxDetector(paths["end_to_end"])
+        maps["end_to_end"] = _reported(_end_to_end_metrics(detector, model, processor, data, batch_size))
+    failures = []
+    for graph in paths:
+        for name in _COMPARED_MAPS:
+            if name in maps["pytorch"]:
+                difference = abs(maps[graph][name] - maps["pytorch"][name])
+                if difference > MAP_TOLERANCE[dtype]:
+                    failures.append(f"{graph} graph: {name} {maps[graph][name]:.4f} vs PyTorch's "
+                                    f"{maps['pytorch'][name]:.4f}, a difference of {difference:.4f} > "
+                                    f"{MAP_TOLERANCE[dtype]:g} ({dtype})")  # fmt: skip
+    return maps, failures
+
+
 def validate_export(
     out_dir: str | os.PathLike,
     model: torch.nn.Module,
@@ -204,43 +252,17 @@ def validate_export(
     metadata = {name: graph_metadata(session(path)) for name, path in paths.items()}
     dtype = metadata["raw"]["dtype"]
     model = model.eval()
-    images = mixed_size_images(processor)
     report: dict[str, Any] = {
         "source": metadata["raw"].get("source"),
         "dtype": dtype,
         "fp32_layers": metadata.get("end_to_end", metadata["raw"])["fp32_layers"],
         "map_tolerance": MAP_TOLERANCE[dtype],
-        "mixed_size_batch": {"sizes": [list(image.shape[:2]) for image in images],
-                             "raw": _raw_errors(paths["raw"], model, processor, images)},  # fmt: skip
     }
-    failures = []
-    if dtype == "fp32":
-        for name in ("max_abs_error_logits", "max_abs_error_pred_boxes"):
-            error = report["mixed_size_batch"]["raw"][name]
-            if error > FP32_OUTPUT_TOLERANCE:
-                failures.append(f"raw graph: {name} {error:.2e} > {FP32_OUTPUT_TOLERANCE:g} on the mixed-size batch")
-    if "end_to_end" in paths:
-        detector = OnnxDetector(paths["end_to_end"])
-        expected = reference_detections(model, processor, images, metadata["end_to_end"]["max_detections"])
-        report["mixed_size_batch"]["end_to_end"] = compare_detections(detector(images), expected)
+    report["mixed_size_batch"], failures = _mixed_size_check(paths, metadata, model, processor)
     if data is not None:
-        from ..evaluation.evaluate import evaluate, evaluation_loader
-
-        with_masks = hasattr(model, "mask_head")
-        loader = evaluation_loader(data, processor, model.config.id2label, batch_size, mask_references=with_masks)
-        maps = {"pytorch": _reported(evaluate(model, processor, loader)),
-                "raw": _reported(evaluate(OnnxModel(paths["raw"], model.config), processor, loader))}  # fmt: skip
-        if "end_to_end" in paths:
-            maps["end_to_end"] = _reported(_end_to_end_metrics(detector, model, processor, data, batch_size))
+        maps, map_failures = _dataset_check(paths, model, processor, data, dtype, batch_size)
         report["dataset"] = {"name": data_name, "images": len(data), **maps}
-        for graph in paths:
-            for name in _COMPARED_MAPS:
-                if name in maps["pytorch"]:
-                    difference = abs(maps[graph][name] - maps["pytorch"][name])
-                    if difference > MAP_TOLERANCE[dtype]:
-                        failures.append(f"{graph} graph: {name} {maps[graph][name]:.4f} vs PyTorch's "
-                                        f"{maps['pytorch'][name]:.4f}, a difference of {difference:.4f} > "
-                                        f"{MAP_TOLERANCE[dtype]:g} ({dtype})")  # fmt: skip
+        failures += map_failures
     report["passed"], report["failures"] = not failures, failures
     (out / VALIDATION_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
