@@ -223,8 +223,8 @@ class Postprocess(nn.Module):
         if pred_masks is None:
             return scores, labels, boxes
         picked = pred_masks.gather(1, index[:, :, None, None].expand(-1, -1, *pred_masks.shape[-2:]))
-        canvas, (height, width) = resized.amax(0), _largest(sizes)
-        return scores, labels, boxes, own_region_masks(picked, resized, (canvas[0], canvas[1]), sizes, height, width)
+        canvas = resized.amax(0)
+        return scores, labels, boxes, own_region_masks(picked, resized, (canvas[0], canvas[1]), sizes, *_largest(sizes))
 
 
 class EndToEndGraph(nn.Module):
