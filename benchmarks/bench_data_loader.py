@@ -30,8 +30,14 @@ BATCH_SIZE = 2
 
 def measure_workers(dataset: torch.utils.data.Dataset, collator: Any, workers: int, batches: int) -> dict[str, float]:
     """Seconds to the first batch and images per second over the next ``batches`` batches with ``workers``."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, collate_fn=collator,
-                                         num_workers=workers, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=BATCH_SIZE,
+        shuffle=True,
+        collate_fn=collator,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(0),
+    )
     start = time.perf_counter()
     iterator = iter(loader)
     next(iterator)
@@ -65,16 +71,22 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
                 if workers not in results or result["images_per_second"] > results[workers]["images_per_second"]:
                     results[workers] = result
 
-    print(f"DETR augmentation at shortest edge {DETR_IMAGE_SIZE}, longest {DETR_MAX_SIZE}; 640x480 JPEGs; batch "
-          f"{BATCH_SIZE}; best of {args.rounds} rounds of {args.batches} batches; main process "
-          f"{torch.get_num_threads()} threads, workers 1")
+    print(
+        f"DETR augmentation at shortest edge {DETR_IMAGE_SIZE}, longest {DETR_MAX_SIZE}; 640x480 JPEGs; batch "
+        f"{BATCH_SIZE}; best of {args.rounds} rounds of {args.batches} batches; main process "
+        f"{torch.get_num_threads()} threads, workers 1"
+    )
     for workers, result in results.items():
-        print(f"{workers} worker{'' if workers == 1 else 's'}: {result['images_per_second']:6.1f} images/s "
-              f"(first batch after {result['first_batch_seconds']:.2f} s)")  # fmt: skip
+        print(
+            f"{workers} worker{'' if workers == 1 else 's'}: {result['images_per_second']:6.1f} images/s "
+            f"(first batch after {result['first_batch_seconds']:.2f} s)"
+        )
     if 1 in results:
         needed = math.ceil(args.gpu_steps * BATCH_SIZE / results[1]["images_per_second"])
-        print(f"one worker delivers {results[1]['images_per_second']:.1f} images/s: a GPU stepping at "
-              f"{args.gpu_steps:g} it/s at batch {BATCH_SIZE} needs {needed} worker{'' if needed == 1 else 's'}")
+        print(
+            f"one worker delivers {results[1]['images_per_second']:.1f} images/s: a GPU stepping at "
+            f"{args.gpu_steps:g} it/s at batch {BATCH_SIZE} needs {needed} worker{'' if needed == 1 else 's'}"
+        )
     return results
 
 

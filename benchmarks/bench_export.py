@@ -76,8 +76,9 @@ def padded_inputs(batch: int, size: tuple[int, int]) -> tuple[torch.Tensor, torc
     return pixel_values, pixel_mask
 
 
-def model_runs(model: torch.nn.Module, compiled: torch.nn.Module, graph: Path, threads: int, batch: int,
-               size: tuple[int, int]) -> tuple[Runs, float]:  # fmt: skip
+def model_runs(
+    model: torch.nn.Module, compiled: torch.nn.Module, graph: Path, threads: int, batch: int, size: tuple[int, int]
+) -> tuple[Runs, float]:
     """The three ways to run the model on a padded batch, and the largest difference of the logits and boxes of
     onnxruntime and eager PyTorch."""
     pixel_values, pixel_mask = padded_inputs(batch, size)
@@ -88,14 +89,20 @@ def model_runs(model: torch.nn.Module, compiled: torch.nn.Module, graph: Path, t
         return torch.no_grad()(lambda: module(pixel_values, pixel_mask))
 
     expected, (logits, boxes) = forward(model)(), graph_session.run(None, feed)
-    error = max(float((torch.from_numpy(logits) - expected.logits).abs().max()),
-                float((torch.from_numpy(boxes) - expected.pred_boxes).abs().max()))  # fmt: skip
-    return {"eager": forward(model), "compile": forward(compiled),
-            "onnxruntime": lambda: graph_session.run(None, feed)}, error  # fmt: skip
+    error = max(
+        float((torch.from_numpy(logits) - expected.logits).abs().max()),
+        float((torch.from_numpy(boxes) - expected.pred_boxes).abs().max()),
+    )
+    return {
+        "eager": forward(model),
+        "compile": forward(compiled),
+        "onnxruntime": lambda: graph_session.run(None, feed),
+    }, error
 
 
-def end_to_end_runs(model: torch.nn.Module, compiled: torch.nn.Module, processor: object, graph: Path, threads: int,
-                    batch: int) -> tuple[Runs, float]:  # fmt: skip
+def end_to_end_runs(
+    model: torch.nn.Module, compiled: torch.nn.Module, processor: object, graph: Path, threads: int, batch: int
+) -> tuple[Runs, float]:
     """The Python pipeline (processor, eager or compiled model, post-processing) and the end-to-end graph on
     `batch` uint8 photos, and the largest difference of their boxes in pixels."""
     generator = np.random.default_rng(0)
@@ -114,8 +121,11 @@ def end_to_end_runs(model: torch.nn.Module, compiled: torch.nn.Module, processor
         return run
 
     comparison = compare_detections(detector(images), reference_detections(model, processor, images, top_k))
-    return {"eager": pipeline(model), "compile": pipeline(compiled),
-            "onnxruntime": lambda: detector(images)}, comparison["max_abs_error_boxes_px"]  # fmt: skip
+    return {
+        "eager": pipeline(model),
+        "compile": pipeline(compiled),
+        "onnxruntime": lambda: detector(images),
+    }, comparison["max_abs_error_boxes_px"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,22 +141,27 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.models:
             preset, size = MODELS[name]
             model, processor = build(preset), presets.get(preset).image_processor()
-            graphs = export_folder(model, processor, Path(tmp) / name, end_to_end=True,
-                                   max_detections=min(100, model.config.num_queries)).graphs  # fmt: skip
+            graphs = export_folder(
+                model, processor, Path(tmp) / name, end_to_end=True, max_detections=min(100, model.config.num_queries)
+            ).graphs
             for batch in BATCHES:
                 compiled = torch.compile(model)
                 workloads = {
-                    f"model {name} {size[0]}x{size[1]} batch {batch}":
-                        model_runs(model, compiled, graphs["raw"], args.threads, batch, size),
-                    f"end-to-end {name} {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} photos batch {batch}":
-                        end_to_end_runs(model, compiled, processor, graphs["end_to_end"], args.threads, batch),
-                }  # fmt: skip
+                    f"model {name} {size[0]}x{size[1]} batch {batch}": model_runs(
+                        model, compiled, graphs["raw"], args.threads, batch, size
+                    ),
+                    f"end-to-end {name} {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} photos batch {batch}": end_to_end_runs(
+                        model, compiled, processor, graphs["end_to_end"], args.threads, batch
+                    ),
+                }
                 for label, (runs, errors[label]) in workloads.items():
                     rows.append((f"{label} (s)", interleaved_medians(runs, args.repeats)))
                 torch._dynamo.reset()  # each batch size compiles for its own shapes, as a deployment would
 
-    print(f"threads: {args.threads}, repeats: {args.repeats}, torch {torch.__version__}, "
-          f"onnxruntime {onnxruntime.__version__}")  # fmt: skip
+    print(
+        f"threads: {args.threads}, repeats: {args.repeats}, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}"
+    )
     print("max abs difference, onnxruntime vs eager (model: logits and boxes; end-to-end: boxes in pixels):")
     for label, error in errors.items():
         print(f"  {label}: {error:.1e}")

@@ -32,12 +32,16 @@ def make_batch(batch: int, objects: int = 15, seed: int = 0) -> tuple[list[PIL.I
             {
                 "image_id": image_id,
                 "annotations": [
-                    {"bbox": [*map(float, xy), *map(float, wh)], "category_id": int(c), "area": float(wh.prod()),
-                     "iscrowd": 0}
+                    {
+                        "bbox": [*map(float, xy), *map(float, wh)],
+                        "category_id": int(c),
+                        "area": float(wh.prod()),
+                        "iscrowd": 0,
+                    }
                     for xy, wh, c in zip(corners, sizes, rng.integers(1, 91, objects))
                 ],
             }
-        )  # fmt: skip
+        )
     return images, annotations
 
 

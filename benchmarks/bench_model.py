@@ -70,8 +70,10 @@ def training_inputs(batch: int = 4, size: int = 512, boxes: int = 20, masks: boo
     for _ in range(batch):
         wh = torch.rand(boxes, 2, generator=generator) * 0.3 + 0.05
         center = wh / 2 + torch.rand(boxes, 2, generator=generator) * (1 - wh)
-        target = {"class_labels": torch.randint(0, 91, (boxes,), generator=generator),
-                  "boxes": torch.cat([center, wh], 1)}
+        target = {
+            "class_labels": torch.randint(0, 91, (boxes,), generator=generator),
+            "boxes": torch.cat([center, wh], 1),
+        }
         if masks:
             grid = (torch.arange(size) + 0.5) / size
             low, high = (center - wh / 2)[:, :, None], (center + wh / 2)[:, :, None]
@@ -121,8 +123,13 @@ def matcher_inputs(batch: int = 32, queries: int = 100, targets: int = 30):
     generator = torch.Generator().manual_seed(2)
     logits = torch.randn(batch, queries, 92, generator=generator)
     pred_boxes = torch.rand(batch, queries, 4, generator=generator) * 0.4 + 0.1
-    labels = [{"class_labels": torch.randint(0, 91, (targets,), generator=generator),
-               "boxes": torch.rand(targets, 4, generator=generator) * 0.4 + 0.1} for _ in range(batch)]
+    labels = [
+        {
+            "class_labels": torch.randint(0, 91, (targets,), generator=generator),
+            "boxes": torch.rand(targets, 4, generator=generator) * 0.4 + 0.1,
+        }
+        for _ in range(batch)
+    ]
     return logits, pred_boxes, labels
 
 
@@ -151,8 +158,19 @@ def peak_memory_child(args: argparse.Namespace) -> None:
 
 
 def peak_memory(weights: Path, side: str, workload: str, threads: int, task: str) -> float:
-    command = [sys.executable, "-m", "benchmarks.bench_model", "--child", side, workload, str(weights),
-               "--threads", str(threads), "--task", task]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_model",
+        "--child",
+        side,
+        workload,
+        str(weights),
+        "--threads",
+        str(threads),
+        "--task",
+        task,
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])["peak_mib"]
 
@@ -181,15 +199,23 @@ def main(argv: list[str] | None = None) -> None:
         actual = run_inference(ours, False, 1, size)()
     error = max((getattr(expected, name) - getattr(actual, name)).abs().max().item() for name in outputs)
     for batch in (1, 4) if task == "detection" else (1, 2):
-        rows.append((f"{task} inference R50 {size[0]}x{size[1]} batch {batch} (s)",
-                     median_seconds(run_inference(reference, True, batch, size), args.repeats),
-                     median_seconds(run_inference(ours, False, batch, size), args.repeats)))
+        rows.append(
+            (
+                f"{task} inference R50 {size[0]}x{size[1]} batch {batch} (s)",
+                median_seconds(run_inference(reference, True, batch, size), args.repeats),
+                median_seconds(run_inference(ours, False, batch, size), args.repeats),
+            )
+        )
 
     reference, ours = build_pair(auxiliary_loss=True, task=task)
     side = training["size"]
-    rows.append((f"{task} training step R50 {side}x{side} batch {training['batch']}, {training['boxes']} boxes (s)",
-                 median_seconds(run_training(reference, True, **training), args.repeats),
-                 median_seconds(run_training(ours, False, **training), args.repeats)))
+    rows.append(
+        (
+            f"{task} training step R50 {side}x{side} batch {training['batch']}, {training['boxes']} boxes (s)",
+            median_seconds(run_training(reference, True, **training), args.repeats),
+            median_seconds(run_training(ours, False, **training), args.repeats),
+        )
+    )
 
     if task == "detection":
         rows.append(matcher_row(args.repeats))
@@ -197,10 +223,17 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.pt"
         torch.save(build_pair(task=task)[0].state_dict(), weights)
-        for workload, label in (("inference", "peak memory, inference batch 1 (MiB)"),
-                                ("training", "peak memory, training step (MiB)")):
-            rows.append((label, peak_memory(weights, "transformers", workload, args.threads, task),
-                         peak_memory(weights, "hf_detr", workload, args.threads, task)))
+        for workload, label in (
+            ("inference", "peak memory, inference batch 1 (MiB)"),
+            ("training", "peak memory, training step (MiB)"),
+        ):
+            rows.append(
+                (
+                    label,
+                    peak_memory(weights, "transformers", workload, args.threads, task),
+                    peak_memory(weights, "hf_detr", workload, args.threads, task),
+                )
+            )
 
     print(f"threads: {args.threads}, repeats: {args.repeats}, torch {torch.__version__}")
     print(f"max abs difference of outputs ({', '.join(outputs)}) at {size[0]}x{size[1]}: {error:.2e}")
@@ -214,9 +247,11 @@ def matcher_row(repeats: int) -> tuple[str, float, float]:
     reference_matcher = ReferenceMatcher(class_cost=1, bbox_cost=5, giou_cost=2)
     matcher = HungarianMatcher(1, 5, 2)
     ids, boxes = [t["class_labels"] for t in labels], [t["boxes"] for t in labels]
-    return ("matcher 32 x 100 queries x 30 targets (s)",
-            median_seconds(lambda: reference_matcher({"logits": logits, "pred_boxes": pred_boxes}, labels), repeats * 4),
-            median_seconds(lambda: matcher(logits, pred_boxes, ids, boxes), repeats * 4))
+    return (
+        "matcher 32 x 100 queries x 30 targets (s)",
+        median_seconds(lambda: reference_matcher({"logits": logits, "pred_boxes": pred_boxes}, labels), repeats * 4),
+        median_seconds(lambda: matcher(logits, pred_boxes, ids, boxes), repeats * 4),
+    )
 
 
 if __name__ == "__main__":

@@ -34,9 +34,16 @@ from hf_detr.training.setup import training_data
 DEMO = presets.get("demo")
 
 REFERENCE_MODEL: dict[str, Any] = dict(
-    backbone="resnet18", d_model=128, encoder_layers=3, decoder_layers=3, encoder_attention_heads=8,
-    decoder_attention_heads=8, encoder_ffn_dim=512, decoder_ffn_dim=512, num_queries=16,
-)  # fmt: skip
+    backbone="resnet18",
+    d_model=128,
+    encoder_layers=3,
+    decoder_layers=3,
+    encoder_attention_heads=8,
+    decoder_attention_heads=8,
+    encoder_ffn_dim=512,
+    decoder_ffn_dim=512,
+    num_queries=16,
+)
 
 
 def build_models(id2label: dict[int, str]) -> dict[str, Callable[[], torch.nn.Module]]:
@@ -52,9 +59,13 @@ def train_and_evaluate(model: torch.nn.Module, data: datasets.DatasetDict, confi
     processor = DEMO.image_processor()
     train_set, collator = training_data(data["train"], processor, config.augment, config.seed)
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=config.per_device_train_batch_size, shuffle=True, drop_last=True, collate_fn=collator,
+        train_set,
+        batch_size=config.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collator,
         generator=torch.Generator().manual_seed(config.seed),
-    )  # fmt: skip
+    )
     groups = parameter_groups(model, config.learning_rate, config.backbone_learning_rate)
     optimizer = torch.optim.AdamW([{**g, "base_lr": g["lr"]} for g in groups], weight_decay=config.weight_decay)
     batches = []
@@ -78,8 +89,12 @@ def train_and_evaluate(model: torch.nn.Module, data: datasets.DatasetDict, confi
         epoch += 1
     seconds = time.monotonic() - start
     metrics = evaluate(model, processor, data["test"], batch_size=config.per_device_eval_batch_size)
-    return {"steps": step, "train_seconds": round(seconds, 1), **{k: metrics[k] for k in ("map", "map_50", "map_75")},
-            "batches": batches}  # fmt: skip
+    return {
+        "steps": step,
+        "train_seconds": round(seconds, 1),
+        **{k: metrics[k] for k in ("map", "map_50", "map_75")},
+        "batches": batches,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -93,8 +108,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = {"train": args.num_train, "test": args.num_test}
-    data = load_data(args.dataset or SYNTHETIC, ["train", "test"], synthetic_sizes=sizes,
-                     synthetic_image_size=DEMO.image_size, seed=args.seed)  # fmt: skip
+    data = load_data(
+        args.dataset or SYNTHETIC,
+        ["train", "test"],
+        synthetic_sizes=sizes,
+        synthetic_image_size=DEMO.image_size,
+        seed=args.seed,
+    )
     config = TrainConfig(output_dir="unused", time_budget=args.time_budget, seed=args.seed, **DEMO.training)
     results = {}
     for name, build in build_models(id2label(data["train"])).items():
@@ -103,8 +123,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         shown = {key: value for key, value in results[name].items() if key != "batches"}
         print(f"{name:>20}: {json.dumps(shown)}", flush=True)
     reference, ours = results.values()
-    print(f"AP50 {ours['map_50']:.3f} vs {reference['map_50']:.3f}, AP {ours['map']:.3f} vs {reference['map']:.3f} "
-          f"(hf_detr vs transformers; {args.time_budget:.0f} s each, {args.threads} threads, seed {args.seed})")
+    print(
+        f"AP50 {ours['map_50']:.3f} vs {reference['map_50']:.3f}, AP {ours['map']:.3f} vs {reference['map']:.3f} "
+        f"(hf_detr vs transformers; {args.time_budget:.0f} s each, {args.threads} threads, seed {args.seed})"
+    )
     return results
 
 

@@ -93,10 +93,18 @@ def _measure_load(path: str, masks: bool) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     peak = _peak_rss_mib()
     # counted after the peak is taken, from the Arrow column without decoding a row
-    boxes = sum(len(box) for split in loaded.values() for box in split.data.column("objects").combine_chunks()
-                .field("bbox").to_pylist())  # fmt: skip
-    return {"seconds": seconds, "peak_rss_mib": peak, "over_baseline_mib": peak - baseline,
-            "images": sum(len(split) for split in loaded.values()), "boxes": boxes}  # fmt: skip
+    boxes = sum(
+        len(box)
+        for split in loaded.values()
+        for box in split.data.column("objects").combine_chunks().field("bbox").to_pylist()
+    )
+    return {
+        "seconds": seconds,
+        "peak_rss_mib": peak,
+        "over_baseline_mib": peak - baseline,
+        "images": sum(len(split) for split in loaded.values()),
+        "boxes": boxes,
+    }
 
 
 def _measure_stream(path: str, max_images: int) -> dict[str, Any]:
@@ -113,17 +121,52 @@ def _measure_stream(path: str, max_images: int) -> dict[str, Any]:
 
 
 def _measure_train(path: str, output_dir: str, processes: int, streaming: bool = False) -> dict[str, Any]:
-    args = ["--dataset", path, "--output_dir", output_dir, "--max_steps", "1", "--eval_split", "none",
-            "--model_kwargs", json.dumps(TINY_MODEL), "--image_size", str(_TINY.image_size),
-            "--per_device_train_batch_size", "2", "--save_steps", "0", "--logging_steps", "1", "--cpu",
-            "--report_to", "none", "--disable_tqdm", *(["--streaming"] if streaming else [])]  # fmt: skip
+    args = [
+        "--dataset",
+        path,
+        "--output_dir",
+        output_dir,
+        "--max_steps",
+        "1",
+        "--eval_split",
+        "none",
+        "--model_kwargs",
+        json.dumps(TINY_MODEL),
+        "--image_size",
+        str(_TINY.image_size),
+        "--per_device_train_batch_size",
+        "2",
+        "--save_steps",
+        "0",
+        "--logging_steps",
+        "1",
+        "--cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        *(["--streaming"] if streaming else []),
+    ]
     if processes == 1:
         argv = [str(_BIN / "hf-detr"), "train", *args]
     else:  # accelerate's own --cpu flag starts one process: --multi_gpu spawns them, the script's --cpu keeps the CPU
-        argv = [str(_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes),
-                "--main_process_port", str(_free_port()), "-m", "hf_detr", "train", *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)),
-           "ACCELERATE_CONFIG_FILE": str(Path(output_dir).parent / "no_accelerate_config.yaml")}  # fmt: skip
+        argv = [
+            str(_BIN / "accelerate"),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            str(_free_port()),
+            "-m",
+            "hf_detr",
+            "train",
+            *args,
+        ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)),
+        "ACCELERATE_CONFIG_FILE": str(Path(output_dir).parent / "no_accelerate_config.yaml"),
+    }
     log = Path(output_dir) / "train_log.jsonl"
     output = Path(output_dir).parent / "train_output.txt"  # a file, not a pipe, which a long output would fill
     start = time.perf_counter()
@@ -160,8 +203,11 @@ def _measure_evaluation(kind: str, num_images: int, detections: int, backend: st
 
 
 _CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
-    "load": _measure_load, "stream": _measure_stream, "train": _measure_train, "evaluate": _measure_evaluation,
-}  # fmt: skip
+    "load": _measure_load,
+    "stream": _measure_stream,
+    "train": _measure_train,
+    "evaluate": _measure_evaluation,
+}
 
 
 def _run_child(spec: dict[str, Any]) -> None:
@@ -175,8 +221,9 @@ def _run_child(spec: dict[str, Any]) -> None:
 def folder_bytes(folder: Path) -> int:
     """Bytes of the files under ``folder``, a hard-linked file as often as it is linked: what a folder of copies (a
     real COCO folder) holds."""
-    return sum(os.lstat(os.path.join(directory, name)).st_size for directory, _, files in os.walk(folder)
-               for name in files)  # fmt: skip
+    return sum(
+        os.lstat(os.path.join(directory, name)).st_size for directory, _, files in os.walk(folder) for name in files
+    )
 
 
 def measure(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -185,8 +232,9 @@ def measure(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
     if done.returncode or not lines:
-        raise RuntimeError(f"measurement {spec} failed ({done.returncode}):\n{done.stdout[-2000:]}\n"
-                           f"{done.stderr[-5000:]}")  # fmt: skip
+        raise RuntimeError(
+            f"measurement {spec} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-5000:]}"
+        )
     return json.loads(lines[-1][len(_RESULT) :])
 
 
@@ -200,10 +248,17 @@ class Sandbox:
         self.cache = folder / "cache"
         # every cache in the folder: datasets', hf_detr's prepared splits (also when the caller's environment sets
         # HF_DETR_CACHE) and any other XDG cache
-        self.env = {**os.environ, "HF_HOME": str(self.cache / "hf"), "HF_DATASETS_CACHE": str(self.cache / "datasets"),
-                    "HF_DETR_CACHE": str(self.cache / "hf_detr"), "XDG_CACHE_HOME": str(self.cache / "xdg"),
-                    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-                    "TQDM_DISABLE": "1"}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "HF_HOME": str(self.cache / "hf"),
+            "HF_DATASETS_CACHE": str(self.cache / "datasets"),
+            "HF_DETR_CACHE": str(self.cache / "hf_detr"),
+            "XDG_CACHE_HOME": str(self.cache / "xdg"),
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "TQDM_DISABLE": "1",
+        }
         self.cache.mkdir()
 
     def written(self) -> int:
@@ -228,29 +283,43 @@ def measure_size(n: int, workdir: Path, args: argparse.Namespace) -> dict[str, A
         path = workdir / source
         start = time.perf_counter()
         written = next(iter(write(path, n, args.seed).values()))
-        data[source] = {"images": written.images, "boxes": written.boxes, "crowd": written.crowd,
-                        "outside": len(written.outside), "mib": folder_bytes(path) / 2**20,
-                        "generate_seconds": time.perf_counter() - start}  # fmt: skip
+        data[source] = {
+            "images": written.images,
+            "boxes": written.boxes,
+            "crowd": written.crowd,
+            "outside": len(written.outside),
+            "mib": folder_bytes(path) / 2**20,
+            "generate_seconds": time.perf_counter() - start,
+        }
         _report(n, name, "data", data[source])
         results[source] = cases = {}
         for masks in (False, True):
             what = "masks" if masks else "boxes"
             sandbox = Sandbox(path, workdir / f"{source}-{what}")
             for attempt in ("first", "second"):
-                cases[f"load {what}, {attempt}"] = sandbox.measure({"measure": "load", "path": str(sandbox.data),
-                                                                   "masks": masks})  # fmt: skip
+                cases[f"load {what}, {attempt}"] = sandbox.measure(
+                    {"measure": "load", "path": str(sandbox.data), "masks": masks}
+                )
                 _report(n, name, f"load {what}, {attempt}", cases[f"load {what}, {attempt}"])
             sandbox.remove()
         for processes, streaming in itertools.product(args.train_processes, (False, True)[: 1 + args.train_streaming]):
             sandbox = Sandbox(path, workdir / f"{source}-train")
             case = f"train {processes} process{'es' if processes > 1 else ''}" + (", streamed" if streaming else "")
-            cases[case] = sandbox.measure({"measure": "train", "path": str(sandbox.data), "processes": processes,
-                                           "streaming": streaming, "output_dir": str(sandbox.folder / "run")})
+            cases[case] = sandbox.measure(
+                {
+                    "measure": "train",
+                    "path": str(sandbox.data),
+                    "processes": processes,
+                    "streaming": streaming,
+                    "output_dir": str(sandbox.folder / "run"),
+                }
+            )
             _report(n, name, case, cases[case])
             sandbox.remove()
         sandbox = Sandbox(path, workdir / f"{source}-stream")
-        cases["stream"] = sandbox.measure({"measure": "stream", "path": str(sandbox.data),
-                                           "max_images": min(n, args.stream_images)})  # fmt: skip
+        cases["stream"] = sandbox.measure(
+            {"measure": "stream", "path": str(sandbox.data), "max_images": min(n, args.stream_images)}
+        )
         # the time to read the whole split at this rate: what extrapolates with N
         cases["stream"]["pass_seconds"] = cases["stream"]["setup_seconds"] + n / cases["stream"]["images_per_second"]
         _report(n, name, "stream", cases["stream"])
@@ -260,8 +329,9 @@ def measure_size(n: int, workdir: Path, args: argparse.Namespace) -> dict[str, A
 
 
 def _report(n: int, source: str, case: str, values: dict[str, Any]) -> None:
-    shown = ", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-                      for key, value in values.items())  # fmt: skip
+    shown = ", ".join(
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in values.items()
+    )
     print(f"N={n} {source}, {case}: {shown}", flush=True)
 
 
@@ -269,13 +339,23 @@ def _report(n: int, source: str, case: str, values: dict[str, Any]) -> None:
 
 # the fields of each case that go in the table (and are extrapolated), with their units
 FIELDS = {
-    "load": (("seconds", "s"), ("peak_rss_mib", "peak RSS MiB"), ("over_baseline_mib", "MiB over the imports"),
-             ("written_mib", "written MiB")),
-    "train": (("first_step_seconds", "s to first step"), ("seconds", "s whole run"),
-              ("peak_rss_mib", "peak RSS MiB/process")),
-    "stream": (("images_per_second", "images/s"), ("setup_seconds", "s to first image"),
-               ("pass_seconds", "s to read the split")),
-}  # fmt: skip
+    "load": (
+        ("seconds", "s"),
+        ("peak_rss_mib", "peak RSS MiB"),
+        ("over_baseline_mib", "MiB over the imports"),
+        ("written_mib", "written MiB"),
+    ),
+    "train": (
+        ("first_step_seconds", "s to first step"),
+        ("seconds", "s whole run"),
+        ("peak_rss_mib", "peak RSS MiB/process"),
+    ),
+    "stream": (
+        ("images_per_second", "images/s"),
+        ("setup_seconds", "s to first image"),
+        ("pass_seconds", "s to read the split"),
+    ),
+}
 NOT_EXTRAPOLATED = {"images_per_second"}  # a rate, not a quantity growing with N
 
 
@@ -323,8 +403,10 @@ def format_table(rows: list[dict[str, Any]], sizes: Sequence[int], evaluation: d
         label = f"  {row['case']}: {row['unit']}"
         measured = "".join(f"{cell(v):>12}" for v in row["values"])
         mark = "*" if row.get("constant") else ""
-        lines.append(f"{label:<{label_width}}{measured}" + "".join(f"{cell(row.get(at)) + mark:>12}"
-                                                                  for at in ("train2017", "val2017")))  # fmt: skip
+        lines.append(
+            f"{label:<{label_width}}{measured}"
+            + "".join(f"{cell(row.get(at)) + mark:>12}" for at in ("train2017", "val2017"))
+        )
     if any(row.get("constant") for row in rows):
         lines.append("* did not grow with N: the mean of the sizes measured, not a line")
     if evaluation:
@@ -337,25 +419,51 @@ def format_table(rows: list[dict[str, Any]], sizes: Sequence[int], evaluation: d
 def machine() -> dict[str, Any]:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     # the load average tells how much else ran on the machine, which these wall times depend on
-    return {"cpus": os.cpu_count(), "memory_gib": round(memory, 1), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "load_average": os.getloadavg()}
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(memory, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average": os.getloadavg(),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="numbers of images N")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"tiny sizes {QUICK_SIZES}, evaluation of 200 images x 20 detections")  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true", help=f"tiny sizes {QUICK_SIZES}, evaluation of 200 images x 20 detections"
+    )
     parser.add_argument("--sources", nargs="+", choices=list(SOURCES), default=list(SOURCES))
-    parser.add_argument("--train_processes", type=int, nargs="*", default=[1, 2],
-                        help="the process counts of the training runs (none: no training run)")  # fmt: skip
-    parser.add_argument("--train_streaming", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time each training run streamed (hf-detr train --streaming)")  # fmt: skip
+    parser.add_argument(
+        "--train_processes",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="the process counts of the training runs (none: no training run)",
+    )
+    parser.add_argument(
+        "--train_streaming",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time each training run streamed (hf-detr train --streaming)",
+    )
     parser.add_argument("--stream_images", type=int, default=2000, help="images read per streaming measurement")
-    parser.add_argument("--evaluation", nargs="*", choices=EVALUATIONS, default=list(EVALUATIONS),
-                        help="evaluations to measure (none: none)")  # fmt: skip
-    parser.add_argument("--coco_backends", nargs="+", choices=("pycocotools", "numpy"),
-                        default=["pycocotools", "numpy"], help="COCOeval backends of the box and mask evaluations")
+    parser.add_argument(
+        "--evaluation",
+        nargs="*",
+        choices=EVALUATIONS,
+        default=list(EVALUATIONS),
+        help="evaluations to measure (none: none)",
+    )
+    parser.add_argument(
+        "--coco_backends",
+        nargs="+",
+        choices=("pycocotools", "numpy"),
+        default=["pycocotools", "numpy"],
+        help="COCOeval backends of the box and mask evaluations",
+    )
     parser.add_argument("--eval_images", type=int, default=VAL2017)
     parser.add_argument("--eval_detections", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -371,11 +479,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sizes = sorted(set(args.sizes))
 
     report: dict[str, Any] = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "sizes": sizes,
-        "fit": "least squares a + b N over the sizes measured (the mean where b <= 0)", "train2017": TRAIN2017,
-        "val2017": VAL2017, "runs": {}, "rows": [],
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "sizes": sizes,
+        "fit": "least squares a + b N over the sizes measured (the mean where b <= 0)",
+        "train2017": TRAIN2017,
+        "val2017": VAL2017,
+        "runs": {},
+        "rows": [],
         "evaluation": {"images": args.eval_images, "detections": args.eval_detections},
-    }  # fmt: skip
+    }
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         for n in sizes:
             folder = Path(workdir) / str(n)
@@ -386,17 +499,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for kind in args.evaluation:
         for backend in args.coco_backends if kind != "panoptic" else ["pycocotools"]:  # PQ has no COCOeval
             name = kind if backend == "pycocotools" else f"{kind}, {backend} backend"
-            report["evaluation"][name] = measure({"measure": "evaluate", "kind": kind, "num_images": args.eval_images,
-                                                  "detections": args.eval_detections, "backend": backend})  # fmt: skip
-            _report(args.eval_images, "evaluation", f"{name}, {args.eval_detections} detections per image",
-                    {key: report["evaluation"][name][key] for key in EVALUATION_FIELDS})
+            report["evaluation"][name] = measure(
+                {
+                    "measure": "evaluate",
+                    "kind": kind,
+                    "num_images": args.eval_images,
+                    "detections": args.eval_detections,
+                    "backend": backend,
+                }
+            )
+            _report(
+                args.eval_images,
+                "evaluation",
+                f"{name}, {args.eval_detections} detections per image",
+                {key: report["evaluation"][name][key] for key in EVALUATION_FIELDS},
+            )
     report["rows"] = table_rows(report["runs"], sizes)
     report["machine"]["load_average_end"] = os.getloadavg()
     _save(report, args.out)
-    print(f"\nscale benchmark, {report['date']}, {report['machine']['cpus']} cores, "
-          f"{report['machine']['memory_gib']} GiB, load average (1, 5, 15 min) at the start "
-          f"{_rounded(report['machine']['load_average'])}, at the end {_rounded(os.getloadavg())}; extrapolated: "
-          f"{report['fit']}")  # fmt: skip
+    print(
+        f"\nscale benchmark, {report['date']}, {report['machine']['cpus']} cores, "
+        f"{report['machine']['memory_gib']} GiB, load average (1, 5, 15 min) at the start "
+        f"{_rounded(report['machine']['load_average'])}, at the end {_rounded(os.getloadavg())}; extrapolated: "
+        f"{report['fit']}"
+    )
     evaluations = {name: values for name, values in report["evaluation"].items() if isinstance(values, dict)}
     print(format_table(report["rows"], sizes, evaluations))
     return report
@@ -409,6 +535,7 @@ def _save(report: dict[str, Any], out: Path | None) -> None:
 
 def _rounded(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.1f}" for v in values)
+
 
 if __name__ == "__main__":
     main()

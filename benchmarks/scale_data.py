@@ -76,8 +76,9 @@ class _Split:
         return Written(len(self.images), len(self.annotations), crowd, self.outside)
 
 
-def write_coco_folder(root: str | os.PathLike, n: int, seed: int = 0, *, val: int = 0,
-                      pool: int = POOL_SIZE) -> dict[str, Written]:  # fmt: skip
+def write_coco_folder(
+    root: str | os.PathLike, n: int, seed: int = 0, *, val: int = 0, pool: int = POOL_SIZE
+) -> dict[str, Written]:
     """Write a COCO folder of ``n`` training images (and ``val`` validation images) under ``root``; the counts per
     split name of the json (``"train2017"``, ``"val2017"``)."""
     root = Path(root)
@@ -93,14 +94,19 @@ def write_coco_folder(root: str | os.PathLike, n: int, seed: int = 0, *, val: in
                 (folder / first).write_bytes(images[k])
             else:  # a hard link: each image has its own file name, the bytes are written once
                 os.link(folder / first, folder / image["file_name"])
-        coco = {"info": {"description": "hf_detr scale benchmark data"}, "images": split.images,
-                "annotations": split.annotations, "categories": categories}  # fmt: skip
+        coco = {
+            "info": {"description": "hf_detr scale benchmark data"},
+            "images": split.images,
+            "annotations": split.annotations,
+            "categories": categories,
+        }
         (root / "annotations" / f"instances_{name}.json").write_text(json.dumps(coco))
     return {name: split.written() for name, split in splits.items()}
 
 
-def write_hub_dataset(path: str | os.PathLike, n: int, seed: int = 0, *, val: int = 0,
-                      pool: int = POOL_SIZE) -> dict[str, Written]:  # fmt: skip
+def write_hub_dataset(
+    path: str | os.PathLike, n: int, seed: int = 0, *, val: int = 0, pool: int = POOL_SIZE
+) -> dict[str, Written]:
     """Write the same content as :func:`write_coco_folder` as a ``save_to_disk`` ``DatasetDict`` in the Hub's COCO
     schema with the images embedded; the counts per split (``"train"``, ``"validation"``)."""
     images, splits = _generate(n, val, seed, pool)
@@ -109,13 +115,21 @@ def write_hub_dataset(path: str | os.PathLike, n: int, seed: int = 0, *, val: in
     features["objects"]["segmentation"] = datasets.List(datasets.List(datasets.List(datasets.Value("float32"))))
     hub_names = {folder: hub for folder, hub in _SPLITS.values()}
     with tempfile.TemporaryDirectory(dir=Path(path).parent) as cache:  # from_generator's copy, before save_to_disk
-        built = datasets.DatasetDict({
-            hub_names[name]: datasets.Dataset.from_generator(
-                _hub_rows, features=features, cache_dir=cache,
-                gen_kwargs={"images": tuple(images), "split": split, "label_of": label_of},  # a list would be sharded
-            )
-            for name, split in splits.items()
-        })  # fmt: skip
+        built = datasets.DatasetDict(
+            {
+                hub_names[name]: datasets.Dataset.from_generator(
+                    _hub_rows,
+                    features=features,
+                    cache_dir=cache,
+                    gen_kwargs={
+                        "images": tuple(images),
+                        "split": split,
+                        "label_of": label_of,
+                    },  # a list would be sharded
+                )
+                for name, split in splits.items()
+            }
+        )
         built.save_to_disk(str(path))
         del built  # its files are in `cache`, removed now
     return {hub_names[name]: split.written() for name, split in splits.items()}
@@ -163,8 +177,9 @@ def _split(n: int, pool_objects: list[list[dict[str, Any]]], rng: np.random.Gene
     pool_index = [j % len(pool_objects) for j in range(n)]
     images = [{"id": j + 1, "file_name": f"{j + 1:012d}.jpg", "width": WIDTH, "height": HEIGHT} for j in range(n)]
     candidates = [j for j in range(n) if any(not o["iscrowd"] for o in pool_objects[pool_index[j]])]
-    chosen = set(rng.choice(candidates, size=min(len(candidates), max(1, round(n * OUTSIDE_FRACTION))),
-                            replace=False).tolist())  # fmt: skip
+    chosen = set(
+        rng.choice(candidates, size=min(len(candidates), max(1, round(n * OUTSIDE_FRACTION))), replace=False).tolist()
+    )
     annotations, outside = [], {}
     for j, k in enumerate(pool_index):
         pending = j in chosen  # this image's first non-crowd box is to reach outside
@@ -197,16 +212,17 @@ def _draw(rng: np.random.Generator) -> tuple[bytes, list[dict[str, Any]]]:
         draw.polygon([tuple(p) for p in points.tolist()], fill=tuple(rng.integers(0, 256, 3).tolist()))
         low, high = points.min(0), points.max(0)
         x, y = points[:, 0], points[:, 1]
-        objects.append({
-            "category_id": category_ids[int(rng.integers(len(category_ids)))],
-            "bbox": [float(low[0]), float(low[1]), float(high[0] - low[0]), float(high[1] - low[1])],
-            "area": float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2),  # the polygon's (shoelace)
-            "iscrowd": int(rng.random() < CROWD_FRACTION),
-            "segmentation": [points.flatten().tolist()],
-        })  # fmt: skip
+        objects.append(
+            {
+                "category_id": category_ids[int(rng.integers(len(category_ids)))],
+                "bbox": [float(low[0]), float(low[1]), float(high[0] - low[0]), float(high[1] - low[1])],
+                "area": float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2),  # the polygon's (shoelace)
+                "iscrowd": int(rng.random() < CROWD_FRACTION),
+                "segmentation": [points.flatten().tolist()],
+            }
+        )
     # pixel noise brings the JPEG to about COCO's mean size (and decoding cost)
     pixels = np.asarray(canvas, dtype=np.float32) + rng.normal(0, 18, (HEIGHT, WIDTH, 3)).astype(np.float32)
     buffer = io.BytesIO()
     PIL.Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue(), objects
-

@@ -6,8 +6,8 @@
 objects per image (about 7; 1% crowd), an ellipse inside each box; per image ``detections`` detections, half of them
 jittered copies of the ground truth (80% with its class), half random, scores uniform, as post-processing gives them
 (float32 scores and boxes, int64 labels). It does so in a fresh Python process, which then measures its RSS, runs
-the evaluation and reports the evaluation's wall time, the process's peak RSS (VmHWM, :mod:`benchmarks.memory`) and that peak over the
-RSS before the evaluation (the data, hf_detr, torch and pycocotools loaded):
+the evaluation and reports the evaluation's wall time, the process's peak RSS (VmHWM, :mod:`benchmarks.memory`)
+and that peak over the RSS before the evaluation (the data, hf_detr, torch and pycocotools loaded):
 
 - ``boxes``: ``coco_evaluate`` on per-image ``{"scores", "labels", "boxes"}``;
 - ``masks``: ``coco_segmentation_evaluate`` on per-image RLEs of the ellipses (what ``MaskScorer`` keeps);
@@ -56,11 +56,18 @@ def _scene(rng: np.random.Generator, detections: int, perfect: bool) -> dict[str
         corners = np.clip(np.concatenate([found[:, :2], found[:, :2] + np.abs(found[:, 2:])], 1), 0, np.tile(frame, 2))
         found = np.concatenate([corners[:, :2], np.maximum(corners[:, 2:] - corners[:, :2], 1.0)], axis=1)
         right = rng.uniform(size=len(near)) < 0.8
-        found_labels = np.concatenate([np.where(right, labels[near], rng.integers(0, CLASSES, len(near))),
-                                       rng.integers(0, CLASSES, far)])  # fmt: skip
+        found_labels = np.concatenate(
+            [np.where(right, labels[near], rng.integers(0, CLASSES, len(near))), rng.integers(0, CLASSES, far)]
+        )
         scores = rng.uniform(0, 1, detections)
-    return {"truth": truth, "labels": labels, "crowd": crowd, "found": found, "found_labels": found_labels,
-            "scores": scores.astype(np.float32)}  # fmt: skip
+    return {
+        "truth": truth,
+        "labels": labels,
+        "crowd": crowd,
+        "found": found,
+        "found_labels": found_labels,
+        "scores": scores.astype(np.float32),
+    }
 
 
 def _ellipse_rles(boxes: np.ndarray) -> list[dict[str, Any]]:
@@ -93,8 +100,10 @@ def _panoptic_map(boxes: np.ndarray, order: np.ndarray) -> np.ndarray:
 def _panoptic(ids: np.ndarray, labels: np.ndarray, crowd: np.ndarray | None, key: str) -> dict[str, Any]:
     """A panoptic dict of the segments of ``ids`` that kept a pixel."""
     present = np.flatnonzero(np.bincount(ids.ravel(), minlength=len(labels) + 1)[1:])
-    info = [{"id": int(j + 1), key: int(labels[j]), **({"iscrowd": int(crowd[j])} if crowd is not None else {})}
-            for j in present]  # fmt: skip
+    info = [
+        {"id": int(j + 1), key: int(labels[j]), **({"iscrowd": int(crowd[j])} if crowd is not None else {})}
+        for j in present
+    ]
     return {"segmentation": ids, "segments_info": info}
 
 
@@ -111,10 +120,18 @@ def _run(num_images: int, detections: int, kind: str, backend: str, perfect: boo
         baseline = rss_mib()
         for _ in range(num_images):
             scene = _scene(rng, detections, perfect)
-            truth = _panoptic(_panoptic_map(scene["truth"], np.arange(len(scene["truth"]))), scene["labels"],
-                              scene["crowd"], "category_id")  # fmt: skip
-            found = _panoptic(_panoptic_map(scene["found"], np.argsort(scene["scores"], kind="stable")),
-                              scene["found_labels"], None, "label_id")  # fmt: skip
+            truth = _panoptic(
+                _panoptic_map(scene["truth"], np.arange(len(scene["truth"]))),
+                scene["labels"],
+                scene["crowd"],
+                "category_id",
+            )
+            found = _panoptic(
+                _panoptic_map(scene["found"], np.argsort(scene["scores"], kind="stable")),
+                scene["found_labels"],
+                None,
+                "label_id",
+            )
             start = time.perf_counter()
             metric.add_counts([metric.count_image(found, truth)])
             elapsed += time.perf_counter() - start
@@ -125,8 +142,10 @@ def _run(num_images: int, detections: int, kind: str, backend: str, perfect: boo
         predictions, references = [], []
         for _ in range(num_images):
             scene = _scene(rng, detections, perfect)
-            prediction = {"scores": torch.from_numpy(scene["scores"]),
-                          "labels": torch.from_numpy(scene["found_labels"])}  # fmt: skip
+            prediction = {
+                "scores": torch.from_numpy(scene["scores"]),
+                "labels": torch.from_numpy(scene["found_labels"]),
+            }
             reference = {"labels": scene["labels"], "iscrowd": scene["crowd"]}
             if kind == "boxes":
                 corners = np.concatenate([scene["found"][:, :2], scene["found"][:, :2] + scene["found"][:, 2:]], 1)
@@ -143,8 +162,12 @@ def _run(num_images: int, detections: int, kind: str, backend: str, perfect: boo
         metrics = evaluate(predictions, references, backend=backend)
         elapsed = time.perf_counter() - start
     peak = peak_rss_mib()
-    return {"seconds": elapsed, "peak_rss_mib": peak, "over_baseline_mib": max(peak - baseline, 0.0),
-            "metrics": metrics}  # fmt: skip
+    return {
+        "seconds": elapsed,
+        "peak_rss_mib": peak,
+        "over_baseline_mib": max(peak - baseline, 0.0),
+        "metrics": metrics,
+    }
 
 
 def measure_evaluation(
@@ -174,8 +197,12 @@ def measure_evaluation(
     if num_images < 1 or detections < 1:
         raise ValueError(f"num_images and detections must be at least 1, got {num_images} and {detections}")
     arguments = [num_images, detections, kind, backend, perfect, seed]
-    done = subprocess.run([sys.executable, "-m", "benchmarks.scale_evaluation", "--child", json.dumps(arguments)],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale_evaluation", "--child", json.dumps(arguments)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     if done.returncode != 0:
         raise RuntimeError(f"the measuring process failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -195,11 +222,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'kind':<10}{'backend':<13}{'seconds':>9}{'peak RSS MiB':>14}{'over baseline MiB':>19}   metric")
     for kind in KINDS:
         for backend in args.backend if kind != "panoptic" else ["-"]:
-            result = measure_evaluation(args.images, args.detections, kind,
-                                        backend="pycocotools" if backend == "-" else backend)  # fmt: skip
+            result = measure_evaluation(
+                args.images, args.detections, kind, backend="pycocotools" if backend == "-" else backend
+            )
             name = {"boxes": "map", "masks": "segm_map", "panoptic": "pq"}[kind]
-            print(f"{kind:<10}{backend:<13}{result['seconds']:>9.1f}{result['peak_rss_mib']:>14.0f}"
-                  f"{result['over_baseline_mib']:>19.0f}   {name} {result['metrics'][name]:.4f}", flush=True)
+            print(
+                f"{kind:<10}{backend:<13}{result['seconds']:>9.1f}{result['peak_rss_mib']:>14.0f}"
+                f"{result['over_baseline_mib']:>19.0f}   {name} {result['metrics'][name]:.4f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

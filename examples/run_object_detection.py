@@ -75,24 +75,30 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        metadata={"help": "A hub_configs/ folder (config only: new weights), a converted checkpoint or a fine-tuned "
-                  "folder, or a Hub model id; also a checkpoint of transformers' DETR (e.g. facebook/detr-resnet-50, "
-                  "converted on load)."}  # fmt: skip
+        metadata={
+            "help": "A hub_configs/ folder (config only: new weights), a converted checkpoint or a fine-tuned "
+            "folder, or a Hub model id; also a checkpoint of transformers' DETR (e.g. facebook/detr-resnet-50, "
+            "converted on load)."
+        }
     )
     backbone_learning_rate: float = field(
         default=1e-5, metadata={"help": "Learning rate of the backbone (DETR: 1e-5); 0 freezes the backbone."}
     )
     model_kwargs: str | None = field(
         default=None,
-        metadata={"help": 'HfDetrConfig overrides as JSON, e.g. \'{"num_queries": 50}\'. With pretrained weights only '
-                  "changes that keep every weight's shape are allowed."},  # fmt: skip
+        metadata={
+            "help": "HfDetrConfig overrides as JSON, e.g. '{\"num_queries\": 50}'. With pretrained weights only "
+            "changes that keep every weight's shape are allowed."
+        },
     )
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the model."})
     task: str = field(
         default="detection",
-        metadata={"help": "detection, or instance / panoptic segmentation: HfDetrForSegmentation trained on the data "
-                  "set's masks and evaluated on mask AP and panoptic quality too.",
-                  "choices": ["detection", "instance", "panoptic"]},  # fmt: skip
+        metadata={
+            "help": "detection, or instance / panoptic segmentation: HfDetrForSegmentation trained on the data "
+            "set's masks and evaluated on mask AP and panoptic quality too.",
+            "choices": ["detection", "instance", "panoptic"],
+        },
     )
     freeze_detection: bool = field(
         default=False,
@@ -100,24 +106,30 @@ class ModelArguments:
     )
     early_stopping_patience: int | None = field(
         default=None,
-        metadata={"help": "Stop training when --metric_for_best_model (default eval_map) has not improved for N "
-                  "evaluations (transformers' EarlyStoppingCallback); the best checkpoint is then loaded and saved "
-                  "(--load_best_model_at_end, on by default, is required)."},  # fmt: skip
+        metadata={
+            "help": "Stop training when --metric_for_best_model (default eval_map) has not improved for N "
+            "evaluations (transformers' EarlyStoppingCallback); the best checkpoint is then loaded and saved "
+            "(--load_best_model_at_end, on by default, is required)."
+        },
     )
 
 
 @dataclass
 class DataArguments:
     dataset: str = field(
-        metadata={"help": "Hub dataset id, save_to_disk folder, COCO folder (annotations/instances_<split>.json), "
-                  "or 'synthetic' for generated shapes."}  # fmt: skip
+        metadata={
+            "help": "Hub dataset id, save_to_disk folder, COCO folder (annotations/instances_<split>.json), "
+            "or 'synthetic' for generated shapes."
+        }
     )
     train_split: str = field(default="train")
     eval_split: str = field(default="validation")
     box_policy: BoxPolicy = field(
         default="clip",
-        metadata={"help": "Boxes reaching outside their image: 'clip' them to it (boxes without area dropped; counts "
-                  "logged), 'drop' them, or stop with an 'error' naming the image and box."},  # fmt: skip
+        metadata={
+            "help": "Boxes reaching outside their image: 'clip' them to it (boxes without area dropped; counts "
+            "logged), 'drop' them, or stop with an 'error' naming the image and box."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
@@ -126,8 +138,10 @@ class DataArguments:
     synthetic_image_size: int = field(default=128, metadata={"help": "--dataset synthetic: image side in pixels."})
     image_size: int | None = field(
         default=None,
-        metadata={"help": "Shorter side of the saved image processor (evaluation, inference) and the largest training "
-                  "scale (default: the model's processor, 800 for DETR)."},  # fmt: skip
+        metadata={
+            "help": "Shorter side of the saved image processor (evaluation, inference) and the largest training "
+            "scale (default: the model's processor, 800 for DETR)."
+        },
     )
     max_size: int | None = field(default=None, metadata={"help": "Longer side cap (default: DETR's 1333/800 ratio)."})
     augment: str = field(
@@ -145,18 +159,27 @@ def build_parser() -> HfArgumentParser:
     return parser
 
 
-def load_splits(data_args: DataArguments, seed: int, masks: bool = False
-                ) -> tuple[datasets.Dataset | None, datasets.Dataset | None]:  # fmt: skip
+def load_splits(
+    data_args: DataArguments, seed: int, masks: bool = False
+) -> tuple[datasets.Dataset | None, datasets.Dataset | None]:
     """The training and evaluation splits (``None`` for an empty split name), cut to ``max_*_samples``; with their
     masks for segmentation."""
     wanted = [name for name in (data_args.train_split, data_args.eval_split) if name]
     sizes = {data_args.train_split: data_args.synthetic_num_train, data_args.eval_split: data_args.synthetic_num_eval}
-    loaded = load_data(data_args.dataset, wanted, synthetic_sizes=sizes,
-                       synthetic_image_size=data_args.synthetic_image_size, seed=seed,
-                       box_policy=data_args.box_policy, masks=masks)  # fmt: skip
+    loaded = load_data(
+        data_args.dataset,
+        wanted,
+        synthetic_sizes=sizes,
+        synthetic_image_size=data_args.synthetic_image_size,
+        seed=seed,
+        box_policy=data_args.box_policy,
+        masks=masks,
+    )
     splits = []
-    for name, limit in ((data_args.train_split, data_args.max_train_samples),
-                        (data_args.eval_split, data_args.max_eval_samples)):  # fmt: skip
+    for name, limit in (
+        (data_args.train_split, data_args.max_train_samples),
+        (data_args.eval_split, data_args.max_eval_samples),
+    ):
         split = loaded[name] if name else None
         splits.append(split.select(range(min(limit, len(split)))) if split is not None and limit is not None else split)
     return splits[0], splits[1]
@@ -189,8 +212,10 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
         if patience < 1:
             raise ValueError(f"--early_stopping_patience {patience}: give at least 1 evaluation.")
         if not training_args.load_best_model_at_end:
-            raise ValueError("--early_stopping_patience needs --load_best_model_at_end true (the default), which "
-                             "also makes the evaluations and checkpoints follow one strategy.")  # fmt: skip
+            raise ValueError(
+                "--early_stopping_patience needs --load_best_model_at_end true (the default), which "
+                "also makes the evaluations and checkpoints follow one strategy."
+            )
         if training_args.eval_strategy == "no":
             raise ValueError("--early_stopping_patience watches the evaluations: give --eval_strategy epoch or steps.")
     segmentation = model_args.task != "detection"
@@ -208,8 +233,9 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
             "pass --eval_strategy no without one."
         )
     labels = id2label(train_split if train_split is not None else eval_split)
-    model, image_processor = build_model(model_args.model_name_or_path, labels, model_kwargs,
-                                         model_args.model_revision, segmentation=segmentation)  # fmt: skip
+    model, image_processor = build_model(
+        model_args.model_name_or_path, labels, model_kwargs, model_args.model_revision, segmentation=segmentation
+    )
     image_processor = with_image_size(image_processor, data_args.image_size, data_args.max_size)
     if model_args.freeze_detection:
         model.freeze_detection()
@@ -254,9 +280,10 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
         metrics.update(eval_metrics)
     if training_args.push_to_hub:
         trainer.push_to_hub(
-            finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset,
+            finetuned_from=model_args.model_name_or_path,
+            dataset=data_args.dataset,
             tags=["image-segmentation" if segmentation else "object-detection", "vision", "hf_detr"],
-        )  # fmt: skip
+        )
     return metrics
 
 

@@ -29,7 +29,6 @@ def one_thread():
 def _saved_tiny_model(tmp_path_factory, name: str, segmentation: bool, size: dict[str, int]):
     """A random-weight tiny model (seed 0) saved with a processor resizing to `size`, in a new folder `name`."""
     from helpers import tiny_config_kwargs  # imported here: the environment above must be set before transformers
-
     from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
 
     folder = tmp_path_factory.mktemp(name)

@@ -20,7 +20,6 @@ from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import tiny_config_kwargs  # noqa: E402
-
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor  # noqa: E402
 from hf_detr.data import id2label  # noqa: E402
 from hf_detr.data.synthetic import make_synthetic_dataset  # noqa: E402
@@ -43,11 +42,14 @@ def run(accelerator: Accelerator) -> dict:
 
         def compute(eval_pred):
             seen.extend(
-                {"image_id": int(label["image_id"][0]), "boxes": label["boxes"].tolist(),
-                 "orig_size": label["orig_size"].tolist()}
+                {
+                    "image_id": int(label["image_id"][0]),
+                    "boxes": label["boxes"].tolist(),
+                    "orig_size": label["orig_size"].tolist(),
+                }
                 for batch in eval_pred.label_ids
                 for label in batch
-            )  # fmt: skip
+            )
             return compute_metrics(eval_pred)
 
         return compute

@@ -18,7 +18,6 @@ from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import padded_batch, random_labels, tiny_config_kwargs  # noqa: E402
-
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation  # noqa: E402
 
 # 4 images; the first process gets 4 boxes, the second 1 (one of its images has none)

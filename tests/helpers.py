@@ -98,17 +98,47 @@ def load_script(path: Path) -> ModuleType:
 def run_example_fine_tuning(model: str | Path, output_dir: str | Path, steps: int = 2) -> None:
     """`examples/run_object_detection.py` fine-tuning `model` for a few steps on 4 generated 64-px images, with the
     backbone frozen (learning rate 0), no evaluation and no checkpoints."""
-    load_script(EXAMPLE).main([
-        "--model_name_or_path", str(model), "--output_dir", str(output_dir), "--dataset", "synthetic",
-        "--synthetic_image_size", "64", "--image_size", "64", "--synthetic_num_train", "4", "--eval_strategy", "no",
-        "--save_strategy", "no", "--load_best_model_at_end", "false", "--do_train", "--max_steps", str(steps),
-        "--backbone_learning_rate", "0", "--learning_rate", "1e-3", "--per_device_train_batch_size", "2",
-        "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
-    ])  # fmt: skip
+    load_script(EXAMPLE).main(
+        [
+            "--model_name_or_path",
+            str(model),
+            "--output_dir",
+            str(output_dir),
+            "--dataset",
+            "synthetic",
+            "--synthetic_image_size",
+            "64",
+            "--image_size",
+            "64",
+            "--synthetic_num_train",
+            "4",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--do_train",
+            "--max_steps",
+            str(steps),
+            "--backbone_learning_rate",
+            "0",
+            "--learning_rate",
+            "1e-3",
+            "--per_device_train_batch_size",
+            "2",
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
 
 
-def trainer_evaluate(folder: Path, data: Path, output_dir: Path, batch_size: int,
-                     mask_references: bool | None = None) -> dict[str, float]:  # fmt: skip
+def trainer_evaluate(
+    folder: Path, data: Path, output_dir: Path, batch_size: int, mask_references: bool | None = None
+) -> dict[str, float]:
     """`DetrTrainer.evaluate` of the saved model in `folder` on the `validation` split saved in `data`, as the example
     sets it up (`mask_references`, None: for a segmentation model); runs in this process or under torchrun."""
     import datasets
@@ -122,13 +152,22 @@ def trainer_evaluate(folder: Path, data: Path, output_dir: Path, batch_size: int
     if mask_references is None:
         mask_references = hasattr(model, "mask_head")
     split = datasets.load_from_disk(str(data))["validation"]
-    args = TrainingArguments(output_dir=str(output_dir), per_device_eval_batch_size=batch_size, use_cpu=True,
-                             report_to="none", eval_do_concat_batches=False, remove_unused_columns=False)  # fmt: skip
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_eval_batch_size=batch_size,
+        use_cpu=True,
+        report_to="none",
+        eval_do_concat_batches=False,
+        remove_unused_columns=False,
+    )
     trainer = DetrTrainer(
-        model=model, args=args, eval_dataset=evaluation_dataset(split, model.config.id2label),
+        model=model,
+        args=args,
+        eval_dataset=evaluation_dataset(split, model.config.id2label),
         eval_data_collator=evaluation_collator(processor, mask_references=mask_references),
-        processing_class=processor, compute_metrics=make_compute_metrics(processor, id2label=model.config.id2label),
-    )  # fmt: skip
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(processor, id2label=model.config.id2label),
+    )
     return trainer.evaluate()
 
 
@@ -138,8 +177,13 @@ def launch_two_processes(script: str, tmp_path: Path) -> list[dict[str, float]]:
     launcher = tmp_path / "launch.py"
     launcher.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n" + textwrap.dedent(script))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(launcher)],
-                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(launcher)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("METRICS")]
     assert len(results) == 2
@@ -148,11 +192,14 @@ def launch_two_processes(script: str, tmp_path: Path) -> list[dict[str, float]]:
 
 def trainer_evaluate_on_two_processes(root: Path, tmp_path: Path, batch_size: int) -> list[dict[str, float]]:
     """`trainer_evaluate` of `root`/model on `root`/data on 2 processes; each process's metrics."""
-    return launch_two_processes(f"""
+    return launch_two_processes(
+        f"""
         import json
         from pathlib import Path
         from helpers import trainer_evaluate
         root = Path({str(root)!r})
         metrics = trainer_evaluate(root / "model", root / "data", Path({str(tmp_path / "out")!r}), {batch_size})
         print("METRICS", json.dumps(metrics))
-    """, tmp_path)  # fmt: skip
+    """,
+        tmp_path,
+    )

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 from huggingface_hub import HfApi, ModelCard, RepoUrl, SpaceCard
 from PIL import Image
-from test_predict_inputs import _save_random, _write_video
 from transformers import pipeline
 
 from hf_detr.apps.app import MAX_PIXELS, DetectionApp, require_gradio
 from hf_detr.apps.cli import main
 from hf_detr.apps.predict import load_model
 from hf_detr.hub import model_card, push_to_hub, save_model_folder
+from test_predict_inputs import _save_random, _write_video
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -92,8 +92,11 @@ def _bad_images(folder: Path) -> dict[str, tuple[Path, str]]:
     return {
         "1x1": (folder / "dot.png", "dot.png is 1 x 1 pixels; the model needs at least 16 pixels on each side"),
         "20000x20000": (folder / "huge.png", "huge.png is too large (more than 178 megapixels)"),
-        "over the limit": (folder / "large.png", f"large.png is too large ({side} x {side} pixels); the app takes "
-                           "at most 50 megapixels: downscale it, or run `hf-detr predict MODEL IMAGE --tile 800`"),
+        "over the limit": (
+            folder / "large.png",
+            f"large.png is too large ({side} x {side} pixels); the app takes "
+            "at most 50 megapixels: downscale it, or run `hf-detr predict MODEL IMAGE --tile 800`",
+        ),
         "not an image": (folder / "notes.png", "notes.png could not be read as an image"),
         "missing": (folder / "gone.png", "gone.png could not be read as an image"),
     }
@@ -188,9 +191,18 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1900"):  # fmt: skip
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1400,1900",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -218,8 +230,19 @@ def test_hf_detr_app_in_a_browser(browser, model_dir, image_path, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = _free_port()
-    command = [sys.executable, "-m", "hf_detr", "app", str(model_dir), "--port", str(port),
-               "--dataset", str(_coco_folder(tmp_path / "coco")), "--examples", "2"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "hf_detr",
+        "app",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--dataset",
+        str(_coco_folder(tmp_path / "coco")),
+        "--examples",
+        "2",
+    ]
     env = {"GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
     with _serving(command, tmp_path / "app.log", port, env=env) as url:
         browser.get(url)
@@ -240,8 +263,9 @@ def test_hf_detr_app_in_a_browser(browser, model_dir, image_path, tmp_path):
         _assert_same_detections(shown, _pipeline_detections(model_dir, image_path, 0.0))
         header, *rows = browser.find_elements(By.CSS_SELECTOR, "#image-table [role=row]")
         assert header.text.split() == ["label", "score", "xmin", "ymin", "xmax", "ymax"]
-        assert [row.text.split() for row in rows] == [[d["label"], str(d["score"]), *map(str, d["box"].values())]
-                                                      for d in shown]  # fmt: skip
+        assert [row.text.split() for row in rows] == [
+            [d["label"], str(d["score"]), *map(str, d["box"].values())] for d in shown
+        ]
         assert browser.find_element(By.CSS_SELECTOR, "#image-output img").get_attribute("src")
         browser.save_screenshot(str(tmp_path / "app.png"))
 
@@ -287,8 +311,7 @@ print("RESULTS" + json.dumps({"results": results, "errors": errors}))
 
 
 @pytest.mark.slow
-def test_the_endpoint_handler_of_a_saved_folder_runs_without_hf_detr(model_dir, segmentation_dir, image_path,
-                                                                     tmp_path):  # fmt: skip
+def test_the_endpoint_handler_of_a_saved_folder_runs_without_hf_detr(model_dir, segmentation_dir, image_path, tmp_path):
     folders = {}
     for name, source in (("detector", model_dir), ("segmentation", segmentation_dir)):
         folders[name] = tmp_path / name
@@ -296,10 +319,20 @@ def test_the_endpoint_handler_of_a_saved_folder_runs_without_hf_detr(model_dir, 
         assert (folders[name] / "handler.py").read_bytes() == (SRC / "hf_detr" / "hub" / "handler.py").read_bytes()
         requirements = (folders[name] / "requirements.txt").read_text().split()
         assert [r.split("<")[0].split(">")[0] for r in requirements] == ["torch", "torchvision", "timm", "transformers"]
-    env = {"PYTHONPATH": SITE_PACKAGES, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1",
-           "PATH": "/usr/bin:/bin"}  # fmt: skip
-    done = subprocess.run([sys.executable, "-S", "-c", _HANDLER_SCRIPT, str(image_path), *map(str, folders.values())],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    env = {
+        "PYTHONPATH": SITE_PACKAGES,
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "HF_HUB_OFFLINE": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", _HANDLER_SCRIPT, str(image_path), *map(str, folders.values())],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert "RESULTS" in done.stdout, (done.stdout[-2000:], done.stderr[-3000:])
     output = json.loads(done.stdout.split("RESULTS", 1)[1])
     for name, folder in folders.items():  # a segmentation folder gives its detector's boxes, as the pipeline does
@@ -337,8 +370,9 @@ class _Uploads:
 
     def upload_folder(self, folder_path, repo_id, repo_type=None, **kwargs) -> None:
         files = self.repos[(repo_type or "model", repo_id)]
-        files.update({str(p.relative_to(folder_path)): p.read_bytes() for p in Path(folder_path).rglob("*")
-                      if p.is_file()})  # fmt: skip
+        files.update(
+            {str(p.relative_to(folder_path)): p.read_bytes() for p in Path(folder_path).rglob("*") if p.is_file()}
+        )
 
 
 @pytest.mark.slow
@@ -370,8 +404,13 @@ def test_push_to_hub_with_a_space_runs_the_app(model_dir, image_path, tmp_path, 
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     port = _free_port()  # a Space tells Gradio its address through the environment
-    env = {"PYTHONPATH": SITE_PACKAGES, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
-           "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "GRADIO_SERVER_PORT": str(port)}  # fmt: skip
+    env = {
+        "PYTHONPATH": SITE_PACKAGES,
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+        "GRADIO_SERVER_PORT": str(port),
+    }
     with _serving([sys.executable, "-S", "app.py"], tmp_path / "space.log", port, cwd=space, env=env) as url:
         from gradio_client import Client, handle_file
 

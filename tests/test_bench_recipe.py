@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from helpers import ROOT, load_script
 
 bench_recipe = load_script(ROOT / "benchmarks" / "bench_recipe.py")

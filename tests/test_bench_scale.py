@@ -7,6 +7,7 @@ import json
 import sys
 
 import pytest
+
 from helpers import ROOT
 
 if str(ROOT) not in sys.path:  # the benchmarks package, also under a bare `pytest`
@@ -61,14 +62,40 @@ def test_bench_scale_reports_every_measurement(tmp_path, capsys):
     """One size, one source, 1 training process: the COCO folder goes through the same measurements, and the
     2-process runs and larger sizes are the benchmark's, not the test's."""
     out = tmp_path / "results.json"
-    bench_scale.main(["--sizes", "30", "--sources", "hub", "--train_processes", "1", "--evaluation", "boxes",
-                      "--eval_images", "20", "--eval_detections", "5", "--stream_images", "20",
-                      "--workdir", str(tmp_path), "--out", str(out)])  # fmt: skip
+    bench_scale.main(
+        [
+            "--sizes",
+            "30",
+            "--sources",
+            "hub",
+            "--train_processes",
+            "1",
+            "--evaluation",
+            "boxes",
+            "--eval_images",
+            "20",
+            "--eval_detections",
+            "5",
+            "--stream_images",
+            "20",
+            "--workdir",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     data, cases = report["runs"]["30"]["data"]["hub"], report["runs"]["30"]["results"]["hub"]
     assert data["images"] == 30 and data["outside"] == 1 and data["boxes"] > 30
-    assert sorted(cases) == ["load boxes, first", "load boxes, second", "load masks, first", "load masks, second",
-                             "stream", "train 1 process", "train 1 process, streamed"]  # fmt: skip
+    assert sorted(cases) == [
+        "load boxes, first",
+        "load boxes, second",
+        "load masks, first",
+        "load masks, second",
+        "stream",
+        "train 1 process",
+        "train 1 process, streamed",
+    ]
     for case, result in cases.items():
         if case.startswith("load"):
             assert (result["images"], result["boxes"]) == (data["images"], data["boxes"])
@@ -85,8 +112,14 @@ def test_bench_scale_reports_every_measurement(tmp_path, capsys):
 def test_bench_scale_extrapolates_the_least_squares_line():
     intercept, slope = bench_scale.linear_fit([1000, 5000, 20000], [3.0, 7.0, 22.0])
     assert (intercept, slope) == (pytest.approx(2.0), pytest.approx(0.001))
-    runs = {str(n): {"results": {"coco": {"stream": {"images_per_second": 50.0, "setup_seconds": 1000 / n,
-                                                     "pass_seconds": 1 + n / 50}}}} for n in (1000, 5000)}  # fmt: skip
+    runs = {
+        str(n): {
+            "results": {
+                "coco": {"stream": {"images_per_second": 50.0, "setup_seconds": 1000 / n, "pass_seconds": 1 + n / 50}}
+            }
+        }
+        for n in (1000, 5000)
+    }
     rows = {row["field"]: row for row in bench_scale.table_rows(runs, [1000, 5000])}
     assert "train2017" not in rows["images_per_second"]  # a rate
     assert rows["pass_seconds"]["train2017"] == pytest.approx(1 + bench_scale.TRAIN2017 / 50)

@@ -12,10 +12,14 @@ from hf_detr.modeling.boxes import check_boxes, denormalize_boxes, normalize_box
 
 @pytest.mark.parametrize(
     "boxes",
-    [[[1, 2, 3, 4], [0, 0, 0, 0]], np.array([[1, 2, 3, 4], [0, 0, 0, 0]], np.float32),
-     torch.tensor([[1, 2, 3, 4], [0, 0, 0, 0]], dtype=torch.int32), [torch.tensor([1, 2, 3, 4]), (0, 0, 0, 0)]],
+    [
+        [[1, 2, 3, 4], [0, 0, 0, 0]],
+        np.array([[1, 2, 3, 4], [0, 0, 0, 0]], np.float32),
+        torch.tensor([[1, 2, 3, 4], [0, 0, 0, 0]], dtype=torch.int32),
+        [torch.tensor([1, 2, 3, 4]), (0, 0, 0, 0)],
+    ],
     ids=["list", "numpy", "tensor", "list of tensors"],
-)  # fmt: skip
+)
 def test_valid_boxes_come_back_as_float64(boxes):
     checked = check_boxes(boxes, "boxes")
     assert checked.dtype == torch.float64 and checked.device.type == "cpu"
@@ -46,18 +50,24 @@ def test_float64_tensor_is_not_copied():
         (None, r"expected \[n, 4\] boxes at b\[0\], got None"),
         ([[1, 2, 3, 4], [1, float("nan"), 3, 4]], r"^b\[1\] = \[1.0, nan, 3.0, 4.0\] is NaN or infinite"),
         (torch.tensor([[1, 2, float("inf"), 4]]), r"^b\[0\] = .* is NaN or infinite"),
-        ([[1, 2, 3, 4], [0, 0, 5, 6], [1, 1, 2, -1]], r"^b\[2\] = .* has a negative width or height; boxes are "
-                                                     r"\[x, y, w, h\] in pixels, not corners \[x0, y0, x1, y1\]"),
+        (
+            [[1, 2, 3, 4], [0, 0, 5, 6], [1, 1, 2, -1]],
+            r"^b\[2\] = .* has a negative width or height; boxes are "
+            r"\[x, y, w, h\] in pixels, not corners \[x0, y0, x1, y1\]",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_boxes_name_the_box_and_the_problem(boxes, message):
     with pytest.raises(ValueError, match=message):
         check_boxes(boxes, "b")
 
 
 def test_negative_size_is_spelled_out_for_each_format():
-    with pytest.raises(ValueError, match=r"^b\[0\] = \[5.0, 1.0, 3.0, 4.0\] has a negative width or height; boxes "
-                                         r"are corners \[x0, y0, x1, y1\]"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"^b\[0\] = \[5.0, 1.0, 3.0, 4.0\] has a negative width or height; boxes "
+        r"are corners \[x0, y0, x1, y1\]",
+    ):
         check_boxes([[5, 1, 3, 4]], "b", "xyxy")
     with pytest.raises(ValueError, match=r"negative width or height; boxes are \[center_x, center_y, w, h\] normali"):
         check_boxes([[0.5, 0.5, 0.1, -0.1]], "b", "cxcywh")
@@ -69,8 +79,7 @@ def test_negative_size_is_spelled_out_for_each_format():
 def test_positive_rejects_zero_width_or_height(fmt, box):
     check_boxes([box], "b", fmt)
     with pytest.raises(ValueError, match=r"^b\[1\] = .* has width or height <= 0; .*with width and height > 0"):
-        check_boxes([[*box[:2], 1, 1] if fmt != "xyxy" else [0, 0, 1, 1], box], lambda j: f"b[{j}]", fmt,
-                    positive=True)  # fmt: skip
+        check_boxes([[*box[:2], 1, 1] if fmt != "xyxy" else [0, 0, 1, 1], box], lambda j: f"b[{j}]", fmt, positive=True)
 
 
 def test_callable_name():

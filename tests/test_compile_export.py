@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import padded_batch, random_labels, tiny_config_kwargs
 
+from helpers import padded_batch, random_labels, tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection
 
 
@@ -27,8 +27,9 @@ def test_compiled_model_matches_eager_in_inference_and_training(model):
     compiled = torch.compile(model)
     pixel_values, pixel_mask = padded_batch(((128, 160), (96, 128)))
     with torch.no_grad():
-        torch.testing.assert_close(compiled(pixel_values, pixel_mask).logits, model(pixel_values, pixel_mask).logits,
-                                   rtol=0, atol=1e-4)
+        torch.testing.assert_close(
+            compiled(pixel_values, pixel_mask).logits, model(pixel_values, pixel_mask).logits, rtol=0, atol=1e-4
+        )
 
     model.train()
     labels = random_labels([3, 1], model.config.num_labels)

@@ -11,17 +11,26 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import original_key_list, padded_batch, randomize_weights
 from transformers import AutoImageProcessor, DetrConfig, DetrForObjectDetection, pipeline
 
+from helpers import original_key_list, padded_batch, randomize_weights
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.apps.cli import main
 from hf_detr.hub.convert import from_original, to_original
 
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
 # a small model in a layout the original code can build (it only knows torchvision's ResNets)
-SMALL = dict(backbone="resnet18", d_model=64, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
-             decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=80, num_queries=12)
+SMALL = dict(
+    backbone="resnet18",
+    d_model=64,
+    encoder_layers=2,
+    decoder_layers=3,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=96,
+    decoder_ffn_dim=80,
+    num_queries=12,
+)
 # the command line converts released checkpoints: the head count, which the weights cannot tell, is the default 8
 CLI_SMALL = {**SMALL, "encoder_attention_heads": 8, "decoder_attention_heads": 8}
 SIZES = ((64, 96), (48, 64))  # two images, the second one padded
@@ -68,8 +77,13 @@ def test_original_key_set_converts_exactly(backbone, dilation, key_list, hub_con
 def test_original_layout_round_trip(tmp_path, dilation):
     model = _random_model(**SMALL, dilation=dilation)
     torch.save({"model": to_original(model)}, tmp_path / "checkpoint.pth")
-    converted = from_original(tmp_path / "checkpoint.pth", backbone="resnet18", dilation=dilation,
-                              encoder_attention_heads=4, decoder_attention_heads=4)
+    converted = from_original(
+        tmp_path / "checkpoint.pth",
+        backbone="resnet18",
+        dilation=dilation,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+    )
     assert converted.config.dilation is dilation
     pixel_values, pixel_mask = padded_batch(SIZES)
     expected = _outputs(model, pixel_values, pixel_mask)
@@ -84,31 +98,38 @@ def test_architecture_is_read_from_the_original_state_dict():
     model = _random_model(
         **SMALL, normalize_before=True, position_embedding_type="learned", id2label={0: "cat", 1: "dog", 2: "fish"}
     )
-    converted = from_original(to_original(model), backbone="resnet18", encoder_attention_heads=4,
-                              decoder_attention_heads=4)
+    converted = from_original(
+        to_original(model), backbone="resnet18", encoder_attention_heads=4, decoder_attention_heads=4
+    )
     config = converted.config
     for name in (*SMALL, "normalize_before", "position_embedding_type", "num_labels"):
         assert getattr(config, name) == getattr(model.config, name), name
     assert config.auxiliary_loss  # the original trains with it
     pixel_values, pixel_mask = padded_batch(SIZES)
-    assert torch.equal(_outputs(converted, pixel_values, pixel_mask).logits,
-                       _outputs(model, pixel_values, pixel_mask).logits)
+    assert torch.equal(
+        _outputs(converted, pixel_values, pixel_mask).logits, _outputs(model, pixel_values, pixel_mask).logits
+    )
 
 
 def test_mismatched_original_keys_are_listed_in_the_original_names():
     original = to_original(_random_model(**SMALL))
     original.pop("transformer.decoder.layers.1.multihead_attn.in_proj_bias")
     original["transformer.decoder.extra.weight"] = torch.zeros(3)
-    expected = (r"missing keys \['transformer\.decoder\.layers\.1\.multihead_attn\.in_proj_bias'\], "
-                r"unexpected keys \['transformer\.decoder\.extra\.weight'\]")
+    expected = (
+        r"missing keys \['transformer\.decoder\.layers\.1\.multihead_attn\.in_proj_bias'\], "
+        r"unexpected keys \['transformer\.decoder\.extra\.weight'\]"
+    )
     with pytest.raises(ValueError, match=expected):
         from_original(original, backbone="resnet18", encoder_attention_heads=4, decoder_attention_heads=4)
 
 
 def test_wrong_backbone_depth_fails_with_the_key_list():
     original = to_original(_random_model(**SMALL))
-    with pytest.raises(ValueError, match=r"missing keys \['backbone\.0\.body\.layer1\.0\.bn3\.bias'.*"
-                                         r"unexpected keys \[\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing keys \['backbone\.0\.body\.layer1\.0\.bn3\.bias'.*"
+        r"unexpected keys \[\]",
+    ):
         from_original(original, backbone="resnet50", encoder_attention_heads=4, decoder_attention_heads=4)
 
 
@@ -119,13 +140,20 @@ def test_training_checkpoint_arguments_are_loaded_and_checked(tmp_path):
     args = argparse.Namespace(backbone="resnet18", dilation=True, nheads=4, lr=1e-4)
     torch.save({"model": to_original(model), "args": args, "epoch": 3}, tmp_path / "checkpoint.pth")
     with pytest.raises(ValueError, match=r"trained with \{'dilation': True\}.*asked for \{'dilation': False\}"):
-        from_original(tmp_path / "checkpoint.pth", backbone="resnet18", encoder_attention_heads=4,
-                      decoder_attention_heads=4)
-    converted = from_original(tmp_path / "checkpoint.pth", backbone="resnet18", dilation=True,
-                              encoder_attention_heads=4, decoder_attention_heads=4)
+        from_original(
+            tmp_path / "checkpoint.pth", backbone="resnet18", encoder_attention_heads=4, decoder_attention_heads=4
+        )
+    converted = from_original(
+        tmp_path / "checkpoint.pth",
+        backbone="resnet18",
+        dilation=True,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+    )
     pixel_values, pixel_mask = padded_batch(SIZES)
-    assert torch.equal(_outputs(converted, pixel_values, pixel_mask).pred_boxes,
-                       _outputs(model, pixel_values, pixel_mask).pred_boxes)
+    assert torch.equal(
+        _outputs(converted, pixel_values, pixel_mask).pred_boxes, _outputs(model, pixel_values, pixel_mask).pred_boxes
+    )
 
 
 def test_to_original_refuses_a_backbone_the_original_lacks():
@@ -197,21 +225,32 @@ def test_cli_converts_an_original_checkpoint(tmp_path, image):
     torch.save({"model": to_original(model)}, tmp_path / "detr.pth")
     out = tmp_path / "converted"
     assert main(["convert", "--from", "original", str(tmp_path / "detr.pth"), str(out), "--backbone", "resnet18"]) == 0
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md",
-            "modeling_hf_detr.py"} <= {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_hf_detr.py"} <= {
+        p.name for p in out.iterdir()
+    }
     loaded = HfDetrForObjectDetection.from_pretrained(out).eval()
     pixel_values, pixel_mask = padded_batch(SIZES)
-    assert torch.equal(_outputs(loaded, pixel_values, pixel_mask).logits,
-                       _outputs(model, pixel_values, pixel_mask).logits)
+    assert torch.equal(
+        _outputs(loaded, pixel_values, pixel_mask).logits, _outputs(model, pixel_values, pixel_mask).logits
+    )
     assert to_original(loaded).keys() == to_original(model).keys()
     # the weights hold the number of classes but not their names
     assert _check_pipeline(out, loaded, image) <= {"LABEL_0", "LABEL_1"}
 
 
 def test_cli_converts_a_transformers_checkpoint(tmp_path, image):
-    reference = DetrForObjectDetection(DetrConfig(backbone="resnet18", d_model=64, encoder_layers=1, decoder_layers=2,
-                                                  encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=8,
-                                                  id2label={0: "cat", 1: "dog", 2: "bird"})).eval()
+    reference = DetrForObjectDetection(
+        DetrConfig(
+            backbone="resnet18",
+            d_model=64,
+            encoder_layers=1,
+            decoder_layers=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_queries=8,
+            id2label={0: "cat", 1: "dog", 2: "bird"},
+        )
+    ).eval()
     randomize_weights(reference)
     reference.save_pretrained(tmp_path / "reference")
     out = tmp_path / "converted"
@@ -232,15 +271,25 @@ def test_installed_console_script_converts(tmp_path):
     model = _random_model(**CLI_SMALL)
     torch.save({"model": to_original(model)}, tmp_path / "detr.pth")
     result = subprocess.run(
-        [str(script), "convert", "--from", "original", str(tmp_path / "detr.pth"), str(tmp_path / "out"),
-         "--backbone", "resnet18"],
-        capture_output=True, text=True,
+        [
+            str(script),
+            "convert",
+            "--from",
+            "original",
+            str(tmp_path / "detr.pth"),
+            str(tmp_path / "out"),
+            "--backbone",
+            "resnet18",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = HfDetrForObjectDetection.from_pretrained(tmp_path / "out").eval()
     pixel_values, pixel_mask = padded_batch(SIZES)
-    assert torch.equal(_outputs(loaded, pixel_values, pixel_mask).pred_boxes,
-                       _outputs(model, pixel_values, pixel_mask).pred_boxes)
+    assert torch.equal(
+        _outputs(loaded, pixel_values, pixel_mask).pred_boxes, _outputs(model, pixel_values, pixel_mask).pred_boxes
+    )
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -169,8 +168,10 @@ def _cppe5_like(tmp_path: Path, bbox: list[float]) -> Path:
         "image": [PIL.Image.new("RGB", (30, 20), "red"), PIL.Image.new("RGB", (16, 16), "blue")],
         "width": [30, 16],
         "height": [20, 16],
-        "objects": [{"id": [40, 41], "area": [12, 6], "bbox": [bbox, [0.0, 0.0, 2.0, 3.0]], "category": [1, 0]},
-                    {"id": [], "area": [], "bbox": [], "category": []}],  # fmt: skip
+        "objects": [
+            {"id": [40, 41], "area": [12, 6], "bbox": [bbox, [0.0, 0.0, 2.0, 3.0]], "category": [1, 0]},
+            {"id": [], "area": [], "bbox": [], "category": []},
+        ],
         "source": ["x", "y"],
     }
     folder = tmp_path / "hub"
@@ -203,18 +204,22 @@ def test_load_dataset_source_with_a_box_outside_its_image_is_an_error(tmp_path, 
     folder = _cppe5_like(tmp_path, [25.0, 2.0, 10.0, 4.0])  # x + w = 35 > width 30
     message = r"split 'train' example 0 \(image_id 4\) object 0: bbox = .* lies outside \[0, 30\] x \[0, 20\]"
     with pytest.raises(ValueError, match=message):  # the default box_policy="clip" clips it (test_real_world_data.py)
-        ds = load_detection_dataset(folder, streaming=streaming, box_policy="error",
-                                    cache_dir=str(tmp_path / "cache"))  # fmt: skip
+        ds = load_detection_dataset(folder, streaming=streaming, box_policy="error", cache_dir=str(tmp_path / "cache"))
         list(ds["train"])  # a streamed split is checked as it is read
 
 
 def test_hub_id_goes_to_load_dataset(monkeypatch):
     calls = []
     split = datasets.Dataset.from_dict(
-        {"image": [PIL.Image.new("RGB", (8, 8))], "image_id": [1], "width": [8], "height": [8],
-         "objects": [{"id": [1], "area": [4.0], "bbox": [[1.0, 1.0, 2.0, 2.0]], "category": [0], "iscrowd": [0]}]},
+        {
+            "image": [PIL.Image.new("RGB", (8, 8))],
+            "image_id": [1],
+            "width": [8],
+            "height": [8],
+            "objects": [{"id": [1], "area": [4.0], "bbox": [[1.0, 1.0, 2.0, 2.0]], "category": [0], "iscrowd": [0]}],
+        },
         features=coco_detection_features(["thing"]),
-    )  # fmt: skip
+    )
 
     def fake_load_dataset(path, **kwargs):
         calls.append((path, kwargs))
@@ -223,9 +228,11 @@ def test_hub_id_goes_to_load_dataset(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     ds = load_detection_dataset("some-org/some-data", splits=["validation"], revision="v1", token="t")
     assert calls == [
-        ("some-org/some-data",
-         {"split": ["validation"], "streaming": False, "revision": "v1", "cache_dir": None, "token": "t"}),
-    ]  # fmt: skip
+        (
+            "some-org/some-data",
+            {"split": ["validation"], "streaming": False, "revision": "v1", "cache_dir": None, "token": "t"},
+        ),
+    ]
     assert list(ds) == ["validation"] and ds["validation"][0]["objects"]["bbox"] == [[1.0, 1.0, 2.0, 2.0]]
 
 
@@ -248,19 +255,29 @@ def _edit_train_json(root: Path, edit) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: c["annotations"][1].update(category_id=3),
-         r"instances_train.json: annotation id 2 \(image_id 7, 'a.png'\): category_id 3 is not in `categories` "
-         r"\(ids \[1, 5, 90\]\)"),
-        (lambda c: c["annotations"][2].update(bbox=[30.0, 2.0, 12.0, 6.0]),
-         r"annotation id 3 \(image_id 8, 'b.png'\): bbox = .* lies outside \[0, 40\] x \[0, 30\]"),
-        (lambda c: c["annotations"][0].update(bbox=[3.0, 4.0, -2.0, 5.0]),
-         r"annotation id 1 \(image_id 7, 'a.png'\): bbox .* negative width or height"),
-        (lambda c: c["annotations"][0].update(image_id=12),
-         r"annotation id 1 refers to image_id 12, which is not in `images`"),
-        (lambda c: c["images"][0].update(width=65),
-         r"image_id 7 \('a.png'\): .*a.png is 64x48 pixels but the json says width=65, height=48"),
+        (
+            lambda c: c["annotations"][1].update(category_id=3),
+            r"instances_train.json: annotation id 2 \(image_id 7, 'a.png'\): category_id 3 is not in `categories` "
+            r"\(ids \[1, 5, 90\]\)",
+        ),
+        (
+            lambda c: c["annotations"][2].update(bbox=[30.0, 2.0, 12.0, 6.0]),
+            r"annotation id 3 \(image_id 8, 'b.png'\): bbox = .* lies outside \[0, 40\] x \[0, 30\]",
+        ),
+        (
+            lambda c: c["annotations"][0].update(bbox=[3.0, 4.0, -2.0, 5.0]),
+            r"annotation id 1 \(image_id 7, 'a.png'\): bbox .* negative width or height",
+        ),
+        (
+            lambda c: c["annotations"][0].update(image_id=12),
+            r"annotation id 1 refers to image_id 12, which is not in `images`",
+        ),
+        (
+            lambda c: c["images"][0].update(width=65),
+            r"image_id 7 \('a.png'\): .*a.png is 64x48 pixels but the json says width=65, height=48",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_annotations_name_the_example(coco_root, edit, message):
     _edit_train_json(coco_root, edit)
     with pytest.raises(ValueError, match=message):  # the default box_policy="clip" clips or drops the bad boxes

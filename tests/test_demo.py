@@ -58,8 +58,9 @@ def test_demo_writes_model_metrics_and_pictures(tmp_path, monkeypatch, capsys):
 
     real_run_demo = demo.run_demo
     # a few images so the test takes seconds; everything else is the demo as `make demo` runs it
-    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: real_run_demo(
-        *a, **k, num_train=32, num_validation=8, num_test=8, show=4))
+    monkeypatch.setattr(
+        demo, "run_demo", lambda *a, **k: real_run_demo(*a, **k, num_train=32, num_validation=8, num_test=8, show=4)
+    )
     assert main(["demo", "--output_dir", str(tmp_path), "--time_budget", "8"]) == 0
     out = capsys.readouterr().out
     assert "test split: AP" in out
@@ -70,12 +71,14 @@ def test_demo_writes_model_metrics_and_pictures(tmp_path, monkeypatch, capsys):
     assert_trained_for_the_budget(metrics, tmp_path / "run", 8)
     # the test split the demo generated (seed 0, the preset's image size), scored again from the saved folder
     sizes = {"train": 32, "validation": 8, "test": 8}
-    test_split = load_data(SYNTHETIC, synthetic_sizes=sizes, synthetic_image_size=presets.get("demo").image_size,
-                           seed=0)["test"]
+    test_split = load_data(
+        SYNTHETIC, synthetic_sizes=sizes, synthetic_image_size=presets.get("demo").image_size, seed=0
+    )["test"]
     assert_saved_model_scores(metrics, tmp_path / "model", test_split)
     # a row per class with AP, AP50, AR@100 and the number of the test split's objects of that class
-    counts = Counter(c for objects in test_split["objects"] for c, crowd in zip(objects["category"], objects["iscrowd"])
-                     if not crowd)  # fmt: skip
+    counts = Counter(
+        c for objects in test_split["objects"] for c, crowd in zip(objects["category"], objects["iscrowd"]) if not crowd
+    )
     names = list(id2label(test_split).values())
     assert list(metrics["per_class"]) == names
     for label, name in enumerate(names):
@@ -100,8 +103,20 @@ def test_demo_writes_model_metrics_and_pictures(tmp_path, monkeypatch, capsys):
 
     image.save(tmp_path / "scene.jpg")  # `hf-detr predict` on the saved demo model and any image file
     capsys.readouterr()
-    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "scene.jpg"), "--threshold", "0",
-                 "--out", str(tmp_path / "annotated")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "model"),
+                str(tmp_path / "scene.jpg"),
+                "--threshold",
+                "0",
+                "--out",
+                str(tmp_path / "annotated"),
+            ]
+        )
+        == 0
+    )
     detections = json.loads(capsys.readouterr().out)[0]["detections"]
     assert len(detections) == config["num_queries"] and {d["label"] for d in detections} <= set(SHAPES)
     assert Image.open(tmp_path / "annotated" / "scene.png").size == (128, 128)
@@ -117,8 +132,17 @@ def test_demo_recipe_learns_in_a_short_run(tmp_path):
     demo = presets.get("demo")
     data = make_synthetic_dataset(8, 0, 0, image_size=demo.image_size, seed=11)
     model = presets.create("demo", id2label=ID2LABEL)
-    config = TrainConfig(output_dir=str(tmp_path), max_steps=150, seed=0, cpu=True, save_steps=0, eval_split=None,
-                         disable_tqdm=True, report_to="none", **demo.training)  # fmt: skip
+    config = TrainConfig(
+        output_dir=str(tmp_path),
+        max_steps=150,
+        seed=0,
+        cpu=True,
+        save_steps=0,
+        eval_split=None,
+        disable_tqdm=True,
+        report_to="none",
+        **demo.training,
+    )
     trained = train(config, dataset=data, model=model, image_processor=demo.image_processor()).model.eval()
     metrics = evaluate(trained, demo.image_processor(), data["train"], batch_size=8)
     print(f"AP50 on the 8 training images after 150 steps: {metrics['map_50']:.3f}")

@@ -10,8 +10,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import tiny_config_kwargs
 
+from helpers import tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.apps.cli import main
 from hf_detr.data import coco_detection_features
@@ -30,15 +30,25 @@ SCENE_REFERENCES = [
     {"boxes": [[0, 0, 10, 10]], "labels": [0], "iscrowd": [0]},
 ]
 SCENE_PREDICTIONS = [
-    {"boxes": [[0, 0, 10, 10],     # p0 cat on A: right
-               [0, 0, 10, 9],      # p1 cat, A again (IoU 0.9 with it): a duplicate
-               [20, 0, 30, 10],    # p2 cat on the dog B: wrong class
-               [42, 2, 52, 12],    # p3 bird inside the crowd region (IoU 0.25 with it, but all of p3 on it)
-               [70, 70, 80, 80]],  # p4 dog on nothing, scoring exactly 0.3
-     "labels": [0, 0, 0, 2, 1], "scores": [0.9, 0.8, 0.7, 0.6, 0.3]},
-    {"boxes": [[0, 0, 20, 10],     # p0 dog, the top half of D: IoU exactly 0.5
-               [100, 100, 110, 110]],  # p1 bird on nothing
-     "labels": [1, 2], "scores": [0.55, 0.95]},
+    {
+        "boxes": [
+            [0, 0, 10, 10],  # p0 cat on A: right
+            [0, 0, 10, 9],  # p1 cat, A again (IoU 0.9 with it): a duplicate
+            [20, 0, 30, 10],  # p2 cat on the dog B: wrong class
+            [42, 2, 52, 12],  # p3 bird inside the crowd region (IoU 0.25 with it, but all of p3 on it)
+            [70, 70, 80, 80],
+        ],  # p4 dog on nothing, scoring exactly 0.3
+        "labels": [0, 0, 0, 2, 1],
+        "scores": [0.9, 0.8, 0.7, 0.6, 0.3],
+    },
+    {
+        "boxes": [
+            [0, 0, 20, 10],  # p0 dog, the top half of D: IoU exactly 0.5
+            [100, 100, 110, 110],
+        ],  # p1 bird on nothing
+        "labels": [1, 2],
+        "scores": [0.55, 0.95],
+    },
     {"boxes": [[0, 0, 10, 10]], "labels": [0], "scores": [0.45]},  # p0 cat on F, scoring below 0.5
 ]
 
@@ -54,13 +64,12 @@ def test_confusion_matrix_counted_by_hand():
     # image 0: p0 (cat, cat); p1 the duplicate (bg, cat); p2 (dog, cat); p3 on the crowd ignored; p4 below 0.5.
     # image 1: p1 first (score 0.95) matches nothing: (bg, bird); p0 at IoU 0.5 (dog, dog); E missed (bird, bg).
     # image 2: p0 below 0.5, so F is missed (cat, bg). The crowd region is never counted.
-    expected = [[1, 0, 0, 1],
-                [1, 1, 0, 0],
-                [0, 0, 0, 1],
-                [1, 0, 1, 0]]  # fmt: skip
+    expected = [[1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 0, 1], [1, 0, 1, 0]]
     np.testing.assert_array_equal(diagnostics.matrix, expected)
-    counts = [(m.correct, m.wrong_class, len(m.missed), len(m.false_positives), len(m.ignored), m.errors)
-              for m in diagnostics.images]  # fmt: skip
+    counts = [
+        (m.correct, m.wrong_class, len(m.missed), len(m.false_positives), len(m.ignored), m.errors)
+        for m in diagnostics.images
+    ]
     assert counts == [(1, 1, 0, 1, 1, 2), (1, 0, 1, 1, 0, 2), (0, 0, 1, 0, 0, 1)]
     assert diagnostics.images[0].matched == ((0, 0), (1, 2))  # (ground truth, detection), best score first
     assert diagnostics.images[0].false_positives == (1,) and diagnostics.images[0].ignored == (3,)
@@ -69,10 +78,7 @@ def test_confusion_matrix_counted_by_hand():
     # (exactly 0.3) is a false positive (bg, dog) and p0 of image 2 finds F (cat, cat). The crowd still absorbs p3
     # (all of it lies on the region).
     strict = diagnose(_scene(), iou_threshold=0.6, score_threshold=0.3)
-    expected = [[2, 0, 0, 0],
-                [1, 0, 0, 1],
-                [0, 0, 0, 1],
-                [1, 2, 1, 0]]  # fmt: skip
+    expected = [[2, 0, 0, 0], [1, 0, 0, 1], [0, 0, 0, 1], [1, 2, 1, 0]]
     np.testing.assert_array_equal(strict.matrix, expected)
     # every non-crowd ground-truth box is in exactly one cell of its row
     assert strict.matrix[:3].sum() == diagnostics.matrix[:3].sum() == 5
@@ -86,8 +92,11 @@ def test_confusion_matrix_counted_by_hand():
 def test_the_crowd_rule_and_class_agnostic_matching():
     reference = {"boxes": [[0, 0, 10, 10], [40, 0, 20, 20]], "labels": [0, 2], "iscrowd": [0, 1]}
     # a higher-scoring dog takes the cat's box before the cat detection, which then is a false positive
-    prediction = {"boxes": [[0, 0, 10, 10], [0, 0, 10, 10], [30, 0, 50, 20]], "labels": [1, 0, 2],
-                  "scores": [0.9, 0.8, 0.7]}
+    prediction = {
+        "boxes": [[0, 0, 10, 10], [0, 0, 10, 10], [30, 0, 50, 20]],
+        "labels": [1, 0, 2],
+        "scores": [0.9, 0.8, 0.7],
+    }
     match = match_image(prediction, reference, iou_threshold=0.5, score_threshold=0.5)
     assert match.matched == ((0, 0),) and match.wrong_class == 1 and match.false_positives == (1,)
     # half of the last detection lies on the crowd region: ignored at 0.5, a false positive at 0.6
@@ -99,13 +108,13 @@ def test_the_crowd_rule_and_class_agnostic_matching():
 def test_worst_images_are_ranked_by_errors_then_fewer_correct():
     box, far = [0, 0, 10, 10], [50, 50, 60, 60]
     cases = [  # (ground-truth boxes and labels, detection boxes and labels): the expected counts in the comment
-        (([box], [0]), ([box, far], [0, 0])),                       # 0: 1 false positive, 1 correct
-        (([box, [50, 50, 10, 10]], [0, 1]), ([], [])),              # 1: 2 missed
-        (([], []), ([], [])),                                       # 2: nothing
-        (([box, [50, 50, 10, 10]], [0, 1]), ([box], [0])),          # 3: 1 missed, 1 correct
-        (([box], [0]), ([box], [2])),                               # 4: 1 wrong class, 0 correct
+        (([box], [0]), ([box, far], [0, 0])),  # 0: 1 false positive, 1 correct
+        (([box, [50, 50, 10, 10]], [0, 1]), ([], [])),  # 1: 2 missed
+        (([], []), ([], [])),  # 2: nothing
+        (([box, [50, 50, 10, 10]], [0, 1]), ([box], [0])),  # 3: 1 missed, 1 correct
+        (([box], [0]), ([box], [2])),  # 4: 1 wrong class, 0 correct
         (([box, [20, 0, 10, 10]], [0, 0]), ([box, [20, 0, 30, 10], far], [0, 0, 1])),  # 5: 1 false positive, 2 correct
-    ]  # fmt: skip
+    ]
     references = [{"boxes": gt, "labels": labels} for (gt, labels), _ in cases]
     predictions = [{"boxes": boxes, "labels": labels, "scores": [0.9] * len(labels)} for _, (boxes, labels) in cases]
     diagnostics = diagnose(coco_evaluate(predictions, references, return_evaluation=True))
@@ -118,8 +127,11 @@ def test_per_class_precision_recall_curves_by_hand_and_against_pycocotools():
     """One class with 2 objects and 3 detections: found (0.9), a false positive (0.8), found (0.7). Precision is 1
     up to recall 1/2, then 2/3 up to recall 1 (COCO interpolates with the best precision at any higher recall)."""
     reference = {"boxes": [[0, 0, 10, 10], [20, 0, 10, 10]], "labels": [0, 0]}
-    prediction = {"boxes": [[0, 0, 10, 10], [60, 60, 70, 70], [20, 0, 30, 10]], "labels": [0, 0, 0],
-                  "scores": [0.9, 0.8, 0.7]}
+    prediction = {
+        "boxes": [[0, 0, 10, 10], [60, 60, 70, 70], [20, 0, 30, 10]],
+        "labels": [0, 0, 0],
+        "scores": [0.9, 0.8, 0.7],
+    }
     evaluation = coco_evaluate([prediction], [reference], id2label={0: "cat", 1: "dog"}, return_evaluation=True)
     cat, dog = class_pr_curves(evaluation)
     recall = np.linspace(0, 1, 101)
@@ -164,9 +176,21 @@ def _split() -> datasets.Dataset:
         if i == len(SIZES) - 1:
             boxes, categories, crowd = boxes + [[width / 2, 0.0, width / 2, height / 4]], categories + [0], crowd + [1]
         pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-        rows.append({"image": PIL.Image.fromarray(pixels), "image_id": 10 + i, "width": width, "height": height,
-                     "objects": {"id": list(range(len(boxes))), "area": [w * h for *_, w, h in boxes],
-                                 "bbox": boxes, "category": categories, "iscrowd": crowd}})  # fmt: skip
+        rows.append(
+            {
+                "image": PIL.Image.fromarray(pixels),
+                "image_id": 10 + i,
+                "width": width,
+                "height": height,
+                "objects": {
+                    "id": list(range(len(boxes))),
+                    "area": [w * h for *_, w, h in boxes],
+                    "bbox": boxes,
+                    "category": categories,
+                    "iscrowd": crowd,
+                },
+            }
+        )
     columns = {key: [row[key] for row in rows] for key in rows[0]}
     return datasets.Dataset.from_dict(columns, features=coco_detection_features(LABELS))
 
@@ -176,8 +200,11 @@ def model_and_data(tmp_path_factory) -> tuple[str, str]:
     """A tiny model whose queries all predict the central box (cx, cy, w, h) = (0.5, 0.5, 0.5, 0.5) with classes
     and scores that vary by query, saved with its processor, and the data set of `_split`."""
     torch.manual_seed(0)
-    config = HfDetrConfig(**tiny_config_kwargs(d_model=32, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                                               id2label=dict(enumerate(LABELS))))  # fmt: skip
+    config = HfDetrConfig(
+        **tiny_config_kwargs(
+            d_model=32, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64, id2label=dict(enumerate(LABELS))
+        )
+    )
     model = HfDetrForObjectDetection(config)
     with torch.no_grad():
         model.bbox_embed.layers[-1].weight.zero_()
@@ -199,16 +226,34 @@ def _direct_evaluation(model_dir: str) -> CocoEvaluation:
     with torch.no_grad():
         outputs = model(**processor(images=list(split["image"]), return_tensors="pt"))
     predictions = processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=SIZES)
-    references = [{"boxes": o["bbox"], "labels": o["category"], "iscrowd": o["iscrowd"], "area": o["area"]}
-                  for o in list(split["objects"])]  # fmt: skip
+    references = [
+        {"boxes": o["bbox"], "labels": o["category"], "iscrowd": o["iscrowd"], "area": o["area"]}
+        for o in list(split["objects"])
+    ]
     return coco_evaluate(predictions, references, id2label=dict(enumerate(LABELS)), return_evaluation=True)
 
 
 def test_evaluate_out_writes_the_diagnostics(model_and_data, tmp_path, capsys):
     model_dir, data_dir = model_and_data
     out = tmp_path / "report"
-    status = main(["evaluate", model_dir, "--dataset", data_dir, "--batch-size", "3", "--out", str(out),
-                   "--iou-threshold", "0.4", "--score-threshold", "0.3", "--worst", "3"])  # fmt: skip
+    status = main(
+        [
+            "evaluate",
+            model_dir,
+            "--dataset",
+            data_dir,
+            "--batch-size",
+            "3",
+            "--out",
+            str(out),
+            "--iou-threshold",
+            "0.4",
+            "--score-threshold",
+            "0.3",
+            "--worst",
+            "3",
+        ]
+    )
     printed = capsys.readouterr()
     assert status == 0, printed.err
 
@@ -225,8 +270,12 @@ def test_evaluate_out_writes_the_diagnostics(model_and_data, tmp_path, capsys):
     worst = ", ".join(f"{m.index} ({m.errors})" for m in expected.worst(3))
     assert f"score >= 0.3: {worst}" in printed.out
 
-    for name, size in (("confusion_matrix.png", None), ("pr_curves_per_class.png", (520, 540)),
-                       ("worst_images.png", None), ("pr_curve.png", (700, 560))):  # fmt: skip
+    for name, size in (
+        ("confusion_matrix.png", None),
+        ("pr_curves_per_class.png", (520, 540)),
+        ("worst_images.png", None),
+        ("pr_curve.png", (700, 560)),
+    ):
         picture = PIL.Image.open(out / name).convert("RGB")
         if size is not None:  # the per-class grid: 2 x 2 panels of 2.6 x 2.35 inches (+ 0.7 of title) for 3 classes
             assert picture.size == size, name
@@ -238,8 +287,10 @@ def test_evaluate_out_writes_the_diagnostics(model_and_data, tmp_path, capsys):
 
 def test_evaluate_names_bad_diagnostics_options(model_and_data, tmp_path, capsys):
     model_dir, data_dir = model_and_data
-    for option, value, message in (("--iou-threshold", "0", "--iou-threshold must be in (0, 1]"),
-                                   ("--score-threshold", "-0.1", "--score-threshold must be in [0, 1]"),
-                                   ("--worst", "0", "--worst must be at least 1")):  # fmt: skip
+    for option, value, message in (
+        ("--iou-threshold", "0", "--iou-threshold must be in (0, 1]"),
+        ("--score-threshold", "-0.1", "--score-threshold must be in [0, 1]"),
+        ("--worst", "0", "--worst must be at least 1"),
+    ):
         status = main(["evaluate", model_dir, "--dataset", data_dir, "--out", str(tmp_path), option, value])
         assert status == 1 and message in capsys.readouterr().err

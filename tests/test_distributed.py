@@ -19,11 +19,10 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
+from distributed_step import LEARNING_RATE, step_inputs
 from hf_detr import HfDetrForObjectDetection
 from hf_detr.data.synthetic import ID2LABEL
 from hf_detr.training import latest_checkpoint
-
-from distributed_step import LEARNING_RATE, step_inputs
 from training_commands import TINY, command, free_port, launch_argv
 
 TESTS = Path(__file__).parent
@@ -69,8 +68,9 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 
 @pytest.mark.parametrize("segmentation", [False, True], ids=["detection", "segmentation"])
-def test_two_processes_step_like_one_process_on_the_whole_batch(tmp_path: Path, env: dict[str, str],
-                                                                segmentation: bool) -> None:  # fmt: skip
+def test_two_processes_step_like_one_process_on_the_whole_batch(
+    tmp_path: Path, env: dict[str, str], segmentation: bool
+) -> None:
     out = tmp_path / "ddp.pt"
     launcher = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())]
     flags = ["--cpu", "--segmentation"] if segmentation else ["--cpu"]
@@ -103,8 +103,11 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, env: dict[str, s
 
     run([*launch_argv(documented, 2, free_port()), *args, "--output_dir", str(uninterrupted)], env)
     killer = [str(TESTS / "kill_after_checkpoint.py")]
-    killed = run([*launch_argv(documented, 2, free_port(), script=killer), *args, "--output_dir", str(interrupted)],
-                 env, check=False)  # fmt: skip
+    killed = run(
+        [*launch_argv(documented, 2, free_port(), script=killer), *args, "--output_dir", str(interrupted)],
+        env,
+        check=False,
+    )
     assert killed.returncode != 0
     assert latest_checkpoint(interrupted).name == "step_2"
     assert not (interrupted / "model.safetensors").exists()
@@ -116,15 +119,19 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, env: dict[str, s
     actual = load_file(interrupted / "model.safetensors")
     assert max_difference(actual, expected) < 1e-6
     # the losses logged after the resume are those of the uninterrupted run
-    logs = [[json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
-            for folder in (uninterrupted, interrupted)]  # fmt: skip
+    logs = [
+        [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+        for folder in (uninterrupted, interrupted)
+    ]
     assert [entry["step"] for entry in logs[1]] == [1, 2, 3, 4]
     assert [entry["loss"] for entry in logs[1]] == pytest.approx([entry["loss"] for entry in logs[0]], abs=1e-6)
 
 
 def test_uneven_evaluation_scores_every_image_once(tmp_path: Path, env: dict[str, str]) -> None:
-    from distributed_eval import NUM_IMAGES, run as evaluate_once
     from accelerate import Accelerator
+
+    from distributed_eval import NUM_IMAGES
+    from distributed_eval import run as evaluate_once
 
     out = tmp_path / "eval.json"
     launcher = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())]
@@ -151,13 +158,25 @@ def test_uneven_evaluation_scores_every_image_once(tmp_path: Path, env: dict[str
 def test_documented_multi_node_command_on_two_local_machines(tmp_path: Path, env: dict[str, str]) -> None:
     documented = command("multi-node")
     port, output = free_port(), tmp_path / "run"
-    args = [*TINY, "--synthetic_train_size", "4", "--synthetic_eval_size", "3", "--max_steps", "2",
-            "--output_dir", str(output)]  # fmt: skip
+    args = [
+        *TINY,
+        "--synthetic_train_size",
+        "4",
+        "--synthetic_eval_size",
+        "3",
+        "--max_steps",
+        "2",
+        "--output_dir",
+        str(output),
+    ]
     machines = [
         subprocess.Popen(
             [*launch_argv(documented, 2, port, replace={"$MACHINE_RANK": str(rank), "$MAIN_IP": "127.0.0.1"}), *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for rank in (0, 1)
     ]
     outputs = [machine.communicate(timeout=300) for machine in machines]

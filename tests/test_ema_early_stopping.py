@@ -11,16 +11,14 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.tracking import GeneralTracker
-from helpers import EXAMPLE, load_script, tiny_config_kwargs
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from helpers import EXAMPLE, load_script, tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection
 from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
 from hf_detr.evaluation import PER_CLASS_STATS, per_class_key
-from hf_detr.training import TrainConfig, train
-from hf_detr.training import loop
-
+from hf_detr.training import TrainConfig, loop, train
 from training_commands import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,10 +46,18 @@ def shapes():
 
 def tiny_config(output_dir: Path, **overrides) -> TrainConfig:
     kwargs = dict(
-        output_dir=str(output_dir), model_kwargs=TINY_MODEL, cpu=True, image_size=64, per_device_train_batch_size=2,
-        per_device_eval_batch_size=2, logging_steps=1, disable_tqdm=True, eval_split=None, save_steps=0,
+        output_dir=str(output_dir),
+        model_kwargs=TINY_MODEL,
+        cpu=True,
+        image_size=64,
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        logging_steps=1,
+        disable_tqdm=True,
+        eval_split=None,
+        save_steps=0,
         report_to="none",
-    )  # fmt: skip
+    )
     kwargs.update(overrides)
     return TrainConfig(**kwargs)
 
@@ -59,8 +65,16 @@ def tiny_config(output_dir: Path, **overrides) -> TrainConfig:
 def ema_config(output_dir: Path, **overrides) -> TrainConfig:
     """3 steps of 2 per epoch at a high learning rate (the weights move far between steps, so an average is far from
     the last weights), saved after every step, evaluated after the first epoch (step 2) and at the end (step 3)."""
-    options = dict(max_steps=STEPS, ema_decay=DECAY, learning_rate=1e-3, backbone_learning_rate=1e-3, max_grad_norm=0.0,
-                   lr_scheduler="constant", eval_split="validation", save_steps=1)  # fmt: skip
+    options = dict(
+        max_steps=STEPS,
+        ema_decay=DECAY,
+        learning_rate=1e-3,
+        backbone_learning_rate=1e-3,
+        max_grad_norm=0.0,
+        lr_scheduler="constant",
+        eval_split="validation",
+        save_steps=1,
+    )
     return tiny_config(output_dir, **{**options, **overrides})
 
 
@@ -87,8 +101,10 @@ class RecordingTracker(GeneralTracker):
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    return {"parameters": {name: p.detach().clone() for name, p in model.named_parameters()},
-            "buffers": {name: b.detach().clone() for name, b in model.named_buffers()}}  # fmt: skip
+    return {
+        "parameters": {name: p.detach().clone() for name, p in model.named_parameters()},
+        "buffers": {name: b.detach().clone() for name, b in model.named_buffers()},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +187,9 @@ def test_resume_continues_the_average_and_refuses_a_mismatched_checkpoint(ema_ru
     # saved at the end of the first epoch, before that epoch's evaluation (which must not change the random state
     # the next step's dropout draws from)
     checkpoint = ema_run["output"] / "checkpoints" / "step_2"
-    resumed = train(ema_config(tmp_path / "resumed", resume=str(checkpoint)), dataset=shapes,
-                    model=trainable_batchnorm_model())  # fmt: skip
+    resumed = train(
+        ema_config(tmp_path / "resumed", resume=str(checkpoint)), dataset=shapes, model=trainable_batchnorm_model()
+    )
     assert resumed.global_step == STEPS
     uninterrupted = load_file(ema_run["output"] / "model.safetensors")
     # an average restarted at the resume would be the step-3 weights, more than 1e-4 away (previous test)
@@ -233,8 +250,14 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(
 ) -> None:
     calls: list[int] = []
     monkeypatch.setattr(loop, "evaluate", scripted_evaluate(values, calls))
-    config = tiny_config(tmp_path, num_train_epochs=epochs, eval_split="validation", early_stopping_patience=3,
-                         save_steps=4, logging_steps=4)  # fmt: skip
+    config = tiny_config(
+        tmp_path,
+        num_train_epochs=epochs,
+        eval_split="validation",
+        early_stopping_patience=3,
+        save_steps=4,
+        logging_steps=4,
+    )
     result = train(config, dataset=shapes)  # 4 images in batches of 2: 2 steps per epoch, evaluated after each
     evaluations = [entry for entry in result.log_history if "eval_map" in entry]
     output = capsys.readouterr().out
@@ -265,8 +288,16 @@ def test_options_are_checked_before_training(tmp_path, shapes) -> None:
     with pytest.raises(ValueError, match="early_stopping_patience=0 is invalid"):
         tiny_config(tmp_path, max_steps=1, early_stopping_patience=0, eval_split="validation")
     with pytest.raises(ValueError, match=r"metric_for_best_model='eval_map' is not a metric .* \['map', 'map_50'"):
-        train(tiny_config(tmp_path, max_steps=1, eval_split="validation", early_stopping_patience=2,
-                          metric_for_best_model="eval_map"), dataset=shapes)  # fmt: skip
+        train(
+            tiny_config(
+                tmp_path,
+                max_steps=1,
+                eval_split="validation",
+                early_stopping_patience=2,
+                metric_for_best_model="eval_map",
+            ),
+            dataset=shapes,
+        )
     _reset_accelerator()
     empty = make_synthetic_dataset(4, 0, 0, image_size=64, seed=0)
     with pytest.raises(ValueError, match="'validation' has no images to evaluate on"):
@@ -289,20 +320,47 @@ def start_model(tmp_path_factory) -> str:
 
 def example_args(start_model: str, output_dir: Path, *extra: str) -> list[str]:
     return [
-        "--model_name_or_path", start_model, "--output_dir", str(output_dir), "--dataset", "synthetic",
-        "--synthetic_num_train", "4", "--synthetic_num_eval", "2", "--synthetic_image_size", "64", "--image_size", "64",
-        "--do_train", "--num_train_epochs", "8", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size",
-        "2", "--learning_rate", "1e-3", "--backbone_learning_rate", "0", "--use_cpu", "--report_to", "none",
-        "--disable_tqdm", "true", *extra,
-    ]  # fmt: skip
+        "--model_name_or_path",
+        start_model,
+        "--output_dir",
+        str(output_dir),
+        "--dataset",
+        "synthetic",
+        "--synthetic_num_train",
+        "4",
+        "--synthetic_num_eval",
+        "2",
+        "--synthetic_image_size",
+        "64",
+        "--image_size",
+        "64",
+        "--do_train",
+        "--num_train_epochs",
+        "8",
+        "--per_device_train_batch_size",
+        "2",
+        "--per_device_eval_batch_size",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--backbone_learning_rate",
+        "0",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
 
 
 def test_trainer_example_stops_early_and_keeps_the_best_checkpoint(start_model, tmp_path, monkeypatch) -> None:
     example = load_script(EXAMPLE)
     values = iter([0.1, 0.3, 0.2, 0.25, 0.29, 0.9, 0.9, 0.9])
     # the script's compute_metrics, scripted: one map per evaluation (Trainer logs it as eval_map)
-    monkeypatch.setattr(example, "make_compute_metrics",
-                        lambda *args, **kwargs: lambda prediction: {"map": next(values)})  # fmt: skip
+    monkeypatch.setattr(
+        example, "make_compute_metrics", lambda *args, **kwargs: lambda prediction: {"map": next(values)}
+    )
     output_dir = tmp_path / "out"
     example.main(example_args(start_model, output_dir, "--early_stopping_patience", "3"))
 
@@ -311,14 +369,20 @@ def test_trainer_example_stops_early_and_keeps_the_best_checkpoint(start_model, 
     assert [entry["eval_map"] for entry in evaluations] == [0.1, 0.3, 0.2, 0.25, 0.29]  # 8 epochs asked for
     assert state["global_step"] == 5 * 2  # 2 steps per epoch
     assert state["best_metric"] == 0.3 and Path(state["best_model_checkpoint"]).name == "checkpoint-4"
-    saved, best = load_file(output_dir / "model.safetensors"), load_file(Path(state["best_model_checkpoint"]) /
-                                                                         "model.safetensors")  # fmt: skip
+    saved, best = (
+        load_file(output_dir / "model.safetensors"),
+        load_file(Path(state["best_model_checkpoint"]) / "model.safetensors"),
+    )
     final = load_file(output_dir / "checkpoint-10" / "model.safetensors")
     assert all(torch.equal(saved[name], best[name]) for name in saved)  # the best model is the one saved
     assert any(not torch.equal(saved[name], final[name]) for name in saved)  # which is not the last one
 
-    for extra, message in ((["--early_stopping_patience", "0"], "at least 1 evaluation"),
-                           (["--early_stopping_patience", "2", "--load_best_model_at_end", "false"],
-                            "needs --load_best_model_at_end true")):  # fmt: skip
+    for extra, message in (
+        (["--early_stopping_patience", "0"], "at least 1 evaluation"),
+        (
+            ["--early_stopping_patience", "2", "--load_best_model_at_end", "false"],
+            "needs --load_best_model_at_end true",
+        ),
+    ):
         with pytest.raises(ValueError, match=message):
             example.main(example_args(start_model, tmp_path / "bad", *extra))

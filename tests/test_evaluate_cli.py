@@ -8,8 +8,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config_kwargs
 
+from helpers import tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.apps.cli import main
 from hf_detr.data import coco_detection_features
@@ -41,9 +41,21 @@ def _examples() -> list[dict]:
             categories += [2]
             crowd += [1]
         pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-        rows.append({"image": pixels, "image_id": i, "width": width, "height": height,
-                     "objects": {"id": list(range(len(boxes))), "area": [w * h * 0.8 for *_, w, h in boxes],
-                                 "bbox": boxes, "category": categories, "iscrowd": crowd}})  # fmt: skip
+        rows.append(
+            {
+                "image": pixels,
+                "image_id": i,
+                "width": width,
+                "height": height,
+                "objects": {
+                    "id": list(range(len(boxes))),
+                    "area": [w * h * 0.8 for *_, w, h in boxes],
+                    "bbox": boxes,
+                    "category": categories,
+                    "iscrowd": crowd,
+                },
+            }
+        )
     return rows
 
 
@@ -62,8 +74,11 @@ def model_dir(tmp_path_factory) -> str:
     """A tiny model whose queries all predict the central box (cx, cy, w, h) = (0.5, 0.5, 0.5, 0.5) with scores and
     classes that vary by query and image, saved with its image processor."""
     torch.manual_seed(0)
-    config = HfDetrConfig(**tiny_config_kwargs(d_model=32, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                                               id2label=dict(enumerate(LABELS))))  # fmt: skip
+    config = HfDetrConfig(
+        **tiny_config_kwargs(
+            d_model=32, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64, id2label=dict(enumerate(LABELS))
+        )
+    )
     model = HfDetrForObjectDetection(config)
     with torch.no_grad():
         last = model.bbox_embed.layers[-1]
@@ -125,16 +140,22 @@ def _direct_metrics(model_dir: str, dataset_dir: str) -> dict[str, float]:
             outputs = model(**processor(images=batch["image"], return_tensors="pt"))
         sizes = list(zip(batch["height"], batch["width"]))
         predictions += processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
-        references += [{"boxes": o["bbox"], "labels": o["category"], "iscrowd": o["iscrowd"], "area": o["area"]}
-                       for o in batch["objects"]]  # fmt: skip
+        references += [
+            {"boxes": o["bbox"], "labels": o["category"], "iscrowd": o["iscrowd"], "area": o["area"]}
+            for o in batch["objects"]
+        ]
     return coco_evaluate(predictions, references, per_class=True, id2label=dict(enumerate(LABELS)))
 
 
-@pytest.mark.parametrize("backend", [[], ["--coco-backend", "pycocotools"], ["--coco_backend", "numpy"]],
-                         ids=["default", "pycocotools", "numpy"])
+@pytest.mark.parametrize(
+    "backend",
+    [[], ["--coco-backend", "pycocotools"], ["--coco_backend", "numpy"]],
+    ids=["default", "pycocotools", "numpy"],
+)
 def test_table_equals_pycocotools_on_the_same_detections(model_dir, dataset_dir, capsys, backend):
-    status, out, err = _run(capsys, model_dir, "--dataset", dataset_dir, "--batch-size", str(BATCH), "--per-class",
-                            *backend)  # fmt: skip
+    status, out, err = _run(
+        capsys, model_dir, "--dataset", dataset_dir, "--batch-size", str(BATCH), "--per-class", *backend
+    )
     assert status == 0, err
     printed = _table(out)
     expected = _direct_metrics(model_dir, dataset_dir)
@@ -149,17 +170,20 @@ def test_table_equals_pycocotools_on_the_same_detections(model_dir, dataset_dir,
         assert rows[name][:3] == pytest.approx([round(value, 4) for value in expected_row], abs=1e-9), name
     # objects: the non-crowd ground truth of each class
     objects = [pair for row in _examples() for pair in zip(row["objects"]["category"], row["objects"]["iscrowd"])]
-    assert [rows[name][3] for name in LABELS] == [sum(1 for c, crowd in objects if c == k and not crowd)
-                                                  for k in range(len(LABELS))]  # fmt: skip
+    assert [rows[name][3] for name in LABELS] == [
+        sum(1 for c, crowd in objects if c == k and not crowd) for k in range(len(LABELS))
+    ]
     # the crowd region is kept as COCO keeps it: detections on it are ignored, not false positives
     without_crowd = _examples()
     without_crowd[-1]["objects"] = {key: [] for key in without_crowd[-1]["objects"]}
-    assert expected != pytest.approx(_direct_metrics(model_dir, _save_dataset(
-        dataset_dir + "-no-crowd", LABELS, without_crowd)))  # fmt: skip
+    assert expected != pytest.approx(
+        _direct_metrics(model_dir, _save_dataset(dataset_dir + "-no-crowd", LABELS, without_crowd))
+    )
 
 
-def test_out_writes_the_metrics_with_the_per_class_table_and_the_precision_recall_curve(model_dir, dataset_dir,
-                                                                                        tmp_path, capsys):  # fmt: skip
+def test_out_writes_the_metrics_with_the_per_class_table_and_the_precision_recall_curve(
+    model_dir, dataset_dir, tmp_path, capsys
+):
     import PIL.Image
 
     status, out, err = _run(capsys, model_dir, "--dataset", dataset_dir, "--out", str(tmp_path / "plots"))

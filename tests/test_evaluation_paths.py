@@ -6,8 +6,8 @@ from __future__ import annotations
 import datasets
 import pytest
 import torch
-from helpers import trainer_evaluate, trainer_evaluate_on_two_processes
 
+from helpers import trainer_evaluate, trainer_evaluate_on_two_processes
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, presets
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
@@ -57,10 +57,20 @@ def test_hf_detr_evaluate_gives_the_evaluate_numbers(scene, capsys):
 
 def test_the_training_loop_evaluation_gives_the_evaluate_numbers(scene, tmp_path):
     split = scene["split"]
-    config = TrainConfig(output_dir=str(tmp_path), max_steps=1, learning_rate=1e-12, backbone_learning_rate=1e-12,
-                         weight_decay=0.0, augment="none", per_device_train_batch_size=2,
-                         per_device_eval_batch_size=BATCH_SIZE, cpu=True, save_steps=0, report_to="none",
-                         disable_tqdm=True)  # fmt: skip
+    config = TrainConfig(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        learning_rate=1e-12,
+        backbone_learning_rate=1e-12,
+        weight_decay=0.0,
+        augment="none",
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=BATCH_SIZE,
+        cpu=True,
+        save_steps=0,
+        report_to="none",
+        disable_tqdm=True,
+    )
     start = HfDetrForObjectDetection.from_pretrained(scene["root"] / "model")
     result = train(config, datasets.DatasetDict({"train": split, "validation": split}), start, scene["processor"])
     assert _coco(result.metrics) == _coco(scene["reference"])

@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config_kwargs
 
+from helpers import tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor, presets
 from hf_detr.apps.cli import build_parser, main
 from hf_detr.evaluation.evaluate import _own_region
@@ -38,8 +38,9 @@ def data(tmp_path_factory):
     from hf_detr.data.synthetic import make_synthetic_dataset
 
     folder = tmp_path_factory.mktemp("shapes")
-    splits = make_synthetic_dataset(4, 4, 1, image_size=(56, 80), classes=CLASSES, max_objects=3, empty_fraction=0.0,
-                                    seed=3, masks=True)  # fmt: skip
+    splits = make_synthetic_dataset(
+        4, 4, 1, image_size=(56, 80), classes=CLASSES, max_objects=3, empty_fraction=0.0, seed=3, masks=True
+    )
     splits.save_to_disk(folder)
     return folder, splits["validation"]
 
@@ -55,8 +56,11 @@ def detector_dir(data, processor, tmp_path_factory):
     from hf_detr.data.collate import DetectionCollator, DetectionDataset
 
     torch.manual_seed(0)
-    config = HfDetrConfig(**tiny_config_kwargs(id2label=dict(enumerate(CLASSES)), dropout=0.0, attention_dropout=0.0,
-                                               activation_dropout=0.0))  # fmt: skip
+    config = HfDetrConfig(
+        **tiny_config_kwargs(
+            id2label=dict(enumerate(CLASSES)), dropout=0.0, attention_dropout=0.0, activation_dropout=0.0
+        )
+    )
     model = HfDetrForObjectDetection(config)
     split = DetectionDataset(data[1])
     batch = DetectionCollator(processor, do_resize=True)([split[i] for i in range(len(split))])
@@ -106,10 +110,18 @@ def segmenter_export(segmenter, processor, tmp_path_factory):
 
 def test_resize_rule_equals_the_processors():
     generator = torch.Generator().manual_seed(0)
-    sizes = torch.cat([torch.randint(1, 4000, (3000, 2), generator=generator),
-                       torch.tensor([[800, 1066], [1066, 800], [800, 800], [64, 107], [1, 1], [16, 8192], [8192, 16]])])
-    for size in ({"shortest_edge": 800, "longest_edge": 1333}, {"shortest_edge": 64, "longest_edge": 107},
-                 {"max_height": 100, "max_width": 120}, {"height": 50, "width": 70}):  # fmt: skip
+    sizes = torch.cat(
+        [
+            torch.randint(1, 4000, (3000, 2), generator=generator),
+            torch.tensor([[800, 1066], [1066, 800], [800, 800], [64, 107], [1, 1], [16, 8192], [8192, 16]]),
+        ]
+    )
+    for size in (
+        {"shortest_edge": 800, "longest_edge": 1333},
+        {"shortest_edge": 64, "longest_edge": 107},
+        {"max_height": 100, "max_width": 120},
+        {"height": 50, "width": 70},
+    ):
         rule = HfDetrImageProcessor(size=size).size
         expected = torch.tensor([_resized_size(tuple(pair), rule) for pair in sizes.tolist()])
         assert torch.equal(resized_sizes(sizes, rule), expected), size
@@ -117,17 +129,23 @@ def test_resize_rule_equals_the_processors():
 
 @pytest.mark.parametrize(
     "settings",
-    [{}, {"size": {"max_height": 100, "max_width": 120}}, {"size": {"height": 50, "width": 70}},
-     {"do_resize": False, "do_normalize": False}, {"pad_size": {"height": 112, "width": 128}}],
+    [
+        {},
+        {"size": {"max_height": 100, "max_width": 120}},
+        {"size": {"height": 50, "width": 70}},
+        {"do_resize": False, "do_normalize": False},
+        {"pad_size": {"height": 112, "width": 128}},
+    ],
     ids=["shortest-longest", "max-height-width", "height-width", "no-resize", "pad-size"],
-)  # fmt: skip
+)
 def test_preprocessing_equals_the_processor_pixel_for_pixel(settings):
     processor = HfDetrImageProcessor(**{"size": {"shortest_edge": 64, "longest_edge": 107}, **settings})
     # shrinking by less than 4x: the fixed-point resize is then exact (see onnx_graph's docstring)
     images = _images(((72, 96), (100, 60), (64, 64), (40, 30), (200, 150), (17, 250)))
     inputs = end_to_end_inputs(images)
-    pixel_values, pixel_mask, sizes, _ = Preprocess(processor)(torch.from_numpy(inputs["images"]),
-                                                                torch.from_numpy(inputs["sizes"]))  # fmt: skip
+    pixel_values, pixel_mask, sizes, _ = Preprocess(processor)(
+        torch.from_numpy(inputs["images"]), torch.from_numpy(inputs["sizes"])
+    )
     expected = processor(images=images, return_tensors="pt")
     assert torch.equal(pixel_mask, expected["pixel_mask"])
     assert torch.equal(pixel_values, expected["pixel_values"])
@@ -148,8 +166,9 @@ def test_postprocessing_equals_post_process_object_detection_on_own_regions(proc
     for i, (height, width) in enumerate(sizes.tolist()):
         own = _own_region(pred_masks[i], pixel_mask[i])[None]
         single = PostProcessInputs(logits=logits[i : i + 1], pred_boxes=pred_boxes[i : i + 1], pred_masks=own)
-        expected = processor.post_process_object_detection(single, 0.0, target_sizes=[(height, width)], top_k=6,
-                                                           return_masks=True)[0]  # fmt: skip
+        expected = processor.post_process_object_detection(
+            single, 0.0, target_sizes=[(height, width)], top_k=6, return_masks=True
+        )[0]
         assert torch.equal(scores[i], expected["scores"]) and torch.equal(labels[i], expected["labels"])
         assert torch.equal(boxes[i], expected["boxes"])
         assert torch.equal(masks[i, :, :height, :width], expected["masks"])
@@ -200,13 +219,16 @@ def test_a_split_with_other_labels_stops_before_the_export(data, tmp_path, capsy
     [
         (np.zeros((1, 1, 3), np.uint8), ValueError, r"images\[1\] is 1 x 1 pixels .* sides of 16 to 8192"),
         # 20000 x 20000 pixels without allocating them: the check reads the shape only
-        (np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (20000, 20000, 3)), ValueError,
-         r"images\[1\] is 20000 x 20000 pixels .* downscale it first, or cut it into tiles"),
+        (
+            np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (20000, 20000, 3)),
+            ValueError,
+            r"images\[1\] is 20000 x 20000 pixels .* downscale it first, or cut it into tiles",
+        ),
         (np.zeros((40, 40, 2), np.uint8), ValueError, r"images\[1\] has shape \(40, 40, 2\) \(2 channels\).*RGB"),
         (np.zeros((40, 40, 3), np.float32), TypeError, r"images\[1\] has dtype float32; .* uint8"),
     ],
     ids=["1x1", "20000x20000", "2 channels", "float"],
-)  # fmt: skip
+)
 def test_images_the_end_to_end_graph_cannot_take_are_clear_errors(image, error, message):
     with pytest.raises(error, match=message):
         end_to_end_inputs([np.zeros((40, 50, 3), np.uint8), image])
@@ -261,14 +283,14 @@ def test_the_end_to_end_graph_refuses_bad_images_before_running(detector_export)
 
 
 @pytest.mark.slow
-def test_fp16_export_keeps_the_fp32_map_and_lists_its_fp32_layers(detector_export, detector_dir, data, tmp_path,
-                                                                   capsys):  # fmt: skip
+def test_fp16_export_keeps_the_fp32_map_and_lists_its_fp32_layers(
+    detector_export, detector_dir, data, tmp_path, capsys
+):
     # the float32 graphs' numbers on the same split, as `hf-detr export --validate` gives them
     assert main(["export", "--validate", str(detector_export), "--dataset", str(data[0])]) == 0
     fp32 = json.loads((detector_export / "validation.json").read_text())
     out = tmp_path / "fp16"
-    status = main(["export", str(detector_dir), str(out), "--dtype", "fp16", "--end_to_end", "--dataset",
-                   str(data[0])])  # fmt: skip
+    status = main(["export", str(detector_dir), str(out), "--dtype", "fp16", "--end_to_end", "--dataset", str(data[0])])
     assert status == 0, capsys.readouterr().err
     fp16 = json.loads((out / "validation.json").read_text())
     assert fp16["passed"] and fp16["dtype"] == "fp16" and fp16["map_tolerance"] == 0.01

@@ -12,7 +12,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import padded_batch, randomize_weights, run_example_fine_tuning
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoImageProcessor,
@@ -22,14 +21,22 @@ from transformers import (
     DetrImageProcessor,
 )
 
+from helpers import padded_batch, randomize_weights, run_example_fine_tuning
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.apps.cli import main
 from hf_detr.hub.convert import state_dict_from_transformers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SMALL = dict(backbone="resnet18", encoder_layers=1, decoder_layers=2, d_model=64, encoder_ffn_dim=128,
-             decoder_ffn_dim=128, num_queries=10)  # fmt: skip
+SMALL = dict(
+    backbone="resnet18",
+    encoder_layers=1,
+    decoder_layers=2,
+    d_model=64,
+    encoder_ffn_dim=128,
+    decoder_ffn_dim=128,
+    num_queries=10,
+)
 ID2LABEL = {0: "circle", 1: "triangle", 2: "star"}  # names of the synthetic shapes, so `evaluate` can match them
 # a non-default DetrImageProcessor: its settings, not hf_detr's defaults, must come with the model
 PROCESSOR = dict(size={"shortest_edge": 96, "longest_edge": 160}, image_mean=[0.5, 0.45, 0.4], image_std=[0.25] * 3)
@@ -126,7 +133,11 @@ def test_the_config_converts_too_and_config_is_accepted(hub_folder, reference):
     calls it) takes it, or transformers' DetrConfig object."""
     config = HfDetrConfig.from_pretrained(hub_folder)
     assert (config.model_type, config.backbone, config.encoder_layers, config.decoder_layers) == (
-        "hf_detr", "resnet18", 1, 2)  # fmt: skip
+        "hf_detr",
+        "resnet18",
+        1,
+        2,
+    )
     assert HfDetrConfig.from_pretrained(hub_folder, dropout=0.0).dropout == 0.0
     for given in (config, reference.config):
         model, info = HfDetrForObjectDetection.from_pretrained(hub_folder, config=given, output_loading_info=True)
@@ -143,8 +154,9 @@ def test_new_labels_get_a_new_class_head_and_keep_everything_else(hub_folder, ca
     assert model.config.num_labels == 5 and model.class_embed.out_features == 6
     state = model.state_dict()
     assert state.keys() == loaded.keys()
-    changed = {key for key, value in state.items() if value.shape != loaded[key].shape or not torch.equal(
-        value, loaded[key])}  # fmt: skip
+    changed = {
+        key for key, value in state.items() if value.shape != loaded[key].shape or not torch.equal(value, loaded[key])
+    }
     assert changed == {"class_embed.weight", "class_embed.bias"}
     assert not torch.equal(state["class_embed.weight"][:4], loaded["class_embed.weight"])  # new, not a slice
     assert {key for key, *_ in info["mismatched_keys"]} == {"class_embed.weight", "class_embed.bias"}
@@ -158,8 +170,11 @@ def test_new_labels_get_a_new_class_head_and_keep_everything_else(hub_folder, ca
 
 
 def test_new_labels_without_the_flag_are_a_clear_error(hub_folder):
-    with pytest.raises(ValueError, match=r"class_embed\.weight: checkpoint \(4, 64\), model \(6, 64\).*"
-                                         r"Pass ignore_mismatched_sizes=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"class_embed\.weight: checkpoint \(4, 64\), model \(6, 64\).*"
+        r"Pass ignore_mismatched_sizes=True",
+    ):
         HfDetrForObjectDetection.from_pretrained(hub_folder, num_labels=5)
 
 
@@ -167,17 +182,37 @@ def _processor_folder(tmp_path: Path, settings: dict | str) -> Path:
     folder = tmp_path / "processor"
     folder.mkdir(parents=True)
     if settings == "feature-extractor":  # facebook/detr-resnet-50's own preprocessor_config.json (2021)
-        (folder / "preprocessor_config.json").write_text(json.dumps({
-            "do_normalize": True, "do_resize": True, "feature_extractor_type": "DetrFeatureExtractor",
-            "format": "coco_detection", "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-            "max_size": 1333, "size": 800}))  # fmt: skip
+        (folder / "preprocessor_config.json").write_text(
+            json.dumps(
+                {
+                    "do_normalize": True,
+                    "do_resize": True,
+                    "feature_extractor_type": "DetrFeatureExtractor",
+                    "format": "coco_detection",
+                    "image_mean": [0.485, 0.456, 0.406],
+                    "image_std": [0.229, 0.224, 0.225],
+                    "max_size": 1333,
+                    "size": 800,
+                }
+            )
+        )
     else:
         DetrImageProcessor(**settings).save_pretrained(folder)
     return folder
 
 
-_COMPARED = ("do_resize", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
-             "do_pad", "pad_size", "do_convert_annotations")  # fmt: skip
+_COMPARED = (
+    "do_resize",
+    "resample",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "do_pad",
+    "pad_size",
+    "do_convert_annotations",
+)
 
 
 def _setting(processor, name):
@@ -191,10 +226,19 @@ def _setting(processor, name):
     "settings",
     [
         pytest.param(PROCESSOR, id="padded"),
-        pytest.param(dict(size={"shortest_edge": 72, "longest_edge": 100}, do_pad=False, do_normalize=False,
-                          rescale_factor=1 / 127.5), id="unpadded-unnormalized"),  # fmt: skip
-        pytest.param(dict(size={"height": 64, "width": 80}, resample=3, pad_size={"height": 96, "width": 96}),
-                     id="fixed-size-bicubic-pad_size"),  # fmt: skip
+        pytest.param(
+            dict(
+                size={"shortest_edge": 72, "longest_edge": 100},
+                do_pad=False,
+                do_normalize=False,
+                rescale_factor=1 / 127.5,
+            ),
+            id="unpadded-unnormalized",
+        ),
+        pytest.param(
+            dict(size={"height": 64, "width": 80}, resample=3, pad_size={"height": 96, "width": 96}),
+            id="fixed-size-bicubic-pad_size",
+        ),
         pytest.param("feature-extractor", id="feature-extractor"),
     ],
 )
@@ -203,7 +247,8 @@ def test_image_processor_takes_the_detr_processors_settings(tmp_path, settings):
     ours = HfDetrImageProcessor.from_pretrained(folder)
     theirs = DetrImageProcessor.from_pretrained(folder)
     assert {k: v for k, v in dict(ours.size).items() if v is not None} == {
-        k: v for k, v in dict(theirs.size).items() if v is not None}  # fmt: skip
+        k: v for k, v in dict(theirs.size).items() if v is not None
+    }
     for name in _COMPARED:
         assert _setting(ours, name) == _setting(theirs, name), name
     if settings != "feature-extractor":
@@ -264,11 +309,40 @@ def _losses(output: Path) -> list[float]:
 
 def test_hf_detr_train_fine_tunes_a_transformers_checkpoint(hub_folder, tmp_path):
     output = tmp_path / "run"
-    args = ["train", "--output_dir", str(output), "--model_name_or_path", str(hub_folder), *TINY_DATA,
-            "--synthetic_train_size", "4", "--eval_split", "none", "--max_steps", "12", "--logging_steps", "1",
-            "--backbone_learning_rate", "0", "--learning_rate", "1e-3", "--lr_scheduler", "constant",
-            "--augment", "none", "--per_device_train_batch_size", "4", "--seed", "0", "--cpu", "--disable_tqdm",
-            "--report_to", "none", "--save_steps", "0"]  # fmt: skip
+    args = [
+        "train",
+        "--output_dir",
+        str(output),
+        "--model_name_or_path",
+        str(hub_folder),
+        *TINY_DATA,
+        "--synthetic_train_size",
+        "4",
+        "--eval_split",
+        "none",
+        "--max_steps",
+        "12",
+        "--logging_steps",
+        "1",
+        "--backbone_learning_rate",
+        "0",
+        "--learning_rate",
+        "1e-3",
+        "--lr_scheduler",
+        "constant",
+        "--augment",
+        "none",
+        "--per_device_train_batch_size",
+        "4",
+        "--seed",
+        "0",
+        "--cpu",
+        "--disable_tqdm",
+        "--report_to",
+        "none",
+        "--save_steps",
+        "0",
+    ]
     assert main(args) == 0
     losses = _losses(output)
     print("losses:", [round(loss, 3) for loss in losses])

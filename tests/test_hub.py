@@ -13,12 +13,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from helpers import tiny_config_kwargs, randomize_weights
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors.torch import load as load_safetensors
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageSegmentation, AutoModelForObjectDetection
 
+from helpers import randomize_weights, tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
 from hf_detr.hub import push_to_hub
 from hf_detr.hub.coco_labels import COCO_ID2LABEL, COCO_PANOPTIC_ID2LABEL
@@ -143,10 +143,14 @@ class FakeHub:
         oid = f"{len(self.commits):040x}"
         return CommitInfo(f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message, "", oid)
 
-    def upload_folder(self, api: HfApi, folder_path, repo_id: str, commit_message: str | None = None,
-                      **kwargs) -> CommitInfo:  # fmt: skip
-        files = {str(path.relative_to(folder_path)): path.read_bytes()
-                 for path in sorted(Path(folder_path).rglob("*")) if path.is_file()}  # fmt: skip
+    def upload_folder(
+        self, api: HfApi, folder_path, repo_id: str, commit_message: str | None = None, **kwargs
+    ) -> CommitInfo:
+        files = {
+            str(path.relative_to(folder_path)): path.read_bytes()
+            for path in sorted(Path(folder_path).rglob("*"))
+            if path.is_file()
+        }
         return self._commit(repo_id, files, commit_message or "Upload folder")
 
     def hf_hub_download(self, repo_id: str, filename: str, **kwargs) -> str:
@@ -258,7 +262,7 @@ def test_transformers_push_to_hub_keeps_the_repository_card(fake_hub):
     fake_hub.repos["someone/detr-tiny"] = {"README.md": MY_CARD}
     model = HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs()))
     model.push_to_hub("someone/detr-tiny", tags=["fine-tuned"])
-    (_, files), = fake_hub.commits
+    ((_, files),) = fake_hub.commits
     card = ModelCard(files["README.md"].decode())
     assert "# My own card" in card.text
     assert card.data.license == "mit"
@@ -271,7 +275,7 @@ def test_hf_detr_push_to_hub_keeps_the_repository_card_or_uploads_the_given_one(
     model = HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs()))
     processor = HfDetrImageProcessor()
     push_to_hub(model, "someone/detr-tiny", processor, tags=["fine-tuned"])
-    (_, files), = fake_hub.commits
+    ((_, files),) = fake_hub.commits
     card = ModelCard(files["README.md"].decode())
     assert "# My own card" in card.text and card.data.license == "mit"
     assert card.data.tags == ["mine", "fine-tuned"]

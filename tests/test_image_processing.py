@@ -38,8 +38,9 @@ def _annotation(rng: np.random.Generator, image_id: int, height: int, width: int
     for k in range(count):
         w, h = rng.uniform(2, width * 0.6), rng.uniform(2, height * 0.6)
         x, y = rng.uniform(-0.2 * width, width - 1), rng.uniform(-0.2 * height, height - 1)
-        objects.append({"bbox": [x, y, w, h], "category_id": int(rng.integers(0, 91)), "area": w * h * 0.7,
-                        "iscrowd": int(k == 3)})  # fmt: skip
+        objects.append(
+            {"bbox": [x, y, w, h], "category_id": int(rng.integers(0, 91)), "area": w * h * 0.7, "iscrowd": int(k == 3)}
+        )
     objects.append({"bbox": [width + 5.0, 2.0, 4.0, 4.0], "category_id": 1, "area": 16.0, "iscrowd": 0})
     objects.append({"bbox": [3.0, 3.0, 0.0, 5.0], "category_id": 2, "area": 0.0, "iscrowd": 0})
     return {"image_id": image_id, "annotations": objects}
@@ -340,44 +341,109 @@ _GOOD = {"bbox": [1, 2, 3, 4], "category_id": 1, "area": 12, "iscrowd": 0}
     "call, error, message",
     [
         (lambda p: p(images=np.zeros((0, 10, 3), np.uint8)), ValueError, r"images\[0\] is empty"),
-        (lambda p: p(images=[np.zeros((8, 8, 3), np.uint8), PIL.Image.new("RGB", (0, 5))]), ValueError,
-         r"images\[1\] is empty"),
+        (
+            lambda p: p(images=[np.zeros((8, 8, 3), np.uint8), PIL.Image.new("RGB", (0, 5))]),
+            ValueError,
+            r"images\[1\] is empty",
+        ),
         (lambda p: p(images=[]), ValueError, r"`images` is empty"),
-        (lambda p: p(images=np.zeros((2, 5, 8, 8), np.uint8)), ValueError,
-         r"4-D array of shape \(2, 5, 8, 8\).*not a batch"),
-        (lambda p: p(images=[np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8, 3), np.uint8)]), ValueError,
-         r"images\[1\] has 4 dimensions"),
+        (
+            lambda p: p(images=np.zeros((2, 5, 8, 8), np.uint8)),
+            ValueError,
+            r"4-D array of shape \(2, 5, 8, 8\).*not a batch",
+        ),
+        (
+            lambda p: p(images=[np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8, 3), np.uint8)]),
+            ValueError,
+            r"images\[1\] has 4 dimensions",
+        ),
         (lambda p: p(images=np.zeros((8, 8, 7), np.uint8)), ValueError, r"images\[0\] has shape \(8, 8, 7\)"),
         (lambda p: p(images=[np.zeros((8, 8, 3), np.uint8), 42]), TypeError, r"images\[1\] is a int"),
         (lambda p: p(images=np.zeros((8, 8, 3), bool)), TypeError, r"images\[0\] has dtype torch.bool"),
-        (lambda p: p(images=[np.zeros((8, 8, 3), np.uint8)] * 2, annotations=[{"image_id": i, "annotations": []}
-         for i in range(3)]), ValueError, r"3 annotations for 2 images"),  # fmt: skip
-        (lambda p: p(images=[np.zeros((8, 8, 3), np.uint8)] * 2, annotations=[
-            {"image_id": 0, "annotations": [_GOOD]},
-            {"image_id": 1, "annotations": [_GOOD, {**_GOOD, "bbox": [1, 1, -2, 3]}]}]),
-         ValueError, r'annotations\[1\]\["annotations"\]\[1\]\["bbox"\].*negative width or height'),
-        (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), annotations={"image_id": 0, "annotations": [
-            {**_GOOD, "bbox": [1, float("nan"), 2, 3]}]}), ValueError, r'annotations\[0\]\["annotations"\]\[0\].*NaN'),
-        (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), annotations={"image_id": 0, "annotations": [
-            _GOOD, {"category_id": 1}]}), ValueError, r"""annotations\[0\]\["annotations"\]\[1\] has no 'bbox'"""),
-        (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), annotations={"image_id": 0, "annotations": [
-            {**_GOOD, "bbox": [1, 2, 3]}]}), ValueError,
-         r'annotations\[0\]\["annotations"\]\[0\]\["bbox"\] = \[1, 2, 3\] is not 4 numbers'),
-        (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), annotations={"annotations": []}), ValueError,
-         r"annotations\[0\] must be a COCO detection dict"),
-        (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), annotations={"image_id": "a.jpg", "annotations": []}),
-         ValueError, r'annotations\[0\]\["image_id"\] must be an int'),
-        (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), pad_size={"height": 4, "width": 4}, do_resize=False),
-         ValueError, r"images\[0\] is 8 x 8 after resizing, larger than pad_size"),
-        (lambda p: p(images=[np.zeros((8, 8, 3), np.uint8), np.zeros((8, 4, 3), np.uint8)], do_pad=False,
-                     do_resize=False, return_tensors="pt"), ValueError, r"different sizes after resizing"),  # fmt: skip
-        (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), size={"height": 10}), ValueError,
-         r"`size` must be a dict with the keys"),
+        (
+            lambda p: p(
+                images=[np.zeros((8, 8, 3), np.uint8)] * 2,
+                annotations=[{"image_id": i, "annotations": []} for i in range(3)],
+            ),
+            ValueError,
+            r"3 annotations for 2 images",
+        ),
+        (
+            lambda p: p(
+                images=[np.zeros((8, 8, 3), np.uint8)] * 2,
+                annotations=[
+                    {"image_id": 0, "annotations": [_GOOD]},
+                    {"image_id": 1, "annotations": [_GOOD, {**_GOOD, "bbox": [1, 1, -2, 3]}]},
+                ],
+            ),
+            ValueError,
+            r'annotations\[1\]\["annotations"\]\[1\]\["bbox"\].*negative width or height',
+        ),
+        (
+            lambda p: p(
+                images=np.zeros((8, 8, 3), np.uint8),
+                annotations={"image_id": 0, "annotations": [{**_GOOD, "bbox": [1, float("nan"), 2, 3]}]},
+            ),
+            ValueError,
+            r'annotations\[0\]\["annotations"\]\[0\].*NaN',
+        ),
+        (
+            lambda p: p(
+                images=np.zeros((8, 8, 3), np.uint8),
+                annotations={"image_id": 0, "annotations": [_GOOD, {"category_id": 1}]},
+            ),
+            ValueError,
+            r"""annotations\[0\]\["annotations"\]\[1\] has no 'bbox'""",
+        ),
+        (
+            lambda p: p(
+                images=np.zeros((8, 8, 3), np.uint8),
+                annotations={"image_id": 0, "annotations": [{**_GOOD, "bbox": [1, 2, 3]}]},
+            ),
+            ValueError,
+            r'annotations\[0\]\["annotations"\]\[0\]\["bbox"\] = \[1, 2, 3\] is not 4 numbers',
+        ),
+        (
+            lambda p: p(images=np.zeros((8, 8, 3), np.uint8), annotations={"annotations": []}),
+            ValueError,
+            r"annotations\[0\] must be a COCO detection dict",
+        ),
+        (
+            lambda p: p(images=np.zeros((8, 8, 3), np.uint8), annotations={"image_id": "a.jpg", "annotations": []}),
+            ValueError,
+            r'annotations\[0\]\["image_id"\] must be an int',
+        ),
+        (
+            lambda p: p(images=np.zeros((8, 8, 3), np.uint8), pad_size={"height": 4, "width": 4}, do_resize=False),
+            ValueError,
+            r"images\[0\] is 8 x 8 after resizing, larger than pad_size",
+        ),
+        (
+            lambda p: p(
+                images=[np.zeros((8, 8, 3), np.uint8), np.zeros((8, 4, 3), np.uint8)],
+                do_pad=False,
+                do_resize=False,
+                return_tensors="pt",
+            ),
+            ValueError,
+            r"different sizes after resizing",
+        ),
+        (
+            lambda p: p(images=np.zeros((8, 8, 3), np.uint8), size={"height": 10}),
+            ValueError,
+            r"`size` must be a dict with the keys",
+        ),
         (lambda p: p(images=np.zeros((8, 8, 3), np.uint8), crop_size=3), TypeError, r"crop_size"),
-        (lambda p: p.post_process_object_detection(types.SimpleNamespace(logits=torch.zeros(1, 3, 4))), TypeError,
-         r"no `pred_boxes`"),
-        (lambda p: p.post_process_object_detection(_outputs(2, 3, 4, 0), target_sizes=[(10, 10)]), ValueError,
-         r"`target_sizes` must hold one \(height, width\) per image"),
+        (
+            lambda p: p.post_process_object_detection(types.SimpleNamespace(logits=torch.zeros(1, 3, 4))),
+            TypeError,
+            r"no `pred_boxes`",
+        ),
+        (
+            lambda p: p.post_process_object_detection(_outputs(2, 3, 4, 0), target_sizes=[(10, 10)]),
+            ValueError,
+            r"`target_sizes` must hold one \(height, width\) per image",
+        ),
         (lambda p: p.post_process_object_detection(_outputs(2, 3, 4, 0), top_k=0), ValueError, r"`top_k`"),
     ],
 )

@@ -64,7 +64,7 @@ def test_no_import_circle_among_the_package_modules():
         state[module] = "open"
         for target in sorted(graph[module]):
             if state.get(target) == "open":
-                raise AssertionError("import circle: " + " -> ".join(path[path.index(target):] + [target]))
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(target) :] + [target]))
             if target not in state:
                 visit(target, path + [target])
         state[module] = "done"
@@ -127,8 +127,9 @@ def test_predict_help_imports_no_training_data_or_evaluation_code():
 
 
 def test_main_module_runs_the_command_line():
-    done = subprocess.run([sys.executable, "-m", "hf_detr", "train", "--help"], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_detr", "train", "--help"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--backbone_learning_rate" in done.stdout
 
@@ -140,10 +141,9 @@ def test_old_import_paths_are_the_moved_modules(old, new):
 
 
 def test_old_names_still_import():
+    from hf_detr.evaluation import metrics
     from hf_detr.metrics import make_compute_metrics
     from hf_detr.train import TrainConfig, train
-
-    from hf_detr.evaluation import metrics
     from hf_detr.training import config, loop
 
     assert make_compute_metrics is metrics.make_compute_metrics
@@ -151,7 +151,8 @@ def test_old_names_still_import():
 
 
 def test_running_an_old_module_path_says_where_the_command_went():
-    done = subprocess.run([sys.executable, "-m", "hf_detr.train", "--help"], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_detr.train", "--help"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode != 0
     assert "hf_detr.train moved to hf_detr.training" in done.stderr and "python -m hf_detr train" in done.stderr

@@ -7,9 +7,9 @@ import itertools
 
 import pytest
 import torch
-from helpers import padded_batch, random_labels, tiny_config_kwargs
 from torchvision.ops import box_convert, generalized_box_iou
 
+from helpers import padded_batch, random_labels, tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection
 from hf_detr.modeling.loss import LossTerm, build_criterion
 from hf_detr.modeling.matcher import HungarianMatcher
@@ -29,7 +29,9 @@ def _brute_force(cost: torch.Tensor) -> float:
     if targets == 0:
         return 0.0
     if targets <= queries:
-        return min(sum(cost[q, t].item() for t, q in enumerate(p)) for p in itertools.permutations(range(queries), targets))
+        return min(
+            sum(cost[q, t].item() for t, q in enumerate(p)) for p in itertools.permutations(range(queries), targets)
+        )
     return min(sum(cost[q, t].item() for q, t in enumerate(p)) for p in itertools.permutations(range(targets), queries))
 
 
@@ -42,13 +44,14 @@ def test_matcher_finds_the_optimal_assignment(trial):
     num_classes = 4
     logits = torch.randn(len(counts), queries, num_classes + 1, generator=generator) * 3
     pred_boxes = torch.cat(
-        [torch.rand(len(counts), queries, 2, generator=generator) * 0.6 + 0.2,
-         torch.rand(len(counts), queries, 2, generator=generator) * 0.3 + 0.05], dim=-1
+        [
+            torch.rand(len(counts), queries, 2, generator=generator) * 0.6 + 0.2,
+            torch.rand(len(counts), queries, 2, generator=generator) * 0.3 + 0.05,
+        ],
+        dim=-1,
     )
     labels = random_labels(counts, num_classes, generator=generator)
-    indices = HungarianMatcher()(
-        logits, pred_boxes, [t["class_labels"] for t in labels], [t["boxes"] for t in labels]
-    )
+    indices = HungarianMatcher()(logits, pred_boxes, [t["class_labels"] for t in labels], [t["boxes"] for t in labels])
     for i, (rows, cols) in enumerate(indices):
         n = counts[i]
         assert len(rows) == len(cols) == min(queries, n)
@@ -64,7 +67,9 @@ def test_matcher_rejects_non_finite_predictions_by_name():
     boxes = torch.rand(1, 5, 4) * 0.5 + 0.1
     logits[0, 1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"auxiliary_outputs\[3\]\.logits contains NaN or inf"):
-        HungarianMatcher()(logits, boxes, [labels[0]["class_labels"]], [labels[0]["boxes"]], name="auxiliary_outputs[3].")
+        HungarianMatcher()(
+            logits, boxes, [labels[0]["class_labels"]], [labels[0]["boxes"]], name="auxiliary_outputs[3]."
+        )
     logits[0, 1, 2] = 0.0
     boxes[0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"^pred_boxes contains NaN or inf"):
@@ -89,8 +94,10 @@ def _predictions(batch=2, queries=5, num_labels=3, aux_layers=0):
     """Random decoder outputs as the model hands them to its criterion."""
 
     def layer():
-        return {"logits": torch.randn(batch, queries, num_labels + 1),
-                "pred_boxes": torch.rand(batch, queries, 4) * 0.5 + 0.1}  # fmt: skip
+        return {
+            "logits": torch.randn(batch, queries, num_labels + 1),
+            "pred_boxes": torch.rand(batch, queries, 4) * 0.5 + 0.1,
+        }
 
     return {**layer(), "auxiliary_outputs": [layer() for _ in range(aux_layers)]}
 
@@ -98,18 +105,30 @@ def _predictions(batch=2, queries=5, num_labels=3, aux_layers=0):
 @pytest.mark.parametrize(
     "mutate, error, message",
     [
-        (lambda l: l[:1], ValueError, r"labels has 1 entries but the batch has 2 images"),
-        (lambda l: [l[0], {"boxes": l[1]["boxes"]}], ValueError, r'labels\[1\] must be a dict with "class_labels"'),
-        (lambda l: [l[0], {**l[1], "class_labels": l[1]["class_labels"].float()}], TypeError, r"integer class ids"),
-        (lambda l: [l[0], {**l[1], "class_labels": torch.tensor([0, 3])}], ValueError,
-         r'labels\[1\]\["class_labels"\]\[1\] = 3 is not a class id in \[0, 3\)'),
-        (lambda l: [{**l[0], "boxes": l[0]["boxes"].index_fill(0, torch.tensor([1]), float("nan"))}, l[1]],
-         ValueError, r'labels\[0\]\["boxes"\]\[1\] = .* is NaN'),
-        (lambda l: [l[0], {**l[1], "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [1.2, 0.5, 0.1, 0.1]])}],
-         ValueError, r'labels\[1\]\["boxes"\]\[1\] = .* lies outside \[0, 1\]'),
-        (lambda l: [l[0], {**l[1], "boxes": torch.tensor([[0.5, 0.5, 0.0, 0.2], [0.5, 0.5, 0.1, 0.1]])}],
-         ValueError, r'labels\[1\]\["boxes"\]\[0\] = .* width or height <= 0'),
-        (lambda l: [l[0], {**l[1], "boxes": torch.rand(3, 4)}], ValueError, r'"boxes" \[n, 4\] with the same n'),
+        (lambda x: x[:1], ValueError, r"labels has 1 entries but the batch has 2 images"),
+        (lambda x: [x[0], {"boxes": x[1]["boxes"]}], ValueError, r'labels\[1\] must be a dict with "class_labels"'),
+        (lambda x: [x[0], {**x[1], "class_labels": x[1]["class_labels"].float()}], TypeError, r"integer class ids"),
+        (
+            lambda x: [x[0], {**x[1], "class_labels": torch.tensor([0, 3])}],
+            ValueError,
+            r'labels\[1\]\["class_labels"\]\[1\] = 3 is not a class id in \[0, 3\)',
+        ),
+        (
+            lambda x: [{**x[0], "boxes": x[0]["boxes"].index_fill(0, torch.tensor([1]), float("nan"))}, x[1]],
+            ValueError,
+            r'labels\[0\]\["boxes"\]\[1\] = .* is NaN',
+        ),
+        (
+            lambda x: [x[0], {**x[1], "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [1.2, 0.5, 0.1, 0.1]])}],
+            ValueError,
+            r'labels\[1\]\["boxes"\]\[1\] = .* lies outside \[0, 1\]',
+        ),
+        (
+            lambda x: [x[0], {**x[1], "boxes": torch.tensor([[0.5, 0.5, 0.0, 0.2], [0.5, 0.5, 0.1, 0.1]])}],
+            ValueError,
+            r'labels\[1\]\["boxes"\]\[0\] = .* width or height <= 0',
+        ),
+        (lambda x: [x[0], {**x[1], "boxes": torch.rand(3, 4)}], ValueError, r'"boxes" \[n, 4\] with the same n'),
     ],
 )
 def test_bad_labels_are_named(mutate, error, message):
@@ -121,8 +140,10 @@ def test_bad_labels_are_named(mutate, error, message):
 def test_images_without_targets_only_push_towards_no_object():
     outputs = _predictions()
     logits = outputs["logits"]
-    labels = [{"class_labels": [], "boxes": []}, {"class_labels": torch.zeros(0, dtype=torch.long),
-                                                  "boxes": torch.zeros(0, 4)}]
+    labels = [
+        {"class_labels": [], "boxes": []},
+        {"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)},
+    ]
     loss, terms = _criterion()(outputs, labels)
     assert terms["loss_bbox"].item() == 0 and terms["loss_giou"].item() == 0
     # every query's target is "no object" (class 3), weighted uniformly, so the CE is the plain mean
@@ -159,8 +180,9 @@ def test_a_new_term_is_one_more_entry_in_the_list():
     criterion = _criterion()
     outputs, labels = _predictions(), random_labels([3, 2], 3)
     loss, terms = criterion(outputs, labels)
-    plugged = dataclasses.replace(criterion, losses=[*criterion.losses, _WidthTerm()],
-                                  weight_dict={**criterion.weight_dict, "loss_width": 0.5})  # fmt: skip
+    plugged = dataclasses.replace(
+        criterion, losses=[*criterion.losses, _WidthTerm()], weight_dict={**criterion.weight_dict, "loss_width": 0.5}
+    )
     plugged_loss, plugged_terms = plugged(outputs, labels)
     width = outputs["pred_boxes"][..., 2].mean()
     assert plugged_terms.keys() == terms.keys() | {"loss_width"}
@@ -220,8 +242,9 @@ def test_the_model_builds_its_loss_from_its_current_config_or_uses_the_one_assig
     assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
     criterion = build_criterion(model.config)
-    model.criterion = dataclasses.replace(criterion, losses=[*criterion.losses, _WidthTerm()],
-                                          weight_dict={**criterion.weight_dict, "loss_width": 0.5})  # fmt: skip
+    model.criterion = dataclasses.replace(
+        criterion, losses=[*criterion.losses, _WidthTerm()], weight_dict={**criterion.weight_dict, "loss_width": 0.5}
+    )
     output = model(pixel_values, pixel_mask, labels=labels)
     terms = output.loss_dict
     expected = terms["loss_ce"] + 5 * terms["loss_bbox"] + 10 * terms["loss_giou"] + 0.5 * terms["loss_width"]

@@ -8,11 +8,11 @@ import io
 
 import evaluate
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-import PIL.Image
 from transformers import DetrImageProcessor, EvalPrediction, Trainer, TrainingArguments
 
 from hf_detr.data.transforms import to_coco_annotations
@@ -45,8 +45,15 @@ def random_scene(seed: int = 0, num_images: int = 8):
         labels = rng.integers(0, NUM_CLASSES, num_gt)
         iscrowd = (rng.uniform(size=num_gt) < 0.15).astype(int)
         area = wh.prod(1) * rng.uniform(0.5, 1, num_gt)  # a mask covers part of its box
-        references.append({"boxes": boxes.tolist(), "labels": labels.tolist(), "iscrowd": iscrowd.tolist(),
-                           "area": area.tolist(), "image_id": 1000 + image})  # fmt: skip
+        references.append(
+            {
+                "boxes": boxes.tolist(),
+                "labels": labels.tolist(),
+                "iscrowd": iscrowd.tolist(),
+                "area": area.tolist(),
+                "image_id": 1000 + image,
+            }
+        )
         det_boxes, det_labels = [], []
         if image != 5:
             for box, label in zip(boxes, labels):
@@ -58,8 +65,13 @@ def random_scene(seed: int = 0, num_images: int = 8):
                 x0, y0 = rng.uniform(0, [width - 10, height - 10])
                 det_boxes.append([x0, y0, x0 + rng.uniform(5, width - x0), y0 + rng.uniform(5, height - y0)])
                 det_labels.append(rng.choice([0, 1, 2, 5]))
-        predictions.append({"boxes": np.reshape(det_boxes, (-1, 4)).tolist(), "labels": [int(c) for c in det_labels],
-                            "scores": rng.uniform(0.05, 1, len(det_boxes)).tolist()})  # fmt: skip
+        predictions.append(
+            {
+                "boxes": np.reshape(det_boxes, (-1, 4)).tolist(),
+                "labels": [int(c) for c in det_labels],
+                "scores": rng.uniform(0.05, 1, len(det_boxes)).tolist(),
+            }
+        )
     return predictions, references
 
 
@@ -67,13 +79,24 @@ def pycocotools_directly(predictions, references, category: int | None = None) -
     """COCOeval.stats the textbook way: a ground-truth COCO, loadRes on the detections, evaluate, accumulate,
     summarize."""
     gt = COCO()
-    gt.dataset = {"images": [{"id": r["image_id"]} for r in references], "annotations": [],
-                  "categories": [{"id": c} for c in (0, 1, 2, 5)]}  # fmt: skip
+    gt.dataset = {
+        "images": [{"id": r["image_id"]} for r in references],
+        "annotations": [],
+        "categories": [{"id": c} for c in (0, 1, 2, 5)],
+    }
     annotations = gt.dataset["annotations"]
     for ref in references:
         for box, label, crowd, area in zip(ref["boxes"], ref["labels"], ref["iscrowd"], ref["area"]):
-            annotations.append({"id": len(annotations) + 1, "image_id": ref["image_id"], "bbox": box,
-                                "category_id": label, "iscrowd": crowd, "area": area})  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": ref["image_id"],
+                    "bbox": box,
+                    "category_id": label,
+                    "iscrowd": crowd,
+                    "area": area,
+                }
+            )
     detections = [
         {"image_id": ref["image_id"], "category_id": label, "score": score, "bbox": [x0, y0, x1 - x0, y1 - y0]}
         for pred, ref in zip(predictions, references)
@@ -129,9 +152,13 @@ def perfect_predictions(references):
     for ref in references:
         keep = np.asarray(ref["iscrowd"], dtype=bool) == 0
         boxes = torch.tensor(ref["boxes"], dtype=torch.float64).reshape(-1, 4)[torch.from_numpy(keep)]
-        predictions.append({"boxes": torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1),
-                            "labels": torch.tensor(ref["labels"])[torch.from_numpy(keep)],
-                            "scores": torch.ones(int(keep.sum()))})  # fmt: skip
+        predictions.append(
+            {
+                "boxes": torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1),
+                "labels": torch.tensor(ref["labels"])[torch.from_numpy(keep)],
+                "scores": torch.ones(int(keep.sum())),
+            }
+        )
     return predictions
 
 
@@ -181,7 +208,8 @@ def test_classes_named_like_coco_stats_do_not_clash_with_them():
     evaluation = coco_evaluate(predictions, references, per_class=True, id2label=names, return_evaluation=True)
     for name, row in evaluation.per_class.items():
         assert {stat: row[stat] for stat in PER_CLASS_STATS} == {
-            stat: results[per_class_key(stat, name)] for stat in PER_CLASS_STATS}
+            stat: results[per_class_key(stat, name)] for stat in PER_CLASS_STATS
+        }
     assert results[per_class_key("map", "small")] == pytest.approx(pycocotools_directly(predictions, references, 1)[0])
 
 
@@ -191,10 +219,16 @@ def test_per_class_table_by_hand():
     For "half" the precision is 0 then 1/2 at recall 0 then 1/2; COCO interpolates precision as the best at any
     higher recall, so 51 of its 101 recall points (0, 0.01, ..., 0.50) have precision 1/2 and the rest 0:
     AP = 25.5 / 101 at every IoU threshold (the match is exact), AR@100 = 1/2."""
-    reference = {"boxes": [[10, 10, 20, 20], [40, 10, 20, 20], [70, 10, 20, 20], [10, 60, 20, 20], [50, 50, 40, 40]],
-                 "labels": [0, 1, 1, 2, 0], "iscrowd": [0, 0, 0, 0, 1]}  # the last: a crowd region of "exact"
-    prediction = {"boxes": [[10, 10, 30, 30], [40, 10, 60, 30], [0, 100, 5, 105]], "labels": [0, 1, 1],
-                  "scores": [1.0, 0.9, 0.95]}
+    reference = {
+        "boxes": [[10, 10, 20, 20], [40, 10, 20, 20], [70, 10, 20, 20], [10, 60, 20, 20], [50, 50, 40, 40]],
+        "labels": [0, 1, 1, 2, 0],
+        "iscrowd": [0, 0, 0, 0, 1],
+    }  # the last: a crowd region of "exact"
+    prediction = {
+        "boxes": [[10, 10, 30, 30], [40, 10, 60, 30], [0, 100, 5, 105]],
+        "labels": [0, 1, 1],
+        "scores": [1.0, 0.9, 0.95],
+    }
     names = {0: "exact", 1: "half", 2: "missed", 3: "absent"}
     evaluation = coco_evaluate([prediction], [reference], id2label=names, return_evaluation=True)
     half = 25.5 / 101
@@ -214,8 +248,9 @@ def test_per_class_table_by_hand():
 
 def test_precision_arrays_for_pr_curves():
     predictions, references = random_scene(seed=5)
-    evaluation = coco_evaluate(predictions, references, id2label={0: "a", 1: "b", 2: "c", 5: "d"},
-                               return_evaluation=True)  # fmt: skip
+    evaluation = coco_evaluate(
+        predictions, references, id2label={0: "a", 1: "b", 2: "c", 5: "d"}, return_evaluation=True
+    )
     assert evaluation.class_names == ["a", "b", "c", "d"] and evaluation.category_ids == [0, 1, 2, 5]
     # [IoU thresholds, recall points, classes, areas all/small/medium/large, max detections 1/10/100]
     assert evaluation.precision.shape == (10, 101, 4, 4, 3)
@@ -236,22 +271,38 @@ def test_precision_arrays_for_pr_curves():
 @pytest.mark.parametrize(
     ("prediction", "reference", "error", "message"),
     [
-        ({"boxes": [1, 2, 3, 4], "labels": [0], "scores": [0.5]}, None, ValueError,
-         r"predictions\[1\]: `boxes\[0\]` = 1 is not 4 numbers"),
-        ({"boxes": [[1, 2, 3, 4]], "labels": [0, 1], "scores": [0.5]}, None, ValueError,
-         r"predictions\[1\]: per-box fields must have the same length"),
-        ({"boxes": [[5, 2, 3, 4]], "labels": [0], "scores": [0.5]}, None, ValueError,
-         r"predictions\[1\]: `boxes\[0\]` = .* negative width or height; boxes are corners \[x0, y0, x1, y1\]"),
+        (
+            {"boxes": [1, 2, 3, 4], "labels": [0], "scores": [0.5]},
+            None,
+            ValueError,
+            r"predictions\[1\]: `boxes\[0\]` = 1 is not 4 numbers",
+        ),
+        (
+            {"boxes": [[1, 2, 3, 4]], "labels": [0, 1], "scores": [0.5]},
+            None,
+            ValueError,
+            r"predictions\[1\]: per-box fields must have the same length",
+        ),
+        (
+            {"boxes": [[5, 2, 3, 4]], "labels": [0], "scores": [0.5]},
+            None,
+            ValueError,
+            r"predictions\[1\]: `boxes\[0\]` = .* negative width or height; boxes are corners \[x0, y0, x1, y1\]",
+        ),
         ({"boxes": [[1, 2, 3, 4]], "labels": [0]}, None, ValueError, r"predictions\[1\] is missing \['scores'\]"),
         ({"boxes": [[1, 2, 3, float("nan")]], "labels": [0], "scores": [0.5]}, None, ValueError, "NaN"),
         ([[1, 2, 3, 4]], None, TypeError, r"predictions\[1\] must be a dict"),
         (None, {"boxes": [[1, 2, 3, 4]]}, ValueError, r"references\[1\] needs `boxes`.*`labels`"),
-        (None, {"boxes": [[1, 2, -3, 4]], "labels": [0]}, ValueError,
-         r"references\[1\]: `boxes\[0\]` = .* negative width or height"),
+        (
+            None,
+            {"boxes": [[1, 2, -3, 4]], "labels": [0]},
+            ValueError,
+            r"references\[1\]: `boxes\[0\]` = .* negative width or height",
+        ),
         (None, {"boxes": [[1, 2, 3, 4]], "labels": ["cat"]}, ValueError, r"references\[1\]: `labels` must be numeric"),
         (None, {"boxes": [[1, 2, 3, 4]], "labels": [0.5]}, ValueError, r"references\[1\]: `labels` must hold integers"),
     ],
-)  # fmt: skip
+)
 def test_bad_inputs_name_the_image_and_field(prediction, reference, error, message):
     good_prediction = {"boxes": [[1, 2, 3, 4]], "labels": [0], "scores": [0.5]}
     good_reference = {"boxes": [[1, 2, 3, 4]], "labels": [0]}
@@ -280,15 +331,17 @@ def processor_labels(images=IMAGES):
     for image_id, ((orig_h, orig_w), (size_h, size_w), boxes, classes, crowd) in enumerate(images):
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         cxcywh = np.concatenate([boxes[:, :2] + boxes[:, 2:] / 2, boxes[:, 2:]], 1)
-        labels.append({
-            "boxes": (cxcywh / [orig_w, orig_h, orig_w, orig_h]).astype(np.float32),
-            "class_labels": np.asarray(classes, dtype=np.int64),
-            "iscrowd": np.asarray(crowd, dtype=np.int64),
-            "area": (boxes[:, 2] * boxes[:, 3] * (size_h * size_w) / (orig_h * orig_w)).astype(np.float32),
-            "orig_size": np.asarray([orig_h, orig_w]),
-            "size": np.asarray([size_h, size_w]),
-            "image_id": np.asarray([image_id]),
-        })  # fmt: skip
+        labels.append(
+            {
+                "boxes": (cxcywh / [orig_w, orig_h, orig_w, orig_h]).astype(np.float32),
+                "class_labels": np.asarray(classes, dtype=np.int64),
+                "iscrowd": np.asarray(crowd, dtype=np.int64),
+                "area": (boxes[:, 2] * boxes[:, 3] * (size_h * size_w) / (orig_h * orig_w)).astype(np.float32),
+                "orig_size": np.asarray([orig_h, orig_w]),
+                "size": np.asarray([size_h, size_w]),
+                "image_id": np.asarray([image_id]),
+            }
+        )
     return labels
 
 
@@ -322,11 +375,21 @@ def test_compute_metrics_gives_one_for_perfect_logits(image_processor):
     predictions = [trainer_predictions(*perfect_outputs(batch)) for batch in batches]
     compute_metrics = make_compute_metrics(image_processor, id2label={0: "a", 1: "b", 2: "c"}, per_class=True)
     results = compute_metrics(EvalPrediction(predictions=predictions, label_ids=batches))
-    for name in ("map", "map_50", "map_75", "mar_100", "map_small", "map_medium", "map_large", "map_class_a",
-                 "map_50_class_c"):
+    for name in (
+        "map",
+        "map_50",
+        "map_75",
+        "mar_100",
+        "map_small",
+        "map_medium",
+        "map_large",
+        "map_class_a",
+        "map_50_class_c",
+    ):
         assert results[name] == 1.0, name
-    evaluate_all = make_compute_metrics(image_processor, id2label={0: "a", 1: "b", 2: "c"}, per_class=True,
-                                        return_evaluation=True)  # fmt: skip
+    evaluate_all = make_compute_metrics(
+        image_processor, id2label={0: "a", 1: "b", 2: "c"}, per_class=True, return_evaluation=True
+    )
     evaluation = evaluate_all(EvalPrediction(predictions=predictions, label_ids=batches))
     assert isinstance(evaluation, CocoEvaluation) and evaluation.metrics == results
     assert {name: row["map"] for name, row in evaluation.per_class.items()} == {"a": 1.0, "b": 1.0, "c": 1.0}
@@ -334,14 +397,20 @@ def test_compute_metrics_gives_one_for_perfect_logits(image_processor):
 
 def test_compute_metrics_on_labels_made_by_the_image_processor():
     examples = [
-        {"image": PIL.Image.new("RGB", (orig_w, orig_h)), "image_id": i,
-         "objects": {"bbox": boxes, "category": classes, "iscrowd": crowd, "area": [w * h for _, _, w, h in boxes]}}
+        {
+            "image": PIL.Image.new("RGB", (orig_w, orig_h)),
+            "image_id": i,
+            "objects": {"bbox": boxes, "category": classes, "iscrowd": crowd, "area": [w * h for _, _, w, h in boxes]},
+        }
         for i, ((orig_h, orig_w), _, boxes, classes, crowd) in enumerate(IMAGES)
-    ]  # fmt: skip
+    ]
     # keep_crowd: COCO's evaluation needs crowd regions to ignore the detections that land on them
     processor = HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 100}, keep_crowd=True)
-    encoded = processor(images=[e["image"] for e in examples], annotations=[to_coco_annotations(e) for e in examples],
-                        return_tensors="pt")  # fmt: skip
+    encoded = processor(
+        images=[e["image"] for e in examples],
+        annotations=[to_coco_annotations(e) for e in examples],
+        return_tensors="pt",
+    )
     labels = [{key: value.numpy() for key, value in label.items()} for label in encoded["labels"]]
     assert [label["size"].tolist() for label in labels] != [label["orig_size"].tolist() for label in labels]
     results = make_compute_metrics(processor)(
@@ -362,15 +431,16 @@ def test_compute_metrics_matches_coco_evaluate_on_hand_converted_boxes(image_pro
     )
 
     predictions, references = [], []
-    for b, ((orig_h, orig_w), (size_h, size_w), boxes, classes, crowd) in enumerate(IMAGES):
+    for b, ((orig_h, orig_w), _, boxes, classes, crowd) in enumerate(IMAGES):
         scores, classes_pred = logits[b].softmax(-1)[:, :-1].max(-1)
         cx, cy, w, h = pred_boxes[b].unbind(-1)
         x0, y0, x1, y1 = (cx - w / 2) * orig_w, (cy - h / 2) * orig_h, (cx + w / 2) * orig_w, (cy + h / 2) * orig_h
         xyxy = torch.stack([x0, y0, x1, y1], -1)
         keep = scores > threshold
         predictions.append({"boxes": xyxy[keep], "labels": classes_pred[keep], "scores": scores[keep]})
-        references.append({"boxes": boxes, "labels": classes, "iscrowd": crowd,
-                           "area": [bw * bh for _, _, bw, bh in boxes]})  # fmt: skip
+        references.append(
+            {"boxes": boxes, "labels": classes, "iscrowd": crowd, "area": [bw * bh for _, _, bw, bh in boxes]}
+        )
     expected = coco_evaluate(predictions, references)
     assert results == {name: pytest.approx(value, abs=1e-4) for name, value in expected.items()}
     assert 0.05 < results["map"] < 0.95 and sum(len(p["scores"]) for p in predictions) > len(IMAGES)
@@ -417,16 +487,26 @@ class LabelEchoDetector(torch.nn.Module):
 def test_compute_metrics_inside_trainer_evaluate(image_processor, tmp_path):
     # 4 images in batches of 2: a last batch with a remainder would have its label tensors truncated by
     # accelerate's gather_for_metrics (see make_compute_metrics).
-    examples = [{"pixel_values": torch.zeros(3, 8, 8), "labels": {k: torch.as_tensor(v) for k, v in label.items()}}
-                for label in processor_labels()]  # fmt: skip
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, eval_do_concat_batches=False,
-                             remove_unused_columns=False, report_to="none", use_cpu=True)  # fmt: skip
+    examples = [
+        {"pixel_values": torch.zeros(3, 8, 8), "labels": {k: torch.as_tensor(v) for k, v in label.items()}}
+        for label in processor_labels()
+    ]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_eval_batch_size=2,
+        eval_do_concat_batches=False,
+        remove_unused_columns=False,
+        report_to="none",
+        use_cpu=True,
+    )
     trainer = Trainer(
         model=LabelEchoDetector(),
         args=args,
         eval_dataset=examples,
-        data_collator=lambda batch: {"pixel_values": torch.stack([e["pixel_values"] for e in batch]),
-                                     "labels": [e["labels"] for e in batch]},  # fmt: skip
+        data_collator=lambda batch: {
+            "pixel_values": torch.stack([e["pixel_values"] for e in batch]),
+            "labels": [e["labels"] for e in batch],
+        },
         compute_metrics=make_compute_metrics(image_processor),
     )
     results = trainer.evaluate()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import padded_batch, random_labels, tiny_config_kwargs
 from transformers import AutoConfig, AutoModel, AutoModelForObjectDetection
 
+from helpers import padded_batch, random_labels, tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrModel
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -152,7 +152,7 @@ def test_dc5_halves_the_output_stride():
     for dilation in (False, True):
         model = HfDetrModel(HfDetrConfig(**tiny_config_kwargs(dilation=dilation))).eval()
         with torch.no_grad():
-            strides.append(128 ** 2 // model(pixel_values).encoder_last_hidden_state.shape[1])
+            strides.append(128**2 // model(pixel_values).encoder_last_hidden_state.shape[1])
     assert strides == [32**2, 16**2]
 
 
@@ -171,12 +171,18 @@ def test_parameter_count_matches_the_paper():
         (dict(pixel_values=torch.randn(1, 1, 64, 64)), r"pixel_values has 1 channels but config.num_channels=3"),
         (dict(pixel_values=torch.randn(3, 64, 64)), r"pixel_values must be a \[batch, channels, height, width\]"),
         (dict(pixel_values=torch.randint(0, 255, (1, 3, 64, 64))), r"pixel_values must be a float tensor"),
-        (dict(pixel_values=torch.randn(2, 3, 64, 64), pixel_mask=torch.ones(2, 64, 65)),
-         r"pixel_mask must have shape \[batch, height, width\] = \(2, 64, 64\)"),
-        (dict(pixel_values=torch.randn(2, 3, 64, 64), pixel_mask=torch.zeros(2, 64, 64)),
-         r"image 0 of the batch has no real pixel"),
-        (dict(pixel_values=torch.randn(2, 3, 64, 64), labels=random_labels([1], 3)),
-         r"labels has 1 entries but the batch has 2 images"),
+        (
+            dict(pixel_values=torch.randn(2, 3, 64, 64), pixel_mask=torch.ones(2, 64, 65)),
+            r"pixel_mask must have shape \[batch, height, width\] = \(2, 64, 64\)",
+        ),
+        (
+            dict(pixel_values=torch.randn(2, 3, 64, 64), pixel_mask=torch.zeros(2, 64, 64)),
+            r"image 0 of the batch has no real pixel",
+        ),
+        (
+            dict(pixel_values=torch.randn(2, 3, 64, 64), labels=random_labels([1], 3)),
+            r"labels has 1 entries but the batch has 2 images",
+        ),
     ],
 )
 def test_bad_inputs_are_named(tiny_model, kwargs, message):
@@ -213,4 +219,3 @@ def test_config_rejects_invalid_values(kwargs, message):
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match=r"backbone='not_a_net' is not a timm model"):
         HfDetrModel(HfDetrConfig(backbone="not_a_net"))
-

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import padded_batch, randomize_weights, tiny_config_kwargs
 from safetensors.torch import load_file
 from transformers import AutoModelForObjectDetection, DetrConfig, DetrForObjectDetection
 
+from helpers import padded_batch, randomize_weights, tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrModel
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.data.synthetic import ID2LABEL
@@ -211,10 +211,18 @@ def test_an_invalid_number_of_queries_is_a_clear_error(checkpoint, value):
 
 def test_a_transformers_detr_checkpoint_loads_with_another_number_of_queries(tmp_path, caplog):
     torch.manual_seed(0)
-    reference = DetrForObjectDetection(DetrConfig(
-        backbone="resnet18", encoder_layers=1, decoder_layers=2, d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        num_queries=QUERIES, id2label=ID2LABEL,
-    ))  # fmt: skip
+    reference = DetrForObjectDetection(
+        DetrConfig(
+            backbone="resnet18",
+            encoder_layers=1,
+            decoder_layers=2,
+            d_model=64,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            num_queries=QUERIES,
+            id2label=ID2LABEL,
+        )
+    )
     randomize_weights(reference)
     reference.save_pretrained(tmp_path, max_shard_size="10MB")  # sharded, the Hub's key names
     assert (tmp_path / "model.safetensors.index.json").is_file()
@@ -236,11 +244,39 @@ def test_a_transformers_detr_checkpoint_loads_with_another_number_of_queries(tmp
 
 def test_hf_detr_train_fine_tunes_with_another_number_of_queries(checkpoint, tmp_path):
     folder, saved = checkpoint
-    args = ["train", "--output_dir", str(tmp_path), "--model_name_or_path", str(folder), "--model_kwargs",
-            json.dumps({"num_queries": 14}), "--dataset", "synthetic", "--synthetic_image_size", "64", "--image_size",
-            "64", "--synthetic_train_size", "4", "--eval_split", "none", "--max_steps", "2",
-            "--backbone_learning_rate", "0", "--learning_rate", "1e-3", "--per_device_train_batch_size", "2", "--cpu",
-            "--disable_tqdm", "--report_to", "none", "--save_steps", "0"]  # fmt: skip
+    args = [
+        "train",
+        "--output_dir",
+        str(tmp_path),
+        "--model_name_or_path",
+        str(folder),
+        "--model_kwargs",
+        json.dumps({"num_queries": 14}),
+        "--dataset",
+        "synthetic",
+        "--synthetic_image_size",
+        "64",
+        "--image_size",
+        "64",
+        "--synthetic_train_size",
+        "4",
+        "--eval_split",
+        "none",
+        "--max_steps",
+        "2",
+        "--backbone_learning_rate",
+        "0",
+        "--learning_rate",
+        "1e-3",
+        "--per_device_train_batch_size",
+        "2",
+        "--cpu",
+        "--disable_tqdm",
+        "--report_to",
+        "none",
+        "--save_steps",
+        "0",
+    ]
     assert cli_main(args) == 0
     assert json.loads((tmp_path / "config.json").read_text())["num_queries"] == 14
     trained = load_file(tmp_path / "model.safetensors")

@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 
 import torch
-from helpers import original_key_list, padded_batch
 
+from helpers import original_key_list, padded_batch
 from hf_detr.hub.convert import from_original, to_original
 from hf_detr.modeling.modeling_hf_detr import HfDetrForSegmentation
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import padded_batch, random_labels, randomize_weights
 from transformers import DetrConfig, DetrForObjectDetection
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
+from helpers import padded_batch, random_labels, randomize_weights
 from hf_detr.hub.convert import from_transformers
 
-SMALL = dict(backbone="resnet18", encoder_layers=2, decoder_layers=2, d_model=128, encoder_ffn_dim=256,
-             decoder_ffn_dim=256, num_queries=20)
+SMALL = dict(
+    backbone="resnet18",
+    encoder_layers=2,
+    decoder_layers=2,
+    d_model=128,
+    encoder_ffn_dim=256,
+    decoder_ffn_dim=256,
+    num_queries=20,
+)
 
 
 def _pair(tmp_path, **config_kwargs):
@@ -62,8 +69,10 @@ def _reference_loss_with_original_aux(reference, pixel_values, pixel_mask, label
     captured with hooks, and transformers' own loss function is applied to them with the flag on.
     """
     captured = []
-    hooks = [layer.register_forward_hook(lambda _m, _i, out: captured.append(out if torch.is_tensor(out) else out[0]))
-             for layer in reference.model.decoder.layers]
+    hooks = [
+        layer.register_forward_hook(lambda _m, _i, out: captured.append(out if torch.is_tensor(out) else out[0]))
+        for layer in reference.model.decoder.layers
+    ]
     try:
         outputs = reference(pixel_values=pixel_values, pixel_mask=pixel_mask)
     finally:
@@ -145,8 +154,10 @@ def test_from_transformers_state_dict_in_memory_layout():
     pixel_values, pixel_mask = padded_batch()
     with torch.no_grad():
         torch.testing.assert_close(
-            ours(pixel_values, pixel_mask).pred_boxes, reference(pixel_values, pixel_mask).pred_boxes,
-            rtol=0, atol=1e-4,
+            ours(pixel_values, pixel_mask).pred_boxes,
+            reference(pixel_values, pixel_mask).pred_boxes,
+            rtol=0,
+            atol=1e-4,
         )
 
 
@@ -155,5 +166,7 @@ def test_from_transformers_reports_mismatched_keys():
     state_dict = DetrForObjectDetection(config).state_dict()
     state_dict.pop("class_labels_classifier.bias")
     state_dict["model.extra.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match=r"missing keys \['class_embed.bias'\].*unexpected keys \['model.extra.weight'\]"):
+    with pytest.raises(
+        ValueError, match=r"missing keys \['class_embed.bias'\].*unexpected keys \['model.extra.weight'\]"
+    ):
         from_transformers(state_dict, config=config)

@@ -19,8 +19,16 @@ ID2LABEL = {0: "cat", 1: "dog"}
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     torch.manual_seed(0)
-    config = HfDetrConfig(backbone="resnet18", d_model=64, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=128,
-                          decoder_ffn_dim=128, num_queries=10, id2label=ID2LABEL)  # fmt: skip
+    config = HfDetrConfig(
+        backbone="resnet18",
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_queries=10,
+        id2label=ID2LABEL,
+    )
     path = tmp_path_factory.mktemp("tiny_detr")
     HfDetrForObjectDetection(config).save_pretrained(path)
     HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(path)

@@ -48,8 +48,9 @@ def _alone(model, processor, picture):
 def _batch_sizes(model):
     """Records the batch size of every forward pass."""
     sizes = []
-    handle = model.register_forward_pre_hook(lambda _, args, kwargs: sizes.append(len(kwargs["pixel_values"])),
-                                             with_kwargs=True)  # fmt: skip
+    handle = model.register_forward_pre_hook(
+        lambda _, args, kwargs: sizes.append(len(kwargs["pixel_values"])), with_kwargs=True
+    )
     return sizes, handle
 
 
@@ -57,8 +58,13 @@ def test_a_folder_in_batches_gives_each_image_its_detections_alone(tiny, tmp_pat
     model, processor = tiny
     root = tmp_path / "photos"
     # (height, width): 90x120, 60x80 and 96x128 all resize to 128x170, 64x64 and 100x100 to 128x128
-    layout = {"a.png": (90, 120), "d.PNG": (60, 80), "sub/b.jpg": (96, 128), "sub/deeper/c.png": (64, 64),
-              "sub/e.v2.png": (100, 100)}  # fmt: skip
+    layout = {
+        "a.png": (90, 120),
+        "d.PNG": (60, 80),
+        "sub/b.jpg": (96, 128),
+        "sub/deeper/c.png": (64, 64),
+        "sub/e.v2.png": (100, 100),
+    }
     for seed, (name, size) in enumerate(layout.items()):
         _save_random(root / name, *size, seed)
     (root / "sub" / "notes.txt").write_text("not an image")
@@ -68,8 +74,9 @@ def test_a_folder_in_batches_gives_each_image_its_detections_alone(tiny, tmp_pat
     finally:
         handle.remove()
     # sorted, recursively, by extension in any case
-    assert [f.source for f in found] == [str(root / name) for name in ("a.png", "d.PNG", "sub/b.jpg",
-                                                                       "sub/deeper/c.png", "sub/e.v2.png")]  # fmt: skip
+    assert [f.source for f in found] == [
+        str(root / name) for name in ("a.png", "d.PNG", "sub/b.jpg", "sub/deeper/c.png", "sub/e.v2.png")
+    ]
     # a, d (128x170); c, e (128x128); b waited for a partner of its size until the end
     assert sizes == [2, 2, 1]
     for detections in found:
@@ -167,10 +174,15 @@ def test_tiles_cover_the_side_and_overlap_at_least_the_fraction(length, tile, ov
 
 @pytest.mark.parametrize(
     ("tile", "overlap", "message"),
-    [(0, 0.2, "tile must be a positive"), (-8, 0.2, "tile must be a positive"), (1.5, 0.2, "tile must be"),
-     (True, 0.2, "tile must be"), (64, 1.0, r"overlap must be a fraction of the tile in \[0, 1\)"),
-     (64, -0.1, "overlap must be")],
-)  # fmt: skip
+    [
+        (0, 0.2, "tile must be a positive"),
+        (-8, 0.2, "tile must be a positive"),
+        (1.5, 0.2, "tile must be"),
+        (True, 0.2, "tile must be"),
+        (64, 1.0, r"overlap must be a fraction of the tile in \[0, 1\)"),
+        (64, -0.1, "overlap must be"),
+    ],
+)
 def test_bad_tiling_is_named(tiny, tmp_path, tile, overlap, message):
     model, processor = tiny
     _save_random(tmp_path / "x.png", 16, 16, 0)
@@ -187,21 +199,25 @@ def test_bad_options_on_the_command_line(model_dir, tmp_path, capsys):
 
 
 def test_merge_suppresses_only_across_tiles():
-    boxes = torch.tensor([
-        [0, 0, 10, 10],  # A tile 0: kept (best)
-        [1, 0, 11, 10],  # B tile 1: IoU 0.82 with A -> A seen again by another tile
-        [1, 1, 11, 11],  # C tile 0: IoU 0.68 with A but A's own tile: another object, kept
-        [0, 0, 10, 10],  # D tile 1: A's box with another label: kept
-        [2, 0, 12, 10],  # E tile 1: IoU 0.67 with A -> suppressed
-        [2, 2, 12, 12],  # F tile 2: IoU 0.47 with A, 0.68 with C (kept, other tile) -> suppressed by C
-    ], dtype=torch.float32)  # fmt: skip
+    boxes = torch.tensor(
+        [
+            [0, 0, 10, 10],  # A tile 0: kept (best)
+            [1, 0, 11, 10],  # B tile 1: IoU 0.82 with A -> A seen again by another tile
+            [1, 1, 11, 11],  # C tile 0: IoU 0.68 with A but A's own tile: another object, kept
+            [0, 0, 10, 10],  # D tile 1: A's box with another label: kept
+            [2, 0, 12, 10],  # E tile 1: IoU 0.67 with A -> suppressed
+            [2, 2, 12, 12],  # F tile 2: IoU 0.47 with A, 0.68 with C (kept, other tile) -> suppressed by C
+        ],
+        dtype=torch.float32,
+    )
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     labels = torch.tensor([0, 0, 0, 1, 0, 0])
     tiles = torch.tensor([0, 1, 0, 1, 1, 2])
     assert merge_tiles(boxes, scores, labels, tiles, 0.5).tolist() == [0, 2, 3]
     # a suppressed box suppresses nothing: B (0.82 with A) would have removed E (0.82 with B) had it been kept
-    assert merge_tiles(boxes[[0, 1, 4]], scores[[0, 1, 4]], labels[[0, 1, 4]], torch.tensor([0, 1, 2]), 0.7).tolist() \
-        == [0, 2]  # fmt: skip
+    assert merge_tiles(
+        boxes[[0, 1, 4]], scores[[0, 1, 4]], labels[[0, 1, 4]], torch.tensor([0, 1, 2]), 0.7
+    ).tolist() == [0, 2]
     # all in one tile, nothing is merged
     assert merge_tiles(boxes, scores, labels, torch.zeros(6, dtype=torch.long), 0.5).tolist() == [0, 1, 2, 3, 4, 5]
 
@@ -255,23 +271,27 @@ def test_tiles_find_the_small_objects_the_whole_image_misses(tmp_path):
     torch.testing.assert_close(untiled.boxes, torch.tensor([LARGE], dtype=torch.float32), rtol=0, atol=2.0)
 
     tiled_model = BlobDetector()
-    (tiled,) = predict(tiled_model, processor, [tmp_path / "large.png"], out_dir=tmp_path / "out", batch_size=8,
-                       tile=128, overlap=0.25)  # fmt: skip
+    (tiled,) = predict(
+        tiled_model, processor, [tmp_path / "large.png"], out_dir=tmp_path / "out", batch_size=8, tile=128, overlap=0.25
+    )
     assert tiled_model.batches == [8, 8, 8, 1]  # 25 tiles
     assert tiled_model.found == 2 + 1 + 4 + 1  # every sighting, before the merge
     # one box per object, in the large image's pixels (the tiles reach the model unscaled)
     expected = sorted([*SMALL, LARGE])
     assert sorted(tuple(box) for box in tiled.boxes.round().int().tolist()) == expected
-    torch.testing.assert_close(tiled.boxes.sort(0).values, torch.tensor(expected, dtype=torch.float32).sort(0).values,
-                               rtol=0, atol=1e-3)  # fmt: skip
+    torch.testing.assert_close(
+        tiled.boxes.sort(0).values, torch.tensor(expected, dtype=torch.float32).sort(0).values, rtol=0, atol=1e-3
+    )
 
     # the COCO results written next to the picture: [x, y, width, height], the model's category ids
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert sorted(r["bbox"] for r in results) == sorted([x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in expected)
     assert {(r["image_id"], r["category_id"]) for r in results} == {(1, 0)}
     images = json.loads((tmp_path / "out" / "images.json").read_text())
-    assert images == {"images": [{"id": 1, "file_name": str(tmp_path / "large.png"), "height": 512, "width": 512}],
-                      "categories": [{"id": 0, "name": "square"}]}  # fmt: skip
+    assert images == {
+        "images": [{"id": 1, "file_name": str(tmp_path / "large.png"), "height": 512, "width": 512}],
+        "categories": [{"id": 0, "name": "square"}],
+    }
 
 
 def test_coco_format_agrees_with_the_default_and_loads_in_pycocotools(model_dir, tmp_path, capsys):
@@ -285,16 +305,20 @@ def test_coco_format_agrees_with_the_default_and_loads_in_pycocotools(model_dir,
     assert main([*arguments, "--format", "coco", "--out", str(tmp_path / "out")]) == 0
     coco = json.loads(capsys.readouterr().out)
     assert [(i["id"], i["file_name"], i["height"]) for i in coco["images"]] == [
-        (1, str(tmp_path / "in" / "one.png"), 40), (2, str(tmp_path / "in" / "two.png"), 50)]  # fmt: skip
+        (1, str(tmp_path / "in" / "one.png"), 40),
+        (2, str(tmp_path / "in" / "two.png"), 50),
+    ]
     label_names = {c["id"]: c["name"] for c in coco["categories"]}
     assert label_names == {0: "circle", 1: "square", 2: "triangle"}
     converted = [
         (image_id, d["label"], d["score"], d["box"]["xmin"], d["box"]["ymin"])
-        for image_id, record in enumerate(default, start=1) for d in record["detections"]
-    ]  # fmt: skip
+        for image_id, record in enumerate(default, start=1)
+        for d in record["detections"]
+    ]
     assert len(converted) > 0
-    assert [(r["image_id"], label_names[r["category_id"]], r["score"], *r["bbox"][:2]) for r in coco["results"]] \
-        == converted  # fmt: skip
+    assert [
+        (r["image_id"], label_names[r["category_id"]], r["score"], *r["bbox"][:2]) for r in coco["results"]
+    ] == converted
     widths = [d["box"]["xmax"] - d["box"]["xmin"] for record in default for d in record["detections"]]
     assert [r["bbox"][2] for r in coco["results"]] == pytest.approx(widths, abs=0.011)
     # results.json is what COCO.loadRes reads, against ground truth with the images of images.json
@@ -307,16 +331,27 @@ def test_coco_format_agrees_with_the_default_and_loads_in_pycocotools(model_dir,
 
 def test_records_and_coco_name_video_frames():
     empty = {"scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}
-    one = {"scores": torch.tensor([0.91234]), "labels": torch.tensor([2]),
-           "boxes": torch.tensor([[1.0, 2.0, 4.5, 8.0]])}  # fmt: skip
-    found = [Detections("v.mp4", 48, 64, **empty, frame=0, time=0.0),
-             Detections("v.mp4", 48, 64, **one, frame=1, time=0.04)]
+    one = {
+        "scores": torch.tensor([0.91234]),
+        "labels": torch.tensor([2]),
+        "boxes": torch.tensor([[1.0, 2.0, 4.5, 8.0]]),
+    }
+    found = [
+        Detections("v.mp4", 48, 64, **empty, frame=0, time=0.0),
+        Detections("v.mp4", 48, 64, **one, frame=1, time=0.04),
+    ]
     records = detection_records(found, {2: "triangle"})
     assert records == [
         {"video": "v.mp4", "frame": 0, "time": 0.0, "detections": []},
-        {"video": "v.mp4", "frame": 1, "time": 0.04, "detections": [
-            {"label": "triangle", "score": 0.9123, "box": {"xmin": 1.0, "ymin": 2.0, "xmax": 4.5, "ymax": 8.0}}]},
-    ]  # fmt: skip
+        {
+            "video": "v.mp4",
+            "frame": 1,
+            "time": 0.04,
+            "detections": [
+                {"label": "triangle", "score": 0.9123, "box": {"xmin": 1.0, "ymin": 2.0, "xmax": 4.5, "ymax": 8.0}}
+            ],
+        },
+    ]
     coco = coco_results(found, {2: "triangle"})
     assert coco["images"][1] == {"id": 2, "file_name": "v.mp4", "height": 48, "width": 64, "frame": 1}
     assert coco["results"] == [{"image_id": 2, "category_id": 2, "bbox": [1.0, 2.0, 3.5, 6.0], "score": 0.9123}]

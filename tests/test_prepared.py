@@ -143,21 +143,38 @@ def test_a_pool_of_workers_prepares_the_same_rows(tmp_path, cache, monkeypatch, 
 @pytest.mark.slow
 def test_two_processes_prepare_once_and_train_as_before(tmp_path, cache):
     from safetensors.torch import load_file
+
     from training_commands import TINY, command, free_port, launch_argv
 
     root = tmp_path / "coco"
     written = write_coco_folder(root, 8, seed=5, pool=4)["train2017"]
-    env = {**os.environ, "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml"), "HF_HOME": str(tmp_path / "hf"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}  # fmt: skip
-    args = [*TINY, "--dataset", str(root), "--task", "instance", "--eval_split", "none", "--max_steps", "2",
-            "--save_steps", "0"]  # fmt: skip
+    env = {
+        **os.environ,
+        "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml"),
+        "HF_HOME": str(tmp_path / "hf"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+    }
+    args = [
+        *TINY,
+        "--dataset",
+        str(root),
+        "--task",
+        "instance",
+        "--eval_split",
+        "none",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "0",
+    ]
 
     def launch(name: str, *extra: str) -> list[str]:
         env["HF_DETR_TEST_CALLS"] = str(tmp_path / f"{name}.calls")
         Path(env["HF_DETR_TEST_CALLS"]).touch()
         argv = launch_argv(command("multi-gpu"), 2, free_port(), script=[str(TESTS / "count_preparation.py"), *extra])
-        done = subprocess.run([*argv, *args, "--output_dir", str(tmp_path / name)], env=env, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
+        done = subprocess.run(
+            [*argv, *args, "--output_dir", str(tmp_path / name)], env=env, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stderr[-4000:]
         return Path(env["HF_DETR_TEST_CALLS"]).read_text().split()
 
@@ -182,9 +199,12 @@ def test_an_image_deleted_after_preparing_is_named_or_left_out_by_drop(tmp_path,
     assert len(load_detection_dataset(root, box_policy="drop")["train"]) == 5
     gone = sorted((root / "train2017").iterdir())[1]
     gone.unlink()
-    with pytest.raises(ValueError, match=rf"instances_train2017.json: image file {gone} is missing, though it was "
-                                         "there when the split was prepared; restore it, or load with "
-                                         "box_policy='drop'"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=rf"instances_train2017.json: image file {gone} is missing, though it was "
+        "there when the split was prepared; restore it, or load with "
+        "box_policy='drop'",
+    ):
         load_detection_dataset(root)
     assert len(load_detection_dataset(root, box_policy="drop")["train"]) == 4  # prepared again, without it
     assert "1 of 5 images left out (missing or unreadable) by box_policy='drop'" in caplog.text
@@ -211,8 +231,11 @@ def test_an_image_gone_or_broken_while_training_is_named(tmp_path, cache):
     split = load_detection_dataset(root)["train"]
     gone = Path(split.cast_column("image", datasets.Image(decode=False))[2]["image"]["path"])
     gone.unlink()  # after the split was opened: only reading it can tell
-    with pytest.raises(ValueError, match=rf"example 2 \(image_id=\d+\): cannot decode the image {gone} \(.*No such "
-                                         r"file.*\); restore or replace the file"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=rf"example 2 \(image_id=\d+\): cannot decode the image {gone} \(.*No such "
+        r"file.*\); restore or replace the file",
+    ):
         DetectionDataset(split)[2]
     assert DetectionDataset(split)[1]["image"].size == (WIDTH, 480)
 

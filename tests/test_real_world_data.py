@@ -14,16 +14,21 @@ import numpy as np
 import PIL.Image
 import pytest
 from accelerate.state import AcceleratorState, GradientState
-from helpers import EXAMPLE, load_script, tiny_config_kwargs
 from torchvision.transforms import v2
 
+from helpers import EXAMPLE, load_script, tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection
-from hf_detr.data import apply_box_policy, coco_category_ids, coco_detection_features, id2label, load_data
-from hf_detr.data import load_detection_dataset
+from hf_detr.data import (
+    apply_box_policy,
+    coco_category_ids,
+    coco_detection_features,
+    id2label,
+    load_data,
+    load_detection_dataset,
+)
 from hf_detr.data.collate import DetectionCollator, DetectionDataset, upright_rgb
 from hf_detr.evaluation import evaluate
 from hf_detr.training import TrainConfig, add_arguments, train
-
 from training_commands import TINY_MODEL
 
 LOGGER = "hf_detr.data.loading"
@@ -38,10 +43,17 @@ RED = (255, 0, 0)
 EXIF_BOX = [10.0, 8.0, 20.0, 12.0]
 # image id -> (file name, kind)
 IMAGES = {
-    1: ("right.png", "rgb"), 2: ("left.png", "rgb"), 3: ("outside.png", "rgb"), 4: ("zero.png", "rgb"),
-    5: ("degenerate.png", "rgb"), 6: ("exif.png", "exif"), 7: ("gray.png", "gray"), 8: ("rgba.png", "rgba"),
-    9: ("deep.png", "deep"), 10: ("palette.png", "palette"),
-}  # fmt: skip
+    1: ("right.png", "rgb"),
+    2: ("left.png", "rgb"),
+    3: ("outside.png", "rgb"),
+    4: ("zero.png", "rgb"),
+    5: ("degenerate.png", "rgb"),
+    6: ("exif.png", "exif"),
+    7: ("gray.png", "gray"),
+    8: ("rgba.png", "rgba"),
+    9: ("deep.png", "deep"),
+    10: ("palette.png", "palette"),
+}
 # annotation id -> (image id, category id, bbox, area or None, defect or None)
 ANNOTATIONS = {
     1: (1, 1, [50.0, 10.0, 18.0, 10.0], 150.0, "right"),  # 4 px past the right edge
@@ -62,10 +74,14 @@ ANNOTATIONS = {
 }
 CLIPPED = {1: [50.0, 10.0, 14.0, 10.0], 2: [0.0, 5.0, 8.0, 10.0]}
 DROPPED_BY_CLIP = {3, 5, 7, 8}
-CLIP_SUMMARY = ("instances_train.json: 10 images, 2 boxes clipped to their image, 4 dropped (1 not finite, "
-                "1 negative size, 1 zero-area, 1 outside the image) by box_policy='clip'")  # fmt: skip
-DROP_SUMMARY = ("instances_train.json: 10 images, 6 boxes dropped (1 not finite, 1 negative size, 1 zero-area, "
-                "3 outside the image) by box_policy='drop'")  # fmt: skip
+CLIP_SUMMARY = (
+    "instances_train.json: 10 images, 2 boxes clipped to their image, 4 dropped (1 not finite, "
+    "1 negative size, 1 zero-area, 1 outside the image) by box_policy='clip'"
+)
+DROP_SUMMARY = (
+    "instances_train.json: 10 images, 6 boxes dropped (1 not finite, 1 negative size, 1 zero-area, "
+    "3 outside the image) by box_policy='drop'"
+)
 
 
 def _pixels(kind: str, rng: np.random.Generator) -> tuple[PIL.Image.Image, np.ndarray]:
@@ -122,11 +138,16 @@ def write_defective_coco(root: Path, only: str | None = None) -> dict[int, np.nd
     (root / "annotations").mkdir(parents=True)
     splits = {
         "train": (IMAGES, ANNOTATIONS),
-        "val": ({11: ("v1.png", "rgb"), 12: ("v2.png", "gray")},
-                {21: (11, 1, [40.0, 20.0, 28.0, 20.0], None, "right"), 22: (12, 7, [5.0, 5.0, 30.0, 30.0], None, None),
-                 23: (11, 3, [2.0, 2.0, 20.0, 10.0], None, None)}),
-    }  # fmt: skip
-    for split, (images, annotations) in splits.items():
+        "val": (
+            {11: ("v1.png", "rgb"), 12: ("v2.png", "gray")},
+            {
+                21: (11, 1, [40.0, 20.0, 28.0, 20.0], None, "right"),
+                22: (12, 7, [5.0, 5.0, 30.0, 30.0], None, None),
+                23: (11, 3, [2.0, 2.0, 20.0, 10.0], None, None),
+            },
+        ),
+    }
+    for split, (images, split_annotations) in splits.items():
         (root / split).mkdir()
         for image_id, (file_name, kind) in images.items():
             stored, expected[image_id] = _pixels(kind, rng)
@@ -135,10 +156,11 @@ def write_defective_coco(root: Path, only: str | None = None) -> dict[int, np.nd
             "images": [{"id": i, "file_name": f, "width": WIDTH, "height": HEIGHT} for i, (f, _) in images.items()],
             "annotations": [
                 {"id": a, "image_id": i, "category_id": c, "bbox": b, **({"area": area} if area else {})}
-                for a, (i, c, b, area, defect) in annotations.items() if defect is None or only in (None, defect)
+                for a, (i, c, b, area, defect) in split_annotations.items()
+                if defect is None or only in (None, defect)
             ],
             "categories": CATEGORIES,
-        }  # fmt: skip
+        }
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
     return expected
 
@@ -207,15 +229,15 @@ def test_clean_data_logs_no_box_policy_line(tmp_path, caplog):
 
 ERRORS = {
     "right": r"annotation id 1 \(image_id 1, 'right.png'\): bbox = \[50.0, 10.0, 18.0, 10.0\] lies outside "
-             r"\[0, 64\] x \[0, 48\] by more than the tolerance 1",
+    r"\[0, 64\] x \[0, 48\] by more than the tolerance 1",
     "left": r"annotation id 2 \(image_id 2, 'left.png'\): bbox = \[-2.0, 5.0, 10.0, 10.0\] lies outside",
     "outside": r"annotation id 3 \(image_id 3, 'outside.png'\): bbox = \[70.0, 5.0, 10.0, 10.0\] lies outside",
     "zero-area": r"annotation id 5 \(image_id 4, 'zero.png'\): bbox = \[10.0, 10.0, 0.0, 5.0\] has width or height "
-                 r"<= 0",
+    r"<= 0",
     "negative": r"annotation id 7 \(image_id 5, 'degenerate.png'\): bbox = \[20.0, 10.0, -5.0, 5.0\] has a negative "
-                r"width or height",
+    r"width or height",
     "nan": r"annotation id 8 \(image_id 5, 'degenerate.png'\): bbox = \[nan, 3.0, 4.0, 5.0\] is NaN or infinite",
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("defect", sorted(ERRORS))
@@ -234,8 +256,11 @@ def test_exif_rotated_file_is_checked_against_its_upright_size(tmp_path):
     coco = json.loads(path.read_text())
     coco["images"][5].update(width=HEIGHT, height=WIDTH)  # the stored size instead of the upright one
     path.write_text(json.dumps(coco))
-    with pytest.raises(ValueError, match=r"image_id 6 \('exif.png'\): .*exif.png is 64x48 pixels upright \(EXIF "
-                                         r"orientation 6; stored as 48x64\) but the json says width=48, height=64"):
+    with pytest.raises(
+        ValueError,
+        match=r"image_id 6 \('exif.png'\): .*exif.png is 64x48 pixels upright \(EXIF "
+        r"orientation 6; stored as 48x64\) but the json says width=48, height=64",
+    ):
         load_detection_dataset(root, box_policy="error")
 
 
@@ -251,13 +276,23 @@ def _saved_split(tmp_path: Path) -> Path:
     """A save_to_disk folder whose first example has a box 5 px past the right edge and a zero-area box."""
     rows = {
         "image": [PIL.Image.new("RGB", (30, 20), "red"), PIL.Image.new("RGB", (16, 16), "blue")],
-        "image_id": [4, 5], "width": [30, 16], "height": [20, 16],
-        "objects": [{"id": [40, 41, 42], "area": [40.0, 0.0, 6.0], "bbox": [[25.0, 2.0, 10.0, 4.0],
-                     [1.0, 1.0, 0.0, 3.0], [0.0, 0.0, 2.0, 3.0]], "category": [1, 0, 0], "iscrowd": [0, 0, 1]},
-                    {"id": [50], "area": [4.0], "bbox": [[1.0, 1.0, 2.0, 2.0]], "category": [1], "iscrowd": [0]}],
-    }  # fmt: skip
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=coco_detection_features(["a", "b"]))}
-                         ).save_to_disk(tmp_path / "saved")  # fmt: skip
+        "image_id": [4, 5],
+        "width": [30, 16],
+        "height": [20, 16],
+        "objects": [
+            {
+                "id": [40, 41, 42],
+                "area": [40.0, 0.0, 6.0],
+                "bbox": [[25.0, 2.0, 10.0, 4.0], [1.0, 1.0, 0.0, 3.0], [0.0, 0.0, 2.0, 3.0]],
+                "category": [1, 0, 0],
+                "iscrowd": [0, 0, 1],
+            },
+            {"id": [50], "area": [4.0], "bbox": [[1.0, 1.0, 2.0, 2.0]], "category": [1], "iscrowd": [0]},
+        ],
+    }
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(rows, features=coco_detection_features(["a", "b"]))}
+    ).save_to_disk(tmp_path / "saved")
     return tmp_path / "saved"
 
 
@@ -266,8 +301,13 @@ def test_saved_split_follows_the_policy(tmp_path, caplog, streaming):
     saved = _saved_split(tmp_path)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         rows = list(load_detection_dataset(saved, streaming=streaming)["train"])
-    assert rows[0]["objects"] == {"id": [40, 42], "area": [20.0, 6.0], "bbox": [[25.0, 2.0, 5.0, 4.0],
-                                  [0.0, 0.0, 2.0, 3.0]], "category": [1, 0], "iscrowd": [0, 1]}  # fmt: skip
+    assert rows[0]["objects"] == {
+        "id": [40, 42],
+        "area": [20.0, 6.0],
+        "bbox": [[25.0, 2.0, 5.0, 4.0], [0.0, 0.0, 2.0, 3.0]],
+        "category": [1, 0],
+        "iscrowd": [0, 1],
+    }
     assert rows[1]["objects"]["id"] == [50]
     counts = "1 box clipped to its image, 1 dropped (1 zero-area) "
     if streaming:  # counted as the examples are read
@@ -276,8 +316,11 @@ def test_saved_split_follows_the_policy(tmp_path, caplog, streaming):
         assert f"split 'train': 2 examples, {counts}by box_policy='clip'" in caplog.text
 
     # the check names a box without area before one outside its image
-    with pytest.raises(ValueError, match=r"split 'train' example 0 \(image_id 4\) object 1: bbox = \[1.0, 1.0, 0.0, "
-                                         r"3.0\] has width or height <= 0"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"split 'train' example 0 \(image_id 4\) object 1: bbox = \[1.0, 1.0, 0.0, "
+        r"3.0\] has width or height <= 0",
+    ):
         list(load_detection_dataset(saved, streaming=streaming, box_policy="error")["train"])
     dropped = load_detection_dataset(saved, streaming=streaming, box_policy="drop")["train"]
     assert next(iter(dropped))["objects"]["id"] == [42]
@@ -340,9 +383,14 @@ def test_category_ids_of_any_numbering_become_contiguous_labels(defective, tmp_p
     (zero_based / "images").mkdir()
     PIL.Image.new("RGB", (8, 8)).save(zero_based / "images" / "a.png")
     categories = [{"id": 2, "name": "two"}, {"id": 0, "name": "zero"}, {"id": 1, "name": "one"}]
-    coco = {"images": [{"id": 0, "file_name": "a.png", "width": 8, "height": 8}], "categories": categories,
-            "annotations": [{"id": 0, "image_id": 0, "category_id": 0, "bbox": [1, 1, 2, 2]},
-                            {"id": 1, "image_id": 0, "category_id": 2, "bbox": [3, 3, 2, 2]}]}  # fmt: skip
+    coco = {
+        "images": [{"id": 0, "file_name": "a.png", "width": 8, "height": 8}],
+        "categories": categories,
+        "annotations": [
+            {"id": 0, "image_id": 0, "category_id": 0, "bbox": [1, 1, 2, 2]},
+            {"id": 1, "image_id": 0, "category_id": 2, "bbox": [3, 3, 2, 2]},
+        ],
+    }
     (zero_based / "annotations" / "instances_train.json").write_text(json.dumps(coco))
     split = load_detection_dataset(zero_based)["train"]
     assert id2label(split) == {0: "zero", 1: "one", 2: "two"} and coco_category_ids(split) == [0, 1, 2]
@@ -395,10 +443,20 @@ def test_box_policy_is_a_validated_train_option():
 def test_defective_folder_trains_and_evaluates(defective, tmp_path, caplog):
     root, _ = defective
     config = TrainConfig(
-        output_dir=str(tmp_path / "run"), dataset=str(root), eval_split="validation", model_kwargs=TINY_MODEL,
-        cpu=True, image_size=64, per_device_train_batch_size=2, per_device_eval_batch_size=2, max_steps=2,
-        logging_steps=1, disable_tqdm=True, save_steps=0, report_to="none",
-    )  # fmt: skip
+        output_dir=str(tmp_path / "run"),
+        dataset=str(root),
+        eval_split="validation",
+        model_kwargs=TINY_MODEL,
+        cpu=True,
+        image_size=64,
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        max_steps=2,
+        logging_steps=1,
+        disable_tqdm=True,
+        save_steps=0,
+        report_to="none",
+    )
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         result = train(config)
     assert CLIP_SUMMARY in caplog.text
@@ -413,8 +471,11 @@ def test_defective_folder_trains_and_evaluates(defective, tmp_path, caplog):
     assert batch["pixel_values"].shape[1] == 3 and bool((batch["labels"][0]["boxes"] <= 1).all())
 
     # with every defect in the folder, the check names a box that is not finite first
-    with pytest.raises(ValueError, match=r"annotation id 8 \(image_id 5, 'degenerate.png'\): bbox = \[nan, 3.0, 4.0, "
-                                         r"5.0\] is NaN or infinite"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"annotation id 8 \(image_id 5, 'degenerate.png'\): bbox = \[nan, 3.0, 4.0, "
+        r"5.0\] is NaN or infinite",
+    ):
         train(TrainConfig(**{**vars(config), "box_policy": "error", "output_dir": str(tmp_path / "err")}))
 
 
@@ -426,14 +487,43 @@ def test_trainer_example_follows_the_box_policy(defective, tmp_path):
     tiny = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=8)
     HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs(**tiny))).save_pretrained(start)
     args = [
-        "--model_name_or_path", str(start), "--dataset", str(root), "--image_size", "64", "--max_size", "112",
-        "--do_train", "--do_eval", "--max_steps", "2", "--per_device_train_batch_size", "2",
-        "--per_device_eval_batch_size", "2", "--eval_strategy", "no", "--save_strategy", "no",
-        "--load_best_model_at_end", "false", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
-        "--dataloader_num_workers", "0", "--logging_steps", "1",
-    ]  # fmt: skip
-    with pytest.raises(ValueError, match=r"^instances_train.json: annotation id 8 \(image_id 5, 'degenerate.png'\): "
-                                         r"bbox = \[nan, 3.0, 4.0, 5.0\] is NaN or infinite"):  # fmt: skip
+        "--model_name_or_path",
+        str(start),
+        "--dataset",
+        str(root),
+        "--image_size",
+        "64",
+        "--max_size",
+        "112",
+        "--do_train",
+        "--do_eval",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--per_device_eval_batch_size",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+        "--logging_steps",
+        "1",
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"^instances_train.json: annotation id 8 \(image_id 5, 'degenerate.png'\): "
+        r"bbox = \[nan, 3.0, 4.0, 5.0\] is NaN or infinite",
+    ):
         script.main([*args, "--output_dir", str(tmp_path / "error"), "--box_policy", "error"])
     metrics = script.main([*args, "--output_dir", str(tmp_path / "clip")])
     assert math.isfinite(metrics["train_loss"]) and "eval_map" in metrics

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import padded_batch, random_labels, tiny_config_kwargs
 from torchvision.ops import box_convert, generalized_box_iou_loss
 from transformers import DetrConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
+from helpers import padded_batch, random_labels, tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, presets
 from hf_detr.modeling.loss import EncoderDenseLoss, build_criterion
 
@@ -23,10 +23,15 @@ def _reference_loss(config, output, labels, queries=slice(None)):
     aux = output.auxiliary_outputs or []
     layer_logits = torch.stack([a["logits"] for a in aux] + [output.logits])[:, :, queries]
     layer_boxes = torch.stack([a["pred_boxes"] for a in aux] + [output.pred_boxes])[:, :, queries]
-    reference_config = DetrConfig(num_labels=config.num_labels, decoder_layers=config.decoder_layers,
-                                  auxiliary_loss=bool(aux), eos_coefficient=config.eos_coefficient)
-    loss, loss_dict, _ = ForObjectDetectionLoss(layer_logits[-1], labels, "cpu", layer_boxes[-1], reference_config,
-                                                layer_logits, layer_boxes)  # fmt: skip
+    reference_config = DetrConfig(
+        num_labels=config.num_labels,
+        decoder_layers=config.decoder_layers,
+        auxiliary_loss=bool(aux),
+        eos_coefficient=config.eos_coefficient,
+    )
+    loss, loss_dict, _ = ForObjectDetectionLoss(
+        layer_logits[-1], labels, "cpu", layer_boxes[-1], reference_config, layer_logits, layer_boxes
+    )
     return loss, loss_dict
 
 
@@ -69,10 +74,10 @@ def test_query_groups_do_not_see_each_other():
     pixel_values, pixel_mask = padded_batch()
     with torch.no_grad():
         before = model(pixel_values, pixel_mask).logits
-        model.model.query_embed.weight[2 * queries:] += 1.0  # change only the last group
+        model.model.query_embed.weight[2 * queries :] += 1.0  # change only the last group
         after = model(pixel_values, pixel_mask).logits
     torch.testing.assert_close(after[:, : 2 * queries], before[:, : 2 * queries], rtol=0, atol=1e-6)
-    assert (after[:, 2 * queries:] - before[:, 2 * queries:]).abs().max() > 1e-3
+    assert (after[:, 2 * queries :] - before[:, 2 * queries :]).abs().max() > 1e-3
 
 
 def test_inference_uses_the_first_group_and_dropping_groups_gives_plain_detr(tmp_path):
@@ -91,8 +96,11 @@ def test_inference_uses_the_first_group_and_dropping_groups_gives_plain_detr(tmp
 
 
 def test_from_scratch_backbone_trains_batchnorm_and_stem_then_becomes_plain_detr(tmp_path):
-    config = HfDetrConfig(**tiny_config_kwargs(freeze_backbone_batchnorm=False, freeze_backbone_stem=False,
-                                               num_query_groups=2, **NO_DROPOUT))
+    config = HfDetrConfig(
+        **tiny_config_kwargs(
+            freeze_backbone_batchnorm=False, freeze_backbone_stem=False, num_query_groups=2, **NO_DROPOUT
+        )
+    )
     model = HfDetrForObjectDetection(config).train()
     body = model.model.backbone.body
     assert all(p.requires_grad for p in body.parameters())
@@ -132,8 +140,9 @@ def test_demo_backbone_starts_with_open_residual_branches():
 
 
 def test_one_to_many_group_matches_repeated_targets_and_adds_its_loss():
-    config = HfDetrConfig(**tiny_config_kwargs(num_query_groups=3, one_to_many_repeats=3, auxiliary_loss=True,
-                                               **NO_DROPOUT))
+    config = HfDetrConfig(
+        **tiny_config_kwargs(num_query_groups=3, one_to_many_repeats=3, auxiliary_loss=True, **NO_DROPOUT)
+    )
     model = HfDetrForObjectDetection(config).train()
     queries = config.num_queries
     pixel_values, pixel_mask = padded_batch()
@@ -172,8 +181,12 @@ def _encoder_loss(logits, box_logits, feature_mask, labels):
     batch size and query groups from the decoder's logits, which no term reads here: zeros."""
     criterion = dataclasses.replace(build_criterion(ENCODER_LOSS_CONFIG), losses=[EncoderDenseLoss()])
     decoder_logits = logits.new_zeros(len(labels), ENCODER_LOSS_CONFIG.num_queries, logits.shape[-1])
-    outputs = {"logits": decoder_logits, "encoder_logits": logits, "encoder_box_logits": box_logits,
-               "feature_mask": feature_mask}  # fmt: skip
+    outputs = {
+        "logits": decoder_logits,
+        "encoder_logits": logits,
+        "encoder_box_logits": box_logits,
+        "feature_mask": feature_mask,
+    }
     return criterion(outputs, labels)
 
 
@@ -184,8 +197,12 @@ def test_encoder_loss_assigns_tokens_near_the_centre_inside_the_box():
     logits = torch.randn(1, 16, num_labels + 1)
     box_logits = torch.zeros(1, 16, 4)  # boxes at the cell centres, 0.5 x 0.5
     target = torch.tensor([[0.3, 0.6, 0.5, 0.5]])
-    loss, terms = _encoder_loss(logits, box_logits, torch.ones(1, 4, 4, dtype=torch.bool),
-                                [{"class_labels": torch.tensor([2]), "boxes": target}])
+    loss, terms = _encoder_loss(
+        logits,
+        box_logits,
+        torch.ones(1, 4, 4, dtype=torch.bool),
+        [{"class_labels": torch.tensor([2]), "boxes": target}],
+    )
     positives = [(1, 0), (1, 1), (2, 0), (2, 1)]  # (row, column)
     classes = torch.full((16,), num_labels)
     for row, col in positives:
@@ -195,8 +212,9 @@ def test_encoder_loss_assigns_tokens_near_the_centre_inside_the_box():
     expected_ce = torch.nn.functional.cross_entropy(logits[0], classes, weight)  # the weighted mean
     centres = torch.tensor([[(col + 0.5) / 4, (row + 0.5) / 4, 0.5, 0.5] for row, col in positives])
     expected_l1 = (centres - target).abs().sum() / 4
-    expected_giou = generalized_box_iou_loss(box_convert(centres, "cxcywh", "xyxy"),
-                                             box_convert(target.expand(4, 4), "cxcywh", "xyxy"), reduction="mean")
+    expected_giou = generalized_box_iou_loss(
+        box_convert(centres, "cxcywh", "xyxy"), box_convert(target.expand(4, 4), "cxcywh", "xyxy"), reduction="mean"
+    )
     torch.testing.assert_close(terms["encoder_loss_ce"], expected_ce)
     torch.testing.assert_close(terms["encoder_loss_bbox"], expected_l1)
     torch.testing.assert_close(terms["encoder_loss_giou"], expected_giou)
@@ -224,8 +242,9 @@ def test_encoder_loss_of_images_without_objects_is_background_only():
     empty = [{"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}] * 2
     loss, terms = _encoder_loss(logits, torch.randn(2, 16, 4), torch.ones(2, 4, 4, dtype=torch.bool), empty)
     background = torch.full((32,), 3)
-    torch.testing.assert_close(terms["encoder_loss_ce"],
-                               torch.nn.functional.cross_entropy(logits.reshape(32, 4), background))
+    torch.testing.assert_close(
+        terms["encoder_loss_ce"], torch.nn.functional.cross_entropy(logits.reshape(32, 4), background)
+    )
     assert terms["encoder_loss_bbox"] == 0 and terms["encoder_loss_giou"] == 0
 
 

@@ -12,10 +12,10 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from helpers import EXAMPLE, load_script, tiny_config_kwargs
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
+from helpers import EXAMPLE, load_script, tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor, HfDetrObjectDetectionOutput
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
@@ -35,17 +35,50 @@ TINY = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64, 
 STEPS_PER_EPOCH = 8  # 32 training images in batches of 4
 # 32 / 8 shapes images of 64 px, DETR's augmentation scaled down to them
 DATA_ARGS = [
-    "--dataset", "synthetic", "--synthetic_num_train", "32", "--synthetic_num_eval", "8",
-    "--synthetic_image_size", "64", "--image_size", "64", "--max_size", "112", "--augment", "detr",
-]  # fmt: skip
+    "--dataset",
+    "synthetic",
+    "--synthetic_num_train",
+    "32",
+    "--synthetic_num_eval",
+    "8",
+    "--synthetic_image_size",
+    "64",
+    "--image_size",
+    "64",
+    "--max_size",
+    "112",
+    "--augment",
+    "detr",
+]
 # evaluation batches of 3 over 8 images: the last one is incomplete (see pack_labels)
 RUN_ARGS = [
-    *DATA_ARGS, "--do_train", "--do_eval", "--max_steps", str(3 * STEPS_PER_EPOCH),
-    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
-    "--learning_rate", "1e-3", "--backbone_learning_rate", "1e-4", "--lr_scheduler_type", "constant",
-    "--logging_steps", "1", "--seed", "0",
-    "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
-]  # fmt: skip
+    *DATA_ARGS,
+    "--do_train",
+    "--do_eval",
+    "--max_steps",
+    str(3 * STEPS_PER_EPOCH),
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "3",
+    "--learning_rate",
+    "1e-3",
+    "--backbone_learning_rate",
+    "1e-4",
+    "--lr_scheduler_type",
+    "constant",
+    "--logging_steps",
+    "1",
+    "--seed",
+    "0",
+    "--use_cpu",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--dataloader_num_workers",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +142,15 @@ def test_resume_in_a_subprocess_continues_from_the_checkpoint(start_model, first
     first_dir, _ = first_run
     checkpoint = first_dir / f"checkpoint-{2 * STEPS_PER_EPOCH}"
     output_dir = tmp_path / "resumed"
-    args = ["--model_name_or_path", start_model, "--output_dir", str(output_dir), *RUN_ARGS,
-            "--resume_from_checkpoint", str(checkpoint)]  # fmt: skip
+    args = [
+        "--model_name_or_path",
+        start_model,
+        "--output_dir",
+        str(output_dir),
+        *RUN_ARGS,
+        "--resume_from_checkpoint",
+        str(checkpoint),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run([sys.executable, str(EXAMPLE), *args], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -163,13 +203,22 @@ def evaluate_label_echo(num_images: int, batch_size: int, output_dir: str) -> di
     arguments and evaluation batches: 1.0 unless boxes are lost."""
     split = make_synthetic_dataset(0, num_images, 0, image_size=64, seed=1)["validation"]
     processor = HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 112})
-    args = TrainingArguments(output_dir=output_dir, per_device_eval_batch_size=batch_size, use_cpu=True,
-                             report_to="none", **run_object_detection.TRAINING_DEFAULTS)  # fmt: skip
+    args = TrainingArguments(
+        output_dir=output_dir,
+        per_device_eval_batch_size=batch_size,
+        use_cpu=True,
+        report_to="none",
+        **run_object_detection.TRAINING_DEFAULTS,
+    )
     trainer = DetrTrainer(
-        model=LabelEchoDetector(len(ID2LABEL)), args=args, eval_dataset=evaluation_dataset(split, ID2LABEL),
-        data_collator=None, eval_data_collator=evaluation_collator(processor),
-        compute_metrics=make_compute_metrics(processor, id2label=ID2LABEL), backbone_learning_rate=1e-5,
-    )  # fmt: skip
+        model=LabelEchoDetector(len(ID2LABEL)),
+        args=args,
+        eval_dataset=evaluation_dataset(split, ID2LABEL),
+        data_collator=None,
+        eval_data_collator=evaluation_collator(processor),
+        compute_metrics=make_compute_metrics(processor, id2label=ID2LABEL),
+        backbone_learning_rate=1e-5,
+    )
     return trainer.evaluate()  # labels packed by DetrTrainer, unpacked by make_compute_metrics
 
 
@@ -181,13 +230,25 @@ def test_an_incomplete_last_evaluation_batch_keeps_every_box(tmp_path):
 
 def test_labels_survive_packing():
     labels = [
-        {"orig_size": torch.tensor([60, 80]), "size": torch.tensor([48, 64]), "image_id": torch.tensor([7]),
-         "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.1, 0.2, 0.1, 0.1]]), "class_labels": torch.tensor([2, 0]),
-         "iscrowd": torch.tensor([0, 1]), "area": torch.tensor([12.5, 3.0])},
-        {"orig_size": torch.tensor([90, 70]), "size": torch.tensor([64, 50]), "image_id": torch.tensor([123456]),
-         "boxes": torch.zeros(0, 4), "class_labels": torch.zeros(0, dtype=torch.int64),
-         "iscrowd": torch.zeros(0, dtype=torch.int64), "area": torch.zeros(0)},
-    ]  # fmt: skip
+        {
+            "orig_size": torch.tensor([60, 80]),
+            "size": torch.tensor([48, 64]),
+            "image_id": torch.tensor([7]),
+            "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.1, 0.2, 0.1, 0.1]]),
+            "class_labels": torch.tensor([2, 0]),
+            "iscrowd": torch.tensor([0, 1]),
+            "area": torch.tensor([12.5, 3.0]),
+        },
+        {
+            "orig_size": torch.tensor([90, 70]),
+            "size": torch.tensor([64, 50]),
+            "image_id": torch.tensor([123456]),
+            "boxes": torch.zeros(0, 4),
+            "class_labels": torch.zeros(0, dtype=torch.int64),
+            "iscrowd": torch.zeros(0, dtype=torch.int64),
+            "area": torch.zeros(0),
+        },
+    ]
     packed = pack_labels(labels)
     assert packed.shape == (2, 3, 7)
     # padding rows (as accelerate adds across processes) are ignored
@@ -212,8 +273,11 @@ def test_distributed_evaluation_with_torchrun_scores_every_image_once(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(launcher)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("METRICS")]
     assert len(results) == 2  # every process gets the metrics
@@ -223,8 +287,9 @@ def test_distributed_evaluation_with_torchrun_scores_every_image_once(tmp_path):
 
 def test_backbone_has_its_own_learning_rate_and_weight_decay(tmp_path):
     model = HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs(**TINY)))
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", learning_rate=1e-4,
-                             weight_decay=1e-4)  # fmt: skip
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", learning_rate=1e-4, weight_decay=1e-4
+    )
     trainer = DetrTrainer(model=model, args=args, backbone_learning_rate=1e-5)
     groups = trainer.create_optimizer().param_groups
     by_lr = {group["lr"]: {id(p) for p in group["params"]} for group in groups}
@@ -245,12 +310,35 @@ def test_zero_backbone_learning_rate_freezes_the_backbone(start_model, tmp_path,
 
     monkeypatch.setattr(run_object_detection, "DetrTrainer", RecordingTrainer)
     output_dir = tmp_path / "frozen"
-    run_object_detection.main([
-        "--model_name_or_path", start_model, "--output_dir", str(output_dir), *DATA_ARGS, "--do_train",
-        "--max_steps", "2", "--per_device_train_batch_size", "4", "--learning_rate", "1e-4",
-        "--backbone_learning_rate", "0", "--eval_strategy", "no", "--save_strategy", "no",
-        "--load_best_model_at_end", "false", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
-    ])  # fmt: skip
+    run_object_detection.main(
+        [
+            "--model_name_or_path",
+            start_model,
+            "--output_dir",
+            str(output_dir),
+            *DATA_ARGS,
+            "--do_train",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--learning_rate",
+            "1e-4",
+            "--backbone_learning_rate",
+            "0",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     (trainer,) = trainers
     model = trainer.model
     assert not any(p.requires_grad for p in model.model.backbone.parameters())
@@ -262,8 +350,11 @@ def test_zero_backbone_learning_rate_freezes_the_backbone(start_model, tmp_path,
     start, saved = load_file(Path(start_model) / "model.safetensors"), load_file(output_dir / "model.safetensors")
     backbone = [name for name in saved if name.startswith("model.backbone.")]
     assert backbone and all(torch.equal(saved[name], start[name]) for name in backbone)
-    assert any(not torch.equal(saved[name], start[name]) for name in saved if name not in backbone and name in start
-               and not name.startswith("class_embed."))  # fmt: skip
+    assert any(
+        not torch.equal(saved[name], start[name])
+        for name in saved
+        if name not in backbone and name in start and not name.startswith("class_embed.")
+    )
 
 
 def test_model_from_a_config_folder_and_overrides_that_break_weights(start_model, tmp_path):
@@ -279,12 +370,32 @@ def test_model_from_a_config_folder_and_overrides_that_break_weights(start_model
     # the example passes --model_kwargs on: with weights, an override that changes a weight's shape is an error
     # (num_queries is not one: from_pretrained resizes the queries, tests/test_num_queries.py)
     with pytest.raises(ValueError, match=r"model\.decoder\.layers\.0\.linear1\.bias.* would be reinitialized"):
-        run_object_detection.main([
-            "--model_name_or_path", start_model, "--output_dir", str(tmp_path / "out"), *DATA_ARGS,
-            "--model_kwargs", '{"decoder_ffn_dim": 96}', "--use_cpu", "--report_to", "none",
-        ])  # fmt: skip
+        run_object_detection.main(
+            [
+                "--model_name_or_path",
+                start_model,
+                "--output_dir",
+                str(tmp_path / "out"),
+                *DATA_ARGS,
+                "--model_kwargs",
+                '{"decoder_ffn_dim": 96}',
+                "--use_cpu",
+                "--report_to",
+                "none",
+            ]
+        )
     with pytest.raises(ValueError, match="--model_kwargs 'num_queries=7' is not JSON"):
-        run_object_detection.main([
-            "--model_name_or_path", start_model, "--output_dir", str(tmp_path / "out"), *DATA_ARGS,
-            "--model_kwargs", "num_queries=7", "--use_cpu", "--report_to", "none",
-        ])  # fmt: skip
+        run_object_detection.main(
+            [
+                "--model_name_or_path",
+                start_model,
+                "--output_dir",
+                str(tmp_path / "out"),
+                *DATA_ARGS,
+                "--model_kwargs",
+                "num_queries=7",
+                "--use_cpu",
+                "--report_to",
+                "none",
+            ]
+        )

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from helpers import ROOT
 
 if str(ROOT) not in sys.path:  # the benchmarks package, also under a bare `pytest`

@@ -93,13 +93,16 @@ def _write_instances(root: Path, edit=None) -> Path:
         {"id": k + 1, "image_id": 1, "bbox": bbox, "category_id": category, "iscrowd": crowd, "segmentation": seg}
         for k, (_, bbox, category, crowd, seg) in enumerate(A_OBJECTS)
     ]
-    annotations.append({"id": 6, "image_id": 1, "bbox": DROPPED[0], "category_id": DROPPED[1],
-                        "segmentation": DROPPED[2]})  # fmt: skip
+    annotations.append(
+        {"id": 6, "image_id": 1, "bbox": DROPPED[0], "category_id": DROPPED[1], "segmentation": DROPPED[2]}
+    )
     annotations.append({"id": 7, "image_id": 2, "bbox": [1, 1, 10, 13], "category_id": 1, "segmentation": B_POLYGONS})
     coco = {
-        "images": [{"id": 1, "file_name": "a.png", "width": WIDTH, "height": HEIGHT},
-                   {"id": 2, "file_name": "b.png", "width": B_SIZE[1], "height": B_SIZE[0]},
-                   {"id": 3, "file_name": "c.png", "width": 10, "height": 10}],  # fmt: skip
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": WIDTH, "height": HEIGHT},
+            {"id": 2, "file_name": "b.png", "width": B_SIZE[1], "height": B_SIZE[0]},
+            {"id": 3, "file_name": "c.png", "width": 10, "height": 10},
+        ],
         "annotations": annotations,
         "categories": [{"id": 1, "name": "box"}, {"id": 2, "name": "ell"}],
     }
@@ -157,8 +160,11 @@ def _save_hub_like(path: Path, segmentations, segmentation_feature, image_id=5) 
             ),
         }
     )
-    objects = {"bbox": [bbox for _, bbox, *_ in A_OBJECTS], "category": [c - 1 for *_, c, _, _ in A_OBJECTS],
-               "segmentation": segmentations}  # fmt: skip
+    objects = {
+        "bbox": [bbox for _, bbox, *_ in A_OBJECTS],
+        "category": [c - 1 for *_, c, _, _ in A_OBJECTS],
+        "segmentation": segmentations,
+    }
     row = {"image": _image((HEIGHT, WIDTH)), "image_id": image_id, "width": WIDTH, "height": HEIGHT, "objects": objects}
     datasets.DatasetDict({"train": datasets.Dataset.from_list([row], features=features)}).save_to_disk(str(path))
     return path
@@ -219,17 +225,24 @@ def _write_panoptic(root: Path, extra_id=None) -> Path:
     _png(Q_THING * Q_ID).save(root / "annotations" / "panoptic_val" / "q.png")
     _image((HEIGHT, WIDTH), [SKY, THING, THINGS]).save(root / "val" / "p.png")
     _image((10, 12), [Q_THING]).save(root / "val" / "q.png")
-    segments = [{"id": SKY_ID, "category_id": 7, "bbox": [0, 0, 30, 5], "area": 150, "iscrowd": 0},
-                {"id": THING_ID, "category_id": 1, "bbox": [4, 8, 8, 6], "area": 48, "iscrowd": 0},
-                {"id": CROWD_ID, "category_id": 1, "bbox": [20, 15, 10, 5], "area": 50, "iscrowd": 1}]  # fmt: skip
+    segments = [
+        {"id": SKY_ID, "category_id": 7, "bbox": [0, 0, 30, 5], "area": 150, "iscrowd": 0},
+        {"id": THING_ID, "category_id": 1, "bbox": [4, 8, 8, 6], "area": 48, "iscrowd": 0},
+        {"id": CROWD_ID, "category_id": 1, "bbox": [20, 15, 10, 5], "area": 50, "iscrowd": 1},
+    ]
     coco = {
-        "images": [{"id": 1, "file_name": "p.png", "width": WIDTH, "height": HEIGHT},
-                   {"id": 2, "file_name": "q.png", "width": 12, "height": 10}],  # fmt: skip
+        "images": [
+            {"id": 1, "file_name": "p.png", "width": WIDTH, "height": HEIGHT},
+            {"id": 2, "file_name": "q.png", "width": 12, "height": 10},
+        ],
         "annotations": [
             {"image_id": 1, "file_name": "p.png", "segments_info": segments},
-            {"image_id": 2, "file_name": "q.png",
-             "segments_info": [{"id": Q_ID, "category_id": 1, "bbox": [3, 2, 6, 4], "area": 24, "iscrowd": 0}]},
-        ],  # fmt: skip
+            {
+                "image_id": 2,
+                "file_name": "q.png",
+                "segments_info": [{"id": Q_ID, "category_id": 1, "bbox": [3, 2, 6, 4], "area": 24, "iscrowd": 0}],
+            },
+        ],
         "categories": [{"id": 1, "name": "thing", "isthing": 1}, {"id": 7, "name": "sky", "isthing": 0}],
     }
     (root / "annotations" / "panoptic_val.json").write_text(json.dumps(coco))
@@ -275,20 +288,31 @@ def _set(path, value):
     "edit, message",
     [
         # a mask whose size differs from its image
-        (_set(["annotations", 0, "segmentation"], {"size": [21, 30], "counts": [630]}),
-         r"instances_train.json: annotation id 1 \(image_id 1, 'a.png'\): segmentation\[\"size\"\] = \[21, 30\] "
-         r"differs from its image, \[height, width\] = \[20, 30\]"),
+        (
+            _set(["annotations", 0, "segmentation"], {"size": [21, 30], "counts": [630]}),
+            r"instances_train.json: annotation id 1 \(image_id 1, 'a.png'\): segmentation\[\"size\"\] = \[21, 30\] "
+            r"differs from its image, \[height, width\] = \[20, 30\]",
+        ),
         # a polygon outside the image
-        (_set(["annotations", 1, "segmentation"], [[15, 4, 45, 4, 45, 8]]),
-         r"annotation id 2 \(image_id 1, 'a.png'\): segmentation\[0\] has the point \(x, y\) = \(45, 4\), more than 1 "
-         r"pixel outside its 30 x 20"),
+        (
+            _set(["annotations", 1, "segmentation"], [[15, 4, 45, 4, 45, 8]]),
+            r"annotation id 2 \(image_id 1, 'a.png'\): segmentation\[0\] has the point \(x, y\) = \(45, 4\), "
+            r"more than 1 pixel outside its 30 x 20",
+        ),
         # an RLE that does not decode: too few pixels, a foreign character
-        (_set(["annotations", 2, "segmentation"], {"size": [20, 30], "counts": [100, 20]}),
-         r"annotation id 3 \(image_id 1, 'a.png'\): segmentation\[\"counts\"\] does not decode to a 20 x 30 mask"),
-        (_set(["annotations", 3, "segmentation"], {"size": [20, 30], "counts": "0 6"}),
-         r"annotation id 4 \(image_id 1, 'a.png'\): segmentation\[\"counts\"\] has the character ' '"),
-        (_set(["annotations", 0, "segmentation"], None), r"annotation id 1 \(image_id 1, 'a.png'\): segmentation is "
-         r"missing: masks=True needs"),
+        (
+            _set(["annotations", 2, "segmentation"], {"size": [20, 30], "counts": [100, 20]}),
+            r"annotation id 3 \(image_id 1, 'a.png'\): segmentation\[\"counts\"\] does not decode to a 20 x 30 mask",
+        ),
+        (
+            _set(["annotations", 3, "segmentation"], {"size": [20, 30], "counts": "0 6"}),
+            r"annotation id 4 \(image_id 1, 'a.png'\): segmentation\[\"counts\"\] has the character ' '",
+        ),
+        (
+            _set(["annotations", 0, "segmentation"], None),
+            r"annotation id 1 \(image_id 1, 'a.png'\): segmentation is "
+            r"missing: masks=True needs",
+        ),
     ],
     ids=["rle of another size", "polygon outside", "rle runs", "rle character", "missing"],
 )
@@ -300,8 +324,11 @@ def test_bad_instance_masks_name_the_image_and_the_field(tmp_path, edit, message
 
 
 def test_bad_panoptic_and_stored_masks_name_the_image_and_the_field(tmp_path):
-    with pytest.raises(ValueError, match=r"panoptic_val.json: image 'p.png' \(image_id 1\): the panoptic PNG has "
-                                         r"segment ids \[999\] .* that \"segments_info\" does not list"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"panoptic_val.json: image 'p.png' \(image_id 1\): the panoptic PNG has "
+        r"segment ids \[999\] .* that \"segments_info\" does not list",
+    ):
         load_detection_dataset(_write_panoptic(tmp_path / "unlisted", extra_id=999), masks=True)
     root = _write_panoptic(tmp_path / "no_pngs")
     (root / "annotations" / "panoptic_val").rename(root / "annotations" / "elsewhere")
@@ -311,8 +338,11 @@ def test_bad_panoptic_and_stored_masks_name_the_image_and_the_field(tmp_path):
     rles = [_compressed(mask) for mask, *_ in A_OBJECTS]
     rles[1] = _compressed(np.zeros((WIDTH, HEIGHT), bool))
     saved = _save_hub_like(tmp_path / "saved", rles, RLE)
-    with pytest.raises(ValueError, match=r"split 'train' example 0 \(image_id 5\) object 1: segmentation\[\"size\"\] "
-                                         r"= \[30, 20\] differs from its image, \[height, width\] = \[20, 30\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"split 'train' example 0 \(image_id 5\) object 1: segmentation\[\"size\"\] "
+        r"= \[30, 20\] differs from its image, \[height, width\] = \[20, 30\]",
+    ):
         load_detection_dataset(saved, masks=True)
     boxes_only = make_synthetic_dataset(1, 0, 0, image_size=32)["train"]
     datasets.DatasetDict({"train": boxes_only}).save_to_disk(str(tmp_path / "boxes_only"))
@@ -334,23 +364,39 @@ def test_synthetic_masks_are_the_rendered_visible_pixels():
             np.testing.assert_array_equal(_decoded(row["objects"], (48, 48)), drawn.masks)
             assert {**row["objects"], "segmentation": None} == {**plain["objects"], "segmentation": None}
             assert np.array_equal(np.asarray(row["image"]), np.asarray(plain["image"]))
-    via_sources = load_data("synthetic", ["train"], synthetic_sizes={"train": 2}, synthetic_image_size=48, seed=3,
-                            masks=True)["train"]  # fmt: skip
+    via_sources = load_data(
+        "synthetic", ["train"], synthetic_sizes={"train": 2}, synthetic_image_size=48, seed=3, masks=True
+    )["train"]
     assert via_sources[1]["objects"] == with_masks["train"][1]["objects"]
 
 
 # rectangles only: a crop cuts a rectangle into a rectangle, so each augmented mask's box is the augmented box
-RECTANGLES = [(slice(2, 8), slice(3, 11)), (slice(10, 19), slice(1, 6)), (slice(0, 6), slice(14, 27)),
-              (slice(12, 16), slice(20, 30)), (slice(15, 20), slice(8, 9))]  # fmt: skip
+RECTANGLES = [
+    (slice(2, 8), slice(3, 11)),
+    (slice(10, 19), slice(1, 6)),
+    (slice(0, 6), slice(14, 27)),
+    (slice(12, 16), slice(20, 30)),
+    (slice(15, 20), slice(8, 9)),
+]
 
 
 def _rectangle_example():
     masks = np.stack([_mask((HEIGHT, WIDTH), rectangle) for rectangle in RECTANGLES])
     boxes = masks_to_boxes(torch.from_numpy(masks)) + torch.tensor([0, 0, 1, 1])  # [x0, y0, x1, y1] pixel edges
-    return {"image": _image((HEIGHT, WIDTH), masks), "image_id": 1, "width": WIDTH, "height": HEIGHT,
-            "objects": {"bbox": [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in boxes.tolist()],
-                        "category": [0, 1, 0, 1, 0], "area": masks.sum((1, 2)).tolist(), "iscrowd": [0] * 5,
-                        "id": [1, 2, 3, 4, 5], "segmentation": [_compressed(m) for m in masks]}}  # fmt: skip
+    return {
+        "image": _image((HEIGHT, WIDTH), masks),
+        "image_id": 1,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "objects": {
+            "bbox": [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in boxes.tolist()],
+            "category": [0, 1, 0, 1, 0],
+            "area": masks.sum((1, 2)).tolist(),
+            "iscrowd": [0] * 5,
+            "id": [1, 2, 3, 4, 5],
+            "segmentation": [_compressed(m) for m in masks],
+        },
+    }
 
 
 def _assert_aligned(example, tolerance):
@@ -360,16 +406,21 @@ def _assert_aligned(example, tolerance):
     masks = torch.from_numpy(_decoded(example["objects"], (height, width)))
     assert len(masks) == len(example["objects"]["bbox"]) and masks.flatten(1).any(1).all()
     boxes = torch.tensor(example["objects"]["bbox"]).reshape(-1, 4)
-    torch.testing.assert_close(masks_to_boxes(masks) + torch.tensor([0, 0, 1, 1]),
-                               torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1), atol=tolerance, rtol=0)
+    torch.testing.assert_close(
+        masks_to_boxes(masks) + torch.tensor([0, 0, 1, 1]),
+        torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1),
+        atol=tolerance,
+        rtol=0,
+    )
     return masks
 
 
 def test_masks_stay_aligned_with_their_boxes_through_flip_resize_and_crop():
     example = _rectangle_example()
     # DETR's recipe with every step forced: flip, an exact first resize (the shorter side is 20), crop, resize
-    forced = make_train_transform(scales=[28], max_size=60, crop_resize_scales=[20], crop_size=(10, 16), crop_prob=1.0,
-                                  flip_prob=1.0)  # fmt: skip
+    forced = make_train_transform(
+        scales=[28], max_size=60, crop_resize_scales=[20], crop_size=(10, 16), crop_prob=1.0, flip_prob=1.0
+    )
     dropped = 0
     for seed in range(6):
         torch.manual_seed(seed)
@@ -400,8 +451,9 @@ def test_synthetic_shapes_stay_inside_their_boxes_through_the_detr_recipe():
     split = make_synthetic_dataset(3, 0, 0, image_size=48, masks=True)["train"]
     for crop_prob in (0.0, 1.0):
         # the crop branch's first resize is exact (48 px): one rounding resize, after the crop (up by 40/32 or more)
-        transform = make_train_transform(scales=[40, 56], max_size=100, crop_resize_scales=[48], crop_size=(24, 32),
-                                         crop_prob=crop_prob)  # fmt: skip
+        transform = make_train_transform(
+            scales=[40, 56], max_size=100, crop_resize_scales=[48], crop_size=(24, 32), crop_prob=crop_prob
+        )
         dataset = DetectionDataset(split, transform, seed=1)
         for index in range(len(split)):
             example = dataset[index]
@@ -437,8 +489,9 @@ def test_the_batch_has_masks_at_the_padded_size_on_their_objects(tmp_path):
     assert b["masks"][:, B_SIZE[0] :].sum() == 0 and b["masks"][:, :, B_SIZE[1] :].sum() == 0  # the padding
     for k, colour in enumerate(np.array(COLOURS)[[0, 1, 3, 4]]):
         on_mask = batch["pixel_values"][0][:, a["masks"][k].bool()]
-        torch.testing.assert_close(on_mask, _normalized(colour, processor)[:, None].expand_as(on_mask), atol=1e-5,
-                                   rtol=0)  # fmt: skip
+        torch.testing.assert_close(
+            on_mask, _normalized(colour, processor)[:, None].expand_as(on_mask), atol=1e-5, rtol=0
+        )
     # the processor's resize: masks resized with their images, each mask's box on its label box
     resized = DetectionCollator(processor, do_resize=True, keep_crowd=True)([split[0], split[1]])
     canvas = resized["pixel_values"].shape[-2:]
@@ -470,6 +523,9 @@ def test_evaluation_batches_carry_the_masks_at_the_original_size(tmp_path):
     empty = mask_references(split[2])  # an image without objects
     assert empty["masks"].shape == (0, 10, 10) and empty["labels"].shape == empty["iscrowd"].shape == (0,)
     augmented = DetectionDataset(split, v2.Resize(10))[0]
-    with pytest.raises(ValueError, match=r"image_id=1: mask references are at the original image size \(20, 30\), "
-                                         r"but a transform made the image \(10, 15\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"image_id=1: mask references are at the original image size \(20, 30\), "
+        r"but a transform made the image \(10, 15\)",
+    ):
         collator([augmented])

@@ -50,8 +50,9 @@ class Oracle(nn.Module):
 
 @pytest.fixture(scope="module")
 def split():
-    data = load_data("synthetic", ["validation"], synthetic_sizes={"validation": 5}, synthetic_image_size=96,
-                     masks=True)  # fmt: skip
+    data = load_data(
+        "synthetic", ["validation"], synthetic_sizes={"validation": 5}, synthetic_image_size=96, masks=True
+    )
     return data["validation"]
 
 
@@ -73,14 +74,16 @@ def test_ground_truth_masks_score_one(split, batch_size):
 def test_masks_are_cut_to_the_image_before_scoring(split):
     """Every image padded to 160 x 128: the padding's share of `pred_masks` is cut off before the masks are resized
     to the image (post-processing the whole canvas, as transformers' does, stretches them and loses the match)."""
-    processor = HfDetrImageProcessor(size={"shortest_edge": 96, "longest_edge": 160},
-                                     pad_size={"height": 160, "width": 128})  # fmt: skip
+    processor = HfDetrImageProcessor(
+        size={"shortest_edge": 96, "longest_edge": 160}, pad_size={"height": 160, "width": 128}
+    )
     padded = evaluate(Oracle(split, dataset_id2label(split)), processor, split, batch_size=2)
     assert padded["segm_map_50"] == pytest.approx(1.0) and padded["pq"] > 0.9
 
 
 def test_a_split_without_masks_is_a_clear_error(split):
-    boxes_only = load_data("synthetic", ["validation"], synthetic_sizes={"validation": 5},
-                           synthetic_image_size=96)["validation"]  # fmt: skip
+    boxes_only = load_data("synthetic", ["validation"], synthetic_sizes={"validation": 5}, synthetic_image_size=96)[
+        "validation"
+    ]
     with pytest.raises(ValueError, match="masks=True"):
         evaluate(Oracle(split, dataset_id2label(split)), HfDetrImageProcessor(), boxes_only)

@@ -62,30 +62,48 @@ def mask_scene(seed: int = 1, num_images: int = 4):
                 det_masks.append(blob(rng, height, width))
                 det_labels.append(rng.choice([0, 1, 3]))
         det_masks = np.array(det_masks, dtype=bool).reshape(-1, height, width)
-        predictions.append({"masks": det_masks, "labels": np.array(det_labels, dtype=np.int64),
-                            "scores": rng.uniform(0.05, 1, len(det_masks))})  # fmt: skip
+        predictions.append(
+            {
+                "masks": det_masks,
+                "labels": np.array(det_labels, dtype=np.int64),
+                "scores": rng.uniform(0.05, 1, len(det_masks)),
+            }
+        )
     return predictions, references
 
 
 def pycocotools_segm_by_hand(predictions, references) -> np.ndarray:
     """COCOeval(iouType="segm").stats the textbook way: RLEs from pycocotools.mask.encode, loadRes, evaluate."""
     gt = COCO()
-    images = [{"id": i, "height": r["masks"].shape[1], "width": r["masks"].shape[2]}
-              for i, r in enumerate(references, start=1)]  # fmt: skip
+    images = [
+        {"id": i, "height": r["masks"].shape[1], "width": r["masks"].shape[2]}
+        for i, r in enumerate(references, start=1)
+    ]
     annotations = []
     for image_id, ref in enumerate(references, start=1):
         for mask, label, crowd in zip(ref["masks"], ref["labels"], ref["iscrowd"]):
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "segmentation": rle,
-                                "category_id": int(label), "iscrowd": int(crowd),
-                                "area": float(mask_utils.area(rle))})  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "segmentation": rle,
+                    "category_id": int(label),
+                    "iscrowd": int(crowd),
+                    "area": float(mask_utils.area(rle)),
+                }
+            )
     gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": c} for c in (0, 1, 2, 3)]}
     detections = [
-        {"image_id": image_id, "category_id": int(label), "score": float(score),
-         "segmentation": mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))}
+        {
+            "image_id": image_id,
+            "category_id": int(label),
+            "score": float(score),
+            "segmentation": mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))),
+        }
         for image_id, pred in enumerate(predictions, start=1)
         for mask, label, score in zip(pred["masks"], pred["labels"], pred["scores"])
-    ]  # fmt: skip
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
         coco_eval = COCOeval(gt, gt.loadRes(detections), iouType="segm")
@@ -116,7 +134,7 @@ def box_scene(seed: int = 4, num_images: int = 6):
     """Integer boxes (x0, y0, x1, y1) spanning small, medium and large, some crowd, and noisy integer detections."""
     rng = np.random.default_rng(seed)
     scenes = []
-    for image in range(num_images):
+    for _ in range(num_images):
         height, width = rng.integers(60, 200, size=2)
         boxes = []
         for _ in range(int(rng.integers(1, 5))):
@@ -131,8 +149,17 @@ def box_scene(seed: int = 4, num_images: int = 6):
             dx0, dy0 = np.clip([x0 + dx0, y0 + dy0], 0, [x1 - 2, y1 - 2])
             dets.append([dx0, dy0, int(np.clip(x1 + dx1, dx0 + 1, width)), int(np.clip(y1 + dy1, dy0 + 1, height))])
         det_labels = np.where(rng.uniform(size=len(dets)) < 0.8, labels, 1 - labels)
-        scenes.append(((height, width), np.array(boxes), labels, iscrowd, np.array(dets), det_labels,
-                       rng.uniform(0.1, 1, len(dets))))  # fmt: skip
+        scenes.append(
+            (
+                (height, width),
+                np.array(boxes),
+                labels,
+                iscrowd,
+                np.array(dets),
+                det_labels,
+                rng.uniform(0.1, 1, len(dets)),
+            )
+        )
     return scenes
 
 
@@ -165,8 +192,12 @@ def test_mask_map_per_class_keys_live_beside_the_box_and_pq_keys():
     names = {0: "map", 1: "segm", 2: "pq", 3: "things"}
     predictions, references = mask_scene()
     segm = coco_segmentation_evaluate(predictions, references, per_class=True, id2label=names)
-    box = coco_evaluate([{"boxes": [[0, 0, 2, 2]], "labels": [0], "scores": [1.0]}],
-                        [{"boxes": [[0, 0, 2, 2]], "labels": [0]}], per_class=True, id2label=names)  # fmt: skip
+    box = coco_evaluate(
+        [{"boxes": [[0, 0, 2, 2]], "labels": [0], "scores": [1.0]}],
+        [{"boxes": [[0, 0, 2, 2]], "labels": [0]}],
+        per_class=True,
+        id2label=names,
+    )
     pq = panoptic_quality(*one_segment_scene(), things={0, 1, 2}, stuff={3}, per_class=True, id2label=names)
     assert len(segm) == 12 + 3 * 4 and len(box) == 12 + 3 * 4 and len(pq) == 9 + 3 * 4
     assert not (set(segm) & set(box)) and not (set(segm) & set(pq)) and not (set(box) & set(pq))
@@ -226,21 +257,40 @@ def hand_scene():
     gt_b = grid(*["11112222"] * 4, *["22222222"] * 4)
     pred_b = grid(*["33444444"] * 4, *["44444444"] * 4)
     references = [
-        {"segmentation": gt_a, "segments_info": [
-            {"id": 1, "category_id": CAT}, {"id": 2, "category_id": DOG}, {"id": 3, "category_id": CAT},
-            {"id": 4, "category_id": SKY}, {"id": 5, "category_id": CAT, "iscrowd": 1}]},
-        {"segmentation": torch.as_tensor(gt_b), "segments_info": [
-            {"id": 1, "category_id": CAT, "iscrowd": 0}, {"id": 2, "category_id": SKY}]},
-    ]  # fmt: skip
+        {
+            "segmentation": gt_a,
+            "segments_info": [
+                {"id": 1, "category_id": CAT},
+                {"id": 2, "category_id": DOG},
+                {"id": 3, "category_id": CAT},
+                {"id": 4, "category_id": SKY},
+                {"id": 5, "category_id": CAT, "iscrowd": 1},
+            ],
+        },
+        {
+            "segmentation": torch.as_tensor(gt_b),
+            "segments_info": [{"id": 1, "category_id": CAT, "iscrowd": 0}, {"id": 2, "category_id": SKY}],
+        },
+    ]
     predictions = [
-        {"segmentation": torch.as_tensor(pred_a, dtype=torch.int32), "segments_info": [
-            {"id": 1, "label_id": CAT}, {"id": 2, "label_id": DOG}, {"id": 4, "label_id": SKY},
-            {"id": 6, "label_id": CAT}, {"id": 7, "label_id": DOG}, {"id": 8, "label_id": CAT},
-            {"id": 9, "label_id": DOG, "score": 0.3, "was_fused": False}]},
+        {
+            "segmentation": torch.as_tensor(pred_a, dtype=torch.int32),
+            "segments_info": [
+                {"id": 1, "label_id": CAT},
+                {"id": 2, "label_id": DOG},
+                {"id": 4, "label_id": SKY},
+                {"id": 6, "label_id": CAT},
+                {"id": 7, "label_id": DOG},
+                {"id": 8, "label_id": CAT},
+                {"id": 9, "label_id": DOG, "score": 0.3, "was_fused": False},
+            ],
+        },
         # sky fused from two queries, as transformers lists it: the same id twice
-        {"segmentation": pred_b, "segments_info": [
-            {"id": 3, "label_id": CAT}, {"id": 4, "label_id": SKY}, {"id": 4, "label_id": SKY}]},
-    ]  # fmt: skip
+        {
+            "segmentation": pred_b,
+            "segments_info": [{"id": 3, "label_id": CAT}, {"id": 4, "label_id": SKY}, {"id": 4, "label_id": SKY}],
+        },
+    ]
     return predictions, references
 
 
@@ -250,25 +300,42 @@ def hand_scene():
 #         bird: no segment, undefined (-1) and left out of the averages.
 SKY_SQ = (0.75 + 6 / 7) / 2
 HAND_PQ = {
-    "pq": (0.4 + 0.3 + SKY_SQ) / 3, "sq": (1 + 0.6 + SKY_SQ) / 3, "rq": (0.4 + 0.5 + 1) / 3,
-    "pq_things": (0.4 + 0.3) / 2, "sq_things": (1 + 0.6) / 2, "rq_things": (0.4 + 0.5) / 2,
-    "pq_stuff": SKY_SQ, "sq_stuff": SKY_SQ, "rq_stuff": 1.0,
-    "pq_class_cat": 0.4, "sq_class_cat": 1.0, "rq_class_cat": 0.4,
-    "pq_class_dog": 0.3, "sq_class_dog": 0.6, "rq_class_dog": 0.5,
-    "pq_class_sky": SKY_SQ, "sq_class_sky": SKY_SQ, "rq_class_sky": 1.0,
-    "pq_class_bird": -1.0, "sq_class_bird": -1.0, "rq_class_bird": -1.0,
-}  # fmt: skip
+    "pq": (0.4 + 0.3 + SKY_SQ) / 3,
+    "sq": (1 + 0.6 + SKY_SQ) / 3,
+    "rq": (0.4 + 0.5 + 1) / 3,
+    "pq_things": (0.4 + 0.3) / 2,
+    "sq_things": (1 + 0.6) / 2,
+    "rq_things": (0.4 + 0.5) / 2,
+    "pq_stuff": SKY_SQ,
+    "sq_stuff": SKY_SQ,
+    "rq_stuff": 1.0,
+    "pq_class_cat": 0.4,
+    "sq_class_cat": 1.0,
+    "rq_class_cat": 0.4,
+    "pq_class_dog": 0.3,
+    "sq_class_dog": 0.6,
+    "rq_class_dog": 0.5,
+    "pq_class_sky": SKY_SQ,
+    "sq_class_sky": SKY_SQ,
+    "rq_class_sky": 1.0,
+    "pq_class_bird": -1.0,
+    "sq_class_bird": -1.0,
+    "rq_class_bird": -1.0,
+}
 
 
 def test_pq_sq_rq_equal_hand_computed_values():
     predictions, references = hand_scene()
-    metrics = panoptic_quality(predictions, references, things={CAT, DOG, BIRD}, stuff={SKY}, per_class=True,
-                               id2label=NAMES)  # fmt: skip
+    metrics = panoptic_quality(
+        predictions, references, things={CAT, DOG, BIRD}, stuff={SKY}, per_class=True, id2label=NAMES
+    )
     assert metrics == pytest.approx(HAND_PQ, abs=1e-12)
     assert list(metrics)[:9] == list(PQ_STAT_NAMES)
     counts = PanopticQualityMetric({CAT, DOG, BIRD}, {SKY}).count_image(predictions[0], references[0])
     assert {c: (n.tp, n.fp, n.fn, round(n.iou, 12)) for c, n in counts.items()} == {
-        CAT: (1, 0, 1, 1.0), DOG: (1, 2, 0, 0.6), SKY: (1, 0, 0, 0.75)
+        CAT: (1, 0, 1, 1.0),
+        DOG: (1, 2, 0, 0.6),
+        SKY: (1, 0, 0, 0.75),
     }
 
 
@@ -389,20 +456,38 @@ def test_pq_matches_a_loop_by_loop_reference_on_random_maps():
 @pytest.mark.parametrize(
     "prediction, reference, message",
     [
-        ({"segmentation": grid(*["12"] * 2), "segments_info": [{"id": 1, "label_id": CAT}]}, None,
-         "segment ids [2] are in `segmentation` but not in `segments_info`"),
-        ({"segmentation": grid(*["11"] * 2), "segments_info": [{"id": 1, "label_id": CAT}, {"id": 3, "label_id": DOG}]},
-         None, "segments [3] are listed but have no pixel"),
-        ({"segmentation": grid(*["11"] * 2), "segments_info": [{"id": 1, "label_id": 9}]}, None,
-         "category 9 is neither in `things` nor in `stuff`"),
-        ({"segmentation": grid(*["11"] * 2), "segments_info": [{"id": 1, "label_id": CAT}, {"id": 1, "label_id": DOG}]},
-         None, "segment 1 is listed twice"),
+        (
+            {"segmentation": grid(*["12"] * 2), "segments_info": [{"id": 1, "label_id": CAT}]},
+            None,
+            "segment ids [2] are in `segmentation` but not in `segments_info`",
+        ),
+        (
+            {
+                "segmentation": grid(*["11"] * 2),
+                "segments_info": [{"id": 1, "label_id": CAT}, {"id": 3, "label_id": DOG}],
+            },
+            None,
+            "segments [3] are listed but have no pixel",
+        ),
+        (
+            {"segmentation": grid(*["11"] * 2), "segments_info": [{"id": 1, "label_id": 9}]},
+            None,
+            "category 9 is neither in `things` nor in `stuff`",
+        ),
+        (
+            {
+                "segmentation": grid(*["11"] * 2),
+                "segments_info": [{"id": 1, "label_id": CAT}, {"id": 1, "label_id": DOG}],
+            },
+            None,
+            "segment 1 is listed twice",
+        ),
         ({"segmentation": grid(*["111"] * 2), "segments_info": [{"id": 1, "label_id": CAT}]}, None, "differ in size"),
         ({"segmentation": grid(*["11"] * 2), "segments_info": [{"label_id": CAT}]}, None, "needs `id`"),
         ({"segmentation": np.full((2, 2), 0.5), "segments_info": []}, None, "integer [H, W] map"),
         (None, {"segmentation": grid(*["00"] * 2), "segments_info": [{"id": 0, "category_id": CAT}]}, "must be > 0"),
     ],
-)  # fmt: skip
+)
 def test_bad_panoptic_inputs_name_the_image_and_field(prediction, reference, message):
     good = {"segmentation": grid(*["11"] * 2), "segments_info": [{"id": 1, "label_id": CAT, "category_id": CAT}]}
     with pytest.raises(ValueError) as info:

@@ -5,17 +5,34 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import padded_batch, random_labels, randomize_weights
 from transformers import AutoModelForImageSegmentation, DetrConfig, DetrForSegmentation
 
+from helpers import padded_batch, random_labels, randomize_weights
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation
 from hf_detr.hub.convert import from_transformers
 from hf_detr.modeling.loss import build_criterion
 
-SMALL = dict(backbone="resnet18", encoder_layers=2, decoder_layers=2, d_model=128, encoder_ffn_dim=256,
-             decoder_ffn_dim=256, num_queries=20)
-TINY = dict(backbone="resnet18", encoder_layers=1, decoder_layers=2, d_model=64, encoder_attention_heads=8,
-            decoder_attention_heads=8, encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=10, num_labels=3)
+SMALL = dict(
+    backbone="resnet18",
+    encoder_layers=2,
+    decoder_layers=2,
+    d_model=128,
+    encoder_ffn_dim=256,
+    decoder_ffn_dim=256,
+    num_queries=20,
+)
+TINY = dict(
+    backbone="resnet18",
+    encoder_layers=1,
+    decoder_layers=2,
+    d_model=64,
+    encoder_attention_heads=8,
+    decoder_attention_heads=8,
+    encoder_ffn_dim=128,
+    decoder_ffn_dim=128,
+    num_queries=10,
+    num_labels=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +109,12 @@ def test_mask_loss_leaves_padding_out():
     generator = torch.Generator().manual_seed(2)
     labels = random_labels((2,), 3, generator)
     box_masks(labels, 64, 96, generator)
-    heads = {"logits": torch.randn(1, 10, 4, generator=generator),
-             "pred_boxes": torch.rand(1, 10, 4, generator=generator),
-             "pred_masks": torch.randn(1, 10, 64, 96, generator=generator),
-             "pixel_mask": torch.ones(1, 64, 96, dtype=torch.bool)}
+    heads = {
+        "logits": torch.randn(1, 10, 4, generator=generator),
+        "pred_boxes": torch.rand(1, 10, 4, generator=generator),
+        "pred_masks": torch.randn(1, 10, 64, 96, generator=generator),
+        "pixel_mask": torch.ones(1, 64, 96, dtype=torch.bool),
+    }
     criterion = build_criterion(config, masks=True)
     _, alone = criterion(heads, labels)
 
@@ -127,8 +146,9 @@ def test_mask_errors_name_the_field():
 
 def test_images_without_objects_train():
     model = HfDetrForSegmentation(HfDetrConfig(**TINY)).train()
-    labels = [{"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4),
-               "masks": torch.zeros(0, 64, 64)}]
+    labels = [
+        {"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 64, 64)}
+    ]
     outputs = model(torch.randn(1, 3, 64, 64), labels=labels)
     assert outputs.loss_dict["loss_mask"] == 0 and outputs.loss_dict["loss_dice"] == 0
     outputs.loss.backward()

@@ -7,8 +7,8 @@ from __future__ import annotations
 import datasets
 import pytest
 import torch
-from helpers import EXAMPLE, launch_two_processes, load_script, trainer_evaluate, trainer_evaluate_on_two_processes
 
+from helpers import EXAMPLE, launch_two_processes, load_script, trainer_evaluate, trainer_evaluate_on_two_processes
 from hf_detr import HfDetrForSegmentation, HfDetrImageProcessor, presets
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.data.sources import load_data
@@ -28,8 +28,14 @@ def scene(tmp_path_factory) -> dict:
     the split: the detector, then the mask head on it), its processor, the split, and the numbers `evaluate` gives."""
     root = tmp_path_factory.mktemp("segmentation_scene")
     processor = HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 107})
-    split = load_data("synthetic", ["validation"], synthetic_sizes={"validation": NUM_IMAGES}, synthetic_image_size=64,
-                      seed=5, masks=True)["validation"]  # fmt: skip
+    split = load_data(
+        "synthetic",
+        ["validation"],
+        synthetic_sizes={"validation": NUM_IMAGES},
+        synthetic_image_size=64,
+        seed=5,
+        masks=True,
+    )["validation"]
     batch = next(iter(evaluation_loader(split, processor, ID2LABEL, batch_size=NUM_IMAGES)))
     torch.manual_seed(0)
     detector = presets.create("demo", id2label=ID2LABEL)
@@ -83,7 +89,8 @@ def test_trainer_on_two_processes_with_an_uneven_last_batch_gives_the_evaluate_m
 
 def test_evaluate_on_two_accelerate_processes_gives_the_one_process_mask_numbers(scene, tmp_path):
     """The training loop's evaluation: each process scores its share, the RLEs are gathered, every image once."""
-    results = launch_two_processes(f"""
+    results = launch_two_processes(
+        f"""
         import json
         import datasets
         from accelerate import Accelerator
@@ -98,7 +105,9 @@ def test_evaluate_on_two_accelerate_processes_gives_the_one_process_mask_numbers
         model, loader = accelerator.prepare(model, loader)
         metrics = evaluate(model, processor, loader, accelerator=accelerator)
         print("METRICS", json.dumps(metrics))
-    """, tmp_path)  # fmt: skip
+    """,
+        tmp_path,
+    )
     for metrics in results:
         assert metrics == scene["reference"]
 
@@ -113,18 +122,53 @@ def test_the_trainer_example_fine_tunes_a_segmentation_model(scene, tmp_path):
     evaluation, whose numbers are `evaluate`'s for the saved model."""
     example = load_script(EXAMPLE)
     output_dir = tmp_path / "out"
-    metrics = example.main([
-        "--model_name_or_path", str(scene["root"] / "model"), "--task", "instance", "--output_dir", str(output_dir),
-        "--dataset", str(scene["root"] / "data"), "--train_split", "validation", "--eval_split", "validation",
-        "--image_size", "64", "--max_size", "107", "--augment", "flip", "--do_train", "--do_eval", "--max_steps", "2",
-        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3", "--learning_rate", "1e-3",
-        "--logging_steps", "1", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
-    ])  # fmt: skip
+    metrics = example.main(
+        [
+            "--model_name_or_path",
+            str(scene["root"] / "model"),
+            "--task",
+            "instance",
+            "--output_dir",
+            str(output_dir),
+            "--dataset",
+            str(scene["root"] / "data"),
+            "--train_split",
+            "validation",
+            "--eval_split",
+            "validation",
+            "--image_size",
+            "64",
+            "--max_size",
+            "107",
+            "--augment",
+            "flip",
+            "--do_train",
+            "--do_eval",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--per_device_eval_batch_size",
+            "3",
+            "--learning_rate",
+            "1e-3",
+            "--logging_steps",
+            "1",
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     saved = HfDetrForSegmentation.from_pretrained(output_dir)
     assert saved.config.architectures == ["HfDetrForSegmentation"]
     start = scene["model"].state_dict()
-    assert any(not torch.equal(value, start[name]) for name, value in saved.state_dict().items()
-               if name.startswith("mask_head."))  # fmt: skip
+    assert any(
+        not torch.equal(value, start[name])
+        for name, value in saved.state_dict().items()
+        if name.startswith("mask_head.")
+    )
     expected = evaluate(saved, HfDetrImageProcessor.from_pretrained(output_dir), scene["split"], batch_size=3)
     assert _masks(metrics, "eval_") == _masks(expected)
 
@@ -132,5 +176,15 @@ def test_the_trainer_example_fine_tunes_a_segmentation_model(scene, tmp_path):
 def test_the_trainer_example_checks_its_segmentation_options(scene, tmp_path):
     example = load_script(EXAMPLE)
     with pytest.raises(ValueError, match="--freeze_detection trains a segmentation head"):
-        example.main(["--model_name_or_path", str(scene["root"] / "model"), "--freeze_detection", "--output_dir",
-                      str(tmp_path), "--dataset", "synthetic", "--use_cpu"])  # fmt: skip
+        example.main(
+            [
+                "--model_name_or_path",
+                str(scene["root"] / "model"),
+                "--freeze_detection",
+                "--output_dir",
+                str(tmp_path),
+                "--dataset",
+                "synthetic",
+                "--use_cpu",
+            ]
+        )

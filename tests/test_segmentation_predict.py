@@ -32,8 +32,11 @@ def _decoded(rles) -> np.ndarray:
 def test_return_masks_gives_each_kept_query_its_mask_at_the_target_size():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 6, 4, generator=generator) * 3
-    outputs = PostProcessInputs(logits=logits, pred_boxes=torch.rand(2, 6, 4, generator=generator),
-                                pred_masks=torch.randn(2, 6, 8, 10, generator=generator))  # fmt: skip
+    outputs = PostProcessInputs(
+        logits=logits,
+        pred_boxes=torch.rand(2, 6, 4, generator=generator),
+        pred_masks=torch.randn(2, 6, 8, 10, generator=generator),
+    )
     processor = HfDetrImageProcessor()
     found = processor.post_process_object_detection(outputs, 0.5, target_sizes=[(16, 20), (24, 30)], return_masks=True)
     plain = processor.post_process_object_detection(outputs, 0.5, target_sizes=[(16, 20), (24, 30)])

@@ -93,10 +93,15 @@ def _assert_same_segments(ours: list[dict], theirs: list[dict]) -> None:
 def test_panoptic_matches_transformers(target_sizes, thresholds):
     threshold, mask_threshold, overlap = thresholds
     outputs = _outputs(QUERIES)
-    kwargs = {"threshold": threshold, "mask_threshold": mask_threshold, "overlap_mask_area_threshold": overlap,
-              "label_ids_to_fuse": FUSED}  # fmt: skip
-    theirs = DetrImageProcessor().post_process_panoptic_segmentation(outputs, **kwargs,
-                                                                     target_sizes=_listed(target_sizes))  # fmt: skip
+    kwargs = {
+        "threshold": threshold,
+        "mask_threshold": mask_threshold,
+        "overlap_mask_area_threshold": overlap,
+        "label_ids_to_fuse": FUSED,
+    }
+    theirs = DetrImageProcessor().post_process_panoptic_segmentation(
+        outputs, **kwargs, target_sizes=_listed(target_sizes)
+    )
     ours = HfDetrImageProcessor().post_process_panoptic_segmentation(outputs, **kwargs, target_sizes=target_sizes)
     _assert_same_segments(ours, theirs)
 
@@ -167,8 +172,12 @@ def test_panoptic_ids_are_never_given_twice():
     logits = torch.full((1, 4, NUM_LABELS + 1), -10.0)
     logits[0, torch.arange(4), torch.tensor([1, 2, 1, 3])] = 10.0
     masks = torch.full((1, 4, 4, 4), -10.0)
-    quadrants = [(slice(0, 2), slice(0, 2)), (slice(0, 2), slice(2, 4)), (slice(2, 4), slice(0, 2)),
-                 (slice(2, 4), slice(2, 4))]  # fmt: skip
+    quadrants = [
+        (slice(0, 2), slice(0, 2)),
+        (slice(0, 2), slice(2, 4)),
+        (slice(2, 4), slice(0, 2)),
+        (slice(2, 4), slice(2, 4)),
+    ]
     for q, (rows, cols) in enumerate(quadrants):
         masks[0, q, rows, cols] = 10.0
     outputs = types.SimpleNamespace(logits=logits, pred_masks=masks)
@@ -176,8 +185,11 @@ def test_panoptic_ids_are_never_given_twice():
     expected = torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2], [1, 1, 3, 3], [1, 1, 3, 3]], dtype=torch.int32)
     assert torch.equal(result["segmentation"], expected)
     assert [(s["id"], s["label_id"], s["was_fused"]) for s in result["segments_info"]] == [
-        (1, 1, True), (2, 2, False), (1, 1, True), (3, 3, False)
-    ]  # fmt: skip
+        (1, 1, True),
+        (2, 2, False),
+        (1, 1, True),
+        (3, 3, False),
+    ]
 
 
 def test_the_overlap_ratio_is_compared_as_transformers_does():
@@ -197,19 +209,38 @@ def test_the_overlap_ratio_is_compared_as_transformers_does():
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        (lambda p: p.post_process_panoptic_segmentation(types.SimpleNamespace(logits=torch.zeros(1, 3, 4))),
-         TypeError, r"no `pred_masks`"),  # fmt: skip
-        (lambda p: p.post_process_semantic_segmentation(
-            types.SimpleNamespace(logits=torch.zeros(1, 3, 4), pred_masks=torch.zeros(1, 2, 8, 8))),
-         ValueError, r"`pred_masks` \[batch, queries, height, width\]"),  # fmt: skip
-        (lambda p: p.post_process_instance_segmentation(_outputs(QUERIES), target_sizes=[(8, 8)]), ValueError,
-         r"one \(height, width\) per image"),
-        (lambda p: p.post_process_instance_segmentation(_outputs(QUERIES), target_sizes=[(8, 8.5)] * 3), ValueError,
-         r"positive whole"),
-        (lambda p: p.post_process_panoptic_segmentation(_outputs(QUERIES), mask_threshold=2), ValueError,
-         r"`mask_threshold` must be a number in \[0, 1\]"),
-        (lambda p: p.post_process_panoptic_segmentation(_outputs(QUERIES), label_ids_to_fuse=3), TypeError,
-         r"`label_ids_to_fuse` must be a set"),
+        (
+            lambda p: p.post_process_panoptic_segmentation(types.SimpleNamespace(logits=torch.zeros(1, 3, 4))),
+            TypeError,
+            r"no `pred_masks`",
+        ),
+        (
+            lambda p: p.post_process_semantic_segmentation(
+                types.SimpleNamespace(logits=torch.zeros(1, 3, 4), pred_masks=torch.zeros(1, 2, 8, 8))
+            ),
+            ValueError,
+            r"`pred_masks` \[batch, queries, height, width\]",
+        ),
+        (
+            lambda p: p.post_process_instance_segmentation(_outputs(QUERIES), target_sizes=[(8, 8)]),
+            ValueError,
+            r"one \(height, width\) per image",
+        ),
+        (
+            lambda p: p.post_process_instance_segmentation(_outputs(QUERIES), target_sizes=[(8, 8.5)] * 3),
+            ValueError,
+            r"positive whole",
+        ),
+        (
+            lambda p: p.post_process_panoptic_segmentation(_outputs(QUERIES), mask_threshold=2),
+            ValueError,
+            r"`mask_threshold` must be a number in \[0, 1\]",
+        ),
+        (
+            lambda p: p.post_process_panoptic_segmentation(_outputs(QUERIES), label_ids_to_fuse=3),
+            TypeError,
+            r"`label_ids_to_fuse` must be a set",
+        ),
     ],
 )
 def test_bad_post_processing_input(call, error, message):
@@ -248,8 +279,10 @@ def _detection_annotations(rng: np.random.Generator) -> tuple[list[dict], list[d
                 mask[y : y + 8, x : x + rng.integers(3, 8)] = 1
                 mask[y + 2 : y + 5, x : x + 3] = 0
                 segmentation = {"size": [height, width], "counts": _runs(mask)}
-                segmentation_compressed = {"size": [height, width],
-                                           "counts": coco_mask.encode(np.asfortranarray(mask))["counts"].decode()}
+                segmentation_compressed = {
+                    "size": [height, width],
+                    "counts": coco_mask.encode(np.asfortranarray(mask))["counts"].decode(),
+                }
             else:
                 segmentation = [_polygon(rng, height, width)] + ([_polygon(rng, height, width)] if k == 1 else [])
                 segmentation_compressed = segmentation
@@ -292,8 +325,9 @@ def _assert_labels_match(ours, theirs) -> None:
 
 def test_polygon_and_rle_masks_match_transformers():
     uncompressed, compressed, images = _detection_annotations(np.random.default_rng(0))
-    theirs = DetrImageProcessor(size=SIZE)(images=images, annotations=uncompressed, return_segmentation_masks=True,
-                                           return_tensors="pt")  # fmt: skip
+    theirs = DetrImageProcessor(size=SIZE)(
+        images=images, annotations=uncompressed, return_segmentation_masks=True, return_tensors="pt"
+    )
     processor = HfDetrImageProcessor(size=SIZE)
     ours = processor(images=images, annotations=uncompressed, return_segmentation_masks=True, return_tensors="pt")
     _assert_labels_match(ours, theirs)
@@ -328,15 +362,20 @@ def test_masks_follow_their_objects_when_objects_are_dropped():
     ]
     processor = HfDetrImageProcessor(do_resize=False)
     image = PIL.Image.new("RGB", (width, height))
-    labels = processor(images=image, annotations={"image_id": 1, "annotations": objects},
-                       return_segmentation_masks=True)["labels"][0]  # fmt: skip
+    labels = processor(
+        images=image, annotations={"image_id": 1, "annotations": objects}, return_segmentation_masks=True
+    )["labels"][0]
     assert labels["class_labels"].tolist() == [1, 4]
     expected = torch.zeros(2, height, width)
     expected[0, 2:12, 2:12] = 1
     expected[1, 1:5, 25:29] = 1  # the 2-point polygon encloses nothing
     assert torch.equal(labels["masks"], expected)
-    kept = processor(images=image, annotations={"image_id": 1, "annotations": objects}, keep_crowd=True,
-                     return_segmentation_masks=True)["labels"][0]  # fmt: skip
+    kept = processor(
+        images=image,
+        annotations={"image_id": 1, "annotations": objects},
+        keep_crowd=True,
+        return_segmentation_masks=True,
+    )["labels"][0]
     assert kept["class_labels"].tolist() == [1, 2, 4]
     assert kept["masks"][1].sum() == height * 5 and kept["masks"][1, :, 20:25].all()
 
@@ -360,9 +399,16 @@ def _panoptic_annotations(rng, tmp_path):
         PIL.Image.fromarray(png).save(tmp_path / f"{i}.png")
         images.append(_image(rng, height, width))
         pngs.append(png)
-        segments = [{"id": segment_id, "category_id": int(rng.integers(1, 200)), "iscrowd": int(k == 2),
-                     "bbox": [0, 0, 1, 1], "area": float(rng.uniform(10, 100))}
-                    for k, segment_id in enumerate(segment_ids)]  # fmt: skip
+        segments = [
+            {
+                "id": segment_id,
+                "category_id": int(rng.integers(1, 200)),
+                "iscrowd": int(k == 2),
+                "bbox": [0, 0, 1, 1],
+                "area": float(rng.uniform(10, 100)),
+            }
+            for k, segment_id in enumerate(segment_ids)
+        ]
         annotations.append({"image_id": 20 + i, "file_name": f"{i}.png", "segments_info": segments})
     return images, annotations, pngs
 
@@ -377,14 +423,17 @@ def test_panoptic_masks_match_transformers(tmp_path):
     _assert_labels_match(ours, theirs)
     assert all(len(label["class_labels"]) == 4 and label["iscrowd"].sum() == 1 for label in ours["labels"])
     # the PNG given directly, as a PIL image or as pixels, is read the same way
-    direct = [{**a, "panoptic_png": PIL.Image.fromarray(png) if i % 2 else png}
-              for i, (a, png) in enumerate(zip(annotations, pngs))]  # fmt: skip
+    direct = [
+        {**a, "panoptic_png": PIL.Image.fromarray(png) if i % 2 else png}
+        for i, (a, png) in enumerate(zip(annotations, pngs))
+    ]
     same = processor(images=images, annotations=direct, return_tensors="pt")
     for a, b in zip(same["labels"], ours["labels"]):
         assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["boxes"], b["boxes"])
     # crowd segments are dropped by default, and masks are left out on request
-    default = HfDetrImageProcessor(size=SIZE, format="coco_panoptic")(images=images, annotations=direct,
-                                                                      return_segmentation_masks=False)  # fmt: skip
+    default = HfDetrImageProcessor(size=SIZE, format="coco_panoptic")(
+        images=images, annotations=direct, return_segmentation_masks=False
+    )
     for a, b in zip(default["labels"], ours["labels"]):
         assert "masks" not in a and torch.equal(a["boxes"], b["boxes"][b["iscrowd"] == 0])
 
@@ -422,28 +471,53 @@ _PNG_UNLISTED[8:, 8:] = (1, 1, 0)  # id 257
     "annotation, kwargs, message",
     [
         # a mask whose size differs from its image
-        (_detection({"size": [12, 10], "counts": [120]}), {}, r'\["segmentation"\] \(image_id 5\)\["size"\] = '
-         r"\[12, 10\] differs from its image, \[height, width\] = \[10, 12\]"),
-        (_panoptic(np.zeros((12, 10, 3), np.uint8)), {"format": "coco_panoptic"},
-         r'\["panoptic_png"\] \(image_id 6\) is 12 x 10 \(height x width\), but its image is 10 x 12'),
+        (
+            _detection({"size": [12, 10], "counts": [120]}),
+            {},
+            r'\["segmentation"\] \(image_id 5\)\["size"\] = '
+            r"\[12, 10\] differs from its image, \[height, width\] = \[10, 12\]",
+        ),
+        (
+            _panoptic(np.zeros((12, 10, 3), np.uint8)),
+            {"format": "coco_panoptic"},
+            r'\["panoptic_png"\] \(image_id 6\) is 12 x 10 \(height x width\), but its image is 10 x 12',
+        ),
         # a polygon with a point more than 1 px outside the image
-        (_detection([[1, 1, 5, 1, 13.5, 5]]), {}, r'\["segmentation"\] \(image_id 5\)\[0\] has the point \(x, y\) = '
-         r"\(13.5, 5\), more than 1 pixel outside its 12 x 10"),
+        (
+            _detection([[1, 1, 5, 1, 13.5, 5]]),
+            {},
+            r'\["segmentation"\] \(image_id 5\)\[0\] has the point \(x, y\) = '
+            r"\(13.5, 5\), more than 1 pixel outside its 12 x 10",
+        ),
         (_detection([[1, 1, 5, 1, 5]]), {}, r"\[0\] = \[1, 1, 5, 1, 5\] is not a polygon"),
         # an RLE that does not decode: too few pixels, too many, a truncated or foreign compressed string
-        (_detection({"size": [10, 12], "counts": [50, 20]}), {}, r"image_id 5.*does not decode to a 10 x 12 mask: "
-         r"its runs are \[50, 20\] and sum to 70 pixels, not 120"),
+        (
+            _detection({"size": [10, 12], "counts": [50, 20]}),
+            {},
+            r"image_id 5.*does not decode to a 10 x 12 mask: "
+            r"its runs are \[50, 20\] and sum to 70 pixels, not 120",
+        ),
         (_detection({"size": [10, 12], "counts": "0" + chr(48 + 60)}), {}, r"image_id 5.*ends inside a run"),
         (_detection({"size": [10, 12], "counts": "06"}), {}, r"does not decode to a 10 x 12 mask.*sum to 6 pixels"),
         (_detection({"size": [10, 12], "counts": "0 6"}), {}, r"has the character ' '"),
         # a panoptic PNG with a segment id that segments_info does not list
-        (_panoptic(_PNG_UNLISTED), {"format": "coco_panoptic"}, r"annotations\[0\] \(image_id 6\): the panoptic PNG "
-         r'has segment ids \[257\] \(R \+ 256 G \+ 256\^2 B\) that "segments_info" does not list'),
-        (_panoptic(_PNG, [{"id": 7, "category_id": 1}, {"id": 7, "category_id": 2}]), {"format": "coco_panoptic"},
-         r"lists a segment id twice"),
+        (
+            _panoptic(_PNG_UNLISTED),
+            {"format": "coco_panoptic"},
+            r"annotations\[0\] \(image_id 6\): the panoptic PNG "
+            r'has segment ids \[257\] \(R \+ 256 G \+ 256\^2 B\) that "segments_info" does not list',
+        ),
+        (
+            _panoptic(_PNG, [{"id": 7, "category_id": 1}, {"id": 7, "category_id": 2}]),
+            {"format": "coco_panoptic"},
+            r"lists a segment id twice",
+        ),
         (_detection(None), {}, r'\["segmentation"\] \(image_id 5\) is missing'),
-        ({"image_id": 6, "segments_info": [], "file_name": "x.png"}, {"format": "coco_panoptic"},
-         r"\(image_id 6\) has no panoptic PNG: pass masks_path"),
+        (
+            {"image_id": 6, "segments_info": [], "file_name": "x.png"},
+            {"format": "coco_panoptic"},
+            r"\(image_id 6\) has no panoptic PNG: pass masks_path",
+        ),
     ],
 )
 def test_bad_masks_name_the_image_and_the_field(annotation, kwargs, message):

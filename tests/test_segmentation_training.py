@@ -6,17 +6,36 @@ import json
 
 import torch
 from safetensors.torch import load_file
-from training_commands import TINY_MODEL
 
 from hf_detr import HfDetrForObjectDetection, HfDetrForSegmentation
 from hf_detr.apps.cli import main
+from training_commands import TINY_MODEL
 
 # the tiny model with a head count that divides d_model + heads into GroupNorm's 8 groups
 SEGMENTATION_MODEL = json.dumps({**TINY_MODEL, "encoder_attention_heads": 8, "decoder_attention_heads": 8})
-ARGS = ["--cpu", "--model_kwargs", SEGMENTATION_MODEL, "--synthetic_image_size", "64", "--image_size", "64",
-        "--synthetic_train_size", "6", "--synthetic_eval_size", "3", "--per_device_train_batch_size", "2",
-        "--logging_steps", "1", "--disable_tqdm", "--report_to", "none", "--learning_rate", "1e-3",
-        "--no_diagnostics"]  # fmt: skip
+ARGS = [
+    "--cpu",
+    "--model_kwargs",
+    SEGMENTATION_MODEL,
+    "--synthetic_image_size",
+    "64",
+    "--image_size",
+    "64",
+    "--synthetic_train_size",
+    "6",
+    "--synthetic_eval_size",
+    "3",
+    "--per_device_train_batch_size",
+    "2",
+    "--logging_steps",
+    "1",
+    "--disable_tqdm",
+    "--report_to",
+    "none",
+    "--learning_rate",
+    "1e-3",
+    "--no_diagnostics",
+]
 
 
 def test_instance_training_saves_a_segmentation_model_scored_on_masks(tmp_path):
@@ -41,8 +60,24 @@ def test_freeze_detection_trains_only_the_mask_head_of_a_detector(tmp_path):
     assert main(["train", "--output_dir", str(detector), "--max_steps", "2", "--eval_split", "none", *ARGS]) == 0
     assert type(HfDetrForObjectDetection.from_pretrained(detector)) is HfDetrForObjectDetection
     out = tmp_path / "masks"
-    assert main(["train", "--output_dir", str(out), "--task", "panoptic", "--freeze_detection", "--model_name_or_path",
-                 str(detector), "--max_steps", "3", *ARGS]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--output_dir",
+                str(out),
+                "--task",
+                "panoptic",
+                "--freeze_detection",
+                "--model_name_or_path",
+                str(detector),
+                "--max_steps",
+                "3",
+                *ARGS,
+            ]
+        )
+        == 0
+    )
     before, after = load_file(detector / "model.safetensors"), load_file(out / "model.safetensors")
     head = ("mask_head.", "bbox_attention.")
     assert all(torch.equal(after[key], value) for key, value in before.items())

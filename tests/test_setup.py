@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import run_example_fine_tuning
-
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, presets
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.data.synthetic import ID2LABEL
@@ -33,8 +32,9 @@ def _save_sharded_bin(model: torch.nn.Module, folder: Path) -> None:
         torch.save({key: state[key].clone() for key in keys}, folder / file)
     weight_map = {key: file for file, keys in shards.items() for key in keys}
     total = sum(t.numel() * t.element_size() for t in state.values())
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                      "weight_map": weight_map}))  # fmt: skip
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
 
 
 @pytest.fixture(scope="module", params=["sharded_bin", "sharded_safetensors", "safetensors"])
@@ -75,10 +75,32 @@ def _assert_started_from(output: Path, weights: dict[str, torch.Tensor]) -> None
 
 def test_hf_detr_train_fine_tunes_from_the_folder_weights(start, tmp_path):
     folder, weights = start
-    args = ["train", "--output_dir", str(tmp_path), "--model_name_or_path", str(folder), *TINY_DATA,
-            "--synthetic_train_size", "4", "--eval_split", "none", "--max_steps", "2", "--backbone_learning_rate", "0",
-            "--learning_rate", "1e-3", "--per_device_train_batch_size", "2", "--cpu", "--disable_tqdm",
-            "--report_to", "none", "--save_steps", "0"]  # fmt: skip
+    args = [
+        "train",
+        "--output_dir",
+        str(tmp_path),
+        "--model_name_or_path",
+        str(folder),
+        *TINY_DATA,
+        "--synthetic_train_size",
+        "4",
+        "--eval_split",
+        "none",
+        "--max_steps",
+        "2",
+        "--backbone_learning_rate",
+        "0",
+        "--learning_rate",
+        "1e-3",
+        "--per_device_train_batch_size",
+        "2",
+        "--cpu",
+        "--disable_tqdm",
+        "--report_to",
+        "none",
+        "--save_steps",
+        "0",
+    ]
     assert cli_main(args) == 0
     _assert_started_from(tmp_path, weights)
 

@@ -104,8 +104,12 @@ def test_boxes_are_tight_around_the_drawn_objects():
             assert np.median(distance[mask]) < 30
             # ...and reaches each of the four box edges, so the box is no larger than the drawn object
             x0, y0, x1, y1 = int(x), int(y), int(x + w) - 1, int(y + h) - 1
-            for edge in (distance[y0, x0 : x1 + 1], distance[y1, x0 : x1 + 1],
-                         distance[y0 : y1 + 1, x0], distance[y0 : y1 + 1, x1]):  # fmt: skip
+            for edge in (
+                distance[y0, x0 : x1 + 1],
+                distance[y1, x0 : x1 + 1],
+                distance[y0 : y1 + 1, x0],
+                distance[y0 : y1 + 1, x1],
+            ):
                 assert edge.min() < 40
             # the background around the object does not have its colour, so the object stands out
             ring = np.zeros_like(mask)

@@ -22,8 +22,8 @@ from transformers import pipeline
 import hf_detr.modeling.matcher
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.apps.cli import main as cli_main
-from hf_detr.data.sources import load_data
 from hf_detr.data.collate import DetectionCollator, DetectionDataset
+from hf_detr.data.sources import load_data
 from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
 from hf_detr.data.transforms import make_eval_transform, training_transform
 from hf_detr.evaluation import evaluation_collator
@@ -35,14 +35,13 @@ from hf_detr.training import (
     build_model,
     config_from_args,
     latest_checkpoint,
+    loop,
     lr_factor,
     parameter_groups,
     train,
 )
-from hf_detr.training import loop
 from hf_detr.training.loop import _trackers
 from hf_detr.training.setup import training_data, with_image_size
-
 from training_commands import TINY, TINY_MODEL, command
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -60,16 +59,24 @@ def _fresh_accelerator_state():
 
 
 @pytest.fixture(scope="module")
-def shapes() -> "datasets.DatasetDict":  # noqa: F821
+def shapes() -> datasets.DatasetDict:  # noqa: F821
     return make_synthetic_dataset(8, 3, 0, image_size=64, seed=0)
 
 
 def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
     kwargs = dict(
-        output_dir=str(tmp_path / "run"), model_kwargs=TINY_MODEL, cpu=True, image_size=64,
-        per_device_train_batch_size=2, per_device_eval_batch_size=2, logging_steps=1, disable_tqdm=True,
-        eval_split=None, save_steps=0, report_to="none",
-    )  # fmt: skip
+        output_dir=str(tmp_path / "run"),
+        model_kwargs=TINY_MODEL,
+        cpu=True,
+        image_size=64,
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        logging_steps=1,
+        disable_tqdm=True,
+        eval_split=None,
+        save_steps=0,
+        report_to="none",
+    )
     kwargs.update(overrides)
     return TrainConfig(**kwargs)
 
@@ -79,10 +86,28 @@ def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
 
 def test_documented_single_device_command_trains_a_model_pipeline_loads(tmp_path: Path) -> None:
     output = tmp_path / "run"
-    argv = command("single")[1:] + TINY + [
-        "--synthetic_train_size", "8", "--synthetic_eval_size", "3", "--max_steps", "24", "--learning_rate", "1e-3",
-        "--lr_scheduler", "constant", "--logging_steps", "4", "--eval_steps", "12", "--output_dir", str(output),
-    ]  # fmt: skip
+    argv = (
+        command("single")[1:]
+        + TINY
+        + [
+            "--synthetic_train_size",
+            "8",
+            "--synthetic_eval_size",
+            "3",
+            "--max_steps",
+            "24",
+            "--learning_rate",
+            "1e-3",
+            "--lr_scheduler",
+            "constant",
+            "--logging_steps",
+            "4",
+            "--eval_steps",
+            "12",
+            "--output_dir",
+            str(output),
+        ]
+    )
     assert cli_main(argv) == 0
 
     log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
@@ -94,8 +119,9 @@ def test_documented_single_device_command_trains_a_model_pipeline_loads(tmp_path
     assert latest_checkpoint(output).name == "step_24"
     # the end of training: the diagnostics of the evaluation split (every ground-truth box in one matrix row)
     confusion = json.loads((output / "diagnostics" / "confusion_matrix.json").read_text())
-    evaluated = load_data("synthetic", ["validation"], synthetic_sizes={"validation": 3}, synthetic_image_size=64,
-                          seed=42)  # TrainConfig's default seed
+    evaluated = load_data(
+        "synthetic", ["validation"], synthetic_sizes={"validation": 3}, synthetic_image_size=64, seed=42
+    )  # TrainConfig's default seed
     objects = [0] * len(ID2LABEL)
     for objs in evaluated["validation"]["objects"]:
         for category in objs["category"]:
@@ -153,8 +179,11 @@ def test_bf16_autocast_keeps_the_matcher_and_losses_in_float32(tmp_path: Path, s
     monkeypatch.setattr(hf_detr.modeling.matcher, "linear_sum_assignment", recording_assignment)
     model = HfDetrForObjectDetection(HfDetrConfig(**TINY_MODEL, id2label=ID2LABEL))
     criterion = build_criterion(model.config)  # the loss the model builds itself, with its matcher and terms wrapped
-    model.criterion = dataclasses.replace(criterion, matcher=RecordingMatcher(criterion.matcher),
-                                          losses=[RecordingTerm(term) for term in criterion.losses])  # fmt: skip
+    model.criterion = dataclasses.replace(
+        criterion,
+        matcher=RecordingMatcher(criterion.matcher),
+        losses=[RecordingTerm(term) for term in criterion.losses],
+    )
     result = train(tiny_config(tmp_path, mixed_precision="bf16", max_steps=2), dataset=shapes, model=model)
 
     assert result.global_step == 2
@@ -198,12 +227,27 @@ def test_learning_rate_blowup_stops_with_the_step_not_a_scipy_error(tmp_path: Pa
     assert "infeasible" not in message
 
 
-def test_example_script_stops_cleanly_after_the_step_that_exceeds_the_time_budget(tmp_path: Path, monkeypatch,
-                                                                                    capsys) -> None:  # fmt: skip
+def test_example_script_stops_cleanly_after_the_step_that_exceeds_the_time_budget(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     output = tmp_path / "run"
     # every step takes far more than a millisecond, so the budget runs out during the first one
-    argv = [*TINY, "--synthetic_train_size", "4", "--eval_split", "none", "--time_budget", "0.001", "--save_steps",
-            "50", "--output_dir", str(output), "--push_to_hub", "--hub_model_id", "me/shapes"]  # fmt: skip
+    argv = [
+        *TINY,
+        "--synthetic_train_size",
+        "4",
+        "--eval_split",
+        "none",
+        "--time_budget",
+        "0.001",
+        "--save_steps",
+        "50",
+        "--output_dir",
+        str(output),
+        "--push_to_hub",
+        "--hub_model_id",
+        "me/shapes",
+    ]
     pushed = []  # no network here: record the uploads (repository, files of the folder) instead
 
     def upload_folder(api, folder_path, repo_id, **kwargs):
@@ -316,10 +360,23 @@ def test_build_model_replaces_the_head_only_for_new_labels(tmp_path: Path) -> No
 
 def test_command_line_options_make_the_config() -> None:
     parser = add_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([
-        "--output_dir", "out", "--model_kwargs", '{"d_model": 64}', "--max_steps", "3", "--augment", "none", "--resume",
-        "--mixed_precision", "bf16", "--eval_split", "none",
-    ])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "--output_dir",
+            "out",
+            "--model_kwargs",
+            '{"d_model": 64}',
+            "--max_steps",
+            "3",
+            "--augment",
+            "none",
+            "--resume",
+            "--mixed_precision",
+            "bf16",
+            "--eval_split",
+            "none",
+        ]
+    )
     config = config_from_args(args)
     assert config.model_kwargs == {"d_model": 64} and config.max_steps == 3 and config.augment == "none"
     assert config.resume == "latest" and config.mixed_precision == "bf16" and config.eval_split is None
@@ -345,8 +402,11 @@ def test_latest_checkpoint_skips_incomplete_ones(tmp_path: Path) -> None:
 
 
 def test_detr_recipe_is_scaled_to_the_image_size() -> None:
-    image = {"image": Image.new("RGB", (160, 128)), "image_id": 0,
-             "objects": {"bbox": [[10.0, 20.0, 60.0, 50.0]], "category": [0]}}  # fmt: skip
+    image = {
+        "image": Image.new("RGB", (160, 128)),
+        "image_id": 0,
+        "objects": {"bbox": [[10.0, 20.0, 60.0, 50.0]], "category": [0]},
+    }
     dataset = DetectionDataset([image], training_transform("detr", 128, 213))
     shorter = set()
     for epoch in range(30):
@@ -371,8 +431,11 @@ def test_detr_recipe_is_scaled_to_the_image_size() -> None:
 def test_flip_augmentation_only_mirrors() -> None:
     """`augment="flip"`: the evaluation resize, and half the epochs the mirror image with its box mirrored."""
     pixels = np.random.default_rng(0).integers(0, 255, (100, 160, 3), dtype=np.uint8)
-    image = {"image": Image.fromarray(pixels), "image_id": 0,
-             "objects": {"bbox": [[10.0, 20.0, 60.0, 50.0]], "category": [0]}}  # fmt: skip
+    image = {
+        "image": Image.fromarray(pixels),
+        "image_id": 0,
+        "objects": {"bbox": [[10.0, 20.0, 60.0, 50.0]], "category": [0]},
+    }
     processor = with_image_size(HfDetrImageProcessor(), 50, 100)
     dataset, collator = training_data([image], processor, "flip", seed=0)
     plain, plain_collator = training_data([image], processor, "none", seed=0)

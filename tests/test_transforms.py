@@ -110,8 +110,9 @@ def test_train_transform_drops_boxes_outside_every_crop():
         "image": PIL.Image.new("RGB", (100, 100)),
         "objects": {"bbox": [[0, 0, 20, 20], [80, 80, 20, 20]], "category": [0, 1]},
     }
-    transform = make_train_transform(scales=(50,), max_size=100, crop_resize_scales=(100,), crop_size=(50, 50),
-                                     crop_prob=1.0, flip_prob=0.0)  # fmt: skip
+    transform = make_train_transform(
+        scales=(50,), max_size=100, crop_resize_scales=(100,), crop_size=(50, 50), crop_prob=1.0, flip_prob=0.0
+    )
     for _ in range(20):
         out = transform_example(example, transform)
         assert out["image"].size == (50, 50)
@@ -194,10 +195,15 @@ def test_with_transform_on_a_dataset_and_coco_annotations():
             "width": [64, 48],
             "height": [48, 64],
             "objects": [
-                {"id": [1, 2], "area": [20.0, 30.0], "bbox": [[0, 0, 4, 5], [10, 10, 5, 6]], "category": [0, 1],
-                 "iscrowd": [False, True]},
+                {
+                    "id": [1, 2],
+                    "area": [20.0, 30.0],
+                    "bbox": [[0, 0, 4, 5], [10, 10, 5, 6]],
+                    "category": [0, 1],
+                    "iscrowd": [False, True],
+                },
                 {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []},
-            ],  # fmt: skip
+            ],
         },
         features=features,
     )
@@ -225,10 +231,14 @@ def test_with_transform_on_a_dataset_and_coco_annotations():
 @pytest.mark.parametrize(
     ("objects", "message"),
     [
-        ({"bbox": [[1, 2, 3]], "category": [0]},
-         r"image_id=9.*objects.bbox\[0\]. = \[1, 2, 3\] is not 4 numbers.*\[x, y, w, h\]"),
-        ({"bbox": [[1, 2, 3, 4], [0, 0, -1, 4]], "category": [0, 1]},
-         r"image_id=9.*objects.bbox\[1\].*negative width or height"),
+        (
+            {"bbox": [[1, 2, 3]], "category": [0]},
+            r"image_id=9.*objects.bbox\[0\]. = \[1, 2, 3\] is not 4 numbers.*\[x, y, w, h\]",
+        ),
+        (
+            {"bbox": [[1, 2, 3, 4], [0, 0, -1, 4]], "category": [0, 1]},
+            r"image_id=9.*objects.bbox\[1\].*negative width or height",
+        ),
         ({"bbox": [[1, 2, float("nan"), 4]], "category": [0]}, r"objects.bbox\[0\].*is NaN or infinite"),
         ({"bbox": [[1, 2, 3, 4]], "category": [0, 1]}, r"objects.category. has 2 entries but .objects.bbox. has 1"),
         ({"category": [0]}, r"image_id=9.*`objects`.*`bbox`"),

@@ -31,14 +31,20 @@ TINY_MODEL = {
 }
 TINY = [
     "--cpu",
-    "--model_kwargs", json.dumps(TINY_MODEL),
-    "--synthetic_image_size", "64",
-    "--image_size", "64",
-    "--per_device_train_batch_size", "2",
-    "--per_device_eval_batch_size", "2",
-    "--logging_steps", "1",
+    "--model_kwargs",
+    json.dumps(TINY_MODEL),
+    "--synthetic_image_size",
+    "64",
+    "--image_size",
+    "64",
+    "--per_device_train_batch_size",
+    "2",
+    "--per_device_eval_batch_size",
+    "2",
+    "--logging_steps",
+    "1",
     "--disable_tqdm",
-]  # fmt: skip
+]
 
 
 def documented_commands() -> list[list[str]]:
@@ -63,8 +69,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_argv(documented: list[str], num_processes: int, port: int, replace: dict[str, str] | None = None,
-                script: list[str] | None = None) -> list[str]:  # fmt: skip
+def launch_argv(
+    documented: list[str],
+    num_processes: int,
+    port: int,
+    replace: dict[str, str] | None = None,
+    script: list[str] | None = None,
+) -> list[str]:
     """A documented `accelerate launch ... -m hf_detr train ARGS` with this venv's accelerate, `num_processes` in all,
     `port`, `$VARIABLES` replaced from `replace`; `script` (e.g. a test wrapper) instead of `-m hf_detr train`."""
     argv = [replace.get(token, token) if replace else token for token in documented]

@@ -113,76 +113,85 @@ def create(name: str, **overrides: Any) -> HfDetrForObjectDetection:
 # The paper's COCO detectors (Table 1), all trained with the auxiliary decoding loss; hub_configs/ holds their folders.
 for _backbone, _depth in (("resnet50", "50"), ("resnet101", "101")):
     for _dilation in (False, True):
-        register(Preset(
-            name=f"detr-resnet-{_depth}{'-dc5' if _dilation else ''}",
-            model={"backbone": _backbone, "dilation": _dilation, "id2label": COCO_ID2LABEL, "auxiliary_loss": True},
-            description=f"DETR-R{_depth}{'-DC5' if _dilation else ''} of the paper (COCO, 91 labels)",
-        ))  # fmt: skip
+        register(
+            Preset(
+                name=f"detr-resnet-{_depth}{'-dc5' if _dilation else ''}",
+                model={"backbone": _backbone, "dilation": _dilation, "id2label": COCO_ID2LABEL, "auxiliary_loss": True},
+                description=f"DETR-R{_depth}{'-DC5' if _dilation else ''} of the paper (COCO, 91 labels)",
+            )
+        )
 
 # The paper's panoptic models (Table 5): the detectors above with the mask head, COCO panoptic's 250 classes
 for _backbone, _depth in (("resnet50", "50"), ("resnet101", "101")):
-    register(Preset(
-        name=f"detr-resnet-{_depth}-panoptic",
-        model={"backbone": _backbone, "id2label": COCO_PANOPTIC_ID2LABEL, "auxiliary_loss": True},
-        description=f"DETR-R{_depth} panoptic segmentation of the paper (COCO panoptic, 250 labels)",
-        segmentation=True,
-    ))  # fmt: skip
+    register(
+        Preset(
+            name=f"detr-resnet-{_depth}-panoptic",
+            model={"backbone": _backbone, "id2label": COCO_PANOPTIC_ID2LABEL, "auxiliary_loss": True},
+            description=f"DETR-R{_depth} panoptic segmentation of the paper (COCO panoptic, 250 labels)",
+            segmentation=True,
+        )
+    )
 
 # The small-compute recipe of `make demo` (docs/RECIPE.md): steps are worth more than capacity on 2 CPU cores.
-register(Preset(
-    name="demo",
-    model={
-        "backbone": "resnet18",
-        # stride 8 (layer2: a 16x16 map for 128-pixel images); residual blocks start as in torchvision, not as
-        # identities: from scratch with AdamW, timm's zero-initialized last BatchNorm scales need hundreds of steps
-        "backbone_kwargs": {"out_indices": (2,), "zero_init_last": False},
-        "freeze_backbone_batchnorm": False,  # no ImageNet weights here: BatchNorm and stem train from scratch
-        "freeze_backbone_stem": False,
-        "d_model": 128,
-        "encoder_layers": 0,  # no encoder: its steps were worth more than its layers at this budget
-        "decoder_layers": 3,
-        "encoder_attention_heads": 8,
-        "decoder_attention_heads": 8,
-        "encoder_ffn_dim": 512,
-        "decoder_ffn_dim": 512,
-        "num_queries": 20,
-        "num_query_groups": 2,  # the second group only trains, matched one-to-many (H-DETR)
-        "one_to_many_repeats": 3,
-        "encoder_loss_coefficient": 4.0,  # training-only dense head on the encoder tokens
-        "auxiliary_loss": True,
-        "dropout": 0.0,
-        "attention_dropout": 0.0,
-        "activation_dropout": 0.0,
-    },
-    image_size=128,
-    training={
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 50,
-        "learning_rate": 1.2e-3,
-        "backbone_learning_rate": 6e-3,
-        "lr_scheduler": "cosine",
-        "warmup_steps": 50,
-        "augment": "flip",  # DETR's scale and crop augmentation slows learning at this budget
-        "logging_steps": 20,
-    },
-    description="ResNet-18 from scratch, no encoder, H-DETR group and dense encoder head: `make demo` on 2 CPU cores",
-))  # fmt: skip
+register(
+    Preset(
+        name="demo",
+        model={
+            "backbone": "resnet18",
+            # stride 8 (layer2: a 16x16 map for 128-pixel images); residual blocks start as in torchvision, not as
+            # identities: from scratch with AdamW, timm's zero-initialized last BatchNorm scales need hundreds of steps
+            "backbone_kwargs": {"out_indices": (2,), "zero_init_last": False},
+            "freeze_backbone_batchnorm": False,  # no ImageNet weights here: BatchNorm and stem train from scratch
+            "freeze_backbone_stem": False,
+            "d_model": 128,
+            "encoder_layers": 0,  # no encoder: its steps were worth more than its layers at this budget
+            "decoder_layers": 3,
+            "encoder_attention_heads": 8,
+            "decoder_attention_heads": 8,
+            "encoder_ffn_dim": 512,
+            "decoder_ffn_dim": 512,
+            "num_queries": 20,
+            "num_query_groups": 2,  # the second group only trains, matched one-to-many (H-DETR)
+            "one_to_many_repeats": 3,
+            "encoder_loss_coefficient": 4.0,  # training-only dense head on the encoder tokens
+            "auxiliary_loss": True,
+            "dropout": 0.0,
+            "attention_dropout": 0.0,
+            "activation_dropout": 0.0,
+        },
+        image_size=128,
+        training={
+            "per_device_train_batch_size": 16,
+            "per_device_eval_batch_size": 50,
+            "learning_rate": 1.2e-3,
+            "backbone_learning_rate": 6e-3,
+            "lr_scheduler": "cosine",
+            "warmup_steps": 50,
+            "augment": "flip",  # DETR's scale and crop augmentation slows learning at this budget
+            "logging_steps": 20,
+        },
+        description="ResNet-18 from scratch, no encoder, H-DETR group and dense encoder head: `make demo` on 2 CPU "
+        "cores",
+    )
+)
 
 # A model small enough for CPU tests in well under a second per forward.
-register(Preset(
-    name="tiny",
-    model={
-        "backbone": "resnet18",
-        "d_model": 64,
-        "encoder_layers": 1,
-        "decoder_layers": 2,
-        "encoder_attention_heads": 4,
-        "decoder_attention_heads": 4,
-        "encoder_ffn_dim": 128,
-        "decoder_ffn_dim": 128,
-        "num_queries": 10,
-        "id2label": {0: "circle", 1: "square", 2: "triangle"},
-    },
-    image_size=64,
-    description="ResNet-18, 1 + 2 layers of width 64, 10 queries: tests and smoke runs",
-))  # fmt: skip
+register(
+    Preset(
+        name="tiny",
+        model={
+            "backbone": "resnet18",
+            "d_model": 64,
+            "encoder_layers": 1,
+            "decoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 128,
+            "decoder_ffn_dim": 128,
+            "num_queries": 10,
+            "id2label": {0: "circle", 1: "square", 2: "triangle"},
+        },
+        image_size=64,
+        description="ResNet-18, 1 + 2 layers of width 64, 10 queries: tests and smoke runs",
+    )
+)

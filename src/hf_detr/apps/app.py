@@ -26,7 +26,15 @@ from PIL import Image, UnidentifiedImageError
 from ..modeling import HfDetrImageProcessor
 from .extras import require_extra
 from .predict import (
-    VIDEO_EXTENSIONS, Detections, _drawn, detect, detection_records, load_model, open_image, predict, require_av,
+    VIDEO_EXTENSIONS,
+    Detections,
+    _drawn,
+    detect,
+    detection_records,
+    load_model,
+    open_image,
+    predict,
+    require_av,
 )
 
 # Smaller than this on a side, an image is upscaled more than 50x to DETR's 800-pixel input: nothing to detect.
@@ -74,19 +82,24 @@ def read_image(path: str | os.PathLike) -> tuple[Image.Image, str]:
     except Image.DecompressionBombError:  # PIL's own limit, above MAX_PIXELS
         raise _too_large(name, f"more than {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels") from None
     except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{name} could not be read as an image ({error}); give a JPEG, PNG, WebP, BMP or TIFF "
-                         "file") from None  # fmt: skip
+        raise ValueError(
+            f"{name} could not be read as an image ({error}); give a JPEG, PNG, WebP, BMP or TIFF file"
+        ) from None
     if min(width, height) < MIN_SIDE:
-        raise ValueError(f"{name} is {width} x {height} pixels; the model needs at least {MIN_SIDE} pixels on each "
-                         "side (give the original, larger image)")  # fmt: skip
+        raise ValueError(
+            f"{name} is {width} x {height} pixels; the model needs at least {MIN_SIDE} pixels on each "
+            "side (give the original, larger image)"
+        )
     if width * height > MAX_PIXELS:
         raise _too_large(name, f"{width} x {height} pixels")
     return open_image(path), mode
 
 
 def _too_large(name: str, size: str) -> ValueError:
-    return ValueError(f"{name} is too large ({size}); the app takes at most {MAX_PIXELS // 1_000_000} megapixels: "
-                      "downscale it, or run `hf-detr predict MODEL IMAGE --tile 800`, which detects in tiles")
+    return ValueError(
+        f"{name} is too large ({size}); the app takes at most {MAX_PIXELS // 1_000_000} megapixels: "
+        "downscale it, or run `hf-detr predict MODEL IMAGE --tile 800`, which detects in tiles"
+    )
 
 
 def _check_threshold(threshold: float) -> None:
@@ -136,8 +149,10 @@ class DetectionApp:
         table = [[d["label"], d["score"], *d["box"].values()] for d in record["detections"]]
         # other modes (gray, alpha, 16-bit) are converted as training converted them (upright_rgb): said, not hidden
         converted = "" if mode == "RGB" else f", stored as {mode}: read as RGB, as in training"
-        message = f"{len(table)} detection(s) with score >= {threshold:.2f} in {Path(path).name} " \
-                  f"({picture.width} x {picture.height} pixels{converted})"  # fmt: skip
+        message = (
+            f"{len(table)} detection(s) with score >= {threshold:.2f} in {Path(path).name} "
+            f"({picture.width} x {picture.height} pixels{converted})"
+        )
         return ImageResult(_drawn(picture, found, id2label), table, record["detections"], message)
 
     def video(self, path: str | os.PathLike | None, threshold: float = 0.5) -> VideoResult:
@@ -149,13 +164,17 @@ class DetectionApp:
                 raise ValueError("no video given: upload a short clip")
             path = Path(path)
             if path.suffix.lower() not in VIDEO_EXTENSIONS:
-                raise ValueError(f"{path.name} is not a video file ({', '.join(sorted(VIDEO_EXTENSIONS))}); images go "
-                                 "in the Image tab")  # fmt: skip
+                raise ValueError(
+                    f"{path.name} is not a video file ({', '.join(sorted(VIDEO_EXTENSIONS))}); images go "
+                    "in the Image tab"
+                )
             frames = _video_frames(require_av(), path)
             if frames is not None and frames > self.max_video_frames:
-                raise ValueError(f"{path.name} has {frames} frames; the app takes clips of at most "
-                                 f"{self.max_video_frames} (`hf-detr app --max-video-frames`), or run "
-                                 "`hf-detr predict MODEL VIDEO --out DIR` for long videos")  # fmt: skip
+                raise ValueError(
+                    f"{path.name} has {frames} frames; the app takes clips of at most "
+                    f"{self.max_video_frames} (`hf-detr app --max-video-frames`), or run "
+                    "`hf-detr predict MODEL VIDEO --out DIR` for long videos"
+                )
             out = Path(tempfile.mkdtemp(dir=self.workdir))
             detections = predict(self.model, self.processor, [path], threshold, out, progress=False)
         except (ValueError, TypeError, ImportError) as error:
@@ -194,27 +213,34 @@ def build_app(
     _check_threshold(threshold)
     gr = require_gradio()
     with gr.Blocks(title=title, analytics_enabled=False) as page:
-        gr.Markdown(f"# {title}\nDETR object detection with hf_detr. Upload an image or a short video; the slider "
-                    "sets the lowest score shown.")  # fmt: skip
+        gr.Markdown(
+            f"# {title}\nDETR object detection with hf_detr. Upload an image or a short video; the slider "
+            "sets the lowest score shown."
+        )
         score = gr.Slider(0.0, 1.0, value=threshold, step=0.01, label="Score threshold", elem_id="threshold")
         with gr.Tab("Image"):
             with gr.Row():
                 with gr.Column():
                     image_file = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="image-input")
                     if examples:
-                        gr.Examples([[path] for path in examples], inputs=[image_file],
-                                    label="Examples from the data set")  # fmt: skip
+                        gr.Examples(
+                            [[path] for path in examples], inputs=[image_file], label="Examples from the data set"
+                        )
                     detect_button = gr.Button("Detect", variant="primary")
-                picture = gr.Image(label="Detections", type="numpy", format="png", interactive=False,
-                                   elem_id="image-output")  # fmt: skip
+                picture = gr.Image(
+                    label="Detections", type="numpy", format="png", interactive=False, elem_id="image-output"
+                )
             image_status = gr.Markdown(elem_id="image-status")
             table = gr.Dataframe(headers=TABLE_HEADERS, label="Detections", interactive=False, elem_id="image-table")
             image_json = gr.JSON(label="JSON", elem_id="image-json")
         with gr.Tab("Video"):
             with gr.Row():
                 with gr.Column():
-                    video_file = gr.Video(label=f"Video (at most {app.max_video_frames} frames)", sources=["upload"],
-                                          elem_id="video-input")  # fmt: skip
+                    video_file = gr.Video(
+                        label=f"Video (at most {app.max_video_frames} frames)",
+                        sources=["upload"],
+                        elem_id="video-input",
+                    )
                     video_button = gr.Button("Detect", variant="primary")
                 annotated = gr.Video(label="Detections", interactive=False, elem_id="video-output")
             video_status = gr.Markdown(elem_id="video-status")

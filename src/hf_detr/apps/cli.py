@@ -10,8 +10,8 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import typing
 import sys
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,29 +67,63 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
         "<out>/images.json (image ids to file names, categories). --tile cuts large images into overlapping tiles "
         "and merges the tiles' detections, for objects too small at the model's input size. A segmentation model "
         "(HfDetrForSegmentation, or transformers' DetrForSegmentation) also gives each detection's mask: a COCO RLE "
-        "in the JSON (\"mask\"; \"segmentation\" in the COCO results) and laid over the pictures.",
+        'in the JSON ("mask"; "segmentation" in the COCO results) and laid over the pictures.',
     )
-    parser.add_argument("model", help="a folder or Hub id written by save_pretrained (model and image processor), "
-                        "hf_detr's or transformers' DETR (converted on load)")
-    parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="image files, folders (their images, searched recursively, in sorted order) or video "
-                        "files (.mp4 .avi .mov .mkv .webm; need PyAV: pip install 'hf_detr[video]')")  # fmt: skip
+    parser.add_argument(
+        "model",
+        help="a folder or Hub id written by save_pretrained (model and image processor), "
+        "hf_detr's or transformers' DETR (converted on load)",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files, folders (their images, searched recursively, in sorted order) or video "
+        "files (.mp4 .avi .mov .mkv .webm; need PyAV: pip install 'hf_detr[video]')",
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="folder for annotated PNGs and MP4s, results.json and images.json")  # fmt: skip
-    parser.add_argument("--format", choices=("default", "coco"), default="default",
-                        help="printed JSON: one entry per image or frame (default), or COCO results")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=1,
-                        help="images per forward pass; a batch holds images of one resized size (default 1)")
-    parser.add_argument("--tile", type=int, default=None, metavar="SIZE",
-                        help="cut each image or frame into SIZE x SIZE tiles, detect in each, merge (default: off)")
-    parser.add_argument("--overlap", type=float, default=0.2,
-                        help="with --tile: the fraction of a tile that neighbours share, in [0, 1) (default 0.2)")
-    parser.add_argument("--tile-iou", type=float, default=0.5,
-                        help="with --tile: a detection of one tile overlapping a better one of the same label from "
-                        "another tile by more than this IoU is the same object (default 0.5)")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (default: one on stderr when it is a terminal)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder for annotated PNGs and MP4s, results.json and images.json",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("default", "coco"),
+        default="default",
+        help="printed JSON: one entry per image or frame (default), or COCO results",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per forward pass; a batch holds images of one resized size (default 1)",
+    )
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="cut each image or frame into SIZE x SIZE tiles, detect in each, merge (default: off)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=float,
+        default=0.2,
+        help="with --tile: the fraction of a tile that neighbours share, in [0, 1) (default 0.2)",
+    )
+    parser.add_argument(
+        "--tile-iou",
+        type=float,
+        default=0.5,
+        help="with --tile: a detection of one tile overlapping a better one of the same label from "
+        "another tile by more than this IoU is the same object (default 0.5)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (default: one on stderr when it is a terminal)"
+    )
 
     def run(args: argparse.Namespace) -> None:
         import json
@@ -103,9 +137,17 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
                 raise ValueError(str(error)) from None
         model, processor = load_model(args.model)
         detections = predict(
-            model, processor, args.paths, args.threshold, args.out, batch_size=args.batch_size, tile=args.tile,
-            overlap=args.overlap, tile_iou=args.tile_iou, progress=False if args.no_progress else None,
-        )  # fmt: skip
+            model,
+            processor,
+            args.paths,
+            args.threshold,
+            args.out,
+            batch_size=args.batch_size,
+            tile=args.tile,
+            overlap=args.overlap,
+            tile_iou=args.tile_iou,
+            progress=False if args.no_progress else None,
+        )
         id2label = model.config.id2label
         coco = args.format == "coco"
         output = coco_results(detections, id2label) if coco else detection_records(detections, id2label)
@@ -126,9 +168,12 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_arguments(parser)
-    parser.add_argument("--no_diagnostics", action="store_true",
-                        help="skip OUTPUT_DIR/diagnostics/ (confusion matrix, per-class precision-recall, worst images "
-                        "of the evaluation split, as `hf-detr evaluate --out`; written when matplotlib is installed)")
+    parser.add_argument(
+        "--no_diagnostics",
+        action="store_true",
+        help="skip OUTPUT_DIR/diagnostics/ (confusion matrix, per-class precision-recall, worst images "
+        "of the evaluation split, as `hf-detr evaluate --out`; written when matplotlib is installed)",
+    )
 
     def run(args: argparse.Namespace) -> None:
         from accelerate import PartialState
@@ -158,8 +203,9 @@ def _training_diagnostics(result: Any) -> None:
     from ..evaluation.evaluate import evaluate
 
     out = Path(result.output_dir) / "diagnostics"
-    evaluation = evaluate(result.model, result.image_processor, result.eval_dataset, per_class=True,
-                          return_evaluation=True)  # fmt: skip
+    evaluation = evaluate(
+        result.model, result.image_processor, result.eval_dataset, per_class=True, return_evaluation=True
+    )
     diagnostics = save_diagnostics(evaluation, result.eval_dataset, out)
     worst = ", ".join(f"{image.index} ({image.errors})" for image in diagnostics.worst(8))
     print(f"diagnostics in {out}: confusion matrix, per-class precision-recall, worst images (errors): {worst}")
@@ -188,9 +234,15 @@ _PANOPTIC_ROWS = (
 
 
 def _evaluate_model_folder(
-    model_dir: str, dataset: str, split: str = "validation", batch_size: int = 8, threshold: float = 0.0,
-    per_class: bool = False, device: str | None = None, backend: str = "pycocotools",
-) -> tuple[Any, Any]:  # fmt: skip
+    model_dir: str,
+    dataset: str,
+    split: str = "validation",
+    batch_size: int = 8,
+    threshold: float = 0.0,
+    per_class: bool = False,
+    device: str | None = None,
+    backend: str = "pycocotools",
+) -> tuple[Any, Any]:
     """The `CocoEvaluation` (`hf_detr.evaluation.evaluate(..., return_evaluation=True)`: metrics, per-class table,
     PR arrays, per-image detections) of the model saved in `model_dir` with its image processor on `split` of
     `dataset`, and that split (the images the evaluation's entries refer to, in order). A segmentation model's
@@ -208,8 +260,16 @@ def _evaluate_model_folder(
     data = load_data(dataset, [split], masks=hasattr(model, "mask_head"))[split]
     if len(data) == 0:
         raise ValueError(f"split {split!r} of {dataset} has no images.")
-    evaluation = evaluate(model, processor, data, batch_size=batch_size, per_class=per_class, threshold=threshold,
-                          return_evaluation=True, backend=backend)  # fmt: skip
+    evaluation = evaluate(
+        model,
+        processor,
+        data,
+        batch_size=batch_size,
+        per_class=per_class,
+        threshold=threshold,
+        return_evaluation=True,
+        backend=backend,
+    )
     return evaluation, data
 
 
@@ -221,8 +281,9 @@ def _format_coco_table(metrics: dict[str, float], per_class: Mapping[str, Mappin
     lines = [f"{'metric':<12}{'value':>8}   meaning"]
     lines += [f"{name:<12}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _COCO_ROWS]
     if "segm_map" in metrics:  # a segmentation model's masks: the same COCO rows at mask IoU, and panoptic quality
-        lines += [f"{'segm_' + name:<12}{metrics['segm_' + name]:>8.4f}   mask {meaning}"
-                  for name, meaning in _COCO_ROWS]  # fmt: skip
+        lines += [
+            f"{'segm_' + name:<12}{metrics['segm_' + name]:>8.4f}   mask {meaning}" for name, meaning in _COCO_ROWS
+        ]
         lines += [f"{name:<12}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _PANOPTIC_ROWS]
     undefined = any(value == -1.0 for value in metrics.values())
     if per_class:
@@ -256,34 +317,58 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", help="a model folder or Hub id with its image processor")
     parser.add_argument(
-        "--dataset", required=True,
+        "--dataset",
+        required=True,
         help="Hub dataset id, save_to_disk folder or COCO folder (annotations/instances_*.json)",
     )
     parser.add_argument("--split", default="validation", help="default: validation")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument(
-        "--threshold", type=float, default=0.0,
+        "--threshold",
+        type=float,
+        default=0.0,
         help="drop detections scoring below this; the default 0 keeps all, as COCO's protocol does",
-    )  # fmt: skip
-    parser.add_argument("--per-class", action="store_true",
-                        help="also print AP, AP50, AR@100 and the ground-truth objects of every class")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="write DIR/metrics.json (the COCO numbers and the per-class table), DIR/pr_curve.png and "
-                        "DIR/pr_curves_per_class.png (precision-recall from the same COCOeval run), "
-                        "DIR/confusion_matrix.json and .png and DIR/worst_images.png (the images with the most "
-                        "errors), at --iou-threshold and --score-threshold (needs matplotlib: "
-                        "pip install 'hf_detr[viz]')")
-    parser.add_argument("--iou-threshold", type=float, default=0.5,
-                        help="with --out: a detection matches a ground-truth box at this IoU or more (default 0.5)")
-    parser.add_argument("--score-threshold", type=float, default=0.5,
-                        help="with --out: the confusion matrix and worst images count detections scoring at least "
-                        "this (default 0.5; --threshold instead filters what COCO scores)")
+    )
+    parser.add_argument(
+        "--per-class",
+        action="store_true",
+        help="also print AP, AP50, AR@100 and the ground-truth objects of every class",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write DIR/metrics.json (the COCO numbers and the per-class table), DIR/pr_curve.png and "
+        "DIR/pr_curves_per_class.png (precision-recall from the same COCOeval run), "
+        "DIR/confusion_matrix.json and .png and DIR/worst_images.png (the images with the most "
+        "errors), at --iou-threshold and --score-threshold (needs matplotlib: "
+        "pip install 'hf_detr[viz]')",
+    )
+    parser.add_argument(
+        "--iou-threshold",
+        type=float,
+        default=0.5,
+        help="with --out: a detection matches a ground-truth box at this IoU or more (default 0.5)",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        help="with --out: the confusion matrix and worst images count detections scoring at least "
+        "this (default 0.5; --threshold instead filters what COCO scores)",
+    )
     parser.add_argument("--worst", type=int, default=8, help="with --out: images in worst_images.png (default 8)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--coco-backend", "--coco_backend", dest="coco_backend", default="pycocotools",
-                        choices=typing.get_args(CocoBackend),
-                        help="computes the COCO numbers: pycocotools (default) or numpy (hf_detr's own arrays: "
-                        "pycocotools' numbers bit for bit, about 10x faster on val2017's 5,000 images)")
+    parser.add_argument(
+        "--coco-backend",
+        "--coco_backend",
+        dest="coco_backend",
+        default="pycocotools",
+        choices=typing.get_args(CocoBackend),
+        help="computes the COCO numbers: pycocotools (default) or numpy (hf_detr's own arrays: "
+        "pycocotools' numbers bit for bit, about 10x faster on val2017's 5,000 images)",
+    )
 
     def run(args: argparse.Namespace) -> None:
         if args.out is not None:
@@ -296,9 +381,15 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
             if args.worst < 1:
                 raise ValueError(f"--worst must be at least 1, got {args.worst}")
         evaluation, data = _evaluate_model_folder(
-            args.model, args.dataset, split=args.split, batch_size=args.batch_size, threshold=args.threshold,
-            per_class=args.per_class, device=args.device, backend=args.coco_backend,
-        )  # fmt: skip
+            args.model,
+            args.dataset,
+            split=args.split,
+            batch_size=args.batch_size,
+            threshold=args.threshold,
+            per_class=args.per_class,
+            device=args.device,
+            backend=args.coco_backend,
+        )
         print(f"{args.model} on {args.dataset} [{args.split}], threshold {args.threshold}")
         print(_format_coco_table(evaluation.metrics, evaluation.per_class if args.per_class else None))
         if args.out is not None:
@@ -311,12 +402,24 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
             metrics = {**evaluation.metrics, "per_class": evaluation.per_class}
             (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
             save_pr_curve(evaluation, args.out / "pr_curve.png")
-            diagnostics = save_diagnostics(evaluation, data, args.out, iou_threshold=args.iou_threshold,
-                                           score_threshold=args.score_threshold, worst=args.worst)  # fmt: skip
+            diagnostics = save_diagnostics(
+                evaluation,
+                data,
+                args.out,
+                iou_threshold=args.iou_threshold,
+                score_threshold=args.score_threshold,
+                worst=args.worst,
+            )
             worst = ", ".join(f"{image.index} ({image.errors})" for image in diagnostics.worst(args.worst))
             print(f"worst images (errors) at IoU >= {args.iou_threshold:g}, score >= {args.score_threshold:g}: {worst}")
-            written = ("metrics.json", "pr_curve.png", "pr_curves_per_class.png", "confusion_matrix.json",
-                       "confusion_matrix.png", "worst_images.png")  # fmt: skip
+            written = (
+                "metrics.json",
+                "pr_curve.png",
+                "pr_curves_per_class.png",
+                "confusion_matrix.json",
+                "confusion_matrix.png",
+                "worst_images.png",
+            )
             print(f"wrote {', '.join(written)} to {args.out}")
 
     parser.set_defaults(run=run)
@@ -335,26 +438,38 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output_dir", type=Path, default=Path("demo_output"))
     parser.add_argument("--time_budget", type=float, default=600.0, help="training seconds (default 600)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataset", help="train and test on this data set (train and test splits; a save_to_disk or "
-                        "COCO folder or a Hub id) instead of the generated shapes")
-    parser.add_argument("--task", choices=("detection", "segmentation"), default="detection",
-                        help="segmentation: the recipe with DETR's mask head, trained on the shapes' masks; reports "
-                        "mask AP and panoptic quality too")  # fmt: skip
+    parser.add_argument(
+        "--dataset",
+        help="train and test on this data set (train and test splits; a save_to_disk or "
+        "COCO folder or a Hub id) instead of the generated shapes",
+    )
+    parser.add_argument(
+        "--task",
+        choices=("detection", "segmentation"),
+        default="detection",
+        help="segmentation: the recipe with DETR's mask head, trained on the shapes' masks; reports "
+        "mask AP and panoptic quality too",
+    )
 
     def run(args: argparse.Namespace) -> None:
         _require_viz()
         from ..evaluation.metrics import format_per_class_table
         from .demo import run_demo
 
-        metrics = run_demo(args.output_dir, time_budget=args.time_budget, seed=args.seed, dataset=args.dataset,
-                           task=args.task)  # fmt: skip
+        metrics = run_demo(
+            args.output_dir, time_budget=args.time_budget, seed=args.seed, dataset=args.dataset, task=args.task
+        )
         print(format_per_class_table(metrics["per_class"]))
-        print(f"test split: AP {metrics['map']:.3f}  AP50 {metrics['map_50']:.3f}  AP75 {metrics['map_75']:.3f}  "
-              f"({metrics['steps']} steps, {metrics['total_seconds']:.0f} s in all); wrote {args.output_dir}")
+        print(
+            f"test split: AP {metrics['map']:.3f}  AP50 {metrics['map_50']:.3f}  AP75 {metrics['map_75']:.3f}  "
+            f"({metrics['steps']} steps, {metrics['total_seconds']:.0f} s in all); wrote {args.output_dir}"
+        )
         if args.task == "segmentation":
-            print(f"masks: AP {metrics['segm_map']:.3f}  AP50 {metrics['segm_map_50']:.3f}  AP75 "
-                  f"{metrics['segm_map_75']:.3f}; panoptic: PQ {metrics['pq']:.3f}  SQ {metrics['sq']:.3f}  RQ "
-                  f"{metrics['rq']:.3f}")
+            print(
+                f"masks: AP {metrics['segm_map']:.3f}  AP50 {metrics['segm_map_50']:.3f}  AP75 "
+                f"{metrics['segm_map_75']:.3f}; panoptic: PQ {metrics['pq']:.3f}  SQ {metrics['sq']:.3f}  RQ "
+                f"{metrics['rq']:.3f}"
+            )
 
     parser.set_defaults(run=run)
 
@@ -371,10 +486,19 @@ def add_check_data(subparsers: argparse._SubParsersAction) -> None:
         "other policies would change. Exit status 1 when there are errors, 0 otherwise (warnings included).",
     )
     parser.add_argument("source", help="data set folder, YOLO data.yaml, Hub dataset id or 'synthetic'")
-    parser.add_argument("--split", action="append", dest="splits", metavar="SPLIT",
-                        help="check only this split (repeat for several; default: all)")  # fmt: skip
-    parser.add_argument("--box-policy", default="clip", choices=("clip", "drop", "error"),
-                        help="the loader's box_policy to check against (default: clip, as hf-detr train)")  # fmt: skip
+    parser.add_argument(
+        "--split",
+        action="append",
+        dest="splits",
+        metavar="SPLIT",
+        help="check only this split (repeat for several; default: all)",
+    )
+    parser.add_argument(
+        "--box-policy",
+        default="clip",
+        choices=("clip", "drop", "error"),
+        help="the loader's box_policy to check against (default: clip, as hf-detr train)",
+    )
 
     def run(args: argparse.Namespace) -> None:
         from ..data.check import check_data
@@ -398,17 +522,25 @@ def add_app(subparsers: argparse._SubParsersAction) -> None:
         "hf_detr.hub.push_to_hub(..., space=True). Runs until interrupted.",
     )
     parser.add_argument("model", help="a model folder or Hub id with its image processor")
-    parser.add_argument("--dataset", default=None, metavar="PATH",
-                        help="a data set (as hf-detr train --dataset) whose first --examples images of --split the "
-                        "page offers to pick from")  # fmt: skip
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="PATH",
+        help="a data set (as hf-detr train --dataset) whose first --examples images of --split the "
+        "page offers to pick from",
+    )
     parser.add_argument("--split", default="validation", help="with --dataset: the split (default: validation)")
     parser.add_argument("--examples", type=int, default=8, help="with --dataset: how many images (default 8)")
     parser.add_argument("--threshold", type=float, default=0.5, help="the slider's starting score (default 0.5)")
-    parser.add_argument("--max-video-frames", type=int, default=300,
-                        help="longer videos are refused with a message (default 300)")  # fmt: skip
-    parser.add_argument("--host", default=None,
-                        help="address to serve on (default: $GRADIO_SERVER_NAME, else 127.0.0.1, this machine only; "
-                        "0.0.0.0 for every network)")  # fmt: skip
+    parser.add_argument(
+        "--max-video-frames", type=int, default=300, help="longer videos are refused with a message (default 300)"
+    )
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="address to serve on (default: $GRADIO_SERVER_NAME, else 127.0.0.1, this machine only; "
+        "0.0.0.0 for every network)",
+    )
     parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT, else 7860")
 
     def run(args: argparse.Namespace) -> None:
@@ -417,8 +549,9 @@ def add_app(subparsers: argparse._SubParsersAction) -> None:
         if args.examples < 1:
             raise ValueError(f"--examples must be at least 1, got {args.examples}")
         try:
-            page = create_app(args.model, args.dataset, args.split, args.examples, args.threshold,
-                              args.max_video_frames)  # fmt: skip
+            page = create_app(
+                args.model, args.dataset, args.split, args.examples, args.threshold, args.max_video_frames
+            )
         except ImportError as error:  # gradio missing: the install hint, not a traceback
             raise ValueError(str(error)) from None
         page.launch(server_name=args.host, server_port=args.port, show_error=True)
@@ -443,24 +576,49 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         "end-to-end boxes by more than 0.5 pixel). `hf-detr export --validate OUT_DIR --dataset PATH` validates an "
         "existing export against the model it was exported from (or MODEL). Options take dashes or underscores.",
     )
-    parser.add_argument("model", nargs="?", help="model folder or Hub id (with --validate: compare with this model "
-                        "instead of the one the export records)")  # fmt: skip
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help="model folder or Hub id (with --validate: compare with this model instead of the one the export records)",
+    )
     parser.add_argument("out_dir", nargs="?", type=Path, help="the folder to write")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="default: onnx")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
-                        help="fp16: float16 weights and arithmetic but for LayerNorm, softmax, the boxes' sigmoid "
-                        "and top-k (and the end-to-end pre- and post-processing), kept float32 (default: fp32)")
-    parser.add_argument("--end_to_end", "--end-to-end", action="store_true",
-                        help="also write model_end_to_end.onnx, images in and detections out")
-    parser.add_argument("--max_detections", "--max-detections", type=int, default=None,
-                        help="detections per image of the end-to-end graph (default: the model's queries, at most 100)")
-    parser.add_argument("--validate", type=Path, default=None, metavar="OUT_DIR",
-                        help="validate this export folder instead of exporting")
-    parser.add_argument("--dataset", help="score COCO mAP of the graphs and the model on a split of this data set "
-                        "(Hub id, save_to_disk, COCO, YOLO or VOC folder, or 'synthetic')")  # fmt: skip
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="fp32",
+        help="fp16: float16 weights and arithmetic but for LayerNorm, softmax, the boxes' sigmoid "
+        "and top-k (and the end-to-end pre- and post-processing), kept float32 (default: fp32)",
+    )
+    parser.add_argument(
+        "--end_to_end",
+        "--end-to-end",
+        action="store_true",
+        help="also write model_end_to_end.onnx, images in and detections out",
+    )
+    parser.add_argument(
+        "--max_detections",
+        "--max-detections",
+        type=int,
+        default=None,
+        help="detections per image of the end-to-end graph (default: the model's queries, at most 100)",
+    )
+    parser.add_argument(
+        "--validate",
+        type=Path,
+        default=None,
+        metavar="OUT_DIR",
+        help="validate this export folder instead of exporting",
+    )
+    parser.add_argument(
+        "--dataset",
+        help="score COCO mAP of the graphs and the model on a split of this data set "
+        "(Hub id, save_to_disk, COCO, YOLO or VOC folder, or 'synthetic')",
+    )
     parser.add_argument("--split", default="validation", help="with --dataset (default: validation)")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=8,
-                        help="images per batch in validation (default 8)")
+    parser.add_argument(
+        "--batch_size", "--batch-size", type=int, default=8, help="images per batch in validation (default 8)"
+    )
 
     def run(args: argparse.Namespace) -> None:
         import json
@@ -485,14 +643,23 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         data = load_validation_split(args.dataset, args.split, model) if args.dataset else None
         if args.validate is None:
             max_detections = args.max_detections or min(100, model.config.num_queries)
-            export_folder(model, processor, out_dir, dtype=args.dtype, end_to_end=args.end_to_end,
-                          max_detections=max_detections, source=str(source))  # fmt: skip
+            export_folder(
+                model,
+                processor,
+                out_dir,
+                dtype=args.dtype,
+                end_to_end=args.end_to_end,
+                max_detections=max_detections,
+                source=str(source),
+            )
         data_name = f"{args.dataset} [{args.split}]" if args.dataset else None
         report = validate_export(out_dir, model, processor, data, data_name=data_name, batch_size=args.batch_size)
         print(json.dumps(report, indent=2))
         if not report["passed"]:
-            raise ValueError(f"validation of {out_dir} failed: {'; '.join(report['failures'])} (all numbers in "
-                             f"{out_dir / 'validation.json'})")  # fmt: skip
+            raise ValueError(
+                f"validation of {out_dir} failed: {'; '.join(report['failures'])} (all numbers in "
+                f"{out_dir / 'validation.json'})"
+            )
         print(f"validated {out_dir}: numbers in {out_dir / 'validation.json'}")
 
     def _recorded_source(out_dir: Path) -> str:
@@ -503,15 +670,23 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
             raise ValueError(f"{out_dir} has no {RAW_FILE}: --validate takes a folder written by hf-detr export")
         source = graph_metadata(session(out_dir / RAW_FILE)).get("source")
         if source is None:
-            raise ValueError(f"{out_dir / RAW_FILE} records no source model: give it, hf-detr export --validate "
-                             f"{out_dir} MODEL")  # fmt: skip
+            raise ValueError(
+                f"{out_dir / RAW_FILE} records no source model: give it, hf-detr export --validate {out_dir} MODEL"
+            )
         return source
 
     parser.set_defaults(run=run)
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    add_convert, add_predict, add_train, add_evaluate, add_demo, add_check_data, add_app, add_export
+    add_convert,
+    add_predict,
+    add_train,
+    add_evaluate,
+    add_demo,
+    add_check_data,
+    add_app,
+    add_export,
 )
 
 

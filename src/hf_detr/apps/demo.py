@@ -28,11 +28,11 @@ from typing import Any
 import torch
 
 from .. import presets
-from ..modeling import HfDetrForSegmentation
 from ..data.loading import id2label as dataset_id2label
 from ..data.masks import mask_references
 from ..data.sources import SYNTHETIC, load_data
 from ..evaluation.evaluate import evaluate
+from ..modeling import HfDetrForSegmentation
 from ..training.config import TrainConfig
 from ..training.loop import train
 from .visualize import draw_detections, require_matplotlib, save_curves, save_grid, save_pr_curve
@@ -75,16 +75,20 @@ def run_demo(
     require_matplotlib()  # the pictures need it: say so now, not after the training
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+
     def load(masks: bool) -> Any:
         if dataset is None:
             sizes = {"train": num_train, "validation": num_validation, "test": num_test}
-            return load_data(SYNTHETIC, synthetic_sizes=sizes, synthetic_image_size=DEMO.image_size, seed=seed,
-                             masks=masks)  # fmt: skip
+            return load_data(
+                SYNTHETIC, synthetic_sizes=sizes, synthetic_image_size=DEMO.image_size, seed=seed, masks=masks
+            )
         loaded = load_data(dataset, masks=masks)
         missing = [split for split in ("train", "test") if split not in loaded]
         if missing:
-            raise ValueError(f"dataset={dataset!r} has no split {missing} (it has {list(loaded)}); the demo trains "
-                             "on 'train', tracks 'validation' when present and reports 'test'")
+            raise ValueError(
+                f"dataset={dataset!r} has no split {missing} (it has {list(loaded)}); the demo trains "
+                "on 'train', tracks 'validation' when present and reports 'test'"
+            )
         return loaded
 
     data = load(masks=False)  # the detector trains on boxes alone, without decoding masks
@@ -93,9 +97,15 @@ def run_demo(
     processor = DEMO.image_processor()
     detection_budget = time_budget * (1 - SEGMENTATION_SHARE) if segmentation else time_budget
     config = TrainConfig(
-        output_dir=str(output_dir / "run"), time_budget=detection_budget, seed=seed, cpu=True, save_steps=0,
-        eval_steps=None, eval_split="validation" if "validation" in data else None, **DEMO.training,
-    )  # fmt: skip
+        output_dir=str(output_dir / "run"),
+        time_budget=detection_budget,
+        seed=seed,
+        cpu=True,
+        save_steps=0,
+        eval_steps=None,
+        eval_split="validation" if "validation" in data else None,
+        **DEMO.training,
+    )
     result = train(config, dataset=data, model=model, image_processor=processor)
     model = result.model.to_plain_detr().eval()
     log_history, steps = result.log_history, result.global_step
@@ -104,21 +114,34 @@ def run_demo(
         detector = model
         model = HfDetrForSegmentation(detector.config)
         model.load_state_dict(detector.state_dict(), strict=False)  # every detector weight; the head is new
-        config = TrainConfig(**{**vars(config), "output_dir": str(output_dir / "masks"), "task": "instance",
-                                "freeze_detection": True, "time_budget": time_budget - detection_budget,
-                                **MASK_HEAD_TRAINING})  # fmt: skip
+        config = TrainConfig(
+            **{
+                **vars(config),
+                "output_dir": str(output_dir / "masks"),
+                "task": "instance",
+                "freeze_detection": True,
+                "time_budget": time_budget - detection_budget,
+                **MASK_HEAD_TRAINING,
+            }
+        )
         result = train(config, dataset=data, model=model, image_processor=processor)
         model = result.model.eval()
         elapsed = log_history[-1].get("elapsed", 0.0) if log_history else 0.0
-        log_history = log_history + [{**entry, "step": entry["step"] + steps,
-                                      **({"elapsed": entry["elapsed"] + elapsed} if "elapsed" in entry else {})}
-                                     for entry in result.log_history]  # fmt: skip
+        log_history = log_history + [
+            {
+                **entry,
+                "step": entry["step"] + steps,
+                **({"elapsed": entry["elapsed"] + elapsed} if "elapsed" in entry else {}),
+            }
+            for entry in result.log_history
+        ]
         steps += result.global_step
     model.save_pretrained(output_dir / "model")
     processor.save_pretrained(output_dir / "model")
 
-    evaluation = evaluate(model, processor, data["test"], batch_size=config.per_device_eval_batch_size,
-                          return_evaluation=True)  # fmt: skip
+    evaluation = evaluate(
+        model, processor, data["test"], batch_size=config.per_device_eval_batch_size, return_evaluation=True
+    )
     metrics: dict[str, Any] = dict(evaluation.metrics)
     metrics.update(
         train_seconds=round(log_history[-1].get("elapsed", time_budget), 1) if log_history else 0.0,
@@ -128,8 +151,11 @@ def run_demo(
     metrics["per_class"] = evaluation.per_class
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     has_validation = len(data.get("validation", ())) > 0
-    save_curves(log_history, output_dir / "curves.png",
-                validation_note="no validation results" if has_validation else "no validation split")
+    save_curves(
+        log_history,
+        output_dir / "curves.png",
+        validation_note="no validation results" if has_validation else "no validation split",
+    )
     _save_predictions(model, processor, data["test"], output_dir / "predictions.png", show, id2label)
     save_pr_curve(evaluation, output_dir / "pr_curve.png")
     return metrics
@@ -148,8 +174,9 @@ def _save_predictions(model, processor, test, path: Path, show: int, id2label: d
         boxes = torch.tensor(example["objects"]["bbox"]).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         truth = mask_references(example)["masks"] if "segmentation" in example["objects"] else None
-        tiles.append(draw_detections(image, boxes, example["objects"]["category"], id2label, min_side=TILE_MIN_SIDE,
-                                     masks=truth))  # fmt: skip
+        tiles.append(
+            draw_detections(image, boxes, example["objects"]["category"], id2label, min_side=TILE_MIN_SIDE, masks=truth)
+        )
         inputs = processor(images=image, return_tensors="pt")
         with torch.no_grad():
             outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
@@ -161,7 +188,16 @@ def _save_predictions(model, processor, test, path: Path, show: int, id2label: d
             kept = outputs.pred_masks[0, probabilities >= PREDICTION_THRESHOLD]  # the queries post-processing kept
             if len(kept):
                 masks = torch.nn.functional.interpolate(kept[None], size=size, mode="bilinear")[0] > 0
-        tiles.append(draw_detections(image, found["boxes"], found["labels"].tolist(), id2label, found["scores"],
-                                     min_side=TILE_MIN_SIDE, masks=masks))  # fmt: skip
+        tiles.append(
+            draw_detections(
+                image,
+                found["boxes"],
+                found["labels"].tolist(),
+                id2label,
+                found["scores"],
+                min_side=TILE_MIN_SIDE,
+                masks=masks,
+            )
+        )
     titles = ("ground truth", f"prediction (score >= {PREDICTION_THRESHOLD})")
     save_grid(tiles, path, columns=4, column_titles=titles)

@@ -12,5 +12,6 @@ def require_extra(module: str, purpose: str, extra: str, package: str) -> Module
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise ImportError(f"{purpose}, which is not installed: pip install 'hf_detr[{extra}]' "
-                          f"(or pip install {package})") from error  # fmt: skip
+        raise ImportError(
+            f"{purpose}, which is not installed: pip install 'hf_detr[{extra}]' (or pip install {package})"
+        ) from error

@@ -76,8 +76,14 @@ class Detections:
         would not fit in memory)."""
         masks = found.get("masks")
         fields = {name: found[name] for name in ("scores", "labels", "boxes")}
-        return cls(source, picture.height, picture.width, **fields,
-                   masks=None if masks is None else encode_rles(masks), **where)  # fmt: skip
+        return cls(
+            source,
+            picture.height,
+            picture.width,
+            **fields,
+            masks=None if masks is None else encode_rles(masks),
+            **where,
+        )
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
@@ -154,9 +160,11 @@ def _run_batch(
     with torch.no_grad():
         outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
     found = processor.post_process_object_detection(
-        outputs, threshold=threshold, target_sizes=[(p.height, p.width) for p in pictures],
+        outputs,
+        threshold=threshold,
+        target_sizes=[(p.height, p.width) for p in pictures],
         return_masks=getattr(outputs, "pred_masks", None) is not None,
-    )  # fmt: skip
+    )
     for index, picture, image_found in zip(indices, pictures, found):
         yield index, picture, {name: value.cpu() for name, value in image_found.items()}
 
@@ -224,8 +232,11 @@ def detect_tiled(
     """
     for index, picture in enumerate(pictures):
         width, height = min(tile, picture.width), min(tile, picture.height)
-        origins = [(x, y) for y in tile_origins(picture.height, tile, overlap)
-                   for x in tile_origins(picture.width, tile, overlap)]  # fmt: skip
+        origins = [
+            (x, y)
+            for y in tile_origins(picture.height, tile, overlap)
+            for x in tile_origins(picture.width, tile, overlap)
+        ]
         crops = (picture.crop((x, y, x + width, y + height)) for x, y in origins)
         found = sorted(detect(model, processor, crops, threshold, batch_size), key=lambda item: item[0])
         shifts = torch.tensor(origins, dtype=torch.float32).repeat(1, 2)  # [tiles, 4]: (x, y, x, y)
@@ -295,8 +306,10 @@ def _check_outputs(inputs: list[_Input]) -> None:
     for item in inputs:
         name = item.output
         if name in seen:
-            raise ValueError(f"{seen[name]} and {item.path} would both be written to {name} in the output folder; "
-                             "predict them in separate runs, or give the folder that holds both")  # fmt: skip
+            raise ValueError(
+                f"{seen[name]} and {item.path} would both be written to {name} in the output folder; "
+                "predict them in separate runs, or give the folder that holds both"
+            )
         seen[name] = item.path
 
 
@@ -370,8 +383,9 @@ def predict(
 
 def _drawn(picture: Image.Image, found: Found, id2label: Mapping[int, str]) -> Any:
     """The picture with its detections (and masks) drawn, as a uint8 `[H, W, 3]` array."""
-    drawn = draw_detections(picture, found["boxes"], found["labels"].tolist(), id2label, found["scores"],
-                            masks=found.get("masks"))  # fmt: skip
+    drawn = draw_detections(
+        picture, found["boxes"], found["labels"].tolist(), id2label, found["scores"], masks=found.get("masks")
+    )
     return drawn.permute(1, 2, 0).numpy()
 
 
@@ -429,8 +443,11 @@ def detection_records(detections: Sequence[Detections], id2label: Mapping[int, s
     `{"video": path, "frame", "time", "detections"}`."""
     records = []
     for found in detections:
-        where = {"image": found.source} if found.frame is None else {"video": found.source, "frame": found.frame,
-                                                                      "time": found.time}  # fmt: skip
+        where = (
+            {"image": found.source}
+            if found.frame is None
+            else {"video": found.source, "frame": found.frame, "time": found.time}
+        )
         items = [
             {
                 "label": id2label.get(int(label), str(int(label))),

@@ -13,7 +13,7 @@ import importlib.util
 import math
 import os
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +31,13 @@ if TYPE_CHECKING:
 
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324"]
 
+
 def require_matplotlib() -> Any:
     """The `matplotlib` module, or an ImportError saying how to install it (the `viz` extra)."""
     return require_extra("matplotlib", "these pictures are drawn with matplotlib", "viz", "'matplotlib>=3.7'")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """A legible TrueType font of `size` pixels: DejaVu Sans shipped with matplotlib, else PIL's built-in one."""
     try:
@@ -94,8 +95,9 @@ def draw_detections(
         colors = [_PALETTE[int(label) % len(_PALETTE)] for label in labels]
     if masks is not None and len(masks):
         pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-        pixels = draw_segmentation_masks(pixels, torch.as_tensor(masks, dtype=torch.bool).cpu(), alpha=0.5,
-                                         colors=list(colors))  # fmt: skip
+        pixels = draw_segmentation_masks(
+            pixels, torch.as_tensor(masks, dtype=torch.bool).cpu(), alpha=0.5, colors=list(colors)
+        )
         image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
     if min_side is not None and min(image.size) < min_side:
         factor = math.ceil(min_side / min(image.size))
@@ -148,8 +150,10 @@ def save_grid(
     """Save uint8 `[3, H, W]` images (or PIL images) as a grid PNG, `columns` wide, white between them; images of
     other sizes are centred in cells of the largest. `column_titles` (repeating if shorter than `columns`) head
     the columns; `captions` (one per image, lines split by "\\n") are written under the images."""
-    tiles = [Image.fromarray(t.permute(1, 2, 0).cpu().numpy()) if isinstance(t, torch.Tensor) else t.convert("RGB")
-             for t in images]  # fmt: skip
+    tiles = [
+        Image.fromarray(t.permute(1, 2, 0).cpu().numpy()) if isinstance(t, torch.Tensor) else t.convert("RGB")
+        for t in images
+    ]
     if not tiles:
         raise ValueError("save_grid needs at least one image")
     if captions is not None and len(captions) != len(tiles):
@@ -162,8 +166,9 @@ def save_grid(
     header = line_height + padding if column_titles else 0
     if captions is not None:  # room under each image for the longest caption
         cell_h += max(caption.count("\n") + 1 for caption in captions) * (line_height + 2) + padding // 2
-    canvas = Image.new("RGB", (padding + columns * (cell_w + padding), header + padding + rows * (cell_h + padding)),
-                       "white")  # fmt: skip
+    canvas = Image.new(
+        "RGB", (padding + columns * (cell_w + padding), header + padding + rows * (cell_h + padding)), "white"
+    )
     draw = ImageDraw.Draw(canvas)
     for column in range(columns if column_titles else 0):
         title = column_titles[column % len(column_titles)]
@@ -175,8 +180,9 @@ def save_grid(
         left, top = padding + column * (cell_w + padding), header + padding + row * (cell_h + padding)
         canvas.paste(tile, (left + (cell_w - tile.width) // 2, top + (image_h - tile.height) // 2))
         if captions is not None:
-            draw.multiline_text((left, top + image_h + padding // 2), captions[index], fill="black", font=font,
-                                spacing=2)  # fmt: skip
+            draw.multiline_text(
+                (left, top + image_h + padding // 2), captions[index], fill="black", font=font, spacing=2
+            )
     canvas.save(path)
 
 
@@ -217,17 +223,37 @@ def save_curves(
     if losses:
         steps, values = map(np.asarray, zip(*losses))
         many = len(values) >= 12
-        loss_axes.plot(steps, values, color="C0", linewidth=1, alpha=0.45 if many else 1.0,
-                       marker=None if many else "o", label="loss per log interval")  # fmt: skip
+        loss_axes.plot(
+            steps,
+            values,
+            color="C0",
+            linewidth=1,
+            alpha=0.45 if many else 1.0,
+            marker=None if many else "o",
+            label="loss per log interval",
+        )
         if many:
             window = max(3, len(values) // 15)
-            loss_axes.plot(steps, _moving_average(values, window), color="C0", linewidth=2.2,
-                           label=f"moving average ({window} intervals)")  # fmt: skip
+            loss_axes.plot(
+                steps,
+                _moving_average(values, window),
+                color="C0",
+                linewidth=2.2,
+                label=f"moving average ({window} intervals)",
+            )
         loss_axes.set_ylim(bottom=0, top=1.05 * float(values.max()))
         loss_axes.legend(loc="best")
     else:
-        loss_axes.text(0.5, 0.5, "no training loss logged", transform=loss_axes.transAxes, ha="center", va="center",
-                       fontsize=13, color="0.4")  # fmt: skip
+        loss_axes.text(
+            0.5,
+            0.5,
+            "no training loss logged",
+            transform=loss_axes.transAxes,
+            ha="center",
+            va="center",
+            fontsize=13,
+            color="0.4",
+        )
     loss_axes.set(title="training loss", xlabel="step", ylabel="loss (weighted sum of the terms)")
 
     if evaluations:
@@ -239,8 +265,9 @@ def save_curves(
         eval_axes.set_ylim(-0.02, 1.02)
         eval_axes.legend(loc="best")
     else:
-        eval_axes.text(0.5, 0.5, validation_note, transform=eval_axes.transAxes, ha="center", va="center",
-                       fontsize=13, color="0.4")  # fmt: skip
+        eval_axes.text(
+            0.5, 0.5, validation_note, transform=eval_axes.transAxes, ha="center", va="center", fontsize=13, color="0.4"
+        )
         eval_axes.set_ylim(-0.02, 1.02)
     eval_axes.set(title="validation", xlabel="step", ylabel="COCO box AP")
     for axes in (loss_axes, eval_axes):
@@ -257,8 +284,16 @@ def save_pr_curve(evaluation: CocoEvaluation, path: str | os.PathLike, max_class
     figure = _figure(7, 5.6)
     axes = figure.subplots()
     if evaluation.precision is None:
-        axes.text(0.5, 0.5, "nothing was evaluated (no images)", transform=axes.transAxes, ha="center",
-                  va="center", fontsize=13, color="0.4")  # fmt: skip
+        axes.text(
+            0.5,
+            0.5,
+            "nothing was evaluated (no images)",
+            transform=axes.transAxes,
+            ha="center",
+            va="center",
+            fontsize=13,
+            color="0.4",
+        )
     else:
         recall = evaluation.recall_thresholds
         at_50 = evaluation.precision_curves(0.5)
@@ -266,21 +301,46 @@ def save_pr_curve(evaluation: CocoEvaluation, path: str | os.PathLike, max_class
         if 0 < len(defined) <= max_classes:
             ids = evaluation.category_ids or list(range(len(evaluation.class_names)))
             for k in defined:
-                axes.plot(recall, at_50[k], linewidth=1.3, alpha=0.85, color=_PALETTE[int(ids[k]) % len(_PALETTE)],
-                          label=f"{evaluation.class_names[k]}, IoU 0.50 (AP {at_50[k].mean():.3f})")  # fmt: skip
+                axes.plot(
+                    recall,
+                    at_50[k],
+                    linewidth=1.3,
+                    alpha=0.85,
+                    color=_PALETTE[int(ids[k]) % len(_PALETTE)],
+                    label=f"{evaluation.class_names[k]}, IoU 0.50 (AP {at_50[k].mean():.3f})",
+                )
         for iou, style in ((0.5, "-"), (0.75, "--")):
             curves = evaluation.precision_curves(iou)[defined]
             if len(curves):
                 mean = curves.mean(axis=0)
-                axes.plot(recall, mean, style, color="black", linewidth=2.6,
-                          label=f"all classes, IoU {iou:.2f} (AP {mean.mean():.3f})")  # fmt: skip
+                axes.plot(
+                    recall,
+                    mean,
+                    style,
+                    color="black",
+                    linewidth=2.6,
+                    label=f"all classes, IoU {iou:.2f} (AP {mean.mean():.3f})",
+                )
         if len(defined) == 0:
-            axes.text(0.5, 0.5, "no ground-truth objects", transform=axes.transAxes, ha="center", va="center",
-                      fontsize=13, color="0.4")  # fmt: skip
+            axes.text(
+                0.5,
+                0.5,
+                "no ground-truth objects",
+                transform=axes.transAxes,
+                ha="center",
+                va="center",
+                fontsize=13,
+                color="0.4",
+            )
         else:
             axes.legend(loc="lower left", fontsize=9, framealpha=0.9)
-    axes.set(title="precision-recall (COCO, area all, up to 100 detections)", xlabel="recall", ylabel="precision",
-             xlim=(0, 1), ylim=(-0.02, 1.02))  # fmt: skip
+    axes.set(
+        title="precision-recall (COCO, area all, up to 100 detections)",
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(-0.02, 1.02),
+    )
     axes.grid(True, alpha=0.35)
     figure.savefig(path)
 
@@ -307,13 +367,29 @@ def save_pr_curves_per_class(evaluation: CocoEvaluation, path: str | os.PathLike
         if k >= len(curves):
             axes.set_visible(not curves)  # an empty evaluation keeps one panel to say so
             if not curves:
-                axes.text(0.5, 0.5, "nothing was evaluated (no images)", transform=axes.transAxes, ha="center",
-                          va="center", fontsize=11, color="0.4")  # fmt: skip
+                axes.text(
+                    0.5,
+                    0.5,
+                    "nothing was evaluated (no images)",
+                    transform=axes.transAxes,
+                    ha="center",
+                    va="center",
+                    fontsize=11,
+                    color="0.4",
+                )
             continue
         curve = curves[k]
         if curve.precision is None:
-            axes.text(0.5, 0.5, "no ground truth", transform=axes.transAxes, ha="center", va="center", fontsize=10,
-                      color="0.4")  # fmt: skip
+            axes.text(
+                0.5,
+                0.5,
+                "no ground truth",
+                transform=axes.transAxes,
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="0.4",
+            )
             axes.set_title(curve.name, fontsize=10)
         else:
             color = _PALETTE[int(evaluation.category_ids[k]) % len(_PALETTE)]
@@ -348,17 +424,33 @@ def save_confusion_matrix(diagnostics: Diagnostics, path: str | os.PathLike) -> 
     figure.colorbar(image, ax=axes, shrink=0.8, label="share of the row")
     fontsize = 10 if n <= 12 else 8 if n <= 20 else 6
     for row, column in zip(*np.nonzero(matrix)):
-        axes.text(column, row, str(matrix[row, column]), ha="center", va="center", fontsize=fontsize,
-                  color="white" if shares[row, column] > 0.55 else "black")  # fmt: skip
-    axes.set_xticks(range(n), labels, rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center",
-                    rotation_mode="anchor" if n <= 20 else "default", fontsize=fontsize + 1)  # fmt: skip
+        axes.text(
+            column,
+            row,
+            str(matrix[row, column]),
+            ha="center",
+            va="center",
+            fontsize=fontsize,
+            color="white" if shares[row, column] > 0.55 else "black",
+        )
+    axes.set_xticks(
+        range(n),
+        labels,
+        rotation=45 if n <= 20 else 90,
+        ha="right" if n <= 20 else "center",
+        rotation_mode="anchor" if n <= 20 else "default",
+        fontsize=fontsize + 1,
+    )
     axes.set_yticks(range(n), labels, fontsize=fontsize + 1)
     # the background row and column apart from the classes
     axes.axhline(n - 1.5, color="0.3", linewidth=1)
     axes.axvline(n - 1.5, color="0.3", linewidth=1)
     axes.set(xlabel="prediction", ylabel="ground truth")
-    axes.set_title(f"confusion matrix: IoU >= {diagnostics.iou_threshold:g}, score >= {diagnostics.score_threshold:g}"
-                   f"\nbackground column: missed, background row: false positives", fontsize=10)  # fmt: skip
+    axes.set_title(
+        f"confusion matrix: IoU >= {diagnostics.iou_threshold:g}, score >= {diagnostics.score_threshold:g}"
+        f"\nbackground column: missed, background row: false positives",
+        fontsize=10,
+    )
     figure.savefig(path)
 
 
@@ -368,9 +460,12 @@ GALLERY_MIN_SIDE = 384  # gallery tiles are upscaled to at least this shorter si
 
 
 def _outcome_tiles(
-    picture: Image.Image, match: ImageMatch, prediction: Mapping[str, Any], reference: Mapping[str, Any],
+    picture: Image.Image,
+    match: ImageMatch,
+    prediction: Mapping[str, Any],
+    reference: Mapping[str, Any],
     id2label: Mapping[int, str],
-) -> list[torch.Tensor]:  # fmt: skip
+) -> list[torch.Tensor]:
     """One image's ground truth and detections (at the score threshold) coloured and tagged by their outcome."""
     gt_labels, pred_labels = reference["labels"], prediction["labels"]
     truth, found = {}, {}  # box index -> (colour, note)
@@ -388,14 +483,23 @@ def _outcome_tiles(
     gt_boxes = box_convert(torch.tensor(reference["boxes"], dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
     pred_boxes = torch.tensor(prediction["boxes"], dtype=torch.float64).reshape(-1, 4)
     tiles = []
-    for boxes, labels, scores, outcome in ((gt_boxes, gt_labels, None, truth),
-                                           (pred_boxes, pred_labels, prediction["scores"], found)):  # fmt: skip
+    for boxes, labels, scores, outcome in (
+        (gt_boxes, gt_labels, None, truth),
+        (pred_boxes, pred_labels, prediction["scores"], found),
+    ):
         order = sorted(outcome)
-        tiles.append(draw_detections(
-            picture, boxes[order], [labels[i] for i in order], id2label,
-            None if scores is None else [scores[i] for i in order], min_side=GALLERY_MIN_SIDE,
-            notes=[outcome[i][1] for i in order], colors=[outcome[i][0] for i in order],
-        ))  # fmt: skip
+        tiles.append(
+            draw_detections(
+                picture,
+                boxes[order],
+                [labels[i] for i in order],
+                id2label,
+                None if scores is None else [scores[i] for i in order],
+                min_side=GALLERY_MIN_SIDE,
+                notes=[outcome[i][1] for i in order],
+                colors=[outcome[i][0] for i in order],
+            )
+        )
     return tiles
 
 
@@ -420,13 +524,20 @@ def save_worst_images(
     tiles, captions, shown = [], [], []
     for match in diagnostics.worst(count):
         row = images[match.index]
-        tiles += _outcome_tiles(upright_rgb(row["image"]), match, evaluation.predictions[match.index],
-                                evaluation.references[match.index], id2label)  # fmt: skip
+        tiles += _outcome_tiles(
+            upright_rgb(row["image"]),
+            match,
+            evaluation.predictions[match.index],
+            evaluation.references[match.index],
+            id2label,
+        )
         name = f"image {match.index}" + (f" (image_id {row['image_id']})" if "image_id" in row else "")
         objects = _count(len(match.matched) + len(match.missed), "object")
-        captions += [f"{name}\n{_count(match.errors, 'error')}; {len(match.missed)} of {objects} missed",
-                     f"{_count(len(match.false_positives), 'false positive')}, {match.wrong_class} wrong class\n"
-                     f"{match.correct} correct"]  # fmt: skip
+        captions += [
+            f"{name}\n{_count(match.errors, 'error')}; {len(match.missed)} of {objects} missed",
+            f"{_count(len(match.false_positives), 'false positive')}, {match.wrong_class} wrong class\n"
+            f"{match.correct} correct",
+        ]
         shown.append(match.index)
     titles = ("ground truth", f"detections, score >= {diagnostics.score_threshold:g}")
     save_grid(tiles, path, columns=4, column_titles=titles, captions=captions)

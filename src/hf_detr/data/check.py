@@ -99,12 +99,17 @@ class SplitReport:
         ]
         width = max([5, *map(len, self.label_names)])
         lines.append(f"  {'class':<{width}}  {'images':>7}  {'boxes':>7}  {'crowd':>7}")
-        for name, images, boxes, crowds in zip(self.label_names, self.images_per_class, self.boxes_per_class,
-                                               self.crowd_per_class):  # fmt: skip
+        for name, images, boxes, crowds in zip(
+            self.label_names, self.images_per_class, self.boxes_per_class, self.crowd_per_class
+        ):
             lines.append(f"  {name:<{width}}  {images:>7}  {boxes:>7}  {crowds:>7}")
         widths, heights = np.asarray(self.widths, dtype=np.float64), np.asarray(self.heights, dtype=np.float64)
-        rows = (("box width (px)", widths), ("box height (px)", heights), ("box area (px^2)", widths * heights),
-                ("boxes per image", self.boxes_per_image))  # fmt: skip
+        rows = (
+            ("box width (px)", widths),
+            ("box height (px)", heights),
+            ("box area (px^2)", widths * heights),
+            ("boxes per image", self.boxes_per_image),
+        )
         lines += [f"  {label:<16} {_statistics(values)}" for label, values in rows]
         lines.append(f"  box_policy={box_policy!r}: {self.changes.summary()}")
         return "\n".join(lines)
@@ -142,15 +147,19 @@ class DataReport:
         else:
             errors, warnings = len(self.errors), len(self.warnings)
             fixes = f" (box_policy={self.box_policy!r} clips or drops those boxes)" if warnings else ""
-            lines.append(f"{errors} error{'' if errors == 1 else 's'} (the loader stops at them), {warnings} "
-                         f"warning{'' if warnings == 1 else 's'}{fixes}")  # fmt: skip
+            lines.append(
+                f"{errors} error{'' if errors == 1 else 's'} (the loader stops at them), {warnings} "
+                f"warning{'' if warnings == 1 else 's'}{fixes}"
+            )
         return "\n".join(lines)
 
 
 def check_data(
-    source: str | os.PathLike, splits: Sequence[str] | None = None, box_policy: BoxPolicy = "clip",
+    source: str | os.PathLike,
+    splits: Sequence[str] | None = None,
+    box_policy: BoxPolicy = "clip",
     box_tolerance: float = 1.0,
-) -> DataReport:  # fmt: skip
+) -> DataReport:
     """Check ``splits`` (default: all) of ``source`` as :func:`.sources.load_data` would load them with ``box_policy``
     (see the module docstring)."""
     _check_policy(box_policy)
@@ -182,7 +191,9 @@ def check_data(
             images = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
             for index, (example, image) in enumerate(zip(conformer.rows(dataset), images)):
                 report.add(example["objects"])
-                problems.extend(Problem("error", name, message) for message in _image_error(example, image, index, name))
+                problems.extend(
+                    Problem("error", name, message) for message in _image_error(example, image, index, name)
+                )
             report.changes = add_changes(name, changes)
             reports.append(report)
     return DataReport(str(source), kind, box_policy, applied, reports, problems)

@@ -41,8 +41,10 @@ def decoded_image(image: Any, where: str) -> PIL.Image.Image:
     if isinstance(image, PIL.Image.Image):
         return image
     if not isinstance(image, Mapping) or not (image.get("bytes") or image.get("path")):
-        raise TypeError(f"{where}: `image` must be a PIL image or a datasets.Image value, got {type(image).__name__}; "
-                        "keep the column as a datasets.Image() feature.")  # fmt: skip
+        raise TypeError(
+            f"{where}: `image` must be a PIL image or a datasets.Image value, got {type(image).__name__}; "
+            "keep the column as a datasets.Image() feature."
+        )
     try:
         return datasets.Image().decode_example(dict(image))
     except (OSError, PIL.UnidentifiedImageError, ValueError) as error:  # FileNotFoundError is an OSError
@@ -114,8 +116,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         """The item of `example`, row `index` of the data set, in `epoch`: upright RGB, relabelled, augmented with
         the randomness of `(seed, epoch, index)`, with its `orig_size`."""
         example = dict(example)
-        image = example["image"] = upright_rgb(decoded_image(example.get("image"), f"example {index} (image_id="
-                                                                                   f"{example.get('image_id')})"))
+        image = example["image"] = upright_rgb(
+            decoded_image(example.get("image"), f"example {index} (image_id={example.get('image_id')})")
+        )
         orig_size = (image.height, image.width)
         if self.label_map is not None:
             objects = example["objects"]
@@ -150,9 +153,12 @@ class DetectionCollator:
     """
 
     def __init__(
-        self, image_processor: HfDetrImageProcessor, do_resize: bool = False, keep_crowd: bool = False,
+        self,
+        image_processor: HfDetrImageProcessor,
+        do_resize: bool = False,
+        keep_crowd: bool = False,
         mask_references: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.image_processor = image_processor
         self.do_resize = do_resize
         self.keep_crowd = keep_crowd

@@ -129,8 +129,9 @@ def _yolo_names(config: dict[str, Any], yaml_name: str) -> list[str]:
             )
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
-        raise ValueError(f"{yaml_name}: `names` must be a non-empty list of class names or {{id: name}}, got "
-                         f"{names!r}.")  # fmt: skip
+        raise ValueError(
+            f"{yaml_name}: `names` must be a non-empty list of class names or {{id: name}}, got {names!r}."
+        )
     names = [str(name) for name in names]  # YAML reads `0: 1` as a number; ClassLabel names are strings
     if len(set(names)) != len(names):
         raise ValueError(f"{yaml_name}: class names {names} repeat; ClassLabel names must be unique.")
@@ -262,8 +263,17 @@ def read_voc(path: str | os.PathLike) -> RawFolder:
         raw = RawSplit(f"ImageSets/Main/{stem}.txt", root, "xywh", [])
         for image_id in ids_of[stem]:
             image, names = parsed[image_id]
-            raw.images.append(RawImage(image.file_name, image.width, image.height, image.boxes,
-                                       [label_of[name] for name in names], image.iscrowd, image.names))  # fmt: skip
+            raw.images.append(
+                RawImage(
+                    image.file_name,
+                    image.width,
+                    image.height,
+                    image.boxes,
+                    [label_of[name] for name in names],
+                    image.iscrowd,
+                    image.names,
+                )
+            )
         return raw
 
     return RawFolder(label_names, {_YOLO_SPLITS.get(stem, stem): (lambda stem=stem: split(stem)) for stem in ids_of})
@@ -279,8 +289,9 @@ def _read_voc_xml(root: Path, image_id: str) -> tuple[RawImage, list[str]]:
     except ElementTree.ParseError as error:
         raise ValueError(f"{shown}: not valid XML ({error}).") from error
     size = tree.find("size")
-    width, height = (None, None) if size is None else (_voc_number(size, key, shown, "<size>", int)
-                                                       for key in ("width", "height"))  # fmt: skip
+    width, height = (
+        (None, None) if size is None else (_voc_number(size, key, shown, "<size>", int) for key in ("width", "height"))
+    )
     image = RawImage(f"JPEGImages/{(tree.findtext('filename') or '').strip() or image_id + '.jpg'}", width, height)
     names = []
     for k, obj in enumerate(tree.findall("object"), start=1):  # direct children: <part>s of a person have boxes too
@@ -291,8 +302,9 @@ def _read_voc_xml(root: Path, image_id: str) -> tuple[RawImage, list[str]]:
         box = obj.find("bndbox")
         if box is None:
             raise ValueError(f"{where} ({name!r}): no <bndbox>.")
-        xmin, ymin, xmax, ymax = (_voc_number(box, key, f"{where} ({name!r})", "<bndbox>", float)
-                                  for key in ("xmin", "ymin", "xmax", "ymax"))  # fmt: skip
+        xmin, ymin, xmax, ymax = (
+            _voc_number(box, key, f"{where} ({name!r})", "<bndbox>", float) for key in ("xmin", "ymin", "xmax", "ymax")
+        )
         difficult = obj.find("difficult")
         image.boxes.append([xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1])
         image.iscrowd.append(int(difficult is not None and _voc_number(obj, "difficult", where, "<object>", int) != 0))

@@ -44,7 +44,7 @@ import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Union
+from typing import Any, Literal, NamedTuple
 
 import datasets
 import numpy as np
@@ -58,8 +58,8 @@ from .prepared import PreparedRows, content_hash, open_prepared, parallel_chunks
 
 logger = logging.getLogger(__name__)
 
-AnyDataset = Union[datasets.Dataset, datasets.IterableDataset]
-AnyDatasetDict = Union[datasets.DatasetDict, datasets.IterableDatasetDict]
+AnyDataset = datasets.Dataset | datasets.IterableDataset
+AnyDatasetDict = datasets.DatasetDict | datasets.IterableDatasetDict
 
 # Keys of the JSON object stored in `info.description` of splits loaded from a COCO folder.
 _DESCRIPTION_KEY = "hf_detr.coco_category_ids"
@@ -197,8 +197,10 @@ class BoxCounts:
         """E.g. ``"3 boxes clipped to their image, 2 dropped (1 zero-area, 1 outside the image)"``."""
         parts = []
         if self.clipped:
-            parts.append(f"{self.clipped} {'box' if self.clipped == 1 else 'boxes'} clipped to "
-                         f"{'its' if self.clipped == 1 else 'their'} image")  # fmt: skip
+            parts.append(
+                f"{self.clipped} {'box' if self.clipped == 1 else 'boxes'} clipped to "
+                f"{'its' if self.clipped == 1 else 'their'} image"
+            )
         if self.dropped:
             reasons = ", ".join(f"{self.dropped[r]} {r}" for r in _REASONS if r in self.dropped)
             noun = "" if parts else (" box" if self.num_dropped == 1 else " boxes")
@@ -245,9 +247,11 @@ def apply_box_policy(
     _check_policy(policy)
     tensor, flags = box_flags(boxes, name, "xywh", within=within, tolerance=tolerance)
     n = len(tensor)
-    given = torch.full((n,), float("nan"), dtype=torch.float64) if areas is None else torch.as_tensor(
-        [float("nan") if a is None else float(a) for a in areas], dtype=torch.float64
-    )  # fmt: skip
+    given = (
+        torch.full((n,), float("nan"), dtype=torch.float64)
+        if areas is None
+        else torch.as_tensor([float("nan") if a is None else float(a) for a in areas], dtype=torch.float64)
+    )
     broken = flags.non_finite | flags.empty  # flags.empty includes flags.negative
     bad = broken | flags.outside
     if policy == "error" or not bad.any():  # the common case, every box fine, returns here
@@ -259,8 +263,9 @@ def apply_box_policy(
                     f"{error} (box_policy='error'; box_policy='clip', the default, clips boxes to their image and "
                     "drops the ones without area)"
                 ) from None
-        return BoxPolicyResult(tensor, torch.arange(n), torch.where(given.isnan(), _box_areas(tensor), given),
-                               BoxCounts())  # fmt: skip
+        return BoxPolicyResult(
+            tensor, torch.arange(n), torch.where(given.isnan(), _box_areas(tensor), given), BoxCounts()
+        )
 
     # why each box is dropped: 0 kept, else 1 + its position in _REASONS; the first problem of a box decides
     reason = torch.zeros(n, dtype=torch.int64)
@@ -287,10 +292,11 @@ def apply_box_policy(
     keep = reason == 0
     rows = (~keep | clipped).nonzero().flatten()
     changes = tuple(
-        BoxChange(j, "clipped", f"{name(j)} = {box} clipped to {new}") if code == 0
+        BoxChange(j, "clipped", f"{name(j)} = {box} clipped to {new}")
+        if code == 0
         else BoxChange(j, _REASONS[code - 1], f"{name(j)} = {box} dropped ({_REASONS[code - 1]})")
         for j, code, box, new in zip(rows.tolist(), reason[rows].tolist(), tensor[rows].tolist(), result[rows].tolist())
-    )  # fmt: skip
+    )
     for change in changes:
         logger.debug("%s by box_policy=%r", change.message, policy)
     index = keep.nonzero().flatten()
@@ -382,8 +388,16 @@ def load_detection_dataset(
     _check_policy(box_policy)
     kind = detect_format(source)
     if kind == "coco":
-        return load_coco_folder(source, splits=splits, streaming=streaming, box_policy=box_policy,
-                                box_tolerance=box_tolerance, masks=masks, num_proc=num_proc, decode=decode)  # fmt: skip
+        return load_coco_folder(
+            source,
+            splits=splits,
+            streaming=streaming,
+            box_policy=box_policy,
+            box_tolerance=box_tolerance,
+            masks=masks,
+            num_proc=num_proc,
+            decode=decode,
+        )
     container = datasets.IterableDatasetDict if streaming else datasets.DatasetDict
     if kind in ("yolo", "voc"):
         if masks:
@@ -391,18 +405,26 @@ def load_detection_dataset(
                 f"{source} is a {FORMAT_NAMES[kind]}, which holds boxes only, but masks=True was asked for; load it "
                 "with masks=False, or convert it to a COCO folder with `segmentation` polygons."
             )
-        loaded = {split.name: folder_dataset(split) for split in read_folder_splits(source, splits, box_policy,
-                                                                                   box_tolerance)}  # fmt: skip
+        loaded = {
+            split.name: folder_dataset(split) for split in read_folder_splits(source, splits, box_policy, box_tolerance)
+        }
         return container({name: streamed(ds, decode) if streaming else ds for name, ds in loaded.items()})
-    loaded = saved_or_hub_splits(source, splits, streaming=streaming, revision=revision, cache_dir=cache_dir,
-                                 **load_dataset_kwargs)  # fmt: skip
-    return container({name: _conform(ds, name, box_tolerance, box_policy, masks, num_proc, decode)
-                      for name, ds in loaded.items()})  # fmt: skip
+    loaded = saved_or_hub_splits(
+        source, splits, streaming=streaming, revision=revision, cache_dir=cache_dir, **load_dataset_kwargs
+    )
+    return container(
+        {name: _conform(ds, name, box_tolerance, box_policy, masks, num_proc, decode) for name, ds in loaded.items()}
+    )
 
 
 SourceFormat = Literal["saved", "coco", "yolo", "voc", "hub"]
-FORMAT_NAMES: dict[str, str] = {"saved": "save_to_disk folder", "coco": "COCO folder", "yolo": "YOLO data set",
-                                "voc": "Pascal VOC folder", "hub": "datasets.load_dataset source"}  # fmt: skip
+FORMAT_NAMES: dict[str, str] = {
+    "saved": "save_to_disk folder",
+    "coco": "COCO folder",
+    "yolo": "YOLO data set",
+    "voc": "Pascal VOC folder",
+    "hub": "datasets.load_dataset source",
+}
 
 
 def detect_format(source: str | os.PathLike) -> SourceFormat:
@@ -418,9 +440,12 @@ def detect_format(source: str | os.PathLike) -> SourceFormat:
 
 
 def saved_or_hub_splits(
-    source: str | os.PathLike, splits: Sequence[str] | None = None, *, streaming: bool = False,
+    source: str | os.PathLike,
+    splits: Sequence[str] | None = None,
+    *,
+    streaming: bool = False,
     **load_dataset_kwargs: Any,
-) -> dict[str, AnyDataset]:  # fmt: skip
+) -> dict[str, AnyDataset]:
     """The splits of a ``save_to_disk`` folder or a ``datasets.load_dataset`` source as stored (not yet conformed to
     the schema nor under a box policy)."""
     path = Path(source)
@@ -454,9 +479,13 @@ class FolderSplit:
 
 
 def read_folder_splits(
-    source: str | os.PathLike, splits: Sequence[str] | None = None, policy: BoxPolicy = "clip", tolerance: float = 1.0,
-    *, collect_image_errors: bool = False,
-) -> list[FolderSplit]:  # fmt: skip
+    source: str | os.PathLike,
+    splits: Sequence[str] | None = None,
+    policy: BoxPolicy = "clip",
+    tolerance: float = 1.0,
+    *,
+    collect_image_errors: bool = False,
+) -> list[FolderSplit]:
     """The splits of a COCO, YOLO or VOC folder. Without ``collect_image_errors``, a YOLO or VOC image that is missing
     or unreadable raises a ``ValueError`` (their sizes are read at once) and a COCO image is checked only when
     :func:`folder_dataset` reads it; with it, every image file is checked and each failure listed in ``image_errors``
@@ -477,8 +506,10 @@ def read_folder_splits(
         raise ValueError(f"{source} is not a COCO, YOLO or VOC folder but a {FORMAT_NAMES[kind]}.")
     folder = read_yolo(source) if kind == "yolo" else read_voc(source)
     chosen = _select_splits(folder.splits, splits, str(source))
-    return [_raw_split(name, read(), folder.label_names, policy, tolerance, collect_image_errors)
-            for name, read in chosen.items()]  # fmt: skip
+    return [
+        _raw_split(name, read(), folder.label_names, policy, tolerance, collect_image_errors)
+        for name, read in chosen.items()
+    ]
 
 
 def _raw_split(
@@ -492,8 +523,13 @@ def _raw_split(
     found = []  # (example, box position in the image)
     boxes, names = [], []
     for image_id, image in enumerate(raw.images):
-        example = {"file_name": image.file_name, "image_id": image_id, "width": image.width, "height": image.height,
-                   "objects": {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}}  # fmt: skip
+        example = {
+            "file_name": image.file_name,
+            "image_id": image_id,
+            "width": image.width,
+            "height": image.height,
+            "objects": {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []},
+        }
         try:
             _, example["width"], example["height"] = _checked_image(example, split.image_dirs, raw.source, "the XML")
         except ValueError as error:
@@ -504,16 +540,22 @@ def _raw_split(
                 continue
         if raw.box_format == "cxcywh" and image.boxes:
             # YOLO's fractions of the image -> pixels, as the model's outputs are
-            pixels = denormalize_boxes(torch.tensor(image.boxes, dtype=torch.float64), "xywh",
-                                       (example["height"], example["width"]))  # fmt: skip
+            pixels = denormalize_boxes(
+                torch.tensor(image.boxes, dtype=torch.float64), "xywh", (example["height"], example["width"])
+            )
             boxes += pixels.tolist()
         else:
             boxes += image.boxes
         names += image.names
         found += [(example, j) for j in range(len(image.boxes))]
         split.examples.append(example)
-    kept = apply_box_policy(boxes, lambda k: names[k], within=[(e["width"], e["height"]) for e, _ in found],
-                            policy=policy, tolerance=tolerance)  # fmt: skip
+    kept = apply_box_policy(
+        boxes,
+        lambda k: names[k],
+        within=[(e["width"], e["height"]) for e, _ in found],
+        policy=policy,
+        tolerance=tolerance,
+    )
     for k, bbox, area in zip(kept.index.tolist(), kept.boxes.tolist(), kept.areas.tolist()):
         example, j = found[k]
         image = raw.images[example["image_id"]]
@@ -600,10 +642,17 @@ def load_coco_folder(
     result: dict[str, datasets.Dataset] = {}
     for name, file in files.items():
         # the json's content, not its name or date, says whether the prepared split is still the json's
-        key = {"source": "coco", "file": str(file.resolve()), "sha256": content_hash(file), "policy": box_policy,
-               "tolerance": box_tolerance, "masks": masks}
-        prepare = functools.partial(_prepare_coco_split, root, name, file, kind, box_policy, box_tolerance, masks,
-                                    num_proc)
+        key = {
+            "source": "coco",
+            "file": str(file.resolve()),
+            "sha256": content_hash(file),
+            "policy": box_policy,
+            "tolerance": box_tolerance,
+            "masks": masks,
+        }
+        prepare = functools.partial(
+            _prepare_coco_split, root, name, file, kind, box_policy, box_tolerance, masks, num_proc
+        )
         # an image file gone since the split was prepared: "drop" prepares it again without it, else an error
         stale = (lambda split: bool(_missing_images(split))) if box_policy == "drop" else None
         result[name] = open_prepared(key, name, prepare, stale)
@@ -614,8 +663,12 @@ def load_coco_folder(
                 f"{file.name}: image file {missing[0]}{more} is missing, though it was there when the split was "
                 "prepared; restore it, or load with box_policy='drop' to leave out the images that are missing."
             )
-    _check_same_categories([(file.name, coco_category_ids(result[name]), list(id2label(result[name]).values()))
-                            for name, file in files.items()])  # fmt: skip
+    _check_same_categories(
+        [
+            (file.name, coco_category_ids(result[name]), list(id2label(result[name]).values()))
+            for name, file in files.items()
+        ]
+    )
     if streaming:  # the prepared split holds paths, not pixels: it fits on any disk
         return datasets.IterableDatasetDict({name: streamed(split, decode) for name, split in result.items()})
     return datasets.DatasetDict(result)
@@ -639,9 +692,15 @@ def streamed(split: datasets.Dataset, decode: bool = True) -> datasets.IterableD
 
 
 def _prepare_coco_split(
-    root: Path, name: str, file: Path, kind: str, policy: BoxPolicy, tolerance: float, masks: bool,
+    root: Path,
+    name: str,
+    file: Path,
+    kind: str,
+    policy: BoxPolicy,
+    tolerance: float,
+    masks: bool,
     num_proc: int | None,
-) -> PreparedRows:  # fmt: skip
+) -> PreparedRows:
     """The rows of one COCO json for :func:`open_prepared`: parsed here, image files checked and masks encoded in
     chunks (in parallel at scale). With ``policy="drop"`` a missing or unreadable image is left out and counted."""
     split = _coco_split(root, name, file, kind, policy, tolerance, masks)
@@ -649,8 +708,11 @@ def _prepare_coco_split(
     skipped: list[str] = []
 
     def chunk(start: int, stop: int) -> list[dict | str]:
-        return list(_coco_rows(examples[start:stop], split.image_dirs, split.source, split.png_folder,
-                               skip_missing=policy == "drop"))  # fmt: skip
+        return list(
+            _coco_rows(
+                examples[start:stop], split.image_dirs, split.source, split.png_folder, skip_missing=policy == "drop"
+            )
+        )
 
     def rows() -> Iterator[dict]:
         for part in parallel_chunks(chunk, len(examples), num_proc):
@@ -694,15 +756,20 @@ def _check_same_categories(splits: list[tuple[str, list[int], list[str]]]) -> No
 
 
 def _coco_splits(
-    root: Path, splits: Sequence[str] | None, policy: BoxPolicy, tolerance: float, masks: bool = False,
+    root: Path,
+    splits: Sequence[str] | None,
+    policy: BoxPolicy,
+    tolerance: float,
+    masks: bool = False,
     kind: str | None = None,
-) -> list[FolderSplit]:  # fmt: skip
+) -> list[FolderSplit]:
     """The parsed splits of a COCO folder (see :func:`load_coco_folder`), not prepared nor cached (``hf-detr
     check-data`` reports on them); image files are not opened."""
     kind, files = _coco_files(root, splits, kind)
     parsed = [_coco_split(root, name, file, kind, policy, tolerance, masks) for name, file in files.items()]
-    _check_same_categories([(split.source, json.loads(split.description)[_DESCRIPTION_KEY], split.label_names)
-                            for split in parsed])  # fmt: skip
+    _check_same_categories(
+        [(split.source, json.loads(split.description)[_DESCRIPTION_KEY], split.label_names) for split in parsed]
+    )
     return parsed
 
 
@@ -727,8 +794,9 @@ def _coco_files(root: Path, splits: Sequence[str] | None, kind: str | None) -> t
     return kind, _select_splits(by_split, splits, str(root))
 
 
-def _coco_split(root: Path, name: str, file: Path, kind: str, policy: BoxPolicy, tolerance: float, masks: bool
-                ) -> FolderSplit:  # fmt: skip
+def _coco_split(
+    root: Path, name: str, file: Path, kind: str, policy: BoxPolicy, tolerance: float, masks: bool
+) -> FolderSplit:
     """One json of a COCO folder parsed and under the box policy."""
     label_names, category_ids, isthing, examples, changes = _read_coco_json(str(file), tolerance, policy, masks)
     raw_split = file.stem[len(kind) + 1 :]
@@ -736,8 +804,17 @@ def _coco_split(root: Path, name: str, file: Path, kind: str, policy: BoxPolicy,
     if isthing is not None:
         stored[_ISTHING_KEY] = isthing
     png_folder = _png_folder(root, raw_split, file) if masks and kind == "panoptic" else None
-    return FolderSplit(name, file.name, label_names, examples, tuple(dict.fromkeys(_image_dirs(root, raw_split))),
-                       changes, description=json.dumps(stored), masks=masks, png_folder=png_folder)  # fmt: skip
+    return FolderSplit(
+        name,
+        file.name,
+        label_names,
+        examples,
+        tuple(dict.fromkeys(_image_dirs(root, raw_split))),
+        changes,
+        description=json.dumps(stored),
+        masks=masks,
+        png_folder=png_folder,
+    )
 
 
 def _png_folder(root: Path, raw_split: str, file: Path) -> Path:
@@ -837,11 +914,15 @@ def _read_coco_json(
             image = image_of(f"annotations[{position}]", annotation.get("image_id"))
             segments = annotation.get("segments_info")
             if not isinstance(segments, list):
-                raise ValueError(f"{named(f'annotations[{position}]', image)}: `segments_info` must be a list of "
-                                 f"segments, got {segments!r:.80}.")  # fmt: skip
+                raise ValueError(
+                    f"{named(f'annotations[{position}]', image)}: `segments_info` must be a list of "
+                    f"segments, got {segments!r:.80}."
+                )
             if "_panoptic" in image:
-                raise ValueError(f"{named(f'annotations[{position}]', image)}: a second annotation of the image; a "
-                                 "panoptic json has one per image.")  # fmt: skip
+                raise ValueError(
+                    f"{named(f'annotations[{position}]', image)}: a second annotation of the image; a "
+                    "panoptic json has one per image."
+                )
             if masks:
                 image["_panoptic"] = annotation
             for j, segment in enumerate(segments):
@@ -853,8 +934,15 @@ def _read_coco_json(
         for position, annotation in enumerate(coco.get("annotations", []), start=1):
             annotation_id = annotation.get("id", position)
             image = image_of(f"annotation id {annotation_id}", annotation.get("image_id"))
-            found.append((annotation_id, annotation, image, named(f"annotation id {annotation_id}", image),
-                          annotation.get("segmentation")))  # fmt: skip
+            found.append(
+                (
+                    annotation_id,
+                    annotation,
+                    image,
+                    named(f"annotation id {annotation_id}", image),
+                    annotation.get("segmentation"),
+                )
+            )
     for _, record, _, name, _ in found:
         if record.get("category_id") not in label_of:
             raise ValueError(
@@ -888,9 +976,13 @@ def _read_coco_json(
     empty = sum(not e["objects"]["id"] for e in examples.values())
     logger.info(
         "%s: %d images (%d without objects), %d annotations (%d crowd), %d categories.",
-        file.name, len(examples), empty, sum(len(e["objects"]["id"]) for e in examples.values()), num_crowd,
+        file.name,
+        len(examples),
+        empty,
+        sum(len(e["objects"]["id"]) for e in examples.values()),
+        num_crowd,
         len(categories),
-    )  # fmt: skip
+    )
     return label_names, category_ids, isthing, list(examples.values()), kept.changes
 
 
@@ -915,7 +1007,10 @@ def _without_masks(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _coco_rows(
-    examples: list[dict[str, Any]], image_dirs: tuple[Path, ...], json_name: str, png_folder: Path | None = None,
+    examples: list[dict[str, Any]],
+    image_dirs: tuple[Path, ...],
+    json_name: str,
+    png_folder: Path | None = None,
     skip_missing: bool = False,
 ) -> Iterator[dict | str]:
     """Yield schema rows for parsed images, checking each image file (and each mask the examples carry) on the way.
@@ -943,10 +1038,14 @@ def _example_masks(example: dict[str, Any], json_name: str, png_folder: Path | N
         where = f"{json_name}: image '{example['file_name']}'"
         return panoptic_rles(example["_panoptic"], where, size, png_folder, example["_masks"])
     return [
-        segmentation_rle(source, f"{json_name}: annotation id {object_id} (image_id {example['image_id']}, "
-                                 f"'{example['file_name']}'): segmentation", size)
+        segmentation_rle(
+            source,
+            f"{json_name}: annotation id {object_id} (image_id {example['image_id']}, "
+            f"'{example['file_name']}'): segmentation",
+            size,
+        )
         for object_id, source in zip(example["objects"]["id"], example["_masks"])
-    ]  # fmt: skip
+    ]
 
 
 def _checked_image(
@@ -964,9 +1063,12 @@ def _checked_image(
 
 
 def checked_image_size(
-    file: str | os.PathLike | typing.BinaryIO, where: str, width: int | None = None, height: int | None = None,
+    file: str | os.PathLike | typing.BinaryIO,
+    where: str,
+    width: int | None = None,
+    height: int | None = None,
     declared_by: str = "the json",
-) -> tuple[int, int]:  # fmt: skip
+) -> tuple[int, int]:
     """The upright (width, height) of an image file (what ``datasets.Image`` decodes: EXIF quarter turns applied), read
     from its header; a ``ValueError`` starting with ``where`` if it is not a readable image or its size is not the
     given ``width`` x ``height`` (``None``: not checked)."""
@@ -1008,8 +1110,10 @@ def _category_feature(features: datasets.Features, where: str) -> datasets.Class
 def _object_fields(objects: Any) -> dict[str, Any] | None:
     """The per-object feature of each ``objects`` field, for a struct of lists or a list of structs."""
     if isinstance(objects, dict):
-        return {key: value.feature if isinstance(value, (datasets.List, datasets.LargeList)) else value
-                for key, value in objects.items()}  # fmt: skip
+        return {
+            key: value.feature if isinstance(value, (datasets.List, datasets.LargeList)) else value
+            for key, value in objects.items()
+        }
     if isinstance(objects, (datasets.List, datasets.LargeList)) and isinstance(objects.feature, dict):
         return dict(objects.feature)
     return None
@@ -1035,9 +1139,15 @@ class SplitConformer:
     ``counts`` / ``changes``: what the policy clipped and dropped (see :class:`_ExampleChecker`)."""
 
     def __init__(
-        self, features: datasets.Features | None, split: str, tolerance: float = 1.0, policy: BoxPolicy = "clip",
-        masks: bool = False, streamed: bool = False, changes: list[BoxChange] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        features: datasets.Features | None,
+        split: str,
+        tolerance: float = 1.0,
+        policy: BoxPolicy = "clip",
+        masks: bool = False,
+        streamed: bool = False,
+        changes: list[BoxChange] | None = None,
+    ) -> None:
         where = f"split '{split}'"
         if features is None:
             raise ValueError(
@@ -1071,13 +1181,17 @@ class SplitConformer:
         extra_fields = sorted(set(fields) - set(self.target["objects"]) - {"bbox_id"})
         if extra_fields:
             keep = " (masks=True keeps `segmentation`)" if "segmentation" in extra_fields else ""
-            logger.warning("%s: dropping object fields %s, not in the COCO detection schema%s.", where, extra_fields,
-                           keep)  # fmt: skip
+            logger.warning(
+                "%s: dropping object fields %s, not in the COCO detection schema%s.", where, extra_fields, keep
+            )
         if "id" not in fields and "bbox_id" not in fields:
             logger.warning("%s: no `objects.id`; every object gets id -1.", where)
         # the columns an example is conformed from: the image only for a split without sizes (its header is read)
-        self.columns = ["objects", *(["image_id"] if self.has_ids else []),
-                        *(["width", "height"] if self.has_sizes else ["image"])]  # fmt: skip
+        self.columns = [
+            "objects",
+            *(["image_id"] if self.has_ids else []),
+            *(["width", "height"] if self.has_sizes else ["image"]),
+        ]
         self.checker = _ExampleChecker(where, len(label_names), tolerance, policy, streamed=streamed, changes=changes)
 
     @property
@@ -1096,10 +1210,14 @@ class SplitConformer:
             where = f"{self.where} example {index} (image_id {image_id})"
             sources = objects.get("segmentation", [])
             if len(sources) != len(conformed["bbox"]):
-                raise ValueError(f"{where}: {len(sources)} `objects.segmentation` for {len(conformed['bbox'])} boxes; "
-                                 "every object needs its mask.")  # fmt: skip
-            conformed["segmentation"] = [segmentation_rle(source, f"{where} object {j}: segmentation", (height, width))
-                                         for j, source in enumerate(sources)]  # fmt: skip
+                raise ValueError(
+                    f"{where}: {len(sources)} `objects.segmentation` for {len(conformed['bbox'])} boxes; "
+                    "every object needs its mask."
+                )
+            conformed["segmentation"] = [
+                segmentation_rle(source, f"{where} object {j}: segmentation", (height, width))
+                for j, source in enumerate(sources)
+            ]
         kept = self.checker(image_id, width, height, conformed, index)
         return {"image_id": image_id, "width": width, "height": height, "objects": kept.get("objects", conformed)}
 
@@ -1113,8 +1231,9 @@ class SplitConformer:
             yield self(example, index)
 
 
-def _image_size(image: Any, where: str, width: int | None = None, height: int | None = None,
-                declared_by: str = "the json") -> tuple[int, int]:  # fmt: skip
+def _image_size(
+    image: Any, where: str, width: int | None = None, height: int | None = None, declared_by: str = "the json"
+) -> tuple[int, int]:
     """The upright (width, height) of a decoded image, or of an undecoded one's bytes or path (its header only,
     checked against ``width`` x ``height`` when given, see :func:`checked_image_size`)."""
     if hasattr(image, "size") and hasattr(image, "mode"):  # decoded: datasets.Image applied the EXIF turn already
@@ -1126,9 +1245,14 @@ def _image_size(image: Any, where: str, width: int | None = None, height: int | 
 
 
 def _conform(
-    dataset: AnyDataset, split: str, tolerance: float, policy: BoxPolicy = "clip", masks: bool = False,
-    num_proc: int | None = None, decode: bool = True,
-) -> AnyDataset:  # fmt: skip
+    dataset: AnyDataset,
+    split: str,
+    tolerance: float,
+    policy: BoxPolicy = "clip",
+    masks: bool = False,
+    num_proc: int | None = None,
+    decode: bool = True,
+) -> AnyDataset:
     """A Hub or ``save_to_disk`` split in the schema under the box policy (see :func:`load_detection_dataset`): a
     streamed one conformed lazily, as it is read; a map-style one prepared once into the cache (:func:`open_prepared`:
     the conformed columns only), its image column joined back unchanged, never copied."""
@@ -1140,9 +1264,15 @@ def _conform(
         # the features must be given: IterableDataset.map otherwise forgets them
         return source.map(conformer, with_indices=True, features=conformer.target, remove_columns=conformer.extra)
     files = [Path(f["filename"]) for f in dataset.cache_files]
-    key = {"source": "datasets", "fingerprint": dataset._fingerprint, "split": split, "policy": policy,
-           "tolerance": tolerance, "masks": masks,
-           "files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}  # fmt: skip
+    key = {
+        "source": "datasets",
+        "fingerprint": dataset._fingerprint,
+        "split": split,
+        "policy": policy,
+        "tolerance": tolerance,
+        "masks": masks,
+        "files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+    }
     columns = datasets.Features({k: v for k, v in conformer.target.items() if k != "image"})
 
     def prepare() -> PreparedRows:
@@ -1158,8 +1288,12 @@ def _conform(
                 counts.__iadd__(part_counts)
                 yield from part
 
-        return PreparedRows(columns, dataset.info.description or "", rows(),
-                            lambda: _policy_line(conformer.where, len(dataset), counts, policy, "examples") if counts else None)
+        return PreparedRows(
+            columns,
+            dataset.info.description or "",
+            rows(),
+            lambda: _policy_line(conformer.where, len(dataset), counts, policy, "examples") if counts else None,
+        )
 
     prepared = open_prepared(key, split, prepare)
     joined = datasets.concatenate_datasets([dataset.select_columns(["image"]), prepared], axis=1)
@@ -1194,8 +1328,15 @@ class _ExampleChecker:
     running counts each time they reach 1, 2, 4, ... changed boxes; ``changes``: a list it appends every clipped or
     dropped box to. A class (not a closure) so that ``IterableDataset.map`` can pickle it for DataLoader workers."""
 
-    def __init__(self, where: str, num_labels: int, tolerance: float, policy: BoxPolicy = "clip",
-                 streamed: bool = False, changes: list[BoxChange] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        where: str,
+        num_labels: int,
+        tolerance: float,
+        policy: BoxPolicy = "clip",
+        streamed: bool = False,
+        changes: list[BoxChange] | None = None,
+    ) -> None:
         self.where, self.num_labels, self.tolerance, self.policy = where, num_labels, tolerance, policy
         self.streamed, self.changes = streamed, changes
         self.counts = BoxCounts()
@@ -1204,8 +1345,14 @@ class _ExampleChecker:
 
     def __call__(self, image_id: int, width: int, height: int, objects: dict[str, list], index: int) -> dict:
         where = f"{self.where} example {index} (image_id {image_id})"
-        kept = apply_box_policy(objects["bbox"], lambda j: f"{where} object {j}: bbox", within=(width, height),
-                                policy=self.policy, tolerance=self.tolerance, areas=objects.get("area"))  # fmt: skip
+        kept = apply_box_policy(
+            objects["bbox"],
+            lambda j: f"{where} object {j}: bbox",
+            within=(width, height),
+            policy=self.policy,
+            tolerance=self.tolerance,
+            areas=objects.get("area"),
+        )
         for j, (_, category) in enumerate(zip(objects["bbox"], objects["category"])):
             if not 0 <= category < self.num_labels:
                 raise ValueError(f"{where} object {j}: category {category} is not a label in 0..{self.num_labels - 1}.")
@@ -1218,8 +1365,13 @@ class _ExampleChecker:
         if self.streamed and self.counts.changed >= self._next_report:
             while self._next_report <= self.counts.changed:
                 self._next_report *= 2
-            logger.warning("%s (streamed, counted as read): %s in the first %d examples read by box_policy=%r",
-                           self.where, self.counts.summary(), self.examples, self.policy)  # fmt: skip
+            logger.warning(
+                "%s (streamed, counted as read): %s in the first %d examples read by box_policy=%r",
+                self.where,
+                self.counts.summary(),
+                self.examples,
+                self.policy,
+            )
         keep = kept.index.tolist()
         fixed = {key: [values[i] for i in keep] for key, values in objects.items() if key not in ("bbox", "area")}
         return {"objects": {**fixed, "bbox": kept.boxes.tolist(), "area": kept.areas.tolist()}}

@@ -69,9 +69,11 @@ class PreparedRows:
 
 
 def open_prepared(
-    key: Mapping[str, Any], split: str, prepare: Callable[[], PreparedRows],
+    key: Mapping[str, Any],
+    split: str,
+    prepare: Callable[[], PreparedRows],
     stale: Callable[[datasets.Dataset], bool] | None = None,
-) -> datasets.Dataset:  # fmt: skip
+) -> datasets.Dataset:
     """The split prepared for ``key`` (JSON-able settings that decide its content), from the cache, or made by
     ``prepare`` and written there first (under a lock, see the module docstring); also made again when ``stale``
     says the stored one no longer holds (e.g. an image file it lists is gone)."""
@@ -108,8 +110,11 @@ def _write(prepared: PreparedRows, file: Path, meta: Path) -> None:
     finally:
         writer.close()
     os.replace(partial, file)
-    content = {"features": prepared.features.to_dict(), "description": prepared.description,
-               "summary": prepared.summary()}
+    content = {
+        "features": prepared.features.to_dict(),
+        "description": prepared.description,
+        "summary": prepared.summary(),
+    }
     meta.write_text(json.dumps(content))
 
 

@@ -34,11 +34,12 @@ def load_data(
     (`"clip"`: boxes reaching outside their image clipped to it, boxes without area dropped, counted in one warning
     per split; `"drop"`; `"error"`; the generated shapes lie inside their images). `masks=True` adds each object's
     mask as `objects.segmentation`, a compressed RLE (see :mod:`.masks`): the shapes' visible pixels, or what the
-    source holds (an error for a source without masks). `streaming=True` gives `IterableDataset` splits (the generated shapes: their
-    in-memory splits read as streams), with `decode=False` their images undecoded."""
+    source holds (an error for a source without masks). `streaming=True` gives `IterableDataset` splits
+    (the generated shapes: their in-memory splits read as streams), with `decode=False` their images undecoded."""
     if source != SYNTHETIC:
-        return load_detection_dataset(source, splits=splits, box_policy=box_policy, masks=masks, streaming=streaming,
-                                      decode=decode)  # fmt: skip
+        return load_detection_dataset(
+            source, splits=splits, box_policy=box_policy, masks=masks, streaming=streaming, decode=decode
+        )
     wanted = list(splits or SPLITS)
     unknown = [name for name in wanted if name not in SPLITS]
     if unknown:

@@ -119,21 +119,32 @@ class StreamedBatches:
         loader_options: for the `torch.utils.data.DataLoader` (`num_workers`, `pin_memory`, ...).
     """
 
-    def __init__(self, examples: DetectionDataset, collator: DetectionCollator, *, batch_size: int, seed: int,
-                 shuffle_buffer_size: int | None, rank: int, num_processes: int,
-                 **loader_options: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        examples: DetectionDataset,
+        collator: DetectionCollator,
+        *,
+        batch_size: int,
+        seed: int,
+        shuffle_buffer_size: int | None,
+        rank: int,
+        num_processes: int,
+        **loader_options: Any,
+    ) -> None:
         split = examples.dataset
         if not isinstance(split, datasets.IterableDataset):
-            raise TypeError(f"StreamedBatches streams a datasets.IterableDataset, got {type(split).__name__}; train "
-                            "on a datasets.Dataset with a map-style DataLoader instead.")  # fmt: skip
+            raise TypeError(
+                f"StreamedBatches streams a datasets.IterableDataset, got {type(split).__name__}; train "
+                "on a datasets.Dataset with a map-style DataLoader instead."
+            )
         rows = split.decode(False).map(_row_index, with_indices=True).skip(0)
         if shuffle_buffer_size:
             rows = rows.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         batches = split_dataset_by_node(rows.batch(batch_size), rank, num_processes, strategy="examples")
         self._stream = _EpochStream(batches)
-        self._loader = torch.utils.data.DataLoader(_Prepared(examples), batch_size=None,
-                                                   sampler=self._stream, collate_fn=collator,
-                                                   **loader_options)  # fmt: skip
+        self._loader = torch.utils.data.DataLoader(
+            _Prepared(examples), batch_size=None, sampler=self._stream, collate_fn=collator, **loader_options
+        )
         self.stand_in = collator([_stand_in_example("segmentation" in split.features["objects"])])
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict[str, Any]]:

@@ -66,8 +66,23 @@ _OUTLINES: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
     "triangle": (np.array([[0, -1], [1, 1], [-1, 1]], dtype=float), None),
     "star": (_regular(5, inner=0.45), None),
     "cross": (
-        np.array([[-_ARM, -1], [_ARM, -1], [_ARM, -_ARM], [1, -_ARM], [1, _ARM], [_ARM, _ARM], [_ARM, 1], [-_ARM, 1],
-                  [-_ARM, _ARM], [-1, _ARM], [-1, -_ARM], [-_ARM, -_ARM]], dtype=float),  # fmt: skip
+        np.array(
+            [
+                [-_ARM, -1],
+                [_ARM, -1],
+                [_ARM, -_ARM],
+                [1, -_ARM],
+                [1, _ARM],
+                [_ARM, _ARM],
+                [_ARM, 1],
+                [-_ARM, 1],
+                [-_ARM, _ARM],
+                [-1, _ARM],
+                [-1, -_ARM],
+                [-_ARM, -_ARM],
+            ],
+            dtype=float,
+        ),
         None,
     ),
     "ring": (_regular(48), _regular(48, radius=0.55)),
@@ -197,8 +212,14 @@ def make_synthetic_dataset(
             raise ValueError(f"num_{split} must be a non-negative int, got {count!r}.")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
-    render_kwargs = dict(image_size=image_size, classes=classes, min_objects=min_objects, max_objects=max_objects,
-                         empty_fraction=empty_fraction, scale_range=tuple(scale_range))  # fmt: skip
+    render_kwargs = dict(
+        image_size=image_size,
+        classes=classes,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        empty_fraction=empty_fraction,
+        scale_range=tuple(scale_range),
+    )
     features = coco_detection_features(classes, masks=masks)
     splits = {}
     for split, count in counts.items():

@@ -264,8 +264,12 @@ def to_coco_annotations(example: dict[str, Any]) -> dict[str, Any]:
     areas = others.get("area", (boxes[:, 2] * boxes[:, 3]).tolist())
     iscrowd = others.get("iscrowd", [0] * num)
     annotations = [
-        {"bbox": boxes[i].tolist(), "category_id": int(others["category"][i]), "area": float(areas[i]),
-         "iscrowd": int(iscrowd[i])}
+        {
+            "bbox": boxes[i].tolist(),
+            "category_id": int(others["category"][i]),
+            "area": float(areas[i]),
+            "iscrowd": int(iscrowd[i]),
+        }
         for i in range(num)
     ]
     for annotation, rle in zip(annotations, others.get("segmentation", ())):

@@ -106,8 +106,9 @@ def _outside(area: np.ndarray, area_ranges: np.ndarray) -> np.ndarray:
     return (area[None, :] < area_ranges[:, :1]) | (area[None, :] > area_ranges[:, 1:])
 
 
-def _match(ious: np.ndarray, counts: np.ndarray, ignored: np.ndarray, crowd: np.ndarray,
-           thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _match(
+    ious: np.ndarray, counts: np.ndarray, ignored: np.ndarray, crowd: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """COCOeval's greedy matching of ``n`` image-category pairs with ``G`` ground-truth objects each.
 
     ``ious`` ``[n, D, G]`` (detections in score order, rows past a pair's ``counts`` unused), ``ignored`` ``[A, n, G]``
@@ -192,8 +193,9 @@ def evaluate_arrays(
             for i, p in enumerate(chunk):
                 found = slice(dt_start[p], dt_start[p] + dt_count[p])
                 truth = gt_rows[gt_index[i]]
-                ious[i, : dt_count[p]] = mask_utils.iou(detections.regions(dt_rows[found]),
-                                                        ground_truth.regions(truth), ground_truth.iscrowd[truth])
+                ious[i, : dt_count[p]] = mask_utils.iou(
+                    detections.regions(dt_rows[found]), ground_truth.regions(truth), ground_truth.iscrowd[truth]
+                )
             crowd = ground_truth.iscrowd[gt_rows[gt_index]].astype(bool)
             hits, ignored_hits = _match(ious, dt_count[chunk], gt_ignored[:, gt_index], crowd, thresholds)
             # [A, n, T, D] back to each detection's column

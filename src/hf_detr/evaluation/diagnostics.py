@@ -103,14 +103,17 @@ def match_image(
     scores = torch.as_tensor(prediction["scores"], dtype=torch.float64).reshape(-1)
     pred_labels = torch.as_tensor(prediction["labels"], dtype=torch.int64).reshape(-1)
     pred_boxes = check_boxes(prediction["boxes"], lambda j: f"image {index}: detection boxes[{j}]", "xyxy")
-    gt_boxes = box_convert(check_boxes(reference["boxes"], lambda j: f"image {index}: ground-truth boxes[{j}]"),
-                           "xywh", "xyxy")  # fmt: skip
+    gt_boxes = box_convert(
+        check_boxes(reference["boxes"], lambda j: f"image {index}: ground-truth boxes[{j}]"), "xywh", "xyxy"
+    )
     gt_labels = torch.as_tensor(reference["labels"], dtype=torch.int64).reshape(-1)
     crowd = torch.as_tensor(reference.get("iscrowd", [0] * len(gt_boxes)), dtype=torch.bool).reshape(-1)
     if not len(scores) == len(pred_labels) == len(pred_boxes) or not len(gt_boxes) == len(gt_labels) == len(crowd):
-        raise ValueError(f"image {index}: per-box fields differ in length (detections: {len(scores)} scores, "
-                         f"{len(pred_labels)} labels, {len(pred_boxes)} boxes; ground truth: {len(gt_boxes)} boxes, "
-                         f"{len(gt_labels)} labels, {len(crowd)} iscrowd)")  # fmt: skip
+        raise ValueError(
+            f"image {index}: per-box fields differ in length (detections: {len(scores)} scores, "
+            f"{len(pred_labels)} labels, {len(pred_boxes)} boxes; ground truth: {len(gt_boxes)} boxes, "
+            f"{len(gt_labels)} labels, {len(crowd)} iscrowd)"
+        )
 
     kept = torch.nonzero(scores >= score_threshold).flatten()
     order = kept[torch.sort(scores[kept], descending=True, stable=True).indices].tolist()
@@ -188,11 +191,15 @@ def diagnose(evaluation: CocoEvaluation, *, iou_threshold: float = 0.5, score_th
     """Match every image of ``evaluation`` (``evaluate(..., return_evaluation=True)`` or ``coco_evaluate(...,
     return_evaluation=True)``) and count the confusion matrix, by the rule of the module docstring."""
     if len(evaluation.predictions) != len(evaluation.references):
-        raise ValueError(f"the evaluation has {len(evaluation.predictions)} detection lists but "
-                         f"{len(evaluation.references)} ground-truth lists; they must be one per image")  # fmt: skip
+        raise ValueError(
+            f"the evaluation has {len(evaluation.predictions)} detection lists but "
+            f"{len(evaluation.references)} ground-truth lists; they must be one per image"
+        )
     if not evaluation.references and evaluation.precision is not None:
-        raise ValueError("the evaluation carries no per-image detections: make it with evaluate(..., "
-                         "return_evaluation=True) or coco_evaluate(..., return_evaluation=True)")  # fmt: skip
+        raise ValueError(
+            "the evaluation carries no per-image detections: make it with evaluate(..., "
+            "return_evaluation=True) or coco_evaluate(..., return_evaluation=True)"
+        )
     iou_threshold = _checked_threshold(iou_threshold, "iou_threshold", low_open=True)
     score_threshold = _checked_threshold(score_threshold, "score_threshold", low_open=False)
     position = {label: k for k, label in enumerate(evaluation.category_ids)}
@@ -203,10 +210,13 @@ def diagnose(evaluation: CocoEvaluation, *, iou_threshold: float = 0.5, score_th
         gt_labels, pred_labels = reference["labels"], prediction["labels"]
         unknown = {int(x) for x in [*gt_labels, *pred_labels]} - set(position)
         if unknown:
-            raise ValueError(f"image {index} has labels {sorted(unknown)} that are not categories of the evaluation "
-                             f"({evaluation.category_ids})")  # fmt: skip
-        image = match_image(prediction, reference, iou_threshold=iou_threshold, score_threshold=score_threshold,
-                            index=index)  # fmt: skip
+            raise ValueError(
+                f"image {index} has labels {sorted(unknown)} that are not categories of the evaluation "
+                f"({evaluation.category_ids})"
+            )
+        image = match_image(
+            prediction, reference, iou_threshold=iou_threshold, score_threshold=score_threshold, index=index
+        )
         for g, p in image.matched:
             matrix[position[int(gt_labels[g])], position[int(pred_labels[p])]] += 1
         for g in image.missed:
@@ -214,8 +224,9 @@ def diagnose(evaluation: CocoEvaluation, *, iou_threshold: float = 0.5, score_th
         for p in image.false_positives:
             matrix[background, position[int(pred_labels[p])]] += 1
         images.append(image)
-    return Diagnostics(list(evaluation.class_names), list(evaluation.category_ids), matrix, images, iou_threshold,
-                       score_threshold)  # fmt: skip
+    return Diagnostics(
+        list(evaluation.class_names), list(evaluation.category_ids), matrix, images, iou_threshold, score_threshold
+    )
 
 
 @dataclass(frozen=True)
@@ -245,6 +256,13 @@ def class_pr_curves(evaluation: CocoEvaluation, iou: float = 0.5) -> list[ClassC
     result = []
     for name, row in zip(evaluation.class_names, curves):
         defined = bool((row > -1).all())
-        result.append(ClassCurve(name, int(evaluation.per_class[name]["objects"]), evaluation.recall_thresholds,
-                                 row if defined else None, float(row.mean()) if defined else -1.0))  # fmt: skip
+        result.append(
+            ClassCurve(
+                name,
+                int(evaluation.per_class[name]["objects"]),
+                evaluation.recall_thresholds,
+                row if defined else None,
+                float(row.mean()) if defined else -1.0,
+            )
+        )
     return result

@@ -70,9 +70,11 @@ def evaluation_loader(
     if len(split) == 0:
         raise ValueError("the evaluation split has no images")
     return torch.utils.data.DataLoader(
-        evaluation_dataset(split, model_id2label), batch_size=batch_size, num_workers=num_workers,
+        evaluation_dataset(split, model_id2label),
+        batch_size=batch_size,
+        num_workers=num_workers,
         collate_fn=evaluation_collator(image_processor, mask_references),
-    )  # fmt: skip
+    )
 
 
 @torch.no_grad()
@@ -132,17 +134,25 @@ def evaluate(
             pixel_values, pixel_mask = pixel_values.to(device), pixel_mask.to(device)
         outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
         # kept until the end: the box metric's fields, not a segmentation label's `masks` (pixels at the padded size)
-        labels = [{key: value.cpu().numpy() for key, value in label.items() if key != "masks"}
-                  for label in batch["labels"]]  # fmt: skip
-        detections = detections_in_original_frame(image_processor, outputs.logits.float().cpu(),
-                                                   outputs.pred_boxes.float().cpu(), labels, threshold,
-                                                   f"batch {len(boxes)} labels")  # fmt: skip
+        labels = [
+            {key: value.cpu().numpy() for key, value in label.items() if key != "masks"} for label in batch["labels"]
+        ]
+        detections = detections_in_original_frame(
+            image_processor,
+            outputs.logits.float().cpu(),
+            outputs.pred_boxes.float().cpu(),
+            labels,
+            threshold,
+            f"batch {len(boxes)} labels",
+        )
         boxes.append(list(zip(detections, labels)))
         if getattr(outputs, "pred_masks", None) is not None:
             if "mask_references" not in batch:
-                raise ValueError("the model predicts masks but the batches carry no ground-truth masks: build the "
-                                 "loader with evaluation_loader(..., mask_references=True) on a split loaded with "
-                                 "masks=True")  # fmt: skip
+                raise ValueError(
+                    "the model predicts masks but the batches carry no ground-truth masks: build the "
+                    "loader with evaluation_loader(..., mask_references=True) on a split loaded with "
+                    "masks=True"
+                )
             scorer = scorer or MaskScorer(image_processor, config.id2label, threshold)
             masks.append(scorer.batch(outputs, pixel_mask, batch["mask_references"]))
     model.train(was_training)
@@ -151,9 +161,14 @@ def evaluate(
 
     metrics = None
     if accelerator is None or accelerator.is_main_process:
-        compute_metrics = make_compute_metrics(image_processor, id2label=id2label, threshold=threshold,
-                                               per_class=per_class, return_evaluation=return_evaluation,
-                                               backend=backend)  # fmt: skip
+        compute_metrics = make_compute_metrics(
+            image_processor,
+            id2label=id2label,
+            threshold=threshold,
+            per_class=per_class,
+            return_evaluation=return_evaluation,
+            backend=backend,
+        )
         detections, labels = zip(*boxes)
         metrics = compute_metrics(EvalPrediction(predictions=[list(detections)], label_ids=[list(labels)]))
         if scorer is not None:
@@ -188,18 +203,24 @@ class MaskScorer:
         self.image_processor, self.threshold = image_processor, threshold
         self.panoptic = PanopticQualityMetric(things={int(label) for label in model_id2label})
 
-    def batch(self, outputs: Any, pixel_mask: torch.Tensor, references: Sequence[Mapping[str, torch.Tensor]]
-              ) -> list[tuple[dict[str, Any], dict[int, SegmentCounts]]]:  # fmt: skip
+    def batch(
+        self, outputs: Any, pixel_mask: torch.Tensor, references: Sequence[Mapping[str, torch.Tensor]]
+    ) -> list[tuple[dict[str, Any], dict[int, SegmentCounts]]]:
         scored = []
         for i, reference in enumerate(references):
             size = tuple(reference["masks"].shape[-2:])
             own = _own_region(outputs.pred_masks[i].float(), pixel_mask[i])
-            single = PostProcessInputs(logits=outputs.logits[i : i + 1].float(),
-                                       pred_boxes=outputs.pred_boxes[i : i + 1], pred_masks=own[None])  # fmt: skip
-            found = self.image_processor.post_process_object_detection(single, self.threshold, target_sizes=[size],
-                                                                       return_masks=True)[0]  # fmt: skip
-            prediction = {"masks": encode_rles(found["masks"].cpu()), "scores": found["scores"].cpu(),
-                          "labels": found["labels"].cpu()}  # fmt: skip
+            single = PostProcessInputs(
+                logits=outputs.logits[i : i + 1].float(), pred_boxes=outputs.pred_boxes[i : i + 1], pred_masks=own[None]
+            )
+            found = self.image_processor.post_process_object_detection(
+                single, self.threshold, target_sizes=[size], return_masks=True
+            )[0]
+            prediction = {
+                "masks": encode_rles(found["masks"].cpu()),
+                "scores": found["scores"].cpu(),
+                "labels": found["labels"].cpu(),
+            }
             panoptic = self.image_processor.post_process_panoptic_segmentation(single, target_sizes=[size])
             counts = self.panoptic.count_image(panoptic[0], _panoptic_reference(reference), f"batch image {i}")
             # RLEs, not pixels, are kept until the end (and gathered across processes): a split's decoded masks
@@ -208,11 +229,21 @@ class MaskScorer:
             scored.append(({"prediction": prediction, "reference": stored}, counts))
         return scored
 
-    def compute(self, masks: list[tuple[dict[str, Any], dict[int, SegmentCounts]]], per_class: bool,
-                id2label: Mapping[int, str], backend: str = "pycocotools") -> dict[str, float]:  # fmt: skip
+    def compute(
+        self,
+        masks: list[tuple[dict[str, Any], dict[int, SegmentCounts]]],
+        per_class: bool,
+        id2label: Mapping[int, str],
+        backend: str = "pycocotools",
+    ) -> dict[str, float]:
         pairs, counts = zip(*masks)
-        metrics = coco_segmentation_evaluate([p["prediction"] for p in pairs], [p["reference"] for p in pairs],
-                                             per_class=per_class, id2label=id2label, backend=backend)  # fmt: skip
+        metrics = coco_segmentation_evaluate(
+            [p["prediction"] for p in pairs],
+            [p["reference"] for p in pairs],
+            per_class=per_class,
+            id2label=id2label,
+            backend=backend,
+        )
         self.panoptic.add_counts(counts)
         return {**metrics, **self.panoptic.compute(per_class=per_class, id2label=id2label)}
 
@@ -233,6 +264,8 @@ def _panoptic_reference(reference: Mapping[str, torch.Tensor]) -> dict[str, Any]
     segmentation = torch.zeros(masks.shape[-2:], dtype=torch.int64)
     for j, mask in enumerate(masks):
         segmentation[mask] = j + 1
-    segments_info = [{"id": j + 1, "label_id": int(label), "iscrowd": int(crowd)}
-                     for j, (label, crowd) in enumerate(zip(reference["labels"], reference["iscrowd"]))]  # fmt: skip
+    segments_info = [
+        {"id": j + 1, "label_id": int(label), "iscrowd": int(crowd)}
+        for j, (label, crowd) in enumerate(zip(reference["labels"], reference["iscrowd"]))
+    ]
     return {"segmentation": segmentation, "segments_info": segments_info}

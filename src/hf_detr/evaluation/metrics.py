@@ -68,9 +68,19 @@ __all__ = [
 
 # Order of COCOeval.stats for iouType="bbox".
 COCO_STAT_NAMES: tuple[str, ...] = (
-    "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
-    "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
-)  # fmt: skip
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar_1",
+    "mar_10",
+    "mar_100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
+)
 
 # What computes COCOeval's numbers: pycocotools itself, or the same arithmetic on arrays (`coco_arrays`).
 COCO_BACKENDS: tuple[str, ...] = ("pycocotools", "numpy")
@@ -133,8 +143,10 @@ class CocoEvaluation:
 
     def rounded(self, digits: int = 4) -> CocoEvaluation:
         """A copy with the metrics and the per-class numbers rounded (the arrays as they are)."""
-        per_class = {name: {k: (v if k == "objects" else round(v, digits)) for k, v in row.items()}
-                     for name, row in self.per_class.items()}  # fmt: skip
+        per_class = {
+            name: {k: (v if k == "objects" else round(v, digits)) for k, v in row.items()}
+            for name, row in self.per_class.items()
+        }
         metrics = {name: round(value, digits) for name, value in self.metrics.items()}
         return dataclasses.replace(self, metrics=metrics, per_class=per_class)
 
@@ -171,8 +183,10 @@ def format_per_class_table(per_class: Mapping[str, Mapping[str, float]]) -> str:
     """:attr:`CocoEvaluation.per_class` as a text table: class, AP, AP50, AR@100, ground-truth objects."""
     width = max(12, *(len(name) + 2 for name in per_class)) if per_class else 12
     lines = [f"{'class':<{width}}{'AP':>8}{'AP50':>8}{'AR@100':>8}{'objects':>9}"]
-    lines += [f"{name:<{width}}{row['map']:>8.4f}{row['map_50']:>8.4f}{row['mar_100']:>8.4f}{row['objects']:>9d}"
-              for name, row in per_class.items()]  # fmt: skip
+    lines += [
+        f"{name:<{width}}{row['map']:>8.4f}{row['map_50']:>8.4f}{row['mar_100']:>8.4f}{row['objects']:>9d}"
+        for name, row in per_class.items()
+    ]
     return "\n".join(lines)
 
 
@@ -232,8 +246,11 @@ def _prediction_arrays(prediction: Mapping[str, Any], where: str) -> dict[str, n
         "boxes": check_boxes(prediction["boxes"], lambda j: f"{where}: `boxes[{j}]`", "xyxy"),
     }
     _check_lengths(where, fields)
-    return {"scores": _compact(fields["scores"], prediction["scores"]), "labels": fields["labels"].numpy(),
-            "boxes": _compact(fields["boxes"], prediction["boxes"])}  # fmt: skip
+    return {
+        "scores": _compact(fields["scores"], prediction["scores"]),
+        "labels": fields["labels"].numpy(),
+        "boxes": _compact(fields["boxes"], prediction["boxes"]),
+    }
 
 
 def _reference_arrays(reference: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
@@ -271,23 +288,28 @@ def _image_index(counts: Sequence[int]) -> np.ndarray:
     return np.repeat(np.arange(len(counts), dtype=np.int64), np.asarray(counts, dtype=np.int64))
 
 
-def _box_annotations(preds: Sequence[Mapping[str, Any]], refs: Sequence[Mapping[str, Any]]
-                     ) -> tuple[Annotations, Annotations]:  # fmt: skip
+def _box_annotations(
+    preds: Sequence[Mapping[str, Any]], refs: Sequence[Mapping[str, Any]]
+) -> tuple[Annotations, Annotations]:
     """The ground truth and the detections of normalized inputs as COCOeval's columns (boxes (x, y, w, h) float64,
     a detection's area its box's)."""
     ground_truth = Annotations(
-        image=_image_index([len(r["labels"]) for r in refs]), category=_column([r["labels"] for r in refs], np.int64),
-        iscrowd=_column([r["iscrowd"] for r in refs], np.int64), area=_column([r["area"] for r in refs], np.float64),
+        image=_image_index([len(r["labels"]) for r in refs]),
+        category=_column([r["labels"] for r in refs], np.int64),
+        iscrowd=_column([r["iscrowd"] for r in refs], np.int64),
+        area=_column([r["area"] for r in refs], np.float64),
         boxes=_column([r["boxes"] for r in refs], np.float64, (4,)),
-    )  # fmt: skip
+    )
     corners = _column([p["boxes"] for p in preds], np.float64, (4,))
     size = corners[:, 2:] - corners[:, :2]
     detections = Annotations(
         image=_image_index([len(pred["labels"]) for pred in preds]),
-        category=_column([p["labels"] for p in preds], np.int64), iscrowd=np.zeros(len(corners), dtype=np.int64),
-        area=size[:, 0] * size[:, 1], score=_column([p["scores"] for p in preds], np.float64),
+        category=_column([p["labels"] for p in preds], np.int64),
+        iscrowd=np.zeros(len(corners), dtype=np.int64),
+        area=size[:, 0] * size[:, 1],
+        score=_column([p["scores"] for p in preds], np.float64),
         boxes=np.concatenate([corners[:, :2], size], axis=1),
-    )  # fmt: skip
+    )
     return ground_truth, detections
 
 
@@ -342,17 +364,22 @@ def coco_evaluate(
 
 
 def _evaluate_boxes(
-    preds: Sequence[Mapping[str, Any]], refs: Sequence[Mapping[str, Any]], per_class: bool,
-    id2label: Mapping[int, str] | None, return_evaluation: bool = False, backend: str = "pycocotools",
-) -> CocoEvaluation:  # fmt: skip
+    preds: Sequence[Mapping[str, Any]],
+    refs: Sequence[Mapping[str, Any]],
+    per_class: bool,
+    id2label: Mapping[int, str] | None,
+    return_evaluation: bool = False,
+    backend: str = "pycocotools",
+) -> CocoEvaluation:
     """:func:`coco_evaluate` on inputs already passed through ``_prediction_arrays`` / ``_reference_arrays`` (or
     their lists); with ``return_evaluation`` the evaluation carries them, as lists."""
     ground_truth, detections = _box_annotations(preds, refs)
     evaluation = run_cocoeval(len(refs), ground_truth, detections, "bbox", per_class, id2label, backend=backend)
     if not return_evaluation:
         return evaluation
-    return dataclasses.replace(evaluation, predictions=[_listed(p) for p in preds],
-                               references=[_listed(r) for r in refs])  # fmt: skip
+    return dataclasses.replace(
+        evaluation, predictions=[_listed(p) for p in preds], references=[_listed(r) for r in refs]
+    )
 
 
 def _rows_by_category(annotations: Annotations, categories: Sequence[int]) -> list[np.ndarray]:
@@ -363,9 +390,13 @@ def _rows_by_category(annotations: Annotations, categories: Sequence[int]) -> li
 
 
 def _pycocotools_arrays(
-    num_images: int, ground_truth: Annotations, detections: Annotations, categories: list[int], iou_type: str,
+    num_images: int,
+    ground_truth: Annotations,
+    detections: Annotations,
+    categories: list[int],
+    iou_type: str,
     image_sizes: Sequence[tuple[int, int]] | None,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray]:
     """COCOeval's ``precision`` and ``recall`` arrays, from one COCOeval run per category: a category's numbers
     depend on its own annotations only, and COCOeval keeps a dict per image, category and area range (2 GiB for all
     of COCO val2017's categories at once), so one category's at a time bounds the memory at no cost in time."""
@@ -405,8 +436,9 @@ def run_cocoeval(
     """
     if backend not in COCO_BACKENDS:
         raise ValueError(f"backend must be one of {COCO_BACKENDS}, got {backend!r}")
-    categories = sorted(set(ground_truth.category.tolist()) | set(detections.category.tolist())
-                        | {int(k) for k in (id2label or {})})  # fmt: skip
+    categories = sorted(
+        set(ground_truth.category.tolist()) | set(detections.category.tolist()) | {int(k) for k in (id2label or {})}
+    )
     label_name = {int(k): str(v) for k, v in (id2label or {}).items()}
     class_names = _class_names(categories, label_name)
     counted, counts = np.unique(ground_truth.category[ground_truth.iscrowd == 0], return_counts=True)
@@ -414,21 +446,25 @@ def run_cocoeval(
 
     def with_per_class_keys(metrics: dict[str, float], rows: dict[str, dict[str, float]]) -> dict[str, float]:
         if per_class:
-            metrics.update({per_class_key(stat, name): row[stat] for name, row in rows.items()
-                            for stat in PER_CLASS_STATS})  # fmt: skip
+            metrics.update(
+                {per_class_key(stat, name): row[stat] for name, row in rows.items() for stat in PER_CLASS_STATS}
+            )
         return metrics
 
     if not num_images:
         logger.warning("COCO evaluation got no images; every metric is -1.")
         rows = {name: {**dict.fromkeys(PER_CLASS_STATS, -1.0), "objects": 0} for name in class_names}
-        return CocoEvaluation(with_per_class_keys(dict.fromkeys(COCO_STAT_NAMES, -1.0), rows), rows,
-                              class_names=class_names, category_ids=categories)  # fmt: skip
+        return CocoEvaluation(
+            with_per_class_keys(dict.fromkeys(COCO_STAT_NAMES, -1.0), rows),
+            rows,
+            class_names=class_names,
+            category_ids=categories,
+        )
 
     if backend == "numpy":
         precision, recall = evaluate_arrays(ground_truth, detections, categories, iou_type)
     else:
-        precision, recall = _pycocotools_arrays(num_images, ground_truth, detections, categories, iou_type,
-                                                image_sizes)  # fmt: skip
+        precision, recall = _pycocotools_arrays(num_images, ground_truth, detections, categories, iou_type, image_sizes)
     # summarize() reads only the parameters and these two arrays
     coco_eval = COCOeval(iouType=iou_type)
     coco_eval.params.imgIds, coco_eval.params.catIds = list(range(1, num_images + 1)), categories
@@ -440,10 +476,14 @@ def run_cocoeval(
     metrics = {name: float(value) for name, value in zip(COCO_STAT_NAMES, coco_eval.stats)}
     rows = per_class_rows(coco_eval, class_names, objects)
     return CocoEvaluation(
-        metrics=with_per_class_keys(metrics, rows), per_class=rows, precision=precision,
-        iou_thresholds=np.asarray(coco_eval.params.iouThrs), recall_thresholds=np.asarray(coco_eval.params.recThrs),
-        class_names=class_names, category_ids=categories,
-    )  # fmt: skip
+        metrics=with_per_class_keys(metrics, rows),
+        per_class=rows,
+        precision=precision,
+        iou_thresholds=np.asarray(coco_eval.params.iouThrs),
+        recall_thresholds=np.asarray(coco_eval.params.recThrs),
+        class_names=class_names,
+        category_ids=categories,
+    )
 
 
 _BOXES = datasets.Sequence(datasets.Sequence(datasets.Value("float64"), length=4))
@@ -469,23 +509,35 @@ class CocoMetric(evaluate.Metric):
             description=self.description,
             citation="Lin et al., Microsoft COCO: Common Objects in Context, ECCV 2014.",
             inputs_description=type(self).inputs.__doc__,
-            features=datasets.Features({
-                "predictions": {"scores": datasets.Sequence(datasets.Value("float64")), "labels": ids,
-                                **self.prediction_fields},
-                "references": {**self.reference_fields, "labels": ids, "iscrowd": ids},
-            }),
-        )  # fmt: skip
+            features=datasets.Features(
+                {
+                    "predictions": {
+                        "scores": datasets.Sequence(datasets.Value("float64")),
+                        "labels": ids,
+                        **self.prediction_fields,
+                    },
+                    "references": {**self.reference_fields, "labels": ids, "iscrowd": ids},
+                }
+            ),
+        )
 
-    def add_batch(self, *, predictions: Sequence[Mapping] | None = None, references: Sequence[Mapping] | None = None,
-                  **kwargs: Any) -> None:  # fmt: skip
+    def add_batch(
+        self,
+        *,
+        predictions: Sequence[Mapping] | None = None,
+        references: Sequence[Mapping] | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Validate and store a batch: a list of per-image predictions and a list of per-image references.
         (``evaluate`` appends the input description to this docstring.)"""
         if predictions is not None:
-            predictions = [_listed(type(self).normalize_prediction(p, f"predictions[{i}]"))
-                           for i, p in enumerate(predictions)]  # fmt: skip
+            predictions = [
+                _listed(type(self).normalize_prediction(p, f"predictions[{i}]")) for i, p in enumerate(predictions)
+            ]
         if references is not None:
-            references = [_listed(type(self).normalize_reference(r, f"references[{i}]"))
-                          for i, r in enumerate(references)]  # fmt: skip
+            references = [
+                _listed(type(self).normalize_reference(r, f"references[{i}]")) for i, r in enumerate(references)
+            ]
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def add(self, *, prediction: Mapping | None = None, reference: Mapping | None = None, **kwargs: Any) -> None:
@@ -599,9 +651,13 @@ def _reference_from_label(label: Mapping[str, Any], where: str) -> dict[str, Any
 
 
 def detections_in_original_frame(
-    image_processor: Any, logits: Any, pred_boxes: Any, labels: Sequence[Mapping[str, Any]], threshold: float,
+    image_processor: Any,
+    logits: Any,
+    pred_boxes: Any,
+    labels: Sequence[Mapping[str, Any]],
+    threshold: float,
     where: str = "labels",
-) -> list[dict[str, np.ndarray]]:  # fmt: skip
+) -> list[dict[str, np.ndarray]]:
     """A batch's detections (``image_processor.post_process_object_detection`` of ``logits`` (B, Q, C + 1) and
     ``pred_boxes`` (B, Q, 4) at ``threshold``), each image's in the original pixel frame of its processor label dict
     (``orig_size``), as numpy arrays: the compact form an evaluation keeps of each image until it scores them all."""
@@ -667,8 +723,10 @@ def make_compute_metrics(
             if len(batch_labels) != count:
                 raise ValueError(f"Batch {batch_index}: {count} predictions but {len(batch_labels)} label dicts.")
             references = [_reference_from_label(label, f"{where}[{i}]") for i, label in enumerate(batch_labels)]
-            detections = batch_predictions if outputs is None else detections_in_original_frame(
-                image_processor, *outputs, batch_labels, threshold, where
+            detections = (
+                batch_predictions
+                if outputs is None
+                else detections_in_original_frame(image_processor, *outputs, batch_labels, threshold, where)
             )
             preds += [_prediction_arrays(d, f"predictions[{batch_index}][{i}]") for i, d in enumerate(detections)]
             refs += [_reference_arrays(r, f"{where}[{i}]") for i, r in enumerate(references)]
@@ -705,13 +763,15 @@ def unpack_labels(packed: np.ndarray) -> list[dict[str, np.ndarray]]:
     for image in packed:
         orig_h, orig_w, size_h, size_w, count, image_id = image[0, :6]
         objects = image[1 : 1 + int(count)]
-        labels.append({
-            "orig_size": np.array([orig_h, orig_w], dtype=np.int64),
-            "size": np.array([size_h, size_w], dtype=np.int64),
-            "image_id": np.array([image_id], dtype=np.int64),
-            "boxes": objects[:, :4],
-            "class_labels": objects[:, 4].astype(np.int64),
-            "iscrowd": objects[:, 5].astype(np.int64),
-            "area": objects[:, 6],
-        })  # fmt: skip
+        labels.append(
+            {
+                "orig_size": np.array([orig_h, orig_w], dtype=np.int64),
+                "size": np.array([size_h, size_w], dtype=np.int64),
+                "image_id": np.array([image_id], dtype=np.int64),
+                "boxes": objects[:, :4],
+                "class_labels": objects[:, 4].astype(np.int64),
+                "iscrowd": objects[:, 5].astype(np.int64),
+                "area": objects[:, 6],
+            }
+        )
     return labels

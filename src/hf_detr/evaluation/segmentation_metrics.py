@@ -116,8 +116,14 @@ def _rles(masks: Any, where: str) -> list[dict[str, Any]]:
         if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
             raise ValueError(f"{where}: `masks[{j}]` must be an RLE dict with `size` (H, W) and `counts`.")
         size, counts = rle["size"], rle["counts"]
-        if type(rle) is dict and type(counts) is str and type(size) is list and len(size) == 2 \
-                and type(size[0]) is type(size[1]) is int and min(size) >= 0:  # fmt: skip
+        if (
+            type(rle) is dict
+            and type(counts) is str
+            and type(size) is list
+            and len(size) == 2
+            and type(size[0]) is type(size[1]) is int
+            and min(size) >= 0
+        ):
             rles.append(rle)  # the form kept already (encode_masks'): not copied, a split holds hundreds of thousands
             continue
         size = [int(s) for s in size]
@@ -176,9 +182,13 @@ def _areas(rles: list[dict[str, Any]]) -> np.ndarray:
 
 
 def _run_segm_cocoeval(
-    preds: Sequence[Mapping[str, Any]], refs: Sequence[Mapping[str, Any]], per_class: bool,
-    id2label: Mapping[int, str] | None, return_evaluation: bool = False, backend: str = "pycocotools",
-) -> CocoEvaluation:  # fmt: skip
+    preds: Sequence[Mapping[str, Any]],
+    refs: Sequence[Mapping[str, Any]],
+    per_class: bool,
+    id2label: Mapping[int, str] | None,
+    return_evaluation: bool = False,
+    backend: str = "pycocotools",
+) -> CocoEvaluation:
     """Mask mAP on normalized inputs: the box metric's COCOeval run with ``iouType="segm"``, keys prefixed (the
     evaluation carries no inputs, whatever ``return_evaluation``: diagnostics read boxes)."""
     image_sizes = []
@@ -193,14 +203,20 @@ def _run_segm_cocoeval(
     truth = [rle for ref in refs for rle in ref["masks"]]
     found = [rle for pred in preds for rle in pred["masks"]]
     ground_truth = Annotations(
-        image=_image_index([len(r["masks"]) for r in refs]), category=_column([r["labels"] for r in refs], np.int64),
-        iscrowd=_column([r["iscrowd"] for r in refs], np.int64), area=_areas(truth), masks=truth,
-    )  # fmt: skip
+        image=_image_index([len(r["masks"]) for r in refs]),
+        category=_column([r["labels"] for r in refs], np.int64),
+        iscrowd=_column([r["iscrowd"] for r in refs], np.int64),
+        area=_areas(truth),
+        masks=truth,
+    )
     detections = Annotations(
         image=_image_index([len(pred["masks"]) for pred in preds]),
-        category=_column([p["labels"] for p in preds], np.int64), iscrowd=np.zeros(len(found), dtype=np.int64),
-        area=_areas(found), score=_column([p["scores"] for p in preds], np.float64), masks=found,
-    )  # fmt: skip
+        category=_column([p["labels"] for p in preds], np.int64),
+        iscrowd=np.zeros(len(found), dtype=np.int64),
+        area=_areas(found),
+        score=_column([p["scores"] for p in preds], np.float64),
+        masks=found,
+    )
     evaluation = run_cocoeval(len(refs), ground_truth, detections, "segm", per_class, id2label, image_sizes, backend)
     return dataclasses.replace(evaluation, metrics={SEGM_PREFIX + k: v for k, v in evaluation.metrics.items()})
 
@@ -410,8 +426,9 @@ class PanopticQualityMetric:
             raise ValueError("`things` and `stuff` are both empty; give the category ids of each kind.")
         self.counts: list[dict[int, SegmentCounts]] = []
 
-    def count_image(self, prediction: Mapping[str, Any], reference: Mapping[str, Any],
-                    where: str = "image") -> dict[int, SegmentCounts]:  # fmt: skip
+    def count_image(
+        self, prediction: Mapping[str, Any], reference: Mapping[str, Any], where: str = "image"
+    ) -> dict[int, SegmentCounts]:
         """One image's counts per category (not added: :meth:`add_counts` adds them)."""
         categories = self.things | self.stuff
         return _image_counts(

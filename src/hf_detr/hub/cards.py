@@ -269,16 +269,21 @@ def push_to_hub(
     with tempfile.TemporaryDirectory() as folder:
         save_model_folder(folder, model, image_processor, card)
         commit = api.upload_folder(
-            folder_path=folder, repo_id=repo_id, revision=revision, create_pr=create_pr,
+            folder_path=folder,
+            repo_id=repo_id,
+            revision=revision,
+            create_pr=create_pr,
             commit_message=commit_message or f"Upload {type(model).__name__}",
-        )  # fmt: skip
+        )
     if space:
-        space_id = api.create_repo(repo_id if space is True else space, repo_type="space", space_sdk="gradio",
-                                   private=private, exist_ok=True).repo_id  # fmt: skip
+        space_id = api.create_repo(
+            repo_id if space is True else space, repo_type="space", space_sdk="gradio", private=private, exist_ok=True
+        ).repo_id
         with tempfile.TemporaryDirectory() as folder:
             save_space_folder(folder, repo_id)
-            api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space",
-                              commit_message=f"The hf_detr app of {repo_id}")  # fmt: skip
+            api.upload_folder(
+                folder_path=folder, repo_id=space_id, repo_type="space", commit_message=f"The hf_detr app of {repo_id}"
+            )
     return commit
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from .coco_labels import COCO_ID2LABEL
 from ..modeling.configuration_hf_detr import HfDetrConfig
 from ..modeling.modeling_hf_detr import HfDetrForObjectDetection, HfDetrForSegmentation
+
 # the translation of transformers' DETR lives in the remote-code set, which converts such checkpoints on load
 from ..modeling.transformers_detr import (
     config_kwargs_from_transformers,
@@ -24,6 +24,8 @@ from ..modeling.transformers_detr import (
     rename_mask_head,
     state_dict_from_transformers,
 )
+from .coco_labels import COCO_ID2LABEL
+
 
 def config_from_transformers(detr_config: Mapping[str, Any] | Any) -> HfDetrConfig:
     """Translate a transformers `DetrConfig` (object or `config.json` dict, v4 or v5 layout) to `HfDetrConfig`."""
@@ -140,8 +142,9 @@ def config_from_original(
 
     Sizes (queries, classes, width, depth, feed-forward width), pre-/post-norm and the position embedding type are
     read from the tensors (of the detector under `detr.` in a panoptic checkpoint); the backbone, DC5 `dilation` and
-    the number of attention heads (8 unless given in `config_kwargs`) cannot be, so they must be passed. A 91-class head gets COCO's label map. The auxiliary decoding
-    loss is on, as in the original's training (it does not change predictions).
+    the number of attention heads (8 unless given in `config_kwargs`) cannot be, so they must be passed.
+    A 91-class head gets COCO's label map. The auxiliary decoding loss is on, as in the original's training (it does
+    not change predictions).
     """
     if backbone not in ORIGINAL_BACKBONES:
         raise ValueError(f"backbone={backbone!r}: the original DETR code builds one of {ORIGINAL_BACKBONES}")
@@ -153,9 +156,9 @@ def config_from_original(
         inferred["num_queries"], inferred["d_model"] = state_dict["query_embed.weight"].shape
     if "class_embed.weight" in state_dict:
         num_labels = state_dict["class_embed.weight"].shape[0] - 1  # the last logit is "no object"
-        inferred["id2label"] = COCO_ID2LABEL if num_labels == len(COCO_ID2LABEL) else {
-            i: f"LABEL_{i}" for i in range(num_labels)
-        }
+        inferred["id2label"] = (
+            COCO_ID2LABEL if num_labels == len(COCO_ID2LABEL) else {i: f"LABEL_{i}" for i in range(num_labels)}
+        )
     for side in ("encoder", "decoder"):
         layers = _count_layers(state_dict, f"transformer.{side}.layers.")
         if layers is not None:

@@ -28,9 +28,17 @@ from .export_readme import export_readme
 from .onnx_graph import MAX_SIDE, MIN_SIDE, EndToEndGraph, check_max_detections
 
 __all__ = [
-    "DTYPES", "END_TO_END_FILE", "FP32_OPS", "RAW_FILE", "ExportInfo", "export_end_to_end", "export_folder",
-    "export_onnx", "graph_metadata", "to_float16",
-]  # fmt: skip
+    "DTYPES",
+    "END_TO_END_FILE",
+    "FP32_OPS",
+    "RAW_FILE",
+    "ExportInfo",
+    "export_end_to_end",
+    "export_folder",
+    "export_onnx",
+    "graph_metadata",
+    "to_float16",
+]
 
 DTYPES = ("fp32", "fp16")
 # what float16 loses: normalization statistics, exponentials, the boxes' sigmoid, the order of close scores
@@ -92,17 +100,25 @@ def _raw_graph(
     dim_h = torch.export.Dim("height", min=64, max=max_side)
     dim_w = torch.export.Dim("width", min=64, max=max_side)
     proto = _export(
-        _InferenceGraph(model).eval(), (pixel_values, pixel_mask), ["pixel_values", "pixel_mask"],
+        _InferenceGraph(model).eval(),
+        (pixel_values, pixel_mask),
+        ["pixel_values", "pixel_mask"],
         ["logits", "pred_boxes"] + (["pred_masks"] if hasattr(model, "mask_head") else []),
         {"pixel_values": {0: batch, 2: dim_h, 3: dim_w}, "pixel_mask": {0: batch, 1: dim_h, 2: dim_w}},
-    )  # fmt: skip
+    )
     return to_float16(proto) if dtype == "fp16" else (proto, {})
 
 
-def _export(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str],
-            dynamic_shapes: dict[str, dict[int, Any]]) -> Any:  # fmt: skip
-    return torch.onnx.export(module, args, input_names=inputs, output_names=outputs, dynamo=True,
-                             dynamic_shapes=dynamic_shapes).model_proto  # fmt: skip
+def _export(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    inputs: list[str],
+    outputs: list[str],
+    dynamic_shapes: dict[str, dict[int, Any]],
+) -> Any:
+    return torch.onnx.export(
+        module, args, input_names=inputs, output_names=outputs, dynamo=True, dynamic_shapes=dynamic_shapes
+    ).model_proto
 
 
 def export_end_to_end(
@@ -128,8 +144,14 @@ def export_end_to_end(
 
 
 def _end_to_end_metadata(dtype: str, source: str | None, max_detections: int) -> dict[str, Any]:
-    return {"graph": "end_to_end", "dtype": dtype, "source": source, "max_detections": max_detections,
-            "min_side": MIN_SIDE, "max_side": MAX_SIDE}  # fmt: skip
+    return {
+        "graph": "end_to_end",
+        "dtype": dtype,
+        "source": source,
+        "max_detections": max_detections,
+        "min_side": MIN_SIDE,
+        "max_side": MAX_SIDE,
+    }
 
 
 def _end_to_end_graph(
@@ -147,9 +169,13 @@ def _end_to_end_graph(
     sizes = torch.tensor([[96, 128], [128, 80]])
     batch = torch.export.Dim("batch", min=1, max=1024)
     side = {name: torch.export.Dim(name, min=MIN_SIDE, max=MAX_SIDE) for name in ("height", "width")}
-    pre = _export(graph.preprocess, (images, sizes), ["images", "sizes"],
-                  ["pixel_values", "pixel_mask", "clamped_sizes", "resized"],
-                  {"images": {0: batch, 1: side["height"], 2: side["width"]}, "sizes": {0: batch}})  # fmt: skip
+    pre = _export(
+        graph.preprocess,
+        (images, sizes),
+        ["images", "sizes"],
+        ["pixel_values", "pixel_mask", "clamped_sizes", "resized"],
+        {"images": {0: batch, 1: side["height"], 2: side["width"]}, "sizes": {0: batch}},
+    )
 
     with torch.no_grad():
         pixel_values, pixel_mask, sizes, resized = graph.preprocess(images, sizes)
@@ -158,8 +184,13 @@ def _end_to_end_graph(
     dynamic: dict[str, dict[int, Any]] = {name: {0: batch} for name in names}
     if masks:
         dynamic["pred_masks"] = {0: batch, 2: torch.export.Dim("mask_height"), 3: torch.export.Dim("mask_width")}
-    post = _export(graph.postprocess, (*model_outputs[:2], sizes, resized, *model_outputs[2:]), names,
-                   ["scores", "labels", "boxes"] + (["masks"] if masks else []), dynamic)  # fmt: skip
+    post = _export(
+        graph.postprocess,
+        (*model_outputs[:2], sizes, resized, *model_outputs[2:]),
+        names,
+        ["scores", "labels", "boxes"] + (["masks"] if masks else []),
+        dynamic,
+    )
 
     pre = compose.add_prefix(pre, "preprocess/", rename_inputs=False)
     model_proto = _prefix_dims(compose.add_prefix(raw[0], "model/"), "model/")
@@ -168,8 +199,9 @@ def _end_to_end_graph(
         dims = post.graph.output[3].type.tensor_type.shape.dim
         named = {dims[2].dim_param: "max_height", dims[3].dim_param: "max_width"}
     post = _prefix_dims(compose.add_prefix(post, "postprocess/", rename_outputs=False), "postprocess/", named)
-    joined = compose.merge_models(pre, model_proto, io_map=[(f"preprocess/{name}", f"model/{name}")
-                                                            for name in ("pixel_values", "pixel_mask")])  # fmt: skip
+    joined = compose.merge_models(
+        pre, model_proto, io_map=[(f"preprocess/{name}", f"model/{name}") for name in ("pixel_values", "pixel_mask")]
+    )
     sources = {"sizes": "preprocess/clamped_sizes", "resized": "preprocess/resized"}
     io_map = [(sources.get(name, f"model/{name}"), f"postprocess/{name}") for name in names]
     kept = dict(raw[1])
@@ -250,8 +282,9 @@ def export_folder(
     graphs = {}
     if end_to_end:  # joined before the raw graph gets its metadata, which the joined graph would inherit
         joined = _end_to_end_graph(model, processor, raw, max_detections)
-        graphs["end_to_end"] = Path(_save(*joined, out / END_TO_END_FILE,
-                                          _end_to_end_metadata(dtype, source, max_detections)))  # fmt: skip
+        graphs["end_to_end"] = Path(
+            _save(*joined, out / END_TO_END_FILE, _end_to_end_metadata(dtype, source, max_detections))
+        )
     graphs = {"raw": Path(_save(*raw, out / RAW_FILE, {"graph": "raw", "dtype": dtype, "source": source})), **graphs}
     if not end_to_end:  # an earlier export's, which validation would take for this one's
         (out / END_TO_END_FILE).unlink(missing_ok=True)
@@ -266,5 +299,8 @@ def export_folder(
 def graph_metadata(session: Any) -> dict[str, Any]:
     """The hf_detr metadata of an onnxruntime session's graph (graph kind, dtype, max_detections, source, ...)."""
     metadata = session.get_modelmeta().custom_metadata_map
-    return {key[len(METADATA_PREFIX) :]: json.loads(value) for key, value in metadata.items()
-            if key.startswith(METADATA_PREFIX)}  # fmt: skip
+    return {
+        key[len(METADATA_PREFIX) :]: json.loads(value)
+        for key, value in metadata.items()
+        if key.startswith(METADATA_PREFIX)
+    }

@@ -30,16 +30,30 @@ def _table(rows: list[tuple[str, str, str, str]]) -> str:
 
 def _raw_section(file: str, masks: bool) -> str:
     rows = [
-        ("input", "pixel_values", "float32 `[batch, 3, height, width]`",
-         "images resized, normalized and padded by the image processor (`preprocessor_config.json`)"),
+        (
+            "input",
+            "pixel_values",
+            "float32 `[batch, 3, height, width]`",
+            "images resized, normalized and padded by the image processor (`preprocessor_config.json`)",
+        ),
         ("input", "pixel_mask", "int64 `[batch, height, width]`", "1 on image pixels, 0 on padding"),
         ("output", "logits", "float32 `[batch, queries, classes + 1]`", 'class logits; the last class is "no object"'),
-        ("output", "pred_boxes", "float32 `[batch, queries, 4]`",
-         "boxes (center x, center y, width, height) relative to each image's resized size before padding"),
-    ]  # fmt: skip
+        (
+            "output",
+            "pred_boxes",
+            "float32 `[batch, queries, 4]`",
+            "boxes (center x, center y, width, height) relative to each image's resized size before padding",
+        ),
+    ]
     if masks:
-        rows.append(("output", "pred_masks", "float32 `[batch, queries, height / 4, width / 4]`",
-                     "mask logits of each query (probability = sigmoid)"))  # fmt: skip
+        rows.append(
+            (
+                "output",
+                "pred_masks",
+                "float32 `[batch, queries, height / 4, width / 4]`",
+                "mask logits of each query (probability = sigmoid)",
+            )
+        )
     return f"""## `{file}`: the model
 
 {_table(rows)}
@@ -70,17 +84,32 @@ detections = processor.post_process_object_detection(
 
 def _end_to_end_section(file: str, processor: Any, masks: bool, max_detections: int) -> str:
     rows = [
-        ("input", "images", "uint8 `[batch, H, W, 3]`",
-         "RGB images, image i in the top-left `sizes[i]` of the array (the rest is ignored)"),
+        (
+            "input",
+            "images",
+            "uint8 `[batch, H, W, 3]`",
+            "RGB images, image i in the top-left `sizes[i]` of the array (the rest is ignored)",
+        ),
         ("input", "sizes", "int64 `[batch, 2]`", f"each image's (height, width), from {MIN_SIDE} to {MAX_SIDE} pixels"),
-        ("output", "scores", "float32 `[batch, k]`",
-         f"the k = {max_detections} best detections of each image, best first"),
+        (
+            "output",
+            "scores",
+            "float32 `[batch, k]`",
+            f"the k = {max_detections} best detections of each image, best first",
+        ),
         ("output", "labels", "int64 `[batch, k]`", "class ids (`id2label` in `config.json`)"),
         ("output", "boxes", "float32 `[batch, k, 4]`", "(x0, y0, x1, y1) in the image's own pixels"),
-    ]  # fmt: skip
+    ]
     if masks:
-        rows.append(("output", "masks", "bool `[batch, k, H, W]`", "each detection's mask; image i's in its top-left "
-                     "`sizes[i]`, H and W the largest height and width of `sizes`"))  # fmt: skip
+        rows.append(
+            (
+                "output",
+                "masks",
+                "bool `[batch, k, H, W]`",
+                "each detection's mask; image i's in its top-left "
+                "`sizes[i]`, H and W the largest height and width of `sizes`",
+            )
+        )
     mask_read, mask_key = (", masks", ', "masks"') if masks else ("", "")
     return f"""## `{file}`: images in, detections out
 
@@ -132,12 +161,16 @@ def export_readme(
     """The README of an export folder holding the graphs `files` (`{"raw": file name[, "end_to_end": file name]}`)
     of `model` in `dtype`, float16 ones with `fp32_ops` kept in float32."""
     masks = hasattr(model, "mask_head")
-    listing = [f"- `{files['raw']}`: the model, `(pixel_values, pixel_mask) -> (logits, pred_boxes"
-               f"{', pred_masks' if masks else ''})`."]  # fmt: skip
+    listing = [
+        f"- `{files['raw']}`: the model, `(pixel_values, pixel_mask) -> (logits, pred_boxes"
+        f"{', pred_masks' if masks else ''})`."
+    ]
     sections = [_raw_section(files["raw"], masks)]
     if "end_to_end" in files:
-        listing.append(f"- `{files['end_to_end']}`: preprocessing, model and post-processing in one graph, "
-                       f"`(images, sizes) -> (scores, labels, boxes{', masks' if masks else ''})`.")  # fmt: skip
+        listing.append(
+            f"- `{files['end_to_end']}`: preprocessing, model and post-processing in one graph, "
+            f"`(images, sizes) -> (scores, labels, boxes{', masks' if masks else ''})`."
+        )
         sections.append(_end_to_end_section(files["end_to_end"], processor, masks, max_detections))
     listing += [
         "- `config.json`: the model's configuration, with the class names (`id2label`).",
@@ -145,19 +178,25 @@ def export_readme(
         "- `validation.json`: the graphs under onnxruntime against the PyTorch model: largest differences of the "
         "outputs on a batch of images of mixed sizes and, when validated on a data set, COCO mAP of both.",
     ]
-    precision = "float32" if dtype == "fp32" else (
-        "float16 weights and arithmetic, except the operators that lose accuracy in half precision "
-        f"({', '.join(fp32_ops)}), which run in float32 behind casts, as do the end-to-end graph's preprocessing and "
-        "post-processing; inputs and outputs keep their types. onnxruntime's CPU provider runs most float16 "
-        "operators through casts to float32: use a GPU provider (CUDAExecutionProvider) for its speed"
-    )  # fmt: skip
-    return "\n".join([
-        f"# {type(model).__name__} exported to ONNX",
-        "",
-        f"Written by `hf-detr export` ({dtype}: {precision}). {model.config.num_labels} classes, "
-        f"{model.config.num_queries} queries.",
-        "",
-        *listing,
-        "",
-        *sections,
-    ])  # fmt: skip
+    precision = (
+        "float32"
+        if dtype == "fp32"
+        else (
+            "float16 weights and arithmetic, except the operators that lose accuracy in half precision "
+            f"({', '.join(fp32_ops)}), which run in float32 behind casts, as do the end-to-end graph's "
+            "preprocessing and post-processing; inputs and outputs keep their types. onnxruntime's CPU provider runs "
+            "most float16 operators through casts to float32: use a GPU provider (CUDAExecutionProvider) for its speed"
+        )
+    )
+    return "\n".join(
+        [
+            f"# {type(model).__name__} exported to ONNX",
+            "",
+            f"Written by `hf-detr export` ({dtype}: {precision}). {model.config.num_labels} classes, "
+            f"{model.config.num_queries} queries.",
+            "",
+            *listing,
+            "",
+            *sections,
+        ]
+    )

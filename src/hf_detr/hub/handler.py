@@ -41,15 +41,16 @@ class EndpointHandler:
             module = auto_map["AutoModelForImageSegmentation"].rsplit(".", 1)[0]
             model = get_class_from_dynamic_module(f"{module}.HfDetrForObjectDetection", folder).from_pretrained(folder)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.pipeline = pipeline("object-detection", model=model, image_processor=folder, trust_remote_code=True,
-                                 device=device)  # fmt: skip
+        self.pipeline = pipeline(
+            "object-detection", model=model, image_processor=folder, trust_remote_code=True, device=device
+        )
 
     def __call__(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(data, dict) or "inputs" not in data:
             raise ValueError(f"the request body must be a JSON object {REQUEST}, got {str(data)[:100]!r}")
         parameters = data.get("parameters") or {}
         if not isinstance(parameters, dict):
-            raise TypeError(f"parameters must be an object such as {{\"threshold\": 0.5}}, got {parameters!r}")
+            raise TypeError(f'parameters must be an object such as {{"threshold": 0.5}}, got {parameters!r}')
         unknown = sorted(set(parameters) - {"threshold"})
         if unknown:
             raise ValueError(f"unknown parameters {unknown}; the one parameter is threshold, e.g. {REQUEST}")
@@ -68,14 +69,16 @@ def _image(inputs: Any) -> Image.Image:
         try:
             inputs = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError) as error:
-            raise ValueError(f"inputs is not a base64 image ({error}); send the file's bytes base64-encoded, "
-                             f"as in {REQUEST}") from None  # fmt: skip
+            raise ValueError(
+                f"inputs is not a base64 image ({error}); send the file's bytes base64-encoded, as in {REQUEST}"
+            ) from None
     if not isinstance(inputs, (bytes, bytearray)):
         raise TypeError(f"inputs must be a base64 string, bytes or a PIL image, got {type(inputs).__name__}")
     try:
         image = Image.open(io.BytesIO(inputs))
         image.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise ValueError(f"inputs could not be read as an image ({error}); send a JPEG, PNG, WebP, BMP or TIFF "
-                         "file") from None  # fmt: skip
+        raise ValueError(
+            f"inputs could not be read as an image ({error}); send a JPEG, PNG, WebP, BMP or TIFF file"
+        ) from None
     return image

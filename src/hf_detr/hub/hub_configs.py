@@ -1,5 +1,5 @@
-"""The paper's four COCO detectors and two panoptic models as Hub repository folders: `config.json`, `preprocessor_config.json` and a model
-card `README.md` each, generated from the code so they stay consistent with it.
+"""The paper's four COCO detectors and two panoptic models as Hub repository folders: `config.json`,
+`preprocessor_config.json` and a model card `README.md` each, generated from the code so they stay consistent with it.
 
     python -m hf_detr.hub.hub_configs [ROOT]      # writes ROOT/<name>/ for every model (default ROOT: ./hub_configs)
 
@@ -42,8 +42,7 @@ PAPER_MODELS = (
     PaperModel("detr-resnet-101", 43.5, "https://dl.fbaipublicfiles.com/detr/detr-r101-2c7b67e5.pth"),
     PaperModel("detr-resnet-101-dc5", 44.9, "https://dl.fbaipublicfiles.com/detr/detr-r101-dc5-a2e86def.pth"),
     PaperModel("detr-resnet-50-panoptic", 43.4, "https://dl.fbaipublicfiles.com/detr/detr-r50-panoptic-00ce5173.pth"),
-    PaperModel("detr-resnet-101-panoptic", 45.1,
-               "https://dl.fbaipublicfiles.com/detr/detr-r101-panoptic-40021d53.pth"),
+    PaperModel("detr-resnet-101-panoptic", 45.1, "https://dl.fbaipublicfiles.com/detr/detr-r101-panoptic-40021d53.pth"),
 )
 
 

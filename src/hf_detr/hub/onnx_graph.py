@@ -32,8 +32,15 @@ from ..modeling.image_processing_hf_detr import _affine, _interpolation
 from ..modeling.modeling_hf_detr import HfDetrForObjectDetection
 
 __all__ = [
-    "MAX_SIDE", "MIN_SIDE", "EndToEndGraph", "Postprocess", "Preprocess", "check_max_detections", "own_region_masks",
-    "resize_like_processor", "resized_sizes",
+    "MAX_SIDE",
+    "MIN_SIDE",
+    "EndToEndGraph",
+    "Postprocess",
+    "Preprocess",
+    "check_max_detections",
+    "own_region_masks",
+    "resize_like_processor",
+    "resized_sizes",
 ]
 
 # The sides of input images the end-to-end graph takes. Below MIN_SIDE an image holds nothing to detect; above
@@ -61,8 +68,9 @@ def resized_sizes(sizes: torch.Tensor, size: SizeDict) -> torch.Tensor:
         new_height, new_width = torch.where(unchanged, height, new_height), torch.where(unchanged, width, new_width)
     elif size.max_height is not None:
         # a tensor divided, not a number: torch computes `number / tensor` as a reciprocal times the number
-        scale = torch.minimum(torch.full_like(height, size.max_height) / height,
-                              torch.full_like(width, size.max_width) / width)  # fmt: skip
+        scale = torch.minimum(
+            torch.full_like(height, size.max_height) / height, torch.full_like(width, size.max_width) / width
+        )
         new_height, new_width = (height * scale).floor(), (width * scale).floor()
     else:
         new_height, new_width = torch.full_like(height, size.height), torch.full_like(width, size.width)
@@ -134,9 +142,13 @@ def _linear_taps(
 
 
 def own_region_masks(
-    mask_logits: torch.Tensor, resized: torch.Tensor, canvas: tuple[Any, Any], sizes: torch.Tensor, height: Any,
+    mask_logits: torch.Tensor,
+    resized: torch.Tensor,
+    canvas: tuple[Any, Any],
+    sizes: torch.Tensor,
+    height: Any,
     width: Any,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """bool `[batch, k, height, width]`: each image's mask logits `[batch, k, h, w]` (at the model's mask stride over
     the padded `canvas`) cut to the image's own region (its `resized` size scaled to `(h, w)`, rounded up, as
     `evaluate` cuts them), resized bilinearly to its original `sizes` and thresholded at probability 0.5, as
@@ -172,14 +184,22 @@ class Preprocess(nn.Module):
     def __init__(self, processor: Any) -> None:
         super().__init__()
         if _interpolation(processor.resample) != _interpolation(2):
-            raise ValueError(f"the end-to-end graph resizes as the processor's default resample=2 (bilinear); this "
-                             f"processor has resample={processor.resample!r}: set resample=2 in its "
-                             "preprocessor_config.json, or export the raw graph.")  # fmt: skip
+            raise ValueError(
+                f"the end-to-end graph resizes as the processor's default resample=2 (bilinear); this "
+                f"processor has resample={processor.resample!r}: set resample=2 in its "
+                "preprocessor_config.json, or export the raw graph."
+            )
         self.size = processor.size if processor.do_resize else None
         pad = processor.pad_size
         self.pad_size = (pad.height, pad.width) if processor.do_pad and pad is not None else None
-        scale, bias = _affine(processor.do_rescale, processor.rescale_factor, processor.do_normalize,
-                              processor.image_mean, processor.image_std, torch.device("cpu"))  # fmt: skip
+        scale, bias = _affine(
+            processor.do_rescale,
+            processor.rescale_factor,
+            processor.do_normalize,
+            processor.image_mean,
+            processor.image_std,
+            torch.device("cpu"),
+        )
         self.register_buffer("scale", torch.as_tensor(1.0 if scale is None else scale), persistent=False)
         self.register_buffer("bias", torch.as_tensor(0.0 if bias is None else bias), persistent=False)
 
@@ -210,8 +230,14 @@ class Postprocess(nn.Module):
         super().__init__()
         self.max_detections, self.masks = max_detections, masks
 
-    def forward(self, logits: torch.Tensor, pred_boxes: torch.Tensor, sizes: torch.Tensor, resized: torch.Tensor,
-                pred_masks: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    def forward(
+        self,
+        logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        sizes: torch.Tensor,
+        resized: torch.Tensor,
+        pred_masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         # the best real class of each query, as post_process_object_detection scores it, best first
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)
         scores, index = scores.topk(self.max_detections, dim=1)
@@ -247,8 +273,10 @@ class EndToEndGraph(nn.Module):
 def check_max_detections(max_detections: int, num_queries: int) -> None:
     """A ValueError unless `max_detections` is an int from 1 to the model's `num_queries`."""
     if isinstance(max_detections, bool) or not isinstance(max_detections, int) or not 0 < max_detections <= num_queries:
-        raise ValueError(f"max_detections must be an int from 1 to the model's {num_queries} queries, got "
-                         f"{max_detections!r}; pass --max_detections {num_queries} or fewer.")  # fmt: skip
+        raise ValueError(
+            f"max_detections must be an int from 1 to the model's {num_queries} queries, got "
+            f"{max_detections!r}; pass --max_detections {num_queries} or fewer."
+        )
 
 
 def _largest(sizes: torch.Tensor) -> tuple[Any, Any]:

@@ -40,8 +40,10 @@ def _pixels(image: Any, where: str) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{where} is a {type(image).__name__}; pass PIL images or uint8 [height, width, 3] arrays.")
     if image.dtype != np.uint8:
-        raise TypeError(f"{where} has dtype {image.dtype}; the end-to-end graph takes uint8 RGB pixels (0-255): "
-                        "convert float images in [0, 1] with (image * 255).round().astype(np.uint8).")  # fmt: skip
+        raise TypeError(
+            f"{where} has dtype {image.dtype}; the end-to-end graph takes uint8 RGB pixels (0-255): "
+            "convert float images in [0, 1] with (image * 255).round().astype(np.uint8)."
+        )
     if image.ndim != 3 or image.shape[-1] != 3:
         channels = image.shape[-1] if image.ndim == 3 else 1
         raise ValueError(
@@ -54,9 +56,12 @@ def _pixels(image: Any, where: str) -> np.ndarray:
         raise ValueError(
             f"{where} is {height} x {width} pixels (height x width); the end-to-end graph takes sides of {MIN_SIDE} to "
             f"{MAX_SIDE} pixels (its resize is a matrix product over every input pixel): "
-            + ("an image this small holds nothing to detect." if min(height, width) < MIN_SIDE else
-               "downscale it first, or cut it into tiles (hf-detr predict --tile).")
-        )  # fmt: skip
+            + (
+                "an image this small holds nothing to detect."
+                if min(height, width) < MIN_SIDE
+                else "downscale it first, or cut it into tiles (hf-detr predict --tile)."
+            )
+        )
     return image
 
 
@@ -80,13 +85,15 @@ class OnnxDetector:
     for a segmentation model, bool `masks` `[n, height, width]`), the detections scoring at least `threshold`, best
     first."""
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 threads: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None
+    ) -> None:
         self.session = session(path, providers, threads)
         self.output_names = [output.name for output in self.session.get_outputs()]
         if [graph_input.name for graph_input in self.session.get_inputs()] != ["images", "sizes"]:
-            raise ValueError(f"{path} is not an end-to-end graph (inputs images, sizes); a raw graph runs with "
-                             "OnnxModel.")  # fmt: skip
+            raise ValueError(
+                f"{path} is not an end-to-end graph (inputs images, sizes); a raw graph runs with OnnxModel."
+            )
 
     def __call__(self, images: Sequence[Any], threshold: float = 0.0) -> list[dict[str, np.ndarray]]:
         inputs = end_to_end_inputs(images)
@@ -106,8 +113,9 @@ class OnnxModel(nn.Module):
     `model(pixel_values, pixel_mask)` returns `logits`, `pred_boxes` (and `pred_masks`) computed by onnxruntime;
     `config` is the PyTorch model's (labels); `providers`, `threads`: see `session`."""
 
-    def __init__(self, path: str | os.PathLike, config: Any, providers: Sequence[str] | None = None,
-                 threads: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, path: str | os.PathLike, config: Any, providers: Sequence[str] | None = None, threads: int | None = None
+    ) -> None:
         super().__init__()
         self.session, self.config = session(path, providers, threads), config
         self.output_names = [output.name for output in self.session.get_outputs()]

@@ -56,15 +56,23 @@ def save_space_folder(folder: str | os.PathLike, model_id: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "app.py").write_text(_APP.format(model_id=model_id))
     (folder / "requirements.txt").write_text("\n".join(requirements(extras=["video"])) + "\n")
-    shutil.copytree(PACKAGE, folder / "hf_detr", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-                    dirs_exist_ok=True)  # fmt: skip
+    shutil.copytree(
+        PACKAGE, folder / "hf_detr", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True
+    )
     try:
         gradio = importlib.metadata.version("gradio")
     except importlib.metadata.PackageNotFoundError:  # the Hub then picks its default version
         gradio = None
     name = model_id.split("/")[-1]
-    data = SpaceCardData(title=name, sdk="gradio", sdk_version=gradio, app_file="app.py", models=[model_id],
-                         license="apache-2.0", tags=["hf_detr", "object-detection"])  # fmt: skip
+    data = SpaceCardData(
+        title=name,
+        sdk="gradio",
+        sdk_version=gradio,
+        app_file="app.py",
+        models=[model_id],
+        license="apache-2.0",
+        tags=["hf_detr", "object-detection"],
+    )
     card = SpaceCard(f"""---
 {data.to_yaml()}
 ---

@@ -31,9 +31,16 @@ from .onnx_graph import MIN_SIDE
 from .onnx_runtime import OnnxDetector, OnnxModel, session
 
 __all__ = [
-    "FP32_BOX_TOLERANCE_PX", "FP32_OUTPUT_TOLERANCE", "MAP_TOLERANCE", "VALIDATION_FILE", "compare_detections",
-    "load_validation_split", "mixed_size_images", "reference_detections", "validate_export",
-]  # fmt: skip
+    "FP32_BOX_TOLERANCE_PX",
+    "FP32_OUTPUT_TOLERANCE",
+    "MAP_TOLERANCE",
+    "VALIDATION_FILE",
+    "compare_detections",
+    "load_validation_split",
+    "mixed_size_images",
+    "reference_detections",
+    "validate_export",
+]
 
 VALIDATION_FILE = "validation.json"
 # how far an exported graph's COCO mAP may lie from the PyTorch model's on the same split
@@ -60,8 +67,11 @@ def _raw_errors(path: Path, model: torch.nn.Module, processor: Any, images: Sequ
     expected = model(inputs["pixel_values"], inputs["pixel_mask"])
     found = OnnxModel(path, model.config)(inputs["pixel_values"], inputs["pixel_mask"])
     names = ("logits", "pred_boxes", "pred_masks")
-    return {f"max_abs_error_{name}": float((getattr(found, name) - getattr(expected, name)).abs().max())
-            for name in names if getattr(expected, name, None) is not None}  # fmt: skip
+    return {
+        f"max_abs_error_{name}": float((getattr(found, name) - getattr(expected, name)).abs().max())
+        for name in names
+        if getattr(expected, name, None) is not None
+    }
 
 
 @torch.no_grad()
@@ -80,8 +90,9 @@ def reference_detections(
     found = []
     for i, image in enumerate(images):
         own = None if masks is None else _own_region(masks[i], inputs["pixel_mask"][i])[None]
-        single = PostProcessInputs(logits=outputs.logits[i : i + 1], pred_boxes=outputs.pred_boxes[i : i + 1],
-                                   pred_masks=own)  # fmt: skip
+        single = PostProcessInputs(
+            logits=outputs.logits[i : i + 1], pred_boxes=outputs.pred_boxes[i : i + 1], pred_masks=own
+        )
         result = processor.post_process_object_detection(
             single, 0.0, target_sizes=[image.shape[:2]], top_k=max_detections, return_masks=masks is not None
         )[0]
@@ -154,10 +165,13 @@ def _end_to_end_metrics(
         detections.append([{name: image[name] for name in ("scores", "labels", "boxes")} for image in found])
         labels.append(batch["labels"])
         if with_masks:
-            mask_predictions += [{"masks": encode_rles(image["masks"]), "scores": image["scores"],
-                                  "labels": image["labels"]} for image in found]  # fmt: skip
-            mask_references += [{**reference, "masks": encode_rles(reference["masks"])}
-                                 for reference in batch["mask_references"]]  # fmt: skip
+            mask_predictions += [
+                {"masks": encode_rles(image["masks"]), "scores": image["scores"], "labels": image["labels"]}
+                for image in found
+            ]
+            mask_references += [
+                {**reference, "masks": encode_rles(reference["masks"])} for reference in batch["mask_references"]
+            ]
     compute_metrics = make_compute_metrics(processor, id2label=id2label)
     metrics = compute_metrics(EvalPrediction(predictions=detections, label_ids=labels))
     if with_masks:
@@ -189,20 +203,26 @@ def _mixed_size_check(
 ) -> tuple[dict[str, Any], list[str]]:
     """The graphs against the model on `mixed_size_images`, and what fails a float32 graph."""
     images = mixed_size_images(processor)
-    numbers: dict[str, Any] = {"sizes": [list(image.shape[:2]) for image in images],
-                               "raw": _raw_errors(paths["raw"], model, processor, images)}  # fmt: skip
+    numbers: dict[str, Any] = {
+        "sizes": [list(image.shape[:2]) for image in images],
+        "raw": _raw_errors(paths["raw"], model, processor, images),
+    }
     if "end_to_end" in paths:
         expected = reference_detections(model, processor, images, metadata["end_to_end"]["max_detections"])
         numbers["end_to_end"] = compare_detections(OnnxDetector(paths["end_to_end"])(images), expected)
     if metadata["raw"]["dtype"] != "fp32":
         return numbers, []
-    failures = [f"raw graph: {name} {numbers['raw'][name]:.2e} > {FP32_OUTPUT_TOLERANCE:g} on the mixed-size batch"
-                for name in ("max_abs_error_logits", "max_abs_error_pred_boxes")
-                if numbers["raw"][name] > FP32_OUTPUT_TOLERANCE]  # fmt: skip
+    failures = [
+        f"raw graph: {name} {numbers['raw'][name]:.2e} > {FP32_OUTPUT_TOLERANCE:g} on the mixed-size batch"
+        for name in ("max_abs_error_logits", "max_abs_error_pred_boxes")
+        if numbers["raw"][name] > FP32_OUTPUT_TOLERANCE
+    ]
     end_to_end = numbers.get("end_to_end", {"same_labels": True, "max_abs_error_boxes_px": 0.0})
     if not end_to_end["same_labels"] or end_to_end["max_abs_error_boxes_px"] > FP32_BOX_TOLERANCE_PX:
-        failures.append(f"end-to-end graph: other labels or boxes more than {FP32_BOX_TOLERANCE_PX:g} pixel away on "
-                        f"the mixed-size batch ({end_to_end})")  # fmt: skip
+        failures.append(
+            f"end-to-end graph: other labels or boxes more than {FP32_BOX_TOLERANCE_PX:g} pixel away on "
+            f"the mixed-size batch ({end_to_end})"
+        )
     return numbers, failures
 
 
@@ -214,8 +234,10 @@ def _dataset_check(
 
     with_masks = hasattr(model, "mask_head")
     loader = evaluation_loader(data, processor, model.config.id2label, batch_size, mask_references=with_masks)
-    maps = {"pytorch": _reported(evaluate(model, processor, loader)),
-            "raw": _reported(evaluate(OnnxModel(paths["raw"], model.config), processor, loader))}  # fmt: skip
+    maps = {
+        "pytorch": _reported(evaluate(model, processor, loader)),
+        "raw": _reported(evaluate(OnnxModel(paths["raw"], model.config), processor, loader)),
+    }
     if "end_to_end" in paths:
         detector = OnnxDetector(paths["end_to_end"])
         maps["end_to_end"] = _reported(_end_to_end_metrics(detector, model, processor, data, batch_size))
@@ -225,9 +247,11 @@ def _dataset_check(
             if name in maps["pytorch"]:
                 difference = abs(maps[graph][name] - maps["pytorch"][name])
                 if difference > MAP_TOLERANCE[dtype]:
-                    failures.append(f"{graph} graph: {name} {maps[graph][name]:.4f} vs PyTorch's "
-                                    f"{maps['pytorch'][name]:.4f}, a difference of {difference:.4f} > "
-                                    f"{MAP_TOLERANCE[dtype]:g} ({dtype})")  # fmt: skip
+                    failures.append(
+                        f"{graph} graph: {name} {maps[graph][name]:.4f} vs PyTorch's "
+                        f"{maps['pytorch'][name]:.4f}, a difference of {difference:.4f} > "
+                        f"{MAP_TOLERANCE[dtype]:g} ({dtype})"
+                    )
     return maps, failures
 
 
@@ -245,8 +269,11 @@ def validate_export(
     model; `data_name` says which, for the record), on COCO mAP. Writes `out_dir/validation.json` and returns its
     content; `"passed"` is False and `"failures"` says why when a bound is exceeded."""
     out = Path(out_dir)
-    paths = {name: out / file for name, file in (("raw", RAW_FILE), ("end_to_end", END_TO_END_FILE))
-             if (out / file).is_file()}  # fmt: skip
+    paths = {
+        name: out / file
+        for name, file in (("raw", RAW_FILE), ("end_to_end", END_TO_END_FILE))
+        if (out / file).is_file()
+    }
     if "raw" not in paths:
         raise ValueError(f"{out} has no {RAW_FILE}: pass a folder written by hf-detr export.")
     metadata = {name: graph_metadata(session(path)) for name, path in paths.items()}

@@ -13,7 +13,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .configuration_hf_detr import HfDetrConfig
 
-
 logger = logging.getLogger(__name__)
 
 
@@ -121,8 +120,9 @@ class TimmBackbone(nn.Module):
         out_indices = tuple(kwargs.pop("out_indices", (-1,)))
         try:
             if finer_levels:
-                out_indices = _with_finer_levels(config.backbone, out_indices, finer_levels,
-                                                 dict(kwargs, in_chans=config.num_channels))  # fmt: skip
+                out_indices = _with_finer_levels(
+                    config.backbone, out_indices, finer_levels, dict(kwargs, in_chans=config.num_channels)
+                )
             body = timm.create_model(
                 config.backbone,
                 pretrained=config.use_pretrained_backbone and not _initialized_on_meta(),

@@ -10,7 +10,7 @@ standard library, so a saved folder can carry it for `trust_remote_code`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple, Union
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torchvision.ops import box_convert
@@ -20,7 +20,7 @@ BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 # clip it to the image (dropping what is left empty), drop it, or raise the check's error.
 BoxPolicy = Literal["clip", "drop", "error"]
 # (height, width), a `[2]` tensor, or a `[batch, 2]` tensor of one (height, width) per image.
-ImageSize = Union[Sequence[float], torch.Tensor]
+ImageSize = Sequence[float] | torch.Tensor
 
 # Spelled out in every error, since a box in the wrong format is the usual cause of a failed check.
 _FORMAT_HINTS: dict[str, str] = {

@@ -154,8 +154,12 @@ class HfDetrConfig(PreTrainedConfig):
                 fail(name, value, "it must be a positive integer")
         layers = self.encoder_layers
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
-            fail("encoder_layers", layers, "it must be a non-negative integer (0: the decoder reads the projected "
-                 "backbone features, as in the paper's encoder ablation)")
+            fail(
+                "encoder_layers",
+                layers,
+                "it must be a non-negative integer (0: the decoder reads the projected "
+                "backbone features, as in the paper's encoder ablation)",
+            )
         for name in ("encoder_attention_heads", "decoder_attention_heads"):
             if self.d_model % getattr(self, name):
                 fail(name, getattr(self, name), f"it must divide d_model={self.d_model}")
@@ -187,8 +191,11 @@ class HfDetrConfig(PreTrainedConfig):
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 0:
             fail("one_to_many_repeats", repeats, "it must be a non-negative integer (0 turns hybrid matching off)")
         if repeats and self.num_query_groups < 2:
-            fail("one_to_many_repeats", repeats, "the last query group is the one-to-many branch: set "
-                 "num_query_groups >= 2 (or one_to_many_repeats=0)")
+            fail(
+                "one_to_many_repeats",
+                repeats,
+                "the last query group is the one-to-many branch: set num_query_groups >= 2 (or one_to_many_repeats=0)",
+            )
         if self.class_cost == self.bbox_cost == self.giou_cost == 0:
             fail("class_cost", self.class_cost, "at least one matching cost must be positive")
         if self.num_labels < 1:

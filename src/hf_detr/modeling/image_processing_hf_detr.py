@@ -317,8 +317,10 @@ class HfDetrImageProcessor(TorchvisionBackend):
         if return_masks:
             (mask_logits,) = _output_tensors(outputs, ("pred_masks",), "return_masks=True needs segmentation outputs")
             if mask_logits.ndim != 4 or mask_logits.shape[:2] != logits.shape[:2]:
-                raise ValueError(f"Expected `pred_masks` [batch, queries, height, width] for `logits` "
-                                 f"{tuple(logits.shape)}, got {tuple(mask_logits.shape)}.")  # fmt: skip
+                raise ValueError(
+                    f"Expected `pred_masks` [batch, queries, height, width] for `logits` "
+                    f"{tuple(logits.shape)}, got {tuple(mask_logits.shape)}."
+                )
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}.")
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)
@@ -722,7 +724,7 @@ def _coco_target(
         missing = [key for key in ("bbox", "category_id") if not isinstance(obj, Mapping) or key not in obj]
         if missing:
             raise ValueError(
-                f"{name} has no {' or '.join(map(repr, missing))}: every object needs \"bbox\": [x, y, width, height] "
+                f'{name} has no {" or ".join(map(repr, missing))}: every object needs "bbox": [x, y, width, height] '
                 'in pixels and an integer "category_id".'
             )
         labels.append(_integer(obj["category_id"], f'{name}["category_id"]'))
@@ -814,8 +816,10 @@ def rle_mask(rle: Mapping[str, Any], name: str, image_size: tuple[int, int]) -> 
 
     height, width = image_size
     if "size" not in rle or "counts" not in rle:
-        raise ValueError(f'{name} is an RLE dict without "size" or "counts"; COCO RLE is {{"size": [height, width], '
-                         '"counts": [int, ...] or str}.')  # fmt: skip
+        raise ValueError(
+            f'{name} is an RLE dict without "size" or "counts"; COCO RLE is {{"size": [height, width], '
+            '"counts": [int, ...] or str}.'
+        )
     size = rle["size"]
     if not isinstance(size, (list, tuple)) or [*size] != [height, width]:
         raise ValueError(
@@ -1086,8 +1090,10 @@ def _register_with_pipelines() -> None:
     `MODEL_FOR_*_MAPPING`s; the entries are added here because every pipeline loads this module, also when the code
     comes from a saved folder with `trust_remote_code`.
     """
-    for mapping, name in ((MODEL_FOR_OBJECT_DETECTION_MAPPING, "HfDetrForObjectDetection"),
-                          (MODEL_FOR_IMAGE_SEGMENTATION_MAPPING, "HfDetrForSegmentation")):  # fmt: skip
+    for mapping, name in (
+        (MODEL_FOR_OBJECT_DETECTION_MAPPING, "HfDetrForObjectDetection"),
+        (MODEL_FOR_IMAGE_SEGMENTATION_MAPPING, "HfDetrForSegmentation"),
+    ):
         names = getattr(mapping, "_model_mapping", None)
         if isinstance(names, dict):
             names.setdefault("hf_detr", name)

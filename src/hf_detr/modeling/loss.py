@@ -76,8 +76,10 @@ def validate_masks(labels: Sequence[Mapping[str, object]], size: tuple[int, int]
     masks = []
     for i, target in enumerate(labels):
         if "masks" not in target:
-            raise ValueError(f'labels[{i}] has no "masks"; segmentation needs one mask per box (prepare the '
-                             "annotations with HfDetrImageProcessor(..., return_segmentation_masks=True))")
+            raise ValueError(
+                f'labels[{i}] has no "masks"; segmentation needs one mask per box (prepare the '
+                "annotations with HfDetrImageProcessor(..., return_segmentation_masks=True))"
+            )
         mask = torch.as_tensor(target["masks"])
         expected = (len(torch.as_tensor(target["class_labels"]).reshape(-1)), *size)
         if tuple(mask.shape) != expected and not (mask.numel() == 0 and expected[0] == 0):
@@ -116,9 +118,12 @@ def _process_means(values: list[float], device: torch.device) -> list[float]:
 def _box_losses(src_boxes: torch.Tensor, target_boxes: torch.Tensor, normalizer: float) -> tuple[torch.Tensor, ...]:
     """Summed L1 and GIoU losses of paired (cx, cy, w, h) boxes `[n, 4]`, each divided by `normalizer`."""
     loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="sum") / normalizer
-    loss_giou = generalized_box_iou_loss(
-        box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"), reduction="sum"
-    ) / normalizer
+    loss_giou = (
+        generalized_box_iou_loss(
+            box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"), reduction="sum"
+        )
+        / normalizer
+    )
     return loss_bbox, loss_giou
 
 
@@ -182,10 +187,17 @@ class LossTargets:
     masks: list[torch.Tensor] | None = None
     matches: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
 
-    def match(self, groups: QueryGroups, suffix: str, logits: torch.Tensor, pred_boxes: torch.Tensor,
-              class_labels: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def match(
+        self,
+        groups: QueryGroups,
+        suffix: str,
+        logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        class_labels: list[torch.Tensor],
+        boxes: list[torch.Tensor],
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The matcher's `(query indices, target indices)` per row of `groups.layers(outputs)`'s layer `suffix`,
-        computed on the first call and reused after."""  # fmt: skip
+        computed on the first call and reused after."""
         key = (groups.queries.start, groups.queries.stop, suffix)  # slices are not hashable before Python 3.12
         if key not in self.matches:
             name = f"auxiliary_outputs[{suffix[1:]}]." if suffix else ""
@@ -230,8 +242,9 @@ def _set_loss(
     loss_dict: dict[str, torch.Tensor] = {}
     for suffix, logits, pred_boxes in layers:
         indices = targets.match(groups, suffix, logits, pred_boxes, class_labels, boxes)
-        terms = _matched_terms(logits, pred_boxes, class_labels, boxes, indices, num_boxes, ce_norm,
-                               targets.class_weight)  # fmt: skip
+        terms = _matched_terms(
+            logits, pred_boxes, class_labels, boxes, indices, num_boxes, ce_norm, targets.class_weight
+        )
         loss_dict.update({key + suffix: value for key, value in terms.items()})
     return loss_dict
 
@@ -326,8 +339,9 @@ class EncoderDenseLoss(LossTerm):
         # cell centres in each image's normalized coordinates (its real cells span [0, 1])
         rows = feature_mask.any(2).sum(1).clamp(min=1)[:, None, None]
         cols = feature_mask.any(1).sum(1).clamp(min=1)[:, None, None]
-        grid_y, grid_x = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
-                                        indexing="ij")  # fmt: skip
+        grid_y, grid_x = torch.meshgrid(
+            torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
+        )
         centres = torch.stack([((grid_x + 0.5) / cols).flatten(1), ((grid_y + 0.5) / rows).flatten(1)], -1)
         cells = torch.cat([cols, rows], -1).reshape(batch, 1, 2)  # cells per unit length, x and y
 
@@ -353,7 +367,9 @@ class EncoderDenseLoss(LossTerm):
         ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes, class_weight, reduction="none")
         loss_ce = ce[real].sum() / max(ce_norm, 1e-6)
         offsets = box_logits[positive].float()
-        src_boxes = torch.cat([(torch.logit(centres[positive]) + offsets[:, :2]).sigmoid(), offsets[:, 2:].sigmoid()], -1)
+        src_boxes = torch.cat(
+            [(torch.logit(centres[positive]) + offsets[:, :2]).sigmoid(), offsets[:, 2:].sigmoid()], -1
+        )
         loss_bbox, loss_giou = _box_losses(src_boxes, target_boxes[positive], max(num_positive, 1.0))
         return {"encoder_loss_ce": loss_ce, "encoder_loss_bbox": loss_bbox, "encoder_loss_giou": loss_giou}
 
@@ -398,10 +414,10 @@ class MaskLoss(LossTerm):
             matched = outputs["masks_of"](batch_idx, query_idx)
         target = torch.cat([m[tgt.to(device)] for m, (_, tgt) in zip(targets.masks, indices)])
         pixel_mask = outputs.get("pixel_mask")
-        valid = (torch.ones_like(target, dtype=torch.bool) if pixel_mask is None
-                 else pixel_mask.bool()[batch_idx])  # fmt: skip
-        pred = F.interpolate(matched[:, None].float(), size=target.shape[-2:], mode="bilinear",
-                             align_corners=False)[:, 0]  # fmt: skip
+        valid = torch.ones_like(target, dtype=torch.bool) if pixel_mask is None else pixel_mask.bool()[batch_idx]
+        pred = F.interpolate(matched[:, None].float(), size=target.shape[-2:], mode="bilinear", align_corners=False)[
+            :, 0
+        ]
         valid_pixels = valid.flatten(1).sum(1).clamp(min=1)
         focal = sigmoid_focal_loss(pred, target, alpha=0.25, gamma=2.0, reduction="none")
         loss_mask = ((focal * valid).flatten(1).sum(1) / valid_pixels).sum() / num_boxes
@@ -515,8 +531,9 @@ def build_criterion(config: HfDetrConfig, masks: bool = False) -> SetCriterion:
         coefficient = config.encoder_loss_coefficient
         terms.append((EncoderDenseLoss(), {f"encoder_{k}": w * coefficient for k, w in detr.items()}))
     if masks:
-        terms.append((MaskLoss(), {"loss_mask": config.mask_loss_coefficient,
-                                   "loss_dice": config.dice_loss_coefficient}))  # fmt: skip
+        terms.append(
+            (MaskLoss(), {"loss_mask": config.mask_loss_coefficient, "loss_dice": config.dice_loss_coefficient})
+        )
     return SetCriterion(
         matcher=HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost),
         weight_dict={key: weight for _, weights in terms for key, weight in weights.items()},

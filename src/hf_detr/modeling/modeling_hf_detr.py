@@ -27,8 +27,20 @@ logger = logging.getLogger(__name__)
 
 # `from_pretrained` keyword arguments that say where the files come from, and those that say how to load the model
 _DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
-_LOADING_KWARGS = ("dtype", "torch_dtype", "device_map", "max_memory", "offload_folder", "offload_buffers",
-                   "attn_implementation", "key_mapping", "disable_mmap", "tqdm_class", "_from_auto", "_from_pipeline")
+_LOADING_KWARGS = (
+    "dtype",
+    "torch_dtype",
+    "device_map",
+    "max_memory",
+    "offload_folder",
+    "offload_buffers",
+    "attn_implementation",
+    "key_mapping",
+    "disable_mmap",
+    "tqdm_class",
+    "_from_auto",
+    "_from_pipeline",
+)
 
 
 @dataclass
@@ -136,8 +148,9 @@ class HfDetrPreTrainedModel(PreTrainedModel):
                 init.zeros_(linear.bias)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any,
-                        **kwargs: Any) -> Any:  # fmt: skip
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any
+    ) -> Any:
         """transformers' `from_pretrained`, with another number of object queries than the checkpoint's:
         `num_queries=N` (or a `config` with N queries, as the Auto classes and `hf-detr train --model_kwargs` pass
         it). The checkpoint loads with its own number of queries, every weight exactly, and `resize_queries(N)` then
@@ -149,8 +162,11 @@ class HfDetrPreTrainedModel(PreTrainedModel):
         if target is not None:
             _check_num_queries(target)
         requested = target if target is not None else getattr(kwargs.get("config"), "num_queries", None)
-        saved = None if requested is None else cls._checkpoint_num_queries(pretrained_model_name_or_path, model_args,
-                                                                           kwargs)  # fmt: skip
+        saved = (
+            None
+            if requested is None
+            else cls._checkpoint_num_queries(pretrained_model_name_or_path, model_args, kwargs)
+        )
         if saved is None or saved == requested:  # nothing to resize: the ordinary loading path
             if target is not None:
                 kwargs["num_queries"] = target
@@ -162,20 +178,23 @@ class HfDetrPreTrainedModel(PreTrainedModel):
         else:
             kwargs["num_queries"] = saved
         output_loading_info = kwargs.pop("output_loading_info", False)
-        model, info = cls._load_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
-                                           **kwargs)  # fmt: skip
+        model, info = cls._load_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
         model.resize_queries(requested)
         return (model, info) if output_loading_info else model
 
     @classmethod
-    def _load_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any,
-                         **kwargs: Any) -> Any:  # fmt: skip
+    def _load_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any
+    ) -> Any:
         """Load a checkpoint at its own number of queries: transformers' `from_pretrained`."""
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @classmethod
-    def _checkpoint_num_queries(cls, source: str | os.PathLike | None, model_args: tuple,
-                                kwargs: dict[str, Any]) -> int | None:  # fmt: skip
+    def _checkpoint_num_queries(
+        cls, source: str | os.PathLike | None, model_args: tuple, kwargs: dict[str, Any]
+    ) -> int | None:
         """`num_queries` of the checkpoint's config.json (hf_detr's or transformers' DETR); None when there is no
         readable one (weights passed as `state_dict`, a missing folder, ...): the ordinary path then applies."""
         if source is None or model_args or kwargs.get("state_dict") is not None or kwargs.get("gguf_file"):
@@ -212,10 +231,12 @@ class HfDetrPreTrainedModel(PreTrainedModel):
             generator = torch.Generator().manual_seed(0) if generator is None else generator
             extra = num_queries - old
             rounds = -(-extra // old)  # permutations of the existing queries, so each is copied once before twice
-            picks = torch.stack([
-                torch.cat([torch.randperm(old, generator=generator) for _ in range(rounds)])[:extra]
-                for _ in range(groups)
-            ])  # fmt: skip
+            picks = torch.stack(
+                [
+                    torch.cat([torch.randperm(old, generator=generator) for _ in range(rounds)])[:extra]
+                    for _ in range(groups)
+                ]
+            )
             existing = weight.detach().float().cpu()
             scale = 0.1 * existing.std(dim=(1, 2), keepdim=True)
             noise = torch.randn(groups, extra, existing.shape[-1], generator=generator)
@@ -396,8 +417,9 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def _load_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any,
-                         **kwargs: Any) -> Any:  # fmt: skip
+    def _load_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any
+    ) -> Any:
         """How `from_pretrained` (which also takes `num_queries=N`, see `HfDetrPreTrainedModel.from_pretrained`)
         loads a checkpoint: transformers' `from_pretrained`, which also takes a checkpoint of transformers' own
         `DetrForObjectDetection` (`model_type: "detr"` in its config.json, a folder or a Hub id such as
@@ -422,8 +444,9 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         return super()._load_pretrained(source, *model_args, **kwargs)
 
     @classmethod
-    def _from_transformers_detr(cls, source: str | os.PathLike, detr_config: dict[str, Any],
-                                kwargs: dict[str, Any]) -> Any:  # fmt: skip
+    def _from_transformers_detr(
+        cls, source: str | os.PathLike, detr_config: dict[str, Any], kwargs: dict[str, Any]
+    ) -> Any:
         download = {name: kwargs.pop(name) for name in _DOWNLOAD_KWARGS if name in kwargs}
         download = {name: value for name, value in download.items() if value is not None}
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
@@ -449,9 +472,13 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
             config = config_class.from_dict(config.to_dict())
         state_dict = state_dict_from_transformers(load_transformers_weights(source, use_safetensors, **download))
         model, info = super()._load_pretrained(
-            None, config=config, state_dict=state_dict, ignore_mismatched_sizes=True, output_loading_info=True,
+            None,
+            config=config,
+            state_dict=state_dict,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
             **kwargs,
-        )  # fmt: skip
+        )
         model.config.name_or_path = str(source)
         mismatched = sorted((key, tuple(found), tuple(expected)) for key, found, expected in info["mismatched_keys"])
         if mismatched:
@@ -464,8 +491,11 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
                 )
             logger.warning(
                 "%s: weights newly initialized because their shapes differ from the transformers DETR checkpoint "
-                "%s: %s. Train the model before using its predictions.", cls.__name__, source, shapes,
-            )  # fmt: skip
+                "%s: %s. Train the model before using its predictions.",
+                cls.__name__,
+                source,
+                shapes,
+            )
         return (model, info) if output_loading_info else model
 
     def freeze_backbone(self) -> None:
@@ -539,16 +569,20 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
             auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(all_logits[:-1], all_boxes[:-1])]
         return {"logits": all_logits[-1], "pred_boxes": all_boxes[-1], "auxiliary_outputs": auxiliary_outputs}
 
-    def _output_fields(self, outputs: HfDetrModelOutput, heads: dict[str, Any],
-                       labels: list[dict[str, torch.Tensor]] | None) -> dict[str, Any]:  # fmt: skip
+    def _output_fields(
+        self, outputs: HfDetrModelOutput, heads: dict[str, Any], labels: list[dict[str, torch.Tensor]] | None
+    ) -> dict[str, Any]:
         """The output's fields: `heads` (what the criterion reads), the loss with `labels`, the model's states."""
         loss = loss_dict = None
         if labels is not None:
             inputs = dict(heads, auxiliary_outputs=heads["auxiliary_outputs"] or [])
             if self.training and hasattr(self, "encoder_class_embed"):  # the training-only dense head
                 memory = outputs.encoder_last_hidden_state
-                inputs.update(encoder_logits=self.encoder_class_embed(memory),
-                              encoder_box_logits=self.encoder_bbox_embed(memory), feature_mask=outputs.feature_mask)
+                inputs.update(
+                    encoder_logits=self.encoder_class_embed(memory),
+                    encoder_box_logits=self.encoder_bbox_embed(memory),
+                    feature_mask=outputs.feature_mask,
+                )
             criterion = self.criterion
             if criterion is None:
                 criterion = build_criterion(self.config, masks=self._finer_levels > 0)
@@ -671,6 +705,9 @@ class HfDetrForSegmentation(HfDetrForObjectDetection):
 
 
 __all__ = [
-    "HfDetrPreTrainedModel", "HfDetrModel", "HfDetrForObjectDetection", "HfDetrForSegmentation",
+    "HfDetrPreTrainedModel",
+    "HfDetrModel",
+    "HfDetrForObjectDetection",
+    "HfDetrForSegmentation",
     "HfDetrSegmentationOutput",
 ]

@@ -39,7 +39,10 @@ __all__ = [
 
 # what `from_pretrained` reads weights from, in this order: safetensors or pickled, single file or sharded
 WEIGHT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
 )
 
 # transformers' DetrConfig fields that mean the same here
@@ -247,8 +250,9 @@ def state_dict_from_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict
         renamed[rename_mask_head(key)] = value
     # the attention map of the segmentation head has queries and keys only: nothing to pack
     attention_map = {k: v for k, v in renamed.items() if k.startswith("bbox_attention.")}
-    packed = pack_attention_projections({k: v for k, v in renamed.items() if k not in attention_map},
-                                        ("q_proj", "k_proj", "v_proj"))  # fmt: skip
+    packed = pack_attention_projections(
+        {k: v for k, v in renamed.items() if k not in attention_map}, ("q_proj", "k_proj", "v_proj")
+    )
     return {**packed, **attention_map}
 
 

@@ -19,8 +19,15 @@ from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EMA_FILE", "STATE_FILE", "Progress", "check_ema_state", "latest_checkpoint", "resume_point",
-           "save_checkpoint"]
+__all__ = [
+    "EMA_FILE",
+    "STATE_FILE",
+    "Progress",
+    "check_ema_state",
+    "latest_checkpoint",
+    "resume_point",
+    "save_checkpoint",
+]
 
 STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks the checkpoint complete
 # accelerate's file for the first (here: the only) object of `register_for_checkpointing`, the weight average
@@ -89,8 +96,12 @@ def check_ema_state(folder: Path, ema: bool) -> None:
     otherwise fail on the count of its saved objects, or an average would silently restart from the weights)."""
     saved = (folder / EMA_FILE).is_file()
     if ema and not saved:
-        raise ValueError(f"ema_decay is set but the checkpoint {folder} holds no weight average (it was saved without "
-                         "--ema_decay): resume without --ema_decay, or start a new run with it")  # fmt: skip
+        raise ValueError(
+            f"ema_decay is set but the checkpoint {folder} holds no weight average (it was saved without "
+            "--ema_decay): resume without --ema_decay, or start a new run with it"
+        )
     if saved and not ema:
-        raise ValueError(f"the checkpoint {folder} holds a weight average (saved with --ema_decay): pass --ema_decay "
-                         "again to continue it")  # fmt: skip
+        raise ValueError(
+            f"the checkpoint {folder} holds a weight average (saved with --ema_decay): pass --ema_decay "
+            "again to continue it"
+        )

@@ -89,8 +89,10 @@ class TrainConfig:
     )
     shuffle: bool = field(
         default=True,
-        metadata={"help": "shuffle the training images every epoch (streamed: within the shuffle buffer); "
-                  "--no-shuffle keeps the data set's order"},  # fmt: skip
+        metadata={
+            "help": "shuffle the training images every epoch (streamed: within the shuffle buffer); "
+            "--no-shuffle keeps the data set's order"
+        },
     )
     streaming: bool = field(
         default=False,
@@ -145,9 +147,11 @@ class TrainConfig:
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even if a GPU is available"})
     coco_backend: CocoBackend = field(
         default="pycocotools",
-        metadata={"help": "computes the evaluation's COCO numbers: pycocotools, or numpy (hf_detr's own arrays: "
-                  "pycocotools' numbers bit for bit, 5 s instead of about a minute on val2017's 5,000 images)"},
-    )  # fmt: skip
+        metadata={
+            "help": "computes the evaluation's COCO numbers: pycocotools, or numpy (hf_detr's own arrays: "
+            "pycocotools' numbers bit for bit, 5 s instead of about a minute on val2017's 5,000 images)"
+        },
+    )
     dataloader_num_workers: int | None = field(
         default=None,
         metadata={
@@ -171,8 +175,10 @@ class TrainConfig:
     )
     metric_for_best_model: str = field(
         default="map",
-        metadata={"help": "the evaluation metric early stopping watches, greater is better: map, map_50, mar_100, "
-                  "map_class_<name>, ..."},  # fmt: skip
+        metadata={
+            "help": "the evaluation metric early stopping watches, greater is better: map, map_50, mar_100, "
+            "map_class_<name>, ..."
+        },
     )
     save_steps: int = field(
         default=500, metadata={"help": "save a resumable state every N steps and at the end; 0: never"}
@@ -206,17 +212,37 @@ class TrainConfig:
         def fail(name: str, fix: str) -> None:
             raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {fix}")
 
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "logging_steps", "synthetic_train_size", "synthetic_image_size",
-                     "shuffle_buffer_size"):  # fmt: skip
+        for name in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "synthetic_train_size",
+            "synthetic_image_size",
+            "shuffle_buffer_size",
+        ):
             if getattr(self, name) < 1:
                 fail(name, "it must be at least 1")
-        for name in ("num_train_epochs", "max_steps", "eval_steps", "image_size", "max_size", "save_total_limit",
-                     "early_stopping_patience"):  # fmt: skip
+        for name in (
+            "num_train_epochs",
+            "max_steps",
+            "eval_steps",
+            "image_size",
+            "max_size",
+            "save_total_limit",
+            "early_stopping_patience",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 fail(name, "it must be at least 1 (or left unset)")
-        for name in ("learning_rate", "backbone_learning_rate", "weight_decay", "max_grad_norm", "warmup_steps",
-                     "save_steps", "synthetic_eval_size"):  # fmt: skip
+        for name in (
+            "learning_rate",
+            "backbone_learning_rate",
+            "weight_decay",
+            "max_grad_norm",
+            "warmup_steps",
+            "save_steps",
+            "synthetic_eval_size",
+        ):
             if getattr(self, name) < 0:
                 fail(name, "it must be non-negative")
         if self.dataloader_num_workers is not None and self.dataloader_num_workers < 0:
@@ -280,5 +306,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(TrainConfig)})
-
-

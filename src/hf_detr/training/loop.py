@@ -66,8 +66,15 @@ from ..modeling import HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrIm
 from ..modeling.matcher import NonFiniteOutputError
 from .checkpoints import STATE_FILE, Progress, check_ema_state, resume_point, save_checkpoint
 from .config import TrainConfig
-from .setup import (build_model, dataloader_workers, loader_options, parameter_groups, set_labels, training_data,
-                    with_image_size)  # fmt: skip
+from .setup import (
+    build_model,
+    dataloader_workers,
+    loader_options,
+    parameter_groups,
+    set_labels,
+    training_data,
+    with_image_size,
+)
 
 __all__ = ["TrainResult", "TrainingDivergedError", "lr_factor", "train"]
 
@@ -148,17 +155,30 @@ def _trackers(report_to: str) -> list[str] | None:
 def _log_line(entry: Mapping[str, float]) -> str:
     """The entry as one line, without the per-class metrics (`<stat>_class_<name>`: three per class)."""
     parts = [f"step {entry['step']}", f"epoch {entry['epoch']:.2f}"]
-    parts += [f"{key} {value:.4g}" for key, value in entry.items()
-              if key not in ("step", "epoch", "elapsed") and "_class_" not in key]  # fmt: skip
+    parts += [
+        f"{key} {value:.4g}"
+        for key, value in entry.items()
+        if key not in ("step", "epoch", "elapsed") and "_class_" not in key
+    ]
     return " | ".join(parts) + f" | {entry['elapsed']:.0f} s"
 
 
 class _Loop:
     """The state of one training session and the steps of the loop; `train` sets it up and runs it."""
 
-    def __init__(self, config: TrainConfig, accelerator: Accelerator, model: nn.Module, optimizer: Any,
-                 image_processor: HfDetrImageProcessor, train_loader: Any, num_images: int | None,
-                 eval_loader: Any, progress: Progress, ema: AveragedModel | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: TrainConfig,
+        accelerator: Accelerator,
+        model: nn.Module,
+        optimizer: Any,
+        image_processor: HfDetrImageProcessor,
+        train_loader: Any,
+        num_images: int | None,
+        eval_loader: Any,
+        progress: Progress,
+        ema: AveragedModel | None,
+    ) -> None:
         self.config, self.accelerator, self.model, self.optimizer = config, accelerator, model, optimizer
         self.ema, self.live = ema, accelerator.unwrap_model(model)
         self.image_processor, self.progress = image_processor, progress
@@ -166,10 +186,15 @@ class _Loop:
         self.streamed = isinstance(train_loader, StreamedBatches)
         self.stand_in = send_to_device(train_loader.stand_in, accelerator.device) if self.streamed else None
         # a stream of unknown length: None (`train` then requires max_steps or the time budget)
-        self.batches_per_epoch = len(train_loader) if not self.streamed else (
-            math.ceil(math.ceil(num_images / config.per_device_train_batch_size) / accelerator.num_processes)
-            if num_images else None
-        )  # fmt: skip
+        self.batches_per_epoch = (
+            len(train_loader)
+            if not self.streamed
+            else (
+                math.ceil(math.ceil(num_images / config.per_device_train_batch_size) / accelerator.num_processes)
+                if num_images
+                else None
+            )
+        )
         epochs_steps = None
         if config.num_train_epochs and self.batches_per_epoch:
             steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)
@@ -183,13 +208,19 @@ class _Loop:
         self.metrics: dict[str, float] = {}
         self.last_evaluated = -1
         self.bar = tqdm(
-            total=self.total_steps or config.time_budget, unit="step" if self.total_steps else "s",
-            initial=progress.global_step if self.total_steps else int(progress.elapsed), dynamic_ncols=True,
+            total=self.total_steps or config.time_budget,
+            unit="step" if self.total_steps else "s",
+            initial=progress.global_step if self.total_steps else int(progress.elapsed),
+            dynamic_ncols=True,
             disable=config.disable_tqdm or not accelerator.is_local_main_process,
-        )  # fmt: skip
+        )
         images = config.per_device_train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
-        per_epoch = (f"{num_images} images, {math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)} "
-                     "steps per epoch" if self.batches_per_epoch else "a stream of unknown length")  # fmt: skip
+        per_epoch = (
+            f"{num_images} images, {math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)} "
+            "steps per epoch"
+            if self.batches_per_epoch
+            else "a stream of unknown length"
+        )
         accelerator.print(
             f"training on {accelerator.num_processes} process(es) ({accelerator.device}, mixed precision "
             f"{accelerator.mixed_precision}{', streamed' if self.streamed else ''}): {per_epoch}, steps of {images} "
@@ -359,11 +390,22 @@ class _Loop:
         # epoch's end the checkpoint is saved before the evaluation, and a run resumed from it must repeat this one
         device = self.accelerator.device
         with torch.random.fork_rng(devices=[device] if device.type != "cpu" else [], device_type=device.type):
-            self.metrics = evaluate(model, self.image_processor, self.eval_loader, accelerator=self.accelerator,
-                                    per_class=True, backend=self.config.coco_backend)  # fmt: skip
+            self.metrics = evaluate(
+                model,
+                self.image_processor,
+                self.eval_loader,
+                accelerator=self.accelerator,
+                per_class=True,
+                backend=self.config.coco_backend,
+            )
         self.last_evaluated = self.progress.global_step
-        self._record({"step": self.progress.global_step, "epoch": self.epoch,
-                      **{f"eval_{name}": value for name, value in self.metrics.items()}})  # fmt: skip
+        self._record(
+            {
+                "step": self.progress.global_step,
+                "epoch": self.epoch,
+                **{f"eval_{name}": value for name, value in self.metrics.items()},
+            }
+        )
         return self.config.early_stopping_patience is not None and self._patience_exhausted()
 
     def _averaged_model(self) -> nn.Module:
@@ -407,13 +449,17 @@ class _Loop:
 def _check_early_stopping(config: TrainConfig, eval_loader: Any, data: datasets.DatasetDict) -> None:
     """Before training: early stopping needs evaluation images and a metric the evaluation gives."""
     if eval_loader is None:
-        raise ValueError(f"TrainConfig.early_stopping_patience={config.early_stopping_patience}: the eval split "
-                         f"{config.eval_split!r} has no images to evaluate on; give one that has")  # fmt: skip
+        raise ValueError(
+            f"TrainConfig.early_stopping_patience={config.early_stopping_patience}: the eval split "
+            f"{config.eval_split!r} has no images to evaluate on; give one that has"
+        )
     classes = dataset_id2label(data[config.eval_split]).values()
     names = [*COCO_STAT_NAMES, *(per_class_key(stat, name) for name in classes for stat in PER_CLASS_STATS)]
     if config.metric_for_best_model not in names:
-        raise ValueError(f"TrainConfig.metric_for_best_model={config.metric_for_best_model!r} is not a metric of the "
-                         f"evaluation; choose one of {names}")  # fmt: skip
+        raise ValueError(
+            f"TrainConfig.metric_for_best_model={config.metric_for_best_model!r} is not a metric of the "
+            f"evaluation; choose one of {names}"
+        )
 
 
 def _load_splits(config: TrainConfig) -> dict[str, Any]:
@@ -421,12 +467,22 @@ def _load_splits(config: TrainConfig) -> dict[str, Any]:
     split always in full."""
 
     def load(splits: list[str], streaming: bool) -> dict[str, Any]:
-        return dict(load_data(
-            config.dataset, splits, synthetic_sizes={config.train_split: config.synthetic_train_size,
-                                                     config.eval_split: config.synthetic_eval_size},
-            synthetic_image_size=config.synthetic_image_size, seed=config.seed, box_policy=config.box_policy,
-            masks=config.task != "detection", streaming=streaming, decode=not streaming,  # workers decode a stream
-        ))  # fmt: skip
+        return dict(
+            load_data(
+                config.dataset,
+                splits,
+                synthetic_sizes={
+                    config.train_split: config.synthetic_train_size,
+                    config.eval_split: config.synthetic_eval_size,
+                },
+                synthetic_image_size=config.synthetic_image_size,
+                seed=config.seed,
+                box_policy=config.box_policy,
+                masks=config.task != "detection",
+                streaming=streaming,
+                decode=not streaming,  # workers decode a stream
+            )
+        )
 
     evaluated = [config.eval_split] if config.eval_split else []
     if not config.streaming:
@@ -440,8 +496,10 @@ def _training_split(config: TrainConfig, data: Mapping[str, Any]) -> tuple[Any, 
     split = data[config.train_split]
     if not config.streaming:
         if isinstance(split, datasets.IterableDataset):
-            raise ValueError(f"split {config.train_split!r} is a datasets.IterableDataset: set TrainConfig.streaming="
-                             "True (hf-detr train --streaming) to train from a stream")  # fmt: skip
+            raise ValueError(
+                f"split {config.train_split!r} is a datasets.IterableDataset: set TrainConfig.streaming="
+                "True (hf-detr train --streaming) to train from a stream"
+            )
         if len(split) == 0:
             raise ValueError(f"split {config.train_split!r} is empty")
         return split, len(split)
@@ -469,9 +527,11 @@ def train(
     `model` and `image_processor` replace what `config` would build."""
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
-        cpu=config.cpu, mixed_precision=config.mixed_precision, log_with=_trackers(config.report_to),
+        cpu=config.cpu,
+        mixed_precision=config.mixed_precision,
+        log_with=_trackers(config.report_to),
         project_dir=str(output_dir),
-    )  # fmt: skip
+    )
     resume_from = resume_point(config)
     set_seed(config.seed)
 
@@ -480,20 +540,24 @@ def train(
         if split not in data:
             raise ValueError(f"the data set has no split {split!r}; its splits are {list(data)}")
     if config.eval_split and isinstance(data[config.eval_split], datasets.IterableDataset):
-        raise ValueError(f"split {config.eval_split!r} is streamed, but evaluation reads its split in full: give a "
-                         "datasets.Dataset (load_data(..., streaming=False))")  # fmt: skip
+        raise ValueError(
+            f"split {config.eval_split!r} is streamed, but evaluation reads its split in full: give a "
+            "datasets.Dataset (load_data(..., streaming=False))"
+        )
     train_split, num_images = _training_split(config, data)
     id2label = dataset_id2label(train_split)
     if model is None:
-        model, built_processor = build_model(config.model_name_or_path, id2label, config.model_kwargs,
-                                             segmentation=config.task != "detection")  # fmt: skip
+        model, built_processor = build_model(
+            config.model_name_or_path, id2label, config.model_kwargs, segmentation=config.task != "detection"
+        )
         image_processor = image_processor or built_processor
     else:
         set_labels(model, id2label)
         image_processor = image_processor or HfDetrImageProcessor()
     if config.task != "detection" and not isinstance(model, HfDetrForSegmentation):
-        raise ValueError(f"task={config.task!r} trains masks: give an HfDetrForSegmentation, not a "
-                         f"{type(model).__name__}")  # fmt: skip
+        raise ValueError(
+            f"task={config.task!r} trains masks: give an HfDetrForSegmentation, not a {type(model).__name__}"
+        )
     if config.freeze_detection:
         model.freeze_detection()
     # the processor that is saved with the model resizes evaluation and inference images; training scales follow it
@@ -503,21 +567,35 @@ def train(
     options = loader_options(num_workers, accelerator.device, config.seed)
     if config.streaming:
         train_loader = StreamedBatches(
-            train_set, collator, batch_size=config.per_device_train_batch_size, seed=config.seed,
+            train_set,
+            collator,
+            batch_size=config.per_device_train_batch_size,
+            seed=config.seed,
             shuffle_buffer_size=config.shuffle_buffer_size if config.shuffle else None,
-            rank=accelerator.process_index, num_processes=accelerator.num_processes, **options,
-        )  # fmt: skip
+            rank=accelerator.process_index,
+            num_processes=accelerator.num_processes,
+            **options,
+        )
     else:
         train_loader = torch.utils.data.DataLoader(
-            train_set, batch_size=config.per_device_train_batch_size, collate_fn=collator,
-            sampler=_EpochSampler(len(train_set), config.seed, config.shuffle), **options,
-        )  # fmt: skip
+            train_set,
+            batch_size=config.per_device_train_batch_size,
+            collate_fn=collator,
+            sampler=_EpochSampler(len(train_set), config.seed, config.shuffle),
+            **options,
+        )
     eval_loader = None
     if config.eval_split is not None and len(data[config.eval_split]) > 0:
-        eval_loader = accelerator.prepare(evaluation_loader(
-            data[config.eval_split], image_processor, model.config.id2label, config.per_device_eval_batch_size,
-            num_workers, mask_references=config.task != "detection",
-        ))  # fmt: skip
+        eval_loader = accelerator.prepare(
+            evaluation_loader(
+                data[config.eval_split],
+                image_processor,
+                model.config.id2label,
+                config.per_device_eval_batch_size,
+                num_workers,
+                mask_references=config.task != "detection",
+            )
+        )
     if config.early_stopping_patience is not None:
         _check_early_stopping(config, eval_loader, data)
     if config.backbone_learning_rate == 0:
@@ -533,8 +611,9 @@ def train(
     ema = None
     if config.ema_decay is not None:
         # of the unwrapped model (a copy on its device); parameters only: `_Loop._averaged_model` gives it the buffers
-        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
-                            use_buffers=False)  # fmt: skip
+        ema = AveragedModel(
+            accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=False
+        )
         accelerator.register_for_checkpointing(ema)  # saved and restored with the states of --resume
 
     progress = Progress()
@@ -550,8 +629,9 @@ def train(
         accelerator.init_trackers(
             "hf_detr", config={k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str))}
         )
-    loop = _Loop(config, accelerator, model, optimizer, image_processor, train_loader, num_images, eval_loader,
-                 progress, ema)  # fmt: skip
+    loop = _Loop(
+        config, accelerator, model, optimizer, image_processor, train_loader, num_images, eval_loader, progress, ema
+    )
     stop_reason = loop.run()
 
     trained = accelerator.unwrap_model(model)
@@ -573,8 +653,12 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(
-        model=trained, image_processor=image_processor, global_step=progress.global_step, stop_reason=stop_reason,
-        metrics=loop.metrics, log_history=progress.log_history, output_dir=str(output_dir),
+        model=trained,
+        image_processor=image_processor,
+        global_step=progress.global_step,
+        stop_reason=stop_reason,
+        metrics=loop.metrics,
+        log_history=progress.log_history,
+        output_dir=str(output_dir),
         eval_dataset=data[config.eval_split] if eval_loader is not None else None,
-    )  # fmt: skip
-
+    )

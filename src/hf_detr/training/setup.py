@@ -21,8 +21,18 @@ from ..presets import default_max_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WEIGHT_FILES", "build_model", "dataloader_workers", "has_weights", "load_image_processor", "loader_options",
-           "parameter_groups", "set_labels", "training_data", "with_image_size"]  # fmt: skip
+__all__ = [
+    "WEIGHT_FILES",
+    "build_model",
+    "dataloader_workers",
+    "has_weights",
+    "load_image_processor",
+    "loader_options",
+    "parameter_groups",
+    "set_labels",
+    "training_data",
+    "with_image_size",
+]
 
 # heads whose rows are classes: replaced together when the labels change (the second: the encoder's dense head)
 _CLASS_HEADS = ("class_embed", "encoder_class_embed")
@@ -85,8 +95,9 @@ def build_model(
     return model, load_image_processor(source, revision)
 
 
-def _load_weights(model_class: type[HfDetrForObjectDetection], source: str, overrides: dict[str, Any],
-                  revision: str | None) -> HfDetrForObjectDetection:  # fmt: skip
+def _load_weights(
+    model_class: type[HfDetrForObjectDetection], source: str, overrides: dict[str, Any], revision: str | None
+) -> HfDetrForObjectDetection:
     config = HfDetrConfig.from_pretrained(source, revision=revision, **overrides)
     # the class head may not fit (the data set has another number of labels): set_labels replaces it afterwards; a
     # num_queries override loads the checkpoint at its own number of queries and resizes them (from_pretrained)

@@ -33,9 +33,16 @@ __all__ = ["EVAL_IGNORE_KEYS", "DetrTrainer", "EpochSetter"]
 # Model outputs Trainer must not gather at evaluation: compute_metrics reads only `logits` and `pred_boxes`, and the
 # hidden states would hold every evaluation image's features in memory.
 EVAL_IGNORE_KEYS = [
-    "loss_dict", "auxiliary_outputs", "last_hidden_state", "encoder_last_hidden_state", "encoder_hidden_states",
-    "encoder_attentions", "decoder_hidden_states", "decoder_attentions", "cross_attentions",
-]  # fmt: skip
+    "loss_dict",
+    "auxiliary_outputs",
+    "last_hidden_state",
+    "encoder_last_hidden_state",
+    "encoder_hidden_states",
+    "encoder_attentions",
+    "decoder_hidden_states",
+    "decoder_attentions",
+    "cross_attentions",
+]
 
 
 class DetrTrainer(Trainer):
@@ -76,18 +83,23 @@ class DetrTrainer(Trainer):
         return self.optimizer
 
     def prediction_step(
-        self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
-    ) -> tuple[torch.Tensor | None, Any, torch.Tensor | None]:  # fmt: skip
+    ) -> tuple[torch.Tensor | None, Any, torch.Tensor | None]:
         references = inputs.pop("mask_references", None)
         loss, predictions, labels = super().prediction_step(
             model, inputs, prediction_loss_only, EVAL_IGNORE_KEYS if ignore_keys is None else ignore_keys
         )
         if predictions is not None and self._mask_scorer is not None:
             if references is None:
-                raise ValueError("a segmentation model is evaluated on its masks: give DetrTrainer "
-                                 "eval_data_collator=evaluation_collator(processor, mask_references=True), on an "
-                                 "evaluation split loaded with masks=True")  # fmt: skip
+                raise ValueError(
+                    "a segmentation model is evaluated on its masks: give DetrTrainer "
+                    "eval_data_collator=evaluation_collator(processor, mask_references=True), on an "
+                    "evaluation split loaded with masks=True"
+                )
             # without the ignored keys, a segmentation output is (logits, pred_boxes, pred_masks)
             logits, pred_boxes, pred_masks = predictions
             outputs = PostProcessInputs(logits=logits, pred_boxes=pred_boxes, pred_masks=pred_masks)
@@ -96,19 +108,27 @@ class DetrTrainer(Trainer):
             predictions = (logits, pred_boxes)
         return loss, predictions, None if labels is None else pack_labels(labels)
 
-    def evaluation_loop(self, dataloader: torch.utils.data.DataLoader, description: str,
-                        prediction_loss_only: bool | None = None, ignore_keys: list[str] | None = None,
-                        metric_key_prefix: str = "eval") -> EvalLoopOutput:  # fmt: skip
+    def evaluation_loop(
+        self,
+        dataloader: torch.utils.data.DataLoader,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
         model = self.accelerator.unwrap_model(self.model)
         self._mask_scorer, self._mask_scores = None, []
         if hasattr(model, "mask_head"):
             if self.processing_class is None:
-                raise ValueError("a segmentation model's masks are post-processed by its image processor: give "
-                                 "DetrTrainer processing_class=image_processor")  # fmt: skip
+                raise ValueError(
+                    "a segmentation model's masks are post-processed by its image processor: give "
+                    "DetrTrainer processing_class=image_processor"
+                )
             self._mask_scorer = MaskScorer(self.processing_class, model.config.id2label)
         try:
-            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                             metric_key_prefix)  # fmt: skip
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
             if self._mask_scores:
                 masks = self._mask_scorer.compute(self._mask_scores, self.per_class, model.config.id2label)
                 output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in masks.items()})
