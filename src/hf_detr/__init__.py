@@ -27,6 +27,8 @@ from .modeling import (
     HfDetrForObjectDetection,
     HfDetrForSegmentation,
     HfDetrImageProcessor,
+    HfDetrInputError,
+    HfDetrInputTypeError,
     HfDetrModel,
     HfDetrModelOutput,
     HfDetrObjectDetectionOutput,

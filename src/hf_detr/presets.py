@@ -20,6 +20,7 @@ from typing import Any
 
 from .hub.coco_labels import COCO_ID2LABEL, COCO_PANOPTIC_ID2LABEL
 from .modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
+from .modeling.errors import HfDetrInputError
 
 __all__ = ["Preset", "create", "default_max_size", "get", "list_presets", "register"]
 
@@ -58,7 +59,9 @@ class Preset:
         if self.max_size is None:
             object.__setattr__(self, "max_size", default_max_size(self.image_size))
         if self.max_size <= self.image_size:
-            raise ValueError(f"preset {self.name!r}: max_size={self.max_size} must exceed image_size={self.image_size}")
+            raise HfDetrInputError(
+                f"preset {self.name!r}: max_size={self.max_size} must exceed image_size={self.image_size}"
+            )
         # read-only views of private copies: a caller changing a preset's dict would change every later model
         object.__setattr__(self, "model", MappingProxyType(copy.deepcopy(dict(self.model))))
         object.__setattr__(self, "training", MappingProxyType(copy.deepcopy(dict(self.training))))
@@ -86,7 +89,7 @@ _PRESETS: dict[str, Preset] = {}
 def register(preset: Preset) -> Preset:
     """Add `preset` under its name (a name can be registered once)."""
     if preset.name in _PRESETS:
-        raise ValueError(f"a preset named {preset.name!r} is already registered")
+        raise HfDetrInputError(f"a preset named {preset.name!r} is already registered")
     _PRESETS[preset.name] = preset
     return preset
 
@@ -96,7 +99,7 @@ def get(name: str) -> Preset:
     try:
         return _PRESETS[name]
     except KeyError:
-        raise ValueError(f"no preset named {name!r}; the presets are {list_presets()}") from None
+        raise HfDetrInputError(f"no preset named {name!r}; the presets are {list_presets()}") from None
 
 
 def list_presets() -> list[str]:

@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..modeling import HfDetrImageProcessor
+from ..modeling.errors import HfDetrInputError
 from .extras import require_extra
 from .predict import (
     VIDEO_EXTENSIONS,
@@ -82,11 +83,11 @@ def read_image(path: str | os.PathLike) -> tuple[Image.Image, str]:
     except Image.DecompressionBombError:  # PIL's own limit, above MAX_PIXELS
         raise _too_large(name, f"more than {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels") from None
     except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{name} could not be read as an image ({error}); give a JPEG, PNG, WebP, BMP or TIFF file"
         ) from None
     if min(width, height) < MIN_SIDE:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{name} is {width} x {height} pixels; the model needs at least {MIN_SIDE} pixels on each "
             "side (give the original, larger image)"
         )
@@ -104,7 +105,7 @@ def _too_large(name: str, size: str) -> ValueError:
 
 def _check_threshold(threshold: float) -> None:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be a score in [0, 1], got {threshold!r}")
+        raise HfDetrInputError(f"threshold must be a score in [0, 1], got {threshold!r}")
 
 
 def _video_frames(av: Any, path: Path) -> int | None:
@@ -129,7 +130,7 @@ class DetectionApp:
 
     def __init__(self, model: torch.nn.Module, processor: HfDetrImageProcessor, max_video_frames: int = 300) -> None:
         if isinstance(max_video_frames, bool) or not isinstance(max_video_frames, int) or max_video_frames < 1:
-            raise ValueError(f"max_video_frames must be a positive int, got {max_video_frames!r}")
+            raise HfDetrInputError(f"max_video_frames must be a positive int, got {max_video_frames!r}")
         self.model, self.processor, self.max_video_frames = model, processor, max_video_frames
         self._workdir = tempfile.TemporaryDirectory(prefix="hf_detr_app_")
         self.workdir = Path(self._workdir.name)
@@ -139,7 +140,7 @@ class DetectionApp:
         try:
             _check_threshold(threshold)
             if path is None:
-                raise ValueError("no image given: upload one, or pick an example")
+                raise HfDetrInputError("no image given: upload one, or pick an example")
             picture, mode = read_image(path)
             ((_, _, found),) = detect(self.model, self.processor, [picture], threshold)
         except (ValueError, TypeError) as error:
@@ -161,16 +162,16 @@ class DetectionApp:
         try:
             _check_threshold(threshold)
             if path is None:
-                raise ValueError("no video given: upload a short clip")
+                raise HfDetrInputError("no video given: upload a short clip")
             path = Path(path)
             if path.suffix.lower() not in VIDEO_EXTENSIONS:
-                raise ValueError(
+                raise HfDetrInputError(
                     f"{path.name} is not a video file ({', '.join(sorted(VIDEO_EXTENSIONS))}); images go "
                     "in the Image tab"
                 )
             frames = _video_frames(require_av(), path)
             if frames is not None and frames > self.max_video_frames:
-                raise ValueError(
+                raise HfDetrInputError(
                     f"{path.name} has {frames} frames; the app takes clips of at most "
                     f"{self.max_video_frames} (`hf-detr app --max-video-frames`), or run "
                     "`hf-detr predict MODEL VIDEO --out DIR` for long videos"
@@ -195,7 +196,7 @@ def example_images(dataset: str, split: str, count: int, folder: str | os.PathLi
 
     data = load_data(dataset, [split])[split]
     if len(data) == 0:
-        raise ValueError(f"split {split!r} of {dataset} has no images to show as examples")
+        raise HfDetrInputError(f"split {split!r} of {dataset} has no images to show as examples")
     paths = []
     for index in range(min(count, len(data))):
         path = Path(folder) / f"{split}_{index}.png"

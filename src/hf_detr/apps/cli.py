@@ -3,8 +3,8 @@
 Each subcommand is one `add_<name>(subparsers)` function listed in `SUBCOMMANDS`: it adds its parser and sets `run` to
 a callable taking the parsed arguments. A subcommand imports what it runs only when it runs, so that building the
 parser (`hf-detr predict --help`, `hf-detr predict ...`) does not import the training, data or evaluation modules.
-Errors of bad input (`ValueError`, `OSError`) end the command with their message and exit status 1 instead of a
-traceback.
+Bad input (`HfDetrInputError`) ends the command with its message and exit status 1; any other exception is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hub.convert import ORIGINAL_BACKBONES
+from ..modeling.errors import HfDetrInputError
 
 
 def add_convert(subparsers: argparse._SubParsersAction) -> None:
@@ -134,7 +135,7 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
             try:  # the install hint before the model loads
                 require_av()
             except ImportError as error:
-                raise ValueError(str(error)) from None
+                raise HfDetrInputError(str(error)) from None
         model, processor = load_model(args.model)
         detections = predict(
             model,
@@ -254,12 +255,12 @@ def _evaluate_model_folder(
     from .predict import load_model
 
     if batch_size < 1:  # named as the user typed it, before anything is loaded
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise HfDetrInputError(f"--batch-size must be at least 1, got {batch_size}")
     model, processor = load_model(model_dir)
     model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     data = load_data(dataset, [split], masks=hasattr(model, "mask_head"))[split]
     if len(data) == 0:
-        raise ValueError(f"split {split!r} of {dataset} has no images.")
+        raise HfDetrInputError(f"split {split!r} of {dataset} has no images.")
     evaluation = evaluate(
         model,
         processor,
@@ -301,7 +302,7 @@ def _require_viz() -> None:
     try:
         require_matplotlib()
     except ImportError as error:
-        raise ValueError(str(error)) from None
+        raise HfDetrInputError(str(error)) from None
 
 
 def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
@@ -375,11 +376,11 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
             _require_viz()
             # named as the user typed them, before the model runs
             if not 0.0 < args.iou_threshold <= 1.0:
-                raise ValueError(f"--iou-threshold must be in (0, 1], got {args.iou_threshold}")
+                raise HfDetrInputError(f"--iou-threshold must be in (0, 1], got {args.iou_threshold}")
             if not 0.0 <= args.score_threshold <= 1.0:
-                raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+                raise HfDetrInputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
             if args.worst < 1:
-                raise ValueError(f"--worst must be at least 1, got {args.worst}")
+                raise HfDetrInputError(f"--worst must be at least 1, got {args.worst}")
         evaluation, data = _evaluate_model_folder(
             args.model,
             args.dataset,
@@ -506,7 +507,7 @@ def add_check_data(subparsers: argparse._SubParsersAction) -> None:
         report = check_data(args.source, args.splits, box_policy=args.box_policy)
         print(report.format())
         if report.errors:
-            raise ValueError(f"{len(report.errors)} error(s) in {args.source}, listed above.")
+            raise HfDetrInputError(f"{len(report.errors)} error(s) in {args.source}, listed above.")
 
     parser.set_defaults(run=run)
 
@@ -547,13 +548,13 @@ def add_app(subparsers: argparse._SubParsersAction) -> None:
         from .app import create_app
 
         if args.examples < 1:
-            raise ValueError(f"--examples must be at least 1, got {args.examples}")
+            raise HfDetrInputError(f"--examples must be at least 1, got {args.examples}")
         try:
             page = create_app(
                 args.model, args.dataset, args.split, args.examples, args.threshold, args.max_video_frames
             )
         except ImportError as error:  # gradio missing: the install hint, not a traceback
-            raise ValueError(str(error)) from None
+            raise HfDetrInputError(str(error)) from None
         page.launch(server_name=args.host, server_port=args.port, show_error=True)
 
     parser.set_defaults(run=run)
@@ -628,17 +629,17 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         from .predict import load_model
 
         if args.batch_size < 1:
-            raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
+            raise HfDetrInputError(f"--batch_size must be at least 1, got {args.batch_size}")
         if args.validate is not None:
             if args.out_dir is not None:
-                raise ValueError("--validate takes the export folder; give only MODEL (optional) besides it")
+                raise HfDetrInputError("--validate takes the export folder; give only MODEL (optional) besides it")
             out_dir, source = args.validate, args.model or _recorded_source(args.validate)
         elif args.model is None or args.out_dir is None:
-            raise ValueError("give MODEL and OUT_DIR (hf-detr export MODEL OUT_DIR), or --validate OUT_DIR")
+            raise HfDetrInputError("give MODEL and OUT_DIR (hf-detr export MODEL OUT_DIR), or --validate OUT_DIR")
         else:
             out_dir, source = args.out_dir, args.model
         if args.max_detections is not None and args.max_detections < 1:
-            raise ValueError(f"--max_detections must be at least 1, got {args.max_detections}")
+            raise HfDetrInputError(f"--max_detections must be at least 1, got {args.max_detections}")
         model, processor = load_model(source)
         data = load_validation_split(args.dataset, args.split, model) if args.dataset else None
         if args.validate is None:
@@ -656,7 +657,7 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         report = validate_export(out_dir, model, processor, data, data_name=data_name, batch_size=args.batch_size)
         print(json.dumps(report, indent=2))
         if not report["passed"]:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"validation of {out_dir} failed: {'; '.join(report['failures'])} (all numbers in "
                 f"{out_dir / 'validation.json'})"
             )
@@ -667,10 +668,10 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         from ..hub.onnx_runtime import session
 
         if not (out_dir / RAW_FILE).is_file():
-            raise ValueError(f"{out_dir} has no {RAW_FILE}: --validate takes a folder written by hf-detr export")
+            raise HfDetrInputError(f"{out_dir} has no {RAW_FILE}: --validate takes a folder written by hf-detr export")
         source = graph_metadata(session(out_dir / RAW_FILE)).get("source")
         if source is None:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{out_dir / RAW_FILE} records no source model: give it, hf-detr export --validate {out_dir} MODEL"
             )
         return source
@@ -703,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError) as error:
+    except HfDetrInputError as error:  # bad input: its message says what to change; anything else is a bug
         print(f"hf-detr {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -33,6 +33,7 @@ from ..data.masks import mask_references
 from ..data.sources import SYNTHETIC, load_data
 from ..evaluation.evaluate import evaluate
 from ..modeling import HfDetrForSegmentation
+from ..modeling.errors import HfDetrInputError
 from ..training.config import TrainConfig
 from ..training.loop import train
 from .visualize import draw_detections, require_matplotlib, save_curves, save_grid, save_pr_curve
@@ -69,7 +70,7 @@ def run_demo(
     the metrics add mask AP (`segm_map`, ...) and panoptic quality (`pq`, `sq`, `rq`).
     """
     if task not in ("detection", "segmentation"):
-        raise ValueError(f"task must be 'detection' or 'segmentation', got {task!r}")
+        raise HfDetrInputError(f"task must be 'detection' or 'segmentation', got {task!r}")
     segmentation = task == "segmentation"
     started = time.time()
     require_matplotlib()  # the pictures need it: say so now, not after the training
@@ -85,7 +86,7 @@ def run_demo(
         loaded = load_data(dataset, masks=masks)
         missing = [split for split in ("train", "test") if split not in loaded]
         if missing:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"dataset={dataset!r} has no split {missing} (it has {list(loaded)}); the demo trains "
                 "on 'train', tracks 'validation' when present and reports 'test'"
             )

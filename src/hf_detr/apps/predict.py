@@ -34,6 +34,7 @@ from torchvision.ops import box_convert, box_iou
 from tqdm.auto import tqdm
 
 from ..modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
+from ..modeling.errors import HfDetrInputError
 from ..modeling.image_processing_hf_detr import upright_rgb
 from ..modeling.segmentation_postprocessing import encode_rles
 from .extras import require_extra
@@ -91,13 +92,13 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     training saw its images; missing or unreadable files name the path."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"image {path} does not exist or is not a file")
+        raise HfDetrInputError(f"image {path} does not exist or is not a file")
     try:
         with Image.open(path) as image:
             image.load()  # the pixels, before the file closes (an upright RGB image is returned as it is)
             return upright_rgb(image)
     except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"image {path} could not be read as an image: {error}") from error
+        raise HfDetrInputError(f"image {path} could not be read as an image: {error}") from error
 
 
 def require_av() -> Any:
@@ -113,7 +114,7 @@ def load_model(model_dir: str | os.PathLike) -> tuple[HfDetrForObjectDetection, 
     try:
         processor = HfDetrImageProcessor.from_pretrained(model_dir)
     except OSError as error:
-        raise ValueError(
+        raise HfDetrInputError(
             f"no image processor in {model_dir} ({error}); save it next to the model with "
             "HfDetrImageProcessor(...).save_pretrained(folder)."
         ) from error
@@ -172,9 +173,9 @@ def _run_batch(
 def check_tiling(tile: int, overlap: float) -> None:
     """Raise a ValueError naming `tile` (a positive int) or `overlap` (a fraction in [0, 1)) when invalid."""
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
-        raise ValueError(f"tile must be a positive number of pixels (the side of a square tile), got {tile!r}")
+        raise HfDetrInputError(f"tile must be a positive number of pixels (the side of a square tile), got {tile!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be a fraction of the tile in [0, 1) (e.g. 0.2), got {overlap!r}")
+        raise HfDetrInputError(f"overlap must be a fraction of the tile in [0, 1) (e.g. 0.2), got {overlap!r}")
 
 
 def tile_origins(length: int, tile: int, overlap: float) -> list[int]:
@@ -275,12 +276,14 @@ def collect_inputs(paths: Sequence[str | os.PathLike]) -> list[_Input]:
         if path.is_dir():
             files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
             if not files:
-                raise ValueError(f"folder {path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise HfDetrInputError(f"folder {path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             inputs += [_Input(f, False, f.relative_to(path).with_suffix("")) for f in files]
         elif path.is_file():
             inputs.append(_Input(path, path.suffix.lower() in VIDEO_EXTENSIONS, Path(path.stem)))
         else:
-            raise ValueError(f"image {path} does not exist or is not a file (give image or video files, or folders)")
+            raise HfDetrInputError(
+                f"image {path} does not exist or is not a file (give image or video files, or folders)"
+            )
     return inputs
 
 
@@ -290,14 +293,14 @@ def _check_readable(av: Any, item: _Input) -> None:
         try:
             Image.open(item.path).close()
         except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"image {item.path} could not be read as an image: {error}") from error
+            raise HfDetrInputError(f"image {item.path} could not be read as an image: {error}") from error
         return
     try:
         with av.open(str(item.path)) as container:
             if not container.streams.video:
-                raise ValueError(f"video {item.path} has no video stream")
+                raise HfDetrInputError(f"video {item.path} has no video stream")
     except av.FFmpegError as error:
-        raise ValueError(f"video {item.path} could not be read as a video: {error}") from error
+        raise HfDetrInputError(f"video {item.path} could not be read as a video: {error}") from error
 
 
 def _check_outputs(inputs: list[_Input]) -> None:
@@ -306,7 +309,7 @@ def _check_outputs(inputs: list[_Input]) -> None:
     for item in inputs:
         name = item.output
         if name in seen:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{seen[name]} and {item.path} would both be written to {name} in the output folder; "
                 "predict them in separate runs, or give the folder that holds both"
             )
@@ -335,13 +338,13 @@ def predict(
     (its images and categories). `progress`: a progress bar on stderr (None: when stderr is a terminal).
     """
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        raise HfDetrInputError(f"threshold must be in [0, 1], got {threshold}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise HfDetrInputError(f"batch_size must be a positive int, got {batch_size!r}")
     if tile is not None:
         check_tiling(tile, overlap)
     if not 0.0 <= tile_iou <= 1.0:
-        raise ValueError(f"tile_iou must be in [0, 1], got {tile_iou}")
+        raise HfDetrInputError(f"tile_iou must be in [0, 1], got {tile_iou}")
     inputs = collect_inputs(paths)
     av = require_av() if any(item.video for item in inputs) else None
     for item in inputs:  # every path is checked before the model runs
@@ -415,7 +418,7 @@ def _predict_video(
         if target is not None:
             rate = stream.average_rate or stream.guessed_rate
             if not rate:
-                raise ValueError(f"video {path} states no frame rate, so its annotated copy cannot keep it")
+                raise HfDetrInputError(f"video {path} states no frame rate, so its annotated copy cannot keep it")
             writer = stack.enter_context(av.open(str(target), "w"))
             encoder = writer.add_stream("h264", rate=rate)
             encoder.width, encoder.height = width, height

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.ops import box_convert
 from torchvision.utils import draw_segmentation_masks
 
+from ..modeling.errors import HfDetrInputError
 from .extras import require_extra
 
 if TYPE_CHECKING:
@@ -155,9 +156,9 @@ def save_grid(
         for t in images
     ]
     if not tiles:
-        raise ValueError("save_grid needs at least one image")
+        raise HfDetrInputError("save_grid needs at least one image")
     if captions is not None and len(captions) != len(tiles):
-        raise ValueError(f"captions must give one text per image: got {len(captions)} for {len(tiles)} images")
+        raise HfDetrInputError(f"captions must give one text per image: got {len(captions)} for {len(tiles)} images")
     cell_w, cell_h = max(t.width for t in tiles), max(t.height for t in tiles)
     columns = max(1, min(columns, len(tiles)))
     rows = math.ceil(len(tiles) / columns)
@@ -519,7 +520,9 @@ def save_worst_images(
     from ..modeling.image_processing_hf_detr import upright_rgb
 
     if len(images) != len(diagnostics.images):
-        raise ValueError(f"images must be the {len(diagnostics.images)} evaluated images in order, got {len(images)}")
+        raise HfDetrInputError(
+            f"images must be the {len(diagnostics.images)} evaluated images in order, got {len(images)}"
+        )
     id2label = dict(zip(diagnostics.category_ids, diagnostics.class_names))
     tiles, captions, shown = [], [], []
     for match in diagnostics.worst(count):

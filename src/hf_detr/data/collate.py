@@ -28,6 +28,7 @@ import PIL.Image
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from ..modeling.errors import HfDetrInputError, HfDetrInputTypeError
 from ..modeling.image_processing_hf_detr import HfDetrImageProcessor, upright_rgb
 from .masks import mask_references
 from .transforms import to_coco_annotations, transform_example
@@ -41,7 +42,7 @@ def decoded_image(image: Any, where: str) -> PIL.Image.Image:
     if isinstance(image, PIL.Image.Image):
         return image
     if not isinstance(image, Mapping) or not (image.get("bytes") or image.get("path")):
-        raise TypeError(
+        raise HfDetrInputTypeError(
             f"{where}: `image` must be a PIL image or a datasets.Image value, got {type(image).__name__}; "
             "keep the column as a datasets.Image() feature."
         )
@@ -49,7 +50,7 @@ def decoded_image(image: Any, where: str) -> PIL.Image.Image:
         return datasets.Image().decode_example(dict(image))
     except (OSError, PIL.UnidentifiedImageError, ValueError) as error:  # FileNotFoundError is an OSError
         shown = image.get("path") or "its embedded bytes"
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where}: cannot decode the image {shown} ({error}); restore or replace the file, or load the data set "
             "again (box_policy='drop' leaves out the images of a COCO folder that are missing or unreadable)."
         ) from error
@@ -89,7 +90,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     ) -> None:
         streamed = isinstance(dataset, torch.utils.data.IterableDataset)
         if not streamed and not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-            raise TypeError(
+            raise HfDetrInputTypeError(
                 f"DetectionDataset needs a datasets.Dataset (or a streamed datasets.IterableDataset), got "
                 f"{type(dataset).__name__}."
             )
@@ -166,7 +167,7 @@ class DetectionCollator:
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not examples:
-            raise ValueError("DetectionCollator got an empty batch.")
+            raise HfDetrInputError("DetectionCollator got an empty batch.")
         annotations = [to_coco_annotations(example) for example in examples]
         encoded = self.image_processor(
             images=[example["image"] for example in examples],
@@ -192,7 +193,7 @@ class DetectionCollator:
     def _reference(example: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         size = tuple(F.get_size(example["image"]))
         if tuple(example.get("orig_size", size)) != size:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"example with image_id={example.get('image_id')}: mask references are at the original image size "
                 f"{tuple(example['orig_size'])}, but a transform made the image {size}; collate evaluation examples "
                 "without a transform (DetectionDataset(split), as evaluation_dataset does)."

@@ -41,6 +41,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ..modeling.errors import HfDetrInputError
+
 __all__ = ["IMAGE_SUFFIXES", "RawImage", "RawSplit", "folder_format", "read_voc", "read_yolo"]
 
 # the image files a YOLO folder is searched for (what PIL reads)
@@ -104,9 +106,11 @@ def read_yolo(path: str | os.PathLike) -> RawFolder:
     try:
         config = yaml.safe_load(yaml_file.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{yaml_file}: cannot read it as YAML ({error}).") from error
+        raise HfDetrInputError(f"{yaml_file}: cannot read it as YAML ({error}).") from error
     if not isinstance(config, dict):
-        raise ValueError(f"{yaml_file}: expected a mapping with `names` and `train` / `val` / `test`, got {config!r}.")
+        raise HfDetrInputError(
+            f"{yaml_file}: expected a mapping with `names` and `train` / `val` / `test`, got {config!r}."
+        )
     label_names = _yolo_names(config, yaml_file.name)
     root = Path(config.get("path") or ".")
     root = root if root.is_absolute() else yaml_file.parent / root
@@ -116,7 +120,7 @@ def read_yolo(path: str | os.PathLike) -> RawFolder:
         if config.get(key) not in (None, "", [])
     }
     if not splits:
-        raise ValueError(f"{yaml_file}: no `train`, `val` or `test` entry; give each split's image folder.")
+        raise HfDetrInputError(f"{yaml_file}: no `train`, `val` or `test` entry; give each split's image folder.")
     return RawFolder(label_names, splits)
 
 
@@ -124,19 +128,21 @@ def _yolo_names(config: dict[str, Any], yaml_name: str) -> list[str]:
     names = config.get("names")
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{yaml_name}: the ids of `names` are {sorted(names, key=str)}; YOLO class ids are 0..K-1, one each."
             )
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{yaml_name}: `names` must be a non-empty list of class names or {{id: name}}, got {names!r}."
         )
     names = [str(name) for name in names]  # YAML reads `0: 1` as a number; ClassLabel names are strings
     if len(set(names)) != len(names):
-        raise ValueError(f"{yaml_name}: class names {names} repeat; ClassLabel names must be unique.")
+        raise HfDetrInputError(f"{yaml_name}: class names {names} repeat; ClassLabel names must be unique.")
     if config.get("nc") is not None and config["nc"] != len(names):
-        raise ValueError(f"{yaml_name}: nc = {config['nc']} but `names` lists {len(names)} classes; make them agree.")
+        raise HfDetrInputError(
+            f"{yaml_name}: nc = {config['nc']} but `names` lists {len(names)} classes; make them agree."
+        )
     return names
 
 
@@ -146,7 +152,7 @@ def _read_yolo_split(entry: Any, key: str, root: Path, yaml_name: str, num_class
     label_dirs: list[Path] = []
     for item in entry if isinstance(entry, list) else [entry]:
         if not isinstance(item, str):
-            raise ValueError(f"{source}: {item!r} is not a path; give an image folder or a list file.")
+            raise HfDetrInputError(f"{source}: {item!r} is not a path; give an image folder or a list file.")
         location = root / item
         if not location.exists() and item.startswith("../") and (root / item[3:]).exists():
             location = root / item[3:]  # Roboflow's exports point one folder too high
@@ -159,7 +165,7 @@ def _read_yolo_split(entry: Any, key: str, root: Path, yaml_name: str, num_class
                 if line.strip():
                     images.append(location.parent / line.strip())  # absolute lines stay absolute
         else:
-            raise ValueError(f"{source}: {location} is neither an image folder nor a list file of image paths.")
+            raise HfDetrInputError(f"{source}: {location} is neither an image folder nor a list file of image paths.")
 
     raw = RawSplit(source, root, "cxcywh", [])
     labelled = set()
@@ -201,23 +207,23 @@ def _read_yolo_labels(file: Path, shown: str, num_classes: int, yaml_name: str, 
     try:
         text = file.read_text()
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{shown}: cannot read the label file ({error}).") from error
+        raise HfDetrInputError(f"{shown}: cannot read the label file ({error}).") from error
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
         where = f"{shown} line {number}"
         if len(fields) != 5:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{where}: {line.strip()!r} has {len(fields)} fields; a YOLO detection label is `class cx cy w h` "
                 "(5 fields; polygon and keypoint labels are not read)."
             )
         try:
             category = int(fields[0])
         except ValueError:
-            raise ValueError(f"{where}: the class {fields[0]!r} is not an integer class id.") from None
+            raise HfDetrInputError(f"{where}: the class {fields[0]!r} is not an integer class id.") from None
         if not 0 <= category < num_classes:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{where}: class {category} is not in `names` of {yaml_name} (ids 0..{num_classes - 1}); fix the "
                 "line or add the class."
             )
@@ -225,7 +231,7 @@ def _read_yolo_labels(file: Path, shown: str, num_classes: int, yaml_name: str, 
             box = [float(value) for value in fields[1:]]
         except ValueError:
             message = f"{where}: {line.strip()!r}: cx cy w h must be numbers (fractions of the image)."
-            raise ValueError(message) from None
+            raise HfDetrInputError(message) from None
         image.boxes.append(box)
         image.categories.append(category)
         image.iscrowd.append(0)
@@ -242,7 +248,7 @@ def read_voc(path: str | os.PathLike) -> RawFolder:
     root = Path(path)
     lists = sorted(f for f in (root / "ImageSets" / "Main").glob("*.txt") if "_" not in f.stem)
     if not lists:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{root} has Annotations/ but no ImageSets/Main/<split>.txt; list each split's image ids there (train.txt, "
             "val.txt, ...), one per line."
         )
@@ -252,7 +258,9 @@ def read_voc(path: str | os.PathLike) -> RawFolder:
         for number, line in enumerate(file.read_text().splitlines(), start=1):
             fields = line.split()
             if len(fields) > 1:
-                raise ValueError(f"ImageSets/Main/{file.name} line {number}: {line.strip()!r} is not one image id.")
+                raise HfDetrInputError(
+                    f"ImageSets/Main/{file.name} line {number}: {line.strip()!r} is not one image id."
+                )
             ids += fields
         ids_of[file.stem] = ids
     parsed = {image_id: _read_voc_xml(root, image_id) for ids in ids_of.values() for image_id in ids}
@@ -285,9 +293,9 @@ def _read_voc_xml(root: Path, image_id: str) -> tuple[RawImage, list[str]]:
     try:
         tree = ElementTree.parse(root / shown).getroot()
     except OSError as error:
-        raise ValueError(f"{shown}: cannot read the annotation of image {image_id!r} ({error}).") from error
+        raise HfDetrInputError(f"{shown}: cannot read the annotation of image {image_id!r} ({error}).") from error
     except ElementTree.ParseError as error:
-        raise ValueError(f"{shown}: not valid XML ({error}).") from error
+        raise HfDetrInputError(f"{shown}: not valid XML ({error}).") from error
     size = tree.find("size")
     width, height = (
         (None, None) if size is None else (_voc_number(size, key, shown, "<size>", int) for key in ("width", "height"))
@@ -298,10 +306,10 @@ def _read_voc_xml(root: Path, image_id: str) -> tuple[RawImage, list[str]]:
         name = (obj.findtext("name") or "").strip()
         where = f"{shown} object {k}"
         if not name:
-            raise ValueError(f"{where}: no <name>; every VOC object needs its class name.")
+            raise HfDetrInputError(f"{where}: no <name>; every VOC object needs its class name.")
         box = obj.find("bndbox")
         if box is None:
-            raise ValueError(f"{where} ({name!r}): no <bndbox>.")
+            raise HfDetrInputError(f"{where} ({name!r}): no <bndbox>.")
         xmin, ymin, xmax, ymax = (
             _voc_number(box, key, f"{where} ({name!r})", "<bndbox>", float) for key in ("xmin", "ymin", "xmax", "ymax")
         )
@@ -320,7 +328,7 @@ def _voc_number(element: ElementTree.Element, key: str, where: str, parent: str,
     except ValueError:
         value = math.nan
     if kind is int and not value.is_integer():
-        raise ValueError(f"{where}: {parent} needs an integer <{key}>, got {text!r}.")
+        raise HfDetrInputError(f"{where}: {parent} needs an integer <{key}>, got {text!r}.")
     if not math.isfinite(value):
-        raise ValueError(f"{where}: {parent} needs a number <{key}>, got {text!r}.")
+        raise HfDetrInputError(f"{where}: {parent} needs a number <{key}>, got {text!r}.")
     return kind(value)

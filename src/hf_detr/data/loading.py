@@ -52,6 +52,7 @@ import PIL.Image
 import torch
 
 from ..modeling.boxes import BoxPolicy, box_flags, check_boxes, clip_boxes, denormalize_boxes
+from ..modeling.errors import HfDetrInputError
 from .formats import RawSplit, folder_format, read_voc, read_yolo
 from .masks import panoptic_rles, segmentation_rle
 from .prepared import PreparedRows, content_hash, open_prepared, parallel_chunks
@@ -259,7 +260,7 @@ def apply_box_policy(
             try:
                 check_boxes(tensor, name, "xywh", positive=True, within=within, tolerance=tolerance)
             except ValueError as error:
-                raise ValueError(
+                raise HfDetrInputError(
                     f"{error} (box_policy='error'; box_policy='clip', the default, clips boxes to their image and "
                     "drops the ones without area)"
                 ) from None
@@ -309,7 +310,7 @@ def _box_areas(boxes: torch.Tensor) -> torch.Tensor:
 
 def _check_policy(box_policy: str) -> None:
     if box_policy not in typing.get_args(BoxPolicy):
-        raise ValueError(f"box_policy={box_policy!r}: choose 'clip' (the default), 'drop' or 'error'.")
+        raise HfDetrInputError(f"box_policy={box_policy!r}: choose 'clip' (the default), 'drop' or 'error'.")
 
 
 def load_detection_dataset(
@@ -401,7 +402,7 @@ def load_detection_dataset(
     container = datasets.IterableDatasetDict if streaming else datasets.DatasetDict
     if kind in ("yolo", "voc"):
         if masks:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{source} is a {FORMAT_NAMES[kind]}, which holds boxes only, but masks=True was asked for; load it "
                 "with masks=False, or convert it to a COCO folder with `segmentation` polygons."
             )
@@ -503,7 +504,7 @@ def read_folder_splits(
                     split.image_errors.append(str(error))
         return parsed
     if kind not in ("yolo", "voc"):
-        raise ValueError(f"{source} is not a COCO, YOLO or VOC folder but a {FORMAT_NAMES[kind]}.")
+        raise HfDetrInputError(f"{source} is not a COCO, YOLO or VOC folder but a {FORMAT_NAMES[kind]}.")
     folder = read_yolo(source) if kind == "yolo" else read_voc(source)
     chosen = _select_splits(folder.splits, splits, str(source))
     return [
@@ -518,7 +519,7 @@ def _raw_split(
     """A YOLO or VOC split under the box policy: each image's size read from its file, boxes in pixels."""
     if raw.missing and not collect:
         more = f" ({len(raw.missing) - 1} more)" if len(raw.missing) > 1 else ""
-        raise ValueError(raw.missing[0] + more)
+        raise HfDetrInputError(raw.missing[0] + more)
     split = FolderSplit(name, raw.source, label_names, [], (raw.root,), (), list(raw.missing))
     found = []  # (example, box position in the image)
     boxes, names = [], []
@@ -636,7 +637,9 @@ def load_coco_folder(
     """
     _check_policy(box_policy)
     if annotations not in (None, *_COCO_KINDS):
-        raise ValueError(f"annotations={annotations!r}: choose 'instances', 'panoptic' or None (whichever is there).")
+        raise HfDetrInputError(
+            f"annotations={annotations!r}: choose 'instances', 'panoptic' or None (whichever is there)."
+        )
     root = Path(root)
     kind, files = _coco_files(root, splits, annotations)
     result: dict[str, datasets.Dataset] = {}
@@ -659,7 +662,7 @@ def load_coco_folder(
         missing = _missing_images(result[name])
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{file.name}: image file {missing[0]}{more} is missing, though it was there when the split was "
                 "prepared; restore it, or load with box_policy='drop' to leave out the images that are missing."
             )
@@ -748,7 +751,7 @@ def _check_same_categories(splits: list[tuple[str, list[int], list[str]]]) -> No
     for file_name, category_ids, label_names in splits:
         categories = list(zip(category_ids, label_names))
         if reference is not None and categories != reference[1]:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{file_name} lists categories {categories} but {reference[0]} lists {reference[1]}; every split must "
                 "share one category list."
             )
@@ -780,13 +783,13 @@ def _coco_files(root: Path, splits: Sequence[str] | None, kind: str | None) -> t
     kind = kind or next((k for k in _COCO_KINDS if found[k]), _COCO_KINDS[0])
     files = found[kind]
     if not files:
-        raise ValueError(f"{root} is not a COCO folder: no annotations/{kind}_<split>.json file found.")
+        raise HfDetrInputError(f"{root} is not a COCO folder: no annotations/{kind}_<split>.json file found.")
     prefix = f"{kind}_"
     by_split: dict[str, Path] = {}
     for file in files:
         name = _split_name(file.stem[len(prefix) :])
         if name in by_split:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{by_split[name].name} and {file.name} both give split '{name}' in {root / 'annotations'}; "
                 "keep one of them."
             )
@@ -823,7 +826,7 @@ def _png_folder(root: Path, raw_split: str, file: Path) -> Path:
     candidates = [root / "annotations" / f"panoptic_{raw_split}", root / f"panoptic_{raw_split}"]
     folder = next((c for c in candidates if c.is_dir()), None)
     if folder is None:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{file.name}: no folder of panoptic PNGs, which masks=True reads; looked for "
             f"{[str(c) for c in candidates]}."
         )
@@ -861,22 +864,26 @@ def _read_coco_json(
     try:
         coco = json.loads(file.read_bytes(), object_hook=_compact_polygons if masks else _without_masks)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{file}: cannot read the annotation file as JSON ({error}).") from error
+        raise HfDetrInputError(f"{file}: cannot read the annotation file as JSON ({error}).") from error
     for key in ("images", "categories"):
         if not isinstance(coco.get(key), list):
-            raise ValueError(f"{file.name}: the top-level `{key}` list is missing; a COCO instances file needs it.")
+            raise HfDetrInputError(
+                f"{file.name}: the top-level `{key}` list is missing; a COCO instances file needs it."
+            )
 
     categories: dict[int, dict[str, Any]] = {}
     for i, category in enumerate(coco["categories"]):
         if not isinstance(category.get("id"), int) or not isinstance(category.get("name"), str):
-            raise ValueError(f"{file.name}: categories[{i}] = {category!r} needs an integer `id` and a string `name`.")
+            raise HfDetrInputError(
+                f"{file.name}: categories[{i}] = {category!r} needs an integer `id` and a string `name`."
+            )
         if category["id"] in categories:
-            raise ValueError(f"{file.name}: category id {category['id']} appears twice in `categories`.")
+            raise HfDetrInputError(f"{file.name}: category id {category['id']} appears twice in `categories`.")
         categories[category["id"]] = category
     category_ids = sorted(categories)
     label_names = [categories[c]["name"] for c in category_ids]
     if len(set(label_names)) != len(label_names):
-        raise ValueError(f"{file.name}: category names {label_names} repeat; ClassLabel names must be unique.")
+        raise HfDetrInputError(f"{file.name}: category names {label_names} repeat; ClassLabel names must be unique.")
     label_of = {c: label for label, c in enumerate(category_ids)}
     isthing = None
     if any("isthing" in category for category in categories.values()):
@@ -886,9 +893,9 @@ def _read_coco_json(
     for i, image in enumerate(coco["images"]):
         missing = [key for key in ("id", "file_name", "width", "height") if key not in image]
         if missing:
-            raise ValueError(f"{file.name}: images[{i}] has no {missing}; every COCO image needs them.")
+            raise HfDetrInputError(f"{file.name}: images[{i}] has no {missing}; every COCO image needs them.")
         if image["id"] in examples:
-            raise ValueError(f"{file.name}: image id {image['id']} appears twice in `images`.")
+            raise HfDetrInputError(f"{file.name}: image id {image['id']} appears twice in `images`.")
         examples[image["id"]] = {
             "file_name": image["file_name"],
             "image_id": image["id"],
@@ -904,7 +911,7 @@ def _read_coco_json(
 
     def image_of(what: str, image_id: Any) -> dict[str, Any]:
         if image_id not in examples:
-            raise ValueError(f"{file.name}: {what} refers to image_id {image_id!r}, which is not in `images`.")
+            raise HfDetrInputError(f"{file.name}: {what} refers to image_id {image_id!r}, which is not in `images`.")
         return examples[image_id]
 
     # (object id, its annotation or segment, its image, its name in messages, the source of its mask)
@@ -914,12 +921,12 @@ def _read_coco_json(
             image = image_of(f"annotations[{position}]", annotation.get("image_id"))
             segments = annotation.get("segments_info")
             if not isinstance(segments, list):
-                raise ValueError(
+                raise HfDetrInputError(
                     f"{named(f'annotations[{position}]', image)}: `segments_info` must be a list of "
                     f"segments, got {segments!r:.80}."
                 )
             if "_panoptic" in image:
-                raise ValueError(
+                raise HfDetrInputError(
                     f"{named(f'annotations[{position}]', image)}: a second annotation of the image; a "
                     "panoptic json has one per image."
                 )
@@ -928,7 +935,7 @@ def _read_coco_json(
             for j, segment in enumerate(segments):
                 name = named(f"annotations[{position}] segments_info[{j}]", image)
                 if not isinstance(segment, dict) or not isinstance(segment.get("id"), int):
-                    raise ValueError(f"{name}: a segment needs an integer `id`, got {segment!r:.80}.")
+                    raise HfDetrInputError(f"{name}: a segment needs an integer `id`, got {segment!r:.80}.")
                 found.append((segment["id"], segment, image, f"{name} (segment id {segment['id']})", j))
     else:
         for position, annotation in enumerate(coco.get("annotations", []), start=1):
@@ -945,7 +952,7 @@ def _read_coco_json(
             )
     for _, record, _, name, _ in found:
         if record.get("category_id") not in label_of:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{name}: category_id {record.get('category_id')!r} is not in `categories` (ids {category_ids}); add "
                 "the category or fix the annotation."
             )
@@ -1057,7 +1064,7 @@ def _checked_image(
     where = f"{source}: image_id {example['image_id']} ('{file_name}')"
     path = next((d / file_name for d in image_dirs if (d / file_name).is_file()), None)
     if path is None:
-        raise ValueError(f"{where}: image file not found; looked in {[str(d) for d in image_dirs]}.")
+        raise HfDetrInputError(f"{where}: image file not found; looked in {[str(d) for d in image_dirs]}.")
     width, height = checked_image_size(path, where, example["width"], example["height"], declared_by)
     return path, width, height
 
@@ -1078,13 +1085,13 @@ def checked_image_size(
             size = image.size
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except (OSError, PIL.UnidentifiedImageError) as error:
-        raise ValueError(f"{where}: {shown} is not a readable image ({error}).") from error
+        raise HfDetrInputError(f"{where}: {shown} is not a readable image ({error}).") from error
     upright = ""
     if orientation in _QUARTER_TURNS:  # stored on its side: the upright image (what datasets.Image decodes) is turned
         size = size[::-1]
         upright = f" upright (EXIF orientation {orientation}; stored as {size[1]}x{size[0]})"
     if width is not None and size != (width, height):
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where}: {shown} is {size[0]}x{size[1]} pixels{upright} but {declared_by} says width={width}, "
             f"height={height}; boxes would be in the wrong frame."
         )
@@ -1100,7 +1107,7 @@ def _category_feature(features: datasets.Features, where: str) -> datasets.Class
     fields = _object_fields(objects)
     category = fields.get("category") if fields is not None else None
     if not isinstance(category, datasets.ClassLabel):
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where}: `objects.category` must be a datasets.ClassLabel so that labels have names, got "
             f"{category!r}; cast it first, e.g. ds.cast_column('objects', ...) with ClassLabel(names=[...])."
         )
@@ -1124,7 +1131,7 @@ def _select_splits(loaded: Mapping[str, Any], splits: Sequence[str] | None, sour
         return dict(loaded)
     unknown = [name for name in splits if name not in loaded]
     if unknown:
-        raise ValueError(f"{source} has no split {unknown}; available splits: {list(loaded)}.")
+        raise HfDetrInputError(f"{source} has no split {unknown}; available splits: {list(loaded)}.")
     return {name: loaded[name] for name in splits}
 
 
@@ -1150,21 +1157,23 @@ class SplitConformer:
     ) -> None:
         where = f"split '{split}'"
         if features is None:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{where}: the streamed data set declares no features, so its label names are unknown; load it with "
                 "streaming=False, or give the dataset card a `dataset_info.features` section."
             )
         if not isinstance(features.get("image"), datasets.Image):
-            raise ValueError(f"{where}: needs an `image` column of type datasets.Image, got {features.get('image')!r}.")
+            raise HfDetrInputError(
+                f"{where}: needs an `image` column of type datasets.Image, got {features.get('image')!r}."
+            )
         fields = _object_fields(features.get("objects"))
         missing = [key for key in ("bbox", "category") if fields is None or key not in fields]
         if missing:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{where}: `objects` needs the fields {missing} (Hub COCO schema), got {features.get('objects')!r}."
             )
         label_names = _category_feature(features, where).names
         if masks and "segmentation" not in fields:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{where}: `objects` has no `segmentation` field, which masks=True reads (COCO polygons or an RLE per "
                 "object); load with masks=False for the boxes only."
             )
@@ -1210,7 +1219,7 @@ class SplitConformer:
             where = f"{self.where} example {index} (image_id {image_id})"
             sources = objects.get("segmentation", [])
             if len(sources) != len(conformed["bbox"]):
-                raise ValueError(
+                raise HfDetrInputError(
                     f"{where}: {len(sources)} `objects.segmentation` for {len(conformed['bbox'])} boxes; "
                     "every object needs its mask."
                 )
@@ -1240,7 +1249,7 @@ def _image_size(
         return image.size
     file = io.BytesIO(image["bytes"]) if image and image.get("bytes") else (image or {}).get("path")
     if file is None:
-        raise ValueError(f"{where}: no image (neither bytes nor a path).")
+        raise HfDetrInputError(f"{where}: no image (neither bytes nor a path).")
     return checked_image_size(file, where, width, height, declared_by)
 
 
@@ -1355,7 +1364,9 @@ class _ExampleChecker:
         )
         for j, (_, category) in enumerate(zip(objects["bbox"], objects["category"])):
             if not 0 <= category < self.num_labels:
-                raise ValueError(f"{where} object {j}: category {category} is not a label in 0..{self.num_labels - 1}.")
+                raise HfDetrInputError(
+                    f"{where} object {j}: category {category} is not a label in 0..{self.num_labels - 1}."
+                )
         self.examples += 1
         if not kept.counts:
             return {}

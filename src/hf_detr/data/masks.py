@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from ..modeling.errors import HfDetrInputError
 from ..modeling.image_processing_hf_detr import coco_panoptic_target, object_mask, polygon_rle, rle_mask
 from ..modeling.segmentation_postprocessing import encode_rles
 
@@ -39,7 +40,7 @@ def segmentation_rle(segmentation: Any, name: str, image_size: tuple[int, int]) 
     """A COCO ``segmentation`` (polygons ``[[x1, y1, x2, y2, ...], ...]`` in pixels, or an RLE with list or str
     ``counts``) checked against its image of ``image_size`` (height, width) and returned in the stored form."""
     if segmentation is None:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{name} is missing: masks=True needs every object's COCO polygons or RLE; load with masks=False to read "
             "the boxes only."
         )
@@ -69,7 +70,7 @@ def mask_references(example: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     objects = example.get("objects")
     where = f"example with image_id={example.get('image_id')}"
     if not isinstance(objects, Mapping) or "segmentation" not in objects:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where}: `objects` has no `segmentation`; load the data set with masks=True for mask references."
         )
     size = tuple(F.get_size(example["image"]))

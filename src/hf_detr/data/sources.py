@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import datasets
 
+from ..modeling.errors import HfDetrInputError
 from .loading import BoxPolicy, load_detection_dataset, streamed
 from .synthetic import SPLITS, make_synthetic_dataset
 
@@ -43,7 +44,7 @@ def load_data(
     wanted = list(splits or SPLITS)
     unknown = [name for name in wanted if name not in SPLITS]
     if unknown:
-        raise ValueError(f"dataset {SYNTHETIC!r} has the splits {list(SPLITS)}, not {unknown}")
+        raise HfDetrInputError(f"dataset {SYNTHETIC!r} has the splits {list(SPLITS)}, not {unknown}")
     sizes = {"train": 1000, "validation": 200, "test": 200, **(synthetic_sizes or {})}
     counts = {name: sizes[name] if name in wanted else 0 for name in SPLITS}
     generated = make_synthetic_dataset(

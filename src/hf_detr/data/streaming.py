@@ -45,6 +45,7 @@ import PIL.Image
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from ..modeling.errors import HfDetrInputTypeError
 from .collate import DetectionCollator, DetectionDataset
 from .masks import encode_rles
 
@@ -133,7 +134,7 @@ class StreamedBatches:
     ) -> None:
         split = examples.dataset
         if not isinstance(split, datasets.IterableDataset):
-            raise TypeError(
+            raise HfDetrInputTypeError(
                 f"StreamedBatches streams a datasets.IterableDataset, got {type(split).__name__}; train "
                 "on a datasets.Dataset with a map-style DataLoader instead."
             )

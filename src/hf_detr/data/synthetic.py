@@ -35,6 +35,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from ..modeling.errors import HfDetrInputError
 from .loading import coco_detection_features
 from .masks import encode_rles
 
@@ -128,7 +129,7 @@ def render_image(
     """
     height, width = _check_args(image_size, classes, min_objects, max_objects, empty_fraction, scale_range)
     if not 0 <= max_occlusion < 1:
-        raise ValueError(f"max_occlusion must be in [0, 1), got {max_occlusion}.")
+        raise HfDetrInputError(f"max_occlusion must be in [0, 1), got {max_occlusion}.")
     rng = np.random.default_rng(seed)
     canvas = _background(rng, height, width)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -209,9 +210,9 @@ def make_synthetic_dataset(
     counts = {"train": num_train, "validation": num_validation, "test": num_test}
     for split, count in counts.items():
         if not isinstance(count, int) or count < 0:
-            raise ValueError(f"num_{split} must be a non-negative int, got {count!r}.")
+            raise HfDetrInputError(f"num_{split} must be a non-negative int, got {count!r}.")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+        raise HfDetrInputError(f"seed must be a non-negative int, got {seed!r}.")
     render_kwargs = dict(
         image_size=image_size,
         classes=classes,
@@ -260,17 +261,17 @@ def _check_args(
     """Validate the shared rendering arguments; return ``(height, width)``."""
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or not all(isinstance(s, int) and s >= 16 for s in size):
-        raise ValueError(f"image_size must be an int or (height, width) of ints >= 16, got {image_size!r}.")
+        raise HfDetrInputError(f"image_size must be an int or (height, width) of ints >= 16, got {image_size!r}.")
     unknown = [c for c in classes if c not in _OUTLINES]
     if not classes or unknown or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be distinct names from {SHAPES}, got {list(classes)!r}.")
+        raise HfDetrInputError(f"classes must be distinct names from {SHAPES}, got {list(classes)!r}.")
     if not 0 <= min_objects <= max_objects:
-        raise ValueError(f"need 0 <= min_objects <= max_objects, got {min_objects=}, {max_objects=}.")
+        raise HfDetrInputError(f"need 0 <= min_objects <= max_objects, got {min_objects=}, {max_objects=}.")
     if not 0 <= empty_fraction <= 1:
-        raise ValueError(f"empty_fraction must be in [0, 1], got {empty_fraction}.")
+        raise HfDetrInputError(f"empty_fraction must be in [0, 1], got {empty_fraction}.")
     low, high = scale_range
     if not 0 < low <= high <= 0.6:
-        raise ValueError(f"scale_range must satisfy 0 < low <= high <= 0.6, got {scale_range!r}.")
+        raise HfDetrInputError(f"scale_range must satisfy 0 < low <= high <= 0.6, got {scale_range!r}.")
     return size
 
 

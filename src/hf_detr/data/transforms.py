@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..modeling.boxes import check_boxes
+from ..modeling.errors import HfDetrInputError, HfDetrInputTypeError
 from .masks import decode_rles, encode_rles
 
 # DETR's recipe (facebookresearch/detr, datasets/coco.py).
@@ -62,7 +63,7 @@ class RandomSizeCrop(v2.Transform):
     def __init__(self, min_size: int, max_size: int) -> None:
         super().__init__()
         if not 1 <= min_size <= max_size:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"RandomSizeCrop needs 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}."
             )
         self.min_size = min_size
@@ -87,10 +88,10 @@ class RandomSizeCrop(v2.Transform):
 def _check_sizes(name: str, sizes: Sequence[int], max_size: int | None) -> list[int]:
     sizes = [sizes] if isinstance(sizes, int) else list(sizes)
     if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):
-        raise ValueError(f"`{name}` must be a non-empty list of positive ints, got {sizes!r}.")
+        raise HfDetrInputError(f"`{name}` must be a non-empty list of positive ints, got {sizes!r}.")
     if max_size is not None and max(sizes) >= max_size:
         # torchvision's Resize needs max_size strictly above the requested shorter side.
-        raise ValueError(
+        raise HfDetrInputError(
             f"`max_size` ({max_size}) must be larger than every value of `{name}` (largest: {max(sizes)})."
         )
     return sizes
@@ -127,10 +128,10 @@ def make_train_transform(
     scales = _check_sizes("scales", scales, max_size)
     crop_resize_scales = _check_sizes("crop_resize_scales", crop_resize_scales, None)
     if len(crop_size) != 2:
-        raise ValueError(f"`crop_size` must be a (min, max) pair, got {crop_size!r}.")
+        raise HfDetrInputError(f"`crop_size` must be a (min, max) pair, got {crop_size!r}.")
     for name, prob in (("crop_prob", crop_prob), ("flip_prob", flip_prob)):
         if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"`{name}` must be in [0, 1], got {prob}.")
+            raise HfDetrInputError(f"`{name}` must be in [0, 1], got {prob}.")
     multi_scale = _shorter_side_resize(scales, max_size)
     crop_then_resize = v2.Compose(
         [_shorter_side_resize(crop_resize_scales, None), RandomSizeCrop(*crop_size), multi_scale]
@@ -165,14 +166,14 @@ def _object_fields(example: dict[str, Any]) -> tuple[torch.Tensor, dict[str, lis
     """Validate ``example["objects"]``; return its boxes as an (N, 4) float64 tensor and the other per-object lists."""
     objects = example.get("objects")
     if not isinstance(objects, dict) or "bbox" not in objects:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{_where(example)}: expected `objects` to be a dict with a `bbox` list (Hub COCO schema), got {objects!r}."
         )
     boxes = check_boxes(objects["bbox"], lambda j: f"{_where(example)}: `objects.bbox[{j}]`", "xywh")
     others = {key: list(values) for key, values in objects.items() if key != "bbox"}
     for key, values in others.items():
         if len(values) != len(boxes):
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{_where(example)}: `objects.{key}` has {len(values)} entries but `objects.bbox` has {len(boxes)}."
             )
     return boxes, others
@@ -195,7 +196,7 @@ def transform_example(example: dict[str, Any], transform: Callable[[Any], Any]) 
     """
     image = example.get("image")
     if not isinstance(image, (PIL.Image.Image, torch.Tensor)):
-        raise TypeError(
+        raise HfDetrInputTypeError(
             f"{_where(example)}: `image` must be a PIL image or a (C, H, W) tensor, got {type(image).__name__}. "
             "Decode the column (datasets.Image feature) before transforming."
         )
@@ -218,7 +219,7 @@ def transform_example(example: dict[str, Any], transform: Callable[[Any], Any]) 
     objects["bbox"] = new_boxes.tolist()
     if rles is not None:
         if len(out["masks"]) != len(kept):  # a transform that drops boxes but not tv_tensors.Mask entries
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{_where(example)}: the transform kept {len(kept)} of {len(boxes)} boxes but {len(out['masks'])} "
                 "masks; drop boxes with v2.SanitizeBoundingBoxes, which drops their masks too."
             )
@@ -256,10 +257,10 @@ def to_coco_annotations(example: dict[str, Any]) -> dict[str, Any]:
     example has masks. Missing ``area`` falls back to the box area and missing ``iscrowd`` to 0.
     """
     if "image_id" not in example:
-        raise ValueError("example has no `image_id`: the image processor needs one per image; add that column.")
+        raise HfDetrInputError("example has no `image_id`: the image processor needs one per image; add that column.")
     boxes, others = _object_fields(example)
     if "category" not in others:
-        raise ValueError(f"{_where(example)}: `objects` has no `category` list.")
+        raise HfDetrInputError(f"{_where(example)}: `objects` has no `category` list.")
     num = len(boxes)
     areas = others.get("area", (boxes[:, 2] * boxes[:, 3]).tolist())
     iscrowd = others.get("iscrowd", [0] * num)
@@ -292,7 +293,7 @@ def training_transform(augment: str, image_size: int, max_size: int) -> v2.Trans
     if augment == "none":
         return None
     if augment != "detr":
-        raise ValueError(f"augment={augment!r}: choose 'detr' (flip, multi-scale resize, crop), 'flip' or 'none'")
+        raise HfDetrInputError(f"augment={augment!r}: choose 'detr' (flip, multi-scale resize, crop), 'flip' or 'none'")
     factor = image_size / DETR_EVAL_SIZE
     return make_train_transform(
         scales=sorted({round(s * factor) for s in DETR_TRAIN_SCALES}),

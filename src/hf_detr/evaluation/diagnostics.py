@@ -34,6 +34,7 @@ import torch
 from torchvision.ops import box_convert, box_iou
 
 from ..modeling.boxes import check_boxes
+from ..modeling.errors import HfDetrInputError
 from .metrics import CocoEvaluation
 
 __all__ = ["BACKGROUND", "ClassCurve", "Diagnostics", "ImageMatch", "class_pr_curves", "diagnose", "match_image"]
@@ -77,7 +78,7 @@ def _checked_threshold(value: float, name: str, low_open: bool) -> float:
     value = float(value)
     if not (0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0):
         interval = "(0, 1]" if low_open else "[0, 1]"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
+        raise HfDetrInputError(f"{name} must be in {interval}, got {value}")
     return value
 
 
@@ -109,7 +110,7 @@ def match_image(
     gt_labels = torch.as_tensor(reference["labels"], dtype=torch.int64).reshape(-1)
     crowd = torch.as_tensor(reference.get("iscrowd", [0] * len(gt_boxes)), dtype=torch.bool).reshape(-1)
     if not len(scores) == len(pred_labels) == len(pred_boxes) or not len(gt_boxes) == len(gt_labels) == len(crowd):
-        raise ValueError(
+        raise HfDetrInputError(
             f"image {index}: per-box fields differ in length (detections: {len(scores)} scores, "
             f"{len(pred_labels)} labels, {len(pred_boxes)} boxes; ground truth: {len(gt_boxes)} boxes, "
             f"{len(gt_labels)} labels, {len(crowd)} iscrowd)"
@@ -171,7 +172,7 @@ class Diagnostics:
     def worst(self, count: int = 8) -> list[ImageMatch]:
         """The ``count`` images with the most errors; ties go to fewer correct matches, then to the earlier image."""
         if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
+            raise HfDetrInputError(f"count must be at least 1, got {count}")
         return sorted(self.images, key=lambda image: (-image.errors, image.correct, image.index))[:count]
 
     def confusion_json(self) -> dict[str, Any]:
@@ -191,12 +192,12 @@ def diagnose(evaluation: CocoEvaluation, *, iou_threshold: float = 0.5, score_th
     """Match every image of ``evaluation`` (``evaluate(..., return_evaluation=True)`` or ``coco_evaluate(...,
     return_evaluation=True)``) and count the confusion matrix, by the rule of the module docstring."""
     if len(evaluation.predictions) != len(evaluation.references):
-        raise ValueError(
+        raise HfDetrInputError(
             f"the evaluation has {len(evaluation.predictions)} detection lists but "
             f"{len(evaluation.references)} ground-truth lists; they must be one per image"
         )
     if not evaluation.references and evaluation.precision is not None:
-        raise ValueError(
+        raise HfDetrInputError(
             "the evaluation carries no per-image detections: make it with evaluate(..., "
             "return_evaluation=True) or coco_evaluate(..., return_evaluation=True)"
         )
@@ -210,7 +211,7 @@ def diagnose(evaluation: CocoEvaluation, *, iou_threshold: float = 0.5, score_th
         gt_labels, pred_labels = reference["labels"], prediction["labels"]
         unknown = {int(x) for x in [*gt_labels, *pred_labels]} - set(position)
         if unknown:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"image {index} has labels {sorted(unknown)} that are not categories of the evaluation "
                 f"({evaluation.category_ids})"
             )

@@ -26,6 +26,7 @@ from transformers import EvalPrediction
 from ..data.collate import DetectionCollator, DetectionDataset
 from ..data.loading import id2label as dataset_id2label
 from ..data.masks import encode_rles
+from ..modeling.errors import HfDetrInputError
 from .metrics import CocoEvaluation, PostProcessInputs, detections_in_original_frame, make_compute_metrics
 from .segmentation_metrics import PanopticQualityMetric, SegmentCounts, coco_segmentation_evaluate
 
@@ -37,7 +38,7 @@ def model_labels(dataset_names: Sequence[str], model_id2label: Mapping[int, str]
     model_label = {name: int(label) for label, name in model_id2label.items()}
     unknown = [name for name in dataset_names if name not in model_label]
     if unknown:
-        raise ValueError(
+        raise HfDetrInputError(
             f"the data set's categories {unknown} are not classes of the model (it has {sorted(model_label)}); "
             "evaluate on data with the model's classes, or fine-tune it on this data set first."
         )
@@ -66,9 +67,9 @@ def evaluation_loader(
     """The batches `evaluate` scores, in order; `accelerator.prepare` it to share it among processes. A
     segmentation model's need `mask_references` (a split loaded with masks)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise HfDetrInputError(f"batch_size must be at least 1, got {batch_size}")
     if len(split) == 0:
-        raise ValueError("the evaluation split has no images")
+        raise HfDetrInputError("the evaluation split has no images")
     return torch.utils.data.DataLoader(
         evaluation_dataset(split, model_id2label),
         batch_size=batch_size,
@@ -148,7 +149,7 @@ def evaluate(
         boxes.append(list(zip(detections, labels)))
         if getattr(outputs, "pred_masks", None) is not None:
             if "mask_references" not in batch:
-                raise ValueError(
+                raise HfDetrInputError(
                     "the model predicts masks but the batches carry no ground-truth masks: build the "
                     "loader with evaluation_loader(..., mask_references=True) on a split loaded with "
                     "masks=True"

@@ -43,6 +43,7 @@ from transformers import EvalPrediction
 from transformers.utils import ModelOutput
 
 from ..modeling.boxes import check_boxes, denormalize_boxes
+from ..modeling.errors import HfDetrInputError, HfDetrInputTypeError
 from .coco_arrays import Annotations, evaluate_arrays, undefined_arrays
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ PER_CLASS_STATS: tuple[str, ...] = ("map", "map_50", "mar_100")
 def per_class_key(stat: str, name: str) -> str:
     """The flat metric key of one class's ``stat`` (one of :data:`PER_CLASS_STATS`): ``<stat>_class_<name>``."""
     if stat not in PER_CLASS_STATS:
-        raise ValueError(f"per-class stat must be one of {PER_CLASS_STATS}, got {stat!r}")
+        raise HfDetrInputError(f"per-class stat must be one of {PER_CLASS_STATS}, got {stat!r}")
     return f"{stat}_class_{name}"
 
 
@@ -135,10 +136,10 @@ class CocoEvaluation:
         """Precision at each recall point at IoU threshold ``iou``, area "all", 100 detections: ``[K, R]`` (rows
         of -1 for classes without ground truth)."""
         if self.precision is None:
-            raise ValueError("no precision array: the evaluation had no images")
+            raise HfDetrInputError("no precision array: the evaluation had no images")
         matches = np.flatnonzero(np.isclose(self.iou_thresholds, iou))
         if len(matches) == 0:
-            raise ValueError(f"IoU {iou} is not one of COCO's thresholds {self.iou_thresholds.tolist()}")
+            raise HfDetrInputError(f"IoU {iou} is not one of COCO's thresholds {self.iou_thresholds.tolist()}")
         return self.precision[matches[0], :, :, 0, -1].T
 
     def rounded(self, digits: int = 4) -> CocoEvaluation:
@@ -167,7 +168,7 @@ def per_class_rows(coco_eval: COCOeval, names: Sequence[str], objects: Sequence[
     at_50 = int(np.flatnonzero(np.isclose(coco_eval.params.iouThrs, 0.5))[0])
     if len(set(names)) != len(names):
         repeated = sorted({name for name in names if list(names).count(name) > 1})
-        raise ValueError(f"per-class results need one name per category; {repeated} name several categories")
+        raise HfDetrInputError(f"per-class results need one name per category; {repeated} name several categories")
     return {
         name: {
             "map": _mean_defined(precision[:, :, k, 0, -1]),
@@ -198,27 +199,27 @@ def _as_tensor(value: Any, where: str, field: str, dtype: torch.dtype, trailing:
         try:
             array = np.asarray(value)
         except ValueError as err:  # ragged nested lists
-            raise ValueError(f"{where}: `{field}` is not a regular array: {err}.") from None
+            raise HfDetrInputError(f"{where}: `{field}` is not a regular array: {err}.") from None
         if array.dtype.kind not in "biuf":
-            raise ValueError(f"{where}: `{field}` must be numeric, got {value!r}.")
+            raise HfDetrInputError(f"{where}: `{field}` must be numeric, got {value!r}.")
         tensor = torch.as_tensor(array)
     if not dtype.is_floating_point and tensor.is_floating_point() and (tensor != tensor.round()).any():
-        raise ValueError(f"{where}: `{field}` must hold integers, got {value!r}.")
+        raise HfDetrInputError(f"{where}: `{field}` must hold integers, got {value!r}.")
     tensor = tensor.to(dtype)
     if tensor.numel() == 0:
         tensor = tensor.reshape((0, *trailing))
     if tensor.ndim != 1 + len(trailing) or tuple(tensor.shape[1:]) != trailing:
         shape = "(N, " + ", ".join(map(str, trailing)) + ")" if trailing else "(N,)"
-        raise ValueError(f"{where}: `{field}` must have shape {shape}, got {tuple(tensor.shape)}.")
+        raise HfDetrInputError(f"{where}: `{field}` must have shape {shape}, got {tuple(tensor.shape)}.")
     if dtype.is_floating_point and not torch.isfinite(tensor).all():
-        raise ValueError(f"{where}: `{field}` contains NaN or inf.")
+        raise HfDetrInputError(f"{where}: `{field}` contains NaN or inf.")
     return tensor
 
 
 def _check_lengths(where: str, fields: Mapping[str, torch.Tensor]) -> None:
     lengths = {name: len(t) for name, t in fields.items()}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"{where}: per-box fields must have the same length, got {lengths}.")
+        raise HfDetrInputError(f"{where}: per-box fields must have the same length, got {lengths}.")
 
 
 def _compact(values: torch.Tensor, source: Any) -> np.ndarray:
@@ -236,10 +237,14 @@ def _prediction_arrays(prediction: Mapping[str, Any], where: str) -> dict[str, n
     """One image's detections as arrays: ``scores`` (N,), ``labels`` (N,) int64, ``boxes`` (N, 4) absolute
     (x0, y0, x1, y1); scores and boxes in float32 when given so, float64 otherwise."""
     if not isinstance(prediction, Mapping):
-        raise TypeError(f"{where} must be a dict with `scores`, `labels`, `boxes`, got {type(prediction).__name__}.")
+        raise HfDetrInputTypeError(
+            f"{where} must be a dict with `scores`, `labels`, `boxes`, got {type(prediction).__name__}."
+        )
     missing = [key for key in ("scores", "labels", "boxes") if key not in prediction]
     if missing:
-        raise ValueError(f"{where} is missing {missing}; expected `scores`, `labels`, `boxes` (x0, y0, x1, y1 pixels).")
+        raise HfDetrInputError(
+            f"{where} is missing {missing}; expected `scores`, `labels`, `boxes` (x0, y0, x1, y1 pixels)."
+        )
     fields = {
         "scores": _as_tensor(prediction["scores"], where, "scores", torch.float64),
         "labels": _as_tensor(prediction["labels"], where, "labels", torch.int64),
@@ -257,10 +262,10 @@ def _reference_arrays(reference: Mapping[str, Any], where: str) -> dict[str, np.
     """One image's ground truth as arrays: ``boxes`` (N, 4) COCO (x, y, w, h) pixels, ``labels`` or ``class_labels``
     (N,), optional ``iscrowd`` (N,) (default 0) and ``area`` (N,) (default w * h). Other keys are ignored."""
     if not isinstance(reference, Mapping):
-        raise TypeError(f"{where} must be a dict with `boxes` and `labels`, got {type(reference).__name__}.")
+        raise HfDetrInputTypeError(f"{where} must be a dict with `boxes` and `labels`, got {type(reference).__name__}.")
     label_key = "labels" if "labels" in reference else "class_labels"
     if "boxes" not in reference or label_key not in reference:
-        raise ValueError(f"{where} needs `boxes` (COCO x, y, w, h pixels) and `labels` (or `class_labels`).")
+        raise HfDetrInputError(f"{where} needs `boxes` (COCO x, y, w, h pixels) and `labels` (or `class_labels`).")
     boxes = check_boxes(reference["boxes"], lambda j: f"{where}: `boxes[{j}]`", "xywh")
     fields = {
         "boxes": boxes,
@@ -356,7 +361,9 @@ def coco_evaluate(
         ``{name: float}`` for :data:`COCO_STAT_NAMES` (and per-class keys); -1.0 where COCO cannot define a value.
     """
     if len(predictions) != len(references):
-        raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references; need one per image.")
+        raise HfDetrInputError(
+            f"Got {len(predictions)} predictions but {len(references)} references; need one per image."
+        )
     preds = [_prediction_arrays(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
     refs = [_reference_arrays(r, f"references[{i}]") for i, r in enumerate(references)]
     evaluation = _evaluate_boxes(preds, refs, per_class, id2label, return_evaluation, backend)
@@ -435,7 +442,7 @@ def run_cocoeval(
     per-class table and the precision array; ``predictions`` / ``references`` are left to the caller.
     """
     if backend not in COCO_BACKENDS:
-        raise ValueError(f"backend must be one of {COCO_BACKENDS}, got {backend!r}")
+        raise HfDetrInputError(f"backend must be one of {COCO_BACKENDS}, got {backend!r}")
     categories = sorted(
         set(ground_truth.category.tolist()) | set(detections.category.tolist()) | {int(k) for k in (id2label or {})}
     )
@@ -605,14 +612,14 @@ def _logits_and_boxes(batch_predictions: Any, batch_index: int) -> tuple[np.ndar
     items = batch_predictions if isinstance(batch_predictions, (tuple, list)) else (batch_predictions,)
     arrays = [x for x in items if isinstance(x, (np.ndarray, torch.Tensor))]
     if len(arrays) < 2:
-        raise ValueError(
+        raise HfDetrInputError(
             f"EvalPrediction.predictions[{batch_index}] has no (logits, pred_boxes) arrays. Pass a list of per-batch "
             "tuples: set TrainingArguments(eval_do_concat_batches=False) and keep `logits`/`pred_boxes` out of "
             "`keys_to_ignore_at_inference`."
         )
     logits, boxes = (np.asarray(a) for a in arrays[:2])
     if logits.ndim != 3 or boxes.ndim != 3 or boxes.shape[-1] != 4 or logits.shape[:2] != boxes.shape[:2]:
-        raise ValueError(
+        raise HfDetrInputError(
             f"EvalPrediction.predictions[{batch_index}]: expected logits (B, Q, C + 1) and pred_boxes (B, Q, 4), got "
             f"shapes {logits.shape} and {boxes.shape}. Did you set TrainingArguments(eval_do_concat_batches=False)?"
         )
@@ -622,7 +629,7 @@ def _logits_and_boxes(batch_predictions: Any, batch_index: int) -> tuple[np.ndar
 def _height_width(label: Mapping[str, Any], key: str, where: str) -> tuple[float, float]:
     size = _as_tensor(label[key], where, key, torch.float64)
     if size.shape != (2,):
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where}: `{key}` must be (h, w), got {size.tolist()}. If this is the last evaluation batch, "
             "accelerate's gather_for_metrics cut every label tensor to the batch's remainder: make the eval set size "
             "a multiple of per_device_eval_batch_size * world size (see make_compute_metrics)."
@@ -635,7 +642,7 @@ def _reference_from_label(label: Mapping[str, Any], where: str) -> dict[str, Any
     """A processor label dict (normalised cx, cy, w, h boxes) as a reference in the original image's pixel frame."""
     missing = [key for key in ("boxes", "class_labels", "orig_size") if key not in label]
     if missing:
-        raise ValueError(f"{where} is missing {missing}; expected the image processor's label dict.")
+        raise HfDetrInputError(f"{where} is missing {missing}; expected the image processor's label dict.")
     orig_h, orig_w = _height_width(label, "orig_size", where)
     boxes = check_boxes(label["boxes"], lambda j: f"{where}: `boxes[{j}]`", "cxcywh")
     boxes = denormalize_boxes(boxes, "xywh", (orig_h, orig_w))
@@ -643,7 +650,7 @@ def _reference_from_label(label: Mapping[str, Any], where: str) -> dict[str, Any
     if "area" in label:
         # The processor scales `area` to the resized image; bring it back to the original frame.
         if "size" not in label:
-            raise ValueError(f"{where} has `area` but no `size` (the resized (h, w) the area refers to).")
+            raise HfDetrInputError(f"{where} has `area` but no `size` (the resized (h, w) the area refers to).")
         size_h, size_w = _height_width(label, "size", where)
         area = _as_tensor(label["area"], where, "area", torch.float64)
         reference["area"] = area * (orig_h * orig_w) / (size_h * size_w)
@@ -704,12 +711,12 @@ def make_compute_metrics(
     dropping ground-truth objects (a cut ``orig_size`` raises here; the lost boxes cannot be detected).
     """
     if backend not in COCO_BACKENDS:
-        raise ValueError(f"backend must be one of {COCO_BACKENDS}, got {backend!r}")
+        raise HfDetrInputError(f"backend must be one of {COCO_BACKENDS}, got {backend!r}")
 
     def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         predictions, labels = eval_pred.predictions, eval_pred.label_ids
         if not isinstance(labels, (list, tuple)) or len(predictions) != len(labels):
-            raise ValueError(
+            raise HfDetrInputError(
                 "compute_metrics needs per-batch predictions and labels: set "
                 "TrainingArguments(eval_do_concat_batches=False)."
             )
@@ -721,7 +728,7 @@ def make_compute_metrics(
             outputs = None if _are_detections(batch_predictions) else _logits_and_boxes(batch_predictions, batch_index)
             count = len(batch_predictions) if outputs is None else len(outputs[0])
             if len(batch_labels) != count:
-                raise ValueError(f"Batch {batch_index}: {count} predictions but {len(batch_labels)} label dicts.")
+                raise HfDetrInputError(f"Batch {batch_index}: {count} predictions but {len(batch_labels)} label dicts.")
             references = [_reference_from_label(label, f"{where}[{i}]") for i, label in enumerate(batch_labels)]
             detections = (
                 batch_predictions

@@ -50,6 +50,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from ..data.masks import encode_rles
+from ..modeling.errors import HfDetrInputError, HfDetrInputTypeError
 from .coco_arrays import Annotations
 from .metrics import (
     COCO_STAT_NAMES,
@@ -97,9 +98,9 @@ def encode_masks(masks: Any, where: str = "masks") -> list[dict[str, Any]]:
     if array.size == 0 and array.ndim < 3:  # [] or an empty array: no masks
         return []
     if array.ndim != 3:
-        raise ValueError(f"{where} must have shape (N, H, W), got {array.shape}.")
+        raise HfDetrInputError(f"{where} must have shape (N, H, W), got {array.shape}.")
     if array.dtype.kind not in "biuf" or (array.dtype != bool and not np.isin(array, (0, 1)).all()):
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where} must be binary (bool or 0/1), got dtype {array.dtype}; threshold mask probabilities first "
             "(e.g. `masks > 0.5`)."
         )
@@ -114,7 +115,7 @@ def _rles(masks: Any, where: str) -> list[dict[str, Any]]:
     rles = []
     for j, rle in enumerate(masks):
         if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
-            raise ValueError(f"{where}: `masks[{j}]` must be an RLE dict with `size` (H, W) and `counts`.")
+            raise HfDetrInputError(f"{where}: `masks[{j}]` must be an RLE dict with `size` (H, W) and `counts`.")
         size, counts = rle["size"], rle["counts"]
         if (
             type(rle) is dict
@@ -128,13 +129,13 @@ def _rles(masks: Any, where: str) -> list[dict[str, Any]]:
             continue
         size = [int(s) for s in size]
         if len(size) != 2 or min(size) < 0:
-            raise ValueError(f"{where}: `masks[{j}]['size']` must be (H, W), got {rle['size']!r}.")
+            raise HfDetrInputError(f"{where}: `masks[{j}]['size']` must be (H, W), got {rle['size']!r}.")
         if isinstance(counts, (list, tuple)):  # uncompressed run lengths
             counts = mask_utils.frPyObjects({"size": size, "counts": list(counts)}, *size)["counts"]
         if isinstance(counts, bytes):
             counts = counts.decode("ascii")
         if not isinstance(counts, str):
-            raise ValueError(f"{where}: `masks[{j}]['counts']` must be str, bytes or a list of run lengths.")
+            raise HfDetrInputError(f"{where}: `masks[{j}]['counts']` must be str, bytes or a list of run lengths.")
         rles.append({"size": size, "counts": counts})
     return rles
 
@@ -143,10 +144,12 @@ def _normalize_mask_prediction(prediction: Mapping[str, Any], where: str) -> dic
     """One image's detections: ``scores`` (N,) float64, ``labels`` (N,) int64, ``masks`` N RLEs (from (N, H, W)
     binary masks or N RLEs)."""
     if not isinstance(prediction, Mapping):
-        raise TypeError(f"{where} must be a dict with `scores`, `labels`, `masks`, got {type(prediction).__name__}.")
+        raise HfDetrInputTypeError(
+            f"{where} must be a dict with `scores`, `labels`, `masks`, got {type(prediction).__name__}."
+        )
     missing = [key for key in ("scores", "labels", "masks") if key not in prediction]
     if missing:
-        raise ValueError(f"{where} is missing {missing}; expected `scores`, `labels`, `masks` (N, H, W) binary.")
+        raise HfDetrInputError(f"{where} is missing {missing}; expected `scores`, `labels`, `masks` (N, H, W) binary.")
     fields = {
         "scores": _as_tensor(prediction["scores"], where, "scores", torch.float64).numpy(),
         "labels": _as_tensor(prediction["labels"], where, "labels", torch.int64).numpy(),
@@ -160,10 +163,10 @@ def _normalize_mask_reference(reference: Mapping[str, Any], where: str) -> dict[
     """One image's ground truth: ``masks`` (M, H, W) binary or M RLEs (as RLEs), ``labels`` or ``class_labels``
     (M,), optional ``iscrowd`` (M,) (default 0), as int64 arrays. Other keys are ignored."""
     if not isinstance(reference, Mapping):
-        raise TypeError(f"{where} must be a dict with `masks` and `labels`, got {type(reference).__name__}.")
+        raise HfDetrInputTypeError(f"{where} must be a dict with `masks` and `labels`, got {type(reference).__name__}.")
     label_key = "labels" if "labels" in reference else "class_labels"
     if "masks" not in reference or label_key not in reference:
-        raise ValueError(f"{where} needs `masks` ((M, H, W) binary) and `labels` (or `class_labels`).")
+        raise HfDetrInputError(f"{where} needs `masks` ((M, H, W) binary) and `labels` (or `class_labels`).")
     masks = _rles(reference["masks"], where)
     crowd = reference.get("iscrowd", np.zeros(len(masks), dtype=np.int64))
     fields = {
@@ -195,7 +198,7 @@ def _run_segm_cocoeval(
     for image, (pred, ref) in enumerate(zip(preds, refs)):
         sizes = {tuple(rle["size"]) for rle in [*pred["masks"], *ref["masks"]]}
         if len(sizes) > 1:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"image {image}: masks of different sizes {sorted(sizes)}; predictions and references must be "
                 "in the same (H, W) frame (post-process the predictions to the references' size)."
             )
@@ -245,7 +248,9 @@ def coco_segmentation_evaluate(
         ``{name: float}`` for :data:`SEGM_STAT_NAMES` (and per-class keys); -1.0 where COCO cannot define a value.
     """
     if len(predictions) != len(references):
-        raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references; need one per image.")
+        raise HfDetrInputError(
+            f"Got {len(predictions)} predictions but {len(references)} references; need one per image."
+        )
     preds = [_normalize_mask_prediction(p, f"predictions[{i}]") for i, p in enumerate(predictions)]
     refs = [_normalize_mask_reference(r, f"references[{i}]") for i, r in enumerate(references)]
     evaluation = _run_segm_cocoeval(preds, refs, per_class, id2label, backend=backend)
@@ -297,39 +302,41 @@ class SegmentCounts:
 
 def _category_set(values: Collection[int], name: str) -> set[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Collection):
-        raise TypeError(f"`{name}` must be a collection of integer category ids, got {values!r}.")
+        raise HfDetrInputTypeError(f"`{name}` must be a collection of integer category ids, got {values!r}.")
     bad = [v for v in values if not isinstance(v, numbers.Integral) or isinstance(v, bool)]
     if bad:
-        raise TypeError(f"`{name}` must hold integer category ids, got {bad}.")
+        raise HfDetrInputTypeError(f"`{name}` must hold integer category ids, got {bad}.")
     return {int(v) for v in values}
 
 
 def _panoptic_segments(panoptic: Mapping[str, Any], where: str, categories: set[int]) -> tuple[np.ndarray, dict]:
     """One panoptic map: the segment ids ``[H, W]`` (int64) and ``{id: (category, crowd)}`` of its listed segments."""
     if not isinstance(panoptic, Mapping) or "segmentation" not in panoptic or "segments_info" not in panoptic:
-        raise ValueError(f"{where} must be a dict with `segmentation` ([H, W] segment ids) and `segments_info`.")
+        raise HfDetrInputError(f"{where} must be a dict with `segmentation` ([H, W] segment ids) and `segments_info`.")
     ids = panoptic["segmentation"]
     ids = np.asarray(ids.detach().cpu() if isinstance(ids, torch.Tensor) else ids)
     if ids.ndim != 2 or ids.dtype.kind not in "biuf" or (ids.dtype.kind == "f" and (ids != np.round(ids)).any()):
-        raise ValueError(f"{where}: `segmentation` must be an integer [H, W] map, got {ids.dtype} {ids.shape}.")
+        raise HfDetrInputError(f"{where}: `segmentation` must be an integer [H, W] map, got {ids.dtype} {ids.shape}.")
     segments: dict[int, tuple[int, bool]] = {}
     for j, info in enumerate(panoptic["segments_info"]):
         field = f"{where}: `segments_info[{j}]`"
         label_key = "label_id" if isinstance(info, Mapping) and "label_id" in info else "category_id"
         if not isinstance(info, Mapping) or "id" not in info or label_key not in info:
-            raise ValueError(f"{field} needs `id` and `label_id` (or `category_id`), got {info!r}.")
+            raise HfDetrInputError(f"{field} needs `id` and `label_id` (or `category_id`), got {info!r}.")
         segment_id, label = int(info["id"]), int(info[label_key])
         if segment_id <= 0:
-            raise ValueError(f"{field}: `id` must be > 0 (ids <= 0 mark unlabelled pixels), got {segment_id}.")
+            raise HfDetrInputError(f"{field}: `id` must be > 0 (ids <= 0 mark unlabelled pixels), got {segment_id}.")
         if label not in categories:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{field}: category {label} is neither in `things` nor in `stuff` ({sorted(categories)}); add it to "
                 "the one it belongs to."
             )
         segment = (label, bool(info.get("iscrowd", 0)))
         # transformers lists a fused stuff segment once per query it merges: the same id, the same category
         if segments.setdefault(segment_id, segment) != segment:
-            raise ValueError(f"{field}: segment {segment_id} is listed twice, as {segments[segment_id]} and {segment}.")
+            raise HfDetrInputError(
+                f"{field}: segment {segment_id} is listed twice, as {segments[segment_id]} and {segment}."
+            )
     return ids.astype(np.int64, copy=False), segments
 
 
@@ -350,7 +357,7 @@ def _indices(ids: np.ndarray, segments: Mapping[int, Any], where: str) -> tuple[
         index[labelled] = np.where(found, position + 1, 0)
     unlisted = labelled & (index == 0)
     if unlisted.any():
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where}: segment ids {np.unique(ids[unlisted]).tolist()} are in `segmentation` but not in "
             "`segments_info` (use ids <= 0 for unlabelled pixels)."
         )
@@ -363,7 +370,7 @@ def _image_counts(
     """PQ's counts of one image, per category (only the categories it has segments of)."""
     (pred_ids, pred_segments), (gt_ids, gt_segments) = prediction, reference
     if pred_ids.shape != gt_ids.shape:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where}: prediction map {pred_ids.shape} and reference map {gt_ids.shape} differ in size; post-process "
             "the prediction to the reference's size."
         )
@@ -376,7 +383,9 @@ def _image_counts(
     pred_area, gt_area = intersection.sum(0), intersection.sum(1)
     for side, keys, area in (("prediction", pred_keys, pred_area), ("reference", gt_keys, gt_area)):
         if (area[1:] == 0).any():
-            raise ValueError(f"{where} {side}: segments {keys[area[1:] == 0].tolist()} are listed but have no pixel.")
+            raise HfDetrInputError(
+                f"{where} {side}: segments {keys[area[1:] == 0].tolist()} are listed but have no pixel."
+            )
     pred_category = np.array([pred_segments[k][0] for k in pred_keys], dtype=np.int64)
     gt_category = np.array([gt_segments[k][0] for k in gt_keys], dtype=np.int64)
     gt_crowd = np.array([gt_segments[k][1] for k in gt_keys], dtype=bool)
@@ -421,9 +430,9 @@ class PanopticQualityMetric:
     def __init__(self, things: Collection[int], stuff: Collection[int] = ()) -> None:
         self.things, self.stuff = _category_set(things, "things"), _category_set(stuff, "stuff")
         if self.things & self.stuff:
-            raise ValueError(f"`things` and `stuff` share categories {sorted(self.things & self.stuff)}.")
+            raise HfDetrInputError(f"`things` and `stuff` share categories {sorted(self.things & self.stuff)}.")
         if not self.things | self.stuff:
-            raise ValueError("`things` and `stuff` are both empty; give the category ids of each kind.")
+            raise HfDetrInputError("`things` and `stuff` are both empty; give the category ids of each kind.")
         self.counts: list[dict[int, SegmentCounts]] = []
 
     def count_image(
@@ -444,7 +453,7 @@ class PanopticQualityMetric:
     def add_batch(self, *, predictions: Sequence[Mapping[str, Any]], references: Sequence[Mapping[str, Any]]) -> None:
         """Count and add a batch: per-image panoptic predictions and references."""
         if len(predictions) != len(references):
-            raise ValueError(
+            raise HfDetrInputError(
                 f"Got {len(predictions)} predictions but {len(references)} references; need one per image."
             )
         first = len(self.counts)  # errors name the image by its position among all added

@@ -18,6 +18,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError
 
 from ..modeling.configuration_hf_detr import HfDetrConfig
+from ..modeling.errors import HfDetrInputTypeError
 from .space import MODEL_CODE_REQUIREMENTS, requirements, save_space_folder
 
 PAPER_URL = "https://arxiv.org/abs/2005.12872"
@@ -255,7 +256,7 @@ def push_to_hub(
     `CommitInfo`. (`model.push_to_hub` is transformers' own: it works too, with transformers' card.)
     """
     if not isinstance(space, (bool, str)) or space == "":
-        raise TypeError(f"space must be True, False or a Space id such as 'owner/name', got {space!r}")
+        raise HfDetrInputTypeError(f"space must be True, False or a Space id such as 'owner/name', got {space!r}")
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     tags = [tags] if isinstance(tags, str) else list(tags or [])

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..modeling.configuration_hf_detr import HfDetrConfig
+from ..modeling.errors import HfDetrInputError
 from ..modeling.modeling_hf_detr import HfDetrForObjectDetection, HfDetrForSegmentation
 
 # the translation of transformers' DETR lives in the remote-code set, which converts such checkpoints on load
@@ -48,13 +49,13 @@ def load_converted(
     missing = sorted(name(k) for k in set(expected) - set(state_dict))
     unexpected = sorted(name(k) for k in set(state_dict) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise HfDetrInputError(
             f"the {source} checkpoint does not fit {config.backbone} (dilation={config.dilation}): "
             f"missing keys {missing}, unexpected keys {unexpected}"
         )
     wrong_shape = [k for k, v in state_dict.items() if tuple(v.shape) != tuple(expected[k].shape)]
     if wrong_shape:
-        raise ValueError(
+        raise HfDetrInputError(
             f"the {source} checkpoint has tensors of unexpected shape: "
             + ", ".join(f"{name(k)} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}" for k in wrong_shape)
         )
@@ -67,7 +68,7 @@ def _transformers_files(path: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     config = read_transformers_detr_config(path)
     if config is None:
         where = Path(path) / "config.json" if Path(path).is_dir() else f"the Hub repository {path}"
-        raise ValueError(f"{where} is missing or not a transformers DETR config (model_type 'detr')")
+        raise HfDetrInputError(f"{where} is missing or not a transformers DETR config (model_type 'detr')")
     return config, load_transformers_weights(path)
 
 
@@ -85,7 +86,9 @@ def from_transformers(
     """
     if isinstance(path_or_state_dict, Mapping):
         if config is None:
-            raise ValueError("from_transformers(state_dict) needs config=<the DetrConfig or its config.json dict>")
+            raise HfDetrInputError(
+                "from_transformers(state_dict) needs config=<the DetrConfig or its config.json dict>"
+            )
         detr_config, state_dict = config, path_or_state_dict
     else:
         detr_config, state_dict = _transformers_files(path_or_state_dict)
@@ -147,7 +150,7 @@ def config_from_original(
     not change predictions).
     """
     if backbone not in ORIGINAL_BACKBONES:
-        raise ValueError(f"backbone={backbone!r}: the original DETR code builds one of {ORIGINAL_BACKBONES}")
+        raise HfDetrInputError(f"backbone={backbone!r}: the original DETR code builds one of {ORIGINAL_BACKBONES}")
     inferred: dict[str, Any] = {"auxiliary_loss": True}
     if any(key.startswith("mask_head.") for key in state_dict):  # DETRsegm: the detector's keys under `detr.`
         detector = _ORIGINAL_DETECTOR
@@ -181,13 +184,13 @@ def _original_state_dict(path_or_state_dict: str | os.PathLike | Mapping[str, An
         checkpoint = load_tensor_file(path_or_state_dict, allowed_classes=(argparse.Namespace,))
         source = str(path_or_state_dict)
         if not isinstance(checkpoint, Mapping):
-            raise ValueError(f"{source} holds a {type(checkpoint).__name__}, not a DETR checkpoint dict")
+            raise HfDetrInputError(f"{source} holds a {type(checkpoint).__name__}, not a DETR checkpoint dict")
     state_dict = checkpoint.get("model", checkpoint)
     if not isinstance(state_dict, Mapping):
-        raise ValueError(f"the 'model' entry of {source} is a {type(state_dict).__name__}, not a state dict")
+        raise HfDetrInputError(f"the 'model' entry of {source} is a {type(state_dict).__name__}, not a state dict")
     not_tensors = sorted(k for k, v in state_dict.items() if not torch.is_tensor(v))
     if not_tensors:
-        raise ValueError(f"the state dict in {source} has entries that are not tensors: {not_tensors}")
+        raise HfDetrInputError(f"the state dict in {source} has entries that are not tensors: {not_tensors}")
     return dict(state_dict), checkpoint.get("args")
 
 
@@ -203,7 +206,7 @@ def _check_training_args(args: Any, config: HfDetrConfig) -> None:
     wrong = {name: value for name, value in expected.items() if getattr(config, name) != value}
     if wrong:
         got = {name: getattr(config, name) for name in wrong}
-        raise ValueError(
+        raise HfDetrInputError(
             f"the checkpoint was trained with {wrong} but the conversion was asked for {got}; pass the training values"
         )
 
@@ -248,7 +251,7 @@ def to_original(model: HfDetrForObjectDetection) -> dict[str, torch.Tensor]:
     a checkpoint its code loads with `--resume`; an `HfDetrForSegmentation` in its `DETRsegm` layout). Only the
     original's ResNet backbones have such a layout."""
     if model.config.backbone not in ORIGINAL_BACKBONES:
-        raise ValueError(
+        raise HfDetrInputError(
             f"the original DETR code has no {model.config.backbone!r} backbone (only {ORIGINAL_BACKBONES}); this "
             "model cannot be written in its layout"
         )

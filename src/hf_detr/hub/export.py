@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..modeling.errors import HfDetrInputError
 from ..modeling.modeling_hf_detr import HfDetrForObjectDetection
 from .export_readme import export_readme
 from .onnx_graph import MAX_SIDE, MIN_SIDE, EndToEndGraph, check_max_detections
@@ -63,7 +64,7 @@ class _InferenceGraph(nn.Module):
 
 def _check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} (--dtype), got {dtype!r}.")
+        raise HfDetrInputError(f"dtype must be one of {DTYPES} (--dtype), got {dtype!r}.")
 
 
 def export_onnx(

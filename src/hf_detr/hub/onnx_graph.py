@@ -28,6 +28,7 @@ from torch import nn
 from torchvision.ops import box_convert
 from transformers.image_utils import SizeDict
 
+from ..modeling.errors import HfDetrInputError
 from ..modeling.image_processing_hf_detr import _affine, _interpolation
 from ..modeling.modeling_hf_detr import HfDetrForObjectDetection
 
@@ -184,7 +185,7 @@ class Preprocess(nn.Module):
     def __init__(self, processor: Any) -> None:
         super().__init__()
         if _interpolation(processor.resample) != _interpolation(2):
-            raise ValueError(
+            raise HfDetrInputError(
                 f"the end-to-end graph resizes as the processor's default resample=2 (bilinear); this "
                 f"processor has resample={processor.resample!r}: set resample=2 in its "
                 "preprocessor_config.json, or export the raw graph."
@@ -273,7 +274,7 @@ class EndToEndGraph(nn.Module):
 def check_max_detections(max_detections: int, num_queries: int) -> None:
     """A ValueError unless `max_detections` is an int from 1 to the model's `num_queries`."""
     if isinstance(max_detections, bool) or not isinstance(max_detections, int) or not 0 < max_detections <= num_queries:
-        raise ValueError(
+        raise HfDetrInputError(
             f"max_detections must be an int from 1 to the model's {num_queries} queries, got "
             f"{max_detections!r}; pass --max_detections {num_queries} or fewer."
         )

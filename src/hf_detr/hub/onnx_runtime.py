@@ -13,6 +13,7 @@ import PIL.Image
 import torch
 from torch import nn
 
+from ..modeling.errors import HfDetrInputError, HfDetrInputTypeError
 from ..modeling.image_processing_hf_detr import upright_rgb
 from .onnx_graph import MAX_SIDE, MIN_SIDE
 
@@ -38,22 +39,24 @@ def _pixels(image: Any, where: str) -> np.ndarray:
     elif isinstance(image, torch.Tensor):
         image = image.numpy(force=True)
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"{where} is a {type(image).__name__}; pass PIL images or uint8 [height, width, 3] arrays.")
+        raise HfDetrInputTypeError(
+            f"{where} is a {type(image).__name__}; pass PIL images or uint8 [height, width, 3] arrays."
+        )
     if image.dtype != np.uint8:
-        raise TypeError(
+        raise HfDetrInputTypeError(
             f"{where} has dtype {image.dtype}; the end-to-end graph takes uint8 RGB pixels (0-255): "
             "convert float images in [0, 1] with (image * 255).round().astype(np.uint8)."
         )
     if image.ndim != 3 or image.shape[-1] != 3:
         channels = image.shape[-1] if image.ndim == 3 else 1
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where} has shape {image.shape} ({channels} channel{'s' if channels > 1 else ''}); the end-to-end graph "
             "takes RGB images [height, width, 3]: convert grayscale, two-channel or RGBA images to RGB first (PIL's "
             "image.convert('RGB'), or pass the PIL image)."
         )
     height, width = image.shape[:2]
     if min(height, width) < MIN_SIDE or max(height, width) > MAX_SIDE:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where} is {height} x {width} pixels (height x width); the end-to-end graph takes sides of {MIN_SIDE} to "
             f"{MAX_SIDE} pixels (its resize is a matrix product over every input pixel): "
             + (
@@ -70,7 +73,7 @@ def end_to_end_inputs(images: Sequence[Any]) -> dict[str, np.ndarray]:
     uint8 `[batch, H, W, 3]`, each in the top-left of the padded array, and `sizes` int64 `[batch, 2]`. A ValueError
     or TypeError naming the image when one cannot go through the graph."""
     if isinstance(images, (np.ndarray, PIL.Image.Image, torch.Tensor)) or not len(images):
-        raise TypeError("images must be a non-empty list of PIL images or uint8 [height, width, 3] arrays.")
+        raise HfDetrInputTypeError("images must be a non-empty list of PIL images or uint8 [height, width, 3] arrays.")
     pixels = [_pixels(image, f"images[{i}]") for i, image in enumerate(images)]
     sizes = np.array([image.shape[:2] for image in pixels], dtype=np.int64)
     batch = np.zeros((len(pixels), *sizes.max(0), 3), dtype=np.uint8)
@@ -91,7 +94,7 @@ class OnnxDetector:
         self.session = session(path, providers, threads)
         self.output_names = [output.name for output in self.session.get_outputs()]
         if [graph_input.name for graph_input in self.session.get_inputs()] != ["images", "sizes"]:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{path} is not an end-to-end graph (inputs images, sizes); a raw graph runs with OnnxModel."
             )
 

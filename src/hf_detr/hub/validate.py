@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..modeling.errors import HfDetrInputError
 from .export import END_TO_END_FILE, RAW_FILE, graph_metadata
 from .onnx_graph import MIN_SIDE
 from .onnx_runtime import OnnxDetector, OnnxModel, session
@@ -189,7 +190,7 @@ def load_validation_split(dataset: str, split: str, model: torch.nn.Module) -> A
 
     data = load_data(dataset, [split], masks=hasattr(model, "mask_head"))[split]
     if len(data) == 0:
-        raise ValueError(f"split {split!r} of {dataset} has no images; pass --split with a split that has.")
+        raise HfDetrInputError(f"split {split!r} of {dataset} has no images; pass --split with a split that has.")
     model_labels(list(dataset_id2label(data).values()), model.config.id2label)
     return data
 
@@ -275,7 +276,7 @@ def validate_export(
         if (out / file).is_file()
     }
     if "raw" not in paths:
-        raise ValueError(f"{out} has no {RAW_FILE}: pass a folder written by hf-detr export.")
+        raise HfDetrInputError(f"{out} has no {RAW_FILE}: pass a folder written by hf-detr export.")
     metadata = {name: graph_metadata(session(path)) for name, path in paths.items()}
     dtype = metadata["raw"]["dtype"]
     model = model.eval()

@@ -6,6 +6,7 @@ hf_detr exists. `tests/test_layout.py` checks it.
 """
 
 from .configuration_hf_detr import HfDetrConfig
+from .errors import HfDetrInputError, HfDetrInputTypeError
 from .image_processing_hf_detr import HfDetrImageProcessor
 from .modeling_hf_detr import (
     HfDetrForObjectDetection,
@@ -22,6 +23,8 @@ __all__ = [
     "HfDetrForObjectDetection",
     "HfDetrForSegmentation",
     "HfDetrImageProcessor",
+    "HfDetrInputError",
+    "HfDetrInputTypeError",
     "HfDetrModel",
     "HfDetrModelOutput",
     "HfDetrObjectDetectionOutput",

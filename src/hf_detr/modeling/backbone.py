@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .configuration_hf_detr import HfDetrConfig
+from .errors import HfDetrInputError
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +134,12 @@ class TimmBackbone(nn.Module):
             )
         except RuntimeError as error:
             if "Unknown model" in str(error):
-                raise ValueError(
+                raise HfDetrInputError(
                     f"HfDetrConfig.backbone={config.backbone!r} is not a timm model; see timm.list_models()"
                 ) from error
             raise
         except (TypeError, AssertionError, NotImplementedError) as error:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"timm could not build backbone {config.backbone!r} with features_only=True and {kwargs} "
                 f"(dilation={config.dilation}): {error}. Choose a timm CNN that supports these options."
             ) from error

@@ -15,6 +15,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torchvision.ops import box_convert
 
+from .errors import HfDetrInputError
+
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 # What a data loader does with a box that reaches outside its image or has no area (see `hf_detr.data.loading`):
 # clip it to the image (dropping what is left empty), drop it, or raise the check's error.
@@ -51,7 +53,7 @@ def box_flags(
     without raising on them (only input that is not `[n, 4]` numbers raises). The one frame logic: `check_boxes`
     raises on these flags, the data loader's `box_policy` clips or drops by them."""
     if fmt not in _FORMAT_HINTS:
-        raise ValueError(f"fmt must be one of {list(_FORMAT_HINTS)}, got {fmt!r}")
+        raise HfDetrInputError(f"fmt must be one of {list(_FORMAT_HINTS)}, got {fmt!r}")
     label = (lambda j: f"{name}[{j}]") if isinstance(name, str) else name
     tensor = _as_boxes(boxes, label, _FORMAT_HINTS[fmt])
     # every check at once: a call per image or annotation must stay cheap
@@ -105,11 +107,11 @@ def check_boxes(
         if problem_flags.any():
             j = int(problem_flags.nonzero()[0, 0])
             extra = ", with width and height > 0" if positive else ""
-            raise ValueError(f"{label(j)} = {tensor[j].tolist()} {problem}; boxes are {hint}{extra}")
+            raise HfDetrInputError(f"{label(j)} = {tensor[j].tolist()} {problem}; boxes are {hint}{extra}")
     j = int(flags.outside.nonzero()[0, 0])
     width, height = _limits(within, len(tensor))[j].tolist()
     by = f" by more than the tolerance {tolerance:g}" if tolerance else ""
-    raise ValueError(
+    raise HfDetrInputError(
         f"{label(j)} = {tensor[j].tolist()} lies outside [0, {width:g}] x [0, {height:g}]{by}; fix the box, or check "
         f"that boxes are {hint}"
     )
@@ -143,7 +145,7 @@ def _as_boxes(boxes: Any, label: Callable[[int], str], hint: str) -> torch.Tenso
         if tensor.ndim == 2 and tensor.shape[1] == 4:
             return tensor
         first = tensor.reshape(1)[0] if tensor.ndim == 0 else tensor[0]
-        raise ValueError(f"{label(0)} = {_short(first.tolist())} is not 4 numbers; boxes are {hint}")
+        raise HfDetrInputError(f"{label(0)} = {_short(first.tolist())} is not 4 numbers; boxes are {hint}")
     try:
         tensor = torch.as_tensor(boxes, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):  # ragged or non-numeric: the scan below finds the entry to blame
@@ -156,7 +158,7 @@ def _as_boxes(boxes: Any, label: Callable[[int], str], hint: str) -> torch.Tenso
     try:
         entries = list(boxes)
     except TypeError:
-        raise ValueError(f"expected [n, 4] boxes at {label(0)}, got {_short(boxes)}; boxes are {hint}") from None
+        raise HfDetrInputError(f"expected [n, 4] boxes at {label(0)}, got {_short(boxes)}; boxes are {hint}") from None
     rows = []
     for j, entry in enumerate(entries):
         try:
@@ -164,7 +166,7 @@ def _as_boxes(boxes: Any, label: Callable[[int], str], hint: str) -> torch.Tenso
         except (TypeError, ValueError, RuntimeError):
             row = None
         if row is None or row.shape != (4,):
-            raise ValueError(f"{label(j)} = {_short(entry)} is not 4 numbers; boxes are {hint}")
+            raise HfDetrInputError(f"{label(j)} = {_short(entry)} is not 4 numbers; boxes are {hint}")
         rows.append(row)
     return torch.stack(rows).cpu() if rows else torch.zeros(0, 4, dtype=torch.float64)
 
@@ -209,7 +211,7 @@ def _whwh(size: ImageSize, boxes: torch.Tensor) -> torch.Tensor:
     if size.ndim == 2 and size.shape[1] == 2 and boxes.ndim == 3 and len(size) == len(boxes):
         height, width = size.unbind(1)
         return torch.stack([width, height, width, height], dim=1)[:, None, :]
-    raise ValueError(
+    raise HfDetrInputError(
         f"size must be (height, width), or [batch, 2] for [batch, n, 4] boxes; got size of shape {tuple(size.shape)} "
         f"for boxes of shape {tuple(boxes.shape)}"
     )

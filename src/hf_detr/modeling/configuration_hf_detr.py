@@ -6,6 +6,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from .errors import HfDetrInputError
 from .transformers_detr import hf_detr_config_dict
 
 _ACTIVATIONS = ("relu", "gelu", "silu")
@@ -125,7 +126,7 @@ class HfDetrConfig(PreTrainedConfig):
 
     def _validate(self) -> None:
         def fail(field: str, value: Any, fix: str) -> None:
-            raise ValueError(f"HfDetrConfig.{field}={value!r} is invalid: {fix}")
+            raise HfDetrInputError(f"HfDetrConfig.{field}={value!r} is invalid: {fix}")
 
         if not isinstance(self.backbone, str) or not self.backbone:
             fail("backbone", self.backbone, "give the name of a timm CNN, e.g. 'resnet50'")

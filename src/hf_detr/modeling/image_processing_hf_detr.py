@@ -38,6 +38,7 @@ from transformers.image_utils import (
 )
 
 from .boxes import check_boxes, denormalize_boxes, normalize_boxes
+from .errors import HfDetrInputError, HfDetrInputTypeError
 from .segmentation_postprocessing import (
     instance_segmentation,
     panoptic_segmentation,
@@ -177,7 +178,7 @@ class HfDetrImageProcessor(TorchvisionBackend):
         pad_size = _size_dict(pad_size, "pad_size", _SIZE_FORMS[1:2])
         format = getattr(format, "value", format)  # an AnnotationFormat, as transformers takes it
         if format is not None and format not in _FORMATS:
-            raise ValueError(f"`format` must be one of {_FORMATS}, got {format!r}.")
+            raise HfDetrInputError(f"`format` must be one of {_FORMATS}, got {format!r}.")
         return super()._standardize_kwargs(size=size, pad_size=pad_size, format=format, **kwargs)
 
     def preprocess(
@@ -190,7 +191,9 @@ class HfDetrImageProcessor(TorchvisionBackend):
         """Process `images` and their COCO `annotations`; any option of the class can be overridden per call.
         `masks_path`: the folder of the panoptic PNGs that `"file_name"` names (`format="coco_panoptic"`)."""
         if masks_path is not None and not isinstance(masks_path, (str, os.PathLike)):
-            raise TypeError(f"`masks_path` must be a folder path (str or Path), got {type(masks_path).__name__}.")
+            raise HfDetrInputTypeError(
+                f"`masks_path` must be a folder path (str or Path), got {type(masks_path).__name__}."
+            )
         return super().preprocess(images, annotations, masks_path, **kwargs)
 
     def _preprocess_image_like_inputs(
@@ -317,12 +320,12 @@ class HfDetrImageProcessor(TorchvisionBackend):
         if return_masks:
             (mask_logits,) = _output_tensors(outputs, ("pred_masks",), "return_masks=True needs segmentation outputs")
             if mask_logits.ndim != 4 or mask_logits.shape[:2] != logits.shape[:2]:
-                raise ValueError(
+                raise HfDetrInputError(
                     f"Expected `pred_masks` [batch, queries, height, width] for `logits` "
                     f"{tuple(logits.shape)}, got {tuple(mask_logits.shape)}."
                 )
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}.")
+            raise HfDetrInputError(f"`top_k` must be a positive int or None, got {top_k!r}.")
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)
         sizes = None if target_sizes is None else _target_sizes(target_sizes, len(logits))
         if sizes is not None:
@@ -437,7 +440,9 @@ class HfDetrImageProcessor(TorchvisionBackend):
         if label_ids_to_fuse is not None and (
             isinstance(label_ids_to_fuse, (str, bytes)) or not isinstance(label_ids_to_fuse, Collection)
         ):
-            raise TypeError(f"`label_ids_to_fuse` must be a set or list of label ids, got {label_ids_to_fuse!r}.")
+            raise HfDetrInputTypeError(
+                f"`label_ids_to_fuse` must be a set or list of label ids, got {label_ids_to_fuse!r}."
+            )
         return panoptic_segmentation(
             logits,
             mask_logits,
@@ -457,9 +462,9 @@ def _size_dict(size: Any, name: str, forms: Sequence[set[str]]) -> dict[str, int
         size = {key: value for key, value in dict(size).items() if value is not None}
     allowed = " or ".join(str(sorted(form)) for form in forms)
     if not isinstance(size, Mapping) or set(size) not in forms:
-        raise ValueError(f"`{name}` must be a dict with the keys {allowed}, got {size!r}.")
+        raise HfDetrInputError(f"`{name}` must be a dict with the keys {allowed}, got {size!r}.")
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size.values()):
-        raise ValueError(f"`{name}` values must be positive ints, got {dict(size)!r}.")
+        raise HfDetrInputError(f"`{name}` values must be positive ints, got {dict(size)!r}.")
     return dict(size)
 
 
@@ -467,19 +472,19 @@ def _image_list(images: Any) -> list[tuple[Any, str]]:
     """Split `images` into single images, each with the name used in error messages (`images[i]`)."""
     if _is_array(images) and images.ndim == 4:
         if not any(_channel_axes(tuple(images.shape[1:]))):
-            raise ValueError(
+            raise HfDetrInputError(
                 f"`images` is a 4-D array of shape {tuple(images.shape)}, which is not a batch of images: a 4-D input "
                 f"must be (batch, C, H, W) or (batch, H, W, C) with C in {_CHANNEL_COUNTS}."
             )
         return [(image, f"images[{i}]") for i, image in enumerate(images)]
     if isinstance(images, (list, tuple)):
         if not images:
-            raise ValueError("`images` is empty; pass at least one image.")
+            raise HfDetrInputError("`images` is empty; pass at least one image.")
         for i, image in enumerate(images):
             if isinstance(image, (list, tuple)):
-                raise TypeError(f"images[{i}] is a {type(image).__name__}; pass a flat list of images.")
+                raise HfDetrInputTypeError(f"images[{i}] is a {type(image).__name__}; pass a flat list of images.")
             if _is_array(image) and image.ndim == 4:
-                raise ValueError(
+                raise HfDetrInputError(
                     f"images[{i}] has 4 dimensions {tuple(image.shape)}; pass a list of single images or one 4-D batch."
                 )
         return [(image, f"images[{i}]") for i, image in enumerate(images)]
@@ -507,19 +512,21 @@ def _to_rgb_tensor(
     if isinstance(image, PIL.Image.Image):
         return _pil_to_tensor(image, where)
     if not _is_array(image):
-        raise TypeError(
+        raise HfDetrInputTypeError(
             f"{where} is a {type(image).__name__}; expected a PIL image, a numpy array, a torch tensor or a file path."
         )
     tensor = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
     if tensor.dtype == torch.bool or tensor.is_complex():
-        raise TypeError(f"{where} has dtype {tensor.dtype}; pass uint8 (0-255) or float pixel values.")
+        raise HfDetrInputTypeError(f"{where} has dtype {tensor.dtype}; pass uint8 (0-255) or float pixel values.")
     if tensor.ndim == 2:
         tensor = tensor[None]
     elif tensor.ndim == 3:
         channels_last = _is_channels_last(tensor.shape, isinstance(image, np.ndarray), where, input_data_format)
         tensor = tensor.movedim(-1, 0) if channels_last else tensor
     else:
-        raise ValueError(f"{where} has shape {tuple(tensor.shape)}; an image must be (H, W), (H, W, C) or (C, H, W).")
+        raise HfDetrInputError(
+            f"{where} has shape {tuple(tensor.shape)}; an image must be (H, W), (H, W, C) or (C, H, W)."
+        )
     _check_not_empty(tuple(tensor.shape[-2:]), where)
     if tensor.dtype != torch.uint8:
         tensor = tensor.to(torch.float32)
@@ -539,7 +546,7 @@ def _open(path: str | os.PathLike, where: str) -> PIL.Image.Image:
         image.load()  # decode now, so that a truncated file fails here, with its path
         return image
     except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
-        raise ValueError(f"{where}: cannot read the image file {path!r}: {error}") from error
+        raise HfDetrInputError(f"{where}: cannot read the image file {path!r}: {error}") from error
 
 
 def _pil_to_tensor(image: PIL.Image.Image, where: str) -> torch.Tensor:
@@ -584,14 +591,14 @@ def _is_channels_last(
         channels_last = ChannelDimension(input_data_format) == ChannelDimension.LAST
         channels = shape[-1] if channels_last else shape[0]
         if channels not in _CHANNEL_COUNTS:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{where} has shape {tuple(shape)}: with input_data_format={ChannelDimension(input_data_format).value} "
                 f"its channel axis has size {channels}, expected one of {_CHANNEL_COUNTS}."
             )
         return channels_last
     first, last = _channel_axes(tuple(shape))
     if not (first or last):
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where} has shape {tuple(shape)}: neither its first nor its last axis has {_CHANNEL_COUNTS} channels."
         )
     return last and (not first or is_numpy)
@@ -599,7 +606,7 @@ def _is_channels_last(
 
 def _check_not_empty(height_width: tuple[int, int], where: str) -> None:
     if min(height_width) < 1:
-        raise ValueError(f"{where} is empty: height x width = {height_width[0]} x {height_width[1]}.")
+        raise HfDetrInputError(f"{where} is empty: height x width = {height_width[0]} x {height_width[1]}.")
 
 
 def _composite_on_white(rgba: torch.Tensor, white: float) -> torch.Tensor:
@@ -628,7 +635,7 @@ def _canvas_size(
     if do_pad and pad_size is not None:
         for i, (height, width) in enumerate(sizes):
             if height > pad_size.height or width > pad_size.width:
-                raise ValueError(
+                raise HfDetrInputError(
                     f"images[{i}] is {height} x {width} after resizing, larger than pad_size "
                     f"{pad_size.height} x {pad_size.width}; raise pad_size or resize to a smaller size."
                 )
@@ -636,7 +643,7 @@ def _canvas_size(
     if do_pad or len(set(sizes)) == 1:
         return max(h for h, _ in sizes), max(w for _, w in sizes)
     if return_tensors is not None:
-        raise ValueError(
+        raise HfDetrInputError(
             f"The images have different sizes after resizing ({sorted(set(sizes))}) and do_pad=False, so they cannot "
             f"be stacked into one tensor (return_tensors={return_tensors!r}): set do_pad=True, or resize to a fixed "
             'size={"height": ..., "width": ...}, or pass return_tensors=None to get a list.'
@@ -658,7 +665,7 @@ def _affine(
         return (factor if do_rescale else None), None
     mean_t, std_t = (torch.as_tensor(v, dtype=torch.float64).reshape(-1, 1, 1) for v in (mean, std))
     if mean_t.shape[0] not in (1, 3) or std_t.shape[0] not in (1, 3):
-        raise ValueError(f"image_mean and image_std must be one float or 3 floats, got {mean!r} and {std!r}.")
+        raise HfDetrInputError(f"image_mean and image_std must be one float or 3 floats, got {mean!r} and {std!r}.")
     scale, bias = (factor / std_t).expand(3, 1, 1), (-mean_t / std_t).expand(3, 1, 1)
     return scale.to(device, torch.float32), bias.to(device, torch.float32)
 
@@ -671,7 +678,9 @@ def _interpolation(resample: Any) -> tvF.InterpolationMode:
     try:
         return pil_torch_interpolation_mapping[PILImageResampling(resample)]
     except (ValueError, KeyError):
-        raise ValueError(f"`resample` must be a PILImageResampling filter (2: BILINEAR), got {resample!r}.") from None
+        raise HfDetrInputError(
+            f"`resample` must be a PILImageResampling filter (2: BILINEAR), got {resample!r}."
+        ) from None
 
 
 def _coco_targets(
@@ -688,11 +697,11 @@ def _coco_targets(
     if isinstance(annotations, Mapping):
         annotations = [annotations]
     if not isinstance(annotations, (list, tuple)):
-        raise TypeError(
+        raise HfDetrInputTypeError(
             f"`annotations` must be a dict or a list of dicts (one per image), got {type(annotations).__name__}."
         )
     if len(annotations) != len(image_sizes):
-        raise ValueError(
+        raise HfDetrInputError(
             f"Got {len(annotations)} annotations for {len(image_sizes)} images; pass exactly one annotation dict per "
             "image, in the same order."
         )
@@ -711,19 +720,19 @@ def _coco_target(
     annotation: Any, where: str, image_size: tuple[int, int], return_masks: bool
 ) -> dict[str, torch.Tensor]:
     if not isinstance(annotation, Mapping) or "image_id" not in annotation or "annotations" not in annotation:
-        raise ValueError(
+        raise HfDetrInputError(
             f'{where} must be a COCO detection dict {{"image_id": int, "annotations": [...]}}, got {annotation!r:.200}.'
         )
     image_id = _integer(annotation["image_id"], f'{where}["image_id"]')
     objects = annotation["annotations"]
     if not isinstance(objects, (list, tuple)):
-        raise ValueError(f'{where}["annotations"] must be a list of object dicts, got {type(objects).__name__}.')
+        raise HfDetrInputError(f'{where}["annotations"] must be a list of object dicts, got {type(objects).__name__}.')
     labels, crowd = [], []
     for j, obj in enumerate(objects):
         name = f'{where}["annotations"][{j}]'
         missing = [key for key in ("bbox", "category_id") if not isinstance(obj, Mapping) or key not in obj]
         if missing:
-            raise ValueError(
+            raise HfDetrInputError(
                 f'{name} has no {" or ".join(map(repr, missing))}: every object needs "bbox": [x, y, width, height] '
                 'in pixels and an integer "category_id".'
             )
@@ -755,7 +764,7 @@ def object_mask(obj: Mapping[str, Any], name: str, image_size: tuple[int, int]) 
     if isinstance(segmentation, (list, tuple)) and segmentation:
         return _polygon_mask(segmentation, name, image_size)
     what = "is missing" if segmentation is None else f"is {segmentation!r:.80}"
-    raise ValueError(
+    raise HfDetrInputError(
         f"{name} {what}: with return_segmentation_masks=True every object needs COCO polygons [[x1, y1, x2, y2, ...], "
         '...] or an RLE {"size": [height, width], "counts": ...}.'
     )
@@ -794,7 +803,7 @@ def _checked_polygons(polygons: Sequence[Any], name: str, image_size: tuple[int,
         except (TypeError, ValueError):
             points = np.empty((0, 0))
         if points.ndim != 1 or len(points) % 2 or not np.isfinite(points).all():
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{name}[{p}] = {polygon!r:.80} is not a polygon: a flat list of finite x1, y1, x2, y2, ... in pixels."
             )
         xs, ys = points[0::2], points[1::2]
@@ -802,7 +811,7 @@ def _checked_polygons(polygons: Sequence[Any], name: str, image_size: tuple[int,
         outside |= (ys < -_POLYGON_TOLERANCE) | (ys > height + _POLYGON_TOLERANCE)
         if outside.any():
             k = int(outside.argmax())
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{name}[{p}] has the point (x, y) = ({xs[k]:g}, {ys[k]:g}), more than {_POLYGON_TOLERANCE:g} pixel "
                 f"outside its {width} x {height} (width x height) image: is the polygon in another image's pixels?"
             )
@@ -816,13 +825,13 @@ def rle_mask(rle: Mapping[str, Any], name: str, image_size: tuple[int, int]) -> 
 
     height, width = image_size
     if "size" not in rle or "counts" not in rle:
-        raise ValueError(
+        raise HfDetrInputError(
             f'{name} is an RLE dict without "size" or "counts"; COCO RLE is {{"size": [height, width], '
             '"counts": [int, ...] or str}.'
         )
     size = rle["size"]
     if not isinstance(size, (list, tuple)) or [*size] != [height, width]:
-        raise ValueError(
+        raise HfDetrInputError(
             f'{name}["size"] = {size!r} differs from its image, [height, width] = [{height}, {width}]: the mask must '
             "cover the image it annotates."
         )
@@ -832,10 +841,10 @@ def rle_mask(rle: Mapping[str, Any], name: str, image_size: tuple[int, int]) -> 
     elif isinstance(counts, (list, tuple)) and all(isinstance(c, (int, np.integer)) for c in counts):
         runs = [int(c) for c in counts]
     else:
-        raise ValueError(f'{name}["counts"] must be a list of ints (uncompressed RLE) or a str (compressed RLE).')
+        raise HfDetrInputError(f'{name}["counts"] must be a list of ints (uncompressed RLE) or a str (compressed RLE).')
     # pycocotools decodes counts unchecked: with too few pixels the rest of the mask is left undefined
     if any(run < 0 for run in runs) or sum(runs) != height * width:
-        raise ValueError(
+        raise HfDetrInputError(
             f'{name}["counts"] does not decode to a {height} x {width} mask: its runs are {runs[:6]}'
             f"{'...' if len(runs) > 6 else ''} and sum to {sum(runs)} pixels, not {height * width}; runs are "
             "non-negative pixel counts, alternately background and mask, in column-major order."
@@ -850,13 +859,13 @@ def _compressed_runs(counts: str | bytes, name: str) -> list[int]:
     try:
         data = counts.encode("ascii") if isinstance(counts, str) else counts
     except UnicodeEncodeError:
-        raise ValueError(f"{name} has characters beyond ASCII, which no compressed COCO RLE holds.") from None
+        raise HfDetrInputError(f"{name} has characters beyond ASCII, which no compressed COCO RLE holds.") from None
     runs: list[int] = []
     value = shift = 0
     for character in data:
         group = character - 48
         if not 0 <= group < 64:
-            raise ValueError(f"{name} has the character {chr(character)!r}, which no compressed COCO RLE holds.")
+            raise HfDetrInputError(f"{name} has the character {chr(character)!r}, which no compressed COCO RLE holds.")
         value |= (group & 0x1F) << shift
         shift += 5
         if group & 0x20:
@@ -866,7 +875,7 @@ def _compressed_runs(counts: str | bytes, name: str) -> list[int]:
         runs.append(value + runs[-2] if len(runs) > 2 else value)
         value = shift = 0
     if shift:
-        raise ValueError(f"{name} ends inside a run: the compressed RLE is truncated.")
+        raise HfDetrInputError(f"{name} ends inside a run: the compressed RLE is truncated.")
     return runs
 
 
@@ -878,28 +887,30 @@ def coco_panoptic_target(
     masks_path: str | os.PathLike | None,
 ) -> dict[str, torch.Tensor]:
     if not isinstance(annotation, Mapping) or "segments_info" not in annotation or "image_id" not in annotation:
-        raise ValueError(
+        raise HfDetrInputError(
             f'{where} must be a COCO panoptic dict {{"image_id": int, "segments_info": [...], "file_name": str}}, got '
             f"{annotation!r:.200}."
         )
     image_id = _integer(annotation["image_id"], f'{where}["image_id"]')
     segments = annotation["segments_info"]
     if not isinstance(segments, (list, tuple)):
-        raise ValueError(f'{where}["segments_info"] must be a list of segment dicts, got {type(segments).__name__}.')
+        raise HfDetrInputError(
+            f'{where}["segments_info"] must be a list of segment dicts, got {type(segments).__name__}.'
+        )
     ids, labels, crowd = [], [], []
     for j, segment in enumerate(segments):
         name = f'{where}["segments_info"][{j}]'
         if not isinstance(segment, Mapping) or "id" not in segment or "category_id" not in segment:
-            raise ValueError(f'{name} needs an integer "id" and "category_id".')
+            raise HfDetrInputError(f'{name} needs an integer "id" and "category_id".')
         ids.append(_integer(segment["id"], f'{name}["id"]'))
         labels.append(_integer(segment["category_id"], f'{name}["category_id"]'))
         crowd.append(_integer(segment.get("iscrowd", 0), f'{name}["iscrowd"]'))
     if len(set(ids)) < len(ids):
-        raise ValueError(f'{where}["segments_info"] (image_id {image_id}) lists a segment id twice: {ids}.')
+        raise HfDetrInputError(f'{where}["segments_info"] (image_id {image_id}) lists a segment id twice: {ids}.')
     id_map = _panoptic_ids(annotation, where, image_id, image_size, masks_path)
     unlisted = sorted(set(torch.unique(id_map).tolist()) - set(ids) - {0})
     if unlisted:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where} (image_id {image_id}): the panoptic PNG has segment ids {unlisted[:10]} (R + 256 G + 256^2 B) "
             'that "segments_info" does not list; is the PNG the one of this image? (id 0 is unlabeled, needs no entry.)'
         )
@@ -931,7 +942,7 @@ def _panoptic_ids(
     elif masks_path is not None and "file_name" in annotation:
         png, name = Path(masks_path) / annotation["file_name"], f'{where}["file_name"] (image_id {image_id})'
     else:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{where} (image_id {image_id}) has no panoptic PNG: pass masks_path=<the folder of the PNGs> with a "
             '"file_name" in each annotation, or the PNG itself as "panoptic_png".'
         )
@@ -939,19 +950,21 @@ def _panoptic_ids(
         png = _open(png, name)
     if isinstance(png, PIL.Image.Image):
         if png.mode not in ("RGB", "RGBA", "P"):
-            raise ValueError(f"{name} is a {png.mode!r} image; a panoptic PNG holds segment ids as RGB colors.")
+            raise HfDetrInputError(f"{name} is a {png.mode!r} image; a panoptic PNG holds segment ids as RGB colors.")
         rgb = torch.from_numpy(np.array(png.convert("RGB")))
     elif _is_array(png):
         rgb = torch.as_tensor(png)
         if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != torch.uint8:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"{name} has shape {tuple(rgb.shape)} and dtype {rgb.dtype}; panoptic PNG pixels are uint8 "
                 "[height, width, 3] RGB."
             )
     else:
-        raise TypeError(f"{name} is a {type(png).__name__}; pass a path, a PIL image or [height, width, 3] pixels.")
+        raise HfDetrInputTypeError(
+            f"{name} is a {type(png).__name__}; pass a path, a PIL image or [height, width, 3] pixels."
+        )
     if tuple(rgb.shape[:2]) != tuple(image_size):
-        raise ValueError(
+        raise HfDetrInputError(
             f"{name} is {rgb.shape[0]} x {rgb.shape[1]} (height x width), but its image is {image_size[0]} x "
             f"{image_size[1]}: the panoptic PNG must have the image's size."
         )
@@ -963,7 +976,7 @@ def _integer(value: Any, name: str) -> int:
     try:
         return operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be an int, got {value!r}.") from None
+        raise HfDetrInputError(f"{name} must be an int, got {value!r}.") from None
 
 
 def _labels(
@@ -1022,7 +1035,7 @@ def _output_tensors(outputs: Any, names: tuple[str, ...], needs: str) -> tuple[t
     them, e.g. "post_process_object_detection needs model outputs")."""
     missing = [name for name in names if getattr(outputs, name, None) is None]
     if missing:
-        raise TypeError(
+        raise HfDetrInputTypeError(
             f"{needs} with {' and '.join(f'`{name}`' for name in names)}; "
             f"{type(outputs).__name__} has no {' or '.join(f'`{m}`' for m in missing)}."
         )
@@ -1033,7 +1046,7 @@ def _detection_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     needs = "post_process_object_detection needs model outputs"
     logits, boxes = _output_tensors(outputs, ("logits", "pred_boxes"), needs)
     if logits.ndim != 3 or logits.shape[-1] < 2 or boxes.shape != (*logits.shape[:2], 4):
-        raise ValueError(
+        raise HfDetrInputError(
             "Expected `logits` [batch, queries, num_labels + 1] and `pred_boxes` [batch, queries, 4], got shapes "
             f"{tuple(logits.shape)} and {tuple(boxes.shape)}."
         )
@@ -1045,7 +1058,7 @@ def _target_sizes(target_sizes: Any, batch: int) -> torch.Tensor:
         [[float(v) for v in pair] for pair in target_sizes] if not _is_array(target_sizes) else target_sizes
     )
     if sizes.shape != (batch, 2):
-        raise ValueError(
+        raise HfDetrInputError(
             f"`target_sizes` must hold one (height, width) per image, shape ({batch}, 2); got {tuple(sizes.shape)}."
         )
     return sizes
@@ -1055,7 +1068,7 @@ def _segmentation_outputs(outputs: Any, method: str) -> tuple[torch.Tensor, torc
     needs = f"{method} needs segmentation outputs (HfDetrForSegmentation's)"
     logits, masks = _output_tensors(outputs, ("logits", "pred_masks"), needs)
     if logits.ndim != 3 or logits.shape[-1] < 2 or masks.ndim != 4 or masks.shape[:2] != logits.shape[:2]:
-        raise ValueError(
+        raise HfDetrInputError(
             "Expected `logits` [batch, queries, num_labels + 1] and `pred_masks` [batch, queries, height, width], got "
             f"shapes {tuple(logits.shape)} and {tuple(masks.shape)}."
         )
@@ -1067,7 +1080,7 @@ def _segmentation_sizes(target_sizes: Any, batch: int) -> list[tuple[int, int]] 
         return None
     sizes = _target_sizes(target_sizes, batch)
     if not (sizes == sizes.round()).all() or (sizes < 1).any():
-        raise ValueError(f"`target_sizes` must be positive whole (height, width) pairs, got {sizes.tolist()}.")
+        raise HfDetrInputError(f"`target_sizes` must be positive whole (height, width) pairs, got {sizes.tolist()}.")
     return [(int(height), int(width)) for height, width in sizes.tolist()]
 
 
@@ -1078,7 +1091,7 @@ def _check_thresholds(threshold: float, mask_threshold: float, overlap_mask_area
         ("overlap_mask_area_threshold", overlap_mask_area_threshold),
     ]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+            raise HfDetrInputError(f"`{name}` must be a number in [0, 1], got {value!r}.")
 
 
 def _register_with_pipelines() -> None:

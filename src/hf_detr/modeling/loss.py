@@ -21,6 +21,7 @@ from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal
 
 from .boxes import check_boxes
 from .configuration_hf_detr import HfDetrConfig
+from .errors import HfDetrInputError, HfDetrInputTypeError
 from .matcher import HungarianMatcher, Matcher
 
 
@@ -31,20 +32,24 @@ def validate_labels(labels: object, batch_size: int, num_labels: int) -> tuple[l
     (center_x, center_y, width, height) with width, height > 0 and the box inside [0, 1] x [0, 1].
     """
     if not isinstance(labels, Sequence) or isinstance(labels, (str, bytes)):
-        raise TypeError(f"labels must be a list with one dict per image, got {type(labels).__name__}")
+        raise HfDetrInputTypeError(f"labels must be a list with one dict per image, got {type(labels).__name__}")
     if len(labels) != batch_size:
-        raise ValueError(f"labels has {len(labels)} entries but the batch has {batch_size} images; give one per image")
+        raise HfDetrInputError(
+            f"labels has {len(labels)} entries but the batch has {batch_size} images; give one per image"
+        )
     class_labels, boxes = [], []
     for i, target in enumerate(labels):
         if not isinstance(target, Mapping) or "class_labels" not in target or "boxes" not in target:
-            raise ValueError(f'labels[{i}] must be a dict with "class_labels" and "boxes"')
+            raise HfDetrInputError(f'labels[{i}] must be a dict with "class_labels" and "boxes"')
         ids, bxs = torch.as_tensor(target["class_labels"]), torch.as_tensor(target["boxes"])
         if ids.numel() == 0 and bxs.numel() == 0:  # an image without objects may come as empty lists
             ids, bxs = ids.long(), bxs.reshape(0, 4)
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise TypeError(f'labels[{i}]["class_labels"] must hold integer class ids, got dtype {ids.dtype}')
+            raise HfDetrInputTypeError(
+                f'labels[{i}]["class_labels"] must hold integer class ids, got dtype {ids.dtype}'
+            )
         if ids.ndim != 1 or bxs.ndim != 2 or bxs.shape[-1] != 4 or len(bxs) != len(ids):
-            raise ValueError(
+            raise HfDetrInputError(
                 f'labels[{i}]: "class_labels" must be [n] and "boxes" [n, 4] with the same n, '
                 f"got {tuple(ids.shape)} and {tuple(bxs.shape)}"
             )
@@ -55,7 +60,7 @@ def validate_labels(labels: object, batch_size: int, num_labels: int) -> tuple[l
     bad_ids = (all_ids < 0) | (all_ids >= num_labels)
     if bad_ids.any():
         i, j = _locate(bad_ids, sizes)
-        raise ValueError(
+        raise HfDetrInputError(
             f'labels[{i}]["class_labels"][{j}] = {int(class_labels[i][j])} is not a class id in [0, {num_labels}); '
             "map dataset categories to contiguous ids and set num_labels / id2label accordingly"
         )
@@ -76,14 +81,14 @@ def validate_masks(labels: Sequence[Mapping[str, object]], size: tuple[int, int]
     masks = []
     for i, target in enumerate(labels):
         if "masks" not in target:
-            raise ValueError(
+            raise HfDetrInputError(
                 f'labels[{i}] has no "masks"; segmentation needs one mask per box (prepare the '
                 "annotations with HfDetrImageProcessor(..., return_segmentation_masks=True))"
             )
         mask = torch.as_tensor(target["masks"])
         expected = (len(torch.as_tensor(target["class_labels"]).reshape(-1)), *size)
         if tuple(mask.shape) != expected and not (mask.numel() == 0 and expected[0] == 0):
-            raise ValueError(
+            raise HfDetrInputError(
                 f'labels[{i}]["masks"] has shape {tuple(mask.shape)}; expected [objects, height, width] = {expected}: '
                 "one mask per box at the size of the padded pixel_values"
             )
@@ -454,7 +459,7 @@ class SetCriterion:
     def __post_init__(self) -> None:
         takers = [type(term).__name__ for term in self.losses if term.takes_last_group]
         if len(takers) > 1:
-            raise ValueError(f"only one loss term can take the last query group, got {takers}")
+            raise HfDetrInputError(f"only one loss term can take the last query group, got {takers}")
 
     def __call__(self, outputs: LossOutputs, labels: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns the weighted total loss and every term by name.
@@ -479,7 +484,7 @@ class SetCriterion:
         class_labels, boxes = validate_labels(labels, logits.shape[0], self.num_labels)
         groups, rest = divmod(logits.shape[1], self.num_queries)
         if rest or not groups:
-            raise ValueError(
+            raise HfDetrInputError(
                 f'outputs["logits"] has {logits.shape[1]} queries, not a multiple of num_queries={self.num_queries}'
             )
         # with one group (eval) there is no one-to-many branch: the one-to-one term reads every query
@@ -510,7 +515,9 @@ class SetCriterion:
         for term in self.losses:
             values = term(outputs, targets)
             if clash := loss_dict.keys() & values.keys():
-                raise ValueError(f"{type(term).__name__} returns {sorted(clash)}, which another loss term returned")
+                raise HfDetrInputError(
+                    f"{type(term).__name__} returns {sorted(clash)}, which another loss term returned"
+                )
             loss_dict.update(values)
         return loss_dict
 

@@ -17,6 +17,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .backbone import TimmBackbone
 from .configuration_hf_detr import HfDetrConfig
+from .errors import HfDetrInputError, HfDetrInputTypeError
 from .loss import SetCriterion, build_criterion
 from .position_encoding import LearnedPositionEmbedding, build_position_embedding
 from .segmentation import AttentionMap, MaskHead
@@ -252,7 +253,7 @@ class HfDetrPreTrainedModel(PreTrainedModel):
 
 def _check_num_queries(num_queries: object) -> None:
     if isinstance(num_queries, bool) or not isinstance(num_queries, int) or num_queries < 1:
-        raise ValueError(
+        raise HfDetrInputError(
             f"num_queries={num_queries!r} is invalid: it must be a positive integer, the number of object queries "
             "(e.g. num_queries=20)"
         )
@@ -267,18 +268,18 @@ def _check_inputs(config: HfDetrConfig, pixel_values: object, pixel_mask: object
     """Validate the model inputs; return the pixel mask (all ones when not given)."""
     if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4:
         shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
-        raise ValueError(
+        raise HfDetrInputError(
             f"pixel_values must be a [batch, channels, height, width] tensor, got {shape}; "
             "prepare images with HfDetrImageProcessor"
         )
     if not pixel_values.is_floating_point():
-        raise TypeError(
+        raise HfDetrInputTypeError(
             f"pixel_values must be a float tensor (rescaled and normalized), got {pixel_values.dtype}; "
             "prepare images with HfDetrImageProcessor"
         )
     batch, channels, height, width = pixel_values.shape
     if channels != config.num_channels:
-        raise ValueError(
+        raise HfDetrInputError(
             f"pixel_values has {channels} channels but config.num_channels={config.num_channels}; convert the "
             f"images (e.g. grayscale to RGB) or build the model with num_channels={channels}"
         )
@@ -286,7 +287,7 @@ def _check_inputs(config: HfDetrConfig, pixel_values: object, pixel_mask: object
         return torch.ones((batch, height, width), dtype=torch.bool, device=pixel_values.device)
     if not torch.is_tensor(pixel_mask) or tuple(pixel_mask.shape) != (batch, height, width):
         shape = tuple(pixel_mask.shape) if torch.is_tensor(pixel_mask) else type(pixel_mask).__name__
-        raise ValueError(
+        raise HfDetrInputError(
             f"pixel_mask must have shape [batch, height, width] = {(batch, height, width)} to match pixel_values, "
             f"got {shape}"
         )
@@ -337,7 +338,7 @@ class HfDetrModel(HfDetrPreTrainedModel):
         features, mask, finer = self.backbone(pixel_values, pixel_mask)
         if not _tracing() and not mask.flatten(1).any(1).all():
             empty = ~mask.flatten(1).any(1)
-            raise ValueError(
+            raise HfDetrInputError(
                 f"image {int(empty.nonzero()[0, 0])} of the batch has no real pixel on the feature map: its "
                 "pixel_mask is all zero or its real region is smaller than the backbone stride"
             )
@@ -484,7 +485,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         if mismatched:
             shapes = "; ".join(f"{key}: checkpoint {found}, model {expected}" for key, found, expected in mismatched)
             if not ignore_mismatched_sizes:
-                raise ValueError(
+                raise HfDetrInputError(
                     f"the transformers DETR checkpoint {source} does not fit the model's shapes ({shapes}), e.g. "
                     "because the labels differ. Pass ignore_mismatched_sizes=True to initialize these weights anew "
                     "(a new class head for new labels) and keep every other weight."

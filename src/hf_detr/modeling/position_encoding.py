@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .configuration_hf_detr import HfDetrConfig
+from .errors import HfDetrInputError
 
 
 class SinePositionEmbedding(nn.Module):
@@ -55,7 +56,7 @@ class LearnedPositionEmbedding(nn.Module):
         """`mask` `[batch, h, w]` -> embedding `[batch, h * w, d_model]` (the mask only gives the shape)."""
         batch, height, width = mask.shape
         if height > self.max_size or width > self.max_size:
-            raise ValueError(
+            raise HfDetrInputError(
                 f"the feature map is {height}x{width} but the learned position embedding has {self.max_size} rows "
                 f"and columns; use smaller images (at most {self.max_size} x the backbone stride per side) or "
                 "position_embedding_type='sine'"

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .errors import HfDetrInputError
+
 
 class AttentionMap(nn.Module):
     """Multi-head attention weights of each query over the memory, without values: softmax over heads and positions
@@ -96,7 +98,7 @@ class MaskHead(nn.Module):
     def __init__(self, d_model: int, num_heads: int, fpn_channels: list[int]) -> None:
         super().__init__()
         if d_model % 2 ** (len(fpn_channels) + 1):
-            raise ValueError(
+            raise HfDetrInputError(
                 f"the mask head halves d_model={d_model} {len(fpn_channels) + 1} times; choose a d_model divisible "
                 f"by {2 ** (len(fpn_channels) + 1)}"
             )

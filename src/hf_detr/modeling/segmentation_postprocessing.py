@@ -16,6 +16,8 @@ import torch
 from torch.nn import functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
+from .errors import HfDetrInputError
+
 __all__ = ["encode_rles", "instance_segmentation", "panoptic_segmentation", "query_masks", "semantic_segmentation"]
 
 Size = tuple[int, int]
@@ -195,7 +197,7 @@ def encode_rles(masks: np.ndarray | torch.Tensor) -> list[dict[str, Any]]:
         masks = masks.detach().cpu().numpy()
     masks = np.asarray(masks)
     if masks.ndim != 3:
-        raise ValueError(f"masks must have shape [n, height, width], got {masks.shape}.")
+        raise HfDetrInputError(f"masks must have shape [n, height, width], got {masks.shape}.")
     if not len(masks):
         return []
     # pycocotools encodes a Fortran-ordered [height, width, n] uint8 array

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .errors import HfDetrFileNotFoundError, HfDetrInputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -129,7 +131,9 @@ def config_kwargs_from_transformers(detr_config: Mapping[str, Any] | Any) -> dic
     layout): the same architecture, loss weights and labels."""
     config = dict(detr_config if isinstance(detr_config, Mapping) else detr_config.to_dict())
     if not is_transformers_detr_config(config):
-        raise ValueError(f"expected a transformers DETR config (model_type 'detr'), got {config.get('model_type')!r}")
+        raise HfDetrInputError(
+            f"expected a transformers DETR config (model_type 'detr'), got {config.get('model_type')!r}"
+        )
     backbone_config = config.get("backbone_config") or {}
     if not isinstance(backbone_config, Mapping):  # a config object inside a dict
         backbone_config = backbone_config.to_dict()
@@ -139,7 +143,7 @@ def config_kwargs_from_transformers(detr_config: Mapping[str, Any] | Any) -> dic
         else config.get("use_timm_backbone", True)
     )
     if not uses_timm:
-        raise ValueError(
+        raise HfDetrInputError(
             "this DETR checkpoint uses a transformers (non-timm) backbone; hf_detr loads timm backbones only"
         )
     kwargs = {name: config[name] for name in _SHARED_CONFIG_FIELDS if name in config}
@@ -193,7 +197,7 @@ def load_tensor_file(path: str | os.PathLike, allowed_classes: tuple[type, ...] 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise HfDetrFileNotFoundError(f"no checkpoint file at {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -202,7 +206,7 @@ def load_tensor_file(path: str | os.PathLike, allowed_classes: tuple[type, ...] 
         with torch.serialization.safe_globals(list(allowed_classes)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError or RuntimeError depending on the payload
-        raise ValueError(
+        raise HfDetrInputError(
             f"{path} could not be loaded safely (weights_only=True): {error}. It holds objects other than tensors "
             "and plain containers; only checkpoints of tensors are accepted"
         ) from error
@@ -223,15 +227,17 @@ def load_transformers_weights(
         try:
             weight_map = json.loads(Path(path).read_text())["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path} is not a shard index (a JSON object with a 'weight_map'): {error}") from error
+            raise HfDetrInputError(
+                f"{path} is not a shard index (a JSON object with a 'weight_map'): {error}"
+            ) from error
         state_dict: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             shard_path = _cached_file(source, shard, download)
             if shard_path is None:
-                raise ValueError(f"{source} names the shard {shard} in {name} but does not hold it")
+                raise HfDetrInputError(f"{source} names the shard {shard} in {name} but does not hold it")
             state_dict.update(load_tensor_file(shard_path))
         return state_dict
-    raise ValueError(f"{source} holds a config.json but no weights: none of {names}")
+    raise HfDetrInputError(f"{source} holds a config.json but no weights: none of {names}")
 
 
 # --- weights ---------------------------------------------------------------------------------------------------------
@@ -282,7 +288,7 @@ def pack_attention_projections(
     for (prefix, kind), parts in groups.items():
         missing = [name for name in names if name not in parts]
         if missing:
-            raise ValueError(f"checkpoint has {prefix}.*.{kind} without {missing}; it is incomplete")
+            raise HfDetrInputError(f"checkpoint has {prefix}.*.{kind} without {missing}; it is incomplete")
         packed[f"{prefix}.in_proj_{kind}"] = torch.cat([parts[name] for name in names])
     return packed
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from ..modeling.errors import HfDetrInputError
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -82,10 +83,10 @@ def resume_point(config: TrainConfig) -> Path | None:
         return found
     if config.resume:
         if not Path(config.resume, STATE_FILE).is_file():
-            raise ValueError(f"resume={config.resume!r} is not a complete checkpoint folder (no {STATE_FILE})")
+            raise HfDetrInputError(f"resume={config.resume!r} is not a complete checkpoint folder (no {STATE_FILE})")
         return Path(config.resume)
     if latest_checkpoint(output_dir) is not None:
-        raise ValueError(
+        raise HfDetrInputError(
             f"{output_dir} already holds checkpoints: pass --resume to continue that run or choose another output_dir"
         )
     return None
@@ -96,12 +97,12 @@ def check_ema_state(folder: Path, ema: bool) -> None:
     otherwise fail on the count of its saved objects, or an average would silently restart from the weights)."""
     saved = (folder / EMA_FILE).is_file()
     if ema and not saved:
-        raise ValueError(
+        raise HfDetrInputError(
             f"ema_decay is set but the checkpoint {folder} holds no weight average (it was saved without "
             "--ema_decay): resume without --ema_decay, or start a new run with it"
         )
     if saved and not ema:
-        raise ValueError(
+        raise HfDetrInputError(
             f"the checkpoint {folder} holds a weight average (saved with --ema_decay): pass --ema_decay "
             "again to continue it"
         )

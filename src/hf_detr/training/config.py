@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..modeling.boxes import BoxPolicy
+from ..modeling.errors import HfDetrInputError
 
 __all__ = ["Augment", "BoxPolicy", "CocoBackend", "TrainConfig", "add_arguments", "config_from_args"]
 
@@ -205,12 +206,12 @@ class TrainConfig:
             try:
                 self.model_kwargs = _json_object(self.model_kwargs)
             except argparse.ArgumentTypeError as error:
-                raise ValueError(f"TrainConfig.model_kwargs: {error}") from None
+                raise HfDetrInputError(f"TrainConfig.model_kwargs: {error}") from None
         if self.eval_split in ("", "none", "None"):
             self.eval_split = None
 
         def fail(name: str, fix: str) -> None:
-            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {fix}")
+            raise HfDetrInputError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {fix}")
 
         for name in (
             "per_device_train_batch_size",
@@ -266,7 +267,7 @@ class TrainConfig:
         if self.early_stopping_patience is not None and self.eval_split is None:
             fail("early_stopping_patience", "early stopping watches the evaluation: give an eval_split")
         if self.num_train_epochs is None and self.max_steps is None and self.time_budget is None:
-            raise ValueError("TrainConfig: say how long to train: num_train_epochs, max_steps or time_budget")
+            raise HfDetrInputError("TrainConfig: say how long to train: num_train_epochs, max_steps or time_budget")
         if self.push_to_hub and not self.hub_model_id:
             fail("hub_model_id", "push_to_hub needs the repository id, e.g. 'my-user/detr-shapes'")
 

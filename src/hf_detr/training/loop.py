@@ -63,6 +63,7 @@ from ..evaluation.evaluate import evaluate, evaluation_loader
 from ..evaluation.metrics import COCO_STAT_NAMES, PER_CLASS_STATS, per_class_key
 from ..hub.cards import model_card, push_to_hub, save_model_folder
 from ..modeling import HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
+from ..modeling.errors import HfDetrInputError
 from ..modeling.matcher import NonFiniteOutputError
 from .checkpoints import STATE_FILE, Progress, check_ema_state, resume_point, save_checkpoint
 from .config import TrainConfig
@@ -296,7 +297,7 @@ class _Loop:
             if self.streamed:
                 size = int(accelerator.gather(torch.tensor([size], device=accelerator.device)).max())
                 if size == 0 and progress.batches_in_epoch == 0:
-                    raise ValueError(f"the training stream of split {self.config.train_split!r} has no images")
+                    raise HfDetrInputError(f"the training stream of split {self.config.train_split!r} has no images")
             if size == 0:
                 return
             yield group + [None] * (size - len(group))
@@ -449,14 +450,14 @@ class _Loop:
 def _check_early_stopping(config: TrainConfig, eval_loader: Any, data: datasets.DatasetDict) -> None:
     """Before training: early stopping needs evaluation images and a metric the evaluation gives."""
     if eval_loader is None:
-        raise ValueError(
+        raise HfDetrInputError(
             f"TrainConfig.early_stopping_patience={config.early_stopping_patience}: the eval split "
             f"{config.eval_split!r} has no images to evaluate on; give one that has"
         )
     classes = dataset_id2label(data[config.eval_split]).values()
     names = [*COCO_STAT_NAMES, *(per_class_key(stat, name) for name in classes for stat in PER_CLASS_STATS)]
     if config.metric_for_best_model not in names:
-        raise ValueError(
+        raise HfDetrInputError(
             f"TrainConfig.metric_for_best_model={config.metric_for_best_model!r} is not a metric of the "
             f"evaluation; choose one of {names}"
         )
@@ -496,18 +497,18 @@ def _training_split(config: TrainConfig, data: Mapping[str, Any]) -> tuple[Any, 
     split = data[config.train_split]
     if not config.streaming:
         if isinstance(split, datasets.IterableDataset):
-            raise ValueError(
+            raise HfDetrInputError(
                 f"split {config.train_split!r} is a datasets.IterableDataset: set TrainConfig.streaming="
                 "True (hf-detr train --streaming) to train from a stream"
             )
         if len(split) == 0:
-            raise ValueError(f"split {config.train_split!r} is empty")
+            raise HfDetrInputError(f"split {config.train_split!r} is empty")
         return split, len(split)
     if isinstance(split, datasets.Dataset):
         return split.to_iterable_dataset(), len(split)
     size = known_size(split, config.train_split)
     if size is None and config.max_steps is None and config.num_train_epochs is not None:
-        raise ValueError(
+        raise HfDetrInputError(
             f"TrainConfig.num_train_epochs={config.num_train_epochs} with streaming: the stream of split "
             f"{config.train_split!r} does not record how many images it holds (its info.splits), so epochs cannot be "
             "counted in steps; bound the run with max_steps or time_budget instead"
@@ -538,9 +539,9 @@ def train(
     data = dataset if dataset is not None else _load_splits(config)
     for split in [config.train_split] + ([config.eval_split] if config.eval_split else []):
         if split not in data:
-            raise ValueError(f"the data set has no split {split!r}; its splits are {list(data)}")
+            raise HfDetrInputError(f"the data set has no split {split!r}; its splits are {list(data)}")
     if config.eval_split and isinstance(data[config.eval_split], datasets.IterableDataset):
-        raise ValueError(
+        raise HfDetrInputError(
             f"split {config.eval_split!r} is streamed, but evaluation reads its split in full: give a "
             "datasets.Dataset (load_data(..., streaming=False))"
         )
@@ -555,7 +556,7 @@ def train(
         set_labels(model, id2label)
         image_processor = image_processor or HfDetrImageProcessor()
     if config.task != "detection" and not isinstance(model, HfDetrForSegmentation):
-        raise ValueError(
+        raise HfDetrInputError(
             f"task={config.task!r} trains masks: give an HfDetrForSegmentation, not a {type(model).__name__}"
         )
     if config.freeze_detection:

@@ -16,6 +16,7 @@ from torch import nn
 from ..data.collate import DetectionCollator, DetectionDataset
 from ..data.transforms import training_transform
 from ..modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
+from ..modeling.errors import HfDetrInputError
 from ..modeling.transformers_detr import WEIGHT_FILES
 from ..presets import default_max_size
 
@@ -86,7 +87,7 @@ def build_model(
     source = str(model_name_or_path)
     if not has_weights(source):
         if not Path(source, "config.json").is_file():
-            raise ValueError(f"model_name_or_path={source!r} has neither config.json nor weights")
+            raise HfDetrInputError(f"model_name_or_path={source!r} has neither config.json nor weights")
         logger.info("%s holds no weights: a new model of its architecture", source)
         model = model_class(HfDetrConfig.from_pretrained(source, revision=revision, **overrides))
     else:
@@ -113,7 +114,7 @@ def _load_weights(
     broken = {key for key, *_ in info["mismatched_keys"]} | set(info["missing_keys"]) | set(info["unexpected_keys"])
     broken = sorted(key for key in broken if not key.startswith(expected))
     if broken:
-        raise ValueError(
+        raise HfDetrInputError(
             f"the weights of {source} do not fit the model built from its config with the overrides {overrides}: "
             f"{broken[:5]}{' ...' if len(broken) > 5 else ''} would be reinitialized. Only override options that keep "
             "the architecture (e.g. dropout, loss weights, num_queries) when starting from weights."
@@ -143,7 +144,9 @@ def with_image_size(
         return image_processor
     image_size = image_size or image_processor.size.shortest_edge
     if image_size is None:
-        raise ValueError(f"max_size alone needs a processor with a shortest_edge size, not {image_processor.size}")
+        raise HfDetrInputError(
+            f"max_size alone needs a processor with a shortest_edge size, not {image_processor.size}"
+        )
     size = {"shortest_edge": image_size, "longest_edge": max_size or default_max_size(image_size)}
     return type(image_processor).from_dict({**image_processor.to_dict(), "size": size})
 
@@ -157,7 +160,7 @@ def training_data(
     """
     size = image_processor.size
     if augment == "detr" and size.shortest_edge is None:
-        raise ValueError(
+        raise HfDetrInputError(
             f"augment='detr' scales DETR's recipe to a processor size with shortest_edge and longest_edge, not "
             f"{size}; use augment='flip' or such a processor size"
         )

@@ -26,6 +26,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from ..data.collate import DetectionCollator, DetectionDataset
 from ..evaluation.evaluate import MaskScorer
 from ..evaluation.metrics import PostProcessInputs, pack_labels
+from ..modeling.errors import HfDetrInputError
 from .setup import parameter_groups
 
 __all__ = ["EVAL_IGNORE_KEYS", "DetrTrainer", "EpochSetter"]
@@ -95,7 +96,7 @@ class DetrTrainer(Trainer):
         )
         if predictions is not None and self._mask_scorer is not None:
             if references is None:
-                raise ValueError(
+                raise HfDetrInputError(
                     "a segmentation model is evaluated on its masks: give DetrTrainer "
                     "eval_data_collator=evaluation_collator(processor, mask_references=True), on an "
                     "evaluation split loaded with masks=True"
@@ -120,7 +121,7 @@ class DetrTrainer(Trainer):
         self._mask_scorer, self._mask_scores = None, []
         if hasattr(model, "mask_head"):
             if self.processing_class is None:
-                raise ValueError(
+                raise HfDetrInputError(
                     "a segmentation model's masks are post-processed by its image processor: give "
                     "DetrTrainer processing_class=image_processor"
                 )
