@@ -587,7 +587,7 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dtype",
         choices=DTYPES,
-        default="fp32",
+        default=None,
         help="fp16: float16 weights and arithmetic but for LayerNorm, softmax, the boxes' sigmoid "
         "and top-k (and the end-to-end pre- and post-processing), kept float32 (default: fp32)",
     )
@@ -625,7 +625,7 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         import json
 
         from ..hub.export import export_folder
-        from ..hub.validate import load_validation_split, validate_export
+        from ..hub.validate import check_recorded_options, load_validation_split, validate_export
         from .predict import load_model
 
         if args.batch_size < 1:
@@ -633,6 +633,7 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         if args.validate is not None:
             if args.out_dir is not None:
                 raise HfDetrInputError("--validate takes the export folder; give only MODEL (optional) besides it")
+            check_recorded_options(args.validate, args.dtype, args.end_to_end, args.max_detections)
             out_dir, source = args.validate, args.model or _recorded_source(args.validate)
         elif args.model is None or args.out_dir is None:
             raise HfDetrInputError("give MODEL and OUT_DIR (hf-detr export MODEL OUT_DIR), or --validate OUT_DIR")
@@ -648,7 +649,7 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
                 model,
                 processor,
                 out_dir,
-                dtype=args.dtype,
+                dtype=args.dtype or "fp32",
                 end_to_end=args.end_to_end,
                 max_detections=max_detections,
                 source=str(source),
@@ -667,8 +668,6 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         from ..hub.export import RAW_FILE, graph_metadata
         from ..hub.onnx_runtime import session
 
-        if not (out_dir / RAW_FILE).is_file():
-            raise HfDetrInputError(f"{out_dir} has no {RAW_FILE}: --validate takes a folder written by hf-detr export")
         source = graph_metadata(session(out_dir / RAW_FILE)).get("source")
         if source is None:
             raise HfDetrInputError(

@@ -36,6 +36,7 @@ __all__ = [
     "FP32_OUTPUT_TOLERANCE",
     "MAP_TOLERANCE",
     "VALIDATION_FILE",
+    "check_recorded_options",
     "compare_detections",
     "load_validation_split",
     "mixed_size_images",
@@ -50,6 +51,32 @@ MAP_TOLERANCE = {"fp32": 0.002, "fp16": 0.01}
 FP32_OUTPUT_TOLERANCE, FP32_BOX_TOLERANCE_PX = 1e-3, 0.5
 _COMPARED_MAPS = ("map", "segm_map")
 _REPORTED_METRICS = ("map", "map_50", "map_75", "segm_map", "segm_map_50", "pq")
+
+
+def check_recorded_options(
+    out_dir: str | os.PathLike, dtype: str | None = None, end_to_end: bool = False, max_detections: int | None = None
+) -> None:
+    """Validation reads the dtype, the graphs and `max_detections` from the export itself: an export option given
+    with `--validate` that disagrees with them would be silently ignored, so it is an error instead."""
+    out = Path(out_dir)
+    if not (out / RAW_FILE).is_file():
+        raise HfDetrInputError(f"{out} has no {RAW_FILE}: --validate takes a folder written by hf-detr export")
+    raw = graph_metadata(session(out / RAW_FILE))
+    joined = graph_metadata(session(out / END_TO_END_FILE)) if (out / END_TO_END_FILE).is_file() else None
+    recorded = f"(it holds a {raw['dtype']} export{'' if joined else ' without the end-to-end graph'}"
+    recorded += f", {joined['max_detections']} detections per image)" if joined else ")"
+    wrong = []
+    if dtype is not None and dtype != raw["dtype"]:
+        wrong.append(f"--dtype {dtype}")
+    if end_to_end and joined is None:
+        wrong.append("--end_to_end")
+    if max_detections is not None and (joined is None or max_detections != joined["max_detections"]):
+        wrong.append(f"--max_detections {max_detections}")
+    if wrong:
+        raise HfDetrInputError(
+            f"{' and '.join(wrong)} with --validate: validation checks the export in {out} as it was written "
+            f"{recorded}; drop the option, or export again with it (hf-detr export MODEL {out} ...)"
+        )
 
 
 def mixed_size_images(processor: Any, seed: int = 0) -> list[np.ndarray]:
