@@ -5,10 +5,10 @@ str}`` (int32 size, string counts), pycocotools' compressed run-length encoding 
 in its image. Polygons, uncompressed RLEs (COCO's crowd annotations) and the segments of panoptic PNGs become this form
 at load time, so the augmentation, the collator and the metrics read one form, and Arrow stores one type.
 
-Decoding and its checks are the image processor's (``object_mask``, ``rle_mask``, ``coco_panoptic_target`` of
-:mod:`hf_detr.modeling.image_processing_hf_detr`): a mask of another size than its image, a polygon reaching outside
-its image, an RLE that does not decode to its size and a panoptic PNG whose segment ids ``segments_info`` does not list
-raise a ``ValueError`` naming the image and the field.
+Decoding and its checks are the image processor's (the codec :mod:`hf_detr.modeling.coco_masks` and its panoptic
+annotations, :func:`hf_detr.modeling.coco_annotations.coco_panoptic_target`): a mask of another size than its image, a
+polygon reaching outside its image, an RLE that does not decode to its size and a panoptic PNG whose segment ids
+``segments_info`` does not list raise a ``ValueError`` naming the image and the field.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from ..modeling.coco_annotations import coco_panoptic_target
+from ..modeling.coco_masks import object_mask, polygon_rle, rle_mask
 from ..modeling.errors import HfDetrInputError
-from ..modeling.image_processing_hf_detr import coco_panoptic_target, object_mask, polygon_rle, rle_mask
 from ..modeling.segmentation_postprocessing import encode_rles
 
 __all__ = ["decode_rles", "encode_rles", "mask_references", "panoptic_rles", "segmentation_rle"]
