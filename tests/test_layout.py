@@ -135,11 +135,23 @@ def test_main_module_runs_the_command_line():
 
 
 @pytest.mark.parametrize(("old", "new"), sorted(hf_detr._moved.MOVED.items()))
-def test_old_import_paths_are_the_moved_modules(old, new):
-    assert importlib.import_module(f"hf_detr.{old}") is importlib.import_module(f"hf_detr.{new}")
+def test_old_import_paths_are_the_moved_modules_and_warn(old, new, monkeypatch):
+    monkeypatch.delitem(sys.modules, f"hf_detr.{old}", raising=False)  # a first import, which warns
+    message = rf"hf_detr\.{old} moved to hf_detr\.{new}: import it from there; the old path goes in hf_detr 0\.3"
+    with pytest.warns(FutureWarning, match=message):
+        moved = importlib.import_module(f"hf_detr.{old}")
+    assert moved is importlib.import_module(f"hf_detr.{new}")
     assert importlib.import_module(f"hf_detr.{new}").__spec__.name == f"hf_detr.{new}"
 
 
+def test_the_installed_command_is_not_an_old_path():
+    from importlib.metadata import entry_points
+
+    (command,) = entry_points(group="console_scripts", name="hf-detr")
+    assert command.value == "hf_detr.apps.cli:main"
+
+
+@pytest.mark.filterwarnings("ignore:hf_detr.(metrics|train) moved:FutureWarning")
 def test_old_names_still_import():
     from hf_detr.evaluation import metrics
     from hf_detr.metrics import make_compute_metrics

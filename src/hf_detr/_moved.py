@@ -1,4 +1,5 @@
-"""The import paths of the flat layout hf_detr started with (`hf_detr.train`, `hf_detr.metrics`, ...), kept working.
+"""The import paths of the flat layout hf_detr started with (`hf_detr.train`, `hf_detr.metrics`, ...), kept working
+until `REMOVED_IN`, with a FutureWarning naming the new path.
 
 Each old path is the module it moved to, the same object under both names (so a monkeypatch or an `isinstance` check
 sees one module), imported only when the old path is.
@@ -11,7 +12,9 @@ import importlib.abc
 import importlib.machinery
 import sys
 import types
+import warnings
 
+REMOVED_IN = "0.3"
 MOVED: dict[str, str] = {
     "backbone": "modeling.backbone",
     "coco_labels": "hub.coco_labels",
@@ -49,7 +52,13 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.machinery.ModuleSpec(fullname, self)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        module = importlib.import_module(f"hf_detr.{MOVED[spec.name.partition('.')[2]]}")
+        new = f"hf_detr.{MOVED[spec.name.partition('.')[2]]}"
+        warnings.warn(
+            f"{spec.name} moved to {new}: import it from there; the old path goes in hf_detr {REMOVED_IN}",
+            FutureWarning,
+            stacklevel=2,
+        )
+        module = importlib.import_module(new)
         self._own_specs[module.__name__] = module.__spec__
         return module
 
