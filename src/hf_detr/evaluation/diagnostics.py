@@ -2,8 +2,8 @@
 gallery of the worst images, and per-class precision-recall curves, from one evaluation (no second model pass).
 
 `diagnose(evaluation, iou_threshold, score_threshold)` reads the detections and ground truth a
-:class:`~hf_detr.evaluation.metrics.CocoEvaluation` carries (``evaluate(..., return_evaluation=True)``) and matches
-them per image with this rule (the usual detection confusion-matrix rule, as in ultralytics):
+:class:`~hf_detr.evaluation.coco_evaluation.CocoEvaluation` carries (``evaluate(..., return_evaluation=True)``) and
+matches them per image with this rule (the usual detection confusion-matrix rule, as in ultralytics):
 
 1. Detections scoring below ``score_threshold`` are dropped; the rest are taken best score first (ties: the order
    of the image's detection list).
@@ -35,7 +35,7 @@ from torchvision.ops import box_convert, box_iou
 
 from ..modeling.boxes import check_boxes
 from ..modeling.errors import HfDetrInputError
-from .metrics import CocoEvaluation
+from .coco_evaluation import CocoEvaluation
 
 __all__ = ["BACKGROUND", "ClassCurve", "Diagnostics", "ImageMatch", "class_pr_curves", "diagnose", "match_image"]
 

@@ -1,6 +1,6 @@
 """Segmentation metrics: COCO mask mAP through ``pycocotools`` and panoptic quality (PQ, SQ, RQ).
 
-**Mask mAP** is the box metric's COCOeval run (:func:`hf_detr.evaluation.metrics.run_cocoeval`) with
+**Mask mAP** is the box metric's COCOeval run (:func:`hf_detr.evaluation.coco_evaluation.run_cocoeval`) with
 ``iouType="segm"`` on binary masks encoded as COCO RLEs (``pycocotools.mask.encode``): the same 12 numbers under the
 same names with the prefix ``segm_`` (``segm_map``, ``segm_map_50``, ..., ``segm_mar_large``; per class
 ``segm_map_class_<name>``, ...), so box and mask metrics share one dict without a collision (no box key starts with
@@ -52,17 +52,9 @@ from pycocotools import mask as mask_utils
 from ..data.masks import encode_rles
 from ..modeling.errors import HfDetrInputError, HfDetrInputTypeError
 from .coco_arrays import Annotations
-from .metrics import (
-    COCO_STAT_NAMES,
-    CocoEvaluation,
-    CocoMetric,
-    _as_tensor,
-    _check_lengths,
-    _class_names,
-    _column,
-    _image_index,
-    run_cocoeval,
-)
+from .coco_evaluation import COCO_STAT_NAMES, CocoEvaluation, category_names, run_cocoeval
+from .coco_inputs import check_lengths, checked_tensor, column, image_index
+from .metrics import CocoMetric
 
 __all__ = [
     "PQ_PER_CLASS_STATS",
@@ -151,11 +143,11 @@ def _normalize_mask_prediction(prediction: Mapping[str, Any], where: str) -> dic
     if missing:
         raise HfDetrInputError(f"{where} is missing {missing}; expected `scores`, `labels`, `masks` (N, H, W) binary.")
     fields = {
-        "scores": _as_tensor(prediction["scores"], where, "scores", torch.float64).numpy(),
-        "labels": _as_tensor(prediction["labels"], where, "labels", torch.int64).numpy(),
+        "scores": checked_tensor(prediction["scores"], where, "scores", torch.float64).numpy(),
+        "labels": checked_tensor(prediction["labels"], where, "labels", torch.int64).numpy(),
         "masks": _rles(prediction["masks"], where),
     }
-    _check_lengths(where, fields)
+    check_lengths(where, fields)
     return fields
 
 
@@ -171,10 +163,10 @@ def _normalize_mask_reference(reference: Mapping[str, Any], where: str) -> dict[
     crowd = reference.get("iscrowd", np.zeros(len(masks), dtype=np.int64))
     fields = {
         "masks": masks,
-        "labels": _as_tensor(reference[label_key], where, label_key, torch.int64).numpy(),
-        "iscrowd": _as_tensor(crowd, where, "iscrowd", torch.int64).numpy(),
+        "labels": checked_tensor(reference[label_key], where, label_key, torch.int64).numpy(),
+        "iscrowd": checked_tensor(crowd, where, "iscrowd", torch.int64).numpy(),
     }
-    _check_lengths(where, fields)
+    check_lengths(where, fields)
     return fields
 
 
@@ -206,18 +198,18 @@ def _run_segm_cocoeval(
     truth = [rle for ref in refs for rle in ref["masks"]]
     found = [rle for pred in preds for rle in pred["masks"]]
     ground_truth = Annotations(
-        image=_image_index([len(r["masks"]) for r in refs]),
-        category=_column([r["labels"] for r in refs], np.int64),
-        iscrowd=_column([r["iscrowd"] for r in refs], np.int64),
+        image=image_index([len(r["masks"]) for r in refs]),
+        category=column([r["labels"] for r in refs], np.int64),
+        iscrowd=column([r["iscrowd"] for r in refs], np.int64),
         area=_areas(truth),
         masks=truth,
     )
     detections = Annotations(
-        image=_image_index([len(pred["masks"]) for pred in preds]),
-        category=_column([p["labels"] for p in preds], np.int64),
+        image=image_index([len(pred["masks"]) for pred in preds]),
+        category=column([p["labels"] for p in preds], np.int64),
         iscrowd=np.zeros(len(found), dtype=np.int64),
         area=_areas(found),
-        score=_column([p["scores"] for p in preds], np.float64),
+        score=column([p["scores"] for p in preds], np.float64),
         masks=found,
     )
     evaluation = run_cocoeval(len(refs), ground_truth, detections, "segm", per_class, id2label, image_sizes, backend)
@@ -486,7 +478,7 @@ class PanopticQualityMetric:
             metrics.update({stat + group: float(m) for stat, m in zip(PQ_PER_CLASS_STATS, means)})
         if per_class:
             categories = sorted(self.things | self.stuff)
-            names = _class_names(categories, {int(k): str(v) for k, v in (id2label or {}).items()})
+            names = category_names(categories, {int(k): str(v) for k, v in (id2label or {}).items()})
             for category, name in zip(categories, names):
                 values = quality.get(category, (-1.0, -1.0, -1.0))
                 metrics.update({f"{stat}_class_{name}": float(v) for stat, v in zip(PQ_PER_CLASS_STATS, values)})

@@ -1,0 +1,127 @@
+"""The per-image inputs of the COCO metrics, checked once into numpy arrays (errors name the image and the field),
+and the columns a run reads of them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..modeling.boxes import check_boxes
+from ..modeling.errors import HfDetrInputError, HfDetrInputTypeError
+
+__all__ = [
+    "check_lengths",
+    "checked_tensor",
+    "column",
+    "image_index",
+    "listed",
+    "prediction_arrays",
+    "reference_arrays",
+]
+
+
+def checked_tensor(
+    value: Any, where: str, field: str, dtype: torch.dtype, trailing: tuple[int, ...] = ()
+) -> torch.Tensor:
+    """``value`` as a ``dtype`` tensor of shape (N, *trailing), or a ValueError naming ``where``/``field``."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu()
+    else:
+        try:
+            array = np.asarray(value)
+        except ValueError as err:  # ragged nested lists
+            raise HfDetrInputError(f"{where}: `{field}` is not a regular array: {err}.") from None
+        if array.dtype.kind not in "biuf":
+            raise HfDetrInputError(f"{where}: `{field}` must be numeric, got {value!r}.")
+        tensor = torch.as_tensor(array)
+    if not dtype.is_floating_point and tensor.is_floating_point() and (tensor != tensor.round()).any():
+        raise HfDetrInputError(f"{where}: `{field}` must hold integers, got {value!r}.")
+    tensor = tensor.to(dtype)
+    if tensor.numel() == 0:
+        tensor = tensor.reshape((0, *trailing))
+    if tensor.ndim != 1 + len(trailing) or tuple(tensor.shape[1:]) != trailing:
+        shape = "(N, " + ", ".join(map(str, trailing)) + ")" if trailing else "(N,)"
+        raise HfDetrInputError(f"{where}: `{field}` must have shape {shape}, got {tuple(tensor.shape)}.")
+    if dtype.is_floating_point and not torch.isfinite(tensor).all():
+        raise HfDetrInputError(f"{where}: `{field}` contains NaN or inf.")
+    return tensor
+
+
+def check_lengths(where: str, fields: Mapping[str, torch.Tensor]) -> None:
+    lengths = {name: len(t) for name, t in fields.items()}
+    if len(set(lengths.values())) > 1:
+        raise HfDetrInputError(f"{where}: per-box fields must have the same length, got {lengths}.")
+
+
+def _compact(values: torch.Tensor, source: Any) -> np.ndarray:
+    """Validated float64 ``values`` as a numpy array in the precision of ``source``, the caller's input: float32 when
+    that was single or half precision (exact, since the values came from it; what post-processing gives, and half the
+    memory of a split's detections in float64), float64 otherwise."""
+    if isinstance(source, torch.Tensor):
+        narrow = source.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    else:
+        narrow = isinstance(source, np.ndarray) and source.dtype.kind == "f" and source.dtype.itemsize <= 4
+    return values.numpy().astype(np.float32 if narrow else np.float64, copy=False)
+
+
+def prediction_arrays(prediction: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
+    """One image's detections as arrays: ``scores`` (N,), ``labels`` (N,) int64, ``boxes`` (N, 4) absolute
+    (x0, y0, x1, y1); scores and boxes in float32 when given so, float64 otherwise."""
+    if not isinstance(prediction, Mapping):
+        raise HfDetrInputTypeError(
+            f"{where} must be a dict with `scores`, `labels`, `boxes`, got {type(prediction).__name__}."
+        )
+    missing = [key for key in ("scores", "labels", "boxes") if key not in prediction]
+    if missing:
+        raise HfDetrInputError(
+            f"{where} is missing {missing}; expected `scores`, `labels`, `boxes` (x0, y0, x1, y1 pixels)."
+        )
+    fields = {
+        "scores": checked_tensor(prediction["scores"], where, "scores", torch.float64),
+        "labels": checked_tensor(prediction["labels"], where, "labels", torch.int64),
+        "boxes": check_boxes(prediction["boxes"], lambda j: f"{where}: `boxes[{j}]`", "xyxy"),
+    }
+    check_lengths(where, fields)
+    return {
+        "scores": _compact(fields["scores"], prediction["scores"]),
+        "labels": fields["labels"].numpy(),
+        "boxes": _compact(fields["boxes"], prediction["boxes"]),
+    }
+
+
+def reference_arrays(reference: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
+    """One image's ground truth as arrays: ``boxes`` (N, 4) COCO (x, y, w, h) pixels, ``labels`` or ``class_labels``
+    (N,), optional ``iscrowd`` (N,) (default 0) and ``area`` (N,) (default w * h). Other keys are ignored."""
+    if not isinstance(reference, Mapping):
+        raise HfDetrInputTypeError(f"{where} must be a dict with `boxes` and `labels`, got {type(reference).__name__}.")
+    label_key = "labels" if "labels" in reference else "class_labels"
+    if "boxes" not in reference or label_key not in reference:
+        raise HfDetrInputError(f"{where} needs `boxes` (COCO x, y, w, h pixels) and `labels` (or `class_labels`).")
+    boxes = check_boxes(reference["boxes"], lambda j: f"{where}: `boxes[{j}]`", "xywh")
+    fields = {
+        "boxes": boxes,
+        "labels": checked_tensor(reference[label_key], where, label_key, torch.int64),
+        "iscrowd": checked_tensor(reference.get("iscrowd", torch.zeros(len(boxes))), where, "iscrowd", torch.int64),
+        "area": checked_tensor(reference.get("area", boxes[:, 2] * boxes[:, 3]), where, "area", torch.float64),
+    }
+    check_lengths(where, fields)
+    return {name: t.numpy() for name, t in fields.items()}
+
+
+def listed(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` with its arrays as lists (what ``evaluate.Metric`` stores and ``CocoEvaluation`` carries)."""
+    return {name: value.tolist() if isinstance(value, np.ndarray) else value for name, value in fields.items()}
+
+
+def column(values: Sequence[Any], dtype: type, trailing: tuple[int, ...] = ()) -> np.ndarray:
+    """Per-image arrays (or lists) concatenated into one ``dtype`` array of shape (N, *trailing)."""
+    empty = np.zeros((0, *trailing), dtype=dtype)
+    return np.concatenate([empty, *(np.asarray(v, dtype=dtype).reshape(-1, *trailing) for v in values)])
+
+
+def image_index(counts: Sequence[int]) -> np.ndarray:
+    """Each object's image index, from the number of objects of each image."""
+    return np.repeat(np.arange(len(counts), dtype=np.int64), np.asarray(counts, dtype=np.int64))
