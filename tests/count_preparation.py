@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 
 from hf_detr.apps.cli import main
-from hf_detr.data import loading
+from hf_detr.data import coco, folders, hub_sources
 from hf_detr.training import loop
 
 
@@ -28,13 +28,14 @@ def counted(name: str, function):
     return wrapper
 
 
-loading._read_coco_json = counted("parse", loading._read_coco_json)
-loading.segmentation_rle = counted("encode", loading.segmentation_rle)
+coco._read_coco_json = counted("parse", coco._read_coco_json)
+for module in (folders, hub_sources):  # the two callers of the mask encoder
+    module.segmentation_rle = counted("encode", module.segmentation_rle)
 
 
 def uncached(source: str, splits, **options) -> datasets.DatasetDict:
-    parsed = loading._coco_splits(Path(source), splits, options["box_policy"], 1.0, masks=options["masks"])
-    return datasets.DatasetDict({split.name: loading.folder_dataset(split) for split in parsed})
+    parsed = coco._coco_splits(Path(source), splits, options["box_policy"], 1.0, masks=options["masks"])
+    return datasets.DatasetDict({split.name: folders.folder_dataset(split) for split in parsed})
 
 
 if __name__ == "__main__":

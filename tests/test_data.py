@@ -70,7 +70,7 @@ def _rows(split) -> list[dict]:
 def test_coco_folder_gives_the_schema_the_label_map_and_the_json_boxes(tmp_path, caplog):
     root = tmp_path / "coco"
     pixels = _write_coco(root)
-    with caplog.at_level(logging.INFO, logger="hf_detr.data.loading"):
+    with caplog.at_level(logging.INFO, logger="hf_detr.data"):
         ds = load_detection_dataset(root)
     assert "instances_train.json: 3 images (1 without objects), 3 annotations (1 crowd)" in caplog.text
 

@@ -180,7 +180,7 @@ def test_yolo_and_voc_boxes_follow_the_box_policy(tmp_path, caplog):
     write_voc(tmp_path / "voc", spec=spec)
     for source, summary in ((yaml_file, "data.yaml: train"), (tmp_path / "voc", "ImageSets/Main/train.txt")):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="hf_detr.data.loading"):
+        with caplog.at_level(logging.WARNING, logger="hf_detr.data"):
             objects = load_detection_dataset(source)["train"][0]["objects"]
         assert f"{summary}: 1 images, 1 box clipped to its image, 1 dropped (1 zero-area) by box_policy='clip'" in (
             caplog.text

@@ -16,7 +16,7 @@ import torch
 from pycocotools import mask as coco_mask
 
 from benchmarks.scale_data import OUTSIDE_PIXELS, WIDTH, write_coco_folder, write_hub_dataset
-from hf_detr.data import load_detection_dataset, loading
+from hf_detr.data import coco, folders, hub_sources, load_detection_dataset
 from hf_detr.training.loop import train
 from test_train import _fresh_accelerator_state, tiny_config  # noqa: F401 (the first: autouse)
 
@@ -47,9 +47,10 @@ def calls(monkeypatch) -> dict[str, int]:
 
         return wrapper
 
-    monkeypatch.setattr(loading, "_read_coco_json", counted("parse", loading._read_coco_json))
-    monkeypatch.setattr(loading, "segmentation_rle", counted("encode", loading.segmentation_rle))
-    monkeypatch.setattr(loading.SplitConformer, "__call__", counted("conform", loading.SplitConformer.__call__))
+    monkeypatch.setattr(coco, "_read_coco_json", counted("parse", coco._read_coco_json))
+    for module in (folders, hub_sources):  # the two callers of the mask encoder
+        monkeypatch.setattr(module, "segmentation_rle", counted("encode", module.segmentation_rle))
+    monkeypatch.setattr(hub_sources.SplitConformer, "__call__", counted("conform", hub_sources.SplitConformer.__call__))
     return counts
 
 
@@ -97,16 +98,20 @@ def test_a_second_load_and_a_second_process_open_the_prepared_split(tmp_path, ca
     script = f"""
 import json, sys
 sys.path.insert(0, {str(TESTS)!r})
-from hf_detr.data import load_detection_dataset, loading
+from hf_detr.data import coco, folders, hub_sources, load_detection_dataset
 from hf_detr.training.loop import train
 from test_train import _fresh_accelerator_state, tiny_config  # noqa: F401 (the first: autouse)
 calls = {{"parse": 0, "encode": 0}}
-for name, attribute in (("parse", "_read_coco_json"), ("encode", "segmentation_rle")):
-    function = getattr(loading, attribute)
+for module, name, attribute in (
+    (coco, "parse", "_read_coco_json"),
+    (folders, "encode", "segmentation_rle"),
+    (hub_sources, "encode", "segmentation_rle"),
+):
+    function = getattr(module, attribute)
     def wrapper(*args, _f=function, _n=name, **kwargs):
         calls[_n] += 1
         return _f(*args, **kwargs)
-    setattr(loading, attribute, wrapper)
+    setattr(module, attribute, wrapper)
 rows = load_detection_dataset({str(path)!r}, masks=True)["train"][:]
 print(json.dumps({{"calls": calls, "ids": rows["image_id"]}}))
 """

@@ -31,7 +31,7 @@ from hf_detr.evaluation import evaluate
 from hf_detr.training import TrainConfig, add_arguments, train
 from training_commands import TINY_MODEL
 
-LOGGER = "hf_detr.data.loading"
+LOGGER = "hf_detr.data"  # the parent of every data module's logger
 WIDTH, HEIGHT = 64, 48
 # COCO ids that skip numbers: labels 0..3 in increasing id order
 CATEGORIES = [{"id": 42, "name": "fish"}, {"id": 1, "name": "cat"}, {"id": 7, "name": "bird"}, {"id": 3, "name": "dog"}]

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from .. import presets
-from ..data.loading import id2label as dataset_id2label
 from ..data.masks import mask_references
+from ..data.schema import id2label as dataset_id2label
 from ..data.sources import SYNTHETIC, load_data
 from ..evaluation.evaluate import evaluate
 from ..modeling import HfDetrForSegmentation

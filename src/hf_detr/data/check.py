@@ -5,7 +5,7 @@ folder, Hub id, ``"synthetic"``) and reads it the loader's way, with the loader'
 boxes of each class and the box sizes of the data as loaded, and every problem, one line each naming its image:
 
 - **warnings**, what the loader fixes: each box its ``box_policy`` clips or drops (the boxes of
-  :func:`.loading.apply_box_policy`, in its words);
+  :func:`.box_policy.apply_box_policy`, in its words);
 - **errors**, what the loader stops at: an image file that is missing or unreadable or whose size is not the one the
   annotations give (read from the file header, as the loader of folders does; a stored data set's images are checked
   the same way, though its loader only meets them in training, where an unreadable one stops it and a wrong size puts
@@ -27,19 +27,11 @@ from typing import Any, Literal
 import datasets
 import numpy as np
 
-from .loading import (
-    FORMAT_NAMES,
-    BoxChange,
-    BoxCounts,
-    BoxPolicy,
-    SplitConformer,
-    _check_policy,
-    _image_size,
-    detect_format,
-    id2label,
-    read_folder_splits,
-    saved_or_hub_splits,
-)
+from .box_policy import BoxChange, BoxCounts, BoxPolicy, _check_policy
+from .hub_sources import SplitConformer, saved_or_hub_splits
+from .image_files import _image_size
+from .loading import FORMAT_NAMES, detect_format, read_folder_splits
+from .schema import id2label
 from .sources import SYNTHETIC, load_data
 
 __all__ = ["DataReport", "Problem", "SplitReport", "check_data"]
@@ -177,8 +169,8 @@ def check_data(
     if kind in ("coco", "yolo", "voc"):
         for split in read_folder_splits(source, splits, applied, box_tolerance, collect_image_errors=True):
             report = SplitReport(split.name, split.label_names)
-            for example in split.examples:
-                report.add(example["objects"])
+            for image in split.images:
+                report.add(image.objects)
             problems.extend(Problem("error", split.name, message) for message in split.image_errors)
             report.changes = add_changes(split.name, split.changes)
             reports.append(report)

@@ -7,7 +7,9 @@ from collections.abc import Mapping, Sequence
 import datasets
 
 from ..modeling.errors import HfDetrInputError
-from .loading import BoxPolicy, load_detection_dataset, streamed
+from .box_policy import BoxPolicy
+from .loading import load_detection_dataset
+from .schema import streamed
 from .synthetic import SPLITS, make_synthetic_dataset
 
 __all__ = ["SYNTHETIC", "load_data"]

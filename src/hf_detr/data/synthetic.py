@@ -36,8 +36,8 @@ import PIL.Image
 import PIL.ImageDraw
 
 from ..modeling.errors import HfDetrInputError
-from .loading import coco_detection_features
 from .masks import encode_rles
+from .schema import coco_detection_features
 
 SHAPES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "cross", "ring")
 ID2LABEL: dict[int, str] = dict(enumerate(SHAPES))

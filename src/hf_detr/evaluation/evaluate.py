@@ -24,8 +24,8 @@ from accelerate.utils import broadcast_object_list, gather_object
 from transformers import EvalPrediction
 
 from ..data.collate import DetectionCollator, DetectionDataset
-from ..data.loading import id2label as dataset_id2label
 from ..data.masks import encode_rles
+from ..data.schema import id2label as dataset_id2label
 from ..modeling.errors import HfDetrInputError
 from .metrics import CocoEvaluation, PostProcessInputs, detections_in_original_frame, make_compute_metrics
 from .segmentation_metrics import PanopticQualityMetric, SegmentCounts, coco_segmentation_evaluate

@@ -174,8 +174,8 @@ def _end_to_end_metrics(
     `hf_detr.evaluation.evaluate` (images in the same order and batches, categories matched by name)."""
     from transformers import EvalPrediction
 
-    from ..data.loading import id2label as dataset_id2label
     from ..data.masks import encode_rles
+    from ..data.schema import id2label as dataset_id2label
     from ..evaluation.evaluate import evaluation_collator, evaluation_dataset, model_labels
     from ..evaluation.metrics import make_compute_metrics
     from ..evaluation.segmentation_metrics import coco_segmentation_evaluate
@@ -211,7 +211,7 @@ def load_validation_split(dataset: str, split: str, model: torch.nn.Module) -> A
     """`split` of `dataset` (`hf_detr.data.load_data`: "synthetic", a Hub id or a folder), with masks for a
     segmentation model; a ValueError naming the categories when they are not the model's classes (checked here, so
     that `hf-detr export` stops before the export rather than after it)."""
-    from ..data.loading import id2label as dataset_id2label
+    from ..data.schema import id2label as dataset_id2label
     from ..data.sources import load_data
     from ..evaluation.evaluate import model_labels
 

@@ -56,7 +56,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..data.collate import derived_seed
-from ..data.loading import id2label as dataset_id2label
+from ..data.schema import id2label as dataset_id2label
 from ..data.sources import load_data
 from ..data.streaming import StreamedBatches, known_size
 from ..evaluation.evaluate import evaluate, evaluation_loader
