@@ -1,0 +1,69 @@
+"""The duplicate measure against hand-counted scenes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_detr import HfDetrInputError
+from hf_detr.evaluation.duplicates import duplicate_measure
+
+# image 0: ground truth A (class 0), B (class 1) and a crowd region of class 0, as COCO (x, y, w, h)
+REFERENCES = [
+    {
+        "boxes": torch.tensor([[10.0, 10, 20, 20], [50, 50, 20, 20], [0, 60, 30, 30]]),
+        "labels": torch.tensor([0, 1, 0]),
+        "iscrowd": torch.tensor([0, 0, 1]),
+    },
+    {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+]
+PREDICTIONS = [
+    {
+        "scores": torch.tensor([0.9, 0.8, 0.7, 0.6, 0.3, 0.55, 0.9]),
+        "labels": torch.tensor([0, 0, 1, 1, 1, 0, 0]),
+        "boxes": torch.tensor(
+            [
+                [10.0, 10, 30, 30],  # A exactly
+                [11, 10, 31, 30],  # IoU 380/420 with the first: a duplicate, and A's second box
+                [10, 10, 30, 30],  # the first box in another class: not a duplicate
+                [50, 50, 70, 70],  # B exactly
+                [51, 50, 71, 70],  # a duplicate of B's, under the 0.5 threshold
+                [14, 10, 34, 30],  # IoU 320/480 with the first, 340/460 with the second: a duplicate, not A's box
+                [0, 60, 30, 90],  # on the crowd region
+            ]
+        ),
+    },
+    {"scores": torch.tensor([0.95]), "labels": torch.tensor([0]), "boxes": torch.tensor([[0.0, 0, 10, 10]])},
+]
+
+
+def test_duplicates_equal_a_hand_count():
+    # 7 confident detections, 2 duplicates; of the 2 objects (the crowd is none), A has 2 boxes
+    assert duplicate_measure(PREDICTIONS, REFERENCES) == pytest.approx(
+        {"duplicate_rate": 2 / 7, "duplicated_objects": 1 / 2}
+    )
+    # at 0.25 B's second box counts too
+    assert duplicate_measure(PREDICTIONS, REFERENCES, threshold=0.25) == pytest.approx(
+        {"duplicate_rate": 3 / 8, "duplicated_objects": 2 / 2}
+    )
+    # at IoU 0.6 the sixth box also covers A: still one duplicated object, and the same duplicates
+    assert duplicate_measure(PREDICTIONS, REFERENCES, iou=0.6) == pytest.approx(
+        {"duplicate_rate": 2 / 7, "duplicated_objects": 1 / 2}
+    )
+
+
+def test_equal_scores_count_one_duplicate_and_nothing_defines_an_empty_set():
+    box = torch.tensor([[0.0, 0, 10, 10]])
+    twins = [{"scores": torch.tensor([0.8, 0.8]), "labels": torch.tensor([2, 2]), "boxes": box.repeat(2, 1)}]
+    truth = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([2])}]
+    assert duplicate_measure(twins, truth) == {"duplicate_rate": 0.5, "duplicated_objects": 1.0}
+    empty = [{"scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}]
+    nothing = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    assert duplicate_measure(empty, nothing) == {"duplicate_rate": -1.0, "duplicated_objects": -1.0}
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(HfDetrInputError, match="Got 2 predictions but 1 references"):
+        duplicate_measure(PREDICTIONS, REFERENCES[:1])
+    with pytest.raises(HfDetrInputError, match=r"iou must be in \(0, 1\], got 0"):
+        duplicate_measure(PREDICTIONS, REFERENCES, iou=0)
