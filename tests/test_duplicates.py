@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_detr import HfDetrInputError
+from hf_detr import HfDetrInputError, HfDetrObjectDetectionOutput
 from hf_detr.evaluation.duplicates import duplicate_measure
 
 # image 0: ground truth A (class 0), B (class 1) and a crowd region of class 0, as COCO (x, y, w, h)
@@ -67,3 +67,30 @@ def test_bad_input_is_a_clear_error():
         duplicate_measure(PREDICTIONS, REFERENCES[:1])
     with pytest.raises(HfDetrInputError, match=r"iou must be in \(0, 1\], got 0"):
         duplicate_measure(PREDICTIONS, REFERENCES, iou=0)
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_nms_in_post_processing_equals_batched_nms(top_k):
+    from torchvision.ops import batched_nms
+
+    from hf_detr import presets
+
+    generator = torch.Generator().manual_seed(0)
+    # 40 queries crowded on a few spots, so that many overlap: 3 classes + no object
+    centers = torch.rand(4, 2, generator=generator).repeat_interleave(10, 0)
+    pred_boxes = torch.cat([centers + 0.03 * torch.randn(40, 2, generator=generator), 0.2 + 0.1 * torch.rand(40, 2)], 1)
+    outputs = HfDetrObjectDetectionOutput(
+        logits=torch.randn(2, 40, 4, generator=generator), pred_boxes=pred_boxes.clamp(0.05, 0.95).repeat(2, 1, 1)
+    )
+    processor = presets.get("tiny").image_processor()
+    sizes = [(480, 640), (300, 200)]
+    plain = processor.post_process_object_detection(outputs, 0.2, target_sizes=sizes)
+    pruned = processor.post_process_object_detection(outputs, 0.2, target_sizes=sizes, top_k=top_k, nms_threshold=0.5)
+    for before, after in zip(plain, pruned):
+        kept = batched_nms(before["boxes"], before["scores"], before["labels"], 0.5)[:top_k]
+        assert 0 < len(kept) < len(before["scores"])  # NMS removed some, not all
+        order = kept.sort().values if top_k is None else kept  # query order, or best first with top_k
+        for key in ("scores", "labels", "boxes"):
+            assert torch.equal(after[key], before[key][order]), key
+    with pytest.raises(HfDetrInputError, match=r"`nms_threshold` must be an IoU in \[0, 1\] or None, got 1.5"):
+        processor.post_process_object_detection(outputs, 0.2, nms_threshold=1.5)

@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypedDict
 
 import torch
-from torchvision.ops import box_convert
+from torchvision.ops import batched_nms, box_convert
 from torchvision.transforms.v2 import functional as tvF
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
@@ -297,6 +297,7 @@ class HfDetrImageProcessor(TorchvisionBackend):
         target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
         top_k: int | None = None,
         return_masks: bool = False,
+        nms_threshold: float | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """Turn DETR outputs into detections.
 
@@ -313,6 +314,10 @@ class HfDetrImageProcessor(TorchvisionBackend):
                 queries, h, w]` (bool, at the target size; a pixel is in where the mask's probability exceeds 0.5).
                 The masks span the whole padded input: post-process an unpadded batch (or each image's own region)
                 so that they cover the image the boxes refer to.
+            nms_threshold: a fallback for under-trained checkpoints that give one object several boxes: drop each
+                kept detection whose box overlaps a higher-scored kept detection of its class at IoU above this
+                (`torchvision.ops.batched_nms`), before `top_k`. A trained DETR needs none, and None (the default)
+                applies none.
 
         Returns:
             One dict per image: `scores` `[n]`, `labels` `[n]` (int64) and `boxes` `[n, 4]` (x0, y0, x1, y1); with
@@ -329,6 +334,8 @@ class HfDetrImageProcessor(TorchvisionBackend):
                 )
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise HfDetrInputError(f"`top_k` must be a positive int or None, got {top_k!r}.")
+        if nms_threshold is not None and not (isinstance(nms_threshold, (int, float)) and 0 <= nms_threshold <= 1):
+            raise HfDetrInputError(f"`nms_threshold` must be an IoU in [0, 1] or None, got {nms_threshold!r}.")
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)
         sizes = None if target_sizes is None else checked_target_sizes(target_sizes, len(logits))
         if sizes is not None:
@@ -339,6 +346,9 @@ class HfDetrImageProcessor(TorchvisionBackend):
         results = []
         for i, (image_scores, image_labels, image_boxes) in enumerate(zip(scores, labels, boxes)):
             keep = (image_scores >= threshold).nonzero()[:, 0]
+            if nms_threshold is not None:  # the survivors in query order, as without NMS
+                survivors = batched_nms(image_boxes[keep], image_scores[keep], image_labels[keep], nms_threshold)
+                keep = keep[survivors.sort().values]
             if top_k is not None:
                 keep = keep[image_scores[keep].argsort(descending=True, stable=True)[:top_k]]
             results.append({"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]})
