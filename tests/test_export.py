@@ -19,7 +19,7 @@ from hf_detr.hub.export import END_TO_END_FILE, RAW_FILE, export_folder, export_
 from hf_detr.hub.onnx_graph import Postprocess, Preprocess, resized_sizes
 from hf_detr.hub.onnx_runtime import OnnxDetector, OnnxModel, end_to_end_inputs
 from hf_detr.hub.validate import compare_detections, reference_detections
-from hf_detr.modeling.image_processing_hf_detr import _resized_size
+from hf_detr.modeling.image_processing_hf_detr import resized_size
 
 CLASSES = ("circle", "rectangle", "triangle")
 # the graphs under test have the size of `make demo`'s models (its preset); the error tests use the tiny one
@@ -136,7 +136,7 @@ def test_resize_rule_equals_the_processors():
         {"height": 50, "width": 70},
     ):
         rule = HfDetrImageProcessor(size=size).size
-        expected = torch.tensor([_resized_size(tuple(pair), rule) for pair in sizes.tolist()])
+        expected = torch.tensor([resized_size(tuple(pair), rule) for pair in sizes.tolist()])
         assert torch.equal(resized_sizes(sizes, rule), expected), size
 
 

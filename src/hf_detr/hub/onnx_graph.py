@@ -8,7 +8,7 @@ each image's own (unpadded) region as `hf_detr.evaluation.evaluate` takes them. 
 image with Python control flow, the same arithmetic is written here as batched tensor operations (each tested equal
 to the original in tests/test_export.py):
 
-- `resized_sizes`: the processor's resize rule (`_resized_size`, transformers' arithmetic) in float64.
+- `resized_sizes`: the processor's resize rule (`resized_size`, transformers' arithmetic) in float64.
 - `resize_like_processor`: torchvision's antialiased bilinear resize of uint8 images, which the processor runs, as two
   matrix products per image with the kernel's own fixed-point weights and its rounding after each pass, so the
   resized pixels are the processor's (exactly while the products' partial sums stay below 2**24, i.e. when an image
@@ -29,7 +29,7 @@ from torchvision.ops import box_convert
 from transformers.image_utils import SizeDict
 
 from ..modeling.errors import HfDetrInputError
-from ..modeling.image_processing_hf_detr import _affine, _interpolation
+from ..modeling.image_processing_hf_detr import interpolation_mode, normalization_affine
 from ..modeling.modeling_hf_detr import HfDetrForObjectDetection
 
 __all__ = [
@@ -53,7 +53,7 @@ _INT16_LIMIT, _MAX_PRECISION = 2**15, 22
 
 def resized_sizes(sizes: torch.Tensor, size: SizeDict) -> torch.Tensor:
     """The processor's resized (height, width) `[batch, 2]` int64 of images of `sizes` `[batch, 2]` (height, width):
-    `HfDetrImageProcessor`'s `_resized_size` (transformers' `get_size_with_aspect_ratio` and
+    `HfDetrImageProcessor`'s `resized_size` (transformers' `get_size_with_aspect_ratio` and
     `get_image_size_for_max_height_width`) in float64 tensor arithmetic, operation for operation."""
     height, width = sizes.to(torch.float64).unbind(-1)
     if size.shortest_edge is not None:  # the processor takes it only with longest_edge
@@ -184,7 +184,7 @@ class Preprocess(nn.Module):
 
     def __init__(self, processor: Any) -> None:
         super().__init__()
-        if _interpolation(processor.resample) != _interpolation(2):
+        if interpolation_mode(processor.resample) != interpolation_mode(2):
             raise HfDetrInputError(
                 f"the end-to-end graph resizes as the processor's default resample=2 (bilinear); this "
                 f"processor has resample={processor.resample!r}: set resample=2 in its "
@@ -193,7 +193,7 @@ class Preprocess(nn.Module):
         self.size = processor.size if processor.do_resize else None
         pad = processor.pad_size
         self.pad_size = (pad.height, pad.width) if processor.do_pad and pad is not None else None
-        scale, bias = _affine(
+        scale, bias = normalization_affine(
             processor.do_rescale,
             processor.rescale_factor,
             processor.do_normalize,

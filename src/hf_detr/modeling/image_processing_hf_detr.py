@@ -248,10 +248,12 @@ class HfDetrImageProcessor(TorchvisionBackend):
     ) -> BatchFeature:
         """`images`: uint8 or float32 `[3, h, w]` tensors; `targets`: from `coco_targets`, in original pixels."""
         orig_sizes = [tuple(image.shape[-2:]) for image in images]
-        sizes = [_resized_size(orig, size) for orig in orig_sizes] if do_resize else orig_sizes
+        sizes = [resized_size(orig, size) for orig in orig_sizes] if do_resize else orig_sizes
         canvas = _canvas_size(sizes, pad_size, do_pad, return_tensors)
-        scale, bias = _affine(do_rescale, rescale_factor, do_normalize, image_mean, image_std, images[0].device)
-        interpolation = _interpolation(resample)
+        scale, bias = normalization_affine(
+            do_rescale, rescale_factor, do_normalize, image_mean, image_std, images[0].device
+        )
+        interpolation = interpolation_mode(resample)
 
         device = images[0].device
         pixels = []
@@ -481,7 +483,7 @@ def _size_dict(size: Any, name: str, forms: Sequence[set[str]]) -> dict[str, int
     return dict(size)
 
 
-def _resized_size(height_width: tuple[int, int], size: SizeDict) -> tuple[int, int]:
+def resized_size(height_width: tuple[int, int], size: SizeDict) -> tuple[int, int]:
     """The (height, width) an image of `height_width` is resized to: transformers' arithmetic, so sizes agree."""
     if size.shortest_edge is not None:
         new = get_size_with_aspect_ratio(height_width, size.shortest_edge, size.longest_edge)
@@ -515,7 +517,7 @@ def _canvas_size(
     return None
 
 
-def _affine(
+def normalization_affine(
     do_rescale: bool,
     rescale_factor: float,
     do_normalize: bool,
@@ -534,7 +536,7 @@ def _affine(
     return scale.to(device, torch.float32), bias.to(device, torch.float32)
 
 
-def _interpolation(resample: Any) -> tvF.InterpolationMode:
+def interpolation_mode(resample: Any) -> tvF.InterpolationMode:
     if isinstance(resample, tvF.InterpolationMode):
         return resample
     if resample is None:
