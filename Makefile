@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/hf-detr demo
 
 demo-segmentation: $(STAMP)
-	$(VENV)/bin/hf-detr demo --task segmentation
+	$(VENV)/bin/hf-detr demo --task instance
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_model

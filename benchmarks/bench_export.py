@@ -2,7 +2,7 @@
 weights, same inputs, same thread count, one process.
 
 Run from the repository root: `python -m benchmarks.bench_export [--threads 2] [--repeats 5]`. Models: DETR-R50
-(`presets.create("detr-resnet-50")`, random weights: speed does not depend on them) at 800x1066 and the demo's model
+(`create_model("detr-resnet-50")`, random weights: speed does not depend on them) at 800x1066 and the demo's model
 (the `demo` preset made plain DETR, as `make demo` saves it) at 128x170, each at batch 1 and 4. Each time is the
 median of `--repeats` timed runs after one warm-up run (for `torch.compile`, the warm-up compiles), the three ways
 taking turns run by run, so that load from other processes falls on all three alike. Two workloads:
@@ -28,7 +28,7 @@ import onnxruntime
 import torch
 
 from benchmarks.bench_model import INFERENCE_SIZE
-from hf_detr import presets
+from hf_detr import create_model, presets
 from hf_detr.hub.export import export_folder
 from hf_detr.hub.onnx_runtime import OnnxDetector, session
 from hf_detr.hub.validate import compare_detections, reference_detections
@@ -56,7 +56,7 @@ def interleaved_medians(runs: Runs, repeats: int) -> dict[str, float]:
 
 def build(preset: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return presets.create(preset).to_plain_detr().eval()
+    return create_model(preset).to_plain_detr().eval()
 
 
 def decreasing_sizes(batch: int, size: tuple[int, int]) -> list[tuple[int, int]]:

@@ -25,7 +25,7 @@ import datasets
 import torch
 from transformers import DetrConfig, DetrForObjectDetection
 
-from hf_detr import presets
+from hf_detr import create_model, presets
 from hf_detr.data import SYNTHETIC, id2label, load_data
 from hf_detr.evaluation import evaluate
 from hf_detr.training import TrainConfig, lr_factor, parameter_groups
@@ -49,7 +49,7 @@ REFERENCE_MODEL: dict[str, Any] = dict(
 def build_models(id2label: dict[int, str]) -> dict[str, Callable[[], torch.nn.Module]]:
     return {
         "transformers DETR": lambda: DetrForObjectDetection(DetrConfig(**REFERENCE_MODEL, id2label=id2label)),
-        "hf_detr demo recipe": lambda: presets.create("demo", id2label=id2label),
+        "hf_detr demo recipe": lambda: create_model("demo", id2label=id2label),
     }
 
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Fine-tune hf_detr on a detection data set in the Hub's COCO schema with transformers' `Trainer`.
 
-A thin script around the package: the model and its image processor come from `hf_detr.training.setup.build_model`
-(a `hub_configs/` folder: new weights; a trained folder or Hub id: fine-tuning, the class head replaced when the labels
-differ), the data from `hf_detr.data.load_data`, the batches and the COCO mAP from `hf_detr.evaluation`, and the
-`Trainer` subclass from `hf_detr.training.DetrTrainer` (DETR's backbone learning rate, labels packed so multi-process
-evaluation keeps every box). DETR's recipe is the default: AdamW at 1e-4 with the backbone at 1e-5
-(`--backbone_learning_rate 0` freezes it), weight decay 1e-4, gradients clipped at 0.1; COCO mAP after every epoch,
-and the checkpoint with the best `eval_map` is kept and saved with its image processor; `--early_stopping_patience N`
-stops once `--metric_for_best_model` has not improved for N evaluations (transformers' `EarlyStoppingCallback`).
+A thin script around the package: the model and its image processor come from `hf_detr.create_model` (a preset such as
+`detr-resnet-50` or a `hub_configs/` folder: new weights; a trained folder or Hub id: fine-tuning, the class head
+replaced when the labels differ), the data from `hf_detr.data.load_data`, the batches and the COCO mAP from
+`hf_detr.evaluation`, and the `Trainer` subclass from `hf_detr.training.DetrTrainer` (DETR's backbone learning rate,
+labels packed so multi-process evaluation keeps every box). DETR's recipe is the default: AdamW at 1e-4 with the
+backbone at 1e-5 (`--backbone_learning_rate 0` freezes it), weight decay 1e-4, gradients clipped at 0.1; COCO mAP
+after every epoch, and the checkpoint with the best `eval_map` is kept and saved with its image processor;
+`--early_stopping_patience N` stops once `--metric_for_best_model` has not improved for N evaluations
+(transformers' `EarlyStoppingCallback`).
 
     python examples/run_object_detection.py --model_name_or_path hub_configs/detr-resnet-50 \
         --model_kwargs '{"use_pretrained_backbone": true}' --dataset cppe-5 --output_dir detr-cppe5 \
@@ -48,9 +49,12 @@ import datasets
 import transformers
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
 
+import hf_detr
+from hf_detr.builder import set_labels
 from hf_detr.data import BoxPolicy, id2label, load_data
 from hf_detr.evaluation import evaluation_collator, evaluation_dataset, make_compute_metrics
-from hf_detr.training import DetrTrainer, EpochSetter, build_model
+from hf_detr.modeling.configuration_hf_detr import TASKS
+from hf_detr.training import DetrTrainer, EpochSetter
 from hf_detr.training.setup import training_data, with_image_size
 
 logger = logging.getLogger(__name__)
@@ -76,9 +80,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 class ModelArguments:
     model_name_or_path: str = field(
         metadata={
-            "help": "A hub_configs/ folder (config only: new weights), a converted checkpoint or a fine-tuned "
-            "folder, or a Hub model id; also a checkpoint of transformers' DETR (e.g. facebook/detr-resnet-50, "
-            "converted on load)."
+            "help": "What hf_detr.create_model takes: a preset (detr-resnet-50, ...) or a hub_configs/ folder (new "
+            "weights), a converted checkpoint or a fine-tuned folder, or a Hub model id; also a checkpoint of "
+            "transformers' DETR (e.g. facebook/detr-resnet-50, converted on load)."
         }
     )
     backbone_learning_rate: float = field(
@@ -92,12 +96,13 @@ class ModelArguments:
         },
     )
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the model."})
-    task: str = field(
-        default="detection",
+    task: str | None = field(
+        default=None,
         metadata={
-            "help": "detection, or instance / panoptic segmentation: HfDetrForSegmentation trained on the data "
-            "set's masks and evaluated on mask AP and panoptic quality too.",
-            "choices": ["detection", "instance", "panoptic"],
+            "help": "What the model predicts (default: the model's own): detection, or instance / panoptic "
+            "segmentation: HfDetrForSegmentation trained on the data set's masks and evaluated on mask AP and "
+            "panoptic quality too.",
+            "choices": list(TASKS),
         },
     )
     freeze_detection: bool = field(
@@ -218,10 +223,14 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
             )
         if training_args.eval_strategy == "no":
             raise ValueError("--early_stopping_patience watches the evaluations: give --eval_strategy epoch or steps.")
-    segmentation = model_args.task != "detection"
+    set_seed(training_args.seed)
+    model = hf_detr.create_model(
+        model_args.model_name_or_path, model_args.task, revision=model_args.model_revision, **model_kwargs
+    )
+    image_processor = hf_detr.create_image_processor(model_args.model_name_or_path, revision=model_args.model_revision)
+    segmentation = model.config.predicts_masks  # trained and scored on the data set's masks
     if model_args.freeze_detection and not segmentation:
         raise ValueError("--freeze_detection trains a segmentation head: add --task instance or --task panoptic.")
-    set_seed(training_args.seed)
 
     train_split, eval_split = load_splits(data_args, training_args.seed, masks=segmentation)
     if training_args.do_train and train_split is None:
@@ -232,10 +241,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
             f"Evaluation (--do_eval or --eval_strategy {training_args.eval_strategy}) needs --eval_split; "
             "pass --eval_strategy no without one."
         )
-    labels = id2label(train_split if train_split is not None else eval_split)
-    model, image_processor = build_model(
-        model_args.model_name_or_path, labels, model_kwargs, model_args.model_revision, segmentation=segmentation
-    )
+    set_labels(model, id2label(train_split if train_split is not None else eval_split))
     image_processor = with_image_size(image_processor, data_args.image_size, data_args.max_size)
     if model_args.freeze_detection:
         model.freeze_detection()

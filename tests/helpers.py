@@ -150,7 +150,7 @@ def trainer_evaluate(
 
     model, processor = load_model(folder)
     if mask_references is None:
-        mask_references = hasattr(model, "mask_head")
+        mask_references = model.config.predicts_masks
     split = datasets.load_from_disk(str(data))["validation"]
     args = TrainingArguments(
         output_dir=str(output_dir),

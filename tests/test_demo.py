@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from transformers import pipeline
 
-from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, presets
+from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, create_model, presets
 from hf_detr.apps.cli import main
 from hf_detr.data import SYNTHETIC, load_data
 from hf_detr.data.loading import id2label
@@ -131,7 +131,7 @@ def test_demo_recipe_learns_in_a_short_run(tmp_path):
 
     demo = presets.get("demo")
     data = make_synthetic_dataset(8, 0, 0, image_size=demo.image_size, seed=11)
-    model = presets.create("demo", id2label=ID2LABEL)
+    model = create_model("demo", id2label=ID2LABEL)
     config = TrainConfig(
         output_dir=str(tmp_path),
         max_steps=150,
@@ -187,9 +187,9 @@ def test_demo_dataset_without_test_split_fails_clearly(tmp_path, capsys):
 
 
 def test_segmentation_demo_trains_the_mask_head_on_the_detector(tmp_path, capsys):
-    """`hf-detr demo --task segmentation` on a tiny budget: two phases (the detector, then the mask head alone on
-    it), a saved HfDetrForSegmentation whose detector weights are the first phase's, mask and panoptic metrics that
-    re-scoring the folder reproduces, and a predictions.png with masks."""
+    """`hf-detr demo --task segmentation` (the deprecated name of `--task instance`) on a tiny budget: two phases
+    (the detector, then the mask head alone on it), a saved HfDetrForSegmentation whose detector weights are the first
+    phase's, mask and panoptic metrics that re-scoring the folder reproduces, and a predictions.png with masks."""
     import torch
     from safetensors.torch import load_file
 
@@ -197,13 +197,17 @@ def test_segmentation_demo_trains_the_mask_head_on_the_detector(tmp_path, capsys
     from hf_detr.apps.demo import run_demo
 
     out = tmp_path / "demo"
-    metrics = run_demo(out, time_budget=8.0, num_train=16, num_validation=0, num_test=4, show=2, task="segmentation")
+    with pytest.warns(FutureWarning, match=r"task='segmentation'.*deprecated.*use 'instance'"):
+        metrics = run_demo(
+            out, time_budget=8.0, num_train=16, num_validation=0, num_test=4, show=2, task="segmentation"
+        )
     for name in ("segm_map", "segm_map_50", "pq", "sq", "rq"):
         assert -1.0 <= metrics[name] <= 1.0
     detector, segmenter = load_file(out / "run" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
     assert all(torch.equal(segmenter[key], value) for key, value in detector.items())
     assert any(key.startswith("mask_head.") for key in segmenter)
     model = HfDetrForSegmentation.from_pretrained(out / "model").eval()
+    assert model.config.task == "instance"
     test = load_data(SYNTHETIC, ["test"], synthetic_sizes={"test": 4}, synthetic_image_size=128, masks=True)["test"]
     rescored = evaluate(model, HfDetrImageProcessor.from_pretrained(out / "model"), test, batch_size=50)
     assert {k: metrics[k] for k in ("segm_map", "pq")} == pytest.approx({k: rescored[k] for k in ("segm_map", "pq")})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import trainer_evaluate, trainer_evaluate_on_two_processes
-from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, presets
+from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, create_model, presets
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
 from hf_detr.evaluation import COCO_STAT_NAMES, evaluate, evaluation_loader
@@ -27,7 +27,7 @@ def scene(tmp_path_factory) -> dict:
     processor = HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 107})
     split = make_synthetic_dataset(0, NUM_IMAGES, 0, image_size=64, seed=5)["validation"]
     torch.manual_seed(0)
-    model = presets.create("demo", id2label=ID2LABEL)
+    model = create_model("demo", id2label=ID2LABEL)
     batch = next(iter(evaluation_loader(split, processor, ID2LABEL, batch_size=NUM_IMAGES)))
     optimizer = torch.optim.AdamW(parameter_groups(model, 1.2e-3, 6e-3))
     for _ in range(25):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_detr import HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor, presets
+from hf_detr import HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor, create_model, presets
 from hf_detr.apps.cli import build_parser, main
 from hf_detr.evaluation.evaluate import _own_region
 from hf_detr.evaluation.metrics import PostProcessInputs
@@ -201,7 +201,7 @@ def test_every_option_takes_dashes_and_underscores():
 
 
 def test_a_folder_without_an_image_processor_is_a_clear_error(tmp_path, capsys):
-    presets.create("tiny").save_pretrained(tmp_path / "model")
+    create_model("tiny").save_pretrained(tmp_path / "model")
     assert main(["export", str(tmp_path / "model"), str(tmp_path / "out")]) == 1
     error = capsys.readouterr().err
     assert "no image processor" in error and "save_pretrained" in error
@@ -214,12 +214,12 @@ def test_an_unknown_dtype_is_a_clear_error(tmp_path, capsys):
     assert stopped.value.code == 2
     assert "argument --dtype: invalid choice: 'int8' (choose from" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"dtype must be one of \('fp32', 'fp16'\)"):
-        export_onnx(presets.create("tiny"), tmp_path / "model.onnx", dtype="int8")
+        export_onnx(create_model("tiny"), tmp_path / "model.onnx", dtype="int8")
 
 
 def test_a_split_with_other_labels_stops_before_the_export(data, tmp_path, capsys):
     model_dir = tmp_path / "model"
-    presets.create("tiny").save_pretrained(model_dir)  # circle, square, triangle: the data has rectangles
+    create_model("tiny").save_pretrained(model_dir)  # circle, square, triangle: the data has rectangles
     presets.get("tiny").image_processor().save_pretrained(model_dir)
     assert main(["export", str(model_dir), str(tmp_path / "out"), "--dataset", str(data[0])]) == 1
     error = capsys.readouterr().err

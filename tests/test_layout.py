@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import hf_detr
-from hf_detr import presets
+from hf_detr import create_model, presets
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "hf_detr"
@@ -102,7 +102,7 @@ def test_the_package_never_imports_transformers_models():
 
 
 def test_saved_folder_carries_exactly_the_model_files(tmp_path):
-    presets.create("tiny").save_pretrained(tmp_path)
+    create_model("tiny").save_pretrained(tmp_path)
     presets.get("tiny").image_processor().save_pretrained(tmp_path)
     code = {path.name for path in tmp_path.glob("*.py")}
     model_set = {path.name for path in MODELING.glob("*.py")} - {"__init__.py"}

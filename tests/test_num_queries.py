@@ -1,4 +1,4 @@
-"""Another number of object queries than the checkpoint's (issue #15): `from_pretrained(..., num_queries=N)` and
+"""Another number of object queries than the checkpoint's (issue #15): `hf_detr.create_model(..., num_queries=N)` and
 `hf-detr train --model_kwargs '{"num_queries": N}'` load every weight exactly and resize only `query_embed`
 (`resize_queries`), for hf_detr folders (single file or sharded) and transformers' own DETR checkpoints."""
 
@@ -14,11 +14,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForObjectDetection, DetrConfig, DetrForObjectDetection
 
 from helpers import padded_batch, randomize_weights, tiny_config_kwargs
-from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrModel
+from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrModel, create_model
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.data.synthetic import ID2LABEL
 from hf_detr.hub.convert import state_dict_from_transformers
-from hf_detr.training import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,9 +82,8 @@ def test_fewer_queries_keep_the_first_ones_and_every_other_weight(checkpoint, tm
         _save(model, tmp_path, sharded=True)
         folder = tmp_path
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        model, info = HfDetrForObjectDetection.from_pretrained(folder, num_queries=4, output_loading_info=True)
+        model = create_model(folder, num_queries=4)  # a weight that did not load would be an error
     assert _messages(caplog) == ["query_embed: 10 -> 4 queries (kept the first 4)"]
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     state = model.state_dict()
     assert torch.equal(state[EMBED], saved[EMBED][:4])
     _assert_only_queries_changed(state, saved)
@@ -97,7 +95,7 @@ def test_fewer_queries_keep_the_first_ones_and_every_other_weight(checkpoint, tm
 def test_more_queries_keep_all_and_add_new_ones_made_from_existing_ones(checkpoint, caplog):
     folder, saved = checkpoint
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        model = HfDetrForObjectDetection.from_pretrained(folder, num_queries=25)
+        model = create_model(folder, num_queries=25)
     assert _messages(caplog) == ["query_embed: 10 -> 25 queries (15 new ones from existing ones plus noise)"]
     state = model.state_dict()
     assert state[EMBED].shape == (25, 64) and model.config.num_queries == 25
@@ -109,7 +107,7 @@ def test_more_queries_keep_all_and_add_new_ones_made_from_existing_ones(checkpoi
     assert _outputs(model)[0].shape == (2, 25, len(ID2LABEL) + 1)
 
     # reproducible, without the global RNG: the same load gives the same weights; another generator other ones
-    again = HfDetrForObjectDetection.from_pretrained(folder, num_queries=25).state_dict()[EMBED]
+    again = create_model(folder, num_queries=25).state_dict()[EMBED]
     assert torch.equal(again, state[EMBED])
     plain = HfDetrForObjectDetection.from_pretrained(folder)
     rng = torch.get_rng_state()
@@ -122,7 +120,7 @@ def test_more_queries_keep_all_and_add_new_ones_made_from_existing_ones(checkpoi
 def test_the_same_number_of_queries_loads_the_checkpoint_unchanged(checkpoint, caplog):
     folder, saved = checkpoint
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        model = HfDetrForObjectDetection.from_pretrained(folder, num_queries=QUERIES)
+        model = create_model(folder, num_queries=QUERIES)
     assert _messages(caplog) == []
     for key, value in model.state_dict().items():
         assert torch.equal(value, saved[key]), key
@@ -143,7 +141,7 @@ def test_kept_queries_predict_exactly_as_before_with_one_decoder_layer(tmp_path)
     logits, boxes = _outputs(model)
     assert boxes.std() > 0.05 and logits.std() > 0.1  # predictions that differ from query to query
     for n in (4, 25):
-        resized_logits, resized_boxes = _outputs(HfDetrForObjectDetection.from_pretrained(tmp_path, num_queries=n))
+        resized_logits, resized_boxes = _outputs(create_model(tmp_path, num_queries=n))
         kept = min(n, QUERIES)
         torch.testing.assert_close(resized_logits[:, :kept], logits[:, :kept], rtol=0, atol=1e-5)
         torch.testing.assert_close(resized_boxes[:, :kept], boxes[:, :kept], rtol=0, atol=1e-5)
@@ -152,7 +150,7 @@ def test_kept_queries_predict_exactly_as_before_with_one_decoder_layer(tmp_path)
     randomize_weights(two_layers)
     two_layers.save_pretrained(tmp_path / "two")
     before = _outputs(two_layers)[0][:, :4]
-    after = _outputs(HfDetrForObjectDetection.from_pretrained(tmp_path / "two", num_queries=4))[0]
+    after = _outputs(create_model(tmp_path / "two", num_queries=4))[0]
     assert (after - before).abs().max() > 1e-3
 
 
@@ -186,17 +184,18 @@ def test_each_query_group_is_resized_alike(caplog):
     assert model.model.query_embed.weight.shape == (13, 64) and torch.equal(model.model.query_embed.weight, weight[:13])
 
 
-def test_hf_detr_model_and_the_auto_class_take_num_queries(checkpoint):
+def test_from_pretrained_is_transformers_own(checkpoint):
+    """Only `create_model` resizes: `from_pretrained` and the Auto classes load the checkpoint as it is, and another
+    number of queries there is transformers' own size mismatch error."""
     folder, saved = checkpoint
-    base = HfDetrModel.from_pretrained(folder, num_queries=4)
-    assert base.config.num_queries == 4 and torch.equal(base.query_embed.weight, saved[EMBED][:4])
-    auto = AutoModelForObjectDetection.from_pretrained(folder, num_queries=13)  # the Auto class passes a config
-    assert type(auto) is HfDetrForObjectDetection and auto.config.num_queries == 13
-    direct = HfDetrForObjectDetection.from_pretrained(folder, num_queries=13)
-    assert torch.equal(auto.model.query_embed.weight, direct.model.query_embed.weight)
-    config = HfDetrConfig.from_pretrained(folder, num_queries=6)  # a config with another number, as build_model's
-    with_config = HfDetrForObjectDetection.from_pretrained(folder, config=config)
-    assert torch.equal(with_config.model.query_embed.weight, saved[EMBED][:6]) and config.num_queries == 6
+    auto = AutoModelForObjectDetection.from_pretrained(folder)
+    assert type(auto) is HfDetrForObjectDetection and torch.equal(auto.model.query_embed.weight, saved[EMBED])
+    base = HfDetrModel.from_pretrained(folder)
+    assert torch.equal(base.query_embed.weight, saved[EMBED])
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        HfDetrForObjectDetection.from_pretrained(folder, num_queries=13)
+    resized = create_model(folder, num_queries=6)
+    assert torch.equal(resized.model.query_embed.weight, saved[EMBED][:6]) and resized.config.num_queries == 6
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.5, "20", True])
@@ -204,7 +203,7 @@ def test_an_invalid_number_of_queries_is_a_clear_error(checkpoint, value):
     folder, _ = checkpoint
     message = rf"num_queries={value!r} is invalid: it must be a positive integer"
     with pytest.raises(ValueError, match=message):
-        HfDetrForObjectDetection.from_pretrained(folder, num_queries=value)
+        create_model(folder, num_queries=value)
     with pytest.raises(ValueError, match=message):
         HfDetrForObjectDetection(HfDetrConfig(**tiny_config_kwargs())).resize_queries(value)
 
@@ -226,16 +225,16 @@ def test_a_transformers_detr_checkpoint_loads_with_another_number_of_queries(tmp
     randomize_weights(reference)
     reference.save_pretrained(tmp_path, max_shard_size="10MB")  # sharded, the Hub's key names
     assert (tmp_path / "model.safetensors.index.json").is_file()
-    converted = HfDetrForObjectDetection.from_pretrained(tmp_path).state_dict()
+    converted = create_model(tmp_path).state_dict()
     assert torch.equal(converted[EMBED], state_dict_from_transformers(reference.state_dict())[EMBED])
 
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        fewer = HfDetrForObjectDetection.from_pretrained(tmp_path, num_queries=4)
+        fewer = create_model(tmp_path, num_queries=4)
     assert _messages(caplog) == ["query_embed: 10 -> 4 queries (kept the first 4)"]
     assert fewer.config.num_queries == 4 and torch.equal(fewer.state_dict()[EMBED], converted[EMBED][:4])
     _assert_only_queries_changed(fewer.state_dict(), converted)
 
-    more, _ = build_model(str(tmp_path), ID2LABEL, {"num_queries": 14})  # the config path of hf-detr train
+    more = create_model(tmp_path, id2label=ID2LABEL, num_queries=14)  # as hf-detr train --model_kwargs does
     state = more.state_dict()
     assert more.config.num_queries == 14 and torch.equal(state[EMBED][:QUERIES], converted[EMBED])
     _assert_new_queries_near_existing(state[EMBED][QUERIES:], converted[EMBED])

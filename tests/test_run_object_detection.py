@@ -16,7 +16,13 @@ from safetensors.torch import load_file
 from transformers import TrainingArguments
 
 from helpers import EXAMPLE, load_script, tiny_config_kwargs
-from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor, HfDetrObjectDetectionOutput
+from hf_detr import (
+    HfDetrConfig,
+    HfDetrForObjectDetection,
+    HfDetrImageProcessor,
+    HfDetrObjectDetectionOutput,
+    create_model,
+)
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
 from hf_detr.evaluation import (
@@ -27,7 +33,7 @@ from hf_detr.evaluation import (
     pack_labels,
     unpack_labels,
 )
-from hf_detr.training import DetrTrainer, build_model
+from hf_detr.training import DetrTrainer
 
 run_object_detection = load_script(EXAMPLE)
 
@@ -184,6 +190,7 @@ class LabelEchoDetector(torch.nn.Module):
     def __init__(self, num_labels: int, num_queries: int = 12) -> None:
         super().__init__()
         self.num_labels, self.num_queries = num_labels, num_queries
+        self.config = HfDetrConfig(num_labels=num_labels, num_queries=num_queries)  # a detector's: task "detection"
         self.weight = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, pixel_values, pixel_mask=None, labels=None) -> HfDetrObjectDetectionOutput:
@@ -361,14 +368,14 @@ def test_model_from_a_config_folder_and_overrides_that_break_weights(start_model
     labels = dict(ID2LABEL)
     config_only = tmp_path / "config-only"
     HfDetrConfig(**tiny_config_kwargs(**TINY)).save_pretrained(config_only)
-    model, _ = build_model(str(config_only), labels, {"num_queries": 7, "eos_coefficient": 0.2})
+    model = create_model(config_only, id2label=labels, num_queries=7, eos_coefficient=0.2)
     assert model.config.num_queries == 7 and model.config.eos_coefficient == 0.2
     assert model.config.id2label == labels and model.class_embed.out_features == len(labels) + 1
 
     with pytest.raises(ValueError, match="dropout=1.5 is invalid"):
-        build_model(str(config_only), labels, {"dropout": 1.5})
+        create_model(config_only, id2label=labels, dropout=1.5)
     # the example passes --model_kwargs on: with weights, an override that changes a weight's shape is an error
-    # (num_queries is not one: from_pretrained resizes the queries, tests/test_num_queries.py)
+    # (num_queries is not one: create_model resizes the queries, tests/test_num_queries.py)
     with pytest.raises(ValueError, match=r"model\.decoder\.layers\.0\.linear1\.bias.* would be reinitialized"):
         run_object_detection.main(
             [

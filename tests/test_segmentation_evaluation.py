@@ -23,9 +23,9 @@ class Oracle(nn.Module):
 
     def __init__(self, split, id2label) -> None:
         super().__init__()
-        self.config = HfDetrConfig(backbone="resnet18", num_queries=NUM_QUERIES, id2label=id2label)
+        # task: what marks a segmentation model for `evaluate`
+        self.config = HfDetrConfig(backbone="resnet18", num_queries=NUM_QUERIES, id2label=id2label, task="instance")
         self.anchor = nn.Parameter(torch.zeros(1))  # a device for `evaluate`
-        self.mask_head = nn.Identity()  # what marks a segmentation model for `evaluate`
         self.references = [mask_references(example) for example in split]
         self.seen = 0
 

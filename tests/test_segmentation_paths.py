@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import EXAMPLE, launch_two_processes, load_script, trainer_evaluate, trainer_evaluate_on_two_processes
-from hf_detr import HfDetrForSegmentation, HfDetrImageProcessor, presets
+from hf_detr import HfDetrForSegmentation, HfDetrImageProcessor, create_model
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.data.sources import load_data
 from hf_detr.data.synthetic import ID2LABEL
@@ -38,7 +38,7 @@ def scene(tmp_path_factory) -> dict:
     )["validation"]
     batch = next(iter(evaluation_loader(split, processor, ID2LABEL, batch_size=NUM_IMAGES)))
     torch.manual_seed(0)
-    detector = presets.create("demo", id2label=ID2LABEL)
+    detector = create_model("demo", id2label=ID2LABEL)
     boxes_only = [{name: value for name, value in target.items() if name != "masks"} for target in batch["labels"]]
     _overfit(detector, parameter_groups(detector, 1.2e-3, 6e-3), batch, boxes_only, steps=25)
     detector = detector.to_plain_detr()
@@ -180,6 +180,8 @@ def test_the_trainer_example_checks_its_segmentation_options(scene, tmp_path):
             [
                 "--model_name_or_path",
                 str(scene["root"] / "model"),
+                "--task",  # the segmentation model's detector: nothing for --freeze_detection to train
+                "detection",
                 "--freeze_detection",
                 "--output_dir",
                 str(tmp_path),

@@ -1,5 +1,5 @@
-"""Model setup (`hf_detr.training.setup`): every weights layout a folder can hold starts `hf-detr train` and the Trainer
-example from those weights, with the processor saved beside them."""
+"""Model setup (`hf_detr.create_model`, `hf_detr.training.setup`): every weights layout a folder can hold starts
+`hf-detr train` and the Trainer example from those weights, with the processor saved beside them."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import run_example_fine_tuning
-from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, presets
+from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, create_image_processor, create_model, presets
 from hf_detr.apps.cli import main as cli_main
+from hf_detr.builder import has_weights
 from hf_detr.data.synthetic import ID2LABEL
-from hf_detr.training import build_model
-from hf_detr.training.setup import has_weights, with_image_size
+from hf_detr.training.setup import with_image_size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +42,7 @@ def start(request, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     """A tiny model with the shapes' labels saved in one of the layouts, with a non-default image processor."""
     folder = tmp_path_factory.mktemp(request.param)
     torch.manual_seed(0)
-    model = presets.create("tiny", id2label=ID2LABEL)
+    model = create_model("tiny", id2label=ID2LABEL)
     if request.param == "sharded_bin":
         _save_sharded_bin(model, folder)
     else:
@@ -52,15 +52,15 @@ def start(request, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     return folder, {key: value.clone() for key, value in model.state_dict().items()}
 
 
-def test_build_model_loads_every_layout_with_its_processor(start):
+def test_create_model_loads_every_layout_with_its_processor(start):
     folder, weights = start
-    model, processor = build_model(str(folder), ID2LABEL)
+    model, processor = create_model(folder, id2label=ID2LABEL), create_image_processor(folder)
     assert model.state_dict().keys() == weights.keys()
     for key, value in model.state_dict().items():
         assert torch.equal(value, weights[key]), key
     assert (processor.size.shortest_edge, processor.size.longest_edge) == (64, 96)
     # new labels: a new class head, everything else kept
-    renamed, _ = build_model(str(folder), {i: f"{name}!" for i, name in ID2LABEL.items()})
+    renamed = create_model(folder, id2label={i: f"{name}!" for i, name in ID2LABEL.items()})
     changed = {key for key, value in renamed.state_dict().items() if not torch.equal(value, weights[key])}
     assert changed == {"class_embed.weight", "class_embed.bias"}
 
@@ -127,7 +127,7 @@ def test_presets_carry_their_image_size_and_are_read_only():
     assert demo.max_size == 213 and presets.get("detr-resnet-50").max_size == 1333
     with pytest.raises(TypeError):
         demo.model["d_model"] = 1  # a shared preset cannot be changed by one caller
-    assert isinstance(presets.create("tiny"), HfDetrForObjectDetection)
+    assert isinstance(create_model("tiny"), HfDetrForObjectDetection)
     with pytest.raises(ValueError, match=r"no preset named 'nope'; the presets are \['demo', "):
         presets.get("nope")
     with pytest.raises(ValueError, match="already registered"):
@@ -135,9 +135,9 @@ def test_presets_carry_their_image_size_and_are_read_only():
 
 
 def test_from_pretrained_overrides_are_validated_like_the_constructor(tmp_path):
-    presets.create("tiny").save_pretrained(tmp_path)
+    create_model("tiny").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"HfDetrConfig.dropout=1.5 is invalid"):
         HfDetrForObjectDetection.from_pretrained(tmp_path, dropout=1.5)
-    with pytest.raises(ValueError, match=r"HfDetrConfig.num_queries=0 is invalid"):
-        build_model(str(tmp_path), ID2LABEL, {"num_queries": 0})
+    with pytest.raises(ValueError, match=r"num_queries=0 is invalid"):
+        create_model(tmp_path, num_queries=0)
     assert HfDetrForObjectDetection.from_pretrained(tmp_path, eos_coefficient=0.3).config.eos_coefficient == 0.3

@@ -17,22 +17,22 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from huggingface_hub import HfApi, RepoUrl
 from PIL import Image
+from torchvision.transforms import v2
 from transformers import pipeline
 
 import hf_detr.modeling.matcher
-from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
+from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor, create_image_processor, create_model
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.data.collate import DetectionCollator, DetectionDataset
 from hf_detr.data.sources import load_data
 from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
-from hf_detr.data.transforms import make_eval_transform, training_transform
+from hf_detr.data.transforms import training_transform
 from hf_detr.evaluation import evaluation_collator
 from hf_detr.modeling.loss import LossTerm, build_criterion
 from hf_detr.training import (
     TrainConfig,
     TrainingDivergedError,
     add_arguments,
-    build_model,
     config_from_args,
     latest_checkpoint,
     loop,
@@ -338,23 +338,23 @@ def test_zero_backbone_learning_rate_freezes_the_backbone_in_training(tmp_path: 
     assert lr_logged == {"lr_transformer"}  # the optimizer had no backbone group
 
 
-def test_build_model_replaces_the_head_only_for_new_labels(tmp_path: Path) -> None:
+def test_create_model_replaces_the_head_only_for_new_labels(tmp_path: Path) -> None:
     config_only = tmp_path / "config_only"
     HfDetrConfig(**TINY_MODEL).save_pretrained(config_only)  # like a hub_configs/ folder
-    model, processor = build_model(str(config_only), ID2LABEL)
+    model = create_model(config_only, id2label=ID2LABEL)
     assert model.config.id2label == ID2LABEL and model.class_embed.out_features == len(ID2LABEL) + 1
-    assert isinstance(processor, HfDetrImageProcessor)
+    assert isinstance(create_image_processor(config_only), HfDetrImageProcessor)
 
     trained = tmp_path / "trained"
     model.save_pretrained(trained)
-    same, _ = build_model(str(trained), ID2LABEL)
+    same = create_model(trained, id2label=ID2LABEL)
     assert torch.equal(same.class_embed.weight, model.class_embed.weight)
     renamed = {i: f"{name}!" for i, name in ID2LABEL.items()}  # as many classes, other names: a new head
-    other, _ = build_model(str(trained), renamed)
+    other = create_model(trained, id2label=renamed)
     assert other.config.id2label == renamed and other.config.label2id["circle!"] == 0
     assert not torch.equal(other.class_embed.weight, model.class_embed.weight)
     assert torch.equal(other.bbox_embed.layers[0].weight, model.bbox_embed.layers[0].weight)
-    fewer, _ = build_model(str(trained), {0: "a", 1: "b"}, {"eos_coefficient": 0.2})
+    fewer = create_model(trained, id2label={0: "a", 1: "b"}, eos_coefficient=0.2)
     assert fewer.class_embed.out_features == 3 and fewer.config.eos_coefficient == 0.2
 
 
@@ -488,7 +488,7 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(shapes) -> None:
 
 
 def test_collator_pads_and_keeps_original_sizes(shapes) -> None:
-    examples = [DetectionDataset(shapes["validation"], make_eval_transform(48, 80))[i] for i in range(3)]
+    examples = [DetectionDataset(shapes["validation"], v2.Resize(48, max_size=80))[i] for i in range(3)]
     examples[1]["image"] = examples[1]["image"].crop((0, 0, 48, 40))  # a smaller image (without objects) is padded
     objects = examples[0]["objects"]
     examples[0]["objects"] = {**objects, "iscrowd": [1] + objects["iscrowd"][1:]}

@@ -13,7 +13,6 @@ from torchvision.transforms import v2
 from hf_detr.data.transforms import (
     DETR_MAX_SIZE,
     DETR_TRAIN_SCALES,
-    make_eval_transform,
     make_train_transform,
     to_coco_annotations,
     transform_batch,
@@ -159,7 +158,7 @@ def test_eval_transform_is_deterministic_and_keeps_every_box():
         "height": 120,
         "objects": {"bbox": [[10, 20, 30, 40], [199.5, 0, 0.5, 0.5]], "category": [1, 2], "area": [600.0, 0.25]},
     }
-    transform = make_eval_transform(size=96, max_size=150)
+    transform = v2.Resize(96, max_size=150)  # the resize of the training transforms
     first, second = transform_example(example, transform), transform_example(example, transform)
     np.testing.assert_array_equal(np.asarray(first["image"]), np.asarray(second["image"]))
     assert first["objects"] == second["objects"]
@@ -207,7 +206,7 @@ def test_with_transform_on_a_dataset_and_coco_annotations():
         },
         features=features,
     )
-    transformed = dataset.with_transform(functools.partial(transform_batch, transform=make_eval_transform(96, 200)))
+    transformed = dataset.with_transform(functools.partial(transform_batch, transform=v2.Resize(96, max_size=200)))
     first, second = transformed[0], transformed[1]
     assert first["image"].size == (128, 96) and (first["width"], first["height"]) == (128, 96)
     np.testing.assert_allclose(first["objects"]["bbox"], [[0, 0, 8, 10], [20, 20, 10, 12]], atol=1e-4)
@@ -247,7 +246,7 @@ def test_with_transform_on_a_dataset_and_coco_annotations():
 def test_bad_objects_raise_value_error_naming_the_example(objects, message):
     example = {"image": PIL.Image.new("RGB", (10, 10)), "image_id": 9, "objects": objects}
     with pytest.raises(ValueError, match=message):
-        transform_example(example, make_eval_transform(8, 20))
+        transform_example(example, v2.Resize(8, max_size=20))
 
 
 def test_bad_image_and_parameters():

@@ -4,7 +4,7 @@ Layout (docs/ARCHITECTURE.md): `modeling/` is the model (config, network, image 
 saved folder carries for `trust_remote_code`), `data/` the data sets and batches, `evaluation/` COCO metrics and the
 one evaluation loop, `training/` the accelerate loop and the Trainer integration, `hub/` checkpoint conversion, export
 and model cards, `apps/` the `hf-detr` command, the demo and prediction; `presets` names the published and recipe
-configurations.
+configurations, and `create_model` (`builder`) builds a model from a preset name, a folder or a Hub id.
 
 Importing the package registers the model type ``hf_detr`` with the transformers Auto classes (config, models,
 image processor) and marks the classes for ``auto_map``, so ``save_pretrained`` writes a folder that also loads
@@ -56,4 +56,8 @@ HfDetrImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 _moved.install()
 
-__all__ = modeling.__all__  # the public API is the model's: config, models, outputs, image processor
+# imported after the registration: the builder loads checkpoints through the Auto-registered classes
+from .builder import create_image_processor, create_model  # noqa: E402
+
+# the public API: the model's (config, models, outputs, image processor) and the builder
+__all__ = [*modeling.__all__, "create_image_processor", "create_model"]

@@ -1,13 +1,13 @@
-"""Named model configurations in timm's style: `register` a `Preset`, `create` a model from its name.
+"""Named model configurations in timm's style: `register` a `Preset`; `hf_detr.create_model(name)` builds it.
 
 A preset is an architecture (`HfDetrConfig` fields) together with the image size it is trained and run at, so the
 image processor and the training transforms come from one source; a recipe preset also carries its training settings
 (`TrainConfig` fields). The paper's detectors, the demo's small-compute recipe and the tests' tiny model are here::
 
-    from hf_detr import presets
-    model = presets.create("detr-resnet-50", id2label={0: "cat", 1: "dog"})
-    processor = presets.get("detr-resnet-50").image_processor()
-    presets.list_presets()  # ['demo', 'detr-resnet-101', 'detr-resnet-101-dc5', ...]
+    import hf_detr
+    model = hf_detr.create_model("detr-resnet-50", id2label={0: "cat", 1: "dog"})
+    processor = hf_detr.create_image_processor("detr-resnet-50")
+    hf_detr.presets.list_presets()  # ['demo', 'detr-resnet-101', 'detr-resnet-101-dc5', ...]
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from types import MappingProxyType
 from typing import Any
 
 from .hub.coco_labels import COCO_ID2LABEL, COCO_PANOPTIC_ID2LABEL
-from .modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
+from .modeling import HfDetrConfig, HfDetrImageProcessor
 from .modeling.errors import HfDetrInputError
 
-__all__ = ["Preset", "create", "default_max_size", "get", "list_presets", "register"]
+__all__ = ["Preset", "default_max_size", "get", "list_presets", "register"]
 
 # DETR's evaluation size: shorter side 800, longer side at most 1333
 DETR_IMAGE_SIZE, DETR_MAX_SIZE = 800, 1333
@@ -38,13 +38,12 @@ class Preset:
     """A named configuration.
 
     Attributes:
-        name: what `get` / `create` take.
-        model: `HfDetrConfig` fields.
+        name: what `get` and `hf_detr.create_model` take.
+        model: `HfDetrConfig` fields (`task` says which model class: `hf_detr.builder.model_class`).
         image_size: shorter side of the image processor (inference, evaluation) and the largest training scale.
         max_size: longer-side cap (default: DETR's ratio, `default_max_size(image_size)`).
         training: `TrainConfig` fields of the recipe (learning rates, batch size, augmentation...).
         description: one line for `list_presets` readers and model cards.
-        segmentation: the model is `HfDetrForSegmentation` (DETR with its mask head), not the detector alone.
     """
 
     name: str
@@ -53,7 +52,6 @@ class Preset:
     max_size: int | None = None
     training: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
-    segmentation: bool = False
 
     def __post_init__(self) -> None:
         if self.max_size is None:
@@ -71,15 +69,11 @@ class Preset:
         preset (e.g. `backbone_kwargs`), so changing it leaves the preset as it was."""
         return HfDetrConfig(**copy.deepcopy({**self.model, **overrides}))
 
-    @property
-    def model_class(self) -> type[HfDetrForObjectDetection]:
-        return HfDetrForSegmentation if self.segmentation else HfDetrForObjectDetection
-
     def image_processor(self, **overrides: Any) -> HfDetrImageProcessor:
         """An image processor resizing to the preset's size (shorter side `image_size`, longer side `max_size`)."""
         size = {"shortest_edge": self.image_size, "longest_edge": self.max_size}
         # the paper's panoptic models train on COCO panoptic annotations, as transformers' panoptic processors read
-        annotations = {"format": "coco_panoptic"} if self.segmentation and "panoptic" in self.name else {}
+        annotations = {"format": "coco_panoptic"} if self.config().task == "panoptic" else {}
         return HfDetrImageProcessor(**{"size": size, **annotations, **overrides})
 
 
@@ -106,13 +100,6 @@ def list_presets() -> list[str]:
     return sorted(_PRESETS)
 
 
-def create(name: str, **overrides: Any) -> HfDetrForObjectDetection:
-    """A new model (random weights, timm's ImageNet backbone if the preset asks for it) of preset `name`, with
-    `HfDetrConfig` `overrides`: an `HfDetrForSegmentation` for a segmentation preset."""
-    preset = get(name)
-    return preset.model_class(preset.config(**overrides))
-
-
 # The paper's COCO detectors (Table 1), all trained with the auxiliary decoding loss; hub_configs/ holds their folders.
 for _backbone, _depth in (("resnet50", "50"), ("resnet101", "101")):
     for _dilation in (False, True):
@@ -129,9 +116,13 @@ for _backbone, _depth in (("resnet50", "50"), ("resnet101", "101")):
     register(
         Preset(
             name=f"detr-resnet-{_depth}-panoptic",
-            model={"backbone": _backbone, "id2label": COCO_PANOPTIC_ID2LABEL, "auxiliary_loss": True},
+            model={
+                "backbone": _backbone,
+                "id2label": COCO_PANOPTIC_ID2LABEL,
+                "auxiliary_loss": True,
+                "task": "panoptic",
+            },
             description=f"DETR-R{_depth} panoptic segmentation of the paper (COCO panoptic, 250 labels)",
-            segmentation=True,
         )
     )
 

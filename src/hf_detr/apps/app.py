@@ -270,12 +270,14 @@ def create_app(
     examples: int = 8,
     threshold: float = 0.5,
     max_video_frames: int = 300,
+    task: str | None = None,
 ) -> Any:  # a gradio.Blocks
-    """The page of `hf-detr app` and of a Space: the model folder or Hub id `model` (`predict.load_model`), with the
+    """The page of `hf-detr app` and of a Space: the model folder or Hub id `model` (`predict.load_model`, with
+    `task`: see `hf_detr.create_model`), with the
     first `examples` images of `split` of `dataset` to pick from (`example_images`)."""
     require_gradio()  # the install hint before the model loads
     _check_threshold(threshold)
-    app = DetectionApp(*load_model(model), max_video_frames=max_video_frames)
+    app = DetectionApp(*load_model(model, task), max_video_frames=max_video_frames)
     paths = example_images(dataset, split, examples, app.workdir) if dataset is not None else []
     title = Path(model).name if Path(model).is_dir() else str(model)
     return build_app(app, title, paths, threshold)

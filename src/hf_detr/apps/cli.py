@@ -17,7 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from ..hub.convert import ORIGINAL_BACKBONES
+from ..modeling.configuration_hf_detr import TASKS
 from ..modeling.errors import HfDetrInputError
+
+_TASK_HELP = (
+    "what the model predicts (default: the model's own): detection (boxes: HfDetrForObjectDetection, a segmentation "
+    "checkpoint's detector) or instance / panoptic (boxes and masks: HfDetrForSegmentation)"
+)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, help: str, **options: Any) -> None:
+    """MODEL (what `hf_detr.create_model` takes) and `--task`, the same in every command that loads a model."""
+    parser.add_argument("model", help=help, **options)
+    parser.add_argument("--task", choices=TASKS, default=None, help=_TASK_HELP)
 
 
 def add_convert(subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +40,8 @@ def add_convert(subparsers: argparse._SubParsersAction) -> None:
         "DetrForObjectDetection (a save_pretrained folder or Hub id) into a folder that "
         "HfDetrForObjectDetection.from_pretrained / AutoModelForObjectDetection / pipeline('object-detection') load: "
         "model.safetensors, config.json, preprocessor_config.json (a transformers checkpoint's own preprocessing "
-        "settings), the code for trust_remote_code and a README.md. HfDetrForObjectDetection.from_pretrained and "
-        "hf-detr train / predict / evaluate also take a transformers DETR folder or Hub id without this step.",
+        "settings), the code for trust_remote_code and a README.md. hf_detr.create_model and hf-detr train / predict "
+        "/ evaluate / export / app also take a transformers DETR folder or Hub id without this step.",
     )
     parser.add_argument("--from", dest="source_format", required=True, choices=("original", "transformers"))
     parser.add_argument("source", help="the .pth file (original) or the folder / Hub repository id (transformers)")
@@ -39,17 +51,17 @@ def add_convert(subparsers: argparse._SubParsersAction) -> None:
     original.add_argument("--dilation", action="store_true", help="a DC5 model (trained with --dilation)")
 
     def run(args: argparse.Namespace) -> None:
+        from ..builder import create_image_processor
         from ..hub.cards import model_card, save_model_folder
         from ..hub.convert import from_original, from_transformers
         from ..modeling import HfDetrImageProcessor
-        from ..training.setup import load_image_processor
 
         if args.source_format == "original":
             model = from_original(args.source, backbone=args.backbone, dilation=args.dilation)
             processor = HfDetrImageProcessor()
         else:
             model = from_transformers(args.source)
-            processor = load_image_processor(args.source)  # the checkpoint's preprocessing settings
+            processor = create_image_processor(args.source)  # the checkpoint's preprocessing settings
         source = f"Weights converted from the {args.source_format} DETR checkpoint `{Path(str(args.source)).name}`."
         card = model_card(model.config, str(args.output_dir), source=source)
         save_model_folder(args.output_dir, model, processor, card)
@@ -70,9 +82,9 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
         "(HfDetrForSegmentation, or transformers' DetrForSegmentation) also gives each detection's mask: a COCO RLE "
         'in the JSON ("mask"; "segmentation" in the COCO results) and laid over the pictures.',
     )
-    parser.add_argument(
-        "model",
-        help="a folder or Hub id written by save_pretrained (model and image processor), "
+    _add_model_arguments(
+        parser,
+        "a folder or Hub id written by save_pretrained (model and image processor), "
         "hf_detr's or transformers' DETR (converted on load)",
     )
     parser.add_argument(
@@ -136,7 +148,7 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
                 require_av()
             except ImportError as error:
                 raise HfDetrInputError(str(error)) from None
-        model, processor = load_model(args.model)
+        model, processor = load_model(args.model, args.task)
         detections = predict(
             model,
             processor,
@@ -238,6 +250,7 @@ def _evaluate_model_folder(
     model_dir: str,
     dataset: str,
     split: str = "validation",
+    task: str | None = None,
     batch_size: int = 8,
     threshold: float = 0.0,
     per_class: bool = False,
@@ -256,9 +269,9 @@ def _evaluate_model_folder(
 
     if batch_size < 1:  # named as the user typed it, before anything is loaded
         raise HfDetrInputError(f"--batch-size must be at least 1, got {batch_size}")
-    model, processor = load_model(model_dir)
+    model, processor = load_model(model_dir, task)
     model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    data = load_data(dataset, [split], masks=hasattr(model, "mask_head"))[split]
+    data = load_data(dataset, [split], masks=model.config.predicts_masks)[split]
     if len(data) == 0:
         raise HfDetrInputError(f"split {split!r} of {dataset} has no images.")
     evaluation = evaluate(
@@ -316,7 +329,7 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "examples/run_object_detection.py) with pycocotools on one split of a detection data set: AP at IoU "
         "0.50:0.95 / 0.50 / 0.75, AP of small / medium / large objects and AR at 1 / 10 / 100 detections.",
     )
-    parser.add_argument("model", help="a model folder or Hub id with its image processor")
+    _add_model_arguments(parser, "a model folder or Hub id with its image processor")
     parser.add_argument(
         "--dataset",
         required=True,
@@ -385,6 +398,7 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
             args.model,
             args.dataset,
             split=args.split,
+            task=args.task,
             batch_size=args.batch_size,
             threshold=args.threshold,
             per_class=args.per_class,
@@ -446,10 +460,10 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--task",
-        choices=("detection", "segmentation"),
+        choices=(*TASKS, "segmentation"),
         default="detection",
-        help="segmentation: the recipe with DETR's mask head, trained on the shapes' masks; reports "
-        "mask AP and panoptic quality too",
+        help="instance / panoptic: the recipe with DETR's mask head, trained on the shapes' masks; reports mask AP "
+        "and panoptic quality too (segmentation: the deprecated name of instance)",
     )
 
     def run(args: argparse.Namespace) -> None:
@@ -465,7 +479,7 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
             f"test split: AP {metrics['map']:.3f}  AP50 {metrics['map_50']:.3f}  AP75 {metrics['map_75']:.3f}  "
             f"({metrics['steps']} steps, {metrics['total_seconds']:.0f} s in all); wrote {args.output_dir}"
         )
-        if args.task == "segmentation":
+        if "segm_map" in metrics:
             print(
                 f"masks: AP {metrics['segm_map']:.3f}  AP50 {metrics['segm_map_50']:.3f}  AP75 "
                 f"{metrics['segm_map_75']:.3f}; panoptic: PQ {metrics['pq']:.3f}  SQ {metrics['sq']:.3f}  RQ "
@@ -522,7 +536,7 @@ def add_app(subparsers: argparse._SubParsersAction) -> None:
         "per frame; PyAV, pip install 'hf_detr[video]'). The same page runs in a Space written by "
         "hf_detr.hub.push_to_hub(..., space=True). Runs until interrupted.",
     )
-    parser.add_argument("model", help="a model folder or Hub id with its image processor")
+    _add_model_arguments(parser, "a model folder or Hub id with its image processor")
     parser.add_argument(
         "--dataset",
         default=None,
@@ -551,7 +565,7 @@ def add_app(subparsers: argparse._SubParsersAction) -> None:
             raise HfDetrInputError(f"--examples must be at least 1, got {args.examples}")
         try:
             page = create_app(
-                args.model, args.dataset, args.split, args.examples, args.threshold, args.max_video_frames
+                args.model, args.dataset, args.split, args.examples, args.threshold, args.max_video_frames, args.task
             )
         except ImportError as error:  # gradio missing: the install hint, not a traceback
             raise HfDetrInputError(str(error)) from None
@@ -577,10 +591,10 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         "end-to-end boxes by more than 0.5 pixel). `hf-detr export --validate OUT_DIR --dataset PATH` validates an "
         "existing export against the model it was exported from (or MODEL). Options take dashes or underscores.",
     )
-    parser.add_argument(
-        "model",
+    _add_model_arguments(
+        parser,
+        "model folder or Hub id (with --validate: compare with this model instead of the one the export records)",
         nargs="?",
-        help="model folder or Hub id (with --validate: compare with this model instead of the one the export records)",
     )
     parser.add_argument("out_dir", nargs="?", type=Path, help="the folder to write")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="default: onnx")
@@ -641,7 +655,7 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
             out_dir, source = args.out_dir, args.model
         if args.max_detections is not None and args.max_detections < 1:
             raise HfDetrInputError(f"--max_detections must be at least 1, got {args.max_detections}")
-        model, processor = load_model(source)
+        model, processor = load_model(source, args.task)
         data = load_validation_split(args.dataset, args.split, model) if args.dataset else None
         if args.validate is None:
             max_detections = args.max_detections or min(100, model.config.num_queries)

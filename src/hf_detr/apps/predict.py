@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.ops import box_convert, box_iou
 from tqdm.auto import tqdm
 
-from ..modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
+from ..modeling import HfDetrImageProcessor
 from ..modeling.errors import HfDetrInputError
 from ..modeling.image_processing_hf_detr import upright_rgb
 from ..modeling.segmentation_postprocessing import encode_rles
@@ -106,22 +106,14 @@ def require_av() -> Any:
     return require_extra("av", "videos are read and written with PyAV", "video", "av")
 
 
-def load_model(model_dir: str | os.PathLike) -> tuple[HfDetrForObjectDetection, HfDetrImageProcessor]:
-    """The model (in eval mode) and image processor saved in `model_dir`: an hf_detr folder, or a transformers DETR
-    checkpoint (folder or Hub id), converted on load; an `HfDetrForSegmentation` when the checkpoint is a
-    segmentation model's (its `config.architectures`: hf_detr's or transformers' `DetrForSegmentation`). A folder
-    without an image processor is a ValueError saying how to save one, raised before the weights are read."""
-    try:
-        processor = HfDetrImageProcessor.from_pretrained(model_dir)
-    except OSError as error:
-        raise HfDetrInputError(
-            f"no image processor in {model_dir} ({error}); save it next to the model with "
-            "HfDetrImageProcessor(...).save_pretrained(folder)."
-        ) from error
-    architectures = HfDetrConfig.from_pretrained(model_dir).architectures or []
-    segmentation = any(name.endswith("ForSegmentation") for name in architectures)
-    model_class = HfDetrForSegmentation if segmentation else HfDetrForObjectDetection
-    return model_class.from_pretrained(model_dir).eval(), processor
+def load_model(source: str | os.PathLike, task: str | None = None) -> tuple[Any, HfDetrImageProcessor]:
+    """The model of `source` in eval mode, `hf_detr.create_model(source, task)`, and the image processor saved with
+    it, checked first (inference must preprocess as training did): a missing one is an error saying how to save it."""
+    # imported at the call: the one place a model is built, which tests replace
+    from ..builder import create_image_processor, create_model
+
+    processor = create_image_processor(source, required=True)
+    return create_model(source, task).eval(), processor
 
 
 def detect(
@@ -484,17 +476,3 @@ def coco_results(detections: Sequence[Detections], id2label: Mapping[int, str]) 
         results += found_results
     categories = [{"id": int(i), "name": name} for i, name in sorted(id2label.items())]
     return {"images": images, "categories": categories, "results": results}
-
-
-def predict_images(
-    model_dir: str | os.PathLike,
-    images: Sequence[str | os.PathLike],
-    threshold: float = 0.5,
-    out_dir: str | os.PathLike | None = None,
-    **options: Any,
-) -> list[dict[str, Any]]:
-    """`predict` with the model saved in `model_dir` (`load_model`), as `detection_records`: per image
-    `{"image": path, "detections": [{"label", "score", "box": {"xmin", "ymin", "xmax", "ymax"}}]}` in original pixel
-    coordinates. `options`: `predict`'s (batch_size, tile, overlap, tile_iou, progress)."""
-    model, processor = load_model(model_dir)
-    return detection_records(predict(model, processor, images, threshold, out_dir, **options), model.config.id2label)

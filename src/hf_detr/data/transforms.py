@@ -42,7 +42,6 @@ __all__ = [
     "DETR_MAX_SIZE",
     "DETR_TRAIN_SCALES",
     "RandomSizeCrop",
-    "make_eval_transform",
     "make_train_transform",
     "to_coco_annotations",
     "training_transform",
@@ -146,15 +145,6 @@ def make_train_transform(
             v2.SanitizeBoundingBoxes(),
         ]
     )
-
-
-def make_eval_transform(size: int = DETR_EVAL_SIZE, max_size: int | None = DETR_MAX_SIZE) -> v2.Compose:
-    """Deterministic evaluation resize: shorter side to ``size``, longer side capped at ``max_size``.
-
-    No box is removed: evaluation must see every ground-truth object.
-    """
-    _check_sizes("size", [size], max_size)
-    return v2.Compose([_shorter_side_resize([size], max_size)])
 
 
 def _where(example: dict[str, Any]) -> str:

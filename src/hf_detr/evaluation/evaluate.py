@@ -8,7 +8,7 @@ Images are resized by the image processor, as at inference, and scored in their 
 are kept so that detections on them are ignored, as in COCO. The data set's categories are matched to the model's
 classes by name, so a COCO model can be scored on a COCO folder whose category ids differ.
 
-A segmentation model (one with a mask head) is also scored on its masks, on a split loaded with masks
+A segmentation model (`config.predicts_masks`) is also scored on its masks, on a split loaded with masks
 (`objects.segmentation`): mask mAP (`segm_*`) and panoptic quality (`pq`, `sq`, `rq`, every class a "thing"), each
 image's masks taken from its own unpadded region.
 """
@@ -114,7 +114,7 @@ def evaluate(
     if isinstance(data, torch.utils.data.DataLoader):
         loader, split = data, data.dataset.dataset
     else:
-        with_masks = hasattr(unwrapped, "mask_head")  # a segmentation model is scored on its masks too
+        with_masks = config.predicts_masks  # a segmentation model is scored on its masks too
         loader = evaluation_loader(data, image_processor, config.id2label, batch_size, mask_references=with_masks)
         split = data
         if accelerator is not None:

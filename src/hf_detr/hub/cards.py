@@ -45,10 +45,6 @@ def _architecture(config: HfDetrConfig) -> str:
     )
 
 
-def _is_segmentation(config: HfDetrConfig) -> bool:
-    return "HfDetrForSegmentation" in (config.architectures or [])
-
-
 def _usage(repo_id: str, segmentation: bool) -> str:
     """The card's "How to use" and "How to fine-tune" sections."""
     if segmentation:
@@ -151,7 +147,7 @@ def model_card(
     tags: tuple[str, ...] | list[str] = (),
 ) -> ModelCard:
     """The model card (README.md with Hub metadata) of a model with `config`, to be loaded from `repo_id`; a
-    segmentation model's (`config.architectures` naming `HfDetrForSegmentation`) shows the segmentation API.
+    segmentation model's (`config.predicts_masks`) shows the segmentation API.
 
     Args:
         config: the model's configuration; the card describes its architecture and labels.
@@ -163,7 +159,7 @@ def model_card(
         tags: extra Hub tags.
     """
     name = repo_id.rstrip("/").split("/")[-1]
-    segmentation = _is_segmentation(config)
+    segmentation = config.predicts_masks
     task = "image-segmentation" if segmentation else "object-detection"
     if coco_pq is not None:
         result, metric, table, dataset = coco_pq, "PQ", "Table 5", "COCO 2017 panoptic"

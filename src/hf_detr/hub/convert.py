@@ -256,7 +256,7 @@ def to_original(model: HfDetrForObjectDetection) -> dict[str, torch.Tensor]:
             "model cannot be written in its layout"
         )
     state_dict = {_rename_original(k, to_original=True): v for k, v in model.state_dict().items()}
-    if not isinstance(model, HfDetrForSegmentation):
+    if not model.config.predicts_masks:
         return state_dict
     head = tuple(f"{name}." for name in HfDetrForSegmentation.head_modules)  # DETRsegm's own, next to `detr`
     return {k if k.startswith(head) else _ORIGINAL_DETECTOR + k: v for k, v in state_dict.items()}

@@ -104,7 +104,7 @@ def _raw_graph(
         _InferenceGraph(model).eval(),
         (pixel_values, pixel_mask),
         ["pixel_values", "pixel_mask"],
-        ["logits", "pred_boxes"] + (["pred_masks"] if hasattr(model, "mask_head") else []),
+        ["logits", "pred_boxes"] + (["pred_masks"] if model.config.predicts_masks else []),
         {"pixel_values": {0: batch, 2: dim_h, 3: dim_w}, "pixel_mask": {0: batch, 1: dim_h, 2: dim_w}},
     )
     return to_float16(proto) if dtype == "fp16" else (proto, {})

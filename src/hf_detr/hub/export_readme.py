@@ -160,7 +160,7 @@ def export_readme(
 ) -> str:
     """The README of an export folder holding the graphs `files` (`{"raw": file name[, "end_to_end": file name]}`)
     of `model` in `dtype`, float16 ones with `fp32_ops` kept in float32."""
-    masks = hasattr(model, "mask_head")
+    masks = model.config.predicts_masks
     listing = [
         f"- `{files['raw']}`: the model, `(pixel_values, pixel_mask) -> (logits, pred_boxes"
         f"{', pred_masks' if masks else ''})`."

@@ -20,6 +20,7 @@ import torch
 from transformers.dynamic_module_utils import custom_object_save
 
 from .. import presets
+from ..builder import model_class
 from .cards import model_card
 
 # the Hub namespace the cards' usage snippets load from
@@ -57,7 +58,7 @@ def write_hub_config(model: PaperModel, folder: str | Path) -> None:
     preset = presets.get(model.name)
     config = preset.config()
     with torch.device("meta"):  # only the config's auto_map and architectures are needed, not the weights
-        network = preset.model_class(config)
+        network = model_class(config)(config)
     config.architectures = [type(network).__name__]
     with tempfile.TemporaryDirectory() as scratch:
         custom_object_save(network, scratch, config=config)  # fills config.auto_map
@@ -73,7 +74,7 @@ def write_hub_config(model: PaperModel, folder: str | Path) -> None:
         f"Its weights are the [original checkpoint]({model.checkpoint_url}) of facebookresearch/detr, converted with "
         f"`{command}{' --dilation' if config.dilation else ''}`."
     )
-    result = {"coco_pq" if preset.segmentation else "coco_ap": model.coco_result}
+    result = {"coco_pq" if config.task == "panoptic" else "coco_ap": model.coco_result}
     card = model_card(config, f"{HUB_NAMESPACE}/{model.name}", source=source, **result)
     card.save(folder / "README.md")
 

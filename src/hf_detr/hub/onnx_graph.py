@@ -262,7 +262,7 @@ class EndToEndGraph(nn.Module):
         super().__init__()
         check_max_detections(max_detections, model.config.num_queries)
         self.preprocess, self.model = Preprocess(processor), model
-        self.postprocess = Postprocess(max_detections, hasattr(model, "mask_head"))
+        self.postprocess = Postprocess(max_detections, model.config.predicts_masks)
 
     def forward(self, images: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pixel_values, pixel_mask, sizes, resized = self.preprocess(images, sizes)

@@ -180,7 +180,7 @@ def _end_to_end_metrics(
     from ..evaluation.metrics import make_compute_metrics
     from ..evaluation.segmentation_metrics import coco_segmentation_evaluate
 
-    with_masks = hasattr(model, "mask_head")
+    with_masks = model.config.predicts_masks
     dataset = evaluation_dataset(split, model.config.id2label)
     collate = evaluation_collator(processor, mask_references=with_masks)
     names = list(dataset_id2label(split).values())
@@ -215,7 +215,7 @@ def load_validation_split(dataset: str, split: str, model: torch.nn.Module) -> A
     from ..data.sources import load_data
     from ..evaluation.evaluate import model_labels
 
-    data = load_data(dataset, [split], masks=hasattr(model, "mask_head"))[split]
+    data = load_data(dataset, [split], masks=model.config.predicts_masks)[split]
     if len(data) == 0:
         raise HfDetrInputError(f"split {split!r} of {dataset} has no images; pass --split with a split that has.")
     model_labels(list(dataset_id2label(data).values()), model.config.id2label)
@@ -260,7 +260,7 @@ def _dataset_check(
     """COCO mAP of the model and of each graph on `data`, and the graphs whose mAP lies too far from the model's."""
     from ..evaluation.evaluate import evaluate, evaluation_loader
 
-    with_masks = hasattr(model, "mask_head")
+    with_masks = model.config.predicts_masks
     loader = evaluation_loader(data, processor, model.config.id2label, batch_size, mask_references=with_masks)
     maps = {
         "pytorch": _reported(evaluate(model, processor, loader)),

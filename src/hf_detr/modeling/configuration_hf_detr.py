@@ -7,9 +7,11 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 from .errors import HfDetrInputError
-from .transformers_detr import hf_detr_config_dict
+from .transformers_detr import is_transformers_detr_config
 
 _ACTIVATIONS = ("relu", "gelu", "silu")
+# what a model predicts: boxes, or boxes and a mask per query (instance or panoptic segmentation)
+TASKS = ("detection", "instance", "panoptic")
 _POSITION_EMBEDDINGS = ("sine", "learned")
 
 
@@ -60,6 +62,10 @@ class HfDetrConfig(PreTrainedConfig):
             supervision of the encoder as in Co-DETR's auxiliary heads, Zong et al. 2023): every token near an object's
             centre predicts its class and box. It gives the backbone and encoder a direct signal while the decoder
             is still learning where to look; `to_plain_detr()` removes the head. 0 is DETR.
+        task (`str`): what the model predicts, one of `TASKS`: `"detection"` (boxes: `HfDetrForObjectDetection`),
+            `"instance"` or `"panoptic"` (boxes and a mask per query: `HfDetrForSegmentation`). Unset (a config.json
+            written before the field existed), it follows `architectures`. `predicts_masks` is the one place that
+            answers "is this a segmentation model".
     """
 
     model_type = "hf_detr"
@@ -102,25 +108,33 @@ class HfDetrConfig(PreTrainedConfig):
     num_query_groups: int = 1
     one_to_many_repeats: int = 0
     encoder_loss_coefficient: float = 0.0
+    task: str | None = None
     is_encoder_decoder: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.backbone_kwargs is None:
             self.backbone_kwargs = {}
         super().__post_init__(**kwargs)
+        if self.task is None:  # saved before the field existed: the segmentation class is the paper's panoptic model
+            segmentation = any(name.endswith("ForSegmentation") for name in self.architectures or ())
+            self.task = "panoptic" if segmentation else "detection"
         self._validate()
 
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> tuple[dict[str, Any], dict]:
-        # a transformers DETR config.json (model_type "detr") is converted, so `from_pretrained` reads it too
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        return hf_detr_config_dict(config_dict), kwargs
+    @property
+    def predicts_masks(self) -> bool:
+        """Whether the model predicts a mask per query besides its box (instance or panoptic segmentation)."""
+        return self.task != "detection"
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        if is_transformers_detr_config(config_dict):  # its weights have other names: loading it here would drop them
+            raise HfDetrInputError(
+                "this is a transformers DETR config (model_type 'detr'): hf_detr.create_model(path) converts the "
+                "checkpoint, weights included (or HfDetrConfig(**config_kwargs_from_transformers(config)) the config)"
+            )
         # transformers sets keyword overrides (`from_pretrained(path, dropout=...)`) after construction, past
         # __post_init__'s checks: check them here too
-        result = super().from_dict(hf_detr_config_dict(config_dict), **kwargs)
+        result = super().from_dict(config_dict, **kwargs)
         (result[0] if isinstance(result, tuple) else result)._validate()
         return result
 
@@ -197,10 +211,12 @@ class HfDetrConfig(PreTrainedConfig):
                 repeats,
                 "the last query group is the one-to-many branch: set num_query_groups >= 2 (or one_to_many_repeats=0)",
             )
+        if self.task not in TASKS:
+            fail("task", self.task, f"choose one of {TASKS}")
         if self.class_cost == self.bbox_cost == self.giou_cost == 0:
             fail("class_cost", self.class_cost, "at least one matching cost must be positive")
         if self.num_labels < 1:
             fail("num_labels", self.num_labels, "a detector needs at least one class")
 
 
-__all__ = ["HfDetrConfig"]
+__all__ = ["TASKS", "HfDetrConfig"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
@@ -22,26 +21,8 @@ from .loss import SetCriterion, build_criterion
 from .position_encoding import LearnedPositionEmbedding, build_position_embedding
 from .segmentation import AttentionMap, MaskHead
 from .transformer import DecoderLayer, EncoderLayer, MultiHeadAttention, TransformerDecoder, TransformerEncoder
-from .transformers_detr import load_transformers_weights, read_transformers_detr_config, state_dict_from_transformers
 
 logger = logging.getLogger(__name__)
-
-# `from_pretrained` keyword arguments that say where the files come from, and those that say how to load the model
-_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
-_LOADING_KWARGS = (
-    "dtype",
-    "torch_dtype",
-    "device_map",
-    "max_memory",
-    "offload_folder",
-    "offload_buffers",
-    "attn_implementation",
-    "key_mapping",
-    "disable_mmap",
-    "tqdm_class",
-    "_from_auto",
-    "_from_pipeline",
-)
 
 
 @dataclass
@@ -147,64 +128,6 @@ class HfDetrPreTrainedModel(PreTrainedModel):
             for linear in (module.q_proj, module.k_proj):
                 init.xavier_uniform_(linear.weight)
                 init.zeros_(linear.bias)
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any
-    ) -> Any:
-        """transformers' `from_pretrained`, with another number of object queries than the checkpoint's:
-        `num_queries=N` (or a `config` with N queries, as the Auto classes and `hf-detr train --model_kwargs` pass
-        it). The checkpoint loads with its own number of queries, every weight exactly, and `resize_queries(N)` then
-        keeps the first N query embeddings or adds new ones made from the existing ones (seeded, so a checkpoint
-        loads to the same weights every time); `config.num_queries` becomes N. Works for every checkpoint layout
-        `HfDetrForObjectDetection` loads, transformers' own DETR included (see `_load_pretrained`).
-        """
-        target = kwargs.pop("num_queries", None)
-        if target is not None:
-            _check_num_queries(target)
-        requested = target if target is not None else getattr(kwargs.get("config"), "num_queries", None)
-        saved = (
-            None
-            if requested is None
-            else cls._checkpoint_num_queries(pretrained_model_name_or_path, model_args, kwargs)
-        )
-        if saved is None or saved == requested:  # nothing to resize: the ordinary loading path
-            if target is not None:
-                kwargs["num_queries"] = target
-            return cls._load_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        # load at the checkpoint's own number of queries, so that every weight fits, then resize
-        if isinstance(kwargs.get("config"), PreTrainedConfig):
-            kwargs["config"] = copy.deepcopy(kwargs["config"])
-            kwargs["config"].num_queries = saved
-        else:
-            kwargs["num_queries"] = saved
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        model, info = cls._load_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-        )
-        model.resize_queries(requested)
-        return (model, info) if output_loading_info else model
-
-    @classmethod
-    def _load_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any
-    ) -> Any:
-        """Load a checkpoint at its own number of queries: transformers' `from_pretrained`."""
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-
-    @classmethod
-    def _checkpoint_num_queries(
-        cls, source: str | os.PathLike | None, model_args: tuple, kwargs: dict[str, Any]
-    ) -> int | None:
-        """`num_queries` of the checkpoint's config.json (hf_detr's or transformers' DETR); None when there is no
-        readable one (weights passed as `state_dict`, a missing folder, ...): the ordinary path then applies."""
-        if source is None or model_args or kwargs.get("state_dict") is not None or kwargs.get("gguf_file"):
-            return None
-        download = {name: kwargs[name] for name in _DOWNLOAD_KWARGS if kwargs.get(name) is not None}
-        try:
-            return cls.config_class.from_pretrained(source, **download).num_queries
-        except (OSError, ValueError):
-            return None
 
     @torch.no_grad()
     def resize_queries(self, num_queries: int, generator: torch.Generator | None = None) -> None:
@@ -399,12 +322,17 @@ class BoxHead(nn.Module):
 class HfDetrForObjectDetection(HfDetrPreTrainedModel):
     """DETR with its class head (`num_labels + 1` logits, the last one "no object") and box head on every query."""
 
-    # finer backbone maps the model reads besides the last one (the segmentation head's FPN)
-    _finer_levels: int = 0
+    # the `config.task` values this class predicts; a config of another task (a segmentation checkpoint loaded as its
+    # detector, a detector starting the segmentation model) gets a copy with the first of them
+    tasks: tuple[str, ...] = ("detection",)
 
     def __init__(self, config: HfDetrConfig) -> None:
+        if config.task not in self.tasks:
+            config = copy.deepcopy(config)  # the caller's config (another model's, perhaps) stays as it was
+            config.task = self.tasks[0]
         super().__init__(config)
-        self.model = HfDetrModel(config, self._finer_levels)
+        # the mask head's FPN reads finer backbone maps besides the last one
+        self.model = HfDetrModel(config, MaskHead.finer_levels if config.predicts_masks else 0)
         self.class_embed = nn.Linear(config.d_model, config.num_labels + 1)
         self.bbox_embed = BoxHead(config.d_model)
         if config.encoder_loss_coefficient > 0:  # training-only dense head; to_plain_detr() removes it
@@ -416,88 +344,6 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         # SetCriterion to train with your own matcher or terms.
         self.criterion: SetCriterion | None = None
         self.post_init()
-
-    @classmethod
-    def _load_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any
-    ) -> Any:
-        """How `from_pretrained` (which also takes `num_queries=N`, see `HfDetrPreTrainedModel.from_pretrained`)
-        loads a checkpoint: transformers' `from_pretrained`, which also takes a checkpoint of transformers' own
-        `DetrForObjectDetection` (`model_type: "detr"` in its config.json, a folder or a Hub id such as
-        `"facebook/detr-resnet-50"`) and converts it on load: the same weights (Hub / transformers 4 and transformers
-        5 key layouts, single or sharded safetensors or pickled files, the latter read with `weights_only=True`) in the
-        equivalent `HfDetrConfig`.
-
-        For such a checkpoint, config keyword arguments (`id2label=...`, `num_labels=...`, `dropout=...`) override
-        the converted config, as in transformers; `config=` replaces it (an `HfDetrConfig`, a transformers
-        `DetrConfig` or a path). A class head of another size (other labels) needs `ignore_mismatched_sizes=True`:
-        it is then newly initialized, with a warning naming it; without the flag it is a `ValueError`.
-        `output_loading_info=True`, `dtype` and `device_map` work as in transformers. Nothing is downloaded beyond
-        the config and the weight files the checkpoint holds. Any other folder (`model_type: "hf_detr"`) loads
-        with transformers' own `from_pretrained`.
-        """
-        source = pretrained_model_name_or_path
-        if source is not None and not model_args and kwargs.get("state_dict") is None and not kwargs.get("gguf_file"):
-            download = {name: kwargs[name] for name in _DOWNLOAD_KWARGS if kwargs.get(name) is not None}
-            detr_config = read_transformers_detr_config(source, **download)
-            if detr_config is not None:
-                return cls._from_transformers_detr(source, detr_config, dict(kwargs))
-        return super()._load_pretrained(source, *model_args, **kwargs)
-
-    @classmethod
-    def _from_transformers_detr(
-        cls, source: str | os.PathLike, detr_config: dict[str, Any], kwargs: dict[str, Any]
-    ) -> Any:
-        download = {name: kwargs.pop(name) for name in _DOWNLOAD_KWARGS if name in kwargs}
-        download = {name: value for name, value in download.items() if value is not None}
-        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        use_safetensors = kwargs.pop("use_safetensors", None)
-        for name in ("weights_only", "trust_remote_code"):  # pickled weights are always read with weights_only
-            kwargs.pop(name, None)
-        config = kwargs.pop("config", None)
-        config_class = cls.config_class
-        if config is None:
-            # config keyword arguments override the converted config; the others are loading options
-            loading = {name: kwargs.pop(name) for name in _LOADING_KWARGS if name in kwargs}
-            if kwargs.get("num_labels") is not None and "id2label" not in kwargs:  # new labels replace the old ones
-                detr_config = {k: v for k, v in detr_config.items() if k not in ("id2label", "label2id")}
-            given_labels = kwargs.get("id2label") is not None and kwargs.get("label2id") is None
-            config, kwargs = config_class.from_dict(detr_config, return_unused_kwargs=True, **kwargs)
-            if given_labels:
-                config.label2id = {name: i for i, name in config.id2label.items()}
-            kwargs.update(loading)
-        elif isinstance(config, (str, os.PathLike)):
-            config = config_class.from_pretrained(config, **download)
-        elif getattr(config, "model_type", None) == "detr":  # a transformers DetrConfig object
-            config = config_class.from_dict(config.to_dict())
-        state_dict = state_dict_from_transformers(load_transformers_weights(source, use_safetensors, **download))
-        model, info = super()._load_pretrained(
-            None,
-            config=config,
-            state_dict=state_dict,
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
-            **kwargs,
-        )
-        model.config.name_or_path = str(source)
-        mismatched = sorted((key, tuple(found), tuple(expected)) for key, found, expected in info["mismatched_keys"])
-        if mismatched:
-            shapes = "; ".join(f"{key}: checkpoint {found}, model {expected}" for key, found, expected in mismatched)
-            if not ignore_mismatched_sizes:
-                raise HfDetrInputError(
-                    f"the transformers DETR checkpoint {source} does not fit the model's shapes ({shapes}), e.g. "
-                    "because the labels differ. Pass ignore_mismatched_sizes=True to initialize these weights anew "
-                    "(a new class head for new labels) and keep every other weight."
-                )
-            logger.warning(
-                "%s: weights newly initialized because their shapes differ from the transformers DETR checkpoint "
-                "%s: %s. Train the model before using its predictions.",
-                cls.__name__,
-                source,
-                shapes,
-            )
-        return (model, info) if output_loading_info else model
 
     def freeze_backbone(self) -> None:
         self.model.freeze_backbone()
@@ -586,7 +432,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
                 )
             criterion = self.criterion
             if criterion is None:
-                criterion = build_criterion(self.config, masks=self._finer_levels > 0)
+                criterion = build_criterion(self.config, masks=self.config.predicts_masks)
             loss, loss_dict = criterion(inputs, labels)
         return dict(
             loss=loss,
@@ -629,7 +475,7 @@ class HfDetrForSegmentation(HfDetrForObjectDetection):
     Train the detector first and then the head with `freeze_detection()` (the paper's recipe), or both jointly.
     """
 
-    _finer_levels = 3
+    tasks = ("panoptic", "instance")  # the paper's segmentation model is its panoptic one
     # the modules the detector lacks: new when a detection checkpoint starts this model, trained by freeze_detection
     head_modules: tuple[str, ...] = ("bbox_attention", "mask_head")
 

@@ -95,6 +95,8 @@ class MaskHead(nn.Module):
         fpn_channels: channels of the finer backbone maps used, coarsest first.
     """
 
+    finer_levels = 3  # the most finer backbone maps the FPN reads (strides 16, 8, 4 for DETR-R50)
+
     def __init__(self, d_model: int, num_heads: int, fpn_channels: list[int]) -> None:
         super().__init__()
         if d_model % 2 ** (len(fpn_channels) + 1):

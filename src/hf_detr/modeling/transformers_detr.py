@@ -1,8 +1,8 @@
 """transformers' own DETR checkpoints (`model_type: "detr"`) read as hf_detr's: the one translation of its config,
 weight names and image processor settings.
 
-`HfDetrConfig.from_pretrained`, `HfDetrForObjectDetection.from_pretrained` and `HfDetrImageProcessor.from_pretrained`
-use it to convert such a checkpoint on load, and `hf_detr.hub.convert` for `from_transformers` / `hf-detr convert`.
+`hf_detr.create_model` and `HfDetrImageProcessor.from_pretrained` use it to convert such a checkpoint on load (through
+`hf_detr.hub.convert`, which also gives `from_transformers` / `hf-detr convert`).
 Part of the remote-code set, so it imports no other module of it (nothing of hf_detr, no `transformers.models`).
 """
 
@@ -27,7 +27,6 @@ __all__ = [
     "MASK_HEAD_RENAMES",
     "WEIGHT_FILES",
     "config_kwargs_from_transformers",
-    "hf_detr_config_dict",
     "image_processor_dict_from_transformers",
     "is_transformers_detr_config",
     "is_transformers_detr_image_processor",
@@ -150,15 +149,9 @@ def config_kwargs_from_transformers(detr_config: Mapping[str, Any] | Any) -> dic
     kwargs["backbone"] = backbone_config.get("backbone") or config.get("backbone") or "resnet50"
     kwargs["dilation"] = bool(config.get("dilation")) or backbone_config.get("output_stride") == 16
     kwargs["normalize_before"] = False  # transformers' DETR is post-norm only
+    # DetrForSegmentation -> HfDetrForSegmentation: the converted config's task follows its architecture
+    kwargs["architectures"] = [name.replace("Detr", "HfDetr", 1) for name in config.get("architectures") or ()]
     return kwargs
-
-
-def hf_detr_config_dict(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """`config_dict` itself, or for a transformers DETR config the `HfDetrConfig` dict it converts to."""
-    if not is_transformers_detr_config(config_dict):
-        return config_dict
-    logger.info("converting a transformers DETR config (model_type 'detr') to HfDetrConfig")
-    return {"model_type": "hf_detr", **config_kwargs_from_transformers(config_dict)}
 
 
 # --- files -----------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Training: `TrainConfig` (`config`), the accelerate loop (`loop.train`), resumable states (`checkpoints`), model
+"""Training: `TrainConfig` (`config`), the accelerate loop (`loop.train`), resumable states (`checkpoints`), training
 setup shared by every entry point (`setup`) and the transformers `Trainer` integration (`trainer`).
 
 Names are imported on first use, so that `hf-detr --help` (which reads `TrainConfig`) does not import the loop.
@@ -19,9 +19,7 @@ _EXPORTS = {
     "TrainingDivergedError": "loop",
     "lr_factor": "loop",
     "train": "loop",
-    "build_model": "setup",
     "parameter_groups": "setup",
-    "set_labels": "setup",
     "DetrTrainer": "trainer",
     "EpochSetter": "trainer",
 }

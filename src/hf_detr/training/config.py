@@ -11,6 +11,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ Augment = Literal["detr", "flip", "none"]
 # who computes COCOeval's numbers: pycocotools, or hf_detr's arrays (the same numbers, ~10x faster at val2017's size;
 # hf_detr.evaluation.metrics.COCO_BACKENDS, which a test keeps equal to this)
 CocoBackend = Literal["pycocotools", "numpy"]
-# what the model learns: boxes, or boxes and masks (HfDetrForSegmentation)
+# what the model predicts: boxes, or boxes and masks (HfDetrForSegmentation); HfDetrConfig.task's values
 Task = Literal["detection", "instance", "panoptic"]
 
 
@@ -36,14 +37,20 @@ class TrainConfig:
     # model
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "a hub_configs/ folder (config only: random init), a trained model folder or a Hub id"},
-    )
-    task: Task = field(
-        default="detection",
         metadata={
-            "help": "detection, or instance / panoptic segmentation: HfDetrForSegmentation trained on the data set's "
-            "masks (COCO polygons or RLE, COCO panoptic PNGs, the synthetic shapes' pixels), evaluated on mask AP "
-            "(segm_map, ...) and panoptic quality (pq, sq, rq) besides box AP"
+            "help": "what hf_detr.create_model takes: a preset (detr-resnet-50, demo, tiny, ...; the command applies "
+            "its training settings as defaults), a hub_configs/ folder (config only: random init), a trained model "
+            "folder or a Hub id, hf_detr's or transformers' DETR (default: a new model of HfDetrConfig's defaults)",
+            "aliases": ("--model",),
+        },
+    )
+    task: Task | None = field(
+        default=None,
+        metadata={
+            "help": "what the model predicts (default: the model's own; detection for a new one): detection, or "
+            "instance / panoptic segmentation: HfDetrForSegmentation trained on the data set's masks (COCO polygons "
+            "or RLE, COCO panoptic PNGs, the synthetic shapes' pixels), evaluated on mask AP (segm_map, ...) and "
+            "panoptic quality (pq, sq, rq) besides box AP"
         },
     )
     freeze_detection: bool = field(
@@ -252,10 +259,8 @@ class TrainConfig:
             fail("time_budget", "give a positive number of seconds")
         if self.augment not in typing.get_args(Augment):
             fail("augment", "choose 'detr' (DETR's flip / multi-scale / crop), 'flip' or 'none'")
-        if self.task not in typing.get_args(Task):
+        if self.task is not None and self.task not in typing.get_args(Task):
             fail("task", f"choose one of {typing.get_args(Task)}")
-        if self.freeze_detection and self.task == "detection":
-            fail("freeze_detection", "it trains a segmentation head: set task='instance' or 'panoptic'")
         if self.coco_backend not in typing.get_args(CocoBackend):
             fail("coco_backend", f"choose one of {typing.get_args(CocoBackend)}")
         if self.box_policy not in typing.get_args(BoxPolicy):
@@ -300,10 +305,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             options["choices"] = typing.get_args(kind)
         else:
             options["type"] = _json_object if kind is dict else kind
-        options.update({key: value for key, value in spec.metadata.items() if key != "help"})
-        parser.add_argument(f"--{spec.name}", **options)
+        if "default" in options:  # marked, so that config_from_args tells defaults from values typed
+            options["default"] = _Default(options["default"])
+        options.update({key: value for key, value in spec.metadata.items() if key not in ("help", "aliases")})
+        parser.add_argument(f"--{spec.name}", *spec.metadata.get("aliases", ()), **options)
     return parser
 
 
+class _Default:
+    """An option's default as `add_arguments` sets it: shown as the value in `--help`, replaced by a preset's
+    training setting in `config_from_args`."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(TrainConfig)})
+    """The `TrainConfig` of parsed `add_arguments` options: the options given, then the training settings of a preset
+    named by `--model` (e.g. the demo's learning rates), then `TrainConfig`'s defaults."""
+    values = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(TrainConfig)}
+    preset_training: Mapping[str, Any] = {}
+    model = values["model_name_or_path"]
+    model = model.value if isinstance(model, _Default) else model
+    if model is not None:
+        from .. import presets  # imports the model code: only once the command runs
+
+        if model in presets.list_presets():
+            preset_training = presets.get(model).training
+    for name, value in values.items():
+        if isinstance(value, _Default):
+            values[name] = preset_training.get(name, value.value)
+    return TrainConfig(**values)

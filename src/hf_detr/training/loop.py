@@ -5,9 +5,10 @@
 
 From Python: ``train(TrainConfig(output_dir=..., ...))``, optionally with a ready ``datasets.DatasetDict`` and model.
 
-What the loop does, in order: builds the data (`hf_detr.data.load_data`), the model and its image processor
-(`setup.build_model`: a config folder, a trained folder or `HfDetrConfig` keyword arguments, the class head replaced
-when the labels differ) and AdamW with DETR's backbone and transformer parameter groups; then trains with gradient
+What the loop does, in order: builds the model and its image processor (`hf_detr.create_model` of
+`model_name_or_path`: a preset, a config folder, a trained folder or Hub id, with the task and `model_kwargs`), the data
+(`hf_detr.data.load_data`, with masks for a segmentation model; the class head replaced when its labels differ) and
+AdamW with DETR's backbone and transformer parameter groups; then trains with gradient
 accumulation and clipping, the step (DETR's lr drop) or cosine schedule, mixed precision (the matcher and the losses
 stay float32), logs the losses, evaluates COCO mAP over every image exactly once (`hf_detr.evaluation.evaluate`),
 saves resumable states (`checkpoints`) and finally the model and image processor folder that
@@ -55,6 +56,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from ..builder import set_labels
 from ..data.collate import derived_seed
 from ..data.schema import id2label as dataset_id2label
 from ..data.sources import load_data
@@ -62,20 +64,12 @@ from ..data.streaming import StreamedBatches, known_size
 from ..evaluation.evaluate import evaluate, evaluation_loader
 from ..evaluation.metrics import COCO_STAT_NAMES, PER_CLASS_STATS, per_class_key
 from ..hub.cards import model_card, push_to_hub, save_model_folder
-from ..modeling import HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
+from ..modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from ..modeling.errors import HfDetrInputError
 from ..modeling.matcher import NonFiniteOutputError
 from .checkpoints import STATE_FILE, Progress, check_ema_state, resume_point, save_checkpoint
 from .config import TrainConfig
-from .setup import (
-    build_model,
-    dataloader_workers,
-    loader_options,
-    parameter_groups,
-    set_labels,
-    training_data,
-    with_image_size,
-)
+from .setup import dataloader_workers, loader_options, parameter_groups, training_data, with_image_size
 
 __all__ = ["TrainResult", "TrainingDivergedError", "lr_factor", "train"]
 
@@ -463,9 +457,9 @@ def _check_early_stopping(config: TrainConfig, eval_loader: Any, data: datasets.
         )
 
 
-def _load_splits(config: TrainConfig) -> dict[str, Any]:
-    """The train and eval splits of `config.dataset`: the train split streamed with `config.streaming`, the eval
-    split always in full."""
+def _load_splits(config: TrainConfig, masks: bool) -> dict[str, Any]:
+    """The train and eval splits of `config.dataset` (with their masks with `masks`): the train split streamed with
+    `config.streaming`, the eval split always in full."""
 
     def load(splits: list[str], streaming: bool) -> dict[str, Any]:
         return dict(
@@ -479,7 +473,7 @@ def _load_splits(config: TrainConfig) -> dict[str, Any]:
                 synthetic_image_size=config.synthetic_image_size,
                 seed=config.seed,
                 box_policy=config.box_policy,
-                masks=config.task != "detection",
+                masks=masks,
                 streaming=streaming,
                 decode=not streaming,  # workers decode a stream
             )
@@ -536,7 +530,27 @@ def train(
     resume_from = resume_point(config)
     set_seed(config.seed)
 
-    data = dataset if dataset is not None else _load_splits(config)
+    if model is None:
+        # imported at the call: the one place a model is built, which tests replace
+        from ..builder import create_image_processor, create_model
+
+        # no name: a new model of HfDetrConfig's defaults (the paper's DETR-R50) with model_kwargs
+        source = config.model_name_or_path or HfDetrConfig()
+        model = create_model(source, config.task, **(config.model_kwargs or {}))
+        if image_processor is None and config.model_name_or_path is not None:
+            image_processor = create_image_processor(config.model_name_or_path)
+    image_processor = image_processor or HfDetrImageProcessor()
+    if config.task is not None and model.config.task != config.task:
+        raise HfDetrInputError(
+            f"task={config.task!r}, but the model given predicts {model.config.task!r} ({type(model).__name__})"
+        )
+    if config.freeze_detection and not model.config.predicts_masks:
+        raise HfDetrInputError(
+            "TrainConfig.freeze_detection trains a segmentation head: set task='instance' or 'panoptic' (or start "
+            "from a segmentation model)"
+        )
+    masks = model.config.predicts_masks  # a segmentation model trains and is scored on the data's masks
+    data = dataset if dataset is not None else _load_splits(config, masks)
     for split in [config.train_split] + ([config.eval_split] if config.eval_split else []):
         if split not in data:
             raise HfDetrInputError(f"the data set has no split {split!r}; its splits are {list(data)}")
@@ -546,19 +560,7 @@ def train(
             "datasets.Dataset (load_data(..., streaming=False))"
         )
     train_split, num_images = _training_split(config, data)
-    id2label = dataset_id2label(train_split)
-    if model is None:
-        model, built_processor = build_model(
-            config.model_name_or_path, id2label, config.model_kwargs, segmentation=config.task != "detection"
-        )
-        image_processor = image_processor or built_processor
-    else:
-        set_labels(model, id2label)
-        image_processor = image_processor or HfDetrImageProcessor()
-    if config.task != "detection" and not isinstance(model, HfDetrForSegmentation):
-        raise HfDetrInputError(
-            f"task={config.task!r} trains masks: give an HfDetrForSegmentation, not a {type(model).__name__}"
-        )
+    set_labels(model, dataset_id2label(train_split))
     if config.freeze_detection:
         model.freeze_detection()
     # the processor that is saved with the model resizes evaluation and inference images; training scales follow it
@@ -594,7 +596,7 @@ def train(
                 model.config.id2label,
                 config.per_device_eval_batch_size,
                 num_workers,
-                mask_references=config.task != "detection",
+                mask_references=masks,
             )
         )
     if config.early_stopping_patience is not None:
@@ -645,7 +647,6 @@ def train(
     if accelerator.is_main_process:
         source = f"Trained with `hf-detr train` for {progress.global_step} steps on `{config.dataset}`."
         # one card for the local folder and the Hub copy
-        trained.config.architectures = [type(trained).__name__]  # the card shows the API of the model it describes
         card = model_card(trained.config, config.hub_model_id or str(output_dir), source=source)
         save_model_folder(output_dir, trained, image_processor, card, state_dict=state_dict)
         (output_dir / "eval_results.json").write_text(json.dumps(loop.metrics, indent=1))

@@ -1,138 +1,24 @@
-"""Model setup, shared by `hf-detr train`, the Trainer example and the demo: which folders hold weights, when the
-class head is replaced, which image processor comes with a checkpoint, DETR's optimizer parameter groups, the training
-data and how many DataLoader workers prepare it."""
+"""Training setup, shared by `hf-detr train`, the Trainer example and the demo: the image processor's training size,
+DETR's optimizer parameter groups, the training data and how many DataLoader workers prepare it. The model comes from
+`hf_detr.create_model`."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..data.collate import DetectionCollator, DetectionDataset
 from ..data.transforms import training_transform
-from ..modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
+from ..modeling import HfDetrForObjectDetection, HfDetrImageProcessor
 from ..modeling.errors import HfDetrInputError
-from ..modeling.transformers_detr import WEIGHT_FILES
 from ..presets import default_max_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "WEIGHT_FILES",
-    "build_model",
-    "dataloader_workers",
-    "has_weights",
-    "load_image_processor",
-    "loader_options",
-    "parameter_groups",
-    "set_labels",
-    "training_data",
-    "with_image_size",
-]
-
-# heads whose rows are classes: replaced together when the labels change (the second: the encoder's dense head)
-_CLASS_HEADS = ("class_embed", "encoder_class_embed")
-
-
-def has_weights(source: str | os.PathLike) -> bool:
-    """Whether `source` holds weights: a local folder with one of `WEIGHT_FILES`; a Hub id is assumed to."""
-    folder = Path(source)
-    return not folder.is_dir() or any((folder / name).is_file() for name in WEIGHT_FILES)
-
-
-def set_labels(model: HfDetrForObjectDetection, id2label: Mapping[int, str]) -> None:
-    """Give `model` the labels `id2label`. The class head is kept only when they are its own labels (same names in the
-    same order): otherwise its rows mean other classes, so it is replaced by a new, randomly initialized one."""
-    id2label = {int(k): str(v) for k, v in id2label.items()}
-    if model.config.id2label == id2label:
-        return
-    logger.info("labels differ from the model's %s: new class head for %s", model.config.id2label, id2label)
-    for name in _CLASS_HEADS:
-        old = getattr(model, name, None)
-        if old is not None:
-            setattr(model, name, nn.Linear(old.in_features, len(id2label) + 1).to(old.weight.device, old.weight.dtype))
-    model.config.id2label = id2label
-    model.config.label2id = {name: i for i, name in id2label.items()}
-
-
-def build_model(
-    model_name_or_path: str | os.PathLike | None,
-    id2label: Mapping[int, str],
-    overrides: Mapping[str, Any] | None = None,
-    revision: str | None = None,
-    segmentation: bool = False,
-) -> tuple[HfDetrForObjectDetection, HfDetrImageProcessor]:
-    """The model to train on data with labels `id2label`, and the image processor that comes with it: an
-    `HfDetrForSegmentation` with `segmentation` (from a detection checkpoint, its mask head new), an
-    `HfDetrForObjectDetection` otherwise (from a segmentation checkpoint, its detector).
-
-    `model_name_or_path` is None (a new `HfDetrConfig(**overrides)`), a folder with a config but no weights (e.g.
-    `hub_configs/detr-resnet-50`: a new model of that architecture), or a folder or Hub id with weights (fine-tuning;
-    `overrides` may only change what keeps every weight's shape, such as dropout or loss weights, and `num_queries`,
-    whose query embeddings `from_pretrained` resizes, see `resize_queries`): hf_detr's, or a checkpoint of
-    transformers' own DETR such as `facebook/detr-resnet-50`, converted on load. The class head is replaced when the
-    labels differ (`set_labels`). The processor is the checkpoint's when it has one (a
-    transformers `DetrImageProcessor`'s settings carried over).
-    """
-    overrides = dict(overrides or {})
-    model_class = HfDetrForSegmentation if segmentation else HfDetrForObjectDetection
-    if model_name_or_path is None:
-        model = model_class(HfDetrConfig(**overrides, id2label=dict(id2label)))
-        return model, HfDetrImageProcessor()
-    source = str(model_name_or_path)
-    if not has_weights(source):
-        if not Path(source, "config.json").is_file():
-            raise HfDetrInputError(f"model_name_or_path={source!r} has neither config.json nor weights")
-        logger.info("%s holds no weights: a new model of its architecture", source)
-        model = model_class(HfDetrConfig.from_pretrained(source, revision=revision, **overrides))
-    else:
-        model = _load_weights(model_class, source, overrides, revision)
-    set_labels(model, id2label)
-    return model, load_image_processor(source, revision)
-
-
-def _load_weights(
-    model_class: type[HfDetrForObjectDetection], source: str, overrides: dict[str, Any], revision: str | None
-) -> HfDetrForObjectDetection:
-    config = HfDetrConfig.from_pretrained(source, revision=revision, **overrides)
-    # the class head may not fit (the data set has another number of labels): set_labels replaces it afterwards; a
-    # num_queries override loads the checkpoint at its own number of queries and resizes them (from_pretrained)
-    model, info = model_class.from_pretrained(
-        source, config=config, revision=revision, ignore_mismatched_sizes=True, output_loading_info=True
-    )
-    # the segmentation head is new when a segmentation model starts from a detector, and unused when a detector
-    # starts from a segmentation checkpoint (the paper trains the detector first, then the head)
-    expected = tuple(f"{head}." for head in (*_CLASS_HEADS, *HfDetrForSegmentation.head_modules))
-    new_head = sorted(key for key in info["missing_keys"] if key.startswith(expected))
-    if new_head:
-        logger.info("%s: weights new (not in %s): %s", model_class.__name__, source, new_head)
-    broken = {key for key, *_ in info["mismatched_keys"]} | set(info["missing_keys"]) | set(info["unexpected_keys"])
-    broken = sorted(key for key in broken if not key.startswith(expected))
-    if broken:
-        raise HfDetrInputError(
-            f"the weights of {source} do not fit the model built from its config with the overrides {overrides}: "
-            f"{broken[:5]}{' ...' if len(broken) > 5 else ''} would be reinitialized. Only override options that keep "
-            "the architecture (e.g. dropout, loss weights, num_queries) when starting from weights."
-        )
-    return model
-
-
-def load_image_processor(source: str | os.PathLike, revision: str | None = None) -> HfDetrImageProcessor:
-    """The image processor saved with a checkpoint; DETR's default one when the checkpoint has none."""
-    folder = Path(source)
-    if folder.is_dir() and not (folder / "preprocessor_config.json").is_file():
-        logger.info("%s has no preprocessor_config.json: using HfDetrImageProcessor's defaults", source)
-        return HfDetrImageProcessor()
-    try:
-        return HfDetrImageProcessor.from_pretrained(str(source), revision=revision)
-    except OSError:  # a Hub repository without a preprocessor_config.json
-        logger.info("%s has no preprocessor_config.json: using HfDetrImageProcessor's defaults", source)
-        return HfDetrImageProcessor()
+__all__ = ["dataloader_workers", "loader_options", "parameter_groups", "training_data", "with_image_size"]
 
 
 def with_image_size(

@@ -119,7 +119,7 @@ class DetrTrainer(Trainer):
     ) -> EvalLoopOutput:
         model = self.accelerator.unwrap_model(self.model)
         self._mask_scorer, self._mask_scores = None, []
-        if hasattr(model, "mask_head"):
+        if model.config.predicts_masks:
             if self.processing_class is None:
                 raise HfDetrInputError(
                     "a segmentation model's masks are post-processed by its image processor: give "
