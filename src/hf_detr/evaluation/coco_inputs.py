@@ -20,6 +20,8 @@ __all__ = [
     "listed",
     "prediction_arrays",
     "reference_arrays",
+    "trusted_prediction_arrays",
+    "trusted_reference_arrays",
 ]
 
 
@@ -56,15 +58,21 @@ def check_lengths(where: str, fields: Mapping[str, torch.Tensor]) -> None:
         raise HfDetrInputError(f"{where}: per-box fields must have the same length, got {lengths}.")
 
 
-def _compact(values: torch.Tensor, source: Any) -> np.ndarray:
-    """Validated float64 ``values`` as a numpy array in the precision of ``source``, the caller's input: float32 when
-    that was single or half precision (exact, since the values came from it; what post-processing gives, and half the
-    memory of a split's detections in float64), float64 otherwise."""
+def _float_dtype(source: Any) -> type:
+    """float32 for a single or half precision input (exact, since the values came from it; what post-processing
+    gives, and half the memory of a split's detections in float64), float64 otherwise."""
     if isinstance(source, torch.Tensor):
         narrow = source.dtype in (torch.float32, torch.float16, torch.bfloat16)
     else:
         narrow = isinstance(source, np.ndarray) and source.dtype.kind == "f" and source.dtype.itemsize <= 4
-    return values.numpy().astype(np.float32 if narrow else np.float64, copy=False)
+    return np.float32 if narrow else np.float64
+
+
+def _numpy(value: Any, dtype: type, trailing: tuple[int, ...] = ()) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        value = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    return np.asarray(value).astype(dtype, copy=False).reshape(-1, *trailing)
 
 
 def prediction_arrays(prediction: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
@@ -86,9 +94,18 @@ def prediction_arrays(prediction: Mapping[str, Any], where: str) -> dict[str, np
     }
     check_lengths(where, fields)
     return {
-        "scores": _compact(fields["scores"], prediction["scores"]),
+        "scores": fields["scores"].numpy().astype(_float_dtype(prediction["scores"]), copy=False),
         "labels": fields["labels"].numpy(),
-        "boxes": _compact(fields["boxes"], prediction["boxes"]),
+        "boxes": fields["boxes"].numpy().astype(_float_dtype(prediction["boxes"]), copy=False),
+    }
+
+
+def trusted_prediction_arrays(prediction: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """:func:`prediction_arrays` without its checks, for detections hf_detr's post-processing made."""
+    return {
+        "scores": _numpy(prediction["scores"], _float_dtype(prediction["scores"])),
+        "labels": _numpy(prediction["labels"], np.int64),
+        "boxes": _numpy(prediction["boxes"], _float_dtype(prediction["boxes"]), (4,)),
     }
 
 
@@ -109,6 +126,18 @@ def reference_arrays(reference: Mapping[str, Any], where: str) -> dict[str, np.n
     }
     check_lengths(where, fields)
     return {name: t.numpy() for name, t in fields.items()}
+
+
+def trusted_reference_arrays(reference: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """:func:`reference_arrays` without its checks, for labels the image processor made (checked there)."""
+    boxes = _numpy(reference["boxes"], np.float64, (4,))
+    labels = reference["labels"] if "labels" in reference else reference["class_labels"]
+    return {
+        "boxes": boxes,
+        "labels": _numpy(labels, np.int64),
+        "iscrowd": _numpy(reference.get("iscrowd", np.zeros(len(boxes))), np.int64),
+        "area": _numpy(reference["area"], np.float64) if "area" in reference else boxes[:, 2] * boxes[:, 3],
+    }
 
 
 def listed(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -101,21 +101,42 @@ def match_image(
     """
     iou_threshold = _checked_threshold(iou_threshold, "iou_threshold", low_open=True)
     score_threshold = _checked_threshold(score_threshold, "score_threshold", low_open=False)
-    scores = torch.as_tensor(prediction["scores"], dtype=torch.float64).reshape(-1)
-    pred_labels = torch.as_tensor(prediction["labels"], dtype=torch.int64).reshape(-1)
-    pred_boxes = check_boxes(prediction["boxes"], lambda j: f"image {index}: detection boxes[{j}]", "xyxy")
-    gt_boxes = box_convert(
-        check_boxes(reference["boxes"], lambda j: f"image {index}: ground-truth boxes[{j}]"), "xywh", "xyxy"
-    )
-    gt_labels = torch.as_tensor(reference["labels"], dtype=torch.int64).reshape(-1)
-    crowd = torch.as_tensor(reference.get("iscrowd", [0] * len(gt_boxes)), dtype=torch.bool).reshape(-1)
+    check_boxes(prediction["boxes"], lambda j: f"image {index}: detection boxes[{j}]", "xyxy")
+    check_boxes(reference["boxes"], lambda j: f"image {index}: ground-truth boxes[{j}]")
+    scores, pred_labels, pred_boxes, gt_boxes, gt_labels, crowd = columns = _tensors(prediction, reference)
     if not len(scores) == len(pred_labels) == len(pred_boxes) or not len(gt_boxes) == len(gt_labels) == len(crowd):
         raise HfDetrInputError(
             f"image {index}: per-box fields differ in length (detections: {len(scores)} scores, "
             f"{len(pred_labels)} labels, {len(pred_boxes)} boxes; ground truth: {len(gt_boxes)} boxes, "
             f"{len(gt_labels)} labels, {len(crowd)} iscrowd)"
         )
+    return _match(*columns, iou_threshold, score_threshold, index)
 
+
+def _tensors(prediction: Mapping[str, Any], reference: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+    """scores, labels, xyxy boxes of the detections; xyxy boxes, labels, crowd flags of the ground truth."""
+    gt_boxes = torch.as_tensor(reference["boxes"], dtype=torch.float64).reshape(-1, 4)
+    return (
+        torch.as_tensor(prediction["scores"], dtype=torch.float64).reshape(-1),
+        torch.as_tensor(prediction["labels"], dtype=torch.int64).reshape(-1),
+        torch.as_tensor(prediction["boxes"], dtype=torch.float64).reshape(-1, 4),
+        box_convert(gt_boxes, "xywh", "xyxy"),
+        torch.as_tensor(reference["labels"], dtype=torch.int64).reshape(-1),
+        torch.as_tensor(reference.get("iscrowd", [0] * len(gt_boxes)), dtype=torch.bool).reshape(-1),
+    )
+
+
+def _match(
+    scores: torch.Tensor,
+    pred_labels: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    crowd: torch.Tensor,
+    iou_threshold: float,
+    score_threshold: float,
+    index: int,
+) -> ImageMatch:
     kept = torch.nonzero(scores >= score_threshold).flatten()
     order = kept[torch.sort(scores[kept], descending=True, stable=True).indices].tolist()
     normal, crowd_ids = torch.nonzero(~crowd).flatten(), torch.nonzero(crowd).flatten()
@@ -215,9 +236,8 @@ def diagnose(evaluation: CocoEvaluation, *, iou_threshold: float = 0.5, score_th
                 f"image {index} has labels {sorted(unknown)} that are not categories of the evaluation "
                 f"({evaluation.category_ids})"
             )
-        image = match_image(
-            prediction, reference, iou_threshold=iou_threshold, score_threshold=score_threshold, index=index
-        )
+        # checked when the evaluation was made (`coco_inputs`)
+        image = _match(*_tensors(prediction, reference), iou_threshold, score_threshold, index)
         for g, p in image.matched:
             matrix[position[int(gt_labels[g])], position[int(pred_labels[p])]] += 1
         for g in image.missed:

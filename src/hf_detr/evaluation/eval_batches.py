@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers.utils import ModelOutput
 
-from ..modeling.boxes import check_boxes, denormalize_boxes
+from ..modeling.boxes import denormalize_boxes
 from ..modeling.errors import HfDetrInputError
 from .coco_inputs import checked_tensor
 
@@ -71,22 +71,28 @@ def _height_width(label: Mapping[str, Any], key: str, where: str) -> tuple[float
     return height, width
 
 
+def _float64(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float64)
+    return torch.as_tensor(np.asarray(value), dtype=torch.float64)
+
+
 def reference_from_label(label: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A processor label dict (normalised cx, cy, w, h boxes) as a reference in the original image's pixel frame."""
+    """A processor label dict (normalised cx, cy, w, h boxes) as a reference in the original image's pixel frame.
+
+    The boxes are not checked again: the image processor checked them when it made the label."""
     missing = [key for key in ("boxes", "class_labels", "orig_size") if key not in label]
     if missing:
         raise HfDetrInputError(f"{where} is missing {missing}; expected the image processor's label dict.")
     orig_h, orig_w = _height_width(label, "orig_size", where)
-    boxes = check_boxes(label["boxes"], lambda j: f"{where}: `boxes[{j}]`", "cxcywh")
-    boxes = denormalize_boxes(boxes, "xywh", (orig_h, orig_w))
+    boxes = denormalize_boxes(_float64(label["boxes"]).reshape(-1, 4), "xywh", (orig_h, orig_w))
     reference = {"boxes": boxes, "labels": label["class_labels"], "iscrowd": label.get("iscrowd", np.zeros(len(boxes)))}
     if "area" in label:
         # The processor scales `area` to the resized image; bring it back to the original frame.
         if "size" not in label:
             raise HfDetrInputError(f"{where} has `area` but no `size` (the resized (h, w) the area refers to).")
         size_h, size_w = _height_width(label, "size", where)
-        area = checked_tensor(label["area"], where, "area", torch.float64)
-        reference["area"] = area * (orig_h * orig_w) / (size_h * size_w)
+        reference["area"] = _float64(label["area"]).reshape(-1) * (orig_h * orig_w) / (size_h * size_w)
     return reference
 
 

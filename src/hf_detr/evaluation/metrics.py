@@ -52,7 +52,15 @@ from .coco_evaluation import (
     per_class_rows,
     run_cocoeval,
 )
-from .coco_inputs import column, image_index, listed, prediction_arrays, reference_arrays
+from .coco_inputs import (
+    column,
+    image_index,
+    listed,
+    prediction_arrays,
+    reference_arrays,
+    trusted_prediction_arrays,
+    trusted_reference_arrays,
+)
 from .eval_batches import (
     PostProcessInputs,
     are_detections,
@@ -316,8 +324,9 @@ def make_compute_metrics(
                 if outputs is None
                 else detections_in_original_frame(image_processor, *outputs, batch_labels, threshold, where)
             )
-            preds += [prediction_arrays(d, f"predictions[{batch_index}][{i}]") for i, d in enumerate(detections)]
-            refs += [reference_arrays(r, f"{where}[{i}]") for i, r in enumerate(references)]
+            # post-processing's detections and the processor's labels: checked where they were made
+            preds += [trusted_prediction_arrays(d) for d in detections]
+            refs += [trusted_reference_arrays(r) for r in references]
         evaluation = _evaluate_boxes(preds, refs, per_class, id2label, return_evaluation, backend).rounded(4)
         return evaluation if return_evaluation else evaluation.metrics
 
