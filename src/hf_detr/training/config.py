@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..modeling.boxes import BoxPolicy
+from ..modeling.configuration_hf_detr import TASKS
 from ..modeling.errors import HfDetrInputError
 
 __all__ = ["Augment", "BoxPolicy", "CocoBackend", "TrainConfig", "add_arguments", "config_from_args"]
@@ -25,8 +26,8 @@ Augment = Literal["detr", "flip", "none"]
 # who computes COCOeval's numbers: pycocotools, or hf_detr's arrays (the same numbers, ~10x faster at val2017's size;
 # hf_detr.evaluation.metrics.COCO_BACKENDS, which a test keeps equal to this)
 CocoBackend = Literal["pycocotools", "numpy"]
-# what the model predicts: boxes, or boxes and masks (HfDetrForSegmentation); HfDetrConfig.task's values
-Task = Literal["detection", "instance", "panoptic"]
+# what the model predicts: boxes, or boxes and masks (HfDetrForSegmentation); HfDetrConfig.task's vocabulary
+Task = Literal[TASKS]
 
 
 @dataclass
