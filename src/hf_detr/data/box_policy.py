@@ -44,8 +44,6 @@ class BoxChange(NamedTuple):
 
 @dataclass
 class BoxCounts:
-    """How many boxes a ``box_policy`` clipped to their image and dropped (by reason)."""
-
     clipped: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
@@ -92,9 +90,8 @@ class BoxCounts:
 
 
 class BoxPolicyResult(NamedTuple):
-    """What :func:`apply_box_policy` keeps: the boxes (float64 ``[k, 4]`` xywh pixels, clipped ones clipped), their
-    positions in the input (``[k]`` int64: take every other per-object field with it), their areas, the counts, and
-    every box it clipped or dropped (in input order)."""
+    """The kept boxes (float64 ``[k, 4]`` xywh pixels), their positions in the input (take every other per-object
+    field with it), their areas, the counts and every change in input order."""
 
     boxes: torch.Tensor
     index: torch.Tensor
@@ -112,20 +109,14 @@ def apply_box_policy(
     tolerance: float = 1.0,
     areas: Sequence[float] | None = None,
 ) -> BoxPolicyResult:
-    """Apply ``policy`` to pixel ``[x, y, w, h]`` ``boxes`` of images of ``within`` = (width, height), or ``[n, 2]``
-    one per box (see the module docstring).
+    """The loaders' entry check of pixel ``[x, y, w, h]`` ``boxes`` of images of ``within`` = (width, height), or
+    ``[n, 2]`` one per box (the policy: the module docstring). The flags are those ``check_boxes`` raises on
+    (:func:`~hf_detr.modeling.boxes.box_flags`), so ``"error"`` rejects exactly what ``"clip"`` and ``"drop"``
+    change; a box clipped to no width or height (touching the image only at an edge) is dropped as outside.
 
-    What is outside or empty is decided by :func:`hf_detr.modeling.boxes.box_flags`, the flags
-    :func:`~hf_detr.modeling.boxes.check_boxes` raises on, so ``"error"`` rejects exactly what ``"clip"`` and ``"drop"``
-    change. ``"clip"`` clips with :func:`~hf_detr.modeling.boxes.clip_boxes` the boxes that reach further than
-    ``tolerance`` outside their image; a box left without width or height (entirely outside the image, or touching it
-    only at an edge) is dropped as outside the image. ``"drop"`` drops those boxes instead. Both drop boxes with a NaN
-    or infinite number, a negative width or height, or a zero one (zero-area). ``"error"`` raises the check's
-    ``ValueError``, naming the box by ``name(j)``, for every one of these boxes (zero-area included).
-
-    ``areas`` (COCO's ``area``; NaN: not given) are kept for the kept boxes; a clipped box's area shrinks with it (it
-    keeps its ratio to the box area, as in a crop of the augmentation, and is at most the clipped box's area); a
-    missing area is the (clipped) box area. Input that is not ``[n, 4]`` numbers raises under every policy.
+    ``areas`` (COCO's ``area``; NaN: not given) are kept; a clipped box's area keeps its ratio to the box area, as in
+    a crop of the augmentation (at most the clipped box's area); a missing area is the (clipped) box area. Input that
+    is not ``[n, 4]`` numbers raises under every policy.
     """
     _check_policy(policy)
     tensor, flags = box_flags(boxes, name, "xywh", within=within, tolerance=tolerance)
@@ -196,5 +187,4 @@ def _check_policy(box_policy: str) -> None:
 
 
 def _policy_line(source: str, examples: int, counts: BoxCounts, policy: BoxPolicy, unit: str = "images") -> str:
-    """The one warning line per split of what the box policy changed."""
     return f"{source}: {examples} {unit}, {counts.summary()} by box_policy={policy!r}"

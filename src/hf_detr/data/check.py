@@ -39,7 +39,7 @@ __all__ = ["DataReport", "Problem", "SplitReport", "check_data"]
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem of a data set: ``"error"`` (the loader stops) or ``"warning"`` (the loader fixes it)."""
+    """``"error"``: the loader stops; ``"warning"``: the loader fixes it."""
 
     severity: Literal["error", "warning"]
     split: str
@@ -48,8 +48,6 @@ class Problem:
 
 @dataclass
 class SplitReport:
-    """What one split holds, as loaded: images and boxes per class, box sizes (pixels), what the box policy changed."""
-
     name: str
     label_names: list[str]
     images_per_class: list[int] = field(init=False)  # images with at least one box of the class
@@ -65,7 +63,6 @@ class SplitReport:
         self.images_per_class, self.boxes_per_class, self.crowd_per_class = [0] * k, [0] * k, [0] * k
 
     def add(self, objects: dict[str, list]) -> None:
-        """Count one image's ``objects`` (the schema's struct of lists)."""
         for label in set(objects["category"]):
             self.images_per_class[label] += 1
         for label, crowd, (_, _, w, h) in zip(objects["category"], objects["iscrowd"], objects["bbox"]):
@@ -109,8 +106,6 @@ class SplitReport:
 
 @dataclass
 class DataReport:
-    """What :func:`check_data` found: one :class:`SplitReport` per split and every :class:`Problem`."""
-
     source: str
     kind: str  # a key of FORMAT_NAMES, or "synthetic"
     box_policy: str
@@ -127,7 +122,6 @@ class DataReport:
         return [p for p in self.problems if p.severity == "warning"]
 
     def format(self) -> str:
-        """The report as ``hf-detr check-data`` prints it."""
         kind = "generated shapes" if self.kind == SYNTHETIC else FORMAT_NAMES[self.kind]
         counted = f", counted as box_policy={self.applied!r} loads it" if self.applied != self.box_policy else ""
         lines = [f"{self.source} ({kind}), box_policy={self.box_policy!r}{counted}"]
@@ -152,8 +146,6 @@ def check_data(
     box_policy: BoxPolicy = "clip",
     box_tolerance: float = 1.0,
 ) -> DataReport:
-    """Check ``splits`` (default: all) of ``source`` as :func:`.sources.load_data` would load them with ``box_policy``
-    (see the module docstring)."""
     _check_policy(box_policy)
     # "error" rejects exactly the boxes "drop" drops: list those, as errors
     applied: BoxPolicy = "drop" if box_policy == "error" else box_policy
@@ -192,7 +184,6 @@ def check_data(
 
 
 def _image_error(example: dict[str, Any], image: dict[str, Any], index: int, split: str) -> list[str]:
-    """The error of a stored example whose image is not a readable image of its ``width`` x ``height``, if any."""
     where = f"split '{split}' example {index} (image_id {example['image_id']})"
     try:
         _image_size(image["image"], where, example["width"], example["height"], "the example's `width`/`height`")

@@ -57,8 +57,7 @@ def load_coco_folder(
     num_proc: int | None = None,
     decode: bool = True,
 ) -> AnyDatasetDict:
-    """Load a COCO-format folder: ``annotations/instances_<split>.json`` (or ``annotations/panoptic_<split>.json``)
-    plus the image files.
+    """``annotations/instances_<split>.json`` (or ``annotations/panoptic_<split>.json``) plus the image files.
 
     Split names come from the file names with a trailing year removed and ``val`` spelled ``validation``
     (``instances_val2017.json`` -> ``"validation"``). Images are looked up by their ``file_name`` under, in order,
@@ -66,35 +65,27 @@ def load_coco_folder(
     is the name in the json file name. ``annotations`` chooses the instances or the panoptic jsons; by default the
     instances ones, and the panoptic ones in a folder without instances jsons.
 
-    A panoptic json (COCO's panoptic format: ``annotations`` holds one ``{"image_id", "file_name", "segments_info":
-    [{"id", "category_id", "bbox", "area", "iscrowd"}, ...]}`` per image) gives one object per segment, with its
-    segment ``id``, category, ``bbox`` (required), area and iscrowd; its categories' ``isthing`` is kept for
-    :func:`coco_isthing`. With ``masks=True`` the segments' masks are read from the PNG named by ``file_name`` (segment
-    id R + 256 G + 256^2 B) in ``annotations/panoptic_<split>/`` or ``panoptic_<split>/``; of an instances json, each
-    annotation's ``segmentation`` (polygons, or an RLE as COCO gives crowd annotations) is read. Both become compressed
-    RLEs (see :mod:`hf_detr.data.masks`), checked as the image files are.
+    A panoptic json gives one object per segment (its ``bbox`` required); its categories' ``isthing`` is kept for
+    :func:`coco_isthing`. With ``masks=True`` the segments' masks are read from the PNG named by ``file_name`` in
+    ``annotations/panoptic_<split>/`` or ``panoptic_<split>/``, an instances annotation's from its ``segmentation``
+    (polygons, or an RLE as COCO gives crowd annotations); both become compressed RLEs (:mod:`.masks`).
 
     Categories are sorted by COCO id and numbered ``0..K-1``; the names become the ``ClassLabel`` and
     :func:`coco_category_ids` returns the COCO ids. Every split must list the same categories. Crowd annotations are
     kept with ``iscrowd=1``; images without annotations are kept with empty ``objects``. A missing ``area`` is the box
     area, a missing ``iscrowd`` 0, a missing annotation ``id`` its 1-based position in the json.
 
-    Boxes follow ``box_policy`` (see :mod:`.box_policy`): with ``"clip"`` (default) or ``"drop"`` an annotation whose
-    box is dropped is left out (its id, category, area, iscrowd and mask with it), and one warning line per json counts
-    the clipped and dropped boxes. An image's size is its upright size: a file with EXIF orientation 5-8 (a quarter
-    turn) is compared with the json's ``width``/``height`` transposed, as annotation tools and ``datasets.Image`` see
-    it.
+    Boxes follow ``box_policy`` (:mod:`.box_policy`); a dropped box's annotation is left out whole. An image's size
+    is its upright size: a file with EXIF orientation 5-8 (a quarter turn) is compared with the json's
+    ``width``/``height`` transposed, as annotation tools and ``datasets.Image`` see it.
 
-    Raises ``ValueError`` naming the json file, annotation id, image id and file for: an annotation whose
-    ``category_id`` is not in ``categories`` or whose ``image_id`` is not in ``images``; a bbox that is not 4 numbers;
-    with ``box_policy="error"``, a bbox that is NaN, has a zero or negative width or height, or reaches more than
-    ``box_tolerance`` pixels outside its image; an image file that is missing, is not a readable image, or whose size
-    differs from the json's ``width``/``height``; with ``masks=True``, a mask whose size differs from its image, a
-    polygon reaching more than a pixel outside it, an RLE that does not decode, a panoptic PNG of another size or with
-    segment ids ``segments_info`` does not list, a missing folder of PNGs. Everything is checked once, when the split
-    is prepared (see :func:`.loading.load_detection_dataset`); with ``box_policy="drop"`` a missing or unreadable image
-    is left out instead and counted in the split's warning line. ``num_proc`` and ``decode``: see
-    :func:`.loading.load_detection_dataset`.
+    Raises ``ValueError`` naming the json file, annotation id, image id and file for: an unknown ``category_id`` or
+    ``image_id``; a bbox that is not 4 numbers (or, with ``box_policy="error"``, that the policy would change); an
+    image file that is missing, unreadable or of another size than the json's; with ``masks=True``, a mask of
+    another size than its image, a polygon more than a pixel outside it, an RLE that does not decode, a panoptic PNG
+    of another size or with unlisted segment ids, a missing folder of PNGs. Everything is checked once, when the split
+    is prepared; with ``box_policy="drop"`` a missing or unreadable image is left out and counted instead. The other
+    options: :func:`.loading.load_detection_dataset`.
     """
     _check_policy(box_policy)
     if annotations not in (None, *_COCO_KINDS):
@@ -154,8 +145,7 @@ def _prepare_coco_split(
     masks: bool,
     num_proc: int | None,
 ) -> PreparedRows:
-    """The rows of one COCO json for :func:`.prepared.open_prepared`: parsed here, image files checked and masks encoded
-    in chunks (in parallel at scale). With ``policy="drop"`` a missing or unreadable image is left out and counted."""
+    """For :func:`.prepared.open_prepared`: image files checked and masks encoded in chunks (in parallel at scale)."""
     split = _coco_split(root, name, file, kind, policy, tolerance, masks)
     images = split.images
     skipped: list[str] = []
@@ -191,7 +181,6 @@ def _prepare_coco_split(
 
 
 def _check_same_categories(splits: list[tuple[str, list[int], list[str]]]) -> None:
-    """Every split of a COCO folder (its json's name, category ids and names) must list the same categories."""
     reference = None
     for file_name, category_ids, label_names in splits:
         categories = list(zip(category_ids, label_names))
@@ -211,8 +200,7 @@ def _coco_splits(
     masks: bool = False,
     kind: str | None = None,
 ) -> list[FolderSplit]:
-    """The parsed splits of a COCO folder (see :func:`load_coco_folder`), not prepared nor cached (``hf-detr
-    check-data`` reports on them); image files are not opened."""
+    """Not prepared nor cached (``hf-detr check-data`` reports on them); image files are not opened."""
     kind, files = _coco_files(root, splits, kind)
     parsed = [_coco_split(root, name, file, kind, policy, tolerance, masks) for name, file in files.items()]
     _check_same_categories(
@@ -222,8 +210,7 @@ def _coco_splits(
 
 
 def _coco_files(root: Path, splits: Sequence[str] | None, kind: str | None) -> tuple[str, dict[str, Path]]:
-    """The ``kind`` of json a COCO folder is read from (default: the first of :data:`_COCO_KINDS` it has) and its
-    json file of each split."""
+    """The ``kind`` of json (default: the first of :data:`_COCO_KINDS` the folder has) and each split's file."""
     found = {k: sorted((root / "annotations").glob(f"{k}_*.json")) for k in _COCO_KINDS}
     kind = kind or next((k for k in _COCO_KINDS if found[k]), _COCO_KINDS[0])
     files = found[kind]
@@ -245,7 +232,6 @@ def _coco_files(root: Path, splits: Sequence[str] | None, kind: str | None) -> t
 def _coco_split(
     root: Path, name: str, file: Path, kind: str, policy: BoxPolicy, tolerance: float, masks: bool
 ) -> FolderSplit:
-    """One json of a COCO folder parsed and under the box policy."""
     parsed = _read_coco_json(str(file), tolerance, policy, masks)
     raw_split = file.stem[len(kind) + 1 :]
     stored: dict[str, Any] = {_DESCRIPTION_KEY: parsed.category_ids, "annotation_file": str(file)}
@@ -266,8 +252,7 @@ def _coco_split(
 
 
 def _png_folder(root: Path, raw_split: str, file: Path) -> Path:
-    """The folder of a panoptic split's PNGs: ``annotations/panoptic_<split>/`` (where COCO puts it) or
-    ``panoptic_<split>/``."""
+    """``annotations/panoptic_<split>/`` (where COCO puts it) or ``panoptic_<split>/``."""
     candidates = [root / "annotations" / f"panoptic_{raw_split}", root / f"panoptic_{raw_split}"]
     folder = next((c for c in candidates if c.is_dir()), None)
     if folder is None:
@@ -315,7 +300,6 @@ class _Annotation(NamedTuple):
 
 
 def _read_coco_json(path: str, tolerance: float, policy: BoxPolicy = "clip", masks: bool = False) -> CocoJson:
-    """Parse and check one instances or panoptic (``panoptic_*.json``) json, its boxes under ``policy``."""
     file = Path(path)
     try:
         coco = json.loads(file.read_bytes(), object_hook=_compact_polygons if masks else _without_masks)

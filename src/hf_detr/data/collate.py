@@ -1,20 +1,8 @@
-"""From examples in the Hub's COCO detection schema to model batches.
+"""From examples in the Hub's COCO detection schema to model batches::
 
-:class:`DetectionDataset` applies a box-aware transform of :mod:`.transforms` to a map-style ``datasets.Dataset``
-reproducibly (the randomness of example ``i`` in epoch ``e`` depends only on ``(seed, e, i)``, so a run resumed in the
-middle of an epoch sees the same augmented images as an uninterrupted one, whatever the number of DataLoader workers)
-to the image made upright RGB (:func:`upright_rgb`), and records each image's original size; a streamed split
-(``datasets.IterableDataset``) goes through the same per-example work (:meth:`DetectionDataset.prepare`, with each
-example's row index in the source) in :mod:`.streaming`.
-:class:`DetectionCollator` pads a list of such examples through :class:`HfDetrImageProcessor`::
-
-    train = DetectionDataset(dataset["train"], make_train_transform(), seed=0)
-    loader = DataLoader(train, batch_size=4, collate_fn=DetectionCollator(HfDetrImageProcessor()))
-    batch = next(iter(loader))  # pixel_values [4, 3, H, W], pixel_mask [4, H, W], labels: 4 dicts
-
-Examples with masks (``objects.segmentation``, see :mod:`.masks`) keep them aligned through the transform, and their
-labels get ``masks`` at the padded size; evaluation batches can also carry each image's masks at its original size
-(``DetectionCollator(..., mask_references=True)``).
+train = DetectionDataset(dataset["train"], make_train_transform(), seed=0)
+loader = DataLoader(train, batch_size=4, collate_fn=DetectionCollator(HfDetrImageProcessor()))
+batch = next(iter(loader))  # pixel_values [4, 3, H, W], pixel_mask [4, H, W], labels: 4 dicts
 """
 
 from __future__ import annotations
@@ -37,8 +25,8 @@ __all__ = ["DetectionCollator", "DetectionDataset", "decoded_image", "derived_se
 
 
 def decoded_image(image: Any, where: str) -> PIL.Image.Image:
-    """A PIL image, or an undecoded ``datasets.Image`` value (``{"bytes", "path"}``) decoded; a ``ValueError`` naming
-    ``where`` and the file when it is gone or cannot be decoded (e.g. deleted since the data set was prepared)."""
+    """`image`: PIL, or an undecoded ``datasets.Image`` value (``{"bytes", "path"}``). A file gone or undecodable (e.g.
+    deleted since the data set was prepared) is a ``ValueError`` naming ``where`` and the file."""
     if isinstance(image, PIL.Image.Image):
         return image
     if not isinstance(image, Mapping) or not (image.get("bytes") or image.get("path")):
@@ -57,28 +45,20 @@ def decoded_image(image: Any, where: str) -> PIL.Image.Image:
 
 
 def derived_seed(*keys: int) -> int:
-    """A seed determined by `keys` alone (e.g. seed, epoch, index), well spread even for neighbouring keys."""
+    """Well spread even for neighbouring keys."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 class DetectionDataset(torch.utils.data.Dataset):
-    """A Hub-COCO ``datasets.Dataset`` seen through a ``torchvision.transforms.v2`` transform (or none).
+    """A Hub-COCO split seen through a ``torchvision.transforms.v2`` transform (or none); each item also gets
+    ``orig_size``, the image's ``(height, width)`` before the transform, the frame evaluation scores in. The image is
+    made upright 8-bit RGB (:func:`upright_rgb`) first, so the augmentation moves pixels and boxes of one frame.
 
-    Each item is the transformed example (see :func:`.transforms.transform_example`) plus ``orig_size``: the
-    ``(height, width)`` of the image before the transform, the frame evaluation scores predictions in. The image is
-    made upright 8-bit RGB (:func:`upright_rgb`: EXIF orientation, grayscale, palette, transparency, 16-bit) before the
-    transform sees it, so the augmentation moves pixels and boxes of the same upright frame.
-
-    The transform draws from ``torch``'s global generator; it runs under a generator seeded from ``(seed, epoch,
-    index)`` and restored afterwards, so augmentation neither depends on nor disturbs the training's random state.
-    ``dataset[index]`` augments as in the epoch of the last :meth:`set_epoch`; ``dataset[epoch, index]`` as in
-    ``epoch``, which is what a sampler hands persistent DataLoader workers (their copies of the data set do not see
-    ``set_epoch``). An example's masks (``objects.segmentation``) are decoded for the transform and encoded again
-    after it (see :func:`.transforms.transform_example`). ``label_map[c]`` replaces each category ``c`` (e.g. the
-    model's label of each data set label, see :func:`.evaluation.evaluate.model_labels`).
-
-    ``dataset`` may also be a streamed split (``datasets.IterableDataset``): it has no items by index, and
-    :mod:`.streaming` reads it and hands each example to :meth:`prepare`.
+    The transform runs under a ``torch`` generator seeded from ``(seed, epoch, index)`` and restored afterwards, so a
+    resumed run sees the same augmented images whatever the DataLoader workers, and the training's random state is
+    untouched. ``dataset[epoch, index]`` augments as in ``epoch``: what a sampler hands persistent workers, whose
+    copies do not see :meth:`set_epoch`. ``label_map[c]`` replaces each category ``c``. A streamed split has no items
+    by index: :mod:`.streaming` hands each example to :meth:`prepare`.
     """
 
     def __init__(
@@ -114,8 +94,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         return self.prepare(self.dataset[index], index, epoch)
 
     def prepare(self, example: Mapping[str, Any], index: int, epoch: int) -> dict[str, Any]:
-        """The item of `example`, row `index` of the data set, in `epoch`: upright RGB, relabelled, augmented with
-        the randomness of `(seed, epoch, index)`, with its `orig_size`."""
+        """The item of `example`, row `index` of the data set, in `epoch`."""
         example = dict(example)
         image = example["image"] = upright_rgb(
             decoded_image(example.get("image"), f"example {index} (image_id={example.get('image_id')})")
@@ -133,24 +112,15 @@ class DetectionDataset(torch.utils.data.Dataset):
 
 
 class DetectionCollator:
-    """Batches Hub-COCO examples for [`HfDetrForObjectDetection`] and, with masks, [`HfDetrForSegmentation`].
-
-    Annotations are converted with :func:`.transforms.to_coco_annotations` and images padded (not resized: the
-    transforms already did) by ``image_processor``. Returns ``pixel_values`` float32 `[batch, 3, H, W]`,
-    ``pixel_mask`` int64 `[batch, H, W]` and ``labels``: one dict per image with ``class_labels`` `[n]`, ``boxes``
-    `[n, 4]` (normalized cx, cy, w, h), ``area``, ``iscrowd``, ``image_id`` `[1]`, ``size`` (the padded-over image's
-    height, width) and ``orig_size``, taken from the example's ``orig_size`` when it has one (see
-    :class:`DetectionDataset`) so evaluation can map predictions back to the original image. Examples with
-    ``objects.segmentation`` also give ``masks`` float32 `[n, H, W]` (0 or 1, one per box, at the padded size, zero
-    on the padding: the processor's ``return_segmentation_masks``).
+    """Batches Hub-COCO examples through ``image_processor``: the processor's ``pixel_values``, ``pixel_mask`` and
+    ``labels`` (with masks for examples with ``objects.segmentation``), ``orig_size`` taken from the example's when
+    it has one, so evaluation maps predictions back to the original image. Images are padded, not resized (the
+    transforms did), unless ``do_resize``.
 
     Args:
-        image_processor: pads and normalizes; its ``size`` is not used unless ``do_resize``.
-        do_resize: also resize with the processor (for examples that did not go through a resizing transform).
-        keep_crowd: keep ``iscrowd=1`` objects; training drops them (as DETR does), COCO evaluation needs them.
-        mask_references: also return ``mask_references``, per image the ground truth of the mask metrics at the
-            original image size (:func:`.masks.mask_references`: ``masks`` bool `[m, height, width]`, ``labels``,
-            ``iscrowd``, crowd objects included); for examples no transform changed, as evaluation's.
+        keep_crowd: training drops ``iscrowd=1`` objects (as DETR does); COCO evaluation needs them.
+        mask_references: also per image the mask metrics' ground truth at the original size
+            (:func:`.masks.mask_references`, crowd included), for examples no transform changed, as evaluation's.
     """
 
     def __init__(

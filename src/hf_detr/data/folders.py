@@ -32,8 +32,7 @@ def _no_objects() -> dict[str, list]:
 
 @dataclass(slots=True)
 class FolderImage:
-    """One image of a folder split as parsed: ``objects`` (the schema's struct of lists) holds the boxes the policy
-    kept."""
+    """``objects``: the schema's struct of lists, the boxes the policy kept."""
 
     file_name: str  # found under one of the split's image_dirs
     image_id: int
@@ -48,8 +47,7 @@ class FolderImage:
 
 @dataclass
 class FolderSplit:
-    """One split of a COCO, YOLO or VOC folder, parsed and under the box policy: what :func:`folder_dataset` makes a
-    split of, and what ``hf-detr check-data`` reports on."""
+    """What :func:`folder_dataset` makes a split of, and what ``hf-detr check-data`` reports on."""
 
     name: str
     source: str  # the file that defines the split, as messages and the summary line name it
@@ -66,8 +64,8 @@ class FolderSplit:
 def _raw_split(
     name: str, raw: RawSplit, label_names: list[str], policy: BoxPolicy, tolerance: float, collect: bool
 ) -> FolderSplit:
-    """A YOLO or VOC split under the box policy: each image's size read from its file, boxes in pixels. ``collect``:
-    see ``read_folder_splits``'s ``collect_image_errors``."""
+    """Each image's size read from its file, boxes in pixels. ``collect``: ``read_folder_splits``'s
+    ``collect_image_errors``."""
     if raw.missing and not collect:
         more = f" ({len(raw.missing) - 1} more)" if len(raw.missing) > 1 else ""
         raise HfDetrInputError(raw.missing[0] + more)
@@ -118,8 +116,7 @@ def _raw_split(
 
 
 def folder_dataset(split: FolderSplit) -> datasets.Dataset:
-    """The ``Dataset`` of a folder split, each image file (and with masks each mask) checked (see
-    :func:`.coco.load_coco_folder`)."""
+    """Each image file (and mask) checked."""
     features = coco_detection_features(split.label_names, masks=split.masks)
     columns: dict[str, list] = {column: [] for column in features}
     for row in _folder_rows(split.images, split.image_dirs, split.source, split.png_folder):
@@ -136,8 +133,7 @@ def _folder_rows(
     png_folder: Path | None = None,
     skip_missing: bool = False,
 ) -> Iterator[dict | str]:
-    """Yield schema rows for parsed images, checking each image file (and each mask the images carry) on the way.
-    ``skip_missing``: a missing or unreadable image yields its error message instead of raising it."""
+    """``skip_missing``: a missing or unreadable image yields its error message instead of raising it."""
     for image in images:
         try:
             path = _checked_image(image, image_dirs, source)[0]
@@ -159,8 +155,7 @@ def _folder_rows(
 
 
 def _image_masks(image: FolderImage, json_name: str, png_folder: Path | None) -> list[dict[str, Any]]:
-    """The stored masks of a parsed image's kept objects: segments of its panoptic PNG, or its annotations'
-    ``segmentation``, each checked against the image."""
+    """Of the kept objects, from the panoptic PNG or the annotations' ``segmentation``, checked against the image."""
     size = (image.height, image.width)
     if image.panoptic is not None:  # every panoptic image is decoded, also one whose segments were all dropped
         where = f"{json_name}: image '{image.file_name}'"
@@ -178,8 +173,7 @@ def _image_masks(image: FolderImage, json_name: str, png_folder: Path | None) ->
 def _checked_image(
     image: FolderImage, image_dirs: Sequence[Path], source: str, declared_by: str = "the json"
 ) -> tuple[Path, int, int]:
-    """The path of a parsed image's file and its upright (width, height), which must be the image's unless that is
-    ``None``; a ``ValueError`` naming ``source``, the image id and the file otherwise."""
+    """The file and its upright (width, height), which must be the declared one unless that is ``None``."""
     file_name = image.file_name
     where = f"{source}: image_id {image.image_id} ('{file_name}')"
     path = next((d / file_name for d in image_dirs if (d / file_name).is_file()), None)

@@ -1,8 +1,5 @@
-"""YOLO and Pascal VOC folders, read into raw splits that :mod:`.loading` brings to the Hub's COCO detection schema.
-
-This module only parses annotation files; it opens no image. :func:`.loading.load_detection_dataset` reads each
-image's size (YOLO boxes are fractions of it), applies the ``box_policy`` and builds the splits; ``hf-detr
-check-data`` reports on the same raw splits.
+"""YOLO and Pascal VOC folders parsed into raw splits without opening an image; :mod:`.folders` reads the sizes
+(YOLO boxes are fractions of them) and applies the ``box_policy``.
 
 **YOLO** (ultralytics' layout): a ``data.yaml`` (or the folder holding it) with ``names`` (a list, or ``{id: name}``
 with the ids ``0..K-1``) and ``train`` / ``val`` / ``test`` entries, each an image folder (searched recursively), a
@@ -54,8 +51,6 @@ _YOLO_CLASS_LIST = "classes.txt"
 
 @dataclass
 class RawImage:
-    """One image of a raw split and its boxes as the annotation file gives them."""
-
     file_name: str  # the image file, relative to the split's root (or absolute)
     width: int | None  # the size the annotation declares (VOC <size>); None: read it from the image
     height: int | None
@@ -67,8 +62,6 @@ class RawImage:
 
 @dataclass
 class RawSplit:
-    """A split of a YOLO or VOC folder before its images are opened."""
-
     source: str  # the file the split is defined in, as messages name it ("data.yaml: val", "ImageSets/Main/val.txt")
     root: Path  # what the images' file names are relative to
     box_format: Literal["xywh", "cxcywh"]  # "xywh": pixels; "cxcywh": YOLO's, normalized to the image size
@@ -78,15 +71,13 @@ class RawSplit:
 
 @dataclass
 class RawFolder:
-    """A YOLO or VOC folder: its label names and a reader per split (reading a split parses its label files)."""
+    """A reader per split (reading a split parses its label files)."""
 
     label_names: list[str]
     splits: dict[str, Callable[[], RawSplit]]
 
 
 def folder_format(path: str | os.PathLike) -> Literal["yolo", "voc"] | None:
-    """``"yolo"`` for a ``.yaml`` / ``.yml`` file or a folder with ``data.yaml``, ``"voc"`` for a folder with
-    ``Annotations/*.xml``, else ``None``."""
     path = Path(path)
     if path.is_file() and path.suffix in (".yaml", ".yml") or (path / "data.yaml").is_file():
         return "yolo"
@@ -100,7 +91,6 @@ def folder_format(path: str | os.PathLike) -> Literal["yolo", "voc"] | None:
 
 
 def read_yolo(path: str | os.PathLike) -> RawFolder:
-    """Read a YOLO ``data.yaml`` (or the folder holding it): see the module docstring."""
     path = Path(path)
     yaml_file = path if path.is_file() else path / "data.yaml"
     try:
@@ -187,7 +177,6 @@ def _read_yolo_split(entry: Any, key: str, root: Path, yaml_name: str, num_class
 
 
 def _label_file(image: Path) -> Path:
-    """``.../images/.../a.jpg`` -> ``.../labels/.../a.txt`` (the last ``images`` folder), else ``a.txt`` beside it."""
     parts = list(image.parts)
     folders = [i for i, part in enumerate(parts[:-1]) if part == "images"]
     if folders:
@@ -203,7 +192,6 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _read_yolo_labels(file: Path, shown: str, num_classes: int, yaml_name: str, image: RawImage) -> None:
-    """Append the boxes of one label file to ``image``, raising on a malformed line."""
     try:
         text = file.read_text()
     except (OSError, UnicodeDecodeError) as error:
@@ -243,8 +231,7 @@ def _read_yolo_labels(file: Path, shown: str, num_classes: int, yaml_name: str, 
 
 
 def read_voc(path: str | os.PathLike) -> RawFolder:
-    """Read a Pascal VOC folder (``VOCdevkit/VOC2007``, say): see the module docstring. Parses the XML of every listed
-    image at once, since the label names come from all of them."""
+    """Parses every listed XML at once, since the label names come from all of them."""
     root = Path(path)
     lists = sorted(f for f in (root / "ImageSets" / "Main").glob("*.txt") if "_" not in f.stem)
     if not lists:
@@ -288,7 +275,7 @@ def read_voc(path: str | os.PathLike) -> RawFolder:
 
 
 def _read_voc_xml(root: Path, image_id: str) -> tuple[RawImage, list[str]]:
-    """One annotation file: the image (categories left empty) and the class name of each box."""
+    """The image (categories left empty) and the class name of each box."""
     shown = f"Annotations/{image_id}.xml"
     try:
         tree = ElementTree.parse(root / shown).getroot()

@@ -25,7 +25,6 @@ __all__ = ["SplitConformer", "is_saved_folder", "saved_or_hub_splits"]
 
 
 def is_saved_folder(path: Path) -> bool:
-    """Whether ``path`` was written by ``DatasetDict.save_to_disk`` or ``Dataset.save_to_disk``."""
     return (path / datasets.config.DATASETDICT_JSON_FILENAME).is_file() or (
         path / datasets.config.DATASET_STATE_JSON_FILENAME
     ).is_file()
@@ -38,8 +37,7 @@ def saved_or_hub_splits(
     streaming: bool = False,
     **load_dataset_kwargs: Any,
 ) -> dict[str, AnyDataset]:
-    """The splits of a ``save_to_disk`` folder or a ``datasets.load_dataset`` source as stored (not yet conformed to
-    the schema nor under a box policy)."""
+    """As stored: not yet conformed to the schema nor under the box policy."""
     path = Path(source)
     if is_saved_folder(path):
         loaded = datasets.load_from_disk(str(path))
@@ -54,14 +52,11 @@ def saved_or_hub_splits(
 
 
 class SplitConformer:
-    """Brings the examples of a Hub or ``save_to_disk`` split to :func:`.schema.coco_detection_features` (see
-    :func:`.loading.load_detection_dataset`) under the box policy: checks the split's features and logs what it drops at
-    construction, then ``conformer(example, index)`` gives one example's ``image_id``, ``width``, ``height`` and
-    ``objects`` (with ``masks``, each object's ``segmentation`` as the stored RLE, checked against its image). The one
-    conversion of a streamed split (``IterableDataset.map``), a prepared one (:meth:`rows`) and ``hf-detr check-data``.
-    A class, not a closure, so that DataLoader workers can unpickle a streamed split's ``map``.
-
-    ``counts`` / ``changes``: what the policy clipped and dropped (see :class:`_ExampleChecker`)."""
+    """The one conversion of a Hub or ``save_to_disk`` split's examples to the schema under the box policy, for a
+    streamed split (``IterableDataset.map``), a prepared one (:meth:`rows`) and ``hf-detr check-data``. The split's
+    features are checked at construction; ``conformer(example, index)`` gives ``image_id``, ``width``, ``height`` and
+    ``objects`` (with masks checked against the image). A class, not a closure, so that DataLoader workers can
+    unpickle a streamed split's ``map``."""
 
     def __init__(
         self,
@@ -149,7 +144,7 @@ class SplitConformer:
         return {"image_id": image_id, "width": width, "height": height, "objects": kept.get("objects", conformed)}
 
     def rows(self, dataset: datasets.Dataset, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
-        """The conformed examples ``start:stop`` of a map-style split, its images not decoded."""
+        """Images not decoded."""
         part = dataset.select_columns(self.columns)
         if "image" in self.columns:
             part = part.cast_column("image", datasets.Image(decode=False))
@@ -167,10 +162,8 @@ def _conform(
     num_proc: int | None = None,
     decode: bool = True,
 ) -> AnyDataset:
-    """A Hub or ``save_to_disk`` split in the schema under the box policy (see
-    :func:`.loading.load_detection_dataset`): a streamed one conformed lazily, as it is read; a map-style one prepared
-    once into the cache (:func:`.prepared.open_prepared`: the conformed columns only), its image column joined back
-    unchanged, never copied."""
+    """Streamed: conformed as it is read. Map-style: the conformed columns prepared once into the cache, the image
+    column joined back, never copied."""
     streamed = isinstance(dataset, datasets.IterableDataset)
     conformer = SplitConformer(dataset.features, split, tolerance, policy, masks=masks, streamed=streamed)
     if streamed:
@@ -217,9 +210,8 @@ def _conform(
 
 
 def _conform_objects(objects: Any) -> dict[str, Any]:
-    """Fill the lossless defaults of one example's ``objects`` (see :func:`.loading.load_detection_dataset`). Values
-    get their schema's Python type here because ``IterableDataset.map(features=...)`` labels the features without
-    casting."""
+    """The lossless defaults. Values get their schema's Python type here because ``IterableDataset.map(features=...)``
+    labels the features without casting."""
     objects = _struct_of_lists(objects)
     boxes = [[float(v) for v in box] for box in objects.get("bbox", [])]
     return {
@@ -232,17 +224,15 @@ def _conform_objects(objects: Any) -> dict[str, Any]:
 
 
 def _struct_of_lists(objects: Any) -> dict[str, list]:
-    """One example's ``objects`` as a dict of per-object lists (also when stored as a list of structs)."""
     if isinstance(objects, list):
         return {key: [o[key] for o in objects] for key in (objects[0] if objects else ())}
     return objects
 
 
 class _ExampleChecker:
-    """Apply the box policy to one example's objects (``{}`` if nothing changes, else ``{"objects": kept}``) and raise
-    on a category outside ``0..num_labels-1``. Counts what it clipped and dropped in ``counts``; ``streamed``: logs the
-    running counts each time they reach 1, 2, 4, ... changed boxes; ``changes``: a list it appends every clipped or
-    dropped box to. A class (not a closure) so that ``IterableDataset.map`` can pickle it for DataLoader workers."""
+    """The box policy on one example's objects (``{}`` if nothing changes, else ``{"objects": kept}``); a category
+    outside ``0..num_labels-1`` raises. ``streamed``: logs the running counts at 1, 2, 4, ... changed boxes. A class
+    (not a closure) so that ``IterableDataset.map`` can pickle it for DataLoader workers."""
 
     def __init__(
         self,

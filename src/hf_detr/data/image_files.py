@@ -26,9 +26,8 @@ def checked_image_size(
     height: int | None = None,
     declared_by: str = "the json",
 ) -> tuple[int, int]:
-    """The upright (width, height) of an image file (what ``datasets.Image`` decodes: EXIF quarter turns applied), read
-    from its header; a ``ValueError`` starting with ``where`` if it is not a readable image or its size is not the
-    given ``width`` x ``height`` (``None``: not checked)."""
+    """The upright size ``datasets.Image`` decodes (EXIF quarter turns applied), from the header; ``None``: not
+    checked."""
     shown = file if isinstance(file, (str, os.PathLike)) else "the image"
     try:
         with PIL.Image.open(file) as image:
@@ -51,8 +50,7 @@ def checked_image_size(
 def _image_size(
     image: Any, where: str, width: int | None = None, height: int | None = None, declared_by: str = "the json"
 ) -> tuple[int, int]:
-    """The upright (width, height) of a decoded image, or of an undecoded one's bytes or path (its header only,
-    checked against ``width`` x ``height`` when given, see :func:`checked_image_size`)."""
+    """Of a decoded image, or of an undecoded one's bytes or path (its header only)."""
     if hasattr(image, "size") and hasattr(image, "mode"):  # decoded: datasets.Image applied the EXIF turn already
         return image.size
     file = io.BytesIO(image["bytes"]) if image and image.get("bytes") else (image or {}).get("path")

@@ -1,13 +1,7 @@
-"""Load object-detection data sets in the Hub's COCO detection schema (:mod:`.schema`), their boxes under one
-``box_policy`` (:mod:`.box_policy`).
-
-:func:`load_detection_dataset` reads (a) a Hub dataset id or a local data folder (``datasets.load_dataset``), (b) a
-folder written by ``DatasetDict.save_to_disk`` (both :mod:`.hub_sources`), (c) a COCO folder
-(``annotations/instances_<split>.json`` plus the image files) or a COCO panoptic folder
-(``annotations/panoptic_<split>.json``, its PNGs in ``panoptic_<split>/``, plus the image files; :mod:`.coco`) or (d)
-a YOLO or Pascal VOC folder (parsed by :mod:`.formats`, brought to pixels by :mod:`.folders`), in memory-mapped or
-streaming form.
-"""
+"""The entry of the data loaders: any source to splits in the Hub's COCO detection schema (:mod:`.schema`), every
+box under the one ``box_policy`` (:mod:`.box_policy`). Each format has its module: :mod:`.hub_sources`
+(Hub ids, local data folders, ``save_to_disk`` folders), :mod:`.coco`, :mod:`.formats` and :mod:`.folders` (YOLO,
+Pascal VOC)."""
 
 from __future__ import annotations
 
@@ -65,64 +59,36 @@ def load_detection_dataset(
     decode: bool = True,
     **load_dataset_kwargs: Any,
 ) -> AnyDatasetDict:
-    """Load a detection data set in the Hub's COCO schema (see :mod:`.schema`), with ``masks=True`` the objects'
-    masks too.
+    """A detection data set in the Hub's COCO schema (:mod:`.schema`), with ``masks=True`` the objects' masks too.
 
-    ``source`` is tried in this order:
+    ``source`` is tried in this order (:func:`detect_format`):
 
     1. a folder written by ``DatasetDict.save_to_disk`` (or ``Dataset.save_to_disk``, returned as split ``"train"``);
-    2. a COCO folder, recognised by ``annotations/instances_*.json`` or ``annotations/panoptic_*.json`` (see
-       :func:`load_coco_folder`);
-    3. a YOLO ``data.yaml`` or a folder holding one, or a Pascal VOC folder, recognised by ``Annotations/*.xml`` (see
-       :mod:`hf_detr.data.formats`; each image file is opened at loading for its size, and a streamed split is the
-       loaded one read as an ``IterableDataset``);
+    2. a COCO folder, ``annotations/instances_*.json`` or ``annotations/panoptic_*.json`` (:func:`load_coco_folder`);
+    3. a YOLO ``data.yaml`` or a folder holding one, or a Pascal VOC folder (``Annotations/*.xml``; each image file is
+       opened for its size; streamed, the loaded split is read as an ``IterableDataset``);
     4. anything else goes to ``datasets.load_dataset(source, revision=..., cache_dir=..., **load_dataset_kwargs)``:
-       a Hub dataset id such as ``"cppe-5"``, or a local folder of parquet / image files.
+       a Hub id such as ``"cppe-5"``, or a local folder of parquet or image files.
 
-    :func:`detect_format` tells which. Splits from (1) and (4) are checked against the schema and converted where that
-    is lossless: numeric types are cast, a missing ``objects.iscrowd`` becomes 0, a missing ``objects.area`` the box
-    area, ``objects.bbox_id`` is renamed ``objects.id`` (a missing id becomes -1), objects stored as a list of structs
-    are transposed, a missing ``image_id`` becomes the row index, missing ``width``/``height`` are read from the
-    images, and other columns are dropped (all logged). Boxes are taken to be ``[x, y, w, h]`` pixels, which the data
-    cannot prove.
+    Splits of (1) and (4) are conformed to the schema where that is lossless (numeric casts; ``iscrowd`` 0, ``area``
+    the box's, ``id`` -1 and ``image_id`` the row index when missing; ``objects.bbox_id`` renamed ``objects.id``;
+    objects as a list of structs transposed; missing ``width``/``height`` read from the images; other columns
+    dropped; all logged). Boxes are taken to be ``[x, y, w, h]`` pixels, which the data cannot prove. Every box goes
+    through ``box_policy`` with ``box_tolerance`` pixels of slop (:mod:`.box_policy`); a category outside the label
+    range is always an error.
 
-    Every box goes through ``box_policy`` (see :mod:`.box_policy`): by default a box reaching outside its image is
-    clipped to it and a box without area dropped with its object, and one warning line per split counts them;
-    ``"error"`` raises a ``ValueError`` naming the split, example, image id and box. A category outside the label range
-    is always an error.
+    Without ``streaming``, a COCO folder and a Hub or ``save_to_disk`` split are prepared once per content and
+    settings (:mod:`.prepared`) over ``num_proc`` forked processes (default: the usable cores) and opened
+    memory-mapped. Streamed, a COCO folder's prepared split is read in shards, and a Hub or ``save_to_disk`` split
+    is conformed and checked as it is read, logging its running counts at 1, 2, 4, 8, ... changed boxes; with
+    ``decode=False`` its images stay undecoded (``{"bytes", "path"}``) for a reader that decodes only what it needs
+    (:mod:`.streaming`).
 
-    Prepared once (:mod:`hf_detr.data.prepared`): a COCO folder, and a Hub or ``save_to_disk`` split loaded without
-    ``streaming``, is parsed, checked and (with masks) encoded once per content and settings, into a memory-mapped
-    Arrow file in the cache of prepared splits that every later load and every other process opens; the image bytes
-    are never copied (a COCO folder's rows hold paths, a Hub split's image column is joined back as it is). At
-    COCO's size the work is spread over ``num_proc`` forked processes (default: the usable cores). With
-    ``streaming=True`` the splits are ``IterableDataset``s: a COCO folder's prepared split read in shards; a Hub or
-    ``save_to_disk`` split, nothing written, conformed and checked as it is read, so it logs its running counts each
-    time they reach 1, 2, 4, 8, ... changed boxes (per process).
-
-    With ``masks=True`` every object keeps its mask as ``objects.segmentation``, a compressed RLE of its image (see
-    :mod:`hf_detr.data.masks`), checked at loading (as it is read when streamed; a COCO folder's polygons and RLEs and
-    a panoptic folder's PNGs, see :func:`load_coco_folder`): a Hub or ``save_to_disk`` split needs an
-    ``objects.segmentation`` field of COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` or RLEs ``{"size": [height,
-    width], "counts": str or [int, ...]}`` (one type per data set, as Arrow stores it), converted and checked as the
-    split is prepared. A box the box policy drops drops its mask; a clipped box keeps its
-    mask, which lies in the image anyway. A mask whose size is not its image's, a polygon reaching more than a pixel
-    outside its image, an RLE that does not decode to its size and a panoptic PNG with segment ids ``segments_info``
-    does not list raise a ``ValueError`` naming the image and the field. YOLO and VOC folders have no masks.
-
-    Args:
-        splits: split names to load (default: all).
-        streaming: return an ``IterableDatasetDict``.
-        box_policy: ``"clip"`` (default), ``"drop"`` or ``"error"``: what to do with a box that reaches outside its
-            image or has no area.
-        box_tolerance: how far (pixels) a box may reach outside its image and still count as inside (float slop;
-            kept as written).
-        masks: keep (or make) each object's ``segmentation`` (see above).
-        revision, cache_dir, load_dataset_kwargs: passed to ``datasets.load_dataset`` (source kind 4 only).
-        num_proc: processes that prepare a split (default: the usable cores from a few thousand examples on).
-        decode: streamed splits only: ``False`` leaves each ``image`` undecoded (``{"bytes", "path"}``) and converts
-            the rest without reading a pixel, for a reader that decodes only the images it needs (the training
-            processes of a shared stream, ``hf_detr.data.streaming``).
+    ``masks=True`` keeps each object's mask as ``objects.segmentation``, a compressed RLE (:mod:`.masks`), checked at
+    loading: a Hub or ``save_to_disk`` split needs that field as COCO polygons or RLEs (one type per data set, as
+    Arrow stores it). A dropped box drops its mask. A mask not of its image's size, a polygon more than a pixel
+    outside its image, an RLE that does not decode to its size and a panoptic id ``segments_info`` does not list
+    raise a ``ValueError`` naming the image and the field. YOLO and VOC folders have no masks.
     """
     _check_policy(box_policy)
     kind = detect_format(source)
@@ -167,7 +133,7 @@ FORMAT_NAMES: dict[str, str] = {
 
 
 def detect_format(source: str | os.PathLike) -> SourceFormat:
-    """Which kind of source :func:`load_detection_dataset` takes ``source`` for, in its order of trying."""
+    """In :func:`load_detection_dataset`'s order of trying."""
     path = Path(source)
     if is_saved_folder(path):
         return "saved"
@@ -184,11 +150,10 @@ def read_folder_splits(
     *,
     collect_image_errors: bool = False,
 ) -> list[FolderSplit]:
-    """The splits of a COCO, YOLO or VOC folder. Without ``collect_image_errors``, a YOLO or VOC image that is missing
-    or unreadable raises a ``ValueError`` (their sizes are read at once) and a COCO image is checked only when
-    :func:`folder_dataset` reads it; with it, every image file is checked and each failure listed in ``image_errors``
-    (a YOLO image, or a VOC image without ``<size>``, is then left out: its boxes have no frame). A COCO folder's
-    masks are read by :func:`load_coco_folder`, not here."""
+    """Without ``collect_image_errors``, a missing or unreadable YOLO or VOC image raises (their sizes are read at
+    once) and a COCO image is checked only when :func:`folder_dataset` reads it; with it, every image file is checked
+    and each failure listed in ``image_errors`` (a YOLO image, or a VOC image without ``<size>``, is then left out:
+    its boxes have no frame). Masks are not read here."""
     _check_policy(policy)
     kind = detect_format(source)
     if kind == "coco":

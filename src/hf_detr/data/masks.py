@@ -5,10 +5,8 @@ str}`` (int32 size, string counts), pycocotools' compressed run-length encoding 
 in its image. Polygons, uncompressed RLEs (COCO's crowd annotations) and the segments of panoptic PNGs become this form
 at load time, so the augmentation, the collator and the metrics read one form, and Arrow stores one type.
 
-Decoding and its checks are the image processor's (the codec :mod:`hf_detr.modeling.coco_masks` and its panoptic
-annotations, :func:`hf_detr.modeling.coco_annotations.coco_panoptic_target`): a mask of another size than its image, a
-polygon reaching outside its image, an RLE that does not decode to its size and a panoptic PNG whose segment ids
-``segments_info`` does not list raise a ``ValueError`` naming the image and the field.
+Decoding and its checks are the image processor's (:mod:`hf_detr.modeling.coco_masks`,
+:func:`hf_detr.modeling.coco_annotations.coco_panoptic_target`), run here where masks enter.
 """
 
 from __future__ import annotations
@@ -30,16 +28,13 @@ __all__ = ["decode_rles", "encode_rles", "mask_references", "panoptic_rles", "se
 
 
 def decode_rles(rles: Sequence[Mapping[str, Any]], name: str, image_size: tuple[int, int]) -> np.ndarray:
-    """``rles`` (``objects.segmentation`` of one image) as bool ``[n, height, width]`` masks of its ``image_size``
-    (height, width), each checked; ``name`` starts the error messages, e.g. ``"example with image_id=3: `objects
-    .segmentation`"``."""
+    """One image's ``objects.segmentation`` as bool ``[n, height, width]``, each checked."""
     masks = [rle_mask(rle, f"{name}[{j}]", image_size) for j, rle in enumerate(rles)]
     return np.stack(masks) if masks else np.zeros((0, *image_size), dtype=bool)
 
 
 def segmentation_rle(segmentation: Any, name: str, image_size: tuple[int, int]) -> dict[str, Any]:
-    """A COCO ``segmentation`` (polygons ``[[x1, y1, x2, y2, ...], ...]`` in pixels, or an RLE with list or str
-    ``counts``) checked against its image of ``image_size`` (height, width) and returned in the stored form."""
+    """COCO polygons in pixels or an RLE (list or str ``counts``), checked against its image, in the stored form."""
     if segmentation is None:
         raise HfDetrInputError(
             f"{name} is missing: masks=True needs every object's COCO polygons or RLE; load with masks=False to read "
@@ -57,17 +52,14 @@ def panoptic_rles(
     png_folder: str | os.PathLike,
     positions: Sequence[int],
 ) -> list[dict[str, Any]]:
-    """The stored masks of the segments at ``positions`` of a COCO panoptic ``annotation`` (``{"image_id",
-    "file_name", "segments_info"}``, its PNG in ``png_folder``), read by the image processor's panoptic decoding."""
+    """The segments at ``positions`` of a COCO panoptic ``annotation`` whose PNG is in ``png_folder``."""
     masks = coco_panoptic_target(annotation, where, image_size, True, png_folder)["masks"]
     return encode_rles(masks[list(positions)])
 
 
 def mask_references(example: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The ground truth the mask metrics take for one example in the schema with ``objects.segmentation``: ``masks``
-    bool ``[n, height, width]`` at the size of ``example["image"]`` (the original image for an evaluation example,
-    which no transform changed), ``labels`` int64 ``[n]`` (``objects.category``) and ``iscrowd`` int64 ``[n]``,
-    crowd objects included (COCO's evaluation ignores detections on them)."""
+    """The mask metrics' ground truth: ``masks`` bool ``[n, height, width]`` at the size of ``example["image"]``
+    (the original for an evaluation example), ``labels`` and ``iscrowd``, crowd objects included."""
     objects = example.get("objects")
     where = f"example with image_id={example.get('image_id')}"
     if not isinstance(objects, Mapping) or "segmentation" not in objects:

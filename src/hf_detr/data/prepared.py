@@ -43,12 +43,11 @@ _CHUNK = 1000
 
 
 def cache_root() -> Path:
-    """Where prepared splits are stored: ``$HF_DETR_CACHE``, else ``hf_detr_prepared`` in ``datasets``' cache."""
     return Path(os.environ.get("HF_DETR_CACHE") or Path(datasets.config.HF_DATASETS_CACHE) / "hf_detr_prepared")
 
 
 def content_hash(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes, read in blocks (COCO's train2017 json is 450 MB)."""
+    """sha256, read in blocks (COCO's train2017 json is 450 MB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         while block := stream.read(1 << 24):
@@ -58,9 +57,8 @@ def content_hash(path: str | os.PathLike) -> str:
 
 @dataclass
 class PreparedRows:
-    """What preparing a split gives: its features and ``info.description``, its rows in order (schema dicts, written
-    as they come so the split is never held in memory) and the line that sums up what the checks changed, logged
-    again at every load."""
+    """``rows`` are written as they come, so the split is never held in memory; ``summary``, what the checks changed,
+    is logged again at every load."""
 
     features: datasets.Features
     description: str
@@ -74,9 +72,8 @@ def open_prepared(
     prepare: Callable[[], PreparedRows],
     stale: Callable[[datasets.Dataset], bool] | None = None,
 ) -> datasets.Dataset:
-    """The split prepared for ``key`` (JSON-able settings that decide its content), from the cache, or made by
-    ``prepare`` and written there first (under a lock, see the module docstring); also made again when ``stale``
-    says the stored one no longer holds (e.g. an image file it lists is gone)."""
+    """From the cache, or made by ``prepare`` and written there first; ``key``: the JSON-able settings that decide
+    the content; ``stale``: the stored split no longer holds (e.g. an image file it lists is gone)."""
     digest = hashlib.sha256(json.dumps({**key, "version": _VERSION}, sort_keys=True).encode()).hexdigest()[:24]
     folder = cache_root() / digest
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +90,6 @@ def open_prepared(
 
 
 def _open(file: Path, meta: Path, split: str) -> tuple[datasets.Dataset, str | None]:
-    """A stored split, memory-mapped, and its summary line."""
     stored = json.loads(meta.read_text())
     features = datasets.Features.from_dict(stored["features"])
     info = datasets.DatasetInfo(description=stored["description"], features=features)
@@ -127,10 +123,9 @@ def _run_chunk(bounds: tuple[int, int]) -> Any:
 
 
 def parallel_chunks(work: Callable[[int, int], T], total: int, num_proc: int | None = None) -> Iterator[T]:
-    """``work(start, stop)`` over consecutive chunks of ``range(total)`` (at most 1,000 each), in order, computed by
-    ``num_proc`` forked processes (default: the cores this process may use once ``total`` reaches a few thousand;
-    below, here). ``work`` may be a closure over parsed data: the workers inherit it by fork, and only the results
-    are pickled."""
+    """``work(start, stop)`` over chunks of at most 1,000, in order, by ``num_proc`` forked processes (default: the
+    usable cores from a few thousand on; below, here). ``work`` may be a closure over parsed data: the workers
+    inherit it by fork, and only the results are pickled."""
     global _chunk_work
     if num_proc is None:
         num_proc = len(os.sched_getaffinity(0)) if total >= _POOL_THRESHOLD else 1

@@ -48,8 +48,6 @@ __all__ = [
 
 
 def coco_detection_features(label_names: Sequence[str], masks: bool = False) -> datasets.Features:
-    """The Hub's COCO detection schema with ``label_names`` as the ``objects.category`` class names (in label order);
-    with ``masks``, each object also has its ``segmentation`` as a compressed RLE (see the module docstring)."""
     objects = {
         "id": datasets.Value("int64"),
         "area": datasets.Value("float32"),
@@ -74,21 +72,20 @@ def coco_detection_features(label_names: Sequence[str], masks: bool = False) -> 
 
 
 def id2label(source: datasets.Features | AnyDataset) -> dict[int, str]:
-    """``{label: name}`` of the ``objects.category`` ClassLabel, ready for ``HfDetrConfig(id2label=...)``."""
+    """Of the ``objects.category`` ClassLabel, ready for ``HfDetrConfig(id2label=...)``."""
     features = source if isinstance(source, datasets.Features) else source.features
     return dict(enumerate(_category_feature(features, "the given features").names))
 
 
 def coco_category_ids(dataset: AnyDataset) -> list[int] | None:
-    """The original COCO category id of each label (``ids[label]``), or ``None`` if the split did not come from a COCO
-    folder. Kept through ``save_to_disk`` / ``load_from_disk`` since it lives in ``dataset.info.description``."""
+    """``ids[label]``; ``None`` if the split did not come from a COCO folder. Kept through ``save_to_disk`` since it
+    lives in ``dataset.info.description``."""
     return _described(dataset, _DESCRIPTION_KEY)
 
 
 def coco_isthing(dataset: AnyDataset) -> list[bool] | None:
-    """Whether each label is a thing (``True``: countable objects) or stuff (``False``: amorphous regions such as sky),
-    from the ``isthing`` of a COCO (panoptic) json's categories (a category without it is a thing); ``None`` if no
-    category of the split's json says. Kept through ``save_to_disk`` like :func:`coco_category_ids`."""
+    """Thing (countable objects) or stuff (amorphous regions such as sky) per label, from a COCO json's ``isthing`` (a
+    category without it is a thing); ``None`` if no category says. Kept like :func:`coco_category_ids`."""
     return _described(dataset, _ISTHING_KEY)
 
 
@@ -113,7 +110,6 @@ def _category_feature(features: datasets.Features, where: str) -> datasets.Class
 
 
 def _object_fields(objects: Any) -> dict[str, Any] | None:
-    """The per-object feature of each ``objects`` field, for a struct of lists or a list of structs."""
     if isinstance(objects, dict):
         return {
             key: value.feature if isinstance(value, (datasets.List, datasets.LargeList)) else value
@@ -134,8 +130,8 @@ def _select_splits(loaded: Mapping[str, Any], splits: Sequence[str] | None, sour
 
 
 def streamed(split: datasets.Dataset, decode: bool = True) -> datasets.IterableDataset:
-    """A map-style split read as a stream, in shards of about 1,000 examples (which processes and DataLoader workers
-    share out), its ``info.description`` (COCO category ids) kept; ``decode=False``: its images left undecoded."""
+    """In shards of about 1,000 examples (which processes and DataLoader workers share out), ``info.description``
+    kept."""
     stream = split.to_iterable_dataset(num_shards=max(1, min(len(split), math.ceil(len(split) / _STREAM_SHARD_SIZE))))
     stream.info.description = split.info.description
     if split.split is not None:  # its size, which an epoch count of a streamed training needs

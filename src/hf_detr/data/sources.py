@@ -30,15 +30,8 @@ def load_data(
     streaming: bool = False,
     decode: bool = True,
 ) -> datasets.DatasetDict | datasets.IterableDatasetDict:
-    """`splits` (default: all) of `source`: `"synthetic"` for the generated shapes (`synthetic_sizes[split]` images
-    per split, default 1000 / 200 / 200, of `synthetic_image_size` pixels, seeded by `seed`), or a Hub id,
-    `save_to_disk` folder, COCO folder, YOLO `data.yaml` (or its folder) or Pascal VOC folder for
-    :func:`.loading.load_detection_dataset`, whose boxes follow `box_policy`
-    (`"clip"`: boxes reaching outside their image clipped to it, boxes without area dropped, counted in one warning
-    per split; `"drop"`; `"error"`; the generated shapes lie inside their images). `masks=True` adds each object's
-    mask as `objects.segmentation`, a compressed RLE (see :mod:`.masks`): the shapes' visible pixels, or what the
-    source holds (an error for a source without masks). `streaming=True` gives `IterableDataset` splits
-    (the generated shapes: their in-memory splits read as streams), with `decode=False` their images undecoded."""
+    """`"synthetic"` for the generated shapes (default 1000 / 200 / 200 images), anything else through
+    :func:`.loading.load_detection_dataset` (the options: there; the box policy: :mod:`.box_policy`)."""
     if source != SYNTHETIC:
         return load_detection_dataset(
             source, splits=splits, box_policy=box_policy, masks=masks, streaming=streaming, decode=decode

@@ -58,8 +58,7 @@ _STAND_IN_SIZE = 64
 
 
 def known_size(split: datasets.IterableDataset, name: str) -> int | None:
-    """The number of examples of the streamed split `name` when its info records it (a Hub data set's card, the info
-    of a saved data set), else None."""
+    """When the split's info records it (a Hub data set's card, a saved data set's info)."""
     recorded = split.info.splits.get(name) if split.info.splits else None
     return recorded.num_examples if recorded is not None and recorded.num_examples else None
 
@@ -96,9 +95,8 @@ class _Prepared(torch.utils.data.Dataset):
 
 
 def _stand_in_example(masks: bool) -> dict[str, Any]:
-    """What a process steps on (with weight 0) while the others still have a batch: a black image without objects;
-    with masks, with one object covering it, since the mask head runs only on matched queries and DDP needs every
-    parameter in every backward pass."""
+    """A black image; with masks, one object covering it, since the mask head runs only on matched queries and DDP
+    needs every parameter in every backward pass."""
     size = _STAND_IN_SIZE
     objects: dict[str, list] = {"bbox": [], "category": []}
     if masks:
@@ -108,17 +106,8 @@ def _stand_in_example(masks: bool) -> dict[str, Any]:
 
 
 class StreamedBatches:
-    """This process's training batches of a streamed split, epoch by epoch (see the module docstring).
-
-    Args:
-        examples: the streamed split (`examples.dataset`, a `datasets.IterableDataset`) and its per-example work.
-        collator: makes the model's batch of the prepared examples (in the workers).
-        batch_size: examples per batch (the last batch of an epoch may be smaller).
-        seed: seeds the shuffle buffer (with the epoch).
-        shuffle_buffer_size: examples the shuffle mixes; None keeps the source's order.
-        rank, num_processes: this process and how many share the stream.
-        loader_options: for the `torch.utils.data.DataLoader` (`num_workers`, `pin_memory`, ...).
-    """
+    """This process's training batches of a streamed split (`examples.dataset`), epoch by epoch (see the module
+    docstring). `shuffle_buffer_size=None` keeps the source's order; `loader_options` go to the DataLoader."""
 
     def __init__(
         self,
@@ -149,6 +138,6 @@ class StreamedBatches:
         self.stand_in = collator([_stand_in_example("segmentation" in split.features["objects"])])
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict[str, Any]]:
-        """This process's batches of `epoch` after the first `skip` (which are never decoded)."""
+        """The first `skip` batches are never decoded."""
         self._stream.epoch, self._stream.skip = epoch, skip
         return iter(self._loader)

@@ -92,16 +92,9 @@ _OUTLINES: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
 
 @dataclass(frozen=True)
 class SyntheticImage:
-    """One rendered image and its ground truth (N objects).
-
-    Attributes:
-        image: (H, W, 3) uint8.
-        boxes: (N, 4) float32 ``[x, y, w, h]`` pixels, the bounding box of each object's visible pixels.
-        labels: (N,) int64 indices into the ``classes`` the image was rendered with.
-        areas: (N,) float32 visible pixel counts.
-        masks: (N, H, W) bool visible pixels.
-        colours: (N, 3) uint8 fill colour of each object before shading and noise.
-    """
+    """One rendered image (H, W, 3) uint8 and its N objects: ``boxes`` (N, 4) float32 ``[x, y, w, h]`` pixels and
+    ``areas`` of the visible pixels, ``masks`` (N, H, W) bool, ``labels`` indices into the ``classes`` rendered
+    with, ``colours`` (N, 3) uint8 fill colours before shading and noise."""
 
     image: np.ndarray
     boxes: np.ndarray
@@ -122,11 +115,9 @@ def render_image(
     scale_range: tuple[float, float] = (0.12, 0.4),
     max_occlusion: float = 0.35,
 ) -> SyntheticImage:
-    """Render one image (see the module docstring); ``seed`` feeds ``numpy.random.default_rng``.
-
-    An object that cannot be placed within the occlusion and colour rules after a number of tries is left out, so an
-    image may hold fewer than ``min_objects`` objects (rare with the defaults).
-    """
+    """``seed`` feeds ``numpy.random.default_rng``. An object that cannot be placed within the occlusion and colour
+    rules after a number of tries is left out, so an image may hold fewer than ``min_objects`` (rare with the
+    defaults)."""
     height, width = _check_args(image_size, classes, min_objects, max_objects, empty_fraction, scale_range)
     if not 0 <= max_occlusion < 1:
         raise HfDetrInputError(f"max_occlusion must be in [0, 1), got {max_occlusion}.")
@@ -189,21 +180,15 @@ def make_synthetic_dataset(
     seed: int = 0,
     masks: bool = False,
 ) -> datasets.DatasetDict:
-    """Generate the ``train`` / ``validation`` / ``test`` splits in :func:`hf_detr.data.coco_detection_features`.
+    """The ``train`` / ``validation`` / ``test`` splits in the Hub's COCO schema; ``image_id`` counts from 0 and
+    object ``id`` from 1 within each split.
 
     Args:
-        num_train, num_validation, num_test: images per split.
         image_size: ``size`` or ``(height, width)`` in pixels.
-        min_objects, max_objects: object count range of a non-empty image.
-        empty_fraction: probability that an image holds no object.
-        classes: names from :data:`SHAPES`; the ClassLabel names, in this order (default: all, ``ID2LABEL``).
+        classes: names from :data:`SHAPES`, the ClassLabel names in this order.
         scale_range: object size range as a fraction of the shorter image side.
-        seed: base seed; image ``i`` of split ``s`` uses ``default_rng([seed, SPLITS.index(s), i])``.
-        masks: also give each object's visible pixels (:attr:`SyntheticImage.masks`) as its ``segmentation``, a
-            compressed RLE (see :mod:`hf_detr.data.masks`); the images and boxes are the same either way.
-
-    Returns:
-        A ``DatasetDict``; ``image_id`` counts from 0 and object ``id`` from 1 within each split.
+        seed: image ``i`` of split ``s`` uses ``default_rng([seed, SPLITS.index(s), i])``.
+        masks: each object's visible pixels as its ``segmentation`` RLE; the images and boxes are the same either way.
     """
     classes = list(classes)
     _check_args(image_size, classes, min_objects, max_objects, empty_fraction, scale_range)
@@ -258,7 +243,7 @@ def _check_args(
     empty_fraction: float,
     scale_range: tuple[float, float],
 ) -> tuple[int, int]:
-    """Validate the shared rendering arguments; return ``(height, width)``."""
+    """Returns ``(height, width)``."""
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or not all(isinstance(s, int) and s >= 16 for s in size):
         raise HfDetrInputError(f"image_size must be an int or (height, width) of ints >= 16, got {image_size!r}.")
@@ -276,12 +261,12 @@ def _check_args(
 
 
 def _muted_colour(rng: np.random.Generator) -> np.ndarray:
-    """A low-saturation RGB colour (float32 (3,)): a grey level with a small tint."""
+    """A grey level with a small tint."""
     return (rng.uniform(40, 215) + rng.uniform(-25, 25, size=3)).astype(np.float32)
 
 
 def _saturated_colour(rng: np.random.Generator) -> np.ndarray:
-    """A saturated RGB colour (float32 (3,)) of random hue, from HSV with s, v in [0.6, 1]."""
+    """Random hue, HSV s and v in [0.6, 1]."""
     hue, saturation, value = rng.uniform(0, 6), rng.uniform(0.6, 1), rng.uniform(0.6, 1)
     sector = int(hue) % 6
     f = hue - int(hue)
@@ -291,7 +276,6 @@ def _saturated_colour(rng: np.random.Generator) -> np.ndarray:
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) float32 textured background with distractor polylines."""
     kind = int(rng.integers(4))
     low, high = _muted_colour(rng), _muted_colour(rng)
     if kind == 0:  # smooth colour noise: a coarse grid of muted colours, upsampled
@@ -326,7 +310,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 def _shape_mask(
     rng: np.random.Generator, shape: str, height: int, width: int, scale_range: tuple[float, float]
 ) -> np.ndarray | None:
-    """(H, W) bool mask of one randomly sized, stretched, rotated and placed shape; ``None`` if it does not fit."""
+    """``None`` if the shape does not fit."""
     size = rng.uniform(*scale_range) * min(height, width)
     aspect = math.exp(rng.uniform(-math.log(_MAX_ASPECT), math.log(_MAX_ASPECT)))
     half = np.array([math.sqrt(aspect), 1 / math.sqrt(aspect)]) * size / 2
@@ -351,15 +335,14 @@ def _shape_mask(
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
-    """PNG of an (H, W, 3) uint8 array; compression level 1 encodes several times faster than PIL's default for
-    noisy images at a ~10% larger size."""
+    """Compression level 1 encodes noisy images several times faster than PIL's default, ~10% larger."""
     buffer = io.BytesIO()
     PIL.Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
 def _mask_box(mask: np.ndarray) -> list[float]:
-    """``[x, y, w, h]`` of the pixels set in an (H, W) bool mask (pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``)."""
+    """``[x, y, w, h]``; pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``."""
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]

@@ -7,8 +7,7 @@ pycocotools the dicts it reads, a category at a time.
 :func:`evaluate_arrays` is the ``backend="numpy"`` of :func:`hf_detr.evaluation.metrics.coco_evaluate`: pycocotools'
 ``COCOeval.evaluate`` + ``accumulate`` (pycocotools 2.0) done on arrays, with pycocotools' own IoU function
 (``pycocotools.mask.iou``, per image and category, on boxes or RLEs). It gives COCOeval's ``precision`` and
-``recall`` arrays bit for bit (``tests/test_coco_arrays.py`` compares them on the metric tests' scenes and on
-scenes with tied scores and IoUs, crowd regions and more than 100 detections of a class in an image), in a fraction
+``recall`` arrays bit for bit (``tests/test_coco_arrays.py``), in a fraction
 of the time: COCOeval loops in Python over every image x category x area range (1.6 M times for COCO val2017), the
 arrays here over the rank of a detection within its image and category. The rules it follows, from COCOeval:
 
@@ -40,17 +39,9 @@ _MATCH_BLOCK = 1 << 22
 
 @dataclass
 class Annotations:
-    """One side of a COCOeval run as columns, one row per object in image order.
-
-    Attributes:
-        image: the image's 0-based index (COCOeval's image id minus 1).
-        category: the category id.
-        iscrowd: 1 for a crowd region (ground truth), 0 otherwise.
-        area: the area COCOeval compares with its area ranges.
-        score: the detection's score (detections only).
-        boxes: ``[N, 4]`` COCO (x, y, w, h) boxes, float64, for ``iouType="bbox"``...
-        masks: ... or one COCO RLE dict per object, for ``iouType="segm"``.
-    """
+    """One side of a COCOeval run, one row per object in image order: ``image`` 0-based (COCOeval's id minus 1),
+    ``score`` for detections only, and ``boxes`` ``[N, 4]`` COCO (x, y, w, h) float64 for ``iouType="bbox"`` or
+    ``masks`` (RLE dicts) for ``"segm"``."""
 
     image: np.ndarray
     category: np.ndarray
@@ -64,12 +55,12 @@ class Annotations:
         return len(self.image)
 
     def regions(self, rows: np.ndarray) -> np.ndarray | list[dict[str, Any]]:
-        """The boxes or RLEs of ``rows``, as ``pycocotools.mask.iou`` takes them."""
+        """As ``pycocotools.mask.iou`` takes them."""
         return self.boxes[rows] if self.boxes is not None else [self.masks[row] for row in rows]
 
     def records(self, rows: np.ndarray) -> list[dict[str, Any]]:
-        """pycocotools' annotation dicts of ``rows``, with ids ``rows + 1`` (COCOeval stores matched ids in arrays
-        where 0 means "unmatched") and image ids ``image + 1``."""
+        """pycocotools' dicts, ids ``rows + 1`` (COCOeval's arrays of matched ids take 0 for "unmatched") and image
+        ids ``image + 1``."""
         columns = {
             "id": (rows + 1).tolist(),
             "image_id": (self.image[rows] + 1).tolist(),
@@ -88,8 +79,7 @@ class Annotations:
 
 
 def undefined_arrays(params: Params, num_categories: int) -> tuple[np.ndarray, np.ndarray]:
-    """COCOeval's ``precision`` ``[T, R, K, A, M]`` and ``recall`` ``[T, K, A, M]`` for ``params``, all -1 (undefined)
-    until a category's numbers fill them."""
+    """COCOeval's ``precision`` ``[T, R, K, A, M]`` and ``recall`` ``[T, K, A, M]``, all -1 (undefined)."""
     shape = (len(params.iouThrs), len(params.recThrs), num_categories, len(params.areaRng), len(params.maxDets))
     return -np.ones(shape), -np.ones(shape[:1] + shape[2:])
 
@@ -146,9 +136,8 @@ def _match(
 def evaluate_arrays(
     ground_truth: Annotations, detections: Annotations, categories: list[int], iou_type: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """COCOeval's ``eval["precision"]`` ``[T, R, K, A, M]`` and ``eval["recall"]`` ``[T, K, A, M]`` for
-    ``categories`` (the ``K`` axis, sorted, holding every category of the annotations), with pycocotools' default
-    parameters for ``iou_type`` ("bbox" or "segm")."""
+    """COCOeval's ``eval["precision"]`` and ``eval["recall"]`` with pycocotools' default parameters; ``categories``
+    (the ``K`` axis) sorted, holding every category of the annotations."""
     params = Params(iouType=iou_type)
     thresholds, recall_points = params.iouThrs, params.recThrs
     area_ranges, max_dets = np.asarray(params.areaRng, dtype=np.float64), sorted(params.maxDets)

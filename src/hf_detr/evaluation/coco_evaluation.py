@@ -57,7 +57,7 @@ PER_CLASS_STATS: tuple[str, ...] = ("map", "map_50", "mar_100")
 
 
 def per_class_key(stat: str, name: str) -> str:
-    """The flat metric key of one class's ``stat`` (one of :data:`PER_CLASS_STATS`): ``<stat>_class_<name>``."""
+    """``<stat>_class_<name>``."""
     if stat not in PER_CLASS_STATS:
         raise HfDetrInputError(f"per-class stat must be one of {PER_CLASS_STATS}, got {stat!r}")
     return f"{stat}_class_{name}"
@@ -65,25 +65,16 @@ def per_class_key(stat: str, name: str) -> str:
 
 @dataclass
 class CocoEvaluation:
-    """Everything one COCOeval run gives: the metrics, a per-class table and the arrays for precision-recall curves.
+    """Everything one COCOeval run gives.
 
     Attributes:
-        metrics: the flat ``{name: float}`` dict of :func:`coco_evaluate` (per-class keys only with ``per_class``).
-        per_class: ``{class name: {"map", "map_50", "mar_100", "objects"}}`` for every category, in category order:
-            AP@[.50:.95], AP@.50 and AR@100 at area "all" (-1.0 for a class without ground truth) and the number of
-            its non-crowd ground-truth objects (the ones recall counts).
-        precision: COCOeval's ``eval["precision"]``, shape ``[T, R, K, A, M]`` (IoU thresholds, recall points,
-            categories in the order of ``class_names``, area ranges all/small/medium/large, max detections 1/10/100);
-            -1 where a category has no ground truth. ``None`` when there was nothing to evaluate.
-        iou_thresholds: the ``T`` IoU thresholds (0.50, 0.55, ..., 0.95).
-        recall_thresholds: the ``R`` = 101 recall points (0, 0.01, ..., 1).
-        class_names: the name of each category of the ``K`` axis.
-        category_ids: the label (category id) of each category of the ``K`` axis.
-        predictions: the detections COCOeval scored, per image in the evaluation's order: ``{"scores": [N],
-            "labels": [N], "boxes": [N][4]}``, boxes absolute (x0, y0, x1, y1) pixels (the input format of
-            :func:`coco_evaluate`, as lists), for diagnostics without a second model pass.
-        references: the ground truth of each image, ``{"boxes": [M][4], "labels", "iscrowd", "area"}``, boxes COCO
-            (x, y, w, h) pixels in the same frame.
+        per_class: ``{class name: {"map", "map_50", "mar_100", "objects"}}`` in category order: AP@[.50:.95], AP@.50
+            and AR@100 at area "all" (-1.0 without ground truth) and the non-crowd objects (the ones recall counts).
+        precision: COCOeval's ``eval["precision"]`` ``[T, R, K, A, M]`` (IoU thresholds, 101 recall points,
+            categories of ``class_names``, areas all/small/medium/large, max detections 1/10/100); -1 where a category
+            has no ground truth; ``None`` when there was nothing to evaluate.
+        predictions, references: what COCOeval scored, per image in the evaluation's order, in :func:`coco_evaluate`'s
+            formats as lists (checked), for diagnostics without a second model pass.
     """
 
     metrics: dict[str, float]
@@ -98,8 +89,7 @@ class CocoEvaluation:
     references: list[dict[str, list]] = field(default_factory=list, repr=False)
 
     def precision_curves(self, iou: float = 0.5) -> np.ndarray:
-        """Precision at each recall point at IoU threshold ``iou``, area "all", 100 detections: ``[K, R]`` (rows
-        of -1 for classes without ground truth)."""
+        """``[K, R]`` at area "all", 100 detections; rows of -1 for classes without ground truth."""
         if self.precision is None:
             raise HfDetrInputError("no precision array: the evaluation had no images")
         matches = np.flatnonzero(np.isclose(self.iou_thresholds, iou))
@@ -108,7 +98,7 @@ class CocoEvaluation:
         return self.precision[matches[0], :, :, 0, -1].T
 
     def rounded(self, digits: int = 4) -> CocoEvaluation:
-        """A copy with the metrics and the per-class numbers rounded (the arrays as they are)."""
+        """The arrays as they are."""
         per_class = {
             name: {k: (v if k == "objects" else round(v, digits)) for k, v in row.items()}
             for name, row in self.per_class.items()
@@ -124,10 +114,8 @@ def _mean_defined(values: np.ndarray) -> float:
 
 
 def per_class_rows(coco_eval: COCOeval, names: Sequence[str], objects: Sequence[int]) -> dict[str, dict[str, float]]:
-    """``{name: {"map", "map_50", "mar_100", "objects"}}`` from an accumulated ``COCOeval``: for each category
-    ``k`` of ``coco_eval.params.catIds`` (named ``names[k]``, with ``objects[k]`` ground-truth objects), AP over
-    IoU 0.50:0.95, AP at IoU 0.50 and AR@100, at area "all" and 100 detections: the slices ``summarize()`` averages
-    over categories for ``map``, ``map_50`` and ``mar_100``."""
+    """From an accumulated ``COCOeval``, per category of ``params.catIds``: the slices ``summarize()`` averages over
+    categories for ``map``, ``map_50`` and ``mar_100`` (area "all", 100 detections)."""
     # precision: (iou, recall, category, area, max_dets); recall: (iou, category, area, max_dets).
     precision, recall = coco_eval.eval["precision"], coco_eval.eval["recall"]
     at_50 = int(np.flatnonzero(np.isclose(coco_eval.params.iouThrs, 0.5))[0])
@@ -146,7 +134,7 @@ def per_class_rows(coco_eval: COCOeval, names: Sequence[str], objects: Sequence[
 
 
 def format_per_class_table(per_class: Mapping[str, Mapping[str, float]]) -> str:
-    """:attr:`CocoEvaluation.per_class` as a text table: class, AP, AP50, AR@100, ground-truth objects."""
+    """:attr:`CocoEvaluation.per_class` as a text table."""
     width = max(12, *(len(name) + 2 for name in per_class)) if per_class else 12
     lines = [f"{'class':<{width}}{'AP':>8}{'AP50':>8}{'AR@100':>8}{'objects':>9}"]
     lines += [
@@ -165,14 +153,14 @@ def _coco_from(images: list[dict], categories: list[int], annotations: list[dict
 
 
 def category_names(categories: Sequence[int], label_name: Mapping[int, str]) -> list[str]:
-    """The name of each category (its integer label when unnamed); a name several categories share gets each one's
-    label appended, ``"<name> (id <label>)"``, so per-class results stay one per category."""
+    """The integer label when unnamed; a name several categories share gets each one's label appended,
+    ``"<name> (id <label>)"``, so per-class results stay one per category."""
     names = [label_name.get(c, str(c)) for c in categories]
     return [f"{name} (id {c})" if names.count(name) > 1 else name for name, c in zip(names, categories)]
 
 
 def _rows_by_category(annotations: Annotations, categories: Sequence[int]) -> list[np.ndarray]:
-    """The rows of each of ``categories`` (sorted, holding every category of ``annotations``), in input order."""
+    """``categories``: sorted, holding every category of ``annotations``."""
     order = np.argsort(annotations.category, kind="stable")
     bounds = np.searchsorted(annotations.category[order], [*categories, np.iinfo(np.int64).max])
     return [order[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
@@ -214,15 +202,8 @@ def run_cocoeval(
     image_sizes: Sequence[tuple[int, int]] | None = None,
     backend: str = "pycocotools",
 ) -> CocoEvaluation:
-    """One COCO evaluation, the one path of box (``iou_type="bbox"``) and mask (``"segm"``) mAP.
-
-    ``ground_truth`` and ``detections``: :class:`Annotations` of images ``0 .. num_images - 1`` (boxes for "bbox",
-    RLEs for "segm"; detections with scores). ``image_sizes``: each image's (height, width), which COCOeval reads for
-    masks. ``backend``: "pycocotools" (``COCOeval``, one category at a time) or "numpy"
-    (:func:`hf_detr.evaluation.coco_arrays.evaluate_arrays`, the same arrays); ``COCOeval.summarize`` gives the
-    numbers of both. Returns the :data:`COCO_STAT_NAMES` metrics (and per-class keys with ``per_class``), the
-    per-class table and the precision array; ``predictions`` / ``references`` are left to the caller.
-    """
+    """The one path of box (``iou_type="bbox"``) and mask (``"segm"``) mAP, on images ``0 .. num_images - 1``.
+    ``image_sizes`` (height, width) are read for masks. ``predictions`` / ``references`` are left to the caller."""
     if backend not in COCO_BACKENDS:
         raise HfDetrInputError(f"backend must be one of {COCO_BACKENDS}, got {backend!r}")
     categories = sorted(

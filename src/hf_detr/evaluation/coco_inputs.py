@@ -1,5 +1,5 @@
-"""The per-image inputs of the COCO metrics, checked once into numpy arrays (errors name the image and the field),
-and the columns a run reads of them."""
+"""The per-image inputs of the COCO metrics as numpy arrays: checked where they enter (``prediction_arrays``,
+``reference_arrays``: errors name the image and the field), or trusted when hf_detr made them (``trusted_*``)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ __all__ = [
 def checked_tensor(
     value: Any, where: str, field: str, dtype: torch.dtype, trailing: tuple[int, ...] = ()
 ) -> torch.Tensor:
-    """``value`` as a ``dtype`` tensor of shape (N, *trailing), or a ValueError naming ``where``/``field``."""
+    """Shape (N, *trailing)."""
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu()
     else:
@@ -76,8 +76,7 @@ def _numpy(value: Any, dtype: type, trailing: tuple[int, ...] = ()) -> np.ndarra
 
 
 def prediction_arrays(prediction: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
-    """One image's detections as arrays: ``scores`` (N,), ``labels`` (N,) int64, ``boxes`` (N, 4) absolute
-    (x0, y0, x1, y1); scores and boxes in float32 when given so, float64 otherwise."""
+    """``boxes`` (x0, y0, x1, y1) pixels; scores and boxes in float32 when given so, float64 otherwise."""
     if not isinstance(prediction, Mapping):
         raise HfDetrInputTypeError(
             f"{where} must be a dict with `scores`, `labels`, `boxes`, got {type(prediction).__name__}."
@@ -110,8 +109,8 @@ def trusted_prediction_arrays(prediction: Mapping[str, Any]) -> dict[str, np.nda
 
 
 def reference_arrays(reference: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
-    """One image's ground truth as arrays: ``boxes`` (N, 4) COCO (x, y, w, h) pixels, ``labels`` or ``class_labels``
-    (N,), optional ``iscrowd`` (N,) (default 0) and ``area`` (N,) (default w * h). Other keys are ignored."""
+    """``boxes`` COCO (x, y, w, h) pixels, ``labels`` or ``class_labels``, ``iscrowd`` (default 0), ``area`` (default
+    w * h); other keys ignored."""
     if not isinstance(reference, Mapping):
         raise HfDetrInputTypeError(f"{where} must be a dict with `boxes` and `labels`, got {type(reference).__name__}.")
     label_key = "labels" if "labels" in reference else "class_labels"
@@ -141,16 +140,14 @@ def trusted_reference_arrays(reference: Mapping[str, Any]) -> dict[str, np.ndarr
 
 
 def listed(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """``fields`` with its arrays as lists (what ``evaluate.Metric`` stores and ``CocoEvaluation`` carries)."""
+    """What ``evaluate.Metric`` stores and ``CocoEvaluation`` carries."""
     return {name: value.tolist() if isinstance(value, np.ndarray) else value for name, value in fields.items()}
 
 
 def column(values: Sequence[Any], dtype: type, trailing: tuple[int, ...] = ()) -> np.ndarray:
-    """Per-image arrays (or lists) concatenated into one ``dtype`` array of shape (N, *trailing)."""
     empty = np.zeros((0, *trailing), dtype=dtype)
     return np.concatenate([empty, *(np.asarray(v, dtype=dtype).reshape(-1, *trailing) for v in values)])
 
 
 def image_index(counts: Sequence[int]) -> np.ndarray:
-    """Each object's image index, from the number of objects of each image."""
     return np.repeat(np.arange(len(counts), dtype=np.int64), np.asarray(counts, dtype=np.int64))

@@ -44,15 +44,11 @@ BACKGROUND = "background"
 
 @dataclass(frozen=True)
 class ImageMatch:
-    """One image's detections (score >= the threshold) matched to its ground truth; indices are positions in that
-    image's detection list and ground-truth list.
+    """One image's detections (score >= the threshold) matched to its ground truth; indices are positions in the
+    image's detection and ground-truth lists, ``index`` the image's in the evaluation.
 
     Attributes:
-        index: the image's position in the evaluation (the row of the evaluated split).
         matched: ``(ground-truth index, detection index)`` pairs at IoU >= the threshold, whatever their classes.
-        wrong_class: how many of ``matched`` have different classes.
-        missed: non-crowd ground-truth boxes no detection matched.
-        false_positives: detections matching no ground-truth box nor lying on a crowd region.
         ignored: detections on a crowd region (neither right nor wrong, as in COCO).
     """
 
@@ -65,7 +61,6 @@ class ImageMatch:
 
     @property
     def correct(self) -> int:
-        """Matches of the right class."""
         return len(self.matched) - self.wrong_class
 
     @property
@@ -90,15 +85,10 @@ def match_image(
     score_threshold: float = 0.5,
     index: int = 0,
 ) -> ImageMatch:
-    """Match one image's detections to its ground truth by the rule of the module docstring.
-
-    Args:
-        prediction: ``{"scores": [N], "labels": [N], "boxes": [N, 4]}``, absolute (x0, y0, x1, y1) pixels (an entry
-            of ``CocoEvaluation.predictions``).
-        reference: ``{"boxes": [M, 4], "labels": [M], "iscrowd": [M]}``, COCO (x, y, w, h) pixels in the same frame
-            (an entry of ``CocoEvaluation.references``).
-        index: recorded as ``ImageMatch.index``.
-    """
+    """By the rule of the module docstring. ``prediction``: ``{"scores", "labels", "boxes"}``, boxes (x0, y0, x1, y1)
+    pixels; ``reference``: ``{"boxes", "labels", "iscrowd"}``, boxes COCO (x, y, w, h) in the same frame (entries of
+    ``CocoEvaluation.predictions`` and ``.references``). The entry check; :func:`diagnose` matches arrays checked
+    when the evaluation was made."""
     iou_threshold = _checked_threshold(iou_threshold, "iou_threshold", low_open=True)
     score_threshold = _checked_threshold(score_threshold, "score_threshold", low_open=False)
     check_boxes(prediction["boxes"], lambda j: f"image {index}: detection boxes[{j}]", "xyxy")
@@ -168,15 +158,8 @@ def _match(
 
 @dataclass(frozen=True)
 class Diagnostics:
-    """The confusion matrix and the per-image matches of one evaluation at one pair of thresholds.
-
-    Attributes:
-        class_names: the classes (the evaluation's categories, in order); ``labels`` adds "background".
-        category_ids: the label of each class.
-        matrix: ``[K + 1, K + 1]`` int64 counts, rows ground truth, columns prediction, index ``K`` background.
-        images: the :class:`ImageMatch` of every image, in the evaluation's order.
-        iou_threshold, score_threshold: the thresholds of the matching.
-    """
+    """One evaluation's confusion matrix and per-image matches at one pair of thresholds. ``matrix``: ``[K + 1,
+    K + 1]`` int64 counts, rows ground truth, columns prediction, index ``K`` background."""
 
     class_names: list[str]
     category_ids: list[int]
@@ -187,7 +170,7 @@ class Diagnostics:
 
     @property
     def labels(self) -> list[str]:
-        """The names of the matrix's rows and columns: the classes, then "background"."""
+        """The matrix's rows and columns."""
         return [*self.class_names, BACKGROUND]
 
     def worst(self, count: int = 8) -> list[ImageMatch]:
@@ -197,7 +180,6 @@ class Diagnostics:
         return sorted(self.images, key=lambda image: (-image.errors, image.correct, image.index))[:count]
 
     def confusion_json(self) -> dict[str, Any]:
-        """The matrix as plain JSON: labels, category ids, the counts and the thresholds."""
         return {
             "labels": self.labels,
             "category_ids": [*self.category_ids, None],
@@ -210,8 +192,7 @@ class Diagnostics:
 
 
 def diagnose(evaluation: CocoEvaluation, *, iou_threshold: float = 0.5, score_threshold: float = 0.5) -> Diagnostics:
-    """Match every image of ``evaluation`` (``evaluate(..., return_evaluation=True)`` or ``coco_evaluate(...,
-    return_evaluation=True)``) and count the confusion matrix, by the rule of the module docstring."""
+    """``evaluation``: of ``evaluate`` or ``coco_evaluate`` with ``return_evaluation=True``."""
     if len(evaluation.predictions) != len(evaluation.references):
         raise HfDetrInputError(
             f"the evaluation has {len(evaluation.predictions)} detection lists but "
@@ -252,16 +233,9 @@ def diagnose(evaluation: CocoEvaluation, *, iou_threshold: float = 0.5, score_th
 
 @dataclass(frozen=True)
 class ClassCurve:
-    """One class's precision-recall curve from COCOeval's array (area "all", 100 detections).
-
-    Attributes:
-        name: the class.
-        objects: its non-crowd ground-truth objects.
-        recall: COCO's 101 recall points ``[R]``.
-        precision: the interpolated precision at each ``[R]``; ``None`` for a class without ground truth.
-        ap: the mean of ``precision`` (COCO's AP at that IoU: the evaluation's per-class AP50 at IoU 0.5), -1.0
-            without ground truth.
-    """
+    """One class's precision-recall curve from COCOeval's array (area "all", 100 detections). ``objects``: its
+    non-crowd ground truth; ``precision``: interpolated at COCO's 101 ``recall`` points, ``None`` without ground
+    truth; ``ap``: its mean (the per-class AP50 at IoU 0.5), -1.0 without ground truth."""
 
     name: str
     objects: int
@@ -271,8 +245,7 @@ class ClassCurve:
 
 
 def class_pr_curves(evaluation: CocoEvaluation, iou: float = 0.5) -> list[ClassCurve]:
-    """Every class's precision-recall curve at IoU threshold ``iou`` (one of COCO's 0.50, 0.55, ..., 0.95), in
-    category order (``CocoEvaluation.precision_curves``, with names and AP)."""
+    """In category order; ``iou`` one of COCO's 0.50, 0.55, ..., 0.95."""
     curves = evaluation.precision_curves(iou)
     result = []
     for name, row in zip(evaluation.class_names, curves):

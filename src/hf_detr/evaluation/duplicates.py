@@ -56,8 +56,7 @@ def count_duplicates(
     threshold: float = 0.5,
     iou: float = DUPLICATE_IOU,
 ) -> DuplicateCounts:
-    """The counts of one image: `prediction` and `reference` as :func:`.coco_inputs.prediction_arrays` and
-    :func:`.coco_inputs.reference_arrays` give them (boxes x0, y0, x1, y1 and COCO x, y, w, h pixels)."""
+    """One image's, from the arrays of :func:`.coco_inputs.prediction_arrays` and ``reference_arrays``."""
     scores = torch.as_tensor(prediction["scores"], dtype=torch.float64)
     order = torch.argsort(scores, descending=True, stable=True)
     order = order[scores[order] >= threshold]
@@ -81,8 +80,7 @@ def duplicate_measure(
     threshold: float = 0.5,
     iou: float = DUPLICATE_IOU,
 ) -> dict[str, float]:
-    """`duplicate_rate` and `duplicated_objects` of per-image `predictions` against `references`, in the format of
-    :func:`hf_detr.evaluation.coco_evaluate`."""
+    """Inputs in the formats of :func:`hf_detr.evaluation.coco_evaluate`, checked as it checks them."""
     if len(predictions) != len(references):
         raise HfDetrInputError(
             f"Got {len(predictions)} predictions but {len(references)} references; need one per image."

@@ -1,5 +1,5 @@
-"""The batches an evaluation reads: `Trainer`'s `EvalPrediction` (model outputs per batch), the image processor's
-label dicts (to references in the original pixel frame) and their packed form for accelerate's gathering."""
+"""The batches an evaluation reads: `Trainer`'s `EvalPrediction`, the image processor's label dicts (checked when
+the processor made them, so trusted here) and their packed form for accelerate's gathering."""
 
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ __all__ = [
 
 @dataclass
 class PostProcessInputs(ModelOutput):
-    """What the image processor's post-processing reads of a model's outputs, rebuilt from stored predictions:
-    `logits` with `pred_boxes` (detection) or `pred_masks` (segmentation)."""
+    """The outputs post-processing reads, rebuilt from stored predictions."""
 
     logits: torch.Tensor | None = None
     pred_boxes: torch.Tensor | None = None
@@ -37,11 +36,8 @@ class PostProcessInputs(ModelOutput):
 
 
 def logits_and_boxes(batch_predictions: Any, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pick ``logits`` (B, Q, C + 1) and ``pred_boxes`` (B, Q, 4) from one batch of ``EvalPrediction.predictions``.
-
-    Trainer passes the model output's non-``loss`` fields in order, e.g. ``(loss_dict, logits, pred_boxes,
-    auxiliary_outputs, ...)``; dicts and lists come before or after the two arrays, so they are the first two arrays.
-    """
+    """Trainer passes the output's non-``loss`` fields in order, e.g. ``(loss_dict, logits, pred_boxes,
+    auxiliary_outputs, ...)``; dicts and lists come before or after the two arrays, so they are the first two."""
     items = batch_predictions if isinstance(batch_predictions, (tuple, list)) else (batch_predictions,)
     arrays = [x for x in items if isinstance(x, (np.ndarray, torch.Tensor))]
     if len(arrays) < 2:
@@ -78,9 +74,7 @@ def _float64(value: Any) -> torch.Tensor:
 
 
 def reference_from_label(label: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A processor label dict (normalised cx, cy, w, h boxes) as a reference in the original image's pixel frame.
-
-    The boxes are not checked again: the image processor checked them when it made the label."""
+    """A processor label dict as a reference in the original image's pixel frame (boxes not checked again)."""
     missing = [key for key in ("boxes", "class_labels", "orig_size") if key not in label]
     if missing:
         raise HfDetrInputError(f"{where} is missing {missing}; expected the image processor's label dict.")
@@ -104,9 +98,8 @@ def detections_in_original_frame(
     threshold: float,
     where: str = "labels",
 ) -> list[dict[str, np.ndarray]]:
-    """A batch's detections (``image_processor.post_process_object_detection`` of ``logits`` (B, Q, C + 1) and
-    ``pred_boxes`` (B, Q, 4) at ``threshold``), each image's in the original pixel frame of its processor label dict
-    (``orig_size``), as numpy arrays: the compact form an evaluation keeps of each image until it scores them all."""
+    """Post-processed at ``threshold`` to each label's ``orig_size``, as numpy arrays: the compact form an evaluation
+    keeps of each image until it scores them all."""
     sizes = [_height_width(label, "orig_size", f"{where}[{i}]") for i, label in enumerate(labels)]
     outputs = PostProcessInputs(logits=torch.as_tensor(logits), pred_boxes=torch.as_tensor(pred_boxes))
     found = image_processor.post_process_object_detection(outputs, threshold, target_sizes=torch.tensor(sizes))
@@ -114,7 +107,7 @@ def detections_in_original_frame(
 
 
 def are_detections(batch_predictions: Any) -> bool:
-    """Whether a batch of ``EvalPrediction.predictions`` is already post-processed: one detection dict per image."""
+    """Already post-processed: one detection dict per image."""
     return isinstance(batch_predictions, list) and all(
         isinstance(image, Mapping) and "scores" in image for image in batch_predictions
     )
@@ -142,7 +135,7 @@ def pack_labels(labels: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
 
 
 def unpack_labels(packed: np.ndarray) -> list[dict[str, np.ndarray]]:
-    """The label dicts of :func:`pack_labels`, from its `[batch, 1 + M, 7]` array (any extra padding rows ignored)."""
+    """Extra padding rows are ignored."""
     labels = []
     for image in packed:
         orig_h, orig_w, size_h, size_w, count, image_id = image[0, :6]

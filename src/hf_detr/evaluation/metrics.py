@@ -1,31 +1,20 @@
 """COCO box mAP with ``pycocotools``: an ``evaluate`` metric and a ``compute_metrics`` factory for ``Trainer``.
 
-Results follow ``COCOeval.summarize()``: ``map`` (AP@[.50:.95]), ``map_50``, ``map_75``, ``map_small``,
-``map_medium``, ``map_large``, ``mar_1``, ``mar_10``, ``mar_100``, ``mar_small``, ``mar_medium``, ``mar_large``, and
-with ``per_class=True`` also ``map_class_<name>``, ``map_50_class_<name>`` and ``mar_100_class_<name>`` per category
-(AP@[.50:.95], AP@.50 and AR@100 of that class). The ``_class_`` infix keeps the keys apart: no COCO stat name
+Results follow ``COCOeval.summarize()`` (:data:`COCO_STAT_NAMES`: ``map`` is AP@[.50:.95]), with ``per_class=True``
+also ``map_class_<name>``, ``map_50_class_<name>`` and ``mar_100_class_<name>`` (AP@[.50:.95], AP@.50, AR@100 of
+that class). The ``_class_`` infix keeps the keys apart: no COCO stat name
 contains it, and none of the three per-class prefixes is a prefix of another, so a class named like a COCO stat
 (``"50"``, ``"small"``, ``"1"``, even ``"class_small"``) cannot collide with a stat or with another class's key, and
 :func:`per_class_key` / ``key.startswith(prefix)`` read them back. A value COCO cannot define (no ground truth at
 all, or none in that area range / category) is **-1.0**, COCO's own convention; it stays below every real score, so
 ``metric_for_best_model="eval_map"`` never prefers it.
 
-:class:`CocoEvaluation` (``coco_evaluate(..., return_evaluation=True)``, ``hf_detr.evaluation.evaluate(...,
-return_evaluation=True)``) carries, from the same single COCOeval run, the metrics, a per-class table (AP, AP50,
-AR@100 and the number of ground-truth objects of each class), COCOeval's precision array for precision-recall
-curves and the per-image detections and ground truth it scored (for :mod:`hf_detr.evaluation.diagnostics`).
+At COCO's size (val2017: 5,000 images x 100 detections) the inputs stay compact: each image's detections become
+numpy arrays (float32 when given so), the run reads them as columns (:class:`~.coco_arrays.Annotations`) and COCOeval
+goes one category at a time, so no dict per detection and no per-image record of COCOeval exists for the whole split.
 
-At COCO's size (val2017: 5,000 images x 100 detections) the inputs stay compact: each image's detections are
-validated into numpy arrays (float32 when given so, as post-processing gives them), the run reads them as columns
-(:class:`hf_detr.evaluation.coco_arrays.Annotations`) and COCOeval goes one category at a time, so no dict per
-detection and no per-image record of COCOeval exists for the whole split at once. ``backend="numpy"`` replaces
-COCOeval's Python loops by array code with the same arithmetic (:func:`hf_detr.evaluation.coco_arrays.evaluate_arrays`:
-the same precision and recall arrays bit for bit, several times faster); pycocotools stays the default.
-
-The parts: :mod:`~hf_detr.evaluation.coco_inputs` checks each image's inputs into arrays,
-:mod:`~hf_detr.evaluation.coco_evaluation` runs COCOeval and holds what it gives,
-:mod:`~hf_detr.evaluation.eval_batches` reads ``Trainer``'s batches and labels; this module is the box metric's face
-(a function, an ``evaluate.Metric``, ``compute_metrics``) and re-exports their public names.
+Inputs are checked where they enter (:func:`coco_evaluate`, the metric's ``add``/``add_batch``: :mod:`.coco_inputs`);
+``compute_metrics`` trusts the processor's labels and post-processing's detections, checked where they were made.
 """
 
 from __future__ import annotations
@@ -94,8 +83,7 @@ __all__ = [
 def _box_annotations(
     preds: Sequence[Mapping[str, Any]], refs: Sequence[Mapping[str, Any]]
 ) -> tuple[Annotations, Annotations]:
-    """The ground truth and the detections of normalized inputs as COCOeval's columns (boxes (x, y, w, h) float64,
-    a detection's area its box's)."""
+    """COCOeval's columns; a detection's area is its box's."""
     ground_truth = Annotations(
         image=image_index([len(r["labels"]) for r in refs]),
         category=column([r["labels"] for r in refs], np.int64),
@@ -124,21 +112,17 @@ def coco_evaluate(
     return_evaluation: bool = False,
     backend: str = "pycocotools",
 ) -> dict[str, float] | CocoEvaluation:
-    """COCO bbox evaluation of ``predictions[i]`` against ``references[i]`` (images are matched by position).
+    """COCO box mAP of ``predictions[i]`` against ``references[i]``.
 
     Args:
         predictions: per image ``{"scores": (N,), "labels": (N,), "boxes": (N, 4)}``, boxes absolute
             (x0, y0, x1, y1) pixels, as ``post_process_object_detection`` returns.
         references: per image ``{"boxes": (M, 4), "labels" | "class_labels": (M,), "iscrowd"?: (M,),
             "area"?: (M,)}``, boxes COCO (x, y, w, h) pixels in the same frame as the predictions.
-        per_class: also return ``map_class_<name>``, ``map_50_class_<name>`` and ``mar_100_class_<name>`` for
-            every category (:func:`per_class_key`).
-        id2label: names for the per-class results (the integer label otherwise); its ids also join the category
-            list.
-        return_evaluation: return a :class:`CocoEvaluation` (the metrics, the per-class table and COCOeval's
-            precision array, all from this one run) instead of the metrics dict.
-        backend: "pycocotools" (``COCOeval`` itself) or "numpy" (the same numbers, bit for bit, several times
-            faster on large sets: :mod:`hf_detr.evaluation.coco_arrays`).
+        id2label: names for the per-class results (the integer label otherwise); its ids join the categories.
+        return_evaluation: the :class:`CocoEvaluation` of this one run instead of the metrics dict.
+        backend: "pycocotools" or "numpy" (the same numbers bit for bit, several times faster on large sets:
+            :mod:`hf_detr.evaluation.coco_arrays`).
 
     Returns:
         ``{name: float}`` for :data:`COCO_STAT_NAMES` (and per-class keys); -1.0 where COCO cannot define a value.
@@ -161,8 +145,8 @@ def _evaluate_boxes(
     return_evaluation: bool = False,
     backend: str = "pycocotools",
 ) -> CocoEvaluation:
-    """:func:`coco_evaluate` on inputs already passed through ``prediction_arrays`` / ``reference_arrays`` (or
-    their lists); with ``return_evaluation`` the evaluation carries them, as lists."""
+    """:func:`coco_evaluate`'s unchecked core, on the arrays of ``coco_inputs`` (or their lists); with
+    ``return_evaluation`` the evaluation carries them, as lists."""
     ground_truth, detections = _box_annotations(preds, refs)
     evaluation = run_cocoeval(len(refs), ground_truth, detections, "bbox", per_class, id2label, backend=backend)
     if not return_evaluation:
@@ -174,8 +158,8 @@ _BOXES = datasets.Sequence(datasets.Sequence(datasets.Value("float64"), length=4
 
 
 class CocoMetric(evaluate.Metric):
-    """An ``evaluate.Metric`` over one COCOeval run: inputs validated and normalised as they arrive (errors name the
-    offending image), scored at ``compute``. Subclasses name the three steps (boxes, masks)."""
+    """An ``evaluate.Metric`` over one COCOeval run: inputs checked as they arrive (errors name the image), scored at
+    ``compute``. Subclasses name the three steps (boxes, masks)."""
 
     normalize_prediction: ClassVar[Callable[[Mapping, str], dict]]
     normalize_reference: ClassVar[Callable[[Mapping, str], dict]]
@@ -212,8 +196,7 @@ class CocoMetric(evaluate.Metric):
         references: Sequence[Mapping] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Validate and store a batch: a list of per-image predictions and a list of per-image references.
-        (``evaluate`` appends the input description to this docstring.)"""
+        """``evaluate`` appends the input description to this docstring, which must exist."""
         if predictions is not None:
             predictions = [
                 listed(type(self).normalize_prediction(p, f"predictions[{i}]")) for i, p in enumerate(predictions)
@@ -225,7 +208,7 @@ class CocoMetric(evaluate.Metric):
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def add(self, *, prediction: Mapping | None = None, reference: Mapping | None = None, **kwargs: Any) -> None:
-        """Validate and store one image's prediction and reference."""
+        """``evaluate`` appends the input description to this docstring, which must exist."""
         if prediction is not None:
             prediction = listed(type(self).normalize_prediction(prediction, "prediction"))
         if reference is not None:
@@ -246,13 +229,8 @@ class CocoMetric(evaluate.Metric):
 
 
 class CocoDetectionMetric(CocoMetric):
-    """COCO bbox mAP as an ``evaluate.Metric`` (constructed directly: no Hub download).
-
-    ``add_batch(predictions=[...], references=[...])`` / ``add(prediction=..., reference=...)`` take the formats of
-    :func:`coco_evaluate`; ``compute(per_class=False, id2label=None, backend="pycocotools")`` returns its dict.
-    Inputs are validated and normalised as they arrive, so errors name the offending image, and extra reference keys
-    (``image_id``, ``orig_size``, ...) are accepted and ignored. ``compute(..., return_evaluation=True)`` returns the
-    :class:`CocoEvaluation` instead of the dict.
+    """COCO box mAP as an ``evaluate.Metric`` (constructed directly: no Hub download), with the inputs and options of
+    :func:`coco_evaluate`; extra reference keys (``image_id``, ``orig_size``, ...) are ignored.
 
     Example::
 
@@ -278,26 +256,18 @@ def make_compute_metrics(
     return_evaluation: bool = False,
     backend: str = "pycocotools",
 ) -> Callable[[EvalPrediction], dict[str, float]]:
-    """``compute_metrics`` for ``Trainer(..., args=TrainingArguments(eval_do_concat_batches=False, ...))``.
+    """``compute_metrics`` for ``Trainer(..., args=TrainingArguments(eval_do_concat_batches=False, ...))``:
+    :func:`coco_evaluate`'s dict rounded to 4 decimals (with ``return_evaluation``, for callers other than
+    ``Trainer``, the rounded :class:`CocoEvaluation`).
 
-    ``EvalPrediction.predictions`` is a list over batches of the model outputs (``logits`` (B, Q, C + 1) and
-    ``pred_boxes`` (B, Q, 4), normalised cx, cy, w, h); ``label_ids`` a list over batches of the processor's label
-    dicts (``boxes`` (M, 4) normalised cx, cy, w, h, ``class_labels``, ``orig_size`` (h, w), ``size``, ``area``,
-    ``iscrowd``). Detections go to each image's original pixel frame through
-    ``image_processor.post_process_object_detection(outputs, threshold, target_sizes=orig_sizes)``; the labels are
-    scaled to the same frame. A batch of predictions may also be a list of such detections already, one
-    ``{"scores", "labels", "boxes"}`` dict per image (:func:`detections_in_original_frame`, what
-    ``hf_detr.evaluation.evaluate`` keeps): they are scored as they are. Each batch is reduced to compact arrays at
-    once, so only the model outputs of the batch at hand are ever expanded. Returns :func:`coco_evaluate`'s dict
-    (with ``backend``) rounded to 4 decimals (with ``return_evaluation=True``, for callers other than ``Trainer``:
-    the rounded :class:`CocoEvaluation` of the same run, e.g. for the per-class table and precision-recall curves).
-    For COCO's numbers the eval labels must keep crowd regions (``HfDetrImageProcessor(keep_crowd=True)``):
-    detections on them are then ignored rather than counted as false positives.
-
-    A batch of ``label_ids`` may also be the ``[batch, 1 + M, 7]`` array of :func:`pack_labels`, which is what
-    :class:`hf_detr.training.DetrTrainer` hands over: with a list of dicts, accelerate's ``gather_for_metrics``
-    (transformers 5.x) cuts *every tensor inside* the last uneven batch's dicts to the batch's remainder, silently
-    dropping ground-truth objects (a cut ``orig_size`` raises here; the lost boxes cannot be detected).
+    Per batch, ``EvalPrediction.predictions`` holds the model outputs (``logits``, ``pred_boxes``), post-processed to
+    each image's ``orig_size`` at ``threshold``, or detections already post-processed so, one dict per image (what
+    ``hf_detr.evaluation.evaluate`` keeps); ``label_ids`` the processor's label dicts, scaled to the same frame, or
+    their ``[batch, 1 + M, 7]`` array of :func:`pack_labels` (what ``DetrTrainer`` hands over: with a list of dicts,
+    accelerate's ``gather_for_metrics`` (transformers 5.x) cuts every tensor *inside* the last uneven batch's dicts,
+    silently dropping ground-truth objects; a cut ``orig_size`` raises here). Both were checked where they were made
+    and are not checked again. Each batch is reduced to arrays at once, so only the batch at hand is ever expanded.
+    For COCO's numbers the labels must keep crowd regions (``HfDetrImageProcessor(keep_crowd=True)``).
     """
     if backend not in COCO_BACKENDS:
         raise HfDetrInputError(f"backend must be one of {COCO_BACKENDS}, got {backend!r}")

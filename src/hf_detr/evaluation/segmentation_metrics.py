@@ -1,11 +1,9 @@
 """Segmentation metrics: COCO mask mAP through ``pycocotools`` and panoptic quality (PQ, SQ, RQ).
 
-**Mask mAP** is the box metric's COCOeval run (:func:`hf_detr.evaluation.coco_evaluation.run_cocoeval`) with
-``iouType="segm"`` on binary masks encoded as COCO RLEs (``pycocotools.mask.encode``): the same 12 numbers under the
-same names with the prefix ``segm_`` (``segm_map``, ``segm_map_50``, ..., ``segm_mar_large``; per class
-``segm_map_class_<name>``, ...), so box and mask metrics share one dict without a collision (no box key starts with
-``segm_``). Crowd masks are matched as COCO does: intersection over the detection's area, and detections on them are
-ignored. Images with differently sized prediction and reference masks are an error, not a resize.
+**Mask mAP** is the box metric's COCOeval run (:func:`~hf_detr.evaluation.coco_evaluation.run_cocoeval`) with
+``iouType="segm"`` on COCO RLEs: the same 12 numbers prefixed ``segm_``, so box and mask metrics share one dict
+without a collision. Crowd masks are matched as COCO does (intersection over the detection's area; detections on
+them ignored). Prediction and reference masks of different sizes are an error, not a resize.
 
 **Panoptic quality** follows the COCO panoptic definition (Kirillov et al., "Panoptic Segmentation", CVPR 2019, as
 panopticapi's ``pq_compute`` implements it). Per image, pixels whose segment id is <= 0 are unlabelled (VOID: COCO's
@@ -28,11 +26,8 @@ unlabelled pixels inside a ground-truth segment from the union and excuses groun
 unlabelled (COCO counts both against the prediction); panopticapi is not on PyPI (its repackaging
 ``panopticapi-lite`` pins numpy < 2) and reads PNG folders. The definition is small, so it is written here in numpy.
 
-Across processes: mask predictions travel as RLEs (:func:`encode_masks`), PQ as each image's small
-:class:`SegmentCounts` (:meth:`PanopticQualityMetric.count_image`), one entry per image, which
-``accelerator.gather_for_metrics(..., use_gather_object=True)`` collects batch by batch (``DetrTrainer``) or
-``hf_detr.evaluation.evaluate`` gathers once at the end, dropping the duplicates of the last uneven batch either way.
-Mask mAP accepts ``backend="numpy"`` as the box metric does (:mod:`hf_detr.evaluation.coco_arrays`).
+Across processes, mask predictions travel as RLEs (:func:`encode_masks`) and PQ as each image's
+:class:`SegmentCounts` (:meth:`PanopticQualityMetric.count_image`).
 """
 
 from __future__ import annotations
@@ -82,8 +77,8 @@ PQ_STAT_NAMES: tuple[str, ...] = tuple(
 
 
 def encode_masks(masks: Any, where: str = "masks") -> list[dict[str, Any]]:
-    """Binary masks ``[N, H, W]`` (bool, or 0/1 numbers; numpy or torch) as COCO RLEs ``{"size": [H, W], "counts":
-    str}``, the compact form predictions and references take for storage and gathering across processes."""
+    """Binary masks ``[N, H, W]`` (bool or 0/1) as COCO RLEs ``{"size": [H, W], "counts": str}``, the form
+    predictions and references are stored and gathered in."""
     if isinstance(masks, torch.Tensor):
         masks = masks.detach().cpu().numpy()
     array = np.asarray(masks)
@@ -100,8 +95,8 @@ def encode_masks(masks: Any, where: str = "masks") -> list[dict[str, Any]]:
 
 
 def _rles(masks: Any, where: str) -> list[dict[str, Any]]:
-    """``masks`` as RLEs: binary masks ``[N, H, W]``, or a list of RLE dicts (compressed counts, str or bytes, as
-    :func:`encode_masks` gives; or COCO's uncompressed list of run lengths, as crowd annotations have)."""
+    """From binary masks ``[N, H, W]`` or RLE dicts (compressed counts, str or bytes; or COCO's uncompressed run
+    lengths, as crowd annotations have)."""
     if not (isinstance(masks, (list, tuple)) and masks and isinstance(masks[0], Mapping)):
         return encode_masks(masks, f"{where}: `masks`")
     rles = []
@@ -133,8 +128,6 @@ def _rles(masks: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _normalize_mask_prediction(prediction: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """One image's detections: ``scores`` (N,) float64, ``labels`` (N,) int64, ``masks`` N RLEs (from (N, H, W)
-    binary masks or N RLEs)."""
     if not isinstance(prediction, Mapping):
         raise HfDetrInputTypeError(
             f"{where} must be a dict with `scores`, `labels`, `masks`, got {type(prediction).__name__}."
@@ -152,8 +145,6 @@ def _normalize_mask_prediction(prediction: Mapping[str, Any], where: str) -> dic
 
 
 def _normalize_mask_reference(reference: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """One image's ground truth: ``masks`` (M, H, W) binary or M RLEs (as RLEs), ``labels`` or ``class_labels``
-    (M,), optional ``iscrowd`` (M,) (default 0), as int64 arrays. Other keys are ignored."""
     if not isinstance(reference, Mapping):
         raise HfDetrInputTypeError(f"{where} must be a dict with `masks` and `labels`, got {type(reference).__name__}.")
     label_key = "labels" if "labels" in reference else "class_labels"
@@ -171,8 +162,8 @@ def _normalize_mask_reference(reference: Mapping[str, Any], where: str) -> dict[
 
 
 def _areas(rles: list[dict[str, Any]]) -> np.ndarray:
-    """The pixel count of each RLE, float64. pycocotools counts 255 at a time: `mask.area` sizes an internal uint8
-    array by the number of RLEs, which numpy 2 refuses past 255."""
+    """255 at a time: `mask.area` sizes an internal uint8 array by the number of RLEs, which numpy 2 refuses past
+    255."""
     return np.concatenate([np.zeros(0), *(mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255))])
 
 
@@ -184,8 +175,8 @@ def _run_segm_cocoeval(
     return_evaluation: bool = False,
     backend: str = "pycocotools",
 ) -> CocoEvaluation:
-    """Mask mAP on normalized inputs: the box metric's COCOeval run with ``iouType="segm"``, keys prefixed (the
-    evaluation carries no inputs, whatever ``return_evaluation``: diagnostics read boxes)."""
+    """:func:`coco_segmentation_evaluate`'s unchecked core, on normalized inputs (the evaluation carries no inputs,
+    whatever ``return_evaluation``: diagnostics read boxes)."""
     image_sizes = []
     for image, (pred, ref) in enumerate(zip(preds, refs)):
         sizes = {tuple(rle["size"]) for rle in [*pred["masks"], *ref["masks"]]}
@@ -224,20 +215,13 @@ def coco_segmentation_evaluate(
     return_evaluation: bool = False,
     backend: str = "pycocotools",
 ) -> dict[str, float] | CocoEvaluation:
-    """COCO mask evaluation of ``predictions[i]`` against ``references[i]`` (images are matched by position).
+    """COCO mask mAP of ``predictions[i]`` against ``references[i]``: :data:`SEGM_STAT_NAMES` (and with
+    ``per_class`` the ``segm_`` per-class keys); the options as for :func:`hf_detr.evaluation.metrics.coco_evaluate`.
 
     Args:
         predictions: per image ``{"scores": (N,), "labels": (N,), "masks": (N, H, W)}``, masks binary (or N RLE dicts,
             :func:`encode_masks`) in the references' frame.
         references: per image ``{"masks": (M, H, W), "labels" | "class_labels": (M,), "iscrowd"?: (M,)}``.
-        per_class: also return ``segm_map_class_<name>``, ``segm_map_50_class_<name>``, ``segm_mar_100_class_<name>``.
-        id2label: names for the per-class results (the integer label otherwise); its ids join the category list.
-        return_evaluation: return the :class:`CocoEvaluation` of the run (prefixed metrics; the per-class table and
-            precision array as for boxes; ``predictions`` / ``references`` empty: diagnostics read boxes).
-        backend: "pycocotools" or "numpy", as for :func:`hf_detr.evaluation.metrics.coco_evaluate`.
-
-    Returns:
-        ``{name: float}`` for :data:`SEGM_STAT_NAMES` (and per-class keys); -1.0 where COCO cannot define a value.
     """
     if len(predictions) != len(references):
         raise HfDetrInputError(
@@ -253,11 +237,8 @@ _RLES = datasets.List({"size": datasets.List(datasets.Value("int64"), length=2),
 
 
 class CocoSegmentationMetric(CocoMetric):
-    """COCO mask mAP as an ``evaluate.Metric``, the mask twin of ``CocoDetectionMetric``.
-
-    ``add_batch(predictions=[...], references=[...])`` / ``add(prediction=..., reference=...)`` take the formats of
-    :func:`coco_segmentation_evaluate` and store the masks as RLEs; ``compute(per_class=False, id2label=None,
-    return_evaluation=False)`` returns its result.
+    """COCO mask mAP as an ``evaluate.Metric``, the mask twin of ``CocoDetectionMetric``: the inputs of
+    :func:`coco_segmentation_evaluate`, stored as RLEs.
 
     Example::
 
@@ -280,8 +261,7 @@ class CocoSegmentationMetric(CocoMetric):
 
 @dataclass
 class SegmentCounts:
-    """PQ's counts for one category: matched pairs (``tp``) and the sum of their IoUs (``iou``), unmatched
-    predictions (``fp``) and unmatched ground truth (``fn``). Images add up."""
+    """PQ's counts for one category; ``iou`` sums the IoUs of the ``tp`` matched pairs. Images add up."""
 
     tp: int = 0
     fp: int = 0
@@ -302,7 +282,7 @@ def _category_set(values: Collection[int], name: str) -> set[int]:
 
 
 def _panoptic_segments(panoptic: Mapping[str, Any], where: str, categories: set[int]) -> tuple[np.ndarray, dict]:
-    """One panoptic map: the segment ids ``[H, W]`` (int64) and ``{id: (category, crowd)}`` of its listed segments."""
+    """The segment ids ``[H, W]`` (int64) and ``{id: (category, crowd)}`` of the listed segments."""
     if not isinstance(panoptic, Mapping) or "segmentation" not in panoptic or "segments_info" not in panoptic:
         raise HfDetrInputError(f"{where} must be a dict with `segmentation` ([H, W] segment ids) and `segments_info`.")
     ids = panoptic["segmentation"]
@@ -359,7 +339,7 @@ def _indices(ids: np.ndarray, segments: Mapping[int, Any], where: str) -> tuple[
 def _image_counts(
     prediction: tuple[np.ndarray, dict], reference: tuple[np.ndarray, dict], where: str
 ) -> dict[int, SegmentCounts]:
-    """PQ's counts of one image, per category (only the categories it has segments of)."""
+    """Per category it has segments of."""
     (pred_ids, pred_segments), (gt_ids, gt_segments) = prediction, reference
     if pred_ids.shape != gt_ids.shape:
         raise HfDetrInputError(
@@ -430,7 +410,7 @@ class PanopticQualityMetric:
     def count_image(
         self, prediction: Mapping[str, Any], reference: Mapping[str, Any], where: str = "image"
     ) -> dict[int, SegmentCounts]:
-        """One image's counts per category (not added: :meth:`add_counts` adds them)."""
+        """Not added: :meth:`add_counts` adds them."""
         categories = self.things | self.stuff
         return _image_counts(
             _panoptic_segments(prediction, f"{where}: prediction", categories),
@@ -439,11 +419,9 @@ class PanopticQualityMetric:
         )
 
     def add_counts(self, counts: Iterable[Mapping[int, SegmentCounts]]) -> None:
-        """Add images' counts, e.g. gathered from every process."""
         self.counts += [dict(image) for image in counts]
 
     def add_batch(self, *, predictions: Sequence[Mapping[str, Any]], references: Sequence[Mapping[str, Any]]) -> None:
-        """Count and add a batch: per-image panoptic predictions and references."""
         if len(predictions) != len(references):
             raise HfDetrInputError(
                 f"Got {len(predictions)} predictions but {len(references)} references; need one per image."
@@ -454,13 +432,11 @@ class PanopticQualityMetric:
         )
 
     def add(self, *, prediction: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
-        """Count and add one image."""
         self.add_batch(predictions=[prediction], references=[reference])
 
     def compute(self, per_class: bool = False, id2label: Mapping[int, str] | None = None) -> dict[str, float]:
-        """:data:`PQ_STAT_NAMES` (and with ``per_class`` ``pq_class_<name>``, ``sq_class_<name>``,
-        ``rq_class_<name>`` for every category of ``things`` and ``stuff``, named by ``id2label``), over all images
-        added; -1.0 where no image has a segment of the categories averaged."""
+        """:data:`PQ_STAT_NAMES` (and with ``per_class`` ``pq_class_<name>``, ... for every category), over all
+        images added; -1.0 where no image has a segment of the categories averaged."""
         totals: dict[int, SegmentCounts] = defaultdict(SegmentCounts)
         for image in self.counts:
             for category, counts in image.items():
@@ -493,7 +469,7 @@ def panoptic_quality(
     per_class: bool = False,
     id2label: Mapping[int, str] | None = None,
 ) -> dict[str, float]:
-    """PQ, SQ, RQ of per-image panoptic ``predictions`` against ``references`` (:class:`PanopticQualityMetric`)."""
+    """:class:`PanopticQualityMetric` in one call."""
     metric = PanopticQualityMetric(things, stuff)
     metric.add_batch(predictions=predictions, references=references)
     return metric.compute(per_class=per_class, id2label=id2label)

@@ -41,20 +41,15 @@ class _FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
 
 
 class _FoldedFrozenBatchNormAct2d(FrozenBatchNormAct2d):
-    """timm's fused BatchNorm + activation with the BatchNorm part applied by the preceding convolution."""
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.drop(x))
 
 
 def fold_frozen_batchnorm(body: nn.Module, num_channels: int) -> int:
-    """Fold every frozen BatchNorm that directly consumes a plain Conv2d's output into that convolution.
-
-    Which BatchNorm reads which convolution is found by tracing one forward pass of a tiny image (on the meta device
-    when the model is being built there for checkpoint loading). Folding removes two elementwise passes over each
-    activation, in training as in inference, and the
-    activations the BatchNorm would keep for the backward pass. Returns the number of folded pairs.
-    """
+    """Fold every frozen BatchNorm that directly consumes a plain Conv2d's output into it; returns the pairs folded.
+    The pairs are found by tracing a forward pass of a tiny image (on the meta device when the model is built there).
+    Folding saves two elementwise passes over each activation and the activations the BatchNorm would keep for
+    backward."""
     produced: dict[int, tuple[nn.Conv2d, torch.Tensor]] = {}
     pairs: list[tuple[nn.Conv2d, nn.Module]] = []
 
@@ -106,12 +101,9 @@ def _with_finer_levels(name: str, out_indices: tuple[int, ...], count: int, kwar
 
 
 class TimmBackbone(nn.Module):
-    """Runs a timm CNN and returns its last feature map with the padding mask resized to it, and with
-    `finer_levels=k` also up to k higher-resolution maps before it (for the segmentation head's FPN).
-
-    BatchNorm layers become frozen affine maps (batch statistics are meaningless at DETR's batch sizes). The stem and
-    the first stage, up to the stride-4 feature level, are not trained, as in the original recipe.
-    """
+    """A timm CNN's last feature map with the padding mask resized to it, and with `finer_levels=k` up to k finer maps
+    before it (the segmentation head's FPN). BatchNorm becomes frozen affine maps (batch statistics are meaningless at
+    DETR's batch sizes); the stem and first stage, up to stride 4, are not trained, as in the original recipe."""
 
     def __init__(self, config: HfDetrConfig, finer_levels: int = 0) -> None:
         super().__init__()
@@ -159,17 +151,14 @@ class TimmBackbone(nn.Module):
             module._is_hf_initialized = True
 
     def freeze_batchnorm(self) -> None:
-        """Turn the BatchNorm layers into frozen affine maps (their eval-mode function) folded into the convolutions.
-
-        Training from ImageNet weights freezes them from the start (DETR's batches are too small for batch
-        statistics); training from scratch keeps them trainable and freezes them afterwards for inference.
-        """
+        """BatchNorm as its eval-mode affine map, folded into the convolutions. From ImageNet weights this happens at
+        the start; training from scratch keeps BatchNorm trainable and freezes it afterwards for inference."""
         self.body = freeze_batch_norm_2d(self.body)
         fold_frozen_batchnorm(self.body, self._input_channels)
         self._mark_initialized()
 
     def _stem_parameter_prefixes(self) -> tuple[str, ...]:
-        """Names of the parameters up to the first stride-4 feature level (the stem and the first stage)."""
+        """The stem and the first stage: up to the first stride-4 feature level."""
         first_stage = next((info["module"] for info in self.body.feature_info.info if info["reduction"] >= 4), None)
         if first_stage is None:
             return ()
@@ -180,13 +169,11 @@ class TimmBackbone(nn.Module):
         return tuple(names[: last + 1])
 
     def freeze(self) -> None:
-        """Stop training the whole backbone."""
         for parameter in self.body.parameters():
             parameter.requires_grad_(False)
 
     def unfreeze(self) -> None:
-        """Train the backbone: all but the stem and the first stage as in the original recipe, unless
-        `freeze_backbone_stem=False`."""
+        """All but the stem and the first stage, as in the original recipe, unless `freeze_backbone_stem=False`."""
         frozen = set(self._stem_prefixes)
         for name, parameter in self.body.named_parameters():
             parameter.requires_grad_(name not in frozen)
@@ -194,15 +181,8 @@ class TimmBackbone(nn.Module):
     def forward(
         self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """
-        Args:
-            pixel_values: `[batch, channels, height, width]` images.
-            pixel_mask: `[batch, height, width]`, 1 on real pixels and 0 on padding.
-
-        Returns:
-            The last feature map `[batch, num_channels, h, w]`, its boolean mask `[batch, h, w]` and the finer maps
-            (`[batch, finer_channels[i], h_i, w_i]`, finest first; empty without `finer_levels`).
-        """
+        """The last feature map `[batch, num_channels, h, w]`, its bool mask `[batch, h, w]` (from `pixel_mask`, 1 on
+        real pixels) and the finer maps, finest first."""
         # channels-last convolutions run markedly faster on CPUs (oneDNN) and on tensor-core GPUs
         *finer, features = self.body(pixel_values.contiguous(memory_format=torch.channels_last))
         mask = nn.functional.interpolate(pixel_mask[None].float(), size=features.shape[-2:])[0].to(torch.bool)

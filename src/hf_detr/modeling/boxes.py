@@ -1,10 +1,9 @@
-"""Box checks and box normalization, shared by the data loaders, the image processor, the loss and the metrics.
+"""The one box check and the one pixel <-> normalized cxcywh pair.
 
-One check (:func:`check_boxes`, on the flags of :func:`box_flags`) so that every entry point rejects the same bad boxes
-with the same message, and the data loader's `box_policy` clips (:func:`clip_boxes`) or drops exactly the boxes the
-check rejects; and one pair (:func:`normalize_boxes` / :func:`denormalize_boxes`) for the pixel <-> normalized cxcywh
-conversion DETR's labels and outputs use. Like the rest of `modeling/`, this imports only torch, torchvision and the
-standard library, so a saved folder can carry it for `trust_remote_code`.
+:func:`check_boxes` (on the flags of :func:`box_flags`) runs where boxes enter hf_detr, so every entry point rejects
+the same bad boxes with the same message: the data loaders (whose `box_policy` clips or drops exactly what it
+rejects, `hf_detr.data.box_policy`), the image processor's annotations, the model's `labels` and the public metrics.
+Paths inside hf_detr trust what was checked (`tests/test_boundaries.py`).
 """
 
 from __future__ import annotations
@@ -18,8 +17,7 @@ from torchvision.ops import box_convert
 from .errors import HfDetrInputError
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
-# What a data loader does with a box that reaches outside its image or has no area (see `hf_detr.data.loading`):
-# clip it to the image (dropping what is left empty), drop it, or raise the check's error.
+# explained in `hf_detr.data.box_policy`
 BoxPolicy = Literal["clip", "drop", "error"]
 # (height, width), a `[2]` tensor, or a `[batch, 2]` tensor of one (height, width) per image.
 ImageSize = Sequence[float] | torch.Tensor
@@ -49,9 +47,8 @@ def box_flags(
     within: Sequence[float] | Sequence[Sequence[float]] | torch.Tensor | None = None,
     tolerance: float = 0.0,
 ) -> tuple[torch.Tensor, BoxFlags]:
-    """`boxes` as a float64 CPU tensor `[n, 4]` and the :class:`BoxFlags` of every check of :func:`check_boxes`,
-    without raising on them (only input that is not `[n, 4]` numbers raises). The one frame logic: `check_boxes`
-    raises on these flags, the data loader's `box_policy` clips or drops by them."""
+    """`boxes` as a float64 CPU tensor `[n, 4]` and the flags :func:`check_boxes` raises on, without raising (only
+    input that is not `[n, 4]` numbers raises)."""
     if fmt not in _FORMAT_HINTS:
         raise HfDetrInputError(f"fmt must be one of {list(_FORMAT_HINTS)}, got {fmt!r}")
     label = (lambda j: f"{name}[{j}]") if isinstance(name, str) else name
@@ -79,17 +76,14 @@ def check_boxes(
     within: Sequence[float] | Sequence[Sequence[float]] | torch.Tensor | None = None,
     tolerance: float = 0.0,
 ) -> torch.Tensor:
-    """Return `boxes` as a float64 CPU tensor `[n, 4]`, or raise a `ValueError` naming the first bad box.
+    """`boxes` as a float64 CPU tensor `[n, 4]` (no copy of a float64 CPU tensor), or a `ValueError` naming the
+    first bad box.
 
     Args:
-        boxes: `[n, 4]` tensor, array or nested list in `fmt` (an empty list gives `[0, 4]`).
-        name: how errors name box `j`: a str gives `f"{name}[{j}]"`, a callable `name(j)`.
-        fmt: "xywh", "xyxy" or "cxcywh".
-        positive: require width and height > 0 (otherwise >= 0).
-        within: (width, height), or `[n, 2]` per box: the box's extent must lie in [0, width] x [0, height] ...
-        tolerance: ... up to this much.
-
-    The result shares memory with a float64 CPU tensor input (no copy).
+        name: a str names box `j` `f"{name}[{j}]"`, a callable `name(j)`.
+        positive: width and height > 0 (otherwise >= 0).
+        within: (width, height), or `[n, 2]` per box: the box must lie in [0, width] x [0, height], up to
+            `tolerance`.
     """
     tensor, flags = box_flags(boxes, name, fmt, within=within, tolerance=tolerance)
     bad = flags.non_finite | flags.negative | flags.outside
@@ -118,9 +112,8 @@ def check_boxes(
 
 
 def clip_boxes(boxes: torch.Tensor, fmt: BoxFormat, within: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """`boxes` `[n, 4]` in `fmt` clipped to the frame [0, width] x [0, height] of `within` ((width, height), or
-    `[n, 2]` per box), in `fmt` again: a box reaching outside keeps its part inside the frame; a box entirely outside
-    gets zero width or height. A new float64 tensor."""
+    """To [0, width] x [0, height] of `within` ((width, height), or `[n, 2]` per box); a box entirely outside gets
+    zero width or height. A new float64 tensor."""
     tensor = torch.as_tensor(boxes, dtype=torch.float64)
     limits = _limits(within, len(tensor))
     corners = tensor if fmt == "xyxy" else box_convert(tensor, fmt, "xyxy")
@@ -132,12 +125,10 @@ def clip_boxes(boxes: torch.Tensor, fmt: BoxFormat, within: Sequence[float] | to
 
 
 def _limits(within: Any, n: int) -> torch.Tensor:
-    """`within` as `[n, 2]` (width, height) per box."""
     return torch.as_tensor(within, dtype=torch.float64).reshape(-1, 2).expand(n, 2)
 
 
 def _as_boxes(boxes: Any, label: Callable[[int], str], hint: str) -> torch.Tensor:
-    """`boxes` as float64 `[n, 4]`, or a ValueError naming the first entry that is not 4 numbers."""
     if isinstance(boxes, torch.Tensor):
         tensor = boxes.detach().to("cpu", torch.float64)
         if tensor.ndim >= 1 and len(tensor) == 0:
@@ -177,18 +168,14 @@ def _short(value: Any, limit: int = 120) -> str:
 
 
 def normalize_boxes(boxes: torch.Tensor, fmt: BoxFormat, size: ImageSize) -> torch.Tensor:
-    """Pixel boxes `[n, 4]` in `fmt` -> normalized (center_x, center_y, w, h) relative to `size` = (height, width).
-
-    Batched: boxes `[batch, n, 4]` with `size` `[batch, 2]`. The result has the (floating) dtype of `boxes`.
-    """
+    """Pixel boxes in `fmt` -> normalized (center_x, center_y, w, h) of `size` = (height, width); batched: boxes
+    `[batch, n, 4]` with `size` `[batch, 2]`. In the (floating) dtype of `boxes`."""
     boxes = _floating(boxes)
     return box_convert(boxes, fmt, "cxcywh") / _whwh(size, boxes)
 
 
 def denormalize_boxes(boxes: torch.Tensor, fmt: BoxFormat, size: ImageSize) -> torch.Tensor:
-    """Normalized (center_x, center_y, w, h) boxes `[n, 4]` -> pixel boxes in `fmt` of an image of `size` =
-    (height, width). Batched: boxes `[batch, n, 4]` with `size` `[batch, 2]`. The result has the (floating) dtype of
-    `boxes`, so float32 model outputs stay float32."""
+    """The inverse of :func:`normalize_boxes`, in the dtype of `boxes` (float32 outputs stay float32)."""
     boxes = _floating(boxes)
     # convert first, then scale: the order post-processing and transformers use, so results match bit for bit
     return box_convert(boxes, "cxcywh", fmt) * _whwh(size, boxes)
@@ -200,7 +187,7 @@ def _floating(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def _whwh(size: ImageSize, boxes: torch.Tensor) -> torch.Tensor:
-    """(w, h, w, h) in the dtype and device of `boxes`: `[4]` for one size, `[batch, 1, 4]` for `[batch, 2]` sizes."""
+    """`[4]` for one size, `[batch, 1, 4]` for `[batch, 2]` sizes."""
     if isinstance(size, torch.Tensor):
         size = size.to(boxes)
     else:

@@ -27,8 +27,8 @@ def coco_targets(
     return_masks: bool,
     masks_path: str | os.PathLike | None,
 ) -> list[dict[str, torch.Tensor]] | None:
-    """Validate COCO annotations; per image: `image_id` `[1]`, unclipped (x0, y0, x1, y1) `boxes` `[n, 4]` (float64,
-    original pixels), `class_labels`, `area` and `iscrowd` `[n]`, with `return_masks` bool `masks` `[n, h, w]`."""
+    """The processor's entry check of COCO annotations; per image unclipped (x0, y0, x1, y1) float64 `boxes` in
+    original pixels."""
     if annotations is None:
         return None
     if isinstance(annotations, Mapping):
@@ -159,8 +159,8 @@ def labels_from_target(
     keep_crowd: bool,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """Model labels of one image from its COCO target, boxes clipped to the image and empty or crowd ones dropped
-    (with their masks); masks resized to `size` and padded to `canvas`."""
+    """Boxes clipped to the image, empty (and unless `keep_crowd` crowd) ones dropped with their masks; masks resized
+    to `size` and padded to `canvas`."""
     orig_h, orig_w = orig_size
     height, width = size
     boxes = target["boxes"].clone()
@@ -190,7 +190,7 @@ def labels_from_target(
 
 
 def _label_masks(masks: torch.Tensor, size: tuple[int, int], canvas: tuple[int, int]) -> torch.Tensor:
-    """Bool `[n, h, w]` masks resized to `size` and zero-padded to `canvas`, as float32 `[n, *canvas]`."""
+    """float32 `[n, *canvas]`."""
     out = torch.zeros(len(masks), *canvas, device=masks.device)
     if not len(masks):  # an image without objects
         return out

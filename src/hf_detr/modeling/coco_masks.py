@@ -28,7 +28,6 @@ _POLYGON_TOLERANCE = 1.0
 
 
 def object_mask(obj: Mapping[str, Any], name: str, image_size: tuple[int, int]) -> np.ndarray:
-    """An object's COCO `segmentation` (polygons or RLE) as a bool `[height, width]` mask of its image."""
     segmentation = obj.get("segmentation")
     if isinstance(segmentation, Mapping):
         return rle_mask(segmentation, name, image_size)
@@ -51,8 +50,8 @@ def _polygon_mask(polygons: Sequence[Any], name: str, image_size: tuple[int, int
 
 
 def polygon_rle(polygons: Sequence[Any], name: str, image_size: tuple[int, int]) -> dict[str, Any]:
-    """COCO polygons as the compressed RLE ``{"size", "counts": str}`` of their union, checked as `object_mask` checks
-    them. The union is merged run by run, never drawn: equal to encoding `object_mask`'s pixels, 15x faster."""
+    """The compressed RLE of the polygons' union, merged run by run, never drawn: equal to encoding `object_mask`'s
+    pixels, 15x faster."""
     from pycocotools import mask as coco_mask
 
     kept = _checked_polygons(polygons, name, image_size)
@@ -65,7 +64,7 @@ def polygon_rle(polygons: Sequence[Any], name: str, image_size: tuple[int, int])
 
 
 def _checked_polygons(polygons: Sequence[Any], name: str, image_size: tuple[int, int]) -> list[list[float]]:
-    """The polygons that enclose something, each checked: finite flat x, y pairs inside the image (1 pixel slack)."""
+    """The polygons that enclose something: finite flat x, y pairs inside the image (1 pixel slack)."""
     height, width = image_size
     kept = []
     for p, polygon in enumerate(polygons):
@@ -157,7 +156,7 @@ def panoptic_ids(
     image_size: tuple[int, int],
     masks_path: str | os.PathLike | None,
 ) -> torch.Tensor:
-    """The int64 `[height, width]` segment ids of an image's panoptic PNG (R + 256 G + 256^2 B)."""
+    """R + 256 G + 256^2 B."""
     if "panoptic_png" in annotation:
         png, name = annotation["panoptic_png"], f'{where}["panoptic_png"] (image_id {image_id})'
     elif masks_path is not None and "file_name" in annotation:

@@ -20,7 +20,7 @@ _CHANNEL_COUNTS = (1, 3, 4)
 
 
 def image_list(images: Any) -> list[tuple[Any, str]]:
-    """Split `images` into single images, each with the name used in error messages (`images[i]`)."""
+    """Single images, each with its name in errors (`images[i]`)."""
     if is_array(images) and images.ndim == 4:
         if not any(_channel_axes(tuple(images.shape[1:]))):
             raise HfDetrInputError(
@@ -54,10 +54,8 @@ def _channel_axes(shape: tuple[int, ...]) -> tuple[bool, bool]:
 def to_rgb_tensor(
     image: Any, where: str, input_data_format: str | ChannelDimension | None, white: float
 ) -> torch.Tensor:
-    """One input image as a `[3, h, w]` uint8 or float32 tensor (a view of the input when possible).
-
-    `white` is the value of a full-intensity float pixel, used to composite transparent arrays onto white.
-    """
+    """`[3, h, w]` uint8 or float32, a view of the input when possible; `white`: a full-intensity float pixel's value,
+    to composite transparent arrays onto white."""
     if isinstance(image, (str, os.PathLike)):
         image = open_image(image, where)
     if isinstance(image, PIL.Image.Image):
@@ -113,15 +111,10 @@ _WIDE_INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 def upright_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """``image`` as an upright 8-bit RGB image, the form every image takes, in training, evaluation and inference.
-
-    EXIF orientation is applied (``PIL.ImageOps.exif_transpose``: boxes are given in the upright frame, which is what
-    annotation tools show and ``datasets.Image`` decodes); grayscale (``"L"``, ``"1"``), palette (``"P"``), CMYK and
-    other modes are converted; transparency (``"RGBA"``, ``"LA"``, ``"PA"``, a palette or grayscale ``transparency``)
-    is composited onto white; 16-bit and 32-bit integer grayscale (``"I;16"``, ``"I"``) is taken as 0..65535 and
-    scaled to 0..255 (PIL's ``convert`` would clip every value above 255 to white). An upright RGB image is returned
-    as it is, anything else as a new image.
-    """
+    """The form every image takes, in training, evaluation and inference. EXIF orientation is applied (boxes are
+    given in the upright frame annotation tools show and ``datasets.Image`` decodes); transparency is composited onto
+    white; 16- and 32-bit integer grayscale is taken as 0..65535 and scaled to 0..255 (PIL's ``convert`` would clip
+    every value above 255 to white). An upright RGB image is returned as it is."""
     if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # exif_transpose always copies, so check first
         image = PIL.ImageOps.exif_transpose(image)
     if image.mode == "RGB":
@@ -161,7 +154,7 @@ def _check_not_empty(height_width: tuple[int, int], where: str) -> None:
 
 
 def _composite_on_white(rgba: torch.Tensor, white: float) -> torch.Tensor:
-    """`[4, h, w]` RGBA composited onto a white background; uint8 stays uint8 (rounded)."""
+    """uint8 stays uint8 (rounded)."""
     pixels = rgba.to(torch.float32)
     alpha = pixels[3:] / white
     rgb = pixels[:3] * alpha + white * (1.0 - alpha)

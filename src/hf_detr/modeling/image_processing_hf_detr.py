@@ -1,11 +1,6 @@
-"""HfDetrImageProcessor: images and COCO detection or panoptic annotations in (with object masks on request), DETR
-inputs and labels out; model outputs back to boxes in pixels and to segmentation maps.
-
-The work is in its siblings, all of the remote-code set (`from .x import y`, so a saved folder carries them and loads
-with `trust_remote_code`): `image_inputs` reads the images, `coco_annotations` (with the mask codec `coco_masks`)
-turns the annotations into labels, `postprocessing_inputs` checks what post-processing reads and
-`segmentation_postprocessing` computes the maps.
-"""
+"""HfDetrImageProcessor. The work is in its siblings of the remote-code set: `image_inputs` reads the images,
+`coco_annotations` (with the mask codec `coco_masks`) makes the labels, `postprocessing_inputs` checks what
+post-processing reads and `segmentation_postprocessing` computes the maps."""
 
 from __future__ import annotations
 
@@ -59,8 +54,6 @@ _FORMATS = ("coco_detection", "coco_panoptic")
 
 
 class HfDetrImageProcessorKwargs(TypedDict, total=False):
-    """The options of [`HfDetrImageProcessor`], settable at construction and per call."""
-
     do_resize: bool | None
     size: dict[str, int] | None
     resample: PILImageResampling | int | None
@@ -82,73 +75,48 @@ class HfDetrImageProcessorKwargs(TypedDict, total=False):
 
 class HfDetrImageProcessor(TorchvisionBackend):
     r"""
-    Prepares images (and COCO detection annotations) for [`HfDetrForObjectDetection`] and turns its outputs into boxes
-    in pixels. Defaults reproduce DETR's evaluation preprocessing: shorter side 800, longer side at most 1333,
-    bilinear antialiased resize, ImageNet normalization, zero padding to the largest image of the batch.
+    Images and COCO annotations in, DETR inputs and labels out; outputs back to pixels. The defaults are DETR's
+    evaluation preprocessing: shorter side 800, longer side at most 1333, bilinear antialiased resize, ImageNet
+    normalization, zero padding (bottom, right) to the batch's largest image.
 
     Box convention (differs from `transformers.DetrImageProcessor` for padded batches): label `boxes` are normalized
     (center_x, center_y, width, height) relative to each image's resized size *before* padding, as in the original
-    DETR: its checkpoints were trained with this convention and post-processing decodes `pred_boxes` with it.
-    `DetrImageProcessor` renormalizes them (and sets `size`) to the padded canvas, so the labels of an image change
-    with the size of the largest image it is batched with, and a model fine-tuned on them predicts boxes that drift
-    from the objects. Here the labels of an image do not depend on its batch, and [`post_process_object_detection`]
-    with the original sizes maps predictions back onto the original pixels. Without padding both processors agree.
+    DETR, whose checkpoints were trained so. `DetrImageProcessor` renormalizes them to the padded canvas, so an
+    image's labels change with the largest image of its batch and a model fine-tuned on them predicts drifting boxes.
+    Without padding both agree.
 
     Args:
-        do_resize (`bool`, defaults to `True`): resize every image according to `size`.
-        size (`dict[str, int]`, defaults to `{"shortest_edge": 800, "longest_edge": 1333}`): one of
-            `{"shortest_edge", "longest_edge"}` (shorter side to `shortest_edge` unless that makes the longer side
-            exceed `longest_edge`, aspect ratio kept), `{"height", "width"}` (exact size) or
-            `{"max_height", "max_width"}` (largest size within the bounds, aspect ratio kept).
-        resample (`PILImageResampling`, defaults to `BILINEAR`): interpolation of the (antialiased) resize.
-        do_rescale (`bool`, defaults to `True`): multiply pixel values by `rescale_factor`.
-        rescale_factor (`float`, defaults to `1 / 255`): maps 0-255 inputs to [0, 1]. Float inputs are scaled too:
-            pass `do_rescale=False` for float images already in [0, 1].
-        do_normalize (`bool`, defaults to `True`): subtract `image_mean` and divide by `image_std` per channel.
-        image_mean / image_std (`float` or 3 floats, default ImageNet's).
-        do_pad (`bool`, defaults to `True`): pad (bottom and right, with zeros) to the largest image of the batch, or
-            to `pad_size`, and return `pixel_mask`.
-        pad_size (`dict[str, int]`, *optional*): `{"height", "width"}` to pad to instead of the batch's largest size.
-        do_convert_annotations (`bool`, defaults to `True`): labels get normalized (cx, cy, w, h) boxes; with `False`
-            they keep absolute (x0, y0, x1, y1) pixel boxes of the resized image.
-        keep_crowd (`bool`, defaults to `False`): keep `iscrowd=1` objects in the labels (DETR drops them for
-            detection; for panoptic training DETR and transformers keep crowd segments: pass `True` to match them).
-        format (`str`, defaults to `"coco_detection"`): the annotations' format, `"coco_detection"` or
-            `"coco_panoptic"` (see below).
-        return_segmentation_masks (`bool`, *optional*): add each object's mask to its labels; by default only for
-            `"coco_panoptic"`, as in transformers.
+        size: `{"shortest_edge", "longest_edge"}` (aspect ratio kept, the longer side capped), `{"height",
+            "width"}` (exact) or `{"max_height", "max_width"}` (largest size within the bounds, aspect ratio kept).
+        rescale_factor: float inputs are scaled too: pass `do_rescale=False` for float images already in [0, 1].
+        pad_size: `{"height", "width"}` to pad to instead of the batch's largest size.
+        do_convert_annotations: with `False` the labels keep absolute (x0, y0, x1, y1) boxes of the resized image.
+        keep_crowd: keep `iscrowd=1` objects (DETR drops them for detection; pass `True` for panoptic training, as
+            DETR and transformers keep crowd segments there).
+        return_segmentation_masks: add each object's mask to its labels; by default only for `"coco_panoptic"`.
 
-    Call with `images` (a PIL image, a numpy array or torch tensor of shape (H, W), (H, W, C) or (C, H, W) with C in
-    1, 3, 4, uint8 or float, a file path or URL, a list of those, or a 4-D batch (N, C, H, W) / (N, H, W, C)) and
-    optionally `annotations`, one dict per image, in transformers' `DetrImageProcessor` formats:
-        - `"coco_detection"`: `{"image_id": int, "annotations": [{"bbox": [x, y, w, h], "category_id": int, "area":
-          float, "iscrowd": 0 or 1, "segmentation": ...}, ...]}`; `area` defaults to w * h and `iscrowd` to 0.
-          `segmentation` (read with `return_segmentation_masks=True`) is COCO's: polygons `[[x1, y1, x2, y2, ...],
-          ...]` in pixels (points at most 1 pixel outside the image; polygons of fewer than 3 points enclose nothing
-          and are ignored), or an RLE `{"size": [height, width], "counts": [int, ...] or str}` (uncompressed or
-          compressed) of the image's size.
-        - `"coco_panoptic"`: `{"image_id": int, "segments_info": [{"id": int, "category_id": int, "iscrowd": 0 or 1,
-          "area": float}, ...], "file_name": str}` with the PNG at `masks_path / file_name` (as in transformers), or
-          the PNG itself as `"panoptic_png"` (a path, a PIL image or `[H, W, 3]` uint8 RGB pixels); the segment id
-          of a pixel is R + 256 G + 256^2 B, 0 is unlabeled. Every other id of the PNG must be listed in
-          `segments_info` (an error otherwise); a listed segment without pixels in the PNG gets an empty box and is
-          dropped like any object without area. Boxes come from the masks (`torchvision.ops.masks_to_boxes`, the
-          last pixel's index as the maximum, as transformers does); `bbox` is not read; `area` defaults to the
-          segment's pixel count.
-    Images are converted to RGB (transparency composited onto white) and PIL images are turned upright by their EXIF
-    orientation; annotations refer to the upright image. A layout that is both (C, H, W) and (H, W, C) is read as
-    (C, H, W) for tensors and (H, W, C) for numpy arrays unless `input_data_format` says otherwise.
+    `images`: PIL images, arrays or tensors (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4, uint8 or float, paths
+    or URLs, or a 4-D batch. Converted to RGB (transparency onto white); PIL images turned upright by their EXIF
+    orientation, which the annotations refer to. A layout that is both (C, H, W) and (H, W, C) is read as (C, H, W)
+    for tensors and (H, W, C) for numpy arrays unless `input_data_format` says otherwise.
 
-    Returns a `BatchFeature` with
-        - `pixel_values`: float32 `[batch, 3, height, width]` (a list of `[3, h, w]` when images of different sizes
-          are not padded and `return_tensors=None`);
-        - `pixel_mask` (when padding): int64 `[batch, height, width]`, 1 on image pixels, 0 on padding;
-        - `labels` (with annotations): one dict per image of `class_labels` int64 `[n]`, `boxes` float32 `[n, 4]`,
-          `area` float32 `[n]` (in resized pixels), `iscrowd` int64 `[n]`, `image_id` int64 `[1]`, `orig_size` and
-          `size` int64 `[2]` (height, width of the upright input and of the resized image before padding);
-          with masks also `masks` float32 `[n, height, width]` (0 or 1) at the size of `pixel_values` (resized with
-          nearest-exact as transformers does, zero on padding), one per box. Boxes are clipped to the image; objects
-          left with no area are dropped, with their masks.
+    `annotations`, one dict per image, in `DetrImageProcessor`'s formats:
+        - `"coco_detection"`: `{"image_id", "annotations": [{"bbox": [x, y, w, h] pixels, "category_id", "area"
+          (default w * h), "iscrowd" (default 0), "segmentation"}]}`. `segmentation` (read with
+          `return_segmentation_masks`) is COCO polygons in pixels (points at most 1 pixel outside the image; fewer
+          than 3 points enclose nothing) or an RLE of the image's size, compressed or not.
+        - `"coco_panoptic"`: `{"image_id", "segments_info": [{"id", "category_id", "iscrowd", "area"}], "file_name"}`
+          with the PNG at `masks_path / file_name`, or the PNG itself as `"panoptic_png"` (path, PIL image or
+          `[H, W, 3]` uint8). A pixel's id is R + 256 G + 256^2 B, 0 unlabeled; an unlisted id is an error, a
+          listed segment without pixels is dropped. Boxes come from the masks (`masks_to_boxes`, as transformers);
+          `area` defaults to the pixel count.
+
+    Returns a `BatchFeature`: `pixel_values` float32 `[batch, 3, H, W]` (a list when unpadded sizes differ and
+    `return_tensors=None`), `pixel_mask` int64 `[batch, H, W]` (1 on the image) when padding, and `labels`: per
+    image `class_labels` `[n]`, `boxes` float32 `[n, 4]`, `area` (resized pixels), `iscrowd`, `image_id` `[1]`,
+    `orig_size` and `size` (height, width of the upright input and of the resized image before padding), and with
+    masks `masks` float32 0/1 `[n, H, W]` at the padded size (nearest-exact, as transformers). Boxes are clipped to
+    the image; objects left without area are dropped with their masks.
     """
 
     valid_kwargs = HfDetrImageProcessorKwargs
@@ -169,9 +137,8 @@ class HfDetrImageProcessor(TorchvisionBackend):
 
     @classmethod
     def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> Any:
-        """transformers' `from_dict` (which `from_pretrained` calls), which also takes the settings of a transformers
-        `DetrImageProcessor` (its `preprocessor_config.json`, also the old `DetrFeatureExtractor`'s) and keeps how
-        they preprocess: size, resize, rescale, normalization, padding. `format` must be `"coco_detection"`."""
+        """Also takes a transformers `DetrImageProcessor`'s settings (or the old `DetrFeatureExtractor`'s) and keeps
+        how they preprocess; their `format` must be `"coco_detection"`."""
         return super().from_dict(image_processor_dict_from_transformers(image_processor_dict), **kwargs)
 
     def _standardize_kwargs(self, size: Any = None, pad_size: Any = None, format: Any = None, **kwargs: Any) -> dict:
@@ -189,8 +156,7 @@ class HfDetrImageProcessor(TorchvisionBackend):
         masks_path: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Process `images` and their COCO `annotations`; any option of the class can be overridden per call.
-        `masks_path`: the folder of the panoptic PNGs that `"file_name"` names (`format="coco_panoptic"`)."""
+        """`masks_path`: the folder of the panoptic PNGs that `"file_name"` names (`format="coco_panoptic"`)."""
         if masks_path is not None and not isinstance(masks_path, (str, os.PathLike)):
             raise HfDetrInputTypeError(
                 f"`masks_path` must be a folder path (str or Path), got {type(masks_path).__name__}."
@@ -246,7 +212,7 @@ class HfDetrImageProcessor(TorchvisionBackend):
         return_tensors: str | None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """`images`: uint8 or float32 `[3, h, w]` tensors; `targets`: from `coco_targets`, in original pixels."""
+        """`targets`: from `coco_targets`, in original pixels."""
         orig_sizes = [tuple(image.shape[-2:]) for image in images]
         sizes = [resized_size(orig, size) for orig in orig_sizes] if do_resize else orig_sizes
         canvas = _canvas_size(sizes, pad_size, do_pad, return_tensors)
@@ -301,29 +267,17 @@ class HfDetrImageProcessor(TorchvisionBackend):
         return_masks: bool = False,
         nms_threshold: float | None = None,
     ) -> list[dict[str, torch.Tensor]]:
-        """Turn DETR outputs into detections.
+        """Detections per image: `scores` `[n]` (softmax probability of the best real class), `labels` `[n]`,
+        `boxes` `[n, 4]` (x0, y0, x1, y1; pixels of `target_sizes` (height, width) per image, else relative), and
+        with `return_masks` `masks` `[n, height, width]`.
 
         Args:
-            outputs: any object with `logits` `[batch, queries, num_labels + 1]` (the last class is "no object") and
-                `pred_boxes` `[batch, queries, 4]` (normalized center_x, center_y, width, height).
-            threshold: keep detections whose score (softmax probability of the best real class) is >= `threshold`
-                (transformers keeps scores > `threshold`; the two differ only on exact ties).
-            target_sizes: `[batch, 2]` (height, width) per image, usually each image's original size; boxes are then
-                absolute pixels of that size, otherwise they stay relative to [0, 1].
-            top_k: keep at most this many detections per image, highest scores first. Without it detections keep
-                the query order (as in transformers).
-            return_masks: also return each detection's mask, from a segmentation model's `pred_masks` `[batch,
-                queries, h, w]` (bool, at the target size; a pixel is in where the mask's probability exceeds 0.5).
-                The masks span the whole padded input: post-process an unpadded batch (or each image's own region)
-                so that they cover the image the boxes refer to.
-            nms_threshold: a fallback for under-trained checkpoints that give one object several boxes: drop each
-                kept detection whose box overlaps a higher-scored kept detection of its class at IoU above this
-                (`torchvision.ops.batched_nms`), before `top_k`. A trained DETR needs none, and None (the default)
-                applies none.
-
-        Returns:
-            One dict per image: `scores` `[n]`, `labels` `[n]` (int64) and `boxes` `[n, 4]` (x0, y0, x1, y1); with
-            `return_masks`, `masks` `[n, height, width]`.
+            threshold: keeps scores >= `threshold` (transformers: >; they differ only on exact ties).
+            top_k: the highest scores first; without it detections keep the query order (as transformers).
+            return_masks: each detection's mask from `pred_masks` (probability > 0.5, bool, at the target size). The
+                masks span the whole padded input: post-process an unpadded batch or each image's own region.
+            nms_threshold: a fallback for under-trained checkpoints that give one object several boxes: class-wise
+                NMS at this IoU (`batched_nms`) before `top_k`. A trained DETR needs none.
         """
         logits, pred_boxes = detection_outputs(outputs)
         mask_logits = None
@@ -365,21 +319,12 @@ class HfDetrImageProcessor(TorchvisionBackend):
         target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
         return_segmentation_scores: bool = False,
     ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
-        """Turn segmentation outputs into one class map per image, as transformers' `DetrImageProcessor` does.
+        """Per image an int64 `[height, width]` map of label ids, as transformers' `DetrImageProcessor` (pixels no
+        query covers get the highest-scoring label all the same); with `return_segmentation_scores`,
+        `SemanticSegmentationPostProcessorOutput`s with the `[num_labels, height, width]` scores too.
 
-        Args:
-            outputs: any object with `logits` `[batch, queries, num_labels + 1]` and `pred_masks` `[batch, queries,
-                h, w]` (mask logits).
-            target_sizes: `[batch, 2]` (height, width) to resize each map to, or None to keep `(h, w)`.
-            return_segmentation_scores: return `SemanticSegmentationPostProcessorOutput`s with the
-                `[num_labels, height, width]` class scores too.
-
-        Returns:
-            Per image an int64 `[height, width]` map of label ids (pixels no query covers get the label with the
-            highest score all the same).
-
-        The masks cover the whole padded input, as in transformers: with `target_sizes`, an image padded in its
-        batch is resized together with its padding (crop `pred_masks` to the image first, or predict it alone).
+        The masks cover the whole padded input, as in transformers: with `target_sizes`, a padded image is resized
+        with its padding (crop `pred_masks` to the image first, or predict it alone).
         """
         logits, mask_logits = segmentation_outputs(outputs, "post_process_semantic_segmentation")
         return semantic_segmentation(
@@ -395,17 +340,12 @@ class HfDetrImageProcessor(TorchvisionBackend):
         target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
         return_coco_annotation: bool = False,
     ) -> list[dict[str, Any]]:
-        """Turn segmentation outputs into non-overlapping instances, as transformers' `DetrImageProcessor` does
-        (see `post_process_panoptic_segmentation`: the same without fusing).
+        """Non-overlapping instances, as transformers' `DetrImageProcessor` (panoptic without fusing): per image
+        `{"segmentation": int32 [height, width] segment ids, "segments_info": [{"id", "label_id", "was_fused",
+        "score"}]}`.
 
-        Args:
-            return_coco_annotation: give `segmentation` as one COCO RLE dict (`{"size", "counts": str}`, readable by
-                `pycocotools.mask.decode`) per entry of `segments_info`; transformers' option of this name gives
-                row-major runs that pycocotools cannot read.
-
-        Returns:
-            Per image `{"segmentation": int32 [height, width] segment ids (or the RLEs), "segments_info": [{"id",
-            "label_id", "was_fused": False, "score"}]}`.
+        `return_coco_annotation` gives one real COCO RLE per segment (transformers' option of this name gives
+        row-major runs that pycocotools cannot read).
         """
         logits, mask_logits = segmentation_outputs(outputs, "post_process_instance_segmentation")
         check_thresholds(threshold, mask_threshold, overlap_mask_area_threshold)
@@ -428,27 +368,20 @@ class HfDetrImageProcessor(TorchvisionBackend):
         label_ids_to_fuse: Collection[int] | None = None,
         target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Turn segmentation outputs into panoptic maps, as transformers' `DetrImageProcessor` does, except that
-        a segment id is never given twice (transformers can reuse one after a fused class reappears).
+        """Panoptic maps, as transformers' `DetrImageProcessor`, except that a segment id is never given twice
+        (transformers can reuse one after a fused class reappears).
 
         Args:
-            outputs: any object with `logits` `[batch, queries, num_labels + 1]` and `pred_masks` `[batch, queries,
-                h, w]` (mask logits).
-            threshold: keep queries whose best class, "no object" included, is a real class with probability >
-                `threshold`.
-            mask_threshold: a kept query's pixels count as its mask where its probability times its score is >=
-                `mask_threshold`.
-            overlap_mask_area_threshold: a query is a segment only when the pixels it wins are more than this
-                fraction of its mask.
-            label_ids_to_fuse: labels whose queries merge into one segment per image ("stuff" such as sky).
-            target_sizes: `[batch, 2]` (height, width) to resize each map to, or None to keep `(h, w)`. The masks
-                cover the whole padded input, as in transformers: an image padded in its batch is resized together
-                with its padding (crop `pred_masks` to the image first, or predict it alone).
+            threshold: keep queries whose best class, "no object" included, is real with probability > `threshold`.
+            mask_threshold: a kept query's mask is where its probability times its score is >= this.
+            overlap_mask_area_threshold: a query is a segment only when it wins more than this fraction of its mask.
+            label_ids_to_fuse: labels merged into one segment per image ("stuff" such as sky).
+            target_sizes: the masks cover the whole padded input, as in transformers: a padded image is resized with
+                its padding (crop `pred_masks` to the image first, or predict it alone).
 
         Returns:
-            Per image `{"segmentation": int32 [height, width], "segments_info": [{"id": int, "label_id": int,
-            "was_fused": bool, "score": float}]}`: segment ids from 1, 0 where no segment is; a map of -1 and no
-            segments when no query passes `threshold` (as in transformers).
+            Per image `{"segmentation": int32 [height, width], "segments_info": [{"id", "label_id", "was_fused",
+            "score"}]}`: ids from 1, 0 where no segment is; all -1 and no segments when no query passes `threshold`.
         """
         logits, mask_logits = segmentation_outputs(outputs, "post_process_panoptic_segmentation")
         check_thresholds(threshold, mask_threshold, overlap_mask_area_threshold)
@@ -470,7 +403,6 @@ class HfDetrImageProcessor(TorchvisionBackend):
 
 
 def _size_dict(size: Any, name: str, forms: Sequence[set[str]]) -> dict[str, int] | None:
-    """Check that `size` is one of `forms` with positive int values; `SizeDict`s become plain dicts."""
     if size is None:
         return None
     if isinstance(size, SizeDict):
@@ -484,7 +416,7 @@ def _size_dict(size: Any, name: str, forms: Sequence[set[str]]) -> dict[str, int
 
 
 def resized_size(height_width: tuple[int, int], size: SizeDict) -> tuple[int, int]:
-    """The (height, width) an image of `height_width` is resized to: transformers' arithmetic, so sizes agree."""
+    """transformers' arithmetic, so sizes agree with its processors."""
     if size.shortest_edge is not None:
         new = get_size_with_aspect_ratio(height_width, size.shortest_edge, size.longest_edge)
     elif size.max_height is not None:
@@ -497,7 +429,7 @@ def resized_size(height_width: tuple[int, int], size: SizeDict) -> tuple[int, in
 def _canvas_size(
     sizes: list[tuple[int, int]], pad_size: SizeDict | None, do_pad: bool, return_tensors: str | None
 ) -> tuple[int, int] | None:
-    """The (height, width) of the output batch, or None for a list of differently sized images."""
+    """None for a list of differently sized images."""
     if do_pad and pad_size is not None:
         for i, (height, width) in enumerate(sizes):
             if height > pad_size.height or width > pad_size.width:
@@ -525,7 +457,7 @@ def normalization_affine(
     std: float | Sequence[float],
     device: torch.device,
 ) -> tuple[float | torch.Tensor | None, torch.Tensor | None]:
-    """Rescaling and normalization as one `x * scale + bias`, per channel (`[3, 1, 1]`); None where it is a no-op."""
+    """Rescaling and normalization as one `x * scale + bias` (`[3, 1, 1]`); None where a part is a no-op."""
     factor = rescale_factor if do_rescale else 1.0
     if not do_normalize:
         return (factor if do_rescale else None), None

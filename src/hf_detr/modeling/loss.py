@@ -3,8 +3,7 @@
 `build_criterion(config)` maps an `HfDetrConfig` to it: the one-to-one set loss (Hungarian matching, then
 cross-entropy, L1 and GIoU losses on the matched pairs) and, with the training recipe's options, the one-to-many
 query group (H-DETR) and the encoder's dense head; for segmentation, the focal and dice losses of the matched
-masks. docs/ARCHITECTURE.md ("The loss: adding a term") shows how to add
-a term.
+masks. docs/ARCHITECTURE.md ("The loss: adding a term") shows how to add a term.
 """
 
 from __future__ import annotations
@@ -26,11 +25,8 @@ from .matcher import HungarianMatcher, Matcher
 
 
 def validate_labels(labels: object, batch_size: int, num_labels: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Check `labels` (transformers' format) and return the per-image class ids (int64) and boxes.
-
-    `labels` is a list with one dict per image: `class_labels` int `[n]` and `boxes` float `[n, 4]`, normalized
-    (center_x, center_y, width, height) with width, height > 0 and the box inside [0, 1] x [0, 1].
-    """
+    """The entry check of user-supplied `labels`: per image `class_labels` int `[n]` and `boxes` `[n, 4]` normalized
+    (center_x, center_y, width, height), width and height > 0, the box inside [0, 1] x [0, 1]."""
     if not isinstance(labels, Sequence) or isinstance(labels, (str, bytes)):
         raise HfDetrInputTypeError(f"labels must be a list with one dict per image, got {type(labels).__name__}")
     if len(labels) != batch_size:
@@ -75,9 +71,8 @@ def validate_labels(labels: object, batch_size: int, num_labels: int) -> tuple[l
 
 
 def validate_masks(labels: Sequence[Mapping[str, object]], size: tuple[int, int]) -> list[torch.Tensor]:
-    """The per-image target masks of `labels` (each `masks` `[n, height, width]`, one per box, at the padded
-    `pixel_values` size `size`, as `HfDetrImageProcessor` gives them with `return_segmentation_masks=True`), as
-    float 0/1."""
+    """Each image's `masks` `[n, height, width]`, one per box at the padded input `size` (the processor's
+    `return_segmentation_masks=True`), as float 0/1."""
     masks = []
     for i, target in enumerate(labels):
         if "masks" not in target:
@@ -139,13 +134,13 @@ training-only heads (e.g. `encoder_logits`), by name."""
 
 @dataclass(frozen=True)
 class QueryGroups:
-    """`count` consecutive groups of queries, `queries` of the query axis."""
+    """`count` consecutive groups of queries spanning `queries` of the query axis."""
 
     queries: slice
     count: int
 
     def per_row(self, per_image: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-image targets repeated for the `count` groups of each image, in the row order of `layers`."""
+        """Per-image targets repeated for each group, in the row order of `layers`."""
         return [item for item in per_image for _ in range(self.count)]
 
     def layers(self, outputs: LossOutputs) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -168,18 +163,14 @@ class LossTargets:
     """What `SetCriterion` computes once per call and hands to every term.
 
     Attributes:
-        class_labels / boxes: per image, int64 `[n_i]` and `[n_i, 4]` normalized (cx, cy, w, h), validated and on
-            the outputs' device.
-        matcher: the criterion's matcher.
-        eos_coefficient: cross-entropy weight of the "no object" class; `class_weight` `[num_labels + 1]` the
-            weights themselves (1 per class, then `eos_coefficient`).
-        one_to_one: the queries matched one-to-one to the targets: every group but the one `one_to_many` takes.
+        boxes: per image `[n_i, 4]` normalized (cx, cy, w, h), validated and on the outputs' device.
+        class_weight: `[num_labels + 1]`: 1 per class, then `eos_coefficient` ("no object").
+        one_to_one: every query group but the one `one_to_many` takes.
         one_to_many: the last query group, when a term takes it (`LossTerm.takes_last_group`) and the outputs hold
-            more than one group (training); None otherwise.
-        masks: per image, float `[n_i, height, width]` target masks at the padded input size, when a term reads
-            masks (`LossTerm.reads_masks`); None otherwise.
-        matches: the matcher's results, computed once per (query groups, layer) and shared by the terms
-            (`match`): the mask loss reuses the one-to-one matches of the last layer.
+            more than one group (training).
+        masks: per image float `[n_i, height, width]` at the padded input size, when a term reads masks.
+        matches: computed once per (query groups, layer) and shared by the terms (`match`): the mask loss reuses
+            the one-to-one matches of the last layer.
     """
 
     class_labels: list[torch.Tensor]
@@ -201,8 +192,7 @@ class LossTargets:
         class_labels: list[torch.Tensor],
         boxes: list[torch.Tensor],
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The matcher's `(query indices, target indices)` per row of `groups.layers(outputs)`'s layer `suffix`,
-        computed on the first call and reused after."""
+        """`(query indices, target indices)` per row of `groups.layers(outputs)`'s layer `suffix`, cached."""
         key = (groups.queries.start, groups.queries.stop, suffix)  # slices are not hashable before Python 3.12
         if key not in self.matches:
             name = f"auxiliary_outputs[{suffix[1:]}]." if suffix else ""
@@ -264,8 +254,7 @@ def _matched_terms(
     ce_norm: float,
     class_weight: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """`loss_ce`, `loss_bbox`, `loss_giou` and `cardinality_error` of one layer's `logits` `[b, q, num_labels + 1]`
-    and `pred_boxes` `[b, q, 4]`, given the matcher's `indices` per row."""
+    """DETR's four values of one layer, given the matcher's `indices` per row."""
     device = logits.device
     num_classes = logits.shape[-1] - 1
     batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
@@ -381,18 +370,15 @@ class EncoderDenseLoss(LossTerm):
 
 @dataclass(frozen=True)
 class MaskLoss(LossTerm):
-    """The segmentation head's loss on the matched queries of the last decoder layer (the one-to-one matches the set
-    loss computed; masks are not part of the matching cost, as in the paper): `loss_mask`, the sigmoid focal loss
-    (`torchvision.ops.sigmoid_focal_loss`, alpha 0.25, gamma 2) averaged over each mask's pixels, and `loss_dice`,
-    1 - the smoothed Dice coefficient, both summed over masks and divided by the number of target boxes (averaged
-    over processes, as the box losses).
+    """The mask head's loss on the one-to-one matches of the last layer (masks are not in the matching cost, as in
+    the paper): `loss_mask`, sigmoid focal loss (alpha 0.25, gamma 2) averaged over each mask's pixels, and
+    `loss_dice`, 1 - smoothed Dice, both summed over masks and divided by the target boxes (averaged over processes).
 
-    The predicted masks are upsampled (bilinear) to the targets' size, the padded input size. Padding pixels are
-    left out of both terms (`outputs["pixel_mask"]`), so a padded image has the loss it has alone; the original and
-    transformers count them as background. Reads `outputs["pred_masks"]` `[batch, num_queries, h, w]` (the first
-    query group), or `outputs["masks_of"]`, a function of the matched (image, query) index pairs giving only their
-    mask logits `[n, h, w]` (what `HfDetrForSegmentation` passes in training: the head runs on the matched queries
-    alone), and `outputs["pixel_mask"]` `[batch, height, width]`.
+    Predicted masks are upsampled (bilinear) to the padded input size. Padding pixels (`outputs["pixel_mask"]`) are
+    left out, so a padded image has the loss it has alone; the original and transformers count them as background.
+    Reads `outputs["pred_masks"]` `[batch, num_queries, h, w]` (the first query group), or `outputs["masks_of"]`,
+    a function of the matched (image, query) pairs giving their mask logits `[n, h, w]` (what
+    `HfDetrForSegmentation` passes in training, to run the head on the matched queries alone).
     """
 
     reads_masks: ClassVar[bool] = True
@@ -437,16 +423,8 @@ class SetCriterion:
     """DETR's loss, composed as the original's `SetCriterion(num_classes, matcher, weight_dict, eos_coef, losses)`:
     every term in `losses` is computed, and those named in `weight_dict` are summed with their weights.
 
-    Args:
-        matcher: assigns queries to targets (`HungarianMatcher`, or any `Matcher`), built once by its owner.
-        weight_dict: the weight of each term in the total; terms not in it (`cardinality_error`) are only logged.
-        losses: the `LossTerm`s.
-        num_queries: queries per group: outputs with `k * num_queries` queries hold k groups (Group DETR training;
-            the model outputs one group in eval mode).
-        eos_coefficient: cross-entropy weight of the "no object" class.
-        num_labels: classes, without "no object".
-
-    `build_criterion(config)` builds the one an `HfDetrConfig` describes.
+    Values not in `weight_dict` (`cardinality_error`) are only logged. Outputs with `k * num_queries` queries hold
+    k groups (Group DETR training; one group in eval mode). `num_labels` excludes "no object".
     """
 
     matcher: Matcher
@@ -462,15 +440,9 @@ class SetCriterion:
             raise HfDetrInputError(f"only one loss term can take the last query group, got {takers}")
 
     def __call__(self, outputs: LossOutputs, labels: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Returns the weighted total loss and every term by name.
-
-        Args:
-            outputs: `logits` `[batch, groups * num_queries, num_labels + 1]` and `pred_boxes`
-                `[batch, groups * num_queries, 4]`; optionally `auxiliary_outputs` (per decoder layer but the last,
-                a dict of both) and what other terms read (`EncoderDenseLoss`).
-            labels: one dict per image, `class_labels` `[n]` and `boxes` `[n, 4]` (see `validate_labels`), and
-                `masks` `[n, height, width]` for a term that reads masks (see `validate_masks`).
-        """
+        """The weighted total and every value by name. `outputs`: `logits`, `pred_boxes`, optionally
+        `auxiliary_outputs` (one dict of both per decoder layer but the last) and what other terms read; `labels`:
+        see `validate_labels` and `validate_masks`."""
         targets = self._targets(outputs, labels)
         loss_dict = self._terms(outputs, targets)
         weighted = (self.weight_dict[key] * value for key, value in loss_dict.items() if key in self.weight_dict)
@@ -478,7 +450,7 @@ class SetCriterion:
         return loss, loss_dict
 
     def _targets(self, outputs: LossOutputs, labels: object) -> LossTargets:
-        """Validate `labels` and split the queries into groups, once for every term."""
+        """Once for every term."""
         logits = outputs["logits"]
         device = logits.device
         class_labels, boxes = validate_labels(labels, logits.shape[0], self.num_labels)

@@ -18,7 +18,7 @@ class NonFiniteOutputError(ValueError):
 
 
 def check_finite(tensor: torch.Tensor, name: str) -> None:
-    """Raise a clear error instead of letting NaN/inf reach scipy ("cost matrix is infeasible")."""
+    """Instead of scipy's "cost matrix is infeasible"."""
     if not torch.isfinite(tensor).all():
         raise NonFiniteOutputError(
             f"{name} contains NaN or inf values: the model has diverged or a half-precision value overflowed. "
@@ -63,17 +63,8 @@ class HungarianMatcher:
         boxes: Sequence[torch.Tensor],
         name: str = "",
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """
-        Args:
-            logits: `[batch, queries, num_labels + 1]`.
-            pred_boxes: `[batch, queries, 4]`, normalized (cx, cy, w, h).
-            class_labels: per image, int64 `[n_i]`.
-            boxes: per image, `[n_i, 4]` normalized (cx, cy, w, h).
-            name: prefix naming these predictions in error messages (e.g. "auxiliary_outputs[2].").
-
-        Returns:
-            Per image, `(query_indices, target_indices)` int64 CPU tensors of length `min(queries, n_i)`.
-        """
+        """Per image `(query_indices, target_indices)`, int64 CPU tensors of length `min(queries, n_i)`; boxes
+        normalized (cx, cy, w, h); `name` prefixes errors (e.g. "auxiliary_outputs[2].")."""
         batch, num_queries = logits.shape[:2]
         sizes = [len(b) for b in boxes]
         empty = torch.empty(0, dtype=torch.int64)

@@ -25,7 +25,7 @@ class SinePositionEmbedding(nn.Module):
         self.scale = scale
 
     def forward(self, mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """`mask` `[batch, h, w]` (True on real pixels) -> embedding `[batch, h * w, d_model]`."""
+        """`mask`: True on real pixels."""
         valid = mask.to(dtype)
         y = valid.cumsum(1)
         x = valid.cumsum(2)
@@ -53,7 +53,7 @@ class LearnedPositionEmbedding(nn.Module):
         self.col_embed = nn.Embedding(self.max_size, d_model // 2)
 
     def forward(self, mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """`mask` `[batch, h, w]` -> embedding `[batch, h * w, d_model]` (the mask only gives the shape)."""
+        """The mask only gives the shape."""
         batch, height, width = mask.shape
         if height > self.max_size or width > self.max_size:
             raise HfDetrInputError(

@@ -20,8 +20,7 @@ __all__ = [
 
 
 def output_tensors(outputs: Any, names: tuple[str, ...], needs: str) -> tuple[torch.Tensor, ...]:
-    """The fields `names` of model `outputs` as tensors; a TypeError naming what is missing (`needs`: who needs
-    them, e.g. "post_process_object_detection needs model outputs")."""
+    """`needs` starts the error, e.g. "post_process_object_detection needs model outputs"."""
     missing = [name for name in names if getattr(outputs, name, None) is None]
     if missing:
         raise HfDetrInputTypeError(

@@ -1,9 +1,7 @@
 """DETR segmentation outputs (class logits and per-query mask logits) to semantic, instance and panoptic maps, as
 transformers' `DetrImageProcessor` computes them (its `post_process_*_segmentation`), with two corrections listed
-in `panoptic_segmentation` and `instance_segmentation`.
-
-The inputs are checked by the caller (`HfDetrImageProcessor`); this module imports nothing of the package, so a
-saved folder can load it with `trust_remote_code`.
+in `panoptic_segmentation` and `instance_segmentation`. The inputs are checked by the caller
+(`HfDetrImageProcessor`).
 """
 
 from __future__ import annotations
@@ -29,18 +27,9 @@ def semantic_segmentation(
     target_sizes: Sequence[Size] | None,
     return_segmentation_scores: bool = False,
 ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
-    """One class map per image: each pixel gets the class that maximizes sum_q p(class | q) * sigmoid(mask_q).
-
-    Args:
-        logits: `[batch, queries, num_labels + 1]` (the last class is "no object").
-        mask_logits: `[batch, queries, h, w]`.
-        target_sizes: one (height, width) per image to resize the scores to (bilinear), or None for `(h, w)`.
-        return_segmentation_scores: also return the `[num_labels, height, width]` scores.
-
-    Returns:
-        Per image the int64 `[height, width]` class map, or with `return_segmentation_scores` a
-        `SemanticSegmentationPostProcessorOutput` with `segmentation` and `segmentation_scores`.
-    """
+    """Per image the int64 `[height, width]` map of the class maximizing sum_q p(class | q) * sigmoid(mask_q), the
+    scores resized to `target_sizes` (bilinear); with `return_segmentation_scores` also the `[num_labels, height,
+    width]` scores."""
     class_probs = logits.softmax(-1)[..., :-1]
     scores = torch.einsum("bqc,bqhw->bchw", class_probs, mask_logits.sigmoid())
     if target_sizes is not None:
@@ -64,13 +53,9 @@ def instance_segmentation(
     target_sizes: Sequence[Size] | None,
     return_coco_annotation: bool = False,
 ) -> list[dict[str, Any]]:
-    """One map of non-overlapping instances per image: `panoptic_segmentation` without fusing.
-
-    With `return_coco_annotation`, `segmentation` is a list of COCO RLE dicts (`{"size": [height, width], "counts":
-    str}`, what `pycocotools.mask.encode` gives and COCO result files hold), one per entry of `segments_info`, in
-    its order; an image without segments gets `[]`. transformers' option of the same name returns row-major
-    (start, length) runs of every id, background included, which pycocotools cannot read.
-    """
+    """`panoptic_segmentation` without fusing. With `return_coco_annotation`, `segmentation` is one COCO RLE per
+    entry of `segments_info` (`[]` without segments); transformers' option of the same name returns row-major
+    (start, length) runs of every id, background included, which pycocotools cannot read."""
     results = panoptic_segmentation(
         logits, mask_logits, threshold, mask_threshold, overlap_mask_area_threshold, (), target_sizes
     )
@@ -102,13 +87,7 @@ def panoptic_segmentation(
     One correction: an id is never given twice. transformers continues counting from a fused class's id when
     that class reappears, so the next new segment can take an id that is already in use.
 
-    Args:
-        logits: `[batch, queries, num_labels + 1]`; mask_logits: `[batch, queries, h, w]`.
-        target_sizes: one (height, width) per image, or None to keep `(h, w)`.
-
-    Returns:
-        Per image `{"segmentation": int32 [height, width], "segments_info": [{"id", "label_id", "was_fused",
-        "score"}]}`; an image with no kept query gets a map of -1 (as in transformers) and no segments.
+    An image with no kept query gets a map of -1 (as in transformers) and no segments.
     """
     scores, labels = logits.softmax(-1).max(-1)
     keep = (labels != logits.shape[-1] - 1) & (scores > threshold)
@@ -140,7 +119,7 @@ def _segments(
     overlap_mask_area_threshold: float,
     fuse: set[int],
 ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """The panoptic map of one image from its kept queries' mask probabilities `[k, height, width]`."""
+    """One image's map from its kept queries' mask probabilities `[k, height, width]`."""
     weighted = probs * scores[:, None, None]
     owner = weighted.argmax(0)  # [height, width]: the query each pixel goes to
     owned = torch.bincount(owner.flatten(), minlength=len(weighted))
@@ -168,20 +147,18 @@ def _segments(
 
 
 def query_masks(mask_logits: torch.Tensor, size: Size) -> torch.Tensor:
-    """Boolean `[n, height, width]` masks of `n` queries' mask logits `[n, h, w]` resized to `size` (bilinear): a
-    pixel is in a query's mask where its probability exceeds 0.5 (logit > 0), as in the original DETR's results."""
+    """Resized (bilinear), a pixel in where its probability exceeds 0.5, as in the original DETR's results."""
     if not len(mask_logits):
         return torch.zeros(0, *size, dtype=torch.bool, device=mask_logits.device)
     return _resize(mask_logits, size) > 0
 
 
 def _resize(maps: torch.Tensor, size: Size) -> torch.Tensor:
-    """`[c, h, w]` maps resized to `size` (bilinear, as transformers resizes them)."""
+    """Bilinear, as transformers resizes them."""
     return F.interpolate(maps[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
 
 
 def _coco_rles(segmentation: torch.Tensor, segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The COCO RLE of each segment of a panoptic map, in the order of `segments`."""
     if not segments:
         return []
     ids = torch.tensor([segment["id"] for segment in segments], dtype=segmentation.dtype, device=segmentation.device)
@@ -189,8 +166,8 @@ def _coco_rles(segmentation: torch.Tensor, segments: list[dict[str, Any]]) -> li
 
 
 def encode_rles(masks: np.ndarray | torch.Tensor) -> list[dict[str, Any]]:
-    """Binary masks ``[n, height, width]`` (bool or 0/1) as ``n`` COCO compressed RLEs ``{"size": [height, width],
-    "counts": str}`` (what `pycocotools.mask.encode` gives, its counts as text so JSON and Arrow store them)."""
+    """COCO compressed RLEs ``{"size": [height, width], "counts": str}``, counts as text so JSON and Arrow store
+    them."""
     from pycocotools import mask as coco_mask  # imported only here: the rest of the module does not need it
 
     if isinstance(masks, torch.Tensor):

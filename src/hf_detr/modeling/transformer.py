@@ -35,13 +35,8 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """
-        Args:
-            query: `[batch, q_len, d_model]`; key, value: `[batch, kv_len, d_model]`.
-            mask: boolean, broadcastable to `[batch, heads, q_len, kv_len]`, True where the query may attend the key
-                (e.g. a key padding mask as `[batch, 1, 1, kv_len]`).
-            need_weights: also return the attention weights `[batch, heads, q_len, kv_len]` (slower path).
-        """
+        """`mask`: bool, broadcastable to `[batch, heads, q_len, kv_len]`, True where the query may attend the key
+        (a key padding mask as `[batch, 1, 1, kv_len]`). `need_weights` takes a slower path."""
         d_model = query.shape[-1]
         weight, bias = self.in_proj_weight, self.in_proj_bias
         if query is key:
@@ -201,11 +196,8 @@ class TransformerDecoder(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> dict[str, torch.Tensor | tuple[torch.Tensor, ...] | None]:
-        """
-        Returns a dict with `last_hidden_state` `[batch, queries, d_model]` (after the final LayerNorm),
-        `intermediate` `[layers, batch, queries, d_model]` (each layer's output through the final LayerNorm, for the
-        auxiliary loss; the last entry equals `last_hidden_state`), and hidden states / attentions on request.
-        """
+        """`last_hidden_state` after the final LayerNorm; `intermediate` `[layers, batch, queries, d_model]`, each
+        layer's output through the final LayerNorm for the auxiliary loss (the last equals `last_hidden_state`)."""
         intermediate = []
         hidden_states = (tgt,) if output_hidden_states else None
         self_attentions = () if output_attentions else None
