@@ -1,8 +1,10 @@
 """From examples in the Hub's COCO detection schema to model batches::
 
-train = DetectionDataset(dataset["train"], make_train_transform(), seed=0)
-loader = DataLoader(train, batch_size=4, collate_fn=DetectionCollator(HfDetrImageProcessor()))
-batch = next(iter(loader))  # pixel_values [4, 3, H, W], pixel_mask [4, H, W], labels: 4 dicts
+    train = DetectionDataset(dataset["train"], make_train_transform(), seed=0)
+    loader = DataLoader(train, batch_size=4, collate_fn=DetectionCollator(HfDetrImageProcessor()))
+    batch = next(iter(loader))  # pixel_values [4, 3, H, W], pixel_mask [4, H, W], labels: 4 dicts
+
+A streamed split goes through the same per-example work in :mod:`.streaming`.
 """
 
 from __future__ import annotations
