@@ -94,3 +94,38 @@ def test_nms_in_post_processing_equals_batched_nms(top_k):
             assert torch.equal(after[key], before[key][order]), key
     with pytest.raises(HfDetrInputError, match=r"`nms_threshold` must be an IoU in \[0, 1\] or None, got 1.5"):
         processor.post_process_object_detection(outputs, 0.2, nms_threshold=1.5)
+
+
+class _TwinDetector(torch.nn.Module):
+    """Per image two confident class-0 boxes 1% apart in the middle (a duplicate pair), the other queries "no
+    object"."""
+
+    def __init__(self):
+        super().__init__()
+        from hf_detr import presets
+
+        self.config = presets.get("tiny").config(id2label={0: "circle", 1: "rectangle", 2: "triangle"})
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # evaluate() reads the device from a parameter
+
+    def forward(self, pixel_values, pixel_mask):
+        batch, queries = len(pixel_values), self.config.num_queries
+        logits = torch.full((batch, queries, 4), -10.0)
+        logits[..., -1] = 10.0
+        logits[:, :2, 0], logits[:, :2, -1] = 10.0, -10.0
+        boxes = torch.tensor([0.5, 0.5, 0.3, 0.3]).repeat(batch, queries, 1)
+        boxes[:, 1, 0] += 0.003
+        return HfDetrObjectDetectionOutput(logits=logits, pred_boxes=boxes)
+
+
+def test_evaluate_reports_duplicates_and_nms_removes_them():
+    from hf_detr import presets
+    from hf_detr.data.synthetic import make_synthetic_dataset
+    from hf_detr.evaluation.evaluate import evaluate
+
+    split = make_synthetic_dataset(0, 3, 0, image_size=64, classes=("circle", "rectangle", "triangle"), seed=0)
+    processor = presets.get("tiny").image_processor()
+    plain = evaluate(_TwinDetector(), processor, split["validation"])
+    assert plain["duplicate_rate"] == 0.5  # of the two confident boxes of each image, one is the other's twin
+    pruned = evaluate(_TwinDetector(), processor, split["validation"], nms_threshold=0.5)
+    assert pruned["duplicate_rate"] == 0.0
+    assert pruned["duplicated_objects"] == 0.0 <= plain["duplicated_objects"]

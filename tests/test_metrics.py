@@ -16,6 +16,7 @@ from pycocotools.cocoeval import COCOeval
 from transformers import DetrImageProcessor, EvalPrediction, Trainer, TrainingArguments
 
 from hf_detr.data.transforms import to_coco_annotations
+from hf_detr.evaluation.duplicates import duplicate_measure
 from hf_detr.evaluation.metrics import (
     COCO_STAT_NAMES,
     PER_CLASS_STATS,
@@ -441,7 +442,8 @@ def test_compute_metrics_matches_coco_evaluate_on_hand_converted_boxes(image_pro
         references.append(
             {"boxes": boxes, "labels": classes, "iscrowd": crowd, "area": [bw * bh for _, _, bw, bh in boxes]}
         )
-    expected = coco_evaluate(predictions, references)
+    # COCO's numbers, and the duplicate measure of the same detections
+    expected = {**coco_evaluate(predictions, references), **duplicate_measure(predictions, references)}
     assert results == {name: pytest.approx(value, abs=1e-4) for name, value in expected.items()}
     assert 0.05 < results["map"] < 0.95 and sum(len(p["scores"]) for p in predictions) > len(IMAGES)
 

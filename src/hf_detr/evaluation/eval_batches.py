@@ -97,12 +97,15 @@ def detections_in_original_frame(
     labels: Sequence[Mapping[str, Any]],
     threshold: float,
     where: str = "labels",
+    nms_threshold: float | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Post-processed at ``threshold`` to each label's ``orig_size``, as numpy arrays: the compact form an evaluation
     keeps of each image until it scores them all."""
     sizes = [_height_width(label, "orig_size", f"{where}[{i}]") for i, label in enumerate(labels)]
     outputs = PostProcessInputs(logits=torch.as_tensor(logits), pred_boxes=torch.as_tensor(pred_boxes))
-    found = image_processor.post_process_object_detection(outputs, threshold, target_sizes=torch.tensor(sizes))
+    # only when asked: another processor (transformers' DETR's) has no NMS option
+    nms = {} if nms_threshold is None else {"nms_threshold": nms_threshold}
+    found = image_processor.post_process_object_detection(outputs, threshold, target_sizes=torch.tensor(sizes), **nms)
     return [{key: value.cpu().numpy() for key, value in image.items()} for image in found]
 
 

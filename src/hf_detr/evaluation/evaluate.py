@@ -90,6 +90,7 @@ def evaluate(
     threshold: float = 0.0,
     return_evaluation: bool = False,
     backend: str = "pycocotools",
+    nms_threshold: float | None = None,
 ) -> dict[str, float] | CocoEvaluation:
     """COCO box metrics (`make_compute_metrics`: `map`, `map_50`, ..., and with `per_class` the flat
     `map_class_<name>`, `map_50_class_<name>`, `mar_100_class_<name>` of each class) of `model` on `data`: a split in
@@ -101,7 +102,9 @@ def evaluate(
     what `hf_detr.evaluation.diagnostics.diagnose` reads, so diagnostics need no second model pass).
 
     `backend` computes COCOeval's numbers: "pycocotools" or "numpy" (the same numbers, several times faster on large
-    sets; see `hf_detr.evaluation.metrics.coco_evaluate`).
+    sets; see `hf_detr.evaluation.metrics.coco_evaluate`). `nms_threshold` scores the detections left by
+    post-processing's class-wise NMS fallback (`HfDetrImageProcessor.post_process_object_detection`). The metrics
+    include the duplicate measure (`hf_detr.evaluation.duplicates`: `duplicate_rate`, `duplicated_objects`).
 
     Memory stays that of the detections: each batch is post-processed at once (at `threshold`, to each image's
     original frame) and kept as numpy arrays, a segmentation model's masks as RLEs. With an `accelerate.Accelerator`,
@@ -145,6 +148,7 @@ def evaluate(
             labels,
             threshold,
             f"batch {len(boxes)} labels",
+            nms_threshold,
         )
         boxes.append(list(zip(detections, labels)))
         if getattr(outputs, "pred_masks", None) is not None:
@@ -154,7 +158,7 @@ def evaluate(
                     "loader with evaluation_loader(..., mask_references=True) on a split loaded with "
                     "masks=True"
                 )
-            scorer = scorer or MaskScorer(image_processor, config.id2label, threshold)
+            scorer = scorer or MaskScorer(image_processor, config.id2label, threshold, nms_threshold)
             masks.append(scorer.batch(outputs, pixel_mask, batch["mask_references"]))
     model.train(was_training)
     images = len(loader.dataset)
@@ -200,8 +204,14 @@ class MaskScorer:
     off first, so a padded image scores as it would alone), against the batch's `mask_references` (the collator's, in
     the model's labels). `batch` scores one batch; `compute` the images of all batches, once."""
 
-    def __init__(self, image_processor: Any, model_id2label: Mapping[int, str], threshold: float = 0.0) -> None:
-        self.image_processor, self.threshold = image_processor, threshold
+    def __init__(
+        self,
+        image_processor: Any,
+        model_id2label: Mapping[int, str],
+        threshold: float = 0.0,
+        nms_threshold: float | None = None,
+    ) -> None:
+        self.image_processor, self.threshold, self.nms_threshold = image_processor, threshold, nms_threshold
         self.panoptic = PanopticQualityMetric(things={int(label) for label in model_id2label})
 
     def batch(
@@ -215,7 +225,7 @@ class MaskScorer:
                 logits=outputs.logits[i : i + 1].float(), pred_boxes=outputs.pred_boxes[i : i + 1], pred_masks=own[None]
             )
             found = self.image_processor.post_process_object_detection(
-                single, self.threshold, target_sizes=[size], return_masks=True
+                single, self.threshold, target_sizes=[size], return_masks=True, nms_threshold=self.nms_threshold
             )[0]
             prediction = {
                 "masks": encode_rles(found["masks"].cpu()),

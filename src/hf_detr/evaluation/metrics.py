@@ -50,6 +50,7 @@ from .coco_inputs import (
     trusted_prediction_arrays,
     trusted_reference_arrays,
 )
+from .duplicates import DuplicateCounts, count_duplicates
 from .eval_batches import (
     PostProcessInputs,
     are_detections,
@@ -297,7 +298,10 @@ def make_compute_metrics(
             # post-processing's detections and the processor's labels: checked where they were made
             preds += [trusted_prediction_arrays(d) for d in detections]
             refs += [trusted_reference_arrays(r) for r in references]
-        evaluation = _evaluate_boxes(preds, refs, per_class, id2label, return_evaluation, backend).rounded(4)
+        evaluation = _evaluate_boxes(preds, refs, per_class, id2label, return_evaluation, backend)
+        duplicates = sum(map(count_duplicates, preds, refs), DuplicateCounts())
+        evaluation = dataclasses.replace(evaluation, metrics={**evaluation.metrics, **duplicates.metrics()})
+        evaluation = evaluation.rounded(4)
         return evaluation if return_evaluation else evaluation.metrics
 
     return compute_metrics
