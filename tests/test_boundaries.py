@@ -28,12 +28,9 @@ BOX_CHECK_ENTRIES = {
     ("hf_detr.data.transforms", "_object_fields"),
 }
 
-# Imports of a private name from another hf_detr package found when this test was written, in files owned by work
-# in progress elsewhere; each should become a public name. A new one fails the test.
-PRIVATE_IMPORT_ALLOWLIST: set[tuple[str, str, str]] = {
-    # the export check cuts segmentation logits to the image's region as the evaluation does
-    ("hf_detr.hub.validate", "hf_detr.evaluation.evaluate", "_own_region"),
-}
+# Imports of a private name from another hf_detr package that are allowed (none: a name shared across packages is
+# public). A new one fails the test.
+PRIVATE_IMPORT_ALLOWLIST: set[tuple[str, str, str]] = set()
 
 
 def _modules() -> Iterator[tuple[str, Path]]:

@@ -13,7 +13,7 @@ import torch
 
 from hf_detr import HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor, create_model, presets
 from hf_detr.apps.cli import build_parser, main
-from hf_detr.evaluation.evaluate import _own_region
+from hf_detr.evaluation.evaluate import own_region
 from hf_detr.evaluation.metrics import PostProcessInputs
 from hf_detr.hub.export import END_TO_END_FILE, RAW_FILE, export_folder, export_onnx
 from hf_detr.hub.onnx_graph import Postprocess, Preprocess, resized_sizes
@@ -177,7 +177,7 @@ def test_postprocessing_equals_post_process_object_detection_on_own_regions(proc
         mask[:height, :width] = 1
     scores, labels, boxes, masks = Postprocess(6, masks=True)(logits, pred_boxes, sizes, resized, pred_masks)
     for i, (height, width) in enumerate(sizes.tolist()):
-        own = _own_region(pred_masks[i], pixel_mask[i])[None]
+        own = own_region(pred_masks[i], pixel_mask[i])[None]
         single = PostProcessInputs(logits=logits[i : i + 1], pred_boxes=pred_boxes[i : i + 1], pred_masks=own)
         expected = processor.post_process_object_detection(
             single, 0.0, target_sizes=[(height, width)], top_k=6, return_masks=True

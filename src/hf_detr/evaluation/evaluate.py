@@ -30,7 +30,15 @@ from ..modeling.errors import HfDetrInputError
 from .metrics import CocoEvaluation, PostProcessInputs, detections_in_original_frame, make_compute_metrics
 from .segmentation_metrics import PanopticQualityMetric, SegmentCounts, coco_segmentation_evaluate
 
-__all__ = ["MaskScorer", "evaluate", "evaluation_collator", "evaluation_dataset", "evaluation_loader", "model_labels"]
+__all__ = [
+    "MaskScorer",
+    "evaluate",
+    "evaluation_collator",
+    "evaluation_dataset",
+    "evaluation_loader",
+    "model_labels",
+    "own_region",
+]
 
 
 def model_labels(dataset_names: Sequence[str], model_id2label: Mapping[int, str]) -> list[int]:
@@ -220,7 +228,7 @@ class MaskScorer:
         scored = []
         for i, reference in enumerate(references):
             size = tuple(reference["masks"].shape[-2:])
-            own = _own_region(outputs.pred_masks[i].float(), pixel_mask[i])
+            own = own_region(outputs.pred_masks[i].float(), pixel_mask[i])
             single = PostProcessInputs(
                 logits=outputs.logits[i : i + 1].float(), pred_boxes=outputs.pred_boxes[i : i + 1], pred_masks=own[None]
             )
@@ -259,7 +267,7 @@ class MaskScorer:
         return {**metrics, **self.panoptic.compute(per_class=per_class, id2label=id2label)}
 
 
-def _own_region(mask_logits: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+def own_region(mask_logits: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
     """`mask_logits` `[queries, h, w]` cut to the image's real (unpadded) pixels, scaled from `pixel_mask`'s size."""
     rows, cols = pixel_mask.bool().any(1).sum(), pixel_mask.bool().any(0).sum()
     height, width = mask_logits.shape[-2:]

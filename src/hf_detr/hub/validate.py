@@ -109,7 +109,7 @@ def reference_detections(
     """What the end-to-end graph computes, in PyTorch: `processor` on the batch of `images`, the model, and per image
     `post_process_object_detection(threshold=0, top_k=max_detections)` at its original size, a segmentation model's
     masks from the image's own region of the padded batch (as `hf_detr.evaluation.evaluate` cuts them)."""
-    from ..evaluation.evaluate import _own_region
+    from ..evaluation.evaluate import own_region
     from ..evaluation.metrics import PostProcessInputs
 
     inputs = processor(images=list(images), return_tensors="pt")
@@ -117,7 +117,7 @@ def reference_detections(
     masks = getattr(outputs, "pred_masks", None)
     found = []
     for i, image in enumerate(images):
-        own = None if masks is None else _own_region(masks[i], inputs["pixel_mask"][i])[None]
+        own = None if masks is None else own_region(masks[i], inputs["pixel_mask"][i])[None]
         single = PostProcessInputs(
             logits=outputs.logits[i : i + 1], pred_boxes=outputs.pred_boxes[i : i + 1], pred_masks=own
         )
