@@ -24,8 +24,6 @@ BOX_CHECK_ENTRIES = {
     ("hf_detr.evaluation.coco_inputs", "reference_arrays"),
     # the diagnostics' public entry for one image (diagnose reads an evaluation already checked)
     ("hf_detr.evaluation.diagnostics", "match_image"),
-    # to remove: checked by the loader
-    ("hf_detr.data.transforms", "_object_fields"),
 }
 
 # Imports of a private name from another hf_detr package that are allowed (none: a name shared across packages is

@@ -229,16 +229,9 @@ def test_with_transform_on_a_dataset_and_coco_annotations():
 
 @pytest.mark.parametrize(
     ("objects", "message"),
+    # the boxes' values are checked where the data set is loaded (tests/test_data.py, test_real_world_data.py), not
+    # again here; the structure of `objects` is what the transform reads
     [
-        (
-            {"bbox": [[1, 2, 3]], "category": [0]},
-            r"image_id=9.*objects.bbox\[0\]. = \[1, 2, 3\] is not 4 numbers.*\[x, y, w, h\]",
-        ),
-        (
-            {"bbox": [[1, 2, 3, 4], [0, 0, -1, 4]], "category": [0, 1]},
-            r"image_id=9.*objects.bbox\[1\].*negative width or height",
-        ),
-        ({"bbox": [[1, 2, float("nan"), 4]], "category": [0]}, r"objects.bbox\[0\].*is NaN or infinite"),
         ({"bbox": [[1, 2, 3, 4]], "category": [0, 1]}, r"objects.category. has 2 entries but .objects.bbox. has 1"),
         ({"category": [0]}, r"image_id=9.*`objects`.*`bbox`"),
     ],

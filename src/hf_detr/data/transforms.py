@@ -24,7 +24,6 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..modeling.boxes import check_boxes
 from ..modeling.errors import HfDetrInputError, HfDetrInputTypeError
 from .masks import decode_rles, encode_rles
 
@@ -153,13 +152,14 @@ def _where(example: dict[str, Any]) -> str:
 
 
 def _object_fields(example: dict[str, Any]) -> tuple[torch.Tensor, dict[str, list]]:
-    """Validate ``example["objects"]``; return its boxes as an (N, 4) float64 tensor and the other per-object lists."""
+    """``example["objects"]``'s boxes as an (N, 4) float64 tensor and its other per-object lists. The boxes are not
+    checked again: the loaders checked them under the box policy (`hf_detr.data.box_policy`)."""
     objects = example.get("objects")
     if not isinstance(objects, dict) or "bbox" not in objects:
         raise HfDetrInputError(
             f"{_where(example)}: expected `objects` to be a dict with a `bbox` list (Hub COCO schema), got {objects!r}."
         )
-    boxes = check_boxes(objects["bbox"], lambda j: f"{_where(example)}: `objects.bbox[{j}]`", "xywh")
+    boxes = torch.as_tensor(objects["bbox"], dtype=torch.float64).reshape(-1, 4)
     others = {key: list(values) for key, values in objects.items() if key != "bbox"}
     for key, values in others.items():
         if len(values) != len(boxes):
