@@ -22,6 +22,7 @@ def test_transformer_compiles_without_graph_breaks(model):
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
+@pytest.mark.slow
 def test_compiled_model_matches_eager_in_inference_and_training(model):
     torch._dynamo.reset()
     compiled = torch.compile(model)

@@ -129,6 +129,7 @@ def test_demo_writes_model_metrics_and_pictures(tmp_path, monkeypatch, capsys):
     assert Image.open(tmp_path / "annotated" / "scene.png").size == (128, 128)
 
 
+@pytest.mark.slow
 def test_demo_recipe_learns_in_a_short_run(tmp_path):
     """150 steps of the demo's recipe (model, optimizer, schedule, augmentation) on 8 images detect those images'
     shapes (AP50 0.76 when measured; an error in the boxes, the matching, the loss or the post-processing keeps it

@@ -94,6 +94,7 @@ def test_two_processes_step_like_one_process_on_the_whole_batch(
     assert max_difference(ddp["state_dict"], whole) < 1e-5
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, env: dict[str, str]) -> None:
     documented = command("multi-gpu")
     # 12 images in batches of 2 x 2 processes: 3 steps per epoch; the kill comes after step 2, inside the first
