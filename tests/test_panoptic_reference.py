@@ -7,8 +7,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from hf_detr import HfDetrSegmentationOutput
+from hf_detr.data import id2label
 from hf_detr.evaluation.segmentation_metrics import panoptic_quality
 
 THINGS = {1: "circle", 2: "square"}
@@ -148,3 +151,46 @@ def test_pq_with_stuff_equals_pq_compute_on_the_same_files(tmp_path):
     for group, suffix in (("All", ""), ("Things", "_things"), ("Stuff", "_stuff")):
         for stat in ("pq", "sq", "rq"):
             assert ours[stat + suffix] == pytest.approx(reference[group][stat], abs=1e-9), (group, stat)
+
+
+class _HalvedStuffOracle(torch.nn.Module):
+    """Answers each image with its ground truth (`tests/test_segmentation_evaluation.py`'s oracle), except that a
+    stuff segment comes as two queries, its left and right halves: fused into one segment per class (panoptic) they
+    are the sky again; kept apart (instance) each covers half of it, IoU 0.5, no match."""
+
+    def __init__(self, split, task: str) -> None:
+        from test_segmentation_evaluation import Oracle
+
+        super().__init__()
+        self.oracle = Oracle(split, id2label(split))
+        self.oracle.config.task = task
+        self.config, self.anchor, self.stuff = self.oracle.config, self.oracle.anchor, 1  # label 1: sky
+
+    def forward(self, pixel_values, pixel_mask):
+        outputs = self.oracle(pixel_values, pixel_mask)
+        logits, masks = outputs.logits.clone(), outputs.pred_masks.clone()
+        for i in range(len(logits)):
+            for j in (logits[i, :, self.stuff] > 0).nonzero()[:, 0].tolist():
+                free = int((logits[i, :, -1] > 0).nonzero()[0])  # a "no object" query takes the right half
+                cols = masks[i, j].gt(0).any(0).nonzero()[:, 0]
+                middle = int(cols[len(cols) // 2])
+                logits[i, free], masks[i, free] = logits[i, j], torch.full_like(masks[i, j], -10.0)
+                masks[i, free, :, middle:] = masks[i, j, :, middle:]
+                masks[i, j, :, middle:] = -10.0
+        return HfDetrSegmentationOutput(logits=logits, pred_boxes=outputs.pred_boxes, pred_masks=masks)
+
+
+@pytest.mark.parametrize("task", ["panoptic", "instance"])
+def test_a_panoptic_model_fuses_the_data_sets_stuff_classes_and_an_instance_model_does_not(tmp_path, task):
+    from hf_detr import HfDetrImageProcessor
+    from hf_detr.data import load_detection_dataset
+    from hf_detr.evaluation import evaluate
+    from test_segmentation_data import _write_panoptic
+
+    split = load_detection_dataset(_write_panoptic(tmp_path), masks=True)["validation"]  # thing, sky (stuff)
+    processor = HfDetrImageProcessor(size={"shortest_edge": 96, "longest_edge": 160})
+    metrics = evaluate(_HalvedStuffOracle(split, task), processor, split, per_class=True)
+    if task == "panoptic":  # the halves fused: the sky is one segment again; sky and thing both PQ ~1
+        assert metrics["pq_stuff"] > 0.9 and metrics["pq_things"] > 0.9 and metrics["pq_class_sky"] > 0.9
+    else:  # every class a thing, the halves two segments of IoU 0.5: the sky missed, twice a false positive
+        assert metrics["pq_stuff"] == -1.0 and metrics["pq_class_sky"] == 0.0 and metrics["pq_class_thing"] > 0.9

@@ -9,13 +9,15 @@ are kept so that detections on them are ignored, as in COCO. The data set's cate
 classes by name, so a COCO model can be scored on a COCO folder whose category ids differ.
 
 A segmentation model (`config.predicts_masks`) is also scored on its masks, on a split loaded with masks
-(`objects.segmentation`): mask mAP (`segm_*`) and panoptic quality (`pq`, `sq`, `rq`, every class a "thing"), each
-image's masks taken from its own unpadded region.
+(`objects.segmentation`): mask mAP (`segm_*`) and panoptic quality (`pq`, `sq`, `rq`), each image's masks taken from
+its own unpadded region. The tasks differ as in the paper: a `"panoptic"` model's stuff classes (the data set's
+`isthing`, e.g. a COCO panoptic folder's) are fused into one segment per class and PQ reports them apart
+(`pq_stuff`); an `"instance"` model's classes are all things.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -25,6 +27,7 @@ from transformers import EvalPrediction
 
 from ..data.collate import DetectionCollator, DetectionDataset
 from ..data.masks import encode_rles
+from ..data.schema import coco_isthing
 from ..data.schema import id2label as dataset_id2label
 from ..modeling.errors import HfDetrInputError
 from .metrics import CocoEvaluation, PostProcessInputs, detections_in_original_frame, make_compute_metrics
@@ -166,7 +169,9 @@ def evaluate(
                     "loader with evaluation_loader(..., mask_references=True) on a split loaded with "
                     "masks=True"
                 )
-            scorer = scorer or MaskScorer(image_processor, config.id2label, threshold, nms_threshold)
+            scorer = scorer or MaskScorer(
+                image_processor, config.id2label, threshold, nms_threshold, _stuff_labels(split, config)
+            )
             masks.append(scorer.batch(outputs, pixel_mask, batch["mask_references"]))
     model.train(was_training)
     images = len(loader.dataset)
@@ -206,6 +211,15 @@ def _in_data_order(batches: list[list[Any]], images: int, accelerator: Any = Non
     return [entry for _, batch in ordered for entry in batch][:images]
 
 
+def _stuff_labels(split: datasets.Dataset, config: Any) -> set[int]:
+    """The model labels of the data set's stuff classes, for a panoptic model (an instance model has none)."""
+    isthing = coco_isthing(split)
+    if config.task != "panoptic" or isthing is None:
+        return set()
+    labels = model_labels(list(dataset_id2label(split).values()), config.id2label)
+    return {label for label, thing in zip(labels, isthing) if not thing}
+
+
 class MaskScorer:
     """The mask side of the evaluation (`evaluate` and `DetrTrainer`): per image the predicted masks (RLE, at the
     original size) and the panoptic counts, from the image's own region of `pred_masks` (the padding of the batch cut
@@ -218,9 +232,13 @@ class MaskScorer:
         model_id2label: Mapping[int, str],
         threshold: float = 0.0,
         nms_threshold: float | None = None,
+        stuff: Collection[int] = (),
     ) -> None:
         self.image_processor, self.threshold, self.nms_threshold = image_processor, threshold, nms_threshold
-        self.panoptic = PanopticQualityMetric(things={int(label) for label in model_id2label})
+        # stuff classes are fused into one segment per class, as the paper's panoptic post-processing does
+        self.stuff = sorted(int(label) for label in stuff)
+        things = {int(label) for label in model_id2label} - set(self.stuff)
+        self.panoptic = PanopticQualityMetric(things=things, stuff=self.stuff)
 
     def batch(
         self, outputs: Any, pixel_mask: torch.Tensor, references: Sequence[Mapping[str, torch.Tensor]]
@@ -240,7 +258,9 @@ class MaskScorer:
                 "scores": found["scores"].cpu(),
                 "labels": found["labels"].cpu(),
             }
-            panoptic = self.image_processor.post_process_panoptic_segmentation(single, target_sizes=[size])
+            panoptic = self.image_processor.post_process_panoptic_segmentation(
+                single, label_ids_to_fuse=self.stuff or None, target_sizes=[size]
+            )
             counts = self.panoptic.count_image(panoptic[0], _panoptic_reference(reference), f"batch image {i}")
             # RLEs, not pixels, are kept until the end (and gathered across processes): a split's decoded masks
             # would not fit in memory on COCO's scale
