@@ -128,7 +128,9 @@ def evaluate(
     if isinstance(data, torch.utils.data.DataLoader):
         loader, split = data, data.dataset.dataset
     else:
-        with_masks = config.predicts_masks  # a segmentation model is scored on its masks too
+        # a segmentation model is scored on its masks too; another library's model (transformers' DETR, scored by
+        # the benchmarks) does not say, and is scored on its boxes
+        with_masks = getattr(config, "predicts_masks", False)
         loader = evaluation_loader(data, image_processor, config.id2label, batch_size, mask_references=with_masks)
         split = data
         if accelerator is not None:
@@ -214,7 +216,7 @@ def _in_data_order(batches: list[list[Any]], images: int, accelerator: Any = Non
 def _stuff_labels(split: datasets.Dataset, config: Any) -> set[int]:
     """The model labels of the data set's stuff classes, for a panoptic model (an instance model has none)."""
     isthing = coco_isthing(split)
-    if config.task != "panoptic" or isthing is None:
+    if getattr(config, "task", None) != "panoptic" or isthing is None:
         return set()
     labels = model_labels(list(dataset_id2label(split).values()), config.id2label)
     return {label for label, thing in zip(labels, isthing) if not thing}
