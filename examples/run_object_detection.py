@@ -21,7 +21,7 @@ after every epoch, and the checkpoint with the best `eval_map` is kept and saved
 
     # a CPU smoke run on generated shapes:
     python examples/run_object_detection.py --model_name_or_path hub_configs/detr-resnet-50 --dataset synthetic \
-        --synthetic_num_train 64 --synthetic_num_eval 16 --image_size 128 \
+        --synthetic_train_size 64 --synthetic_eval_size 16 --image_size 128 \
         --model_kwargs '{"backbone": "resnet18", "d_model": 64, "encoder_layers": 1, "decoder_layers": 1}' \
         --output_dir /tmp/detr-shapes --do_train --do_eval --num_train_epochs 2 --use_cpu
 
@@ -29,16 +29,15 @@ after every epoch, and the checkpoint with the best `eval_map` is kept and saved
     # eval_segm_map, eval_pq, ...); --freeze_detection trains the mask head alone on a trained detector:
     python examples/run_object_detection.py --task panoptic --model_name_or_path DETECTOR --freeze_detection ...
 
-`--dataset` is a Hub dataset id, a `save_to_disk` folder, a COCO folder or `synthetic` (see `hf_detr.data.load_data`);
-`--box_policy` says what happens to a box reaching outside its image: `clip` (default, counts logged), `drop`,
-`error`.
+The options shared with `hf-detr train` (the model, the data, the image size, the box policy, the backbone learning
+rate, early stopping) are the same dataclasses (`hf_detr.training.config`), so they have the same names and help;
+the old spellings `--synthetic_num_train`, `--synthetic_num_eval` and `--per_class_metrics` still parse and warn.
 `--resume_from_checkpoint <output_dir>/checkpoint-N` continues a run. Every `TrainingArguments` option works
 (`--help` lists them).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -47,14 +46,15 @@ from typing import Any
 
 import datasets
 import transformers
-from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 import hf_detr
 from hf_detr.builder import set_labels
-from hf_detr.data import BoxPolicy, id2label, load_data
+from hf_detr.data import id2label, load_data
 from hf_detr.evaluation import evaluation_collator, evaluation_dataset, make_compute_metrics
-from hf_detr.modeling.configuration_hf_detr import TASKS
 from hf_detr.training import DetrTrainer, EpochSetter
+from hf_detr.training.config import DataOptions, ModelOptions, RecipeOptions
+from hf_detr.training.options import OptionsParser, box_options
 from hf_detr.training.setup import training_data, with_image_size
 
 logger = logging.getLogger(__name__)
@@ -76,114 +76,49 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
-@dataclass
-class ModelArguments:
-    model_name_or_path: str = field(
-        metadata={
-            "help": "What hf_detr.create_model takes: a preset (detr-resnet-50, ...) or a hub_configs/ folder (new "
-            "weights), a converted checkpoint or a fine-tuned folder, or a Hub model id; also a checkpoint of "
-            "transformers' DETR (e.g. facebook/detr-resnet-50, converted on load)."
-        }
-    )
-    backbone_learning_rate: float = field(
-        default=1e-5, metadata={"help": "Learning rate of the backbone (DETR: 1e-5); 0 freezes the backbone."}
-    )
-    model_kwargs: str | None = field(
-        default=None,
-        metadata={
-            "help": "HfDetrConfig overrides as JSON, e.g. '{\"num_queries\": 50}'. With pretrained weights only "
-            "changes that keep every weight's shape are allowed."
-        },
-    )
+@dataclass(kw_only=True)
+class ExampleArguments:
+    """What this script adds to the options it shares with `hf-detr train` (`ModelOptions`, `DataOptions`,
+    `RecipeOptions`) and to transformers' `TrainingArguments`."""
+
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the model."})
-    task: str | None = field(
-        default=None,
-        metadata={
-            "help": "What the model predicts (default: the model's own): detection, or instance / panoptic "
-            "segmentation: HfDetrForSegmentation trained on the data set's masks and evaluated on mask AP and "
-            "panoptic quality too.",
-            "choices": list(TASKS),
-        },
-    )
-    freeze_detection: bool = field(
-        default=False,
-        metadata={"help": "Segmentation: train the mask head only, on a trained detector (the paper's second phase)."},
-    )
-    early_stopping_patience: int | None = field(
-        default=None,
-        metadata={
-            "help": "Stop training when --metric_for_best_model (default eval_map) has not improved for N "
-            "evaluations (transformers' EarlyStoppingCallback); the best checkpoint is then loaded and saved "
-            "(--load_best_model_at_end, on by default, is required)."
-        },
-    )
-
-
-@dataclass
-class DataArguments:
-    dataset: str = field(
-        metadata={
-            "help": "Hub dataset id, save_to_disk folder, COCO folder (annotations/instances_<split>.json), "
-            "or 'synthetic' for generated shapes."
-        }
-    )
-    train_split: str = field(default="train")
-    eval_split: str = field(default="validation")
-    box_policy: BoxPolicy = field(
-        default="clip",
-        metadata={
-            "help": "Boxes reaching outside their image: 'clip' them to it (boxes without area dropped; counts "
-            "logged), 'drop' them, or stop with an 'error' naming the image and box."
-        },
-    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
-    synthetic_num_train: int = field(default=1000, metadata={"help": "--dataset synthetic: training images."})
-    synthetic_num_eval: int = field(default=200, metadata={"help": "--dataset synthetic: evaluation images."})
-    synthetic_image_size: int = field(default=128, metadata={"help": "--dataset synthetic: image side in pixels."})
-    image_size: int | None = field(
-        default=None,
+    per_class: bool = field(
+        default=False,
         metadata={
-            "help": "Shorter side of the saved image processor (evaluation, inference) and the largest training "
-            "scale (default: the model's processor, 800 for DETR)."
+            "help": "Also log AP, AP50 and AR@100 of every class (eval_map_class_<name>, ...).",
+            "deprecated": ("per_class_metrics",),
         },
     )
-    max_size: int | None = field(default=None, metadata={"help": "Longer side cap (default: DETR's 1333/800 ratio)."})
-    augment: str = field(
-        default="detr",
-        metadata={"help": "Training augmentation: 'detr' (flip, multi-scale resize, crop), 'flip' or 'none'."},
-    )
-    per_class_metrics: bool = field(
-        default=False, metadata={"help": "Also log AP, AP50 and AR@100 of every class (eval_map_class_<name>, ...)."}
-    )
 
 
-def build_parser() -> HfArgumentParser:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+def build_parser() -> OptionsParser:
+    parser = OptionsParser((ModelOptions, DataOptions, RecipeOptions, ExampleArguments, TrainingArguments))
     parser.set_defaults(**TRAINING_DEFAULTS)
     return parser
 
 
 def load_splits(
-    data_args: DataArguments, seed: int, masks: bool = False
+    data_args: DataOptions, example_args: ExampleArguments, seed: int, masks: bool = False
 ) -> tuple[datasets.Dataset | None, datasets.Dataset | None]:
     """The training and evaluation splits (``None`` for an empty split name), cut to ``max_*_samples``; with their
     masks for segmentation."""
     wanted = [name for name in (data_args.train_split, data_args.eval_split) if name]
-    sizes = {data_args.train_split: data_args.synthetic_num_train, data_args.eval_split: data_args.synthetic_num_eval}
+    sizes = {data_args.train_split: data_args.synthetic_train_size, data_args.eval_split: data_args.synthetic_eval_size}
     loaded = load_data(
         data_args.dataset,
         wanted,
         synthetic_sizes=sizes,
         synthetic_image_size=data_args.synthetic_image_size,
         seed=seed,
-        box_policy=data_args.box_policy,
         masks=masks,
+        **box_options(data_args),
     )
     splits = []
     for name, limit in (
-        (data_args.train_split, data_args.max_train_samples),
-        (data_args.eval_split, data_args.max_eval_samples),
+        (data_args.train_split, example_args.max_train_samples),
+        (data_args.eval_split, example_args.max_eval_samples),
     ):
         split = loaded[name] if name else None
         splits.append(split.select(range(min(limit, len(split)))) if split is not None and limit is not None else split)
@@ -204,15 +139,16 @@ def _setup_logging(training_args: TrainingArguments) -> None:
 
 def main(args: Sequence[str] | None = None) -> dict[str, float]:
     """Run the script with command-line ``args`` (default: ``sys.argv``); returns the train and eval metrics."""
-    model_args, data_args, training_args = build_parser().parse_args_into_dataclasses(args=args)
+    model_args, data_args, recipe_args, example_args, training_args = build_parser().parse_args_into_dataclasses(
+        args=args
+    )
+    if model_args.model_name_or_path is None:
+        raise ValueError("give --model_name_or_path (a preset, a folder or a Hub id).")
     _setup_logging(training_args)
     if training_args.remove_unused_columns:
         raise ValueError("--remove_unused_columns must be false: the collator reads the `image` and `objects` columns.")
-    try:
-        model_kwargs = json.loads(model_args.model_kwargs) if model_args.model_kwargs else {}
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--model_kwargs {model_args.model_kwargs!r} is not JSON: {error}") from None
-    patience = model_args.early_stopping_patience
+    model_kwargs = model_args.model_kwargs or {}  # JSON checked by the parser
+    patience = recipe_args.early_stopping_patience
     if patience is not None:  # EarlyStoppingCallback would only assert these once training starts
         if patience < 1:
             raise ValueError(f"--early_stopping_patience {patience}: give at least 1 evaluation.")
@@ -225,14 +161,15 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
             raise ValueError("--early_stopping_patience watches the evaluations: give --eval_strategy epoch or steps.")
     set_seed(training_args.seed)
     model = hf_detr.create_model(
-        model_args.model_name_or_path, model_args.task, revision=model_args.model_revision, **model_kwargs
+        model_args.model_name_or_path, model_args.task, revision=example_args.model_revision, **model_kwargs
     )
-    image_processor = hf_detr.create_image_processor(model_args.model_name_or_path, revision=model_args.model_revision)
+    revision = example_args.model_revision
+    image_processor = hf_detr.create_image_processor(model_args.model_name_or_path, revision=revision)
     segmentation = model.config.predicts_masks  # trained and scored on the data set's masks
     if model_args.freeze_detection and not segmentation:
         raise ValueError("--freeze_detection trains a segmentation head: add --task instance or --task panoptic.")
 
-    train_split, eval_split = load_splits(data_args, training_args.seed, masks=segmentation)
+    train_split, eval_split = load_splits(data_args, example_args, training_args.seed, masks=segmentation)
     if training_args.do_train and train_split is None:
         raise ValueError(f"--do_train needs a training split; --train_split is {data_args.train_split!r}.")
     needs_eval = training_args.do_eval or training_args.eval_strategy != "no"
@@ -245,7 +182,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
     image_processor = with_image_size(image_processor, data_args.image_size, data_args.max_size)
     if model_args.freeze_detection:
         model.freeze_detection()
-    if model_args.backbone_learning_rate <= 0:
+    if recipe_args.backbone_learning_rate <= 0:
         model.freeze_backbone()
 
     train_dataset = collator = None
@@ -264,10 +201,10 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
         eval_data_collator=evaluation_collator(image_processor, mask_references=segmentation),
         processing_class=image_processor,
         compute_metrics=make_compute_metrics(
-            image_processor, id2label=model.config.id2label, per_class=data_args.per_class_metrics
+            image_processor, id2label=model.config.id2label, per_class=example_args.per_class
         ),
-        backbone_learning_rate=model_args.backbone_learning_rate,
-        per_class=data_args.per_class_metrics,
+        backbone_learning_rate=recipe_args.backbone_learning_rate,
+        per_class=example_args.per_class,
         callbacks=callbacks,
     )
 

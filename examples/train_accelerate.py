@@ -14,16 +14,16 @@ pass `model=...`.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from accelerate import PartialState
 
 from hf_detr.training import add_arguments, config_from_args, train
+from hf_detr.training.options import OptionsParser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OptionsParser(description=__doc__)
     config = config_from_args(add_arguments(parser).parse_args())
     result = train(config)
     if PartialState().is_main_process:

@@ -154,7 +154,7 @@ def _direct_metrics(model_dir: str, dataset_dir: str) -> dict[str, float]:
 )
 def test_table_equals_pycocotools_on_the_same_detections(model_dir, dataset_dir, capsys, backend):
     status, out, err = _run(
-        capsys, model_dir, "--dataset", dataset_dir, "--batch-size", str(BATCH), "--per-class", *backend
+        capsys, model_dir, "--dataset", dataset_dir, "--per_device_eval_batch_size", str(BATCH), "--per_class", *backend
     )
     assert status == 0, err
     printed = _table(out)
@@ -241,8 +241,8 @@ def test_errors_name_the_problem(model_dir, tmp_path, capsys):
     status, _, err = _run(capsys, str(bare), "--dataset", unknown)
     assert status == 1 and "no image processor" in err
 
-    status, _, err = _run(capsys, model_dir, "--dataset", unknown, "--batch-size", "0")
-    assert status == 1 and "--batch-size" in err
+    status, _, err = _run(capsys, model_dir, "--dataset", unknown, "--per_device_eval_batch_size", "0")
+    assert status == 1 and "--per_device_eval_batch_size" in err
 
     empty = tmp_path / "empty-coco"
     (empty / "annotations").mkdir(parents=True)

@@ -191,10 +191,14 @@ def test_postprocessing_equals_post_process_object_detection_on_own_regions(proc
 def test_every_option_takes_dashes_and_underscores():
     parser = build_parser()
     common = ["export", "model", "out", "--dtype", "fp16", "--format", "onnx", "--dataset", "d", "--split", "s"]
-    dashed = parser.parse_args([*common, "--end-to-end", "--max-detections", "5", "--batch-size", "2"])
-    underscored = parser.parse_args([*common, "--end_to_end", "--max_detections", "5", "--batch_size", "2"])
+    dashed = parser.parse_args([*common, "--end-to-end", "--max-detections", "5", "--per-device-eval-batch-size", "2"])
+    underscored = parser.parse_args(
+        [*common, "--end_to_end", "--max_detections", "5", "--per_device_eval_batch_size", "2"]
+    )
     assert {**vars(dashed), "run": None} == {**vars(underscored), "run": None}
-    assert (dashed.end_to_end, dashed.max_detections, dashed.batch_size) == (True, 5, 2)
+    assert (dashed.end_to_end, dashed.max_detections, dashed.per_device_eval_batch_size) == (True, 5, 2)
+    with pytest.warns(FutureWarning, match="--batch-size is deprecated: use --per_device_eval_batch_size"):
+        assert parser.parse_args([*common, "--batch-size", "2"]).per_device_eval_batch_size == 2
 
 
 # --- bad input ---

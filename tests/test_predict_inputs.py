@@ -141,7 +141,7 @@ def test_a_video_gives_one_result_per_frame_and_an_annotated_mp4(tiny, model_dir
     # the boxes are drawn (each frame differs from its source far more than the codec's loss)
     assert all(np.abs(np.asarray(a, int) - np.asarray(f, int)).max() > 100 for a, f in zip(annotated, frames))
 
-    assert main(["predict", str(model_dir), str(video), "--threshold", "0", "--no-progress"]) == 0
+    assert main(["predict", str(model_dir), str(video), "--threshold", "0", "--disable_tqdm"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert [(r["video"], r["frame"]) for r in records] == [(str(video), i) for i in range(6)]
     assert all(len(r["detections"]) == 10 for r in records)
@@ -194,7 +194,7 @@ def test_bad_options_on_the_command_line(model_dir, tmp_path, capsys):
     _save_random(tmp_path / "x.png", 16, 16, 0)
     assert main(["predict", str(model_dir), str(tmp_path / "x.png"), "--tile", "0"]) == 1
     assert "tile must be a positive number of pixels" in capsys.readouterr().err
-    assert main(["predict", str(model_dir), str(tmp_path / "x.png"), "--batch-size", "0"]) == 1
+    assert main(["predict", str(model_dir), str(tmp_path / "x.png"), "--per_device_eval_batch_size", "0"]) == 1
     assert "batch_size must be a positive int, got 0" in capsys.readouterr().err
 
 
@@ -299,7 +299,15 @@ def test_coco_format_agrees_with_the_default_and_loads_in_pycocotools(model_dir,
 
     for seed, name in enumerate(("one.png", "two.png")):
         _save_random(tmp_path / "in" / name, 40 + 10 * seed, 60, seed)
-    arguments = ["predict", str(model_dir), str(tmp_path / "in"), "--threshold", "0.2", "--batch-size", "2"]
+    arguments = [
+        "predict",
+        str(model_dir),
+        str(tmp_path / "in"),
+        "--threshold",
+        "0.2",
+        "--per_device_eval_batch_size",
+        "2",
+    ]
     assert main(arguments) == 0
     default = json.loads(capsys.readouterr().out)
     assert main([*arguments, "--format", "coco", "--out", str(tmp_path / "out")]) == 0

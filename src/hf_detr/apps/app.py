@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,13 +188,15 @@ class DetectionApp:
         return VideoResult(str(out / f"{path.stem}.mp4"), frames, message)
 
 
-def example_images(dataset: str, split: str, count: int, folder: str | os.PathLike) -> list[str]:
-    """The first `count` images of `split` of `dataset` (anything `hf-detr train --dataset` reads) saved as PNG files
-    in `folder`, for the page's examples."""
+def example_images(
+    dataset: str, split: str, count: int, folder: str | os.PathLike, load_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The first `count` images of `split` of `dataset` (anything `hf-detr train --dataset` reads, with the loader's
+    `load_options`: its box policy) saved as PNG files in `folder`, for the page's examples."""
     from ..data.sources import load_data
     from ..modeling.image_processing_hf_detr import upright_rgb
 
-    data = load_data(dataset, [split])[split]
+    data = load_data(dataset, [split], **(load_options or {}))[split]
     if len(data) == 0:
         raise HfDetrInputError(f"split {split!r} of {dataset} has no images to show as examples")
     paths = []
@@ -271,6 +273,7 @@ def create_app(
     threshold: float = 0.5,
     max_video_frames: int = 300,
     task: str | None = None,
+    load_options: Mapping[str, Any] | None = None,
 ) -> Any:  # a gradio.Blocks
     """The page of `hf-detr app` and of a Space: the model folder or Hub id `model` (`predict.load_model`, with
     `task`: see `hf_detr.create_model`), with the
@@ -278,6 +281,6 @@ def create_app(
     require_gradio()  # the install hint before the model loads
     _check_threshold(threshold)
     app = DetectionApp(*load_model(model, task), max_video_frames=max_video_frames)
-    paths = example_images(dataset, split, examples, app.workdir) if dataset is not None else []
+    paths = example_images(dataset, split, examples, app.workdir, load_options) if dataset is not None else []
     title = Path(model).name if Path(model).is_dir() else str(model)
     return build_app(app, title, paths, threshold)

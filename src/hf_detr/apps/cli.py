@@ -11,30 +11,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..hub.convert import ORIGINAL_BACKBONES
-from ..modeling.configuration_hf_detr import TASKS
 from ..modeling.errors import HfDetrInputError
+from ..training.options import OptionsParser, box_options, from_namespace
+from . import options as command_options
 
-_TASK_HELP = (
-    "what the model predicts (default: the model's own): detection (boxes: HfDetrForObjectDetection, a segmentation "
-    "checkpoint's detector) or instance / panoptic (boxes and masks: HfDetrForSegmentation)"
-)
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser, help: str, **options: Any) -> None:
-    """MODEL (what `hf_detr.create_model` takes) and `--task`, the same in every command that loads a model."""
-    parser.add_argument("model", help=help, **options)
-    parser.add_argument("--task", choices=TASKS, default=None, help=_TASK_HELP)
+Subparsers = argparse._SubParsersAction
 
 
-def add_convert(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+def _add_parser(subparsers: Subparsers, name: str, dtype: type, **kwargs: Any) -> OptionsParser:
+    """The subcommand's parser, its options those of the dataclass `dtype` (`training.options.add_options`)."""
+    parser = subparsers.add_parser(name, **kwargs)
+    parser.add_dataclass(dtype)
+    return parser
+
+
+def add_convert(subparsers: Subparsers) -> None:
+    parser = _add_parser(
+        subparsers,
         "convert",
+        command_options.ConvertOptions,
         help="convert a DETR checkpoint of another implementation to an hf_detr folder",
         description="Convert a checkpoint of the original facebookresearch/detr code (.pth) or of transformers' "
         "DetrForObjectDetection (a save_pretrained folder or Hub id) into a folder that "
@@ -43,12 +42,6 @@ def add_convert(subparsers: argparse._SubParsersAction) -> None:
         "settings), the code for trust_remote_code and a README.md. hf_detr.create_model and hf-detr train / predict "
         "/ evaluate / export / app also take a transformers DETR folder or Hub id without this step.",
     )
-    parser.add_argument("--from", dest="source_format", required=True, choices=("original", "transformers"))
-    parser.add_argument("source", help="the .pth file (original) or the folder / Hub repository id (transformers)")
-    parser.add_argument("output_dir", type=Path)
-    original = parser.add_argument_group("original checkpoints (the weights cannot tell these apart)")
-    original.add_argument("--backbone", default="resnet50", choices=ORIGINAL_BACKBONES, help="default: resnet50")
-    original.add_argument("--dilation", action="store_true", help="a DC5 model (trained with --dilation)")
 
     def run(args: argparse.Namespace) -> None:
         from ..builder import create_image_processor
@@ -70,9 +63,11 @@ def add_convert(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def add_predict(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+def add_predict(subparsers: Subparsers) -> None:
+    parser = _add_parser(
+        subparsers,
         "predict",
+        command_options.PredictOptions,
         help="detect objects (and their masks) in images, folders of images and videos with a saved model folder",
         description="Print the detections of each image and video frame as JSON (label, score, box in pixels; "
         "--format coco: COCO results with an images list); with --out, also write each image with its boxes drawn "
@@ -81,61 +76,6 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
         "and merges the tiles' detections, for objects too small at the model's input size. A segmentation model "
         "(HfDetrForSegmentation, or transformers' DetrForSegmentation) also gives each detection's mask: a COCO RLE "
         'in the JSON ("mask"; "segmentation" in the COCO results) and laid over the pictures.',
-    )
-    _add_model_arguments(
-        parser,
-        "a folder or Hub id written by save_pretrained (model and image processor), "
-        "hf_detr's or transformers' DETR (converted on load)",
-    )
-    parser.add_argument(
-        "paths",
-        nargs="+",
-        metavar="PATH",
-        help="image files, folders (their images, searched recursively, in sorted order) or video "
-        "files (.mp4 .avi .mov .mkv .webm; need PyAV: pip install 'hf_detr[video]')",
-    )
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="folder for annotated PNGs and MP4s, results.json and images.json",
-    )
-    parser.add_argument(
-        "--format",
-        choices=("default", "coco"),
-        default="default",
-        help="printed JSON: one entry per image or frame (default), or COCO results",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=1,
-        help="images per forward pass; a batch holds images of one resized size (default 1)",
-    )
-    parser.add_argument(
-        "--tile",
-        type=int,
-        default=None,
-        metavar="SIZE",
-        help="cut each image or frame into SIZE x SIZE tiles, detect in each, merge (default: off)",
-    )
-    parser.add_argument(
-        "--overlap",
-        type=float,
-        default=0.2,
-        help="with --tile: the fraction of a tile that neighbours share, in [0, 1) (default 0.2)",
-    )
-    parser.add_argument(
-        "--tile-iou",
-        type=float,
-        default=0.5,
-        help="with --tile: a detection of one tile overlapping a better one of the same label from "
-        "another tile by more than this IoU is the same object (default 0.5)",
-    )
-    parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (default: one on stderr when it is a terminal)"
     )
 
     def run(args: argparse.Namespace) -> None:
@@ -155,11 +95,12 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
             args.paths,
             args.threshold,
             args.out,
-            batch_size=args.batch_size,
+            batch_size=args.per_device_eval_batch_size,
             tile=args.tile,
             overlap=args.overlap,
             tile_iou=args.tile_iou,
-            progress=False if args.no_progress else None,
+            progress=False if args.disable_tqdm else None,
+            nms_threshold=args.nms_threshold,
         )
         id2label = model.config.id2label
         coco = args.format == "coco"
@@ -169,24 +110,19 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def add_train(subparsers: argparse._SubParsersAction) -> None:
+def add_train(subparsers: Subparsers) -> None:
     from ..training.config import add_arguments
 
-    parser = subparsers.add_parser(
+    parser = _add_parser(
+        subparsers,
         "train",
+        command_options.TrainCommandOptions,
         help="train or fine-tune a DETR (one device; `accelerate launch -m hf_detr train` for several)",
         description="Train on the synthetic shapes set or a Hub-COCO data set (Hub id, save_to_disk or COCO folder), "
         "evaluate COCO mAP, save resumable states and the final model folder. Same options as "
         "`accelerate launch -m hf_detr train`, which runs on several processes or machines (see the README).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_arguments(parser)
-    parser.add_argument(
-        "--no_diagnostics",
-        action="store_true",
-        help="skip OUTPUT_DIR/diagnostics/ (confusion matrix, per-class precision-recall, worst images "
-        "of the evaluation split, as `hf-detr evaluate --out`; written when matplotlib is installed)",
-    )
 
     def run(args: argparse.Namespace) -> None:
         from accelerate import PartialState
@@ -197,7 +133,7 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
         result = train(config_from_args(args))
         if PartialState().is_main_process:
             print(f"step {result.global_step} ({result.stop_reason}): model saved to {result.output_dir}")
-            if result.eval_dataset is not None and not args.no_diagnostics:
+            if result.eval_dataset is not None and args.diagnostics:
                 _training_diagnostics(result)
 
     parser.set_defaults(run=run)
@@ -246,20 +182,10 @@ _PANOPTIC_ROWS = (
 )
 
 
-def _evaluate_model_folder(
-    model_dir: str,
-    dataset: str,
-    split: str = "validation",
-    task: str | None = None,
-    batch_size: int = 8,
-    threshold: float = 0.0,
-    per_class: bool = False,
-    device: str | None = None,
-    backend: str = "pycocotools",
-) -> tuple[Any, Any]:
+def _evaluate_model_folder(options: command_options.EvaluateOptions) -> tuple[Any, Any]:
     """The `CocoEvaluation` (`hf_detr.evaluation.evaluate(..., return_evaluation=True)`: metrics, per-class table,
-    PR arrays, per-image detections) of the model saved in `model_dir` with its image processor on `split` of
-    `dataset`, and that split (the images the evaluation's entries refer to, in order). A segmentation model's
+    PR arrays, per-image detections) of the model saved in `options.model` with its image processor on the split of
+    the data set, and that split (the images the evaluation's entries refer to, in order). A segmentation model's
     split is loaded with its masks, which are scored too (mask mAP, panoptic quality)."""
     import torch
 
@@ -267,22 +193,26 @@ def _evaluate_model_folder(
     from ..evaluation.evaluate import evaluate
     from .predict import load_model
 
+    batch_size = options.per_device_eval_batch_size
     if batch_size < 1:  # named as the user typed it, before anything is loaded
-        raise HfDetrInputError(f"--batch-size must be at least 1, got {batch_size}")
-    model, processor = load_model(model_dir, task)
-    model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    data = load_data(dataset, [split], masks=model.config.predicts_masks)[split]
+        raise HfDetrInputError(f"--per_device_eval_batch_size must be at least 1, got {batch_size}")
+    model, processor = load_model(options.model, options.task)
+    model.to(torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    data = load_data(options.dataset, [options.split], masks=model.config.predicts_masks, **box_options(options))[
+        options.split
+    ]
     if len(data) == 0:
-        raise HfDetrInputError(f"split {split!r} of {dataset} has no images.")
+        raise HfDetrInputError(f"split {options.split!r} of {options.dataset} has no images.")
     evaluation = evaluate(
         model,
         processor,
         data,
         batch_size=batch_size,
-        per_class=per_class,
-        threshold=threshold,
+        per_class=options.per_class,
+        threshold=options.threshold,
         return_evaluation=True,
-        backend=backend,
+        backend=options.coco_backend,
+        nms_threshold=options.nms_threshold,
     )
     return evaluation, data
 
@@ -318,70 +248,16 @@ def _require_viz() -> None:
         raise HfDetrInputError(str(error)) from None
 
 
-def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
-    from ..training.config import CocoBackend  # light: the options of hf-detr train are built from the same module
-
-    parser = subparsers.add_parser(
+def add_evaluate(subparsers: Subparsers) -> None:
+    parser = _add_parser(
+        subparsers,
         "evaluate",
+        command_options.EvaluateOptions,
         help="print the COCO box mAP table of a saved model folder on a data set (and a segmentation model's mask "
         "mAP and panoptic quality)",
         description="Score a model folder (weights, config and preprocessor_config.json, e.g. the output_dir of "
         "examples/run_object_detection.py) with pycocotools on one split of a detection data set: AP at IoU "
         "0.50:0.95 / 0.50 / 0.75, AP of small / medium / large objects and AR at 1 / 10 / 100 detections.",
-    )
-    _add_model_arguments(parser, "a model folder or Hub id with its image processor")
-    parser.add_argument(
-        "--dataset",
-        required=True,
-        help="Hub dataset id, save_to_disk folder or COCO folder (annotations/instances_*.json)",
-    )
-    parser.add_argument("--split", default="validation", help="default: validation")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=0.0,
-        help="drop detections scoring below this; the default 0 keeps all, as COCO's protocol does",
-    )
-    parser.add_argument(
-        "--per-class",
-        action="store_true",
-        help="also print AP, AP50, AR@100 and the ground-truth objects of every class",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="write DIR/metrics.json (the COCO numbers and the per-class table), DIR/pr_curve.png and "
-        "DIR/pr_curves_per_class.png (precision-recall from the same COCOeval run), "
-        "DIR/confusion_matrix.json and .png and DIR/worst_images.png (the images with the most "
-        "errors), at --iou-threshold and --score-threshold (needs matplotlib: "
-        "pip install 'hf_detr[viz]')",
-    )
-    parser.add_argument(
-        "--iou-threshold",
-        type=float,
-        default=0.5,
-        help="with --out: a detection matches a ground-truth box at this IoU or more (default 0.5)",
-    )
-    parser.add_argument(
-        "--score-threshold",
-        type=float,
-        default=0.5,
-        help="with --out: the confusion matrix and worst images count detections scoring at least "
-        "this (default 0.5; --threshold instead filters what COCO scores)",
-    )
-    parser.add_argument("--worst", type=int, default=8, help="with --out: images in worst_images.png (default 8)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument(
-        "--coco-backend",
-        "--coco_backend",
-        dest="coco_backend",
-        default="pycocotools",
-        choices=typing.get_args(CocoBackend),
-        help="computes the COCO numbers: pycocotools (default) or numpy (hf_detr's own arrays: "
-        "pycocotools' numbers bit for bit, about 10x faster on val2017's 5,000 images)",
     )
 
     def run(args: argparse.Namespace) -> None:
@@ -394,17 +270,7 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
                 raise HfDetrInputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
             if args.worst < 1:
                 raise HfDetrInputError(f"--worst must be at least 1, got {args.worst}")
-        evaluation, data = _evaluate_model_folder(
-            args.model,
-            args.dataset,
-            split=args.split,
-            task=args.task,
-            batch_size=args.batch_size,
-            threshold=args.threshold,
-            per_class=args.per_class,
-            device=args.device,
-            backend=args.coco_backend,
-        )
+        evaluation, data = _evaluate_model_folder(from_namespace(command_options.EvaluateOptions, args))
         print(f"{args.model} on {args.dataset} [{args.split}], threshold {args.threshold}")
         print(_format_coco_table(evaluation.metrics, evaluation.per_class if args.per_class else None))
         if args.out is not None:
@@ -440,30 +306,17 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def add_demo(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+def add_demo(subparsers: Subparsers) -> None:
+    parser = _add_parser(
+        subparsers,
         "demo",
+        command_options.DemoOptions,
         help="train and evaluate a small DETR on generated shapes (no download), with pictures",
         description="Generate the synthetic shapes data set, train a small DETR on the CPU within a time budget, "
         "evaluate COCO mAP on its test split and write to OUTPUT_DIR: model/ (loadable by pipeline), metrics.json "
         "(with a per-class table, also printed), curves.png (training loss, validation mAP), predictions.png (ground "
         "truth next to predictions) and pr_curve.png (precision-recall). The pictures need matplotlib: "
         "pip install 'hf_detr[viz]' (make demo installs it).",
-    )
-    parser.add_argument("--output_dir", type=Path, default=Path("demo_output"))
-    parser.add_argument("--time_budget", type=float, default=600.0, help="training seconds (default 600)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--dataset",
-        help="train and test on this data set (train and test splits; a save_to_disk or "
-        "COCO folder or a Hub id) instead of the generated shapes",
-    )
-    parser.add_argument(
-        "--task",
-        choices=(*TASKS, "segmentation"),
-        default="detection",
-        help="instance / panoptic: the recipe with DETR's mask head, trained on the shapes' masks; reports mask AP "
-        "and panoptic quality too (segmentation: the deprecated name of instance)",
     )
 
     def run(args: argparse.Namespace) -> None:
@@ -489,46 +342,36 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def add_check_data(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+def add_check_data(subparsers: Subparsers) -> None:
+    parser = _add_parser(
+        subparsers,
         "check-data",
+        command_options.CheckDataOptions,
         help="count a data set's images and boxes per class and list every problem the loader would fix or stop at",
         description="Read a detection data set as hf-detr train / evaluate would (COCO, YOLO or Pascal VOC folder, "
         "save_to_disk folder, Hub id or 'synthetic') and print, per split, the images and boxes of each class, box "
         "width / height / area in pixels and boxes per image (min / median / max) of the data as loaded, then every "
         "problem, one line each: warnings for the boxes the box policy clips or drops, errors for missing or "
-        "unreadable images, images of another size than annotated, and (with --box-policy error) the boxes the "
+        "unreadable images, images of another size than annotated, and (with --box_policy error) the boxes the "
         "other policies would change. Exit status 1 when there are errors, 0 otherwise (warnings included).",
-    )
-    parser.add_argument("source", help="data set folder, YOLO data.yaml, Hub dataset id or 'synthetic'")
-    parser.add_argument(
-        "--split",
-        action="append",
-        dest="splits",
-        metavar="SPLIT",
-        help="check only this split (repeat for several; default: all)",
-    )
-    parser.add_argument(
-        "--box-policy",
-        default="clip",
-        choices=("clip", "drop", "error"),
-        help="the loader's box_policy to check against (default: clip, as hf-detr train)",
     )
 
     def run(args: argparse.Namespace) -> None:
         from ..data.check import check_data
 
-        report = check_data(args.source, args.splits, box_policy=args.box_policy)
+        report = check_data(args.dataset, args.split, box_policy=args.box_policy, box_tolerance=args.box_tolerance)
         print(report.format())
         if report.errors:
-            raise HfDetrInputError(f"{len(report.errors)} error(s) in {args.source}, listed above.")
+            raise HfDetrInputError(f"{len(report.errors)} error(s) in {args.dataset}, listed above.")
 
     parser.set_defaults(run=run)
 
 
-def add_app(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+def add_app(subparsers: Subparsers) -> None:
+    parser = _add_parser(
+        subparsers,
         "app",
+        command_options.AppOptions,
         help="serve a Gradio page for a model: upload an image or a short video, see its detections",
         description="Serve a web page (Gradio; pip install 'hf_detr[app]') for a model folder or Hub id: an image "
         "tab (upload an image or pick one of --dataset's, a score slider, the picture with its boxes and masks, the "
@@ -536,27 +379,6 @@ def add_app(subparsers: argparse._SubParsersAction) -> None:
         "per frame; PyAV, pip install 'hf_detr[video]'). The same page runs in a Space written by "
         "hf_detr.hub.push_to_hub(..., space=True). Runs until interrupted.",
     )
-    _add_model_arguments(parser, "a model folder or Hub id with its image processor")
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        metavar="PATH",
-        help="a data set (as hf-detr train --dataset) whose first --examples images of --split the "
-        "page offers to pick from",
-    )
-    parser.add_argument("--split", default="validation", help="with --dataset: the split (default: validation)")
-    parser.add_argument("--examples", type=int, default=8, help="with --dataset: how many images (default 8)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="the slider's starting score (default 0.5)")
-    parser.add_argument(
-        "--max-video-frames", type=int, default=300, help="longer videos are refused with a message (default 300)"
-    )
-    parser.add_argument(
-        "--host",
-        default=None,
-        help="address to serve on (default: $GRADIO_SERVER_NAME, else 127.0.0.1, this machine only; "
-        "0.0.0.0 for every network)",
-    )
-    parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT, else 7860")
 
     def run(args: argparse.Namespace) -> None:
         from .app import create_app
@@ -565,7 +387,14 @@ def add_app(subparsers: argparse._SubParsersAction) -> None:
             raise HfDetrInputError(f"--examples must be at least 1, got {args.examples}")
         try:
             page = create_app(
-                args.model, args.dataset, args.split, args.examples, args.threshold, args.max_video_frames, args.task
+                args.model,
+                args.dataset,
+                args.split,
+                args.examples,
+                args.threshold,
+                args.max_video_frames,
+                args.task,
+                load_options=box_options(args),
             )
         except ImportError as error:  # gradio missing: the install hint, not a traceback
             raise HfDetrInputError(str(error)) from None
@@ -574,11 +403,11 @@ def add_app(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def add_export(subparsers: argparse._SubParsersAction) -> None:
-    from ..hub.export import DTYPES
-
-    parser = subparsers.add_parser(
+def add_export(subparsers: Subparsers) -> None:
+    parser = _add_parser(
+        subparsers,
         "export",
+        command_options.ExportOptions,
         help="export a model folder to ONNX (raw or end-to-end, float32 or float16) and validate the graph",
         description="Export MODEL (a folder or Hub id with its image processor, detection or segmentation) to "
         "OUT_DIR: model.onnx ((pixel_values, pixel_mask) -> (logits, pred_boxes[, pred_masks])), with --end_to_end "
@@ -589,50 +418,7 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         "COCO mAP on a split. Exit status 1 when a graph's mAP differs from the model's by more than 0.002 (fp32) or "
         "0.01 (fp16), or a float32 graph's outputs differ from the model's (logits or boxes by more than 1e-3, "
         "end-to-end boxes by more than 0.5 pixel). `hf-detr export --validate OUT_DIR --dataset PATH` validates an "
-        "existing export against the model it was exported from (or MODEL). Options take dashes or underscores.",
-    )
-    _add_model_arguments(
-        parser,
-        "model folder or Hub id (with --validate: compare with this model instead of the one the export records)",
-        nargs="?",
-    )
-    parser.add_argument("out_dir", nargs="?", type=Path, help="the folder to write")
-    parser.add_argument("--format", choices=("onnx",), default="onnx", help="default: onnx")
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default=None,
-        help="fp16: float16 weights and arithmetic but for LayerNorm, softmax, the boxes' sigmoid "
-        "and top-k (and the end-to-end pre- and post-processing), kept float32 (default: fp32)",
-    )
-    parser.add_argument(
-        "--end_to_end",
-        "--end-to-end",
-        action="store_true",
-        help="also write model_end_to_end.onnx, images in and detections out",
-    )
-    parser.add_argument(
-        "--max_detections",
-        "--max-detections",
-        type=int,
-        default=None,
-        help="detections per image of the end-to-end graph (default: the model's queries, at most 100)",
-    )
-    parser.add_argument(
-        "--validate",
-        type=Path,
-        default=None,
-        metavar="OUT_DIR",
-        help="validate this export folder instead of exporting",
-    )
-    parser.add_argument(
-        "--dataset",
-        help="score COCO mAP of the graphs and the model on a split of this data set "
-        "(Hub id, save_to_disk, COCO, YOLO or VOC folder, or 'synthetic')",
-    )
-    parser.add_argument("--split", default="validation", help="with --dataset (default: validation)")
-    parser.add_argument(
-        "--batch_size", "--batch-size", type=int, default=8, help="images per batch in validation (default 8)"
+        "existing export against the model it was exported from (or MODEL).",
     )
 
     def run(args: argparse.Namespace) -> None:
@@ -642,8 +428,9 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
         from ..hub.validate import check_recorded_options, load_validation_split, validate_export
         from .predict import load_model
 
-        if args.batch_size < 1:
-            raise HfDetrInputError(f"--batch_size must be at least 1, got {args.batch_size}")
+        batch_size = args.per_device_eval_batch_size
+        if batch_size < 1:
+            raise HfDetrInputError(f"--per_device_eval_batch_size must be at least 1, got {batch_size}")
         if args.validate is not None:
             if args.out_dir is not None:
                 raise HfDetrInputError("--validate takes the export folder; give only MODEL (optional) besides it")
@@ -669,7 +456,7 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
                 source=str(source),
             )
         data_name = f"{args.dataset} [{args.split}]" if args.dataset else None
-        report = validate_export(out_dir, model, processor, data, data_name=data_name, batch_size=args.batch_size)
+        report = validate_export(out_dir, model, processor, data, data_name=data_name, batch_size=batch_size)
         print(json.dumps(report, indent=2))
         if not report["passed"]:
             raise HfDetrInputError(
@@ -692,7 +479,7 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_convert,
     add_predict,
     add_train,
@@ -704,8 +491,8 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-detr", description="DETR for the Hugging Face ecosystem.")
+def build_parser() -> OptionsParser:
+    parser = OptionsParser(prog="hf-detr", description="DETR for the Hugging Face ecosystem.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(subparsers)

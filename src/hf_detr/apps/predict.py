@@ -122,6 +122,7 @@ def detect(
     pictures: Iterable[Image.Image],
     threshold: float = 0.5,
     batch_size: int = 1,
+    nms_threshold: float | None = None,
 ) -> Iterator[tuple[int, Image.Image, Found]]:
     """Run the model on RGB `pictures` in batches of images of one resized size (none padded, see the module's
     docstring); yields `(index, picture, found)` as each batch completes, boxes in the picture's own pixels.
@@ -135,15 +136,20 @@ def detect(
         size = tuple(inputs["pixel_values"].shape[-2:])
         waiting.setdefault(size, []).append((index, picture, inputs))
         if len(waiting[size]) == batch_size:
-            yield from _run_batch(model, processor, waiting.pop(size), threshold)
+            yield from _run_batch(model, processor, waiting.pop(size), threshold, nms_threshold)
         elif sum(map(len, waiting.values())) > _MAX_WAITING_BATCHES * batch_size:
-            yield from _run_batch(model, processor, waiting.pop(max(waiting, key=lambda s: len(waiting[s]))), threshold)
+            largest = waiting.pop(max(waiting, key=lambda s: len(waiting[s])))
+            yield from _run_batch(model, processor, largest, threshold, nms_threshold)
     for group in waiting.values():
-        yield from _run_batch(model, processor, group, threshold)
+        yield from _run_batch(model, processor, group, threshold, nms_threshold)
 
 
 def _run_batch(
-    model: torch.nn.Module, processor: HfDetrImageProcessor, group: list[tuple[int, Image.Image, Any]], threshold: float
+    model: torch.nn.Module,
+    processor: HfDetrImageProcessor,
+    group: list[tuple[int, Image.Image, Any]],
+    threshold: float,
+    nms_threshold: float | None = None,
 ) -> Iterator[tuple[int, Image.Image, Found]]:
     """One forward pass on same-size processed images; post-processed with each image's own (height, width), the
     masks too for a segmentation model (the batch is unpadded, so its masks cover the images exactly)."""
@@ -156,6 +162,7 @@ def _run_batch(
         outputs,
         threshold=threshold,
         target_sizes=[(p.height, p.width) for p in pictures],
+        nms_threshold=nms_threshold,
         return_masks=getattr(outputs, "pred_masks", None) is not None,
     )
     for index, picture, image_found in zip(indices, pictures, found):
@@ -214,6 +221,7 @@ def detect_tiled(
     threshold: float = 0.5,
     batch_size: int = 1,
     iou_threshold: float = 0.5,
+    nms_threshold: float | None = None,
 ) -> Iterator[tuple[int, Image.Image, Found]]:
     """`detect` on `tile` x `tile` crops of each picture (`tile_origins` on both sides, batched), the boxes moved
     back to the picture's pixels and merged across tiles by `merge_tiles`; yields `(index, picture, found)` in input
@@ -231,7 +239,7 @@ def detect_tiled(
             for x in tile_origins(picture.width, tile, overlap)
         ]
         crops = (picture.crop((x, y, x + width, y + height)) for x, y in origins)
-        found = sorted(detect(model, processor, crops, threshold, batch_size), key=lambda item: item[0])
+        found = sorted(detect(model, processor, crops, threshold, batch_size, nms_threshold), key=lambda item: item[0])
         shifts = torch.tensor(origins, dtype=torch.float32).repeat(1, 2)  # [tiles, 4]: (x, y, x, y)
         boxes = torch.cat([f["boxes"] + shifts[t] for t, _, f in found])
         scores = torch.cat([f["scores"] for _, _, f in found])
@@ -319,6 +327,7 @@ def predict(
     overlap: float = 0.2,
     tile_iou: float = 0.5,
     progress: bool | None = None,
+    nms_threshold: float | None = None,
 ) -> list[Detections]:
     """Detections of every image and video frame of `paths` (image or video files, folders of images; see
     `collect_inputs`), in that order; with `tile`, each image or frame is cut into tiles (`detect_tiled`).
@@ -328,6 +337,7 @@ def predict(
     `out_dir`: `<name>.png` per image and `<stem>.mp4` per video
     (an image of a folder keeps its sub-folders), `results.json` (COCO results, `coco_results`) and `images.json`
     (its images and categories). `progress`: a progress bar on stderr (None: when stderr is a terminal).
+    `nms_threshold`: `post_process_object_detection`'s class-wise NMS fallback (None: none, as DETR).
     """
     if not 0.0 <= threshold <= 1.0:
         raise HfDetrInputError(f"threshold must be in [0, 1], got {threshold}")
@@ -350,8 +360,8 @@ def predict(
 
     def run(pictures: Iterable[Image.Image]) -> Iterator[tuple[int, Image.Image, Found]]:
         if tile is None:
-            return detect(model, processor, pictures, threshold, batch_size)
-        return detect_tiled(model, processor, pictures, tile, overlap, threshold, batch_size, tile_iou)
+            return detect(model, processor, pictures, threshold, batch_size, nms_threshold)
+        return detect_tiled(model, processor, pictures, tile, overlap, threshold, batch_size, tile_iou, nms_threshold)
 
     results: list[list[Detections]] = [[] for _ in inputs]
     images = [i for i, item in enumerate(inputs) if not item.video]

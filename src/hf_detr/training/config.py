@@ -1,5 +1,6 @@
 """`TrainConfig`: every option of the accelerate training loop, as dataclass fields and as `hf-detr train --<field>`
-command-line options (types, defaults, choices and help from the dataclass).
+options (`training.options`: transformers' HfArgumentParser). `ModelOptions`, `DataOptions` and `RecipeOptions` are
+the parts the Trainer example (examples/run_object_detection.py) shares, beside transformers' `TrainingArguments`.
 
 This module imports nothing heavy: `hf-detr --help` builds its parser from it.
 """
@@ -9,85 +10,117 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..modeling.boxes import BoxPolicy
-from ..modeling.configuration_hf_detr import TASKS
 from ..modeling.errors import HfDetrInputError
+from .options import BoxOptions, CocoBackend, Task, add_options, coco_backend_field, dataset_field, task_field
 
-__all__ = ["Augment", "BoxPolicy", "CocoBackend", "TrainConfig", "add_arguments", "config_from_args"]
+__all__ = [
+    "Augment",
+    "BoxPolicy",
+    "CocoBackend",
+    "DataOptions",
+    "ModelOptions",
+    "RecipeOptions",
+    "TrainConfig",
+    "add_arguments",
+    "config_from_args",
+]
 
 # training augmentation: DETR's recipe, horizontal flips only, or none (the image processor's resize alone)
 Augment = Literal["detr", "flip", "none"]
-# who computes COCOeval's numbers: pycocotools, or hf_detr's arrays (the same numbers, ~10x faster at val2017's size;
-# hf_detr.evaluation.metrics.COCO_BACKENDS, which a test keeps equal to this)
-CocoBackend = Literal["pycocotools", "numpy"]
-# what the model predicts: boxes, or boxes and masks (HfDetrForSegmentation); HfDetrConfig.task's vocabulary
-Task = Literal[TASKS]
+
+_IMAGE_SIZE_HELP = "see hf_detr.training.setup.with_image_size"
 
 
-@dataclass
-class TrainConfig:
-    """Everything `train` needs; every field is also a `hf-detr train --<field>` option."""
+class _Checked:
+    """Field checks with errors naming the class, the field and the fix; each part checks its own fields in
+    `_check`, and `__post_init__` runs every part's."""
 
-    output_dir: str = field(metadata={"help": "where the model folder, logs and checkpoints/ go"})
-    # model
+    def __post_init__(self) -> None:
+        for part in reversed(type(self).__mro__):
+            if "_check" in vars(part):
+                vars(part)["_check"](self)
+
+    def _fail(self, name: str, fix: str) -> None:
+        raise HfDetrInputError(f"{type(self).__name__}.{name}={getattr(self, name)!r} is invalid: {fix}")
+
+    def _at_least_one(self, *names: str, optional: bool = False) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if (value is not None or not optional) and value < 1:
+                self._fail(name, "it must be at least 1" + (" (or left unset)" if optional else ""))
+
+    def _non_negative(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < 0:
+                self._fail(name, "it must be non-negative")
+
+
+@dataclass(kw_only=True)
+class ModelOptions(_Checked):
+    """The model to start from (`hf_detr.create_model`)."""
+
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "what hf_detr.create_model takes: a preset (detr-resnet-50, demo, tiny, ...; the command applies "
+            "help": "what hf_detr.create_model takes: a preset (detr-resnet-50, demo, tiny, ...; hf-detr train applies "
             "its training settings as defaults), a hub_configs/ folder (config only: random init), a trained model "
             "folder or a Hub id, hf_detr's or transformers' DETR (default: a new model of HfDetrConfig's defaults)",
             "aliases": ("--model",),
         },
     )
-    task: Task | None = field(
-        default=None,
-        metadata={
-            "help": "what the model predicts (default: the model's own; detection for a new one): detection, or "
-            "instance / panoptic segmentation: HfDetrForSegmentation trained on the data set's masks (COCO polygons "
-            "or RLE, COCO panoptic PNGs, the synthetic shapes' pixels), evaluated on mask AP (segm_map, ...) and "
-            "panoptic quality (pq, sq, rq) besides box AP"
-        },
-    )
+    task: Task | None = task_field()
     freeze_detection: bool = field(
         default=False,
         metadata={"help": "segmentation: train the mask head only, on a trained detector (the paper's second phase)"},
     )
-    model_kwargs: dict | None = field(
+    model_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": 'HfDetrConfig overrides, JSON on the command line: \'{"backbone": "resnet18"}\''},
-    )
-    # data
-    dataset: str = field(
-        default="synthetic",
-        metadata={"help": "'synthetic' (generated shapes), or a Hub id, save_to_disk folder or COCO folder"},
-    )
-    train_split: str = "train"
-    eval_split: str | None = field(default="validation", metadata={"help": "'none' to skip evaluation"})
-    box_policy: BoxPolicy = field(
-        default="clip",
         metadata={
-            "help": "boxes reaching outside their image: clip them to it (boxes without area dropped; counts "
-            "logged), drop them, or stop with an error naming the image and box"
+            "help": 'HfDetrConfig overrides, JSON on the command line: \'{"backbone": "resnet18"}\'; with trained '
+            "weights only changes that keep every weight's shape",
+            "parse": lambda text: _json_object(text),
         },
     )
-    synthetic_train_size: int = 1000
-    synthetic_eval_size: int = 200
-    synthetic_image_size: int = 128
+
+    def _check(self) -> None:
+        if isinstance(self.model_kwargs, str):
+            try:
+                self.model_kwargs = _json_object(self.model_kwargs)
+            except argparse.ArgumentTypeError as error:
+                raise HfDetrInputError(f"{type(self).__name__}.model_kwargs: {error}") from None
+        if self.task is not None and self.task not in typing.get_args(Task):
+            self._fail("task", f"choose one of {typing.get_args(Task)}")
+
+
+@dataclass(kw_only=True)
+class DataOptions(BoxOptions, _Checked):
+    """The data set, its splits and the training images' size and augmentation."""
+
+    dataset: str = dataset_field("synthetic")
+    train_split: str = "train"
+    eval_split: str | None = field(default="validation", metadata={"help": "'none' to skip evaluation"})
+    synthetic_train_size: int = field(
+        default=1000, metadata={"help": "--dataset synthetic: training images", "deprecated": ("synthetic_num_train",)}
+    )
+    synthetic_eval_size: int = field(
+        default=200, metadata={"help": "--dataset synthetic: evaluation images", "deprecated": ("synthetic_num_eval",)}
+    )
+    synthetic_image_size: int = field(default=128, metadata={"help": "--dataset synthetic: image side in pixels"})
     image_size: int | None = field(
         default=None,
         metadata={
-            "help": "shorter side of the saved image processor (inference and evaluation) and the largest training "
-            "scale; DETR's multi-scale recipe is scaled to it (default: the starting model's processor, 800 for DETR)"
+            "help": "shorter side of the saved image processor and the largest training scale (default: the starting "
+            f"model's processor; {_IMAGE_SIZE_HELP})"
         },
     )
     max_size: int | None = field(
-        default=None, metadata={"help": "longer side cap (default: image_size * 1333/800 when image_size is given)"}
+        default=None, metadata={"help": f"longer side cap (default: image_size * 1333/800; {_IMAGE_SIZE_HELP})"}
     )
     augment: Augment = field(
         default="detr",
@@ -96,11 +129,48 @@ class TrainConfig:
             "for a short training from scratch, see docs/RECIPE.md), or none"
         },
     )
+
+    def _check(self) -> None:
+        if self.eval_split in ("", "none", "None"):
+            self.eval_split = None
+        self._at_least_one("synthetic_train_size", "synthetic_image_size")
+        self._at_least_one("image_size", "max_size", optional=True)
+        self._non_negative("synthetic_eval_size", "box_tolerance")
+        if self.augment not in typing.get_args(Augment):
+            self._fail("augment", "choose 'detr' (DETR's flip / multi-scale / crop), 'flip' or 'none'")
+        if self.box_policy not in typing.get_args(BoxPolicy):
+            self._fail("box_policy", "choose 'clip' (clip boxes to their image, drop empty ones), 'drop' or 'error'")
+
+
+@dataclass(kw_only=True)
+class RecipeOptions(_Checked):
+    """DETR's training settings that transformers' TrainingArguments do not have."""
+
+    backbone_learning_rate: float = field(default=1e-5, metadata={"help": "0 freezes the backbone"})
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop when metric_for_best_model has not improved for N consecutive evaluations (needs an "
+            "eval split)"
+        },
+    )
+
+    def _check(self) -> None:
+        self._non_negative("backbone_learning_rate")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            self._fail("early_stopping_patience", "give at least 1 evaluation (or leave it unset: no early stopping)")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RecipeOptions, DataOptions, ModelOptions):
+    """Everything `train` needs; every field is also a `hf-detr train --<field>` option."""
+
+    output_dir: str = field(metadata={"help": "where the model folder, logs and checkpoints/ go"})
     shuffle: bool = field(
         default=True,
         metadata={
             "help": "shuffle the training images every epoch (streamed: within the shuffle buffer); "
-            "--no-shuffle keeps the data set's order"
+            "--no_shuffle keeps the data set's order"
         },
     )
     streaming: bool = field(
@@ -131,7 +201,6 @@ class TrainConfig:
     per_device_eval_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
-    backbone_learning_rate: float = field(default=1e-5, metadata={"help": "0 freezes the backbone"})
     weight_decay: float = 1e-4
     max_grad_norm: float = field(default=0.1, metadata={"help": "gradient clipping (DETR: 0.1); 0 disables"})
     lr_scheduler: Literal["step", "cosine", "constant"] = "step"
@@ -154,13 +223,7 @@ class TrainConfig:
     )
     seed: int = 42
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even if a GPU is available"})
-    coco_backend: CocoBackend = field(
-        default="pycocotools",
-        metadata={
-            "help": "computes the evaluation's COCO numbers: pycocotools, or numpy (hf_detr's own arrays: "
-            "pycocotools' numbers bit for bit, 5 s instead of about a minute on val2017's 5,000 images)"
-        },
-    )
+    coco_backend: CocoBackend = coco_backend_field()
     dataloader_num_workers: int | None = field(
         default=None,
         metadata={
@@ -174,13 +237,6 @@ class TrainConfig:
     eval_steps: int | None = field(
         default=None,
         metadata={"help": "evaluate every N optimizer steps (default: after every epoch); also at the end"},
-    )
-    early_stopping_patience: int | None = field(
-        default=None,
-        metadata={
-            "help": "stop when metric_for_best_model has not improved for N consecutive evaluations (needs an "
-            "eval split); the model saved is the one at the stop, the log line names the best evaluation"
-        },
     )
     metric_for_best_model: str = field(
         default="map",
@@ -209,73 +265,32 @@ class TrainConfig:
     push_to_hub: bool = False
     hub_model_id: str | None = None
 
-    def __post_init__(self) -> None:
-        if isinstance(self.model_kwargs, str):
-            try:
-                self.model_kwargs = _json_object(self.model_kwargs)
-            except argparse.ArgumentTypeError as error:
-                raise HfDetrInputError(f"TrainConfig.model_kwargs: {error}") from None
-        if self.eval_split in ("", "none", "None"):
-            self.eval_split = None
-
-        def fail(name: str, fix: str) -> None:
-            raise HfDetrInputError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {fix}")
-
-        for name in (
+    def _check(self) -> None:
+        self._at_least_one(
             "per_device_train_batch_size",
             "per_device_eval_batch_size",
             "gradient_accumulation_steps",
             "logging_steps",
-            "synthetic_train_size",
-            "synthetic_image_size",
             "shuffle_buffer_size",
-        ):
-            if getattr(self, name) < 1:
-                fail(name, "it must be at least 1")
-        for name in (
-            "num_train_epochs",
-            "max_steps",
-            "eval_steps",
-            "image_size",
-            "max_size",
-            "save_total_limit",
-            "early_stopping_patience",
-        ):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                fail(name, "it must be at least 1 (or left unset)")
-        for name in (
-            "learning_rate",
-            "backbone_learning_rate",
-            "weight_decay",
-            "max_grad_norm",
-            "warmup_steps",
-            "save_steps",
-            "synthetic_eval_size",
-        ):
-            if getattr(self, name) < 0:
-                fail(name, "it must be non-negative")
+        )
+        self._at_least_one("num_train_epochs", "max_steps", "eval_steps", "save_total_limit", optional=True)
+        self._non_negative("learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "save_steps")
         if self.dataloader_num_workers is not None and self.dataloader_num_workers < 0:
-            fail("dataloader_num_workers", "it must be non-negative (or left unset: chosen from the machine)")
+            self._fail("dataloader_num_workers", "it must be non-negative (or left unset: chosen from the machine)")
         if self.time_budget is not None and self.time_budget <= 0:
-            fail("time_budget", "give a positive number of seconds")
-        if self.augment not in typing.get_args(Augment):
-            fail("augment", "choose 'detr' (DETR's flip / multi-scale / crop), 'flip' or 'none'")
-        if self.task is not None and self.task not in typing.get_args(Task):
-            fail("task", f"choose one of {typing.get_args(Task)}")
+            self._fail("time_budget", "give a positive number of seconds")
         if self.coco_backend not in typing.get_args(CocoBackend):
-            fail("coco_backend", f"choose one of {typing.get_args(CocoBackend)}")
-        if self.box_policy not in typing.get_args(BoxPolicy):
-            fail("box_policy", "choose 'clip' (clip boxes to their image, drop empty ones), 'drop' or 'error'")
+            self._fail("coco_backend", f"choose one of {typing.get_args(CocoBackend)}")
         if not 0 < self.lr_drop <= 1:
-            fail("lr_drop", "it is a fraction of the training in (0, 1]")
+            self._fail("lr_drop", "it is a fraction of the training in (0, 1]")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            fail("ema_decay", "the decay is in (0, 1), e.g. 0.999 (or leave it unset: no averaging)")
+            self._fail("ema_decay", "the decay is in (0, 1), e.g. 0.999 (or leave it unset: no averaging)")
         if self.early_stopping_patience is not None and self.eval_split is None:
-            fail("early_stopping_patience", "early stopping watches the evaluation: give an eval_split")
+            self._fail("early_stopping_patience", "early stopping watches the evaluation: give an eval_split")
         if self.num_train_epochs is None and self.max_steps is None and self.time_budget is None:
             raise HfDetrInputError("TrainConfig: say how long to train: num_train_epochs, max_steps or time_budget")
         if self.push_to_hub and not self.hub_model_id:
-            fail("hub_model_id", "push_to_hub needs the repository id, e.g. 'my-user/detr-shapes'")
+            self._fail("hub_model_id", "push_to_hub needs the repository id, e.g. 'my-user/detr-shapes'")
 
 
 def _json_object(text: str) -> dict:
@@ -289,27 +304,13 @@ def _json_object(text: str) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add one `--<field>` option per `TrainConfig` field (type, default, choices and help from the dataclass)."""
-    hints = typing.get_type_hints(TrainConfig)
-    for spec in dataclasses.fields(TrainConfig):
-        kind = hints[spec.name]
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        options: dict[str, Any] = {"help": spec.metadata.get("help")}
-        if spec.default is dataclasses.MISSING:
-            options["required"] = True
-        else:
-            options["default"] = spec.default
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(kind) is Literal:
-            options["choices"] = typing.get_args(kind)
-        else:
-            options["type"] = _json_object if kind is dict else kind
-        if "default" in options:  # marked, so that config_from_args tells defaults from values typed
-            options["default"] = _Default(options["default"])
-        options.update({key: value for key, value in spec.metadata.items() if key not in ("help", "aliases")})
-        parser.add_argument(f"--{spec.name}", *spec.metadata.get("aliases", ()), **options)
+    """Add one `--<field>` option per `TrainConfig` field (`training.options.add_options`), with defaults marked so
+    that `config_from_args` tells them from values typed."""
+    add_options(parser, TrainConfig)
+    fields = {spec.name for spec in dataclasses.fields(TrainConfig)}
+    for action in parser._actions:
+        if action.dest in fields and action.default is not argparse.SUPPRESS and not action.required:
+            action.default = _Default(action.default)
     return parser
 
 

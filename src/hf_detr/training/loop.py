@@ -57,19 +57,20 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..builder import set_labels
-from ..data.collate import derived_seed
 from ..data.schema import id2label as dataset_id2label
 from ..data.sources import load_data
-from ..data.streaming import StreamedBatches, known_size
+from ..data.streaming import StreamedBatches
 from ..evaluation.evaluate import evaluate, evaluation_loader
 from ..evaluation.metrics import COCO_STAT_NAMES, PER_CLASS_STATS, per_class_key
 from ..hub.cards import model_card, push_to_hub, save_model_folder
 from ..modeling import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from ..modeling.errors import HfDetrInputError
 from ..modeling.matcher import NonFiniteOutputError
+from .batches import training_loader, training_split
 from .checkpoints import STATE_FILE, Progress, check_ema_state, resume_point, save_checkpoint
 from .config import TrainConfig
-from .setup import dataloader_workers, loader_options, parameter_groups, training_data, with_image_size
+from .options import box_options
+from .setup import dataloader_workers, parameter_groups, training_data, with_image_size
 
 __all__ = ["TrainResult", "TrainingDivergedError", "lr_factor", "train"]
 
@@ -92,30 +93,6 @@ class TrainResult:
 
 class TrainingDivergedError(ValueError):
     """The loss or the model outputs became NaN or infinite."""
-
-
-class _EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
-    """A permutation of `range(size)` that depends only on `(seed, epoch)`, identical on every process (accelerate
-    then gives each process its share) and reproducible after a resume. Each index comes with its epoch, the key of
-    `DetectionDataset[epoch, index]`: persistent workers hold their own copies of the data set, which `set_epoch` in
-    this process does not reach."""
-
-    def __init__(self, size: int, seed: int, shuffle: bool) -> None:
-        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
-            order = torch.randperm(self.size, generator=generator).tolist()
-        else:
-            order = range(self.size)
-        return ((self.epoch, index) for index in order)
 
 
 # ------------------------------------------------------------------------------------------------- schedule
@@ -472,8 +449,8 @@ def _load_splits(config: TrainConfig, masks: bool) -> dict[str, Any]:
                 },
                 synthetic_image_size=config.synthetic_image_size,
                 seed=config.seed,
-                box_policy=config.box_policy,
                 masks=masks,
+                **box_options(config),
                 streaming=streaming,
                 decode=not streaming,  # workers decode a stream
             )
@@ -483,31 +460,6 @@ def _load_splits(config: TrainConfig, masks: bool) -> dict[str, Any]:
     if not config.streaming:
         return load([config.train_split, *evaluated], streaming=False)
     return {**load([config.train_split], streaming=True), **(load(evaluated, streaming=False) if evaluated else {})}
-
-
-def _training_split(config: TrainConfig, data: Mapping[str, Any]) -> tuple[Any, int | None]:
-    """The train split (streamed with `config.streaming`, a given `datasets.Dataset` too) and its number of images
-    (None for a stream that does not record it, which then needs max_steps or a time budget)."""
-    split = data[config.train_split]
-    if not config.streaming:
-        if isinstance(split, datasets.IterableDataset):
-            raise HfDetrInputError(
-                f"split {config.train_split!r} is a datasets.IterableDataset: set TrainConfig.streaming="
-                "True (hf-detr train --streaming) to train from a stream"
-            )
-        if len(split) == 0:
-            raise HfDetrInputError(f"split {config.train_split!r} is empty")
-        return split, len(split)
-    if isinstance(split, datasets.Dataset):
-        return split.to_iterable_dataset(), len(split)
-    size = known_size(split, config.train_split)
-    if size is None and config.max_steps is None and config.num_train_epochs is not None:
-        raise HfDetrInputError(
-            f"TrainConfig.num_train_epochs={config.num_train_epochs} with streaming: the stream of split "
-            f"{config.train_split!r} does not record how many images it holds (its info.splits), so epochs cannot be "
-            "counted in steps; bound the run with max_steps or time_budget instead"
-        )
-    return split, size
 
 
 def train(
@@ -559,7 +511,7 @@ def train(
             f"split {config.eval_split!r} is streamed, but evaluation reads its split in full: give a "
             "datasets.Dataset (load_data(..., streaming=False))"
         )
-    train_split, num_images = _training_split(config, data)
+    train_split, num_images = training_split(config, data)
     set_labels(model, dataset_id2label(train_split))
     if config.freeze_detection:
         model.freeze_detection()
@@ -567,26 +519,7 @@ def train(
     image_processor = with_image_size(image_processor, config.image_size, config.max_size)
     train_set, collator = training_data(train_split, image_processor, config.augment, config.seed)
     num_workers = dataloader_workers(config.dataloader_num_workers, accelerator.device, accelerator.num_processes)
-    options = loader_options(num_workers, accelerator.device, config.seed)
-    if config.streaming:
-        train_loader = StreamedBatches(
-            train_set,
-            collator,
-            batch_size=config.per_device_train_batch_size,
-            seed=config.seed,
-            shuffle_buffer_size=config.shuffle_buffer_size if config.shuffle else None,
-            rank=accelerator.process_index,
-            num_processes=accelerator.num_processes,
-            **options,
-        )
-    else:
-        train_loader = torch.utils.data.DataLoader(
-            train_set,
-            batch_size=config.per_device_train_batch_size,
-            collate_fn=collator,
-            sampler=_EpochSampler(len(train_set), config.seed, config.shuffle),
-            **options,
-        )
+    train_loader = training_loader(train_set, collator, config, accelerator, num_workers)
     eval_loader = None
     if config.eval_split is not None and len(data[config.eval_split]) > 0:
         eval_loader = accelerator.prepare(

@@ -25,7 +25,14 @@ def with_image_size(
     image_processor: HfDetrImageProcessor, image_size: int | None = None, max_size: int | None = None
 ) -> HfDetrImageProcessor:
     """`image_processor` itself, or a copy resizing to shorter side `image_size` and longer side at most `max_size`
-    (default: DETR's ratio to `image_size`) when either is given; the caller's processor is never changed."""
+    when either is given; the caller's processor is never changed.
+
+    The image size, explained once (the `--image_size` / `--max_size` options of `hf-detr train` and the Trainer
+    example link here): `image_size` is the shorter side the saved image processor resizes every evaluation and
+    inference image to, and the largest training scale: DETR's multi-scale recipe (`--augment detr`: shorter sides
+    480-800, random crops of 384-600) is scaled by `image_size / 800` (`data.transforms.training_transform`).
+    `max_size` caps the longer side (default `image_size * 1333 / 800`, DETR's ratio: `presets.default_max_size`).
+    Neither given: the starting model's processor as saved (a preset's own size; 800 and 1333 for DETR)."""
     if image_size is None and max_size is None:
         return image_processor
     image_size = image_size or image_processor.size.shortest_edge
