@@ -208,6 +208,14 @@ def test_clip_clips_and_drops_with_one_summary_line(defective, caplog, streaming
     assert objects[15]["bbox"] == [0.0, 0.0, 64.5, 48.0]  # within box_tolerance: float slop, kept as written
 
 
+def test_box_tolerance_reaches_the_loader_from_load_data(defective):
+    from hf_detr.data import load_data
+
+    root, _ = defective
+    exact = _objects_by_id(load_data(str(root), ["train"], box_tolerance=0.0)["train"])
+    assert exact[15]["bbox"] == [0.0, 0.0, 64.0, 48.0]  # the 0.5 px of slop clipped: no tolerance
+
+
 def test_drop_drops_every_box_outside_its_image(defective, caplog):
     root, _ = defective
     with caplog.at_level(logging.WARNING, logger=LOGGER):

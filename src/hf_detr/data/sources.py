@@ -26,6 +26,7 @@ def load_data(
     synthetic_image_size: int = 128,
     seed: int = 0,
     box_policy: BoxPolicy = "clip",
+    box_tolerance: float = 1.0,
     masks: bool = False,
     streaming: bool = False,
     decode: bool = True,
@@ -34,7 +35,13 @@ def load_data(
     :func:`.loading.load_detection_dataset` (the options: there; the box policy: :mod:`.box_policy`)."""
     if source != SYNTHETIC:
         return load_detection_dataset(
-            source, splits=splits, box_policy=box_policy, masks=masks, streaming=streaming, decode=decode
+            source,
+            splits=splits,
+            box_policy=box_policy,
+            box_tolerance=box_tolerance,
+            masks=masks,
+            streaming=streaming,
+            decode=decode,
         )
     wanted = list(splits or SPLITS)
     unknown = [name for name in wanted if name not in SPLITS]
