@@ -267,9 +267,5 @@ def disable_tqdm_field() -> Any:
 
 
 def box_options(options: Any) -> dict[str, Any]:
-    """The loader's keywords of `options`' `BoxOptions`. `hf_detr.data.load_data` does not take `box_tolerance` yet:
-    it is passed only when set, so a tolerance other than the default fails loudly until the loader takes it."""
-    found = {"box_policy": options.box_policy}
-    if options.box_tolerance != 1.0:
-        found["box_tolerance"] = options.box_tolerance
-    return found
+    """The loader's keywords of `options`' `BoxOptions`."""
+    return {"box_policy": options.box_policy, "box_tolerance": options.box_tolerance}
