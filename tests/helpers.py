@@ -110,7 +110,7 @@ def run_example_fine_tuning(model: str | Path, output_dir: str | Path, steps: in
             "64",
             "--image_size",
             "64",
-            "--synthetic_num_train",
+            "--synthetic_train_size",
             "4",
             "--eval_strategy",
             "no",

@@ -242,11 +242,11 @@ def test_evaluate_out_writes_the_diagnostics(model_and_data, tmp_path, capsys):
             model_dir,
             "--dataset",
             data_dir,
-            "--batch-size",
+            "--per_device_eval_batch_size",
             "3",
             "--out",
             str(out),
-            "--iou-threshold",
+            "--iou_threshold",
             "0.4",
             "--score-threshold",
             "0.3",
@@ -288,8 +288,8 @@ def test_evaluate_out_writes_the_diagnostics(model_and_data, tmp_path, capsys):
 def test_evaluate_names_bad_diagnostics_options(model_and_data, tmp_path, capsys):
     model_dir, data_dir = model_and_data
     for option, value, message in (
-        ("--iou-threshold", "0", "--iou-threshold must be in (0, 1]"),
-        ("--score-threshold", "-0.1", "--score-threshold must be in [0, 1]"),
+        ("--iou_threshold", "0", "--iou_threshold must be in (0, 1]"),
+        ("--score-threshold", "-0.1", "--score_threshold must be in [0, 1]"),
         ("--worst", "0", "--worst must be at least 1"),
     ):
         status = main(["evaluate", model_dir, "--dataset", data_dir, "--out", str(tmp_path), option, value])

@@ -50,7 +50,7 @@ def _coco(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
 
 def test_hf_detr_evaluate_gives_the_evaluate_numbers(scene, capsys):
     folder, data = scene["root"] / "model", scene["root"] / "data"
-    assert cli_main(["evaluate", str(folder), "--dataset", str(data), "--batch-size", "2"]) == 0
+    assert cli_main(["evaluate", str(folder), "--dataset", str(data), "--per_device_eval_batch_size", "2"]) == 0
     table = {line.split()[0]: float(line.split()[1]) for line in capsys.readouterr().out.splitlines()[2:14]}
     assert table == _coco(scene["reference"])
 

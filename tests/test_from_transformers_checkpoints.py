@@ -379,7 +379,9 @@ def test_evaluate_on_a_transformers_checkpoint(hub_folder, tmp_path, capsys):
 
     data = make_synthetic_dataset(0, 4, 0, image_size=64, classes=tuple(ID2LABEL.values()), seed=3)
     datasets.DatasetDict({"validation": data["validation"]}).save_to_disk(str(tmp_path / "data"))  # no empty split
-    status = main(["evaluate", str(hub_folder), "--dataset", str(tmp_path / "data"), "--batch-size", "2"])
+    status = main(
+        ["evaluate", str(hub_folder), "--dataset", str(tmp_path / "data"), "--per_device_eval_batch_size", "2"]
+    )
     out = capsys.readouterr().out
     assert status == 0, out
     assert "map_50" in out and "mar_100" in out

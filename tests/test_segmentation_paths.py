@@ -69,7 +69,7 @@ def _masks(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
 
 def test_hf_detr_evaluate_prints_the_evaluate_mask_numbers(scene, capsys):
     folder, data = scene["root"] / "model", scene["root"] / "data"
-    assert cli_main(["evaluate", str(folder), "--dataset", str(data), "--batch-size", "2"]) == 0
+    assert cli_main(["evaluate", str(folder), "--dataset", str(data), "--per_device_eval_batch_size", "2"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     table = {row[0]: float(row[1]) for row in rows if len(row) > 1 and row[0] in MASK_METRICS}
     assert table == pytest.approx(_masks(scene["reference"]), abs=5e-5)  # printed to 4 decimals

@@ -263,11 +263,11 @@ def add_evaluate(subparsers: Subparsers) -> None:
     def run(args: argparse.Namespace) -> None:
         if args.out is not None:
             _require_viz()
-            # named as the user typed them, before the model runs
+            # checked before the model runs
             if not 0.0 < args.iou_threshold <= 1.0:
-                raise HfDetrInputError(f"--iou-threshold must be in (0, 1], got {args.iou_threshold}")
+                raise HfDetrInputError(f"--iou_threshold must be in (0, 1], got {args.iou_threshold}")
             if not 0.0 <= args.score_threshold <= 1.0:
-                raise HfDetrInputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+                raise HfDetrInputError(f"--score_threshold must be in [0, 1], got {args.score_threshold}")
             if args.worst < 1:
                 raise HfDetrInputError(f"--worst must be at least 1, got {args.worst}")
         evaluation, data = _evaluate_model_folder(from_namespace(command_options.EvaluateOptions, args))

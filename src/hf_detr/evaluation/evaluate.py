@@ -41,6 +41,7 @@ __all__ = [
     "evaluation_loader",
     "model_labels",
     "own_region",
+    "stuff_labels",
 ]
 
 
@@ -172,7 +173,7 @@ def evaluate(
                     "masks=True"
                 )
             scorer = scorer or MaskScorer(
-                image_processor, config.id2label, threshold, nms_threshold, _stuff_labels(split, config)
+                image_processor, config.id2label, threshold, nms_threshold, stuff_labels(split, config)
             )
             masks.append(scorer.batch(outputs, pixel_mask, batch["mask_references"]))
     model.train(was_training)
@@ -213,8 +214,11 @@ def _in_data_order(batches: list[list[Any]], images: int, accelerator: Any = Non
     return [entry for _, batch in ordered for entry in batch][:images]
 
 
-def _stuff_labels(split: datasets.Dataset, config: Any) -> set[int]:
-    """The model labels of the data set's stuff classes, for a panoptic model (an instance model has none)."""
+def stuff_labels(split: Any, config: Any) -> set[int]:
+    """The model labels of the data set's stuff classes, for a panoptic model (an instance model, or a data set that
+    does not say, has none)."""
+    if not isinstance(split, datasets.Dataset):
+        return set()
     isthing = coco_isthing(split)
     if getattr(config, "task", None) != "panoptic" or isthing is None:
         return set()

@@ -24,7 +24,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
 from ..data.collate import DetectionCollator, DetectionDataset
-from ..evaluation.evaluate import MaskScorer
+from ..evaluation.evaluate import MaskScorer, stuff_labels
 from ..evaluation.metrics import PostProcessInputs, pack_labels
 from ..modeling.errors import HfDetrInputError
 from .setup import parameter_groups
@@ -125,7 +125,9 @@ class DetrTrainer(Trainer):
                     "a segmentation model's masks are post-processed by its image processor: give "
                     "DetrTrainer processing_class=image_processor"
                 )
-            self._mask_scorer = MaskScorer(self.processing_class, model.config.id2label)
+            # the data set's stuff classes, fused for a panoptic model as `evaluate` does
+            stuff = stuff_labels(getattr(dataloader.dataset, "dataset", None), model.config)
+            self._mask_scorer = MaskScorer(self.processing_class, model.config.id2label, stuff=stuff)
         try:
             output = super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
