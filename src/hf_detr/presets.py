@@ -2,12 +2,8 @@
 
 A preset is an architecture (`HfDetrConfig` fields) together with the image size it is trained and run at, so the
 image processor and the training transforms come from one source; a recipe preset also carries its training settings
-(`TrainConfig` fields). The paper's detectors, the demo's small-compute recipe and the tests' tiny model are here::
-
-    import hf_detr
-    model = hf_detr.create_model("detr-resnet-50", id2label={0: "cat", 1: "dog"})
-    processor = hf_detr.create_image_processor("detr-resnet-50")
-    hf_detr.presets.list_presets()  # ['demo', 'detr-resnet-101', 'detr-resnet-101-dc5', ...]
+(`TrainConfig` fields). The paper's detectors, the demo's small-compute recipe and the tests' tiny model are here
+(`list_presets()`; building one: `hf_detr.builder`).
 """
 
 from __future__ import annotations
@@ -35,16 +31,10 @@ def default_max_size(image_size: int) -> int:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named configuration.
-
-    Attributes:
-        name: what `get` and `hf_detr.create_model` take.
-        model: `HfDetrConfig` fields (`task` says which model class: `hf_detr.builder.model_class`).
-        image_size: shorter side of the image processor (inference, evaluation) and the largest training scale.
-        max_size: longer-side cap (default: DETR's ratio, `default_max_size(image_size)`).
-        training: `TrainConfig` fields of the recipe (learning rates, batch size, augmentation...).
-        description: one line for `list_presets` readers and model cards.
-    """
+    """A named configuration: `model` holds `HfDetrConfig` fields (`task` picks the class:
+    `hf_detr.builder.model_class`), `training` the recipe's `TrainConfig` fields. `image_size` is the image processor's
+    shorter side and the largest training scale, `max_size` its longer-side cap (default `default_max_size`); see
+    `training.setup.with_image_size`."""
 
     name: str
     model: Mapping[str, Any]

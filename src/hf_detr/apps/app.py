@@ -210,9 +210,8 @@ def example_images(
 def build_app(
     app: DetectionApp, title: str, examples: Sequence[str] = (), threshold: float = 0.5
 ) -> Any:  # a gradio.Blocks; Any keeps gradio an optional import
-    """The Gradio page of `app`: an image tab (upload, `examples` to pick from, the picture with its detections, a
-    table and the JSON) and a video tab, with one score slider starting at `threshold`. Launch it with
-    `.launch()`."""
+    """The Gradio page of `app` (see the module docstring), its score slider starting at `threshold`; `.launch()`
+    serves it."""
     _check_threshold(threshold)
     gr = require_gradio()
     with gr.Blocks(title=title, analytics_enabled=False) as page:
@@ -275,9 +274,8 @@ def create_app(
     task: str | None = None,
     load_options: Mapping[str, Any] | None = None,
 ) -> Any:  # a gradio.Blocks
-    """The page of `hf-detr app` and of a Space: the model folder or Hub id `model` (`predict.load_model`, with
-    `task`: see `hf_detr.create_model`), with the
-    first `examples` images of `split` of `dataset` to pick from (`example_images`)."""
+    """The page of `hf-detr app` and of a Space: `model` loaded by `predict.load_model`, the first `examples` images
+    of `split` of `dataset` to pick from (`example_images`)."""
     require_gradio()  # the install hint before the model loads
     _check_threshold(threshold)
     app = DetectionApp(*load_model(model, task), max_video_frames=max_video_frames)

@@ -61,19 +61,12 @@ def run_demo(
     `with_nms` (the same numbers after post-processing's class-wise NMS fallback at IoU `DEMO_NMS_THRESHOLD`, which
     DETR should not need), `steps`, `train_seconds`, `total_seconds` and `per_class`, `{class: {"map", "map_50",
     "mar_100", "objects"}}` (AP, AP50, AR@100 and the number of ground-truth objects of each class in the test
-    split).
-
-    Pictures in `output_dir`: `curves.png` (training loss, validation mAP / AP50), `predictions.png` (the first
-    `show` test images, ground truth next to the predictions scoring at least 0.5, upscaled so labels read) and
-    `pr_curve.png` (precision-recall at IoU 0.50 and 0.75 from the test evaluation's COCOeval arrays).
+    split); with `task="instance"` or `"panoptic"` also mask AP (`segm_map`, ...) and panoptic quality (`pq`, `sq`,
+    `rq`). Pictures: `curves.png`, `predictions.png` (the first `show` test images) and `pr_curve.png`.
 
     `dataset`: instead of the generated shapes, a data set with `train` and `test` splits (and optionally
-    `validation`, evaluated during training) that `load_detection_dataset` reads (a `save_to_disk` folder, a COCO
-    folder or a Hub id), e.g. a held-out shapes set to check that the recipe was not tuned to the generator.
-
-    `task="instance"` or `"panoptic"`: the recipe with DETR's mask head, trained on the data's masks (loaded with
-    `masks=True`); the metrics add mask AP (`segm_map`, ...) and panoptic quality (`pq`, `sq`, `rq`). `"segmentation"`
-    is the deprecated name of `"instance"`.
+    `validation`, evaluated during training) that `load_detection_dataset` reads, e.g. a held-out shapes set to check
+    that the recipe was not tuned to the generator. `task="segmentation"` is the deprecated name of `"instance"`.
     """
     if task == "segmentation":
         warnings.warn(

@@ -1,10 +1,7 @@
 """Detect objects with a saved model: image files, folders of images, videos, and large images cut into tiles.
 
-`predict(model, processor, paths, ...)` returns one `Detections` per image or video frame (boxes in its own pixels,
-and with a segmentation model each detection's mask) and, with `out_dir`, writes the pictures (`<name>.png` per image
-with its boxes and masks drawn, `<stem>.mp4` per video, its frames annotated at the same size and frame rate) and the
-COCO results (`results.json`, `images.json`); `detection_records` and `coco_results` turn the detections into
-`hf-detr predict`'s two JSON formats.
+`predict` runs a model on files, folders and videos; `detection_records` and `coco_results` are `hf-detr predict`'s
+two JSON formats.
 
 Batches hold images of one resized size only, so nothing is padded. DETR's pixel mask keeps padding out of the
 transformer, but not out of the backbone: the convolutions near the image's right and bottom border see padded
@@ -329,15 +326,14 @@ def predict(
     progress: bool | None = None,
     nms_threshold: float | None = None,
 ) -> list[Detections]:
-    """Detections of every image and video frame of `paths` (image or video files, folders of images; see
-    `collect_inputs`), in that order; with `tile`, each image or frame is cut into tiles (`detect_tiled`).
+    """Detections of every image and video frame of `paths` (see `collect_inputs`), in that order; with `tile`, each
+    image or frame is cut into tiles (`detect_tiled`).
 
     `model` needs `config.id2label` and `device`, and returns `logits` and `pred_boxes` (an
     `HfDetrForObjectDetection`, see `load_model`), and `pred_masks` for masks (an `HfDetrForSegmentation`). With
-    `out_dir`: `<name>.png` per image and `<stem>.mp4` per video
-    (an image of a folder keeps its sub-folders), `results.json` (COCO results, `coco_results`) and `images.json`
-    (its images and categories). `progress`: a progress bar on stderr (None: when stderr is a terminal).
-    `nms_threshold`: `post_process_object_detection`'s class-wise NMS fallback (None: none, as DETR).
+    `out_dir`: `<name>.png` per image and `<stem>.mp4` per video (an image of a folder keeps its sub-folders),
+    `results.json` (`coco_results`) and `images.json` (its images and categories). `progress` None: a bar when stderr
+    is a terminal. `nms_threshold`: `post_process_object_detection`'s class-wise NMS fallback (None: none, as DETR).
     """
     if not 0.0 <= threshold <= 1.0:
         raise HfDetrInputError(f"threshold must be in [0, 1], got {threshold}")

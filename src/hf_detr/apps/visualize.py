@@ -82,11 +82,9 @@ def draw_detections(
     its class; `masks` (bool `[n, H, W]`, one per box, at the image's size) are laid over the image in the box's
     colour first (`torchvision.utils.draw_segmentation_masks`).
 
-    With `min_side`, an image whose shorter side is smaller is first upscaled by the smallest integer factor that
-    reaches it (bicubic; the boxes scaled by the same factor), so that the boxes and labels are drawn at a size one
-    can read. Each label sits on a band of its box's colour, above the box where there is room, and moves inside,
-    below or further away rather than cover a label already drawn; with `scores`, the best-scoring detections are
-    drawn on top and placed first.
+    With `min_side`, an image whose shorter side is smaller is first upscaled (bicubic) by the smallest integer factor
+    that reaches it, so that labels read. Labels never cover one another; with `scores`, the best-scoring detections
+    are drawn on top and placed first.
     """
     if isinstance(image, torch.Tensor):
         image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())

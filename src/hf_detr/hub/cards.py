@@ -146,17 +146,12 @@ def model_card(
     source: str | None = None,
     tags: tuple[str, ...] | list[str] = (),
 ) -> ModelCard:
-    """The model card (README.md with Hub metadata) of a model with `config`, to be loaded from `repo_id`; a
-    segmentation model's (`config.predicts_masks`) shows the segmentation API.
+    """The model card (README.md with Hub metadata) of a model with `config`, to be loaded from `repo_id` (a Hub
+    repository or local folder); a segmentation model's (`config.predicts_masks`) shows the segmentation API.
 
-    Args:
-        config: the model's configuration; the card describes its architecture and labels.
-        repo_id: the Hub repository (or local folder) the usage snippets load from.
-        coco_ap / coco_pq: the COCO 2017 val box AP (detection, Table 1) or panoptic quality PQ (panoptic, Table 5)
-            the paper reports for this architecture; recorded in `model-index` with COCO as the training data set.
-            Leave None for a model of unknown provenance (e.g. a fine-tuned one).
-        source: one sentence on where the weights come from.
-        tags: extra Hub tags.
+    `coco_ap` / `coco_pq`: the COCO 2017 val box AP (Table 1) or PQ (Table 5) the paper reports for this architecture,
+    recorded in `model-index` with COCO as the training data set; None for a model of unknown provenance (e.g. a
+    fine-tuned one). `source`: one sentence on where the weights come from.
     """
     name = repo_id.rstrip("/").split("/")[-1]
     segmentation = config.predicts_masks

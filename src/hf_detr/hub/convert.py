@@ -79,10 +79,8 @@ def from_transformers(
     """Load a checkpoint of `transformers`' `DetrForObjectDetection` as an equivalent `HfDetrForObjectDetection`, or
     of its `DetrForSegmentation` (e.g. `"facebook/detr-resnet-50-panoptic"`) as an `HfDetrForSegmentation`.
 
-    Args:
-        path_or_state_dict: a folder written by `save_pretrained` (config.json + weights), a Hub repository id such
-            as `"facebook/detr-resnet-50"`, or a state dict (then `config` is required).
-        config: the transformers `DetrConfig` or its dict, when `path_or_state_dict` is a state dict.
+    `path_or_state_dict`: a `save_pretrained` folder, a Hub id such as `"facebook/detr-resnet-50"`, or a state dict,
+    which needs `config` (the transformers `DetrConfig` or its dict).
     """
     if isinstance(path_or_state_dict, Mapping):
         if config is None:
@@ -217,20 +215,16 @@ def from_original(
     dilation: bool = False,
     **config_kwargs: Any,
 ) -> HfDetrForObjectDetection:
-    """Load a checkpoint of the original facebookresearch/detr code as an equivalent `HfDetrForObjectDetection`, or,
-    for its panoptic model (`DETRsegm`, e.g. detr-r50-panoptic-00ce5173.pth), as an `HfDetrForSegmentation`.
+    """Load a checkpoint of the original facebookresearch/detr code as an equivalent `HfDetrForObjectDetection` in
+    eval mode, or, for its panoptic model (`DETRsegm`, e.g. detr-r50-panoptic-00ce5173.pth), as an
+    `HfDetrForSegmentation`; a 91-class (COCO) checkpoint gets COCO's label map.
 
-    Args:
-        path_or_state_dict: a `.pth` file (a dict whose `"model"` entry is the state dict, as the released
-            detr-r50-e632da11.pth or a `checkpoint.pth` of its training script), or such a dict / state dict.
-            Files are read with `weights_only=True`: nothing but tensors, containers and the training arguments
-            are unpickled.
-        backbone: the original's `--backbone` (`"resnet50"` or `"resnet101"` for the released models).
-        dilation: the original's `--dilation`, True for the DC5 models.
-        config_kwargs: further `HfDetrConfig` fields, e.g. `encoder_attention_heads` if not 8, or `id2label`.
-
-    Returns:
-        The model in eval mode; for a 91-class (COCO) checkpoint with COCO's label map.
+    `path_or_state_dict`: a `.pth` file (a dict whose `"model"` entry is the state dict, as the released
+    detr-r50-e632da11.pth or a `checkpoint.pth` of its training script), or such a dict / state dict; files are read
+    with `weights_only=True` (nothing but tensors, containers and the training arguments are unpickled). `backbone`
+    and `dilation` are the original's `--backbone` (`"resnet50"` or `"resnet101"` for the released models) and
+    `--dilation` (True for DC5); `config_kwargs` further `HfDetrConfig` fields (e.g. `encoder_attention_heads` if not
+    8).
     """
     state_dict, args = _original_state_dict(path_or_state_dict)
     config = config_from_original(state_dict, backbone, dilation, **config_kwargs)

@@ -75,14 +75,12 @@ def export_onnx(
     dtype: str = "fp32",
     source: str | None = None,
 ) -> str:
-    """Export `model` to ONNX with `torch.onnx.export(dynamo=True)` and save it at `path`.
-
-    Inputs are `pixel_values` float32 `[batch, channels, height, width]` and `pixel_mask` int64 `[batch, height,
-    width]`; outputs `logits` `[batch, queries, num_labels + 1]`, `pred_boxes` `[batch, queries, 4]` and, for a
-    segmentation model, `pred_masks` `[batch, queries, height / 4, width / 4]`, all float32 (also with
-    `dtype="fp16"`, whose weights and arithmetic are float16 but for `FP32_OPS`). Batch size, height and width are
-    dynamic (sides from 64 to `max_side` pixels). `source` (the model's folder or Hub id) goes into the graph's
-    metadata (`graph_metadata`). Needs the `onnx` extra (`pip install hf_detr[onnx]`).
+    """The raw graph of `model` saved at `path`: inputs `pixel_values` float32 `[batch, channels, height, width]` and
+    `pixel_mask` int64 `[batch, height, width]`; outputs `logits` `[batch, queries, num_labels + 1]`, `pred_boxes`
+    `[batch, queries, 4]` and, for a segmentation model, `pred_masks` `[batch, queries, height / 4, width / 4]`, all
+    float32 (also with `dtype="fp16"`, whose weights and arithmetic are float16 but for `FP32_OPS`). Batch size,
+    height and width are dynamic (sides from 64 to `max_side` pixels). `source` (the model's folder or Hub id) goes
+    into the graph's metadata (`graph_metadata`). Needs the `onnx` extra (`pip install hf_detr[onnx]`).
     """
     _check_dtype(dtype)
     raw = _raw_graph(model, dtype, example_size, max_side)
@@ -130,13 +128,12 @@ def export_end_to_end(
     dtype: str = "fp32",
     source: str | None = None,
 ) -> str:
-    """Export `onnx_graph.EndToEndGraph(model, processor, max_detections)` as one ONNX graph at `path`.
-
-    Inputs: `images` uint8 `[batch, height, width, 3]` (RGB, each image in the top-left of the padded array) and
-    `sizes` int64 `[batch, 2]` (each image's height and width, from `MIN_SIDE` to `MAX_SIDE`). Outputs: `scores`
-    float32 `[batch, max_detections]`, `labels` int64, `boxes` float32 `[batch, max_detections, 4]` (x0, y0, x1, y1
-    pixels of each image) and, for a segmentation model, `masks` bool `[batch, max_detections, H, W]` (H, W: the
-    largest height and width of `sizes`).
+    """`onnx_graph.EndToEndGraph(model, processor, max_detections)` saved at `path` as one graph: inputs `images`
+    uint8 `[batch, height, width, 3]` (RGB, each image in the top-left of the padded array) and `sizes` int64
+    `[batch, 2]` (each image's height and width, from `MIN_SIDE` to `MAX_SIDE`); outputs `scores` float32
+    `[batch, max_detections]`, `labels` int64, `boxes` float32 `[batch, max_detections, 4]` (x0, y0, x1, y1 pixels of
+    each image) and, for a segmentation model, `masks` bool `[batch, max_detections, H, W]` (H, W: the largest height
+    and width of `sizes`).
     """
     _check_dtype(dtype)
     check_max_detections(max_detections, model.config.num_queries)

@@ -5,14 +5,9 @@
 
 From Python: ``train(TrainConfig(output_dir=..., ...))``, optionally with a ready ``datasets.DatasetDict`` and model.
 
-What the loop does, in order: builds the model and its image processor (`hf_detr.create_model` of
-`model_name_or_path`: a preset, a config folder, a trained folder or Hub id, with the task and `model_kwargs`), the data
-(`hf_detr.data.load_data`, with masks for a segmentation model; the class head replaced when its labels differ) and
-AdamW with DETR's backbone and transformer parameter groups; then trains with gradient
-accumulation and clipping, the step (DETR's lr drop) or cosine schedule, mixed precision (the matcher and the losses
-stay float32), logs the losses, evaluates COCO mAP over every image exactly once (`hf_detr.evaluation.evaluate`),
-saves resumable states (`checkpoints`) and finally the model and image processor folder that
-`pipeline("object-detection")` loads.
+The model comes from `hf_detr.create_model` (`model_name_or_path`, the task, `model_kwargs`), the data from
+`hf_detr.data.load_data`; under mixed precision the matcher and the losses stay float32, and evaluation scores every
+image exactly once (`hf_detr.evaluation.evaluate`).
 
 Data: a map-style split through a DataLoader that accelerate shares among the processes, or with `streaming` a
 streamed split (`hf_detr.data.streaming.StreamedBatches`: each process reads the stream and takes every n-th batch;
@@ -25,9 +20,9 @@ resumed run skips the batches of the epoch already trained on (a stream: before 
 uninterrupted run.
 
 Options for fine-tuning: `ema_decay` keeps an exponential moving average of the weights (`torch.optim.swa_utils.
-AveragedModel` of the unwrapped model, updated after every optimizer step; its BatchNorm statistics are the live
-model's, copied in whenever it is used) which every evaluation scores and which is saved as the model;
-`early_stopping_patience` stops once `metric_for_best_model` has not improved for that many evaluations. Every
+AveragedModel` of the unwrapped model, updated after every optimizer step; buffers: `_Loop._averaged_model`) which
+every evaluation scores and which is saved as the model; `early_stopping_patience` stops once `metric_for_best_model`
+has not improved for that many evaluations.
 evaluation logs the COCO numbers and each class's AP, AP50 and AR@100 (`eval_map_class_<name>`, ...) to the trackers.
 
 Equivalence with one big batch: the set criterion divides each process's loss by the number of boxes averaged over
