@@ -71,6 +71,7 @@ def test_demo_writes_model_metrics_and_pictures(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--output_dir", str(tmp_path), "--time_budget", "8"]) == 0
     out = capsys.readouterr().out
     assert "test split: AP" in out
+    assert "duplicates: " in out and "of objects with more than one box; with NMS at IoU 0.7" in out
     assert "class" in out and "AP50" in out and "AR@100" in out and "objects" in out  # the per-class table
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())

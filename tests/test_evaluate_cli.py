@@ -13,6 +13,7 @@ from helpers import tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.apps.cli import main
 from hf_detr.data import coco_detection_features
+from hf_detr.evaluation.duplicates import DUPLICATE_STAT_NAMES
 from hf_detr.evaluation.metrics import COCO_STAT_NAMES, coco_evaluate
 
 LABELS = ["a", "b", "c"]
@@ -190,7 +191,8 @@ def test_out_writes_the_metrics_with_the_per_class_table_and_the_precision_recal
     assert status == 0, err
     assert "class " not in out  # the per-class table is printed only with --per-class
     written = json.loads((tmp_path / "plots" / "metrics.json").read_text())
-    assert {name: written[name] for name in COCO_STAT_NAMES} == _table(out)
+    # the printed table: COCO's numbers and the duplicate measure, as written
+    assert {name: written[name] for name in (*COCO_STAT_NAMES, *DUPLICATE_STAT_NAMES)} == _table(out)
     assert list(written["per_class"]) == list(LABELS)
     assert sum(row["objects"] for row in written["per_class"].values()) == sum(
         not crowd for example in _examples() for crowd in example["objects"]["iscrowd"]

@@ -180,6 +180,11 @@ _PANOPTIC_ROWS = (
     ("sq", "segmentation quality: mean IoU of matched segments"),
     ("rq", "recognition quality: F1 of segments matched at IoU > 0.5"),
 )
+# hf_detr.evaluation.duplicates: DETR should give one confident box per object
+_DUPLICATE_ROWS = (
+    ("duplicate_rate", "share of detections >= 0.5 overlapping a better one of the same label, IoU >= 0.7"),
+    ("duplicated_objects", "share of ground-truth objects with more than one such detection"),
+)
 
 
 def _evaluate_model_folder(options: command_options.EvaluateOptions) -> tuple[Any, Any]:
@@ -222,13 +227,14 @@ def _format_coco_table(metrics: dict[str, float], per_class: Mapping[str, Mappin
     (`CocoEvaluation.per_class`), AP, AP50, AR@100 and the ground-truth objects of each class."""
     from ..evaluation.metrics import format_per_class_table
 
-    lines = [f"{'metric':<12}{'value':>8}   meaning"]
-    lines += [f"{name:<12}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _COCO_ROWS]
+    lines = [f"{'metric':<18}{'value':>8}   meaning"]
+    lines += [f"{name:<18}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _COCO_ROWS]
     if "segm_map" in metrics:  # a segmentation model's masks: the same COCO rows at mask IoU, and panoptic quality
         lines += [
-            f"{'segm_' + name:<12}{metrics['segm_' + name]:>8.4f}   mask {meaning}" for name, meaning in _COCO_ROWS
+            f"{'segm_' + name:<18}{metrics['segm_' + name]:>8.4f}   mask {meaning}" for name, meaning in _COCO_ROWS
         ]
-        lines += [f"{name:<12}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _PANOPTIC_ROWS]
+        lines += [f"{name:<18}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _PANOPTIC_ROWS]
+    lines += [f"{name:<18}{metrics[name]:>8.4f}   {meaning}" for name, meaning in _DUPLICATE_ROWS if name in metrics]
     undefined = any(value == -1.0 for value in metrics.values())
     if per_class:
         lines += ["", format_per_class_table(per_class)]
@@ -236,6 +242,11 @@ def _format_coco_table(metrics: dict[str, float], per_class: Mapping[str, Mappin
     if undefined:
         lines.append("-1: no ground-truth object in that area range or class, so COCO leaves the value undefined.")
     return "\n".join(lines)
+
+
+def _share(value: float) -> str:
+    """A share as a percentage; -1 (nothing to count) as such."""
+    return "undefined (nothing to count)" if value == -1.0 else f"{value:.1%}"
 
 
 def _require_viz() -> None:
@@ -331,6 +342,12 @@ def add_demo(subparsers: Subparsers) -> None:
         print(
             f"test split: AP {metrics['map']:.3f}  AP50 {metrics['map_50']:.3f}  AP75 {metrics['map_75']:.3f}  "
             f"({metrics['steps']} steps, {metrics['total_seconds']:.0f} s in all); wrote {args.output_dir}"
+        )
+        nms = metrics["with_nms"]
+        print(
+            f"duplicates: {_share(metrics['duplicate_rate'])} of confident detections, "
+            f"{_share(metrics['duplicated_objects'])} of objects with more than one box; with NMS at IoU 0.7 "
+            f"(a fallback DETR should not need): AP {nms['map']:.3f}, duplicates {_share(nms['duplicate_rate'])}"
         )
         if "segm_map" in metrics:
             print(
