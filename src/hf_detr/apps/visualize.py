@@ -275,6 +275,19 @@ def save_curves(
     figure.savefig(path)
 
 
+def _say_nothing_was_evaluated(axes: Any, fontsize: int) -> None:
+    axes.text(
+        0.5,
+        0.5,
+        "nothing was evaluated (no images)",
+        transform=axes.transAxes,
+        ha="center",
+        va="center",
+        fontsize=fontsize,
+        color="0.4",
+    )
+
+
 def save_pr_curve(evaluation: CocoEvaluation, path: str | os.PathLike, max_classes: int = 10) -> None:
     """One PNG of precision against recall from COCOeval's arrays (`CocoEvaluation.precision`, area "all", 100
     detections): the mean over the classes with ground truth at IoU 0.50 (solid) and 0.75 (dashed), and, with at
@@ -283,16 +296,7 @@ def save_pr_curve(evaluation: CocoEvaluation, path: str | os.PathLike, max_class
     figure = _figure(7, 5.6)
     axes = figure.subplots()
     if evaluation.precision is None:
-        axes.text(
-            0.5,
-            0.5,
-            "nothing was evaluated (no images)",
-            transform=axes.transAxes,
-            ha="center",
-            va="center",
-            fontsize=13,
-            color="0.4",
-        )
+        _say_nothing_was_evaluated(axes, fontsize=13)
     else:
         recall = evaluation.recall_thresholds
         at_50 = evaluation.precision_curves(0.5)
@@ -366,16 +370,7 @@ def save_pr_curves_per_class(evaluation: CocoEvaluation, path: str | os.PathLike
         if k >= len(curves):
             axes.set_visible(not curves)  # an empty evaluation keeps one panel to say so
             if not curves:
-                axes.text(
-                    0.5,
-                    0.5,
-                    "nothing was evaluated (no images)",
-                    transform=axes.transAxes,
-                    ha="center",
-                    va="center",
-                    fontsize=11,
-                    color="0.4",
-                )
+                _say_nothing_was_evaluated(axes, fontsize=11)
             continue
         curve = curves[k]
         if curve.precision is None:
