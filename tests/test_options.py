@@ -4,6 +4,7 @@ every long option parses in its dash spelling too; renamed options keep their ol
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import warnings
 
@@ -82,6 +83,24 @@ def test_help_shows_one_style_and_every_option_parses_with_dashes(command, capsy
                 args, unknown = parser.parse_known_args([*POSITIONALS[command], dashed, *_value(action)])
             assert unknown == [], (command, dashed)
             assert getattr(args, action.dest) is not None or action.default is None, (command, dashed)
+
+
+@pytest.mark.parametrize("command", sorted(POSITIONALS))
+def test_help_gives_each_option_its_own_text_and_one_default(command):
+    parser = _subparsers(build_parser())[command]
+    formatter = parser._get_formatter()
+    helps = {}
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, (command, action.option_strings, "no help")
+        shown = copy.copy(action)
+        shown.help = formatter._get_help_string(action)
+        text = formatter._expand_help(shown)
+        # the "(default: X)" argparse appends, after a help that explains its own default, would say it twice
+        assert text.count("default:") <= 1, (command, text)
+        helps.setdefault(text, []).append(action.option_strings[0])
+    assert not {text: names for text, names in helps.items() if len(names) > 1}, "options sharing one help"
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import datasets
@@ -535,3 +536,27 @@ def test_trainer_example_follows_the_box_policy(defective, tmp_path):
         script.main([*args, "--output_dir", str(tmp_path / "error"), "--box_policy", "error"])
     metrics = script.main([*args, "--output_dir", str(tmp_path / "clip")])
     assert math.isfinite(metrics["train_loss"]) and "eval_map" in metrics
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "{model}", "--dataset", "{root}", "--split", "train"],
+        ["export", "{model}", "{out}", "--dataset", "{root}", "--split", "train"],
+        ["demo", "--dataset", "{root}", "--output_dir", "{out}"],
+        ["check-data", "{root}"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_every_command_that_loads_data_follows_the_box_policy(defective, model_dir, tmp_path, capsys, command):
+    from hf_detr.apps.cli import main
+
+    root, _ = defective
+    argv = [part.format(model=model_dir, root=root, out=tmp_path / "out") for part in command]
+    assert main([*argv, "--box_policy", "error"]) == 1
+    printed = capsys.readouterr()
+    # the loader's message (check-data lists each defect on stdout, then counts them on stderr)
+    assert re.search(
+        r"instances_train.json: annotation id \d+ \(image_id .*box_policy='error'", printed.out + printed.err
+    )
+    assert not (tmp_path / "out" / "model.onnx").exists() and not (tmp_path / "out" / "run").exists()

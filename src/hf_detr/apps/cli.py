@@ -336,7 +336,12 @@ def add_demo(subparsers: Subparsers) -> None:
         from .demo import run_demo
 
         metrics = run_demo(
-            args.output_dir, time_budget=args.time_budget, seed=args.seed, dataset=args.dataset, task=args.task
+            args.output_dir,
+            time_budget=args.time_budget,
+            seed=args.seed,
+            dataset=args.dataset,
+            task=args.task,
+            load_options=box_options(args),
         )
         print(format_per_class_table(metrics["per_class"]))
         print(
@@ -460,7 +465,7 @@ def add_export(subparsers: Subparsers) -> None:
         if args.max_detections is not None and args.max_detections < 1:
             raise HfDetrInputError(f"--max_detections must be at least 1, got {args.max_detections}")
         model, processor = load_model(source, args.task)
-        data = load_validation_split(args.dataset, args.split, model) if args.dataset else None
+        data = load_validation_split(args.dataset, args.split, model, **box_options(args)) if args.dataset else None
         if args.validate is None:
             max_detections = args.max_detections or min(100, model.config.num_queries)
             export_folder(

@@ -55,6 +55,7 @@ def run_demo(
     show: int = 8,
     dataset: str | None = None,
     task: str = "detection",
+    load_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the test metrics written to `<output_dir>/metrics.json`: the COCO numbers (`map`,
     `map_50`, ...), the duplicate measure (`duplicate_rate`, `duplicated_objects`: `hf_detr.evaluation.duplicates`),
@@ -65,8 +66,9 @@ def run_demo(
     `rq`). Pictures: `curves.png`, `predictions.png` (the first `show` test images) and `pr_curve.png`.
 
     `dataset`: instead of the generated shapes, a data set with `train` and `test` splits (and optionally
-    `validation`, evaluated during training) that `load_detection_dataset` reads, e.g. a held-out shapes set to check
-    that the recipe was not tuned to the generator. `task="segmentation"` is the deprecated name of `"instance"`.
+    `validation`, evaluated during training) that `load_data` reads (with `load_options`, its box policy and
+    tolerance), e.g. a held-out shapes set to check that the recipe was not tuned to the generator.
+    `task="segmentation"` is the deprecated name of `"instance"`.
     """
     if task == "segmentation":
         warnings.warn(
@@ -89,7 +91,7 @@ def run_demo(
             return load_data(
                 SYNTHETIC, synthetic_sizes=sizes, synthetic_image_size=DEMO.image_size, seed=seed, masks=masks
             )
-        loaded = load_data(dataset, masks=masks)
+        loaded = load_data(dataset, masks=masks, **(load_options or {}))
         missing = [split for split in ("train", "test") if split not in loaded]
         if missing:
             raise HfDetrInputError(

@@ -155,10 +155,10 @@ class EvaluateOptions(BoxOptions):
 
 
 @dataclass(kw_only=True)
-class DemoOptions:
+class DemoOptions(BoxOptions):
     output_dir: Path = field(default=Path("demo_output"), metadata={"help": "the folder to write"})
     time_budget: float = field(default=600.0, metadata={"help": "training seconds"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seeds the data, the weights and the training"})
     dataset: str | None = dataset_field(None, "train and test on its train and test splits instead of the shapes")
     task: Literal[(*TASKS, "segmentation")] = field(
         default="detection",
@@ -208,14 +208,14 @@ class AppOptions(BoxOptions):
 
 
 @dataclass(kw_only=True)
-class ExportOptions:
+class ExportOptions(BoxOptions):
     model: str | None = model_argument(
         "a model folder or Hub id (with --validate: compare with this model instead of the one the export records)",
         optional=True,
     )
     out_dir: Path | None = field(default=None, metadata={"positional": True, "help": "the folder to write"})
     task: Task | None = task_field()
-    format: Literal["onnx"] = "onnx"
+    format: Literal["onnx"] = field(default="onnx", metadata={"help": "the exported file's format"})
     dtype: Literal[DTYPES] | None = field(
         default=None,
         metadata={

@@ -207,15 +207,16 @@ def _end_to_end_metrics(
     return metrics
 
 
-def load_validation_split(dataset: str, split: str, model: torch.nn.Module) -> Any:
+def load_validation_split(dataset: str, split: str, model: torch.nn.Module, **load_options: Any) -> Any:
     """`split` of `dataset` (`hf_detr.data.load_data`: "synthetic", a Hub id or a folder), with masks for a
-    segmentation model; a ValueError naming the categories when they are not the model's classes (checked here, so
-    that `hf-detr export` stops before the export rather than after it)."""
+    segmentation model (`load_options`: load_data's box policy and tolerance); a ValueError naming the categories
+    when they are not the model's classes (checked here, so that `hf-detr export` stops before the export rather
+    than after it)."""
     from ..data.schema import id2label as dataset_id2label
     from ..data.sources import load_data
     from ..evaluation.evaluate import model_labels
 
-    data = load_data(dataset, [split], masks=model.config.predicts_masks)[split]
+    data = load_data(dataset, [split], masks=model.config.predicts_masks, **load_options)[split]
     if len(data) == 0:
         raise HfDetrInputError(f"split {split!r} of {dataset} has no images; pass --split with a split that has.")
     model_labels(list(dataset_id2label(data).values()), model.config.id2label)

@@ -17,7 +17,16 @@ from typing import Any, Literal
 
 from ..modeling.boxes import BoxPolicy
 from ..modeling.errors import HfDetrInputError
-from .options import BoxOptions, CocoBackend, Task, add_options, coco_backend_field, dataset_field, task_field
+from .options import (
+    BoxOptions,
+    CocoBackend,
+    Task,
+    add_options,
+    coco_backend_field,
+    dataset_field,
+    disable_tqdm_field,
+    task_field,
+)
 
 __all__ = [
     "Augment",
@@ -103,7 +112,7 @@ class DataOptions(BoxOptions, _Checked):
     """The data set, its splits and the training images' size and augmentation."""
 
     dataset: str = dataset_field("synthetic")
-    train_split: str = "train"
+    train_split: str = field(default="train", metadata={"help": "the split to train on"})
     eval_split: str | None = field(default="validation", metadata={"help": "'none' to skip evaluation"})
     synthetic_train_size: int = field(
         default=1000, metadata={"help": "--dataset synthetic: training images", "deprecated": ("synthetic_num_train",)}
@@ -187,7 +196,7 @@ class TrainConfig(RecipeOptions, DataOptions, ModelOptions):
         metadata={"help": "--streaming: how many examples the shuffle mixes (kept in memory, images undecoded)"},
     )
     # how long
-    num_train_epochs: int | None = None
+    num_train_epochs: int | None = field(default=None, metadata={"help": "passes over train_split"})
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides num_train_epochs"})
     time_budget: float | None = field(
         default=None,
@@ -197,17 +206,23 @@ class TrainConfig(RecipeOptions, DataOptions, ModelOptions):
         },
     )
     # optimization
-    per_device_train_batch_size: int = 4
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "training images per step and process"})
+    per_device_eval_batch_size: int = field(
+        default=8, metadata={"help": "evaluation images per forward pass and process"}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "steps whose gradients one optimizer step sums"}
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW's, for all but the backbone"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW's decoupled weight decay"})
     max_grad_norm: float = field(default=0.1, metadata={"help": "gradient clipping (DETR: 0.1); 0 disables"})
-    lr_scheduler: Literal["step", "cosine", "constant"] = "step"
+    lr_scheduler: Literal["step", "cosine", "constant"] = field(
+        default="step", metadata={"help": "step: DETR's one drop by 10 at lr_drop; cosine: to 0 at the end"}
+    )
     lr_drop: float = field(
         default=2 / 3, metadata={"help": "fraction of training after which 'step' divides the lr by 10"}
     )
-    warmup_steps: int = 0
+    warmup_steps: int = field(default=0, metadata={"help": "optimizer steps of linear warm-up from 0"})
     ema_decay: float | None = field(
         default=None,
         metadata={
@@ -221,7 +236,7 @@ class TrainConfig(RecipeOptions, DataOptions, ModelOptions):
     mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
         default=None, metadata={"help": "default: accelerate's launch configuration"}
     )
-    seed: int = 42
+    seed: int = field(default=42, metadata={"help": "seeds the weights, the augmentation and the order"})
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even if a GPU is available"})
     coco_backend: CocoBackend = coco_backend_field()
     dataloader_num_workers: int | None = field(
@@ -233,7 +248,7 @@ class TrainConfig(RecipeOptions, DataOptions, ModelOptions):
         },
     )
     # logging and checkpoints
-    logging_steps: int = 10
+    logging_steps: int = field(default=10, metadata={"help": "log the losses every N optimizer steps"})
     eval_steps: int | None = field(
         default=None,
         metadata={"help": "evaluate every N optimizer steps (default: after every epoch); also at the end"},
@@ -261,9 +276,9 @@ class TrainConfig(RecipeOptions, DataOptions, ModelOptions):
         default="auto",
         metadata={"help": "accelerate tracker ('tensorboard', 'wandb', ...); auto: tensorboard if installed"},
     )
-    disable_tqdm: bool = False
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
+    disable_tqdm: bool = disable_tqdm_field()
+    push_to_hub: bool = field(default=False, metadata={"help": "push the trained model to hub_model_id"})
+    hub_model_id: str | None = field(default=None, metadata={"help": "the Hub repository, e.g. my-user/detr-shapes"})
 
     def _check(self) -> None:
         self._at_least_one(

@@ -62,6 +62,12 @@ class OneStyleHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         shown = [s for s in action.option_strings if not _is_dash_twin(s, action.option_strings)]
         return super()._format_action_invocation(_with_strings(action, shown))
 
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # a help that explains its default, and a `--no_x` switch, get no second "(default: ...)"
+        if "default" in (action.help or "") or isinstance(action, argparse._StoreFalseAction):
+            return action.help
+        return super()._get_help_string(action)
+
 
 def _is_dash_twin(option: str, options: list[str]) -> bool:
     return option.startswith("--") and "-" in option[2:] and "--" + option[2:].replace("-", "_") in options
@@ -120,6 +126,9 @@ def add_options(parser: argparse.ArgumentParser, dtype: type) -> None:
             action.type = own["parse"]
         if "nargs" in spec.metadata:  # the field's own, over HfArgumentParser's "+" for lists
             action.nargs = spec.metadata["nargs"]
+        switch_off = next((a for a in parser._actions if f"--no_{spec.name}" in a.option_strings), None)
+        if switch_off is not None:  # HfArgumentParser repeats the field's help on it
+            switch_off.help = f"the same as --{spec.name} false"
         for old in own.get("deprecated", ()):
             parser.add_argument(
                 *_spellings(old),
