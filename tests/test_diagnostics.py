@@ -73,6 +73,8 @@ def test_confusion_matrix_counted_by_hand():
     assert counts == [(1, 1, 0, 1, 1, 2), (1, 0, 1, 1, 0, 2), (0, 0, 1, 0, 0, 1)]
     assert diagnostics.images[0].matched == ((0, 0), (1, 2))  # (ground truth, detection), best score first
     assert diagnostics.images[0].false_positives == (1,) and diagnostics.images[0].ignored == (3,)
+    # p1 of image 0 repeats p0 (cat, IoU 0.9): a duplicate; p1 of image 1 is alone
+    assert [m.duplicates for m in diagnostics.images] == [(1,), (), ()] and diagnostics.duplicates == 1
 
     # IoU 0.6: p0 of image 1 (IoU 0.5) no longer matches D, so (bg, dog) and (dog, bg); score 0.3: p4 of image 0
     # (exactly 0.3) is a false positive (bg, dog) and p0 of image 2 finds F (cat, cat). The crowd still absorbs p3
@@ -87,6 +89,8 @@ def test_confusion_matrix_counted_by_hand():
     assert written["matrix"] == expected and written["labels"] == ["cat", "dog", "bird", "background"]
     assert (written["iou_threshold"], written["score_threshold"]) == (0.6, 0.3)
     assert written["category_ids"] == [0, 1, 2, None]
+    # at score 0.3 p4 (dog, on nothing) is a false positive too, but no duplicate
+    assert written["duplicates"] == 1 and strict.images[0].false_positives == (1, 4)
 
 
 def test_the_crowd_rule_and_class_agnostic_matching():
@@ -103,6 +107,20 @@ def test_the_crowd_rule_and_class_agnostic_matching():
     assert match.ignored == (2,)
     assert match_image(prediction, reference, iou_threshold=0.6, score_threshold=0.5).false_positives == (1, 2)
     assert match.missed == ()  # a crowd region is never missed
+
+
+def test_a_duplicate_is_a_false_positive_repeating_a_better_detection_of_its_class():
+    reference = {"boxes": [[0, 0, 10, 10]], "labels": [0], "iscrowd": [0]}
+    boxes = [[0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 6], [0, 0, 10, 8], [30, 30, 40, 40]]
+    # IoU with the first: 0.8, 0.6 (below 0.7, even though it overlaps the second at 0.75), 0.8 but a dog
+    prediction = {"boxes": boxes, "labels": [0, 0, 0, 1, 0], "scores": [0.9, 0.8, 0.7, 0.6, 0.5]}
+    match = match_image(prediction, reference, iou_threshold=0.5, score_threshold=0.5)
+    assert match.false_positives == (1, 2, 3, 4)
+    # the third repeats the second (IoU 0.75): a duplicate of a duplicate is still one
+    assert match.duplicates == (1, 2)
+    # ranked by score, not by list position: the best detection is never the duplicate
+    reversed_scores = {**prediction, "scores": [0.5, 0.9, 0.4, 0.6, 0.8]}
+    assert match_image(reversed_scores, reference, iou_threshold=0.5, score_threshold=0.3).duplicates == (0, 2)
 
 
 def test_worst_images_are_ranked_by_errors_then_fewer_correct():

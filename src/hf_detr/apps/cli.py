@@ -157,7 +157,10 @@ def _training_diagnostics(result: Any) -> None:
     )
     diagnostics = save_diagnostics(evaluation, result.eval_dataset, out)
     worst = ", ".join(f"{image.index} ({image.errors})" for image in diagnostics.worst(8))
-    print(f"diagnostics in {out}: confusion matrix, per-class precision-recall, worst images (errors): {worst}")
+    print(
+        f"diagnostics in {out}: confusion matrix, per-class precision-recall, worst images (errors): {worst}; "
+        f"{_count_duplicates(diagnostics)}"
+    )
 
 
 # What each COCO number means, for the `evaluate` table.
@@ -249,6 +252,12 @@ def _share(value: float) -> str:
     return "undefined (nothing to count)" if value == -1.0 else f"{value:.1%}"
 
 
+def _count_duplicates(diagnostics: Any) -> str:
+    """How many of the diagnostics' false positives repeat a better detection of their class (drawn purple)."""
+    false_positives = sum(len(image.false_positives) for image in diagnostics.images)
+    return f"{diagnostics.duplicates} of {false_positives} false positives are duplicates"
+
+
 def _require_viz() -> None:
     """Stop with the install hint before any work when the pictures' matplotlib is missing."""
     from .visualize import require_matplotlib
@@ -303,7 +312,10 @@ def add_evaluate(subparsers: Subparsers) -> None:
                 worst=args.worst,
             )
             worst = ", ".join(f"{image.index} ({image.errors})" for image in diagnostics.worst(args.worst))
-            print(f"worst images (errors) at IoU >= {args.iou_threshold:g}, score >= {args.score_threshold:g}: {worst}")
+            print(
+                f"worst images (errors) at IoU >= {args.iou_threshold:g}, score >= {args.score_threshold:g}: {worst}; "
+                f"{_count_duplicates(diagnostics)}"
+            )
             written = (
                 "metrics.json",
                 "pr_curve.png",

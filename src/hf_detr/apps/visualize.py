@@ -449,7 +449,7 @@ def save_confusion_matrix(diagnostics: Diagnostics, path: str | os.PathLike) -> 
 
 
 # outcome colours of the worst-image gallery
-_RIGHT, _WRONG_CLASS, _WRONG, _NEUTRAL = "#3cb44b", "#f58231", "#e6194b", "#a9a9a9"
+_RIGHT, _WRONG_CLASS, _WRONG, _DUPLICATE, _NEUTRAL = "#3cb44b", "#f58231", "#e6194b", "#911eb4", "#a9a9a9"
 GALLERY_MIN_SIDE = 384  # gallery tiles are upscaled to at least this shorter side, so labels read
 
 
@@ -472,6 +472,7 @@ def _outcome_tiles(
     truth.update({g: (_WRONG, "missed") for g in match.missed})
     truth.update({g: (_NEUTRAL, "crowd") for g, crowd in enumerate(reference["iscrowd"]) if crowd})
     found.update({p: (_WRONG, "FP") for p in match.false_positives})
+    found.update({p: (_DUPLICATE, "duplicate") for p in match.duplicates})
     found.update({p: (_NEUTRAL, "on crowd") for p in match.ignored})
 
     gt_boxes = box_convert(torch.tensor(reference["boxes"], dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
@@ -506,10 +507,11 @@ def save_worst_images(
 ) -> list[int]:
     """A grid PNG of the `count` images with the most errors (`Diagnostics.worst`), ground truth next to the
     detections at the score threshold, two images per row. Boxes are coloured by outcome: green right, orange
-    matched with the wrong class (tagged with the other class), red missed or false positive, grey crowd regions
-    and the detections on them. `images[i]["image"]` is image `i` of the evaluation (a row of the evaluated split;
-    made upright as the evaluation saw it); its `image_id`, when present, is named in the caption. Returns the
-    indices of the images drawn, worst first."""
+    matched with the wrong class (tagged with the other class), red missed or false positive, purple a false
+    positive that duplicates a better detection of its class, grey crowd regions and the detections on them.
+    `images[i]["image"]` is image `i` of the evaluation (a row of the evaluated split; made upright as the
+    evaluation saw it); its `image_id`, when present, is named in the caption. Returns the indices of the images
+    drawn, worst first."""
     from ..modeling.image_processing_hf_detr import upright_rgb
 
     if len(images) != len(diagnostics.images):
@@ -531,7 +533,8 @@ def save_worst_images(
         objects = _count(len(match.matched) + len(match.missed), "object")
         captions += [
             f"{name}\n{_count(match.errors, 'error')}; {len(match.missed)} of {objects} missed",
-            f"{_count(len(match.false_positives), 'false positive')}, {match.wrong_class} wrong class\n"
+            f"{_count(len(match.false_positives), 'false positive')} ({len(match.duplicates)} duplicate), "
+            f"{match.wrong_class} wrong class\n"
             f"{match.correct} correct",
         ]
         shown.append(match.index)

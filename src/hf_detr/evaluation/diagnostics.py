@@ -16,6 +16,8 @@ matches them per image with this rule (the usual detection confusion-matrix rule
    (background, detected class).
 4. Every non-crowd ground-truth box left unmatched is missed, counted at (its class, background). Crowd regions are
    never counted.
+5. A false positive overlapping a higher-scored detection of its class at IoU >= 0.7 is also a **duplicate**
+   (`hf_detr.evaluation.duplicates`' rule): DETR should have given the object one query, and NMS would remove it.
 
 The matrix's rows are the ground truth, its columns the predictions, both the evaluation's classes in category
 order and then "background"; the (background, background) cell is always 0. An image's errors are its missed boxes,
@@ -36,6 +38,7 @@ from torchvision.ops import box_convert, box_iou
 from ..modeling.boxes import check_boxes
 from ..modeling.errors import HfDetrInputError
 from .coco_evaluation import CocoEvaluation
+from .duplicates import DUPLICATE_IOU
 
 __all__ = ["BACKGROUND", "ClassCurve", "Diagnostics", "ImageMatch", "class_pr_curves", "diagnose", "match_image"]
 
@@ -50,6 +53,7 @@ class ImageMatch:
     Attributes:
         matched: ``(ground-truth index, detection index)`` pairs at IoU >= the threshold, whatever their classes.
         ignored: detections on a crowd region (neither right nor wrong, as in COCO).
+        duplicates: the false positives that repeat a higher-scored detection of their class (rule 5).
     """
 
     index: int
@@ -58,6 +62,7 @@ class ImageMatch:
     missed: tuple[int, ...]
     false_positives: tuple[int, ...]
     ignored: tuple[int, ...]
+    duplicates: tuple[int, ...] = ()
 
     @property
     def correct(self) -> int:
@@ -153,7 +158,14 @@ def _match(
             false_positives.append(p)
     wrong = sum(int(gt_labels[g] != pred_labels[p]) for g, p in matched)
     missed = tuple(int(g) for g in normal[~taken])
-    return ImageMatch(index, tuple(matched), wrong, missed, tuple(false_positives), tuple(ignored))
+    rank = {p: r for r, p in enumerate(order)}
+    between = torch.nan_to_num(box_iou(pred_boxes, pred_boxes), nan=0.0)
+    duplicates = tuple(
+        p
+        for p in false_positives
+        if any(between[p, q] >= DUPLICATE_IOU and pred_labels[q] == pred_labels[p] for q in order[: rank[p]])
+    )
+    return ImageMatch(index, tuple(matched), wrong, missed, tuple(false_positives), tuple(ignored), duplicates)
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,10 @@ class Diagnostics:
             raise HfDetrInputError(f"count must be at least 1, got {count}")
         return sorted(self.images, key=lambda image: (-image.errors, image.correct, image.index))[:count]
 
+    @property
+    def duplicates(self) -> int:
+        return sum(len(image.duplicates) for image in self.images)
+
     def confusion_json(self) -> dict[str, Any]:
         return {
             "labels": self.labels,
@@ -188,6 +204,7 @@ class Diagnostics:
             "matrix": self.matrix.tolist(),
             "iou_threshold": self.iou_threshold,
             "score_threshold": self.score_threshold,
+            "duplicates": self.duplicates,
         }
 
 
