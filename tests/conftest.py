@@ -9,6 +9,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # prepared splits of this run in a folder of its own (processes the tests launch inherit it)
 os.environ.setdefault("HF_DETR_CACHE", tempfile.mkdtemp(prefix="hf_detr_prepared_"))
+# `make test` runs one pytest-xdist worker per core: each, and every process it launches, computes on one thread, so
+# the two never fight over the cores (the tests' models are small enough that one thread is not slower)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

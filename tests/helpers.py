@@ -15,6 +15,7 @@ from types import ModuleType
 import torch
 
 from hf_detr import presets
+from training_commands import free_port
 
 DATA = Path(__file__).parent / "data"
 
@@ -178,7 +179,17 @@ def launch_two_processes(script: str, tmp_path: Path) -> list[dict[str, float]]:
     launcher.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n" + textwrap.dedent(script))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(launcher)],
+        # a port of its own: under pytest-xdist another test may be launching processes at the same time
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(launcher),
+        ],
         capture_output=True,
         text=True,
         env=env,

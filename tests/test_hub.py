@@ -232,6 +232,7 @@ def _check_remote_code_load(tmp_path: Path, folder: Path, model, processor) -> N
         sys.path = [p for p in sys.path if not p.startswith({str(SRC)!r})]
         import PIL.Image, torch
         from transformers import AutoImageProcessor, AutoModelForObjectDetection, pipeline
+        torch.set_num_threads({torch.get_num_threads()})  # bit-equal logits need the same summation order
         folder = {str(folder)!r}
         processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
         model = AutoModelForObjectDetection.from_pretrained(folder, trust_remote_code=True).eval()

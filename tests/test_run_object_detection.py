@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
-from helpers import EXAMPLE, load_script, tiny_config_kwargs
+from helpers import EXAMPLE, launch_two_processes, load_script, tiny_config_kwargs
 from hf_detr import (
     HfDetrConfig,
     HfDetrForObjectDetection,
@@ -274,25 +274,12 @@ def test_labels_survive_packing():
 def test_distributed_evaluation_with_torchrun_scores_every_image_once(tmp_path):
     # 7 images over 2 processes in batches of 3: box counts differ per process and the last step is padded by
     # accelerate with repeated images, which gather_for_metrics must drop
-    launcher = tmp_path / "launch.py"
-    launcher.write_text(
-        "import json, sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_run_object_detection import evaluate_label_echo\n"
-        f"metrics = evaluate_label_echo(7, 3, {str(tmp_path / 'out')!r})\n"
-        "print('METRICS', json.dumps(metrics))\n"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(launcher)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("METRICS")]
-    assert len(results) == 2  # every process gets the metrics
+    script = f"""
+        import json
+        from test_run_object_detection import evaluate_label_echo
+        print("METRICS", json.dumps(evaluate_label_echo(7, 3, {str(tmp_path / "out")!r})))
+    """
+    results = launch_two_processes(script, tmp_path)  # every process gets the metrics
     for metrics in results:
         assert metrics["eval_map"] == metrics["eval_mar_100"] == 1.0
 

@@ -222,7 +222,10 @@ def test_image_segmentation_pipeline_runs_the_model(tmp_path, caplog):
     found = segmenter(image, subtask="panoptic", threshold=0.5)
     with torch.no_grad():
         outputs = model(**processor(images=image, return_tensors="pt"))
-    expected = processor.post_process_panoptic_segmentation(outputs, threshold=0.5, target_sizes=[(64, 80)])[0]
+    # the pipeline's own default overlap_mask_area_threshold is 0.5, the processor's (DETR's) 0.8
+    expected = processor.post_process_panoptic_segmentation(
+        outputs, threshold=0.5, overlap_mask_area_threshold=0.5, target_sizes=[(64, 80)]
+    )[0]
     assert len(found) == len(expected["segments_info"]) > 1
     for segment, info in zip(found, expected["segments_info"]):
         mask = torch.tensor(list(segment["mask"].getdata())).reshape(64, 80) > 0

@@ -176,7 +176,8 @@ def export_readme(
         "- `config.json`: the model's configuration, with the class names (`id2label`).",
         "- `preprocessor_config.json`: the image processor (`HfDetrImageProcessor.from_pretrained(this_folder)`).",
         "- `validation.json`: the graphs under onnxruntime against the PyTorch model: largest differences of the "
-        "outputs on a batch of images of mixed sizes and, when validated on a data set, COCO mAP of both.",
+        "outputs on a batch of images of mixed sizes and, when validated on a data set, COCO mAP of both (the "
+        "end-to-end graph against the model kept to as many detections).",
     ]
     precision = (
         "float32"
