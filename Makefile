@@ -16,8 +16,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# one pytest-xdist worker per core, a test file per worker at a time (module fixtures are built once); each worker
+# computes on one thread (tests/conftest.py)
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=30
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 demo: $(STAMP)
 	$(VENV)/bin/hf-detr demo
