@@ -28,7 +28,8 @@ from transformers import DetrConfig, DetrForObjectDetection
 from hf_detr import create_model, presets
 from hf_detr.data import SYNTHETIC, id2label, load_data
 from hf_detr.evaluation import evaluate
-from hf_detr.training import TrainConfig, lr_factor, parameter_groups
+from hf_detr.evaluation.duplicates import DUPLICATE_STAT_NAMES
+from hf_detr.training import TrainConfig, finish_one_to_one, lr_factor, parameter_groups
 from hf_detr.training.setup import training_data
 
 DEMO = presets.get("demo")
@@ -53,9 +54,15 @@ def build_models(id2label: dict[int, str]) -> dict[str, Callable[[], torch.nn.Mo
     }
 
 
-def train_and_evaluate(model: torch.nn.Module, data: datasets.DatasetDict, config: TrainConfig) -> dict[str, Any]:
-    """Train `model` on `data["train"]` for `config.time_budget` seconds; COCO metrics on `data["test"]`, the step
-    count and the image ids of every batch trained on (`batches`, the same for every model up to its step count)."""
+def train_and_evaluate(
+    model: torch.nn.Module,
+    data: datasets.DatasetDict,
+    config: TrainConfig,
+    nms_threshold: float | None = None,
+) -> dict[str, Any]:
+    """Train `model` on `data["train"]` for `config.time_budget` seconds; COCO metrics and the duplicate measure on
+    `data["test"]` (also after class-wise NMS at `nms_threshold`, when given), the step count and the image ids of
+    every batch trained on (`batches`, the same for every model up to its step count)."""
     processor = DEMO.image_processor()
     train_set, collator = training_data(data["train"], processor, config.augment, config.seed)
     loader = torch.utils.data.DataLoader(
@@ -79,6 +86,7 @@ def train_and_evaluate(model: torch.nn.Module, data: datasets.DatasetDict, confi
                 break
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(elapsed / config.time_budget, step, config)
+            finish_one_to_one(model, elapsed / config.time_budget, config.one_to_one_finish)
             batches.append([int(label["image_id"]) for label in batch["labels"]])
             loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
@@ -88,11 +96,19 @@ def train_and_evaluate(model: torch.nn.Module, data: datasets.DatasetDict, confi
             step += 1
         epoch += 1
     seconds = time.monotonic() - start
+    reported = ("map", "map_50", "map_75", *DUPLICATE_STAT_NAMES)
     metrics = evaluate(model, processor, data["test"], batch_size=config.per_device_eval_batch_size)
+    with_nms = {}
+    if nms_threshold is not None:
+        metrics_nms = evaluate(
+            model, processor, data["test"], batch_size=config.per_device_eval_batch_size, nms_threshold=nms_threshold
+        )
+        with_nms = {"with_nms": {k: round(metrics_nms[k], 4) for k in reported}}
     return {
         "steps": step,
         "train_seconds": round(seconds, 1),
-        **{k: metrics[k] for k in ("map", "map_50", "map_75")},
+        **{k: round(metrics[k], 4) for k in reported},
+        **with_nms,
         "batches": batches,
     }
 

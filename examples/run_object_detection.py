@@ -52,7 +52,7 @@ import hf_detr
 from hf_detr.builder import set_labels
 from hf_detr.data import id2label, load_data
 from hf_detr.evaluation import evaluation_collator, evaluation_dataset, make_compute_metrics
-from hf_detr.training import DetrTrainer, EpochSetter
+from hf_detr.training import DetrTrainer, EpochSetter, OneToOneFinish
 from hf_detr.training.config import DataOptions, ModelOptions, RecipeOptions
 from hf_detr.training.options import OptionsParser, box_options
 from hf_detr.training.setup import training_data, with_image_size
@@ -192,6 +192,8 @@ def main(args: Sequence[str] | None = None) -> dict[str, float]:
         callbacks.append(EpochSetter(train_dataset))
     if patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
+    if recipe_args.one_to_one_finish > 0:
+        callbacks.append(OneToOneFinish(recipe_args.one_to_one_finish))
     trainer = DetrTrainer(
         model=model,
         args=training_args,

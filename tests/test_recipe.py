@@ -172,6 +172,53 @@ def test_one_to_many_needs_a_second_group_and_is_dropped_for_inference(tmp_path)
         torch.testing.assert_close(reloaded(pixel_values, pixel_mask).logits, before, rtol=0, atol=1e-6)
 
 
+def test_the_one_to_one_finish_trains_the_first_group_alone_with_detrs_loss():
+    from hf_detr.training import finish_one_to_one
+
+    config = HfDetrConfig(
+        **tiny_config_kwargs(num_query_groups=2, one_to_many_repeats=3, auxiliary_loss=True, **NO_DROPOUT)
+    )
+    model = HfDetrForObjectDetection(config).train()
+    pixel_values, pixel_mask = padded_batch()
+    labels = random_labels([3, 1], config.num_labels)
+    finish_one_to_one(model, 0.69, 0.3)  # before the last 30%: both groups
+    assert model(pixel_values, pixel_mask, labels=labels).logits.shape[1] == 2 * config.num_queries
+    finish_one_to_one(model, 0.7, 0.3)
+    output = model(pixel_values, pixel_mask, labels=labels)
+    # the first group's queries alone, and the paper's loss on them: no one-to-many term
+    assert output.logits.shape[1] == config.num_queries
+    expected, expected_terms = _reference_loss(config, output, labels)
+    assert abs(output.loss.item() - expected.item()) < 1e-5 and set(output.loss_dict) == set(expected_terms)
+    # the weights keep both groups until to_plain_detr, which gives the same first-group detector
+    assert model.model.query_embed.weight.shape[0] == 2 * config.num_queries
+    plain = HfDetrForObjectDetection(config)
+    plain.load_state_dict(model.state_dict())
+    plain.to_plain_detr().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            plain(pixel_values, pixel_mask).logits, model.eval()(pixel_values, pixel_mask).logits
+        )
+
+
+def test_the_trainer_callback_switches_at_the_same_share_of_max_steps():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from hf_detr.training import OneToOneFinish
+
+    model = _group_model(2)
+    callback, args = OneToOneFinish(0.3), TrainingArguments(output_dir="unused", report_to="none")
+    for step, groups_on in ((0, True), (6, True), (7, False)):
+        callback.on_step_begin(args, TrainerState(global_step=step, max_steps=10), TrainerControl(), model=model)
+        assert model.model.extra_query_groups is groups_on, step
+
+
+def test_one_to_one_finish_is_a_fraction():
+    from hf_detr.training import TrainConfig
+
+    with pytest.raises(ValueError, match=r"one_to_one_finish.*fraction of the training in \[0, 1\)"):
+        TrainConfig(output_dir="x", max_steps=1, one_to_one_finish=1.0)
+
+
 ENCODER_LOSS_CONFIG = HfDetrConfig(**tiny_config_kwargs(encoder_loss_coefficient=0.5))
 
 

@@ -274,6 +274,14 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path: Path, shapes) ->
     assert [entry["epoch"] for entry in result.log_history] == [0.75, 1.0, 1.75, 2.0]
 
 
+def test_one_to_one_finish_switches_before_the_steps_of_its_share(tmp_path: Path, shapes) -> None:
+    groups = {**TINY_MODEL, "num_query_groups": 2, "one_to_many_repeats": 2}
+    result = train(tiny_config(tmp_path, max_steps=4, model_kwargs=groups, one_to_one_finish=0.5), dataset=shapes)
+    # steps 1 and 2 train the one-to-many group too; steps 3 and 4, the last half, the first group alone
+    assert ["one_to_many_loss_ce" in entry for entry in result.log_history] == [True, True, False, False]
+    assert result.model.config.num_query_groups == 1  # saved as plain DETR
+
+
 def test_output_dir_with_checkpoints_needs_resume(tmp_path: Path, shapes) -> None:
     state = tmp_path / "run" / "checkpoints" / "step_3"
     state.mkdir(parents=True)

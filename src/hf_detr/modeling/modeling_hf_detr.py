@@ -229,6 +229,9 @@ class HfDetrModel(HfDetrPreTrainedModel):
         self.query_embed = nn.Embedding(config.num_queries * config.num_query_groups, config.d_model)
         self.encoder = TransformerEncoder(config)
         self.decoder = TransformerDecoder(config)
+        # False: training runs the first query group alone, as inference does (a run-time switch, neither config nor
+        # weights: `hf_detr.training.finish_one_to_one` sets it late in training)
+        self.extra_query_groups = True
         self.post_init()
 
     def freeze_backbone(self) -> None:
@@ -273,7 +276,7 @@ class HfDetrModel(HfDetrPreTrainedModel):
         memory, encoder_states, encoder_attentions = self.encoder(
             src, pos, mask, output_hidden_states, output_attentions
         )
-        groups = cfg.num_query_groups if self.training else 1
+        groups = cfg.num_query_groups if self.training and self.extra_query_groups else 1
         query_pos = self.query_embed.weight[: cfg.num_queries * groups][None].expand(src.shape[0], -1, -1)
         query_mask = None
         if groups > 1:  # Group DETR: queries attend only within their group

@@ -17,11 +17,13 @@ _EXPORTS = {
     "latest_checkpoint": "checkpoints",
     "TrainResult": "loop",
     "TrainingDivergedError": "loop",
-    "lr_factor": "loop",
+    "finish_one_to_one": "schedule",
+    "lr_factor": "schedule",
     "train": "loop",
     "parameter_groups": "setup",
     "DetrTrainer": "trainer",
     "EpochSetter": "trainer",
+    "OneToOneFinish": "trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -163,9 +163,19 @@ class RecipeOptions(_Checked):
             "eval split)"
         },
     )
+    one_to_one_finish: float = field(
+        default=0.0,
+        metadata={
+            "help": "the last fraction of training trains only the queries inference uses: a one-to-many group "
+            "(one_to_many_repeats) and extra query groups stop, and the duplicate boxes they teach are unlearned "
+            "(docs/RECIPE.md); 0: off"
+        },
+    )
 
     def _check(self) -> None:
         self._non_negative("backbone_learning_rate")
+        if not 0 <= self.one_to_one_finish < 1:
+            self._fail("one_to_one_finish", "it is a fraction of the training in [0, 1)")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             self._fail("early_stopping_patience", "give at least 1 evaluation (or leave it unset: no early stopping)")
 

@@ -65,9 +65,10 @@ from .batches import training_loader, training_split
 from .checkpoints import STATE_FILE, Progress, check_ema_state, resume_point, save_checkpoint
 from .config import TrainConfig
 from .options import box_options
+from .schedule import finish_one_to_one, lr_factor
 from .setup import dataloader_workers, parameter_groups, training_data, with_image_size
 
-__all__ = ["TrainResult", "TrainingDivergedError", "lr_factor", "train"]
+__all__ = ["TrainResult", "TrainingDivergedError", "train"]
 
 _LAYER_SUFFIX = re.compile(r"_\d+$")  # loss_dict keys of the auxiliary decoder layers: loss_ce_0, ...
 
@@ -88,26 +89,6 @@ class TrainResult:
 
 class TrainingDivergedError(ValueError):
     """The loss or the model outputs became NaN or infinite."""
-
-
-# ------------------------------------------------------------------------------------------------- schedule
-
-
-def lr_factor(progress: float, step: int, config: TrainConfig) -> float:
-    """Multiplier of the base learning rates at optimizer step `step` (0-based), `progress` in [0, 1] of training.
-
-    `step`: 1 before `lr_drop`, 0.1 after (DETR's StepLR); `cosine`: 0.5 (1 + cos(pi progress)); `constant`: 1.
-    A linear warmup over the first `warmup_steps` multiplies any of them.
-    """
-    if config.lr_scheduler == "step":
-        factor = 0.1 if progress >= config.lr_drop else 1.0
-    elif config.lr_scheduler == "cosine":
-        factor = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    else:
-        factor = 1.0
-    if step < config.warmup_steps:
-        factor *= (step + 1) / config.warmup_steps
-    return factor
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -200,6 +181,13 @@ class _Loop:
             return float(self.progress.epoch)
         return self.progress.epoch + self.progress.batches_in_epoch / self.batches_per_epoch
 
+    @property
+    def fraction(self) -> float:
+        """How much of the training is done: of the steps, or else of the time budget (the main process's clock)."""
+        if self.total_steps:
+            return self.progress.global_step / self.total_steps
+        return self.elapsed / self.config.time_budget
+
     def run(self) -> str:
         """Train until the step count or the time budget is reached, or early stopping says so; returns
         "completed", "time_budget" or "early_stopping"."""
@@ -209,6 +197,7 @@ class _Loop:
         self.model.train()
         while stop_reason is None:
             for group in self._groups():
+                finish_one_to_one(self.live, self.fraction, config.one_to_one_finish)  # before the step's forward
                 for position, batch in enumerate(group):
                     self._accumulate(batch, len(group), sync=position == len(group) - 1)
                 self._optimizer_step()
@@ -323,8 +312,7 @@ class _Loop:
 
     def _optimizer_step(self) -> None:
         config, progress = self.config, self.progress
-        fraction = progress.global_step / self.total_steps if self.total_steps else self.elapsed / config.time_budget
-        factor = lr_factor(fraction, progress.global_step, config)
+        factor = lr_factor(self.fraction, progress.global_step, config)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         if config.max_grad_norm > 0:

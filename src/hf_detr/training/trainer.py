@@ -27,9 +27,10 @@ from ..data.collate import DetectionCollator, DetectionDataset
 from ..evaluation.evaluate import MaskScorer, stuff_labels
 from ..evaluation.metrics import PostProcessInputs, pack_labels
 from ..modeling.errors import HfDetrInputError
+from .schedule import finish_one_to_one
 from .setup import parameter_groups
 
-__all__ = ["EVAL_IGNORE_KEYS", "DetrTrainer", "EpochSetter"]
+__all__ = ["EVAL_IGNORE_KEYS", "DetrTrainer", "EpochSetter", "OneToOneFinish"]
 
 # Model outputs Trainer must not gather at evaluation: compute_metrics reads only `logits` and `pred_boxes`, and the
 # hidden states would hold every evaluation image's features in memory.
@@ -158,3 +159,17 @@ class EpochSetter(TrainerCallback):
 
     def on_epoch_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         self.dataset.set_epoch(int(state.epoch or 0))
+
+
+class OneToOneFinish(TrainerCallback):
+    """`TrainConfig.one_to_one_finish` for `Trainer`: the last `finish` of `max_steps` trains only the query group
+    inference uses (`hf_detr.training.finish_one_to_one`)."""
+
+    def __init__(self, finish: float) -> None:
+        self.finish = finish
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
+        if model is not None and state.max_steps:
+            finish_one_to_one(model, state.global_step / state.max_steps, self.finish)
