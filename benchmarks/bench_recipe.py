@@ -25,7 +25,7 @@ import datasets
 import torch
 from transformers import DetrConfig, DetrForObjectDetection
 
-from hf_detr import create_model, presets
+from hf_detr import HfDetrForObjectDetection, create_model, presets
 from hf_detr.data import SYNTHETIC, id2label, load_data
 from hf_detr.evaluation import evaluate
 from hf_detr.evaluation.duplicates import DUPLICATE_STAT_NAMES
@@ -86,7 +86,8 @@ def train_and_evaluate(
                 break
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(elapsed / config.time_budget, step, config)
-            finish_one_to_one(model, elapsed / config.time_budget, config.one_to_one_finish)
+            if isinstance(model, HfDetrForObjectDetection):  # the recipe's; transformers' DETR has no groups
+                finish_one_to_one(model, elapsed / config.time_budget, config.one_to_one_finish)
             batches.append([int(label["image_id"]) for label in batch["labels"]])
             loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
