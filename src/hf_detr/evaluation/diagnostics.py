@@ -38,7 +38,7 @@ from torchvision.ops import box_convert, box_iou
 from ..modeling.boxes import check_boxes
 from ..modeling.errors import HfDetrInputError
 from .coco_evaluation import CocoEvaluation
-from .duplicates import DUPLICATE_IOU
+from .duplicates import repeats_a_better_one
 
 __all__ = ["BACKGROUND", "ClassCurve", "Diagnostics", "ImageMatch", "class_pr_curves", "diagnose", "match_image"]
 
@@ -158,13 +158,9 @@ def _match(
             false_positives.append(p)
     wrong = sum(int(gt_labels[g] != pred_labels[p]) for g, p in matched)
     missed = tuple(int(g) for g in normal[~taken])
-    rank = {p: r for r, p in enumerate(order)}
-    between = torch.nan_to_num(box_iou(pred_boxes, pred_boxes), nan=0.0)
-    duplicates = tuple(
-        p
-        for p in false_positives
-        if any(between[p, q] >= DUPLICATE_IOU and pred_labels[q] == pred_labels[p] for q in order[: rank[p]])
-    )
+    repeats = repeats_a_better_one(pred_boxes[order].numpy(), pred_labels[order].numpy())
+    repeating = {p for p, repeat in zip(order, repeats) if repeat}
+    duplicates = tuple(p for p in false_positives if p in repeating)
     return ImageMatch(index, tuple(matched), wrong, missed, tuple(false_positives), tuple(ignored), duplicates)
 
 

@@ -23,7 +23,14 @@ import numpy as np
 from ..modeling.errors import HfDetrInputError
 from .coco_inputs import prediction_arrays, reference_arrays
 
-__all__ = ["DUPLICATE_IOU", "DUPLICATE_STAT_NAMES", "DuplicateCounts", "count_duplicates", "duplicate_measure"]
+__all__ = [
+    "DUPLICATE_IOU",
+    "DUPLICATE_STAT_NAMES",
+    "DuplicateCounts",
+    "count_duplicates",
+    "duplicate_measure",
+    "repeats_a_better_one",
+]
 
 DUPLICATE_IOU = 0.7
 DUPLICATE_STAT_NAMES = ("duplicate_rate", "duplicated_objects")
@@ -58,6 +65,13 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
+def repeats_a_better_one(boxes: np.ndarray, labels: np.ndarray, iou: float = DUPLICATE_IOU) -> np.ndarray:
+    """For detections ranked best first (x0, y0, x1, y1 boxes `[n, 4]`, labels `[n]`): whether each overlaps a
+    higher-ranked one of its class at IoU >= `iou`, the rule that makes it a duplicate."""
+    overlaps = (_iou(boxes, boxes) >= iou) & (labels[:, None] == labels[None, :])
+    return np.tril(overlaps, k=-1).any(axis=1)
+
+
 def count_duplicates(
     prediction: Mapping[str, np.ndarray],
     reference: Mapping[str, np.ndarray],
@@ -71,9 +85,7 @@ def count_duplicates(
     order = order[scores[order] >= threshold]
     boxes = np.asarray(prediction["boxes"], dtype=np.float64).reshape(-1, 4)[order]
     labels = np.asarray(prediction["labels"]).reshape(-1)[order]
-    # detection i overlaps a higher-ranked j < i of its class
-    overlaps = (_iou(boxes, boxes) >= iou) & (labels[:, None] == labels[None, :])
-    duplicates = int(np.tril(overlaps, k=-1).any(axis=1).sum())
+    duplicates = int(repeats_a_better_one(boxes, labels, iou).sum())
 
     crowd = np.asarray(reference["iscrowd"]).reshape(-1).astype(bool)
     truth = np.asarray(reference["boxes"], dtype=np.float64).reshape(-1, 4)[~crowd]
