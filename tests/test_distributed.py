@@ -156,6 +156,7 @@ def test_uneven_evaluation_scores_every_image_once(tmp_path: Path, env: dict[str
     assert two["metrics"] == pytest.approx(one["metrics"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_documented_multi_node_command_on_two_local_machines(tmp_path: Path, env: dict[str, str]) -> None:
     documented = command("multi-node")
     port, output = free_port(), tmp_path / "run"

@@ -322,6 +322,7 @@ def test_fp16_export_keeps_the_fp32_map_and_lists_its_fp32_layers(kind, request,
     assert (out / "README.md").read_text().count("float16 weights and arithmetic") == 1
 
 
+@pytest.mark.slow
 def test_an_end_to_end_graph_keeping_fewer_detections_is_compared_with_the_model_keeping_as_many(
     detector, processor, detector_dir, data, tmp_path
 ):
