@@ -27,8 +27,7 @@ def scene(tmp_path_factory) -> dict:
     processor = HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 107})
     split = make_synthetic_dataset(0, NUM_IMAGES, 0, image_size=64, seed=5)["validation"]
     torch.manual_seed(0)
-    # DETR's "no object" weight: after 25 steps the demo's 0.5 still keeps most queries silent
-    model = create_model("demo", id2label=ID2LABEL, eos_coefficient=0.1)
+    model = create_model("demo", id2label=ID2LABEL)
     batch = next(iter(evaluation_loader(split, processor, ID2LABEL, batch_size=NUM_IMAGES)))
     optimizer = torch.optim.AdamW(parameter_groups(model, 1.2e-3, 6e-3))
     for _ in range(25):

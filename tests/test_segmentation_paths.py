@@ -38,8 +38,7 @@ def scene(tmp_path_factory) -> dict:
     )["validation"]
     batch = next(iter(evaluation_loader(split, processor, ID2LABEL, batch_size=NUM_IMAGES)))
     torch.manual_seed(0)
-    # DETR's "no object" weight: after 25 steps the demo's 0.5 still keeps most queries silent
-    detector = create_model("demo", id2label=ID2LABEL, eos_coefficient=0.1)
+    detector = create_model("demo", id2label=ID2LABEL)
     boxes_only = [{name: value for name, value in target.items() if name != "masks"} for target in batch["labels"]]
     _overfit(detector, parameter_groups(detector, 1.2e-3, 6e-3), batch, boxes_only, steps=25)
     detector = detector.to_plain_detr()

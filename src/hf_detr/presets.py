@@ -137,9 +137,6 @@ register(
             "num_queries": 20,
             "num_query_groups": 2,  # the second group only trains, matched one-to-many (H-DETR)
             "one_to_many_repeats": 3,
-            # unmatched queries' "no object" weighs half, not DETR's 0.1: with 20 queries and a few objects per
-            # image, 0.1 barely penalizes a second confident box on an object (docs/RECIPE.md, duplicates)
-            "eos_coefficient": 0.5,
             "encoder_loss_coefficient": 4.0,  # training-only dense head on the encoder tokens
             "auxiliary_loss": True,
             "dropout": 0.0,
@@ -155,8 +152,6 @@ register(
             "lr_scheduler": "cosine",
             "warmup_steps": 50,
             "augment": "flip",  # DETR's scale and crop augmentation slows learning at this budget
-            # the last 30% trains the one-to-one queries alone, unlearning the one-to-many group's duplicates
-            "one_to_one_finish": 0.3,
             "logging_steps": 20,
         },
         description="ResNet-18 from scratch, no encoder, H-DETR group and dense encoder head: `make demo` on 2 CPU "
