@@ -17,6 +17,7 @@ import torch
 
 from hf_detr import create_model
 from hf_detr.data import SYNTHETIC, id2label, load_data
+from hf_detr.evaluation.duplicates import DUPLICATE_IOU
 from hf_detr.training import TrainConfig
 
 from .bench_recipe import DEMO, train_and_evaluate
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         )
         torch.manual_seed(args.seed)
         model = create_model("demo", id2label=id2label(data["train"]), **model_overrides)
-        result = train_and_evaluate(model, data, config, nms_threshold=0.7)
+        result = train_and_evaluate(model, data, config, nms_threshold=DUPLICATE_IOU)
         results[name] = {key: value for key, value in result.items() if key != "batches"}
         print(f"{name}: {json.dumps(results[name])}", flush=True)
     return results
