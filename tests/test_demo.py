@@ -12,12 +12,11 @@ from transformers import pipeline
 
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, create_model, presets
 from hf_detr.apps.cli import main
-from hf_detr.apps.demo import DEMO_NMS_THRESHOLD
 from hf_detr.data import SYNTHETIC, load_data
 from hf_detr.data.loading import id2label
 from hf_detr.data.synthetic import SHAPES
 from hf_detr.evaluation import COCO_STAT_NAMES, evaluate
-from hf_detr.evaluation.duplicates import DUPLICATE_STAT_NAMES
+from hf_detr.evaluation.duplicates import DUPLICATE_IOU, DUPLICATE_STAT_NAMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,7 +38,7 @@ def assert_saved_model_scores(metrics: dict, model_dir, test_split) -> None:
     names = (*COCO_STAT_NAMES, *DUPLICATE_STAT_NAMES)
     assert {name: metrics[name] for name in names} == pytest.approx({name: rescored[name] for name in names}, abs=1e-9)
     # the same after the NMS fallback, which leaves no duplicate at the measure's IoU
-    pruned = evaluate(model, processor, test_split, batch_size=batch_size, nms_threshold=DEMO_NMS_THRESHOLD)
+    pruned = evaluate(model, processor, test_split, batch_size=batch_size, nms_threshold=DUPLICATE_IOU)
     assert metrics["with_nms"] == pytest.approx({name: pruned[name] for name in metrics["with_nms"]}, abs=1e-9)
     assert metrics["with_nms"]["duplicate_rate"] in (0.0, -1.0) and metrics["with_nms"]["duplicated_objects"] <= max(
         metrics["duplicated_objects"], 0.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import types
+import warnings
 
 import numpy as np
 import PIL.Image
@@ -464,3 +465,15 @@ def test_corrupt_file_names_its_path(tmp_path, content):
     path = _write(tmp_path, "broken.png", content)
     with pytest.raises(ValueError, match=rf"images\[1\]: cannot read the image file '{path}'"):
         HfDetrImageProcessor()(images=[np.zeros((8, 8, 3), np.uint8), str(path)])
+
+
+def test_a_read_only_array_gives_no_warning_and_the_same_pixels():
+    """`np.asarray(pil_image)` is read-only; torch warns on wrapping such an array, and the processor never writes."""
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    array = np.asarray(image)
+    assert not array.flags.writeable
+    processor = HfDetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_array = processor(images=array, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(from_array, processor(images=image, return_tensors="pt")["pixel_values"])

@@ -33,6 +33,7 @@ from .. import builder, presets
 from ..data.masks import mask_references
 from ..data.schema import id2label as dataset_id2label
 from ..data.sources import SYNTHETIC, load_data
+from ..evaluation.duplicates import DUPLICATE_IOU  # NMS at the measure's IoU removes what it counts
 from ..evaluation.evaluate import evaluate
 from ..modeling.configuration_hf_detr import TASKS
 from ..modeling.errors import HfDetrInputError
@@ -59,7 +60,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; returns the test metrics written to `<output_dir>/metrics.json`: the COCO numbers (`map`,
     `map_50`, ...), the duplicate measure (`duplicate_rate`, `duplicated_objects`: `hf_detr.evaluation.duplicates`),
-    `with_nms` (the same numbers after post-processing's class-wise NMS fallback at IoU `DEMO_NMS_THRESHOLD`, which
+    `with_nms` (the same numbers after post-processing's class-wise NMS fallback at IoU `DUPLICATE_IOU`, which
     DETR should not need), `steps`, `train_seconds`, `total_seconds` and `per_class`, `{class: {"map", "map_50",
     "mar_100", "objects"}}` (AP, AP50, AR@100 and the number of ground-truth objects of each class in the test
     split); with `task="instance"` or `"panoptic"` also mask AP (`segm_map`, ...) and panoptic quality (`pq`, `sq`,
@@ -154,7 +155,7 @@ def run_demo(
     )
     metrics: dict[str, Any] = dict(evaluation.metrics)
     with_nms = evaluate(
-        model, processor, data["test"], batch_size=config.per_device_eval_batch_size, nms_threshold=DEMO_NMS_THRESHOLD
+        model, processor, data["test"], batch_size=config.per_device_eval_batch_size, nms_threshold=DUPLICATE_IOU
     )
     metrics["with_nms"] = {key: with_nms[key] for key in NMS_REPORTED if key in with_nms}
     metrics.update(
@@ -176,7 +177,6 @@ def run_demo(
 
 
 PREDICTION_THRESHOLD = 0.5  # detections drawn in predictions.png
-DEMO_NMS_THRESHOLD = 0.7  # the IoU of the duplicate measure: what NMS would remove of what it counts
 NMS_REPORTED = ("map", "map_50", "map_75", "duplicate_rate", "duplicated_objects", "segm_map", "segm_map_50", "pq")
 TILE_MIN_SIDE = 384  # predictions.png tiles are upscaled to at least this shorter side, so labels read
 

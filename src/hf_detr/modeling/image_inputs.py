@@ -4,6 +4,7 @@ upright `[3, h, w]` RGB tensor, with an error naming the image when it cannot be
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -64,7 +65,12 @@ def to_rgb_tensor(
         raise HfDetrInputTypeError(
             f"{where} is a {type(image).__name__}; expected a PIL image, a numpy array, a torch tensor or a file path."
         )
-    tensor = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
+    if isinstance(image, np.ndarray):
+        with warnings.catch_warnings():  # a read-only array (np.asarray of a PIL image) is fine: it is never written
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensor = torch.from_numpy(image)
+    else:
+        tensor = image
     if tensor.dtype == torch.bool or tensor.is_complex():
         raise HfDetrInputTypeError(f"{where} has dtype {tensor.dtype}; pass uint8 (0-255) or float pixel values.")
     if tensor.ndim == 2:
