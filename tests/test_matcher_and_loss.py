@@ -61,6 +61,42 @@ def test_matcher_finds_the_optimal_assignment(trial):
         assert found == pytest.approx(_brute_force(cost), abs=1e-4)
 
 
+@pytest.mark.parametrize("trial", range(4))
+def test_order_cost_adds_its_share_of_the_query_index_to_the_optimal_assignment(trial):
+    generator = torch.Generator().manual_seed(100 + trial)
+    queries, order_cost = 5, 0.5
+    logits = torch.randn(1, queries, 4, generator=generator) * 3
+    pred_boxes = torch.cat(
+        [torch.rand(1, queries, 2, generator=generator) * 0.6 + 0.2, torch.full((1, queries, 2), 0.2)], -1
+    )
+    labels = random_labels([3], 3, generator=generator)[0]
+    rows, cols = HungarianMatcher(order_cost=order_cost)(
+        logits, pred_boxes, [labels["class_labels"]], [labels["boxes"]]
+    )[0]
+    cost = _cost(logits[0], pred_boxes[0], labels["class_labels"], labels["boxes"])
+    cost = cost + order_cost * torch.arange(queries)[:, None] / queries
+    assert float(cost[rows, cols].sum()) == pytest.approx(_brute_force(cost), abs=1e-4)
+
+
+def test_order_cost_gives_an_object_to_the_earlier_of_two_equal_queries_and_not_to_a_worse_one():
+    """The tie-break that makes one query, always the same, the positive of a pair predicting the same box (a pair
+    that would otherwise win the match by turns and both learn to fire: duplicates)."""
+    target = {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+    logits = torch.zeros(1, 4, 3)
+    pred_boxes = torch.tensor(
+        [[[0.2, 0.2, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2]]]
+    )
+    pred_boxes[0, 1] += 1e-4  # the earlier of the two is a hair worse: without the order cost the later one wins
+    args = (logits, pred_boxes, [target["class_labels"]], [target["boxes"]])
+    assert HungarianMatcher()(*args)[0][0].tolist() == [3]
+    assert HungarianMatcher(order_cost=0.5)(*args)[0][0].tolist() == [1]
+    pred_boxes[0, 1] = torch.tensor([0.45, 0.5, 0.2, 0.2])  # clearly worse: the box decides
+    assert HungarianMatcher(order_cost=0.5)(*args)[0][0].tolist() == [3]
+    with pytest.raises(ValueError, match="order_cost.*non-negative"):
+        HfDetrConfig(**tiny_config_kwargs(order_cost=-0.1))
+    assert build_criterion(HfDetrConfig(**tiny_config_kwargs(order_cost=0.5))).matcher.order_cost == 0.5
+
+
 def test_matcher_rejects_non_finite_predictions_by_name():
     labels = random_labels([2], 3)
     logits = torch.randn(1, 5, 4)
@@ -217,7 +253,7 @@ def test_the_matcher_is_built_once_and_can_be_injected(monkeypatch):
 
     monkeypatch.setattr(HungarianMatcher, "__init__", counting_init)
     criterion = _criterion(num_query_groups=3, one_to_many_repeats=2, auxiliary_loss=True, decoder_layers=3)
-    assert built == [(1.0, 5.0, 2.0)]
+    assert built == [(1.0, 5.0, 2.0, 0.0)]
     outputs, labels = _predictions(queries=15, aux_layers=2), random_labels([3, 2], 3)
     loss, _ = criterion(outputs, labels)
     criterion(outputs, labels)

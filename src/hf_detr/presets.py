@@ -138,6 +138,7 @@ register(
             "num_query_groups": 2,  # the second group only trains, matched one-to-many (H-DETR)
             "one_to_many_repeats": 3,
             "encoder_loss_coefficient": 4.0,  # training-only dense head on the encoder tokens
+            "order_cost": 0.5,  # a matching tie-break: of two near-equal queries the earlier wins (fewer duplicates)
             "auxiliary_loss": True,
             "dropout": 0.0,
             "attention_dropout": 0.0,

@@ -47,6 +47,10 @@ class HfDetrConfig(PreTrainedConfig):
         position_embedding_type (`str`): `"sine"` (the paper's) or `"learned"` (row/column tables of 50 entries).
         auxiliary_loss (`bool`): apply the loss to every decoder layer's output.
         class_cost / bbox_cost / giou_cost (`float`): weights of the Hungarian matching cost.
+        order_cost (`float`): added to the matching cost of query i (of its query group) as `order_cost * i /
+            num_queries`, a tie-break: of two queries predicting nearly the same box, the earlier one is matched every
+            time, instead of the two winning by turns, which teaches both to fire (duplicates; docs/RECIPE.md session
+            5). Training only; 0 is DETR.
         bbox_loss_coefficient / giou_loss_coefficient (`float`): weights of the L1 and GIoU losses.
         eos_coefficient (`float`): weight of the "no object" class in the cross-entropy.
         mask_loss_coefficient / dice_loss_coefficient (`float`): weights of the focal and Dice losses of the
@@ -100,6 +104,7 @@ class HfDetrConfig(PreTrainedConfig):
     class_cost: float = 1.0
     bbox_cost: float = 5.0
     giou_cost: float = 2.0
+    order_cost: float = 0.0
     bbox_loss_coefficient: float = 5.0
     giou_loss_coefficient: float = 2.0
     eos_coefficient: float = 0.1
@@ -192,6 +197,7 @@ class HfDetrConfig(PreTrainedConfig):
             "class_cost",
             "bbox_cost",
             "giou_cost",
+            "order_cost",
             "bbox_loss_coefficient",
             "giou_loss_coefficient",
             "eos_coefficient",

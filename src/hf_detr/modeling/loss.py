@@ -514,7 +514,7 @@ def build_criterion(config: HfDetrConfig, masks: bool = False) -> SetCriterion:
             (MaskLoss(), {"loss_mask": config.mask_loss_coefficient, "loss_dice": config.dice_loss_coefficient})
         )
     return SetCriterion(
-        matcher=HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost),
+        matcher=HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost, config.order_cost),
         weight_dict={key: weight for _, weights in terms for key, weight in weights.items()},
         losses=[term for term, _ in terms],
         num_queries=config.num_queries,

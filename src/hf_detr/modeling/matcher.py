@@ -42,17 +42,21 @@ class Matcher(Protocol):
 
 class HungarianMatcher:
     """Computes, per image, the assignment of queries to targets that minimizes
-    `class_cost * (-p(class)) + bbox_cost * L1 + giou_cost * (-GIoU)`.
+    `class_cost * (-p(class)) + bbox_cost * L1 + giou_cost * (-GIoU)`, plus `order_cost * query / queries` (a
+    tie-break, `HfDetrConfig.order_cost`; 0 in DETR).
 
     The cost of the whole batch is built in one pass over a padded `[batch, queries, max_targets]` tensor (only
     same-image pairs, unlike a full batch-by-batch matrix), copied to the CPU once and solved image by image with
     `scipy.optimize.linear_sum_assignment`. It runs in float32 whatever the autocast state.
     """
 
-    def __init__(self, class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0) -> None:
+    def __init__(
+        self, class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0, order_cost: float = 0.0
+    ) -> None:
         self.class_cost = class_cost
         self.bbox_cost = bbox_cost
         self.giou_cost = giou_cost
+        self.order_cost = order_cost
 
     @torch.no_grad()
     def __call__(
@@ -88,6 +92,9 @@ class HungarianMatcher:
             corners = box_convert(out_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
             cost_giou = -_batched_giou(*corners)
             cost = self.bbox_cost * cost_bbox + self.class_cost * cost_class + self.giou_cost * cost_giou
+            if self.order_cost:  # near-equal queries: the earlier one wins, every time
+                order = torch.arange(num_queries, device=device, dtype=cost.dtype) / num_queries
+                cost = cost + self.order_cost * order[None, :, None]
         cost = cost.cpu()
         indices = []
         for i, n in enumerate(sizes):
