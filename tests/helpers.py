@@ -172,12 +172,26 @@ def trainer_evaluate(
     return trainer.evaluate()
 
 
+def report_metrics(metrics: dict) -> None:
+    """Called by a script under `launch_two_processes` with its process's metrics: a file per process, since two
+    processes printing to one pipe interleave their output (CI once read "METRICSMETRICS {...}")."""
+    Path(os.environ["METRICS_DIR"], f"{os.environ['RANK']}.json").write_text(json.dumps(metrics))
+
+
 def launch_two_processes(script: str, tmp_path: Path) -> list[dict[str, float]]:
     """Run `script` (which can import `helpers`) on 2 processes with torchrun, offline and one thread each; the
-    metrics each process printed on a line `METRICS <json>`."""
+    metrics each process gave `report_metrics`, by rank."""
     launcher = tmp_path / "launch.py"
     launcher.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n" + textwrap.dedent(script))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "METRICS_DIR": str(metrics_dir),
+    }
     done = subprocess.run(
         # a port of its own: under pytest-xdist another test may be launching processes at the same time
         [
@@ -196,22 +210,19 @@ def launch_two_processes(script: str, tmp_path: Path) -> list[dict[str, float]]:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    # a line may start with another library's unterminated output: find the marker anywhere, not only at line starts
-    results = [json.loads(chunk.splitlines()[0]) for chunk in done.stdout.split("METRICS ")[1:]]
-    assert len(results) == 2, done.stdout[-3000:]
-    return results
+    reports = sorted(metrics_dir.glob("*.json"))
+    assert [path.stem for path in reports] == ["0", "1"], done.stdout[-3000:] + done.stderr[-3000:]
+    return [json.loads(path.read_text()) for path in reports]
 
 
 def trainer_evaluate_on_two_processes(root: Path, tmp_path: Path, batch_size: int) -> list[dict[str, float]]:
     """`trainer_evaluate` of `root`/model on `root`/data on 2 processes; each process's metrics."""
     return launch_two_processes(
         f"""
-        import json
         from pathlib import Path
-        from helpers import trainer_evaluate
+        from helpers import report_metrics, trainer_evaluate
         root = Path({str(root)!r})
-        metrics = trainer_evaluate(root / "model", root / "data", Path({str(tmp_path / "out")!r}), {batch_size})
-        print("METRICS", json.dumps(metrics))
+        report_metrics(trainer_evaluate(root / "model", root / "data", Path({str(tmp_path / "out")!r}), {batch_size}))
     """,
         tmp_path,
     )

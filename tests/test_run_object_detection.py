@@ -275,9 +275,9 @@ def test_distributed_evaluation_with_torchrun_scores_every_image_once(tmp_path):
     # 7 images over 2 processes in batches of 3: box counts differ per process and the last step is padded by
     # accelerate with repeated images, which gather_for_metrics must drop
     script = f"""
-        import json
+        from helpers import report_metrics
         from test_run_object_detection import evaluate_label_echo
-        print("METRICS", json.dumps(evaluate_label_echo(7, 3, {str(tmp_path / "out")!r})))
+        report_metrics(evaluate_label_echo(7, 3, {str(tmp_path / "out")!r}))
     """
     results = launch_two_processes(script, tmp_path)  # every process gets the metrics
     for metrics in results:

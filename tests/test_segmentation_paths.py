@@ -91,9 +91,9 @@ def test_evaluate_on_two_accelerate_processes_gives_the_one_process_mask_numbers
     """The training loop's evaluation: each process scores its share, the RLEs are gathered, every image once."""
     results = launch_two_processes(
         f"""
-        import json
         import datasets
         from accelerate import Accelerator
+        from helpers import report_metrics
         from hf_detr import HfDetrForSegmentation, HfDetrImageProcessor
         from hf_detr.evaluation import evaluate, evaluation_loader
         accelerator = Accelerator(cpu=True)
@@ -104,7 +104,7 @@ def test_evaluate_on_two_accelerate_processes_gives_the_one_process_mask_numbers
         loader = evaluation_loader(split, processor, model.config.id2label, {BATCH_SIZE}, mask_references=True)
         model, loader = accelerator.prepare(model, loader)
         metrics = evaluate(model, processor, loader, accelerator=accelerator)
-        print("METRICS", json.dumps(metrics))
+        report_metrics(metrics)
     """,
         tmp_path,
     )
