@@ -28,7 +28,9 @@ from transformers import DetrConfig, DetrForObjectDetection
 from hf_detr import HfDetrForObjectDetection, create_model, presets
 from hf_detr.data import SYNTHETIC, id2label, load_data
 from hf_detr.evaluation import evaluate
-from hf_detr.evaluation.duplicates import DUPLICATE_STAT_NAMES
+from hf_detr.evaluation.coco_evaluation import CocoEvaluation
+from hf_detr.evaluation.diagnostics import diagnose
+from hf_detr.evaluation.duplicates import DUPLICATE_STAT_NAMES, duplicate_measure
 from hf_detr.training import TrainConfig, finish_one_to_one, lr_factor, parameter_groups
 from hf_detr.training.setup import training_data
 
@@ -52,6 +54,23 @@ def build_models(id2label: dict[int, str]) -> dict[str, Callable[[], torch.nn.Mo
         "transformers DETR": lambda: DetrForObjectDetection(DetrConfig(**REFERENCE_MODEL, id2label=id2label)),
         "hf_detr demo recipe": lambda: create_model("demo", id2label=id2label),
     }
+
+
+CURVE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def recall_and_duplicates(evaluation: CocoEvaluation) -> list[tuple[float, float, float]]:
+    """`(score threshold, recall, duplicated objects)` at each of `CURVE_THRESHOLDS`: recall is the share of objects
+    found by a detection of their class at IoU 0.5. A change that lowers every score also lowers the duplicates at
+    a fixed threshold; compared at equal recall, it must still have fewer (docs/RECIPE.md, sessions 5 and 6)."""
+    curve = []
+    for threshold in CURVE_THRESHOLDS:
+        images = diagnose(evaluation, score_threshold=threshold).images
+        found = sum(image.correct for image in images)
+        objects = sum(len(image.matched) + len(image.missed) for image in images)
+        duplicated = duplicate_measure(evaluation.predictions, evaluation.references, threshold=threshold)
+        curve.append((threshold, round(found / max(objects, 1), 4), round(duplicated["duplicated_objects"], 4)))
+    return curve
 
 
 def train_and_evaluate(
@@ -89,7 +108,8 @@ def train_and_evaluate(
             if isinstance(model, HfDetrForObjectDetection):  # the recipe's; transformers' DETR has no groups
                 finish_one_to_one(model, elapsed / config.time_budget, config.one_to_one_finish)
             batches.append([int(label["image_id"]) for label in batch["labels"]])
-            loss = model(**batch).loss
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
+                loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -98,17 +118,24 @@ def train_and_evaluate(
         epoch += 1
     seconds = time.monotonic() - start
     reported = ("map", "map_50", "map_75", *DUPLICATE_STAT_NAMES)
-    metrics = evaluate(model, processor, data["test"], batch_size=config.per_device_eval_batch_size)
+    evaluation = evaluate(
+        model, processor, data["test"], batch_size=config.per_device_eval_batch_size, return_evaluation=True
+    )
+    metrics = evaluation.metrics
     with_nms = {}
     if nms_threshold is not None:
         metrics_nms = evaluate(
             model, processor, data["test"], batch_size=config.per_device_eval_batch_size, nms_threshold=nms_threshold
         )
         with_nms = {"with_nms": {k: round(metrics_nms[k], 4) for k in reported}}
+    # recall of the detections the pipeline keeps by default: a duplicate fix must not buy its drop in falling scores
+    confident = evaluate(model, processor, data["test"], batch_size=config.per_device_eval_batch_size, threshold=0.5)
     return {
         "steps": step,
         "train_seconds": round(seconds, 1),
         **{k: round(metrics[k], 4) for k in reported},
+        "mar_100_at_score_0.5": round(confident["mar_100"], 4),
+        "recall_and_duplicates": recall_and_duplicates(evaluation),
         **with_nms,
         "batches": batches,
     }

@@ -3,8 +3,10 @@ loop as `bench_recipe`, one variant per process (run two side by side with `--th
 
 Run from the repository root: `python -m benchmarks.screen_recipe VARIANT [VARIANT ...] [--time_budget 390]
 [--threads 1] [--dataset PATH]`. Each variant is the `demo` preset with the overrides of `VARIANTS`; the line printed
-per variant holds the steps, COCO AP, AP50, AP75, the duplicate measure (`hf_detr.evaluation.duplicates`) and the AP
-and duplicates after post-processing's class-wise NMS at IoU 0.7 (what the measure counts).
+per variant holds the steps, COCO AP, AP50, AP75, AR@100 of the detections scoring 0.5 or more, the duplicate
+measure (`hf_detr.evaluation.duplicates`), recall and duplicated objects at score thresholds 0.2 ... 0.8 (to compare
+duplicates at equal recall) and the AP and duplicates after post-processing's class-wise NMS at IoU 0.7 (what the
+measure counts).
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "demo": ({}, {}),
     "order cost 0.2": ({"order_cost": 0.2}, {}),
     "order cost 0.5": ({"order_cost": 0.5}, {}),
+    "bf16": ({}, {"mixed_precision": "bf16"}),
+    "duplicate eos 0.3": ({"duplicate_eos_coefficient": 0.3}, {}),
+    "bf16, duplicate eos 0.3": ({"duplicate_eos_coefficient": 0.3}, {"mixed_precision": "bf16"}),
+    "bf16, duplicate eos 0.5": ({"duplicate_eos_coefficient": 0.5}, {"mixed_precision": "bf16"}),
+    "duplicate eos 1.0": ({"duplicate_eos_coefficient": 1.0}, {}),
+    "duplicate eos 2.0": ({"duplicate_eos_coefficient": 2.0}, {}),
     "eos 0.3": ({"eos_coefficient": 0.3}, {}),
     "eos 0.5": ({"eos_coefficient": 0.5}, {}),
     "eos 1.0": ({"eos_coefficient": 1.0}, {}),

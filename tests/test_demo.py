@@ -17,6 +17,7 @@ from hf_detr.data.loading import id2label
 from hf_detr.data.synthetic import SHAPES
 from hf_detr.evaluation import COCO_STAT_NAMES, evaluate
 from hf_detr.evaluation.duplicates import DUPLICATE_IOU, DUPLICATE_STAT_NAMES
+from hf_detr.training.setup import cpu_has_fast_bf16
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,6 +76,7 @@ def test_demo_writes_model_metrics_and_pictures(tmp_path, monkeypatch, capsys):
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"map", "map_50", "map_75", "steps", "total_seconds", "per_class"} <= set(metrics)
+    assert metrics["mixed_precision"] == ("bf16" if cpu_has_fast_bf16() else "no")
     assert_trained_for_the_budget(metrics, tmp_path / "run", 8)
     # the test split the demo generated (seed 0, the preset's image size), scored again from the saved folder
     sizes = {"train": 32, "validation": 8, "test": 8}

@@ -97,6 +97,28 @@ def test_order_cost_gives_an_object_to_the_earlier_of_two_equal_queries_and_not_
     assert build_criterion(HfDetrConfig(**tiny_config_kwargs(order_cost=0.5))).matcher.order_cost == 0.5
 
 
+def test_duplicate_eos_coefficient_weighs_only_unmatched_queries_on_an_object():
+    """Query 0 and query 1 predict the target's box; the matching gives it to query 0, so query 1 is a duplicate and
+    its "no object" term weighs `duplicate_eos_coefficient`; query 2, on background, keeps `eos_coefficient`. The
+    normalizer stays DETR's (matched + eos * unmatched)."""
+    target = {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+    logits = torch.tensor([[[0.5, 2.0, -1.0], [0.1, 1.5, 0.3], [0.2, -0.4, 1.0]]])
+    pred_boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.51, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1]]])
+    outputs = {"logits": logits, "pred_boxes": pred_boxes}
+    ce = torch.nn.functional.cross_entropy(logits[0], torch.tensor([1, 2, 2]), reduction="none")
+    eos, normalizer = 0.1, 1 + 2 * 0.1
+    for duplicate, expected in ((0.0, ce[0] + eos * ce[1] + eos * ce[2]), (2.0, ce[0] + 2.0 * ce[1] + eos * ce[2])):
+        config = HfDetrConfig(**tiny_config_kwargs(num_queries=3, num_labels=2, duplicate_eos_coefficient=duplicate))
+        _, values = build_criterion(config)(outputs, [target])
+        assert float(values["loss_ce"]) == pytest.approx(float(expected / normalizer), rel=1e-5)
+    # moved off the object (IoU with the target < 0.5), query 1 is an ordinary unmatched query again
+    pred_boxes[0, 1] = torch.tensor([0.62, 0.5, 0.2, 0.2])
+    _, values = build_criterion(config)({"logits": logits, "pred_boxes": pred_boxes}, [target])
+    assert float(values["loss_ce"]) == pytest.approx(float((ce[0] + eos * ce[1] + eos * ce[2]) / normalizer), rel=1e-5)
+    with pytest.raises(ValueError, match="duplicate_eos_coefficient.*non-negative"):
+        HfDetrConfig(**tiny_config_kwargs(duplicate_eos_coefficient=-1.0))
+
+
 def test_matcher_rejects_non_finite_predictions_by_name():
     labels = random_labels([2], 3)
     logits = torch.randn(1, 5, 4)

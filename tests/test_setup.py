@@ -15,7 +15,7 @@ from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, create_image
 from hf_detr.apps.cli import main as cli_main
 from hf_detr.builder import has_weights
 from hf_detr.data.synthetic import ID2LABEL
-from hf_detr.training.setup import with_image_size
+from hf_detr.training.setup import cpu_has_fast_bf16, with_image_size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,6 +119,19 @@ def test_with_image_size_copies_and_never_changes_the_callers_processor():
     assert list(resized.image_mean) == [0.5, 0.5, 0.5]  # every other setting carried over
     assert (processor.size.shortest_edge, processor.size.longest_edge) == (128, 256)
     assert with_image_size(processor, max_size=300).size.longest_edge == 300
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"), [(False, False, False), (True, False, True), (False, True, True)]
+)
+def test_cpu_has_fast_bf16_reads_the_cpu_checks(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert cpu_has_fast_bf16() is expected
+    # a torch without the private checks: fp32, never a slow emulated bf16
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert cpu_has_fast_bf16() is False
 
 
 def test_presets_carry_their_image_size_and_are_read_only():

@@ -39,6 +39,7 @@ from ..modeling.configuration_hf_detr import TASKS
 from ..modeling.errors import HfDetrInputError
 from ..training.config import TrainConfig
 from ..training.loop import train
+from ..training.setup import cpu_has_fast_bf16
 from .visualize import draw_detections, require_matplotlib, save_curves, save_grid, save_pr_curve
 
 DEMO = presets.get("demo")
@@ -63,8 +64,9 @@ def run_demo(
     `with_nms` (the same numbers after post-processing's class-wise NMS fallback at IoU `DUPLICATE_IOU`, which
     DETR should not need), `steps`, `train_seconds`, `total_seconds` and `per_class`, `{class: {"map", "map_50",
     "mar_100", "objects"}}` (AP, AP50, AR@100 and the number of ground-truth objects of each class in the test
-    split); with `task="instance"` or `"panoptic"` also mask AP (`segm_map`, ...) and panoptic quality (`pq`, `sq`,
-    `rq`). Pictures: `curves.png`, `predictions.png` (the first `show` test images) and `pr_curve.png`.
+    split), `mixed_precision` ("bf16" where the CPU computes it natively, else "no"); with `task="instance"` or
+    `"panoptic"` also mask AP (`segm_map`, ...) and panoptic quality (`pq`, `sq`, `rq`). Pictures:
+    `curves.png`, `predictions.png` (the first `show` test images) and `pr_curve.png`.
 
     `dataset`: instead of the generated shapes, a data set with `train` and `test` splits (and optionally
     `validation`, evaluated during training) that `load_data` reads (with `load_options`, its box policy and
@@ -115,6 +117,8 @@ def run_demo(
         save_steps=0,
         eval_steps=None,
         eval_split="validation" if "validation" in data else None,
+        # steps are what the budget buys (docs/RECIPE.md): bf16 autocast where the CPU computes it natively
+        mixed_precision="bf16" if cpu_has_fast_bf16() else "no",
         **DEMO.training,
     )
     result = train(config, dataset=data, model=model, image_processor=processor)
@@ -161,6 +165,7 @@ def run_demo(
     metrics.update(
         train_seconds=round(log_history[-1].get("elapsed", time_budget), 1) if log_history else 0.0,
         steps=steps,
+        mixed_precision=config.mixed_precision,
         total_seconds=round(time.time() - started, 1),
     )
     metrics["per_class"] = evaluation.per_class

@@ -53,6 +53,11 @@ class HfDetrConfig(PreTrainedConfig):
             5). Training only; 0 is DETR.
         bbox_loss_coefficient / giou_loss_coefficient (`float`): weights of the L1 and GIoU losses.
         eos_coefficient (`float`): weight of the "no object" class in the cross-entropy.
+        duplicate_eos_coefficient (`float`): with a value > 0, the "no object" weight of an unmatched one-to-one query
+            whose box overlaps a target box at IoU >= 0.5 (a query the Hungarian matching left out although it found
+            an object that another query holds: a duplicate at inference), instead of `eos_coefficient`. It pushes
+            the duplicates down without pushing down every query as a higher `eos_coefficient` does (docs/RECIPE.md
+            session 6). Training only; 0 is DETR.
         mask_loss_coefficient / dice_loss_coefficient (`float`): weights of the focal and Dice losses of the
             segmentation head's masks (`HfDetrForSegmentation`; 1 and 1 as in the paper).
         num_query_groups (`int`): Group DETR (Chen et al. 2022): during training only, `num_query_groups` groups of
@@ -108,6 +113,7 @@ class HfDetrConfig(PreTrainedConfig):
     bbox_loss_coefficient: float = 5.0
     giou_loss_coefficient: float = 2.0
     eos_coefficient: float = 0.1
+    duplicate_eos_coefficient: float = 0.0
     mask_loss_coefficient: float = 1.0
     dice_loss_coefficient: float = 1.0
     num_query_groups: int = 1
@@ -201,6 +207,7 @@ class HfDetrConfig(PreTrainedConfig):
             "bbox_loss_coefficient",
             "giou_loss_coefficient",
             "eos_coefficient",
+            "duplicate_eos_coefficient",
             "mask_loss_coefficient",
             "dice_loss_coefficient",
             "encoder_loss_coefficient",

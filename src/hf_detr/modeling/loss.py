@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
-from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from .boxes import check_boxes
 from .configuration_hf_detr import HfDetrConfig
@@ -220,9 +220,11 @@ def _set_loss(
     groups: QueryGroups,
     class_labels: list[torch.Tensor],
     boxes: list[torch.Tensor],
+    duplicate_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """DETR's terms of the query `groups`, each group matched one-to-one to all of `class_labels` / `boxes` on its
-    own and the terms averaged over groups, on the last decoder layer and (`_{i}` suffixed) every auxiliary one."""
+    own and the terms averaged over groups, on the last decoder layer and (`_{i}` suffixed) every auxiliary one;
+    `duplicate_weight` as `HfDetrConfig.duplicate_eos_coefficient`."""
     class_labels, boxes = groups.per_row(class_labels), groups.per_row(boxes)
     layers = groups.layers(outputs)
     num_queries, device = layers[0][1].shape[1], layers[0][1].device
@@ -238,10 +240,26 @@ def _set_loss(
     for suffix, logits, pred_boxes in layers:
         indices = targets.match(groups, suffix, logits, pred_boxes, class_labels, boxes)
         terms = _matched_terms(
-            logits, pred_boxes, class_labels, boxes, indices, num_boxes, ce_norm, targets.class_weight
+            logits, pred_boxes, class_labels, boxes, indices, num_boxes, ce_norm, targets.class_weight, duplicate_weight
         )
         loss_dict.update({key + suffix: value for key, value in terms.items()})
     return loss_dict
+
+
+DUPLICATE_TARGET_IOU = 0.5
+"""An unmatched query whose box overlaps a target this much would be a true positive at COCO's AP50 had another
+query not taken the object: at inference it is a duplicate (`HfDetrConfig.duplicate_eos_coefficient`)."""
+
+
+def _overlaps_a_target(pred_boxes: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+    """`[rows, queries]` bool: the query's (cx, cy, w, h) box overlaps one of its row's target `boxes` at IoU >=
+    `DUPLICATE_TARGET_IOU`."""
+    overlaps = torch.zeros(pred_boxes.shape[:2], dtype=torch.bool, device=pred_boxes.device)
+    for row, targets in enumerate(boxes):
+        if len(targets):
+            corners = box_convert(pred_boxes[row].float(), "cxcywh", "xyxy"), box_convert(targets, "cxcywh", "xyxy")
+            overlaps[row] = box_iou(*corners).amax(1) >= DUPLICATE_TARGET_IOU
+    return overlaps
 
 
 def _matched_terms(
@@ -253,8 +271,11 @@ def _matched_terms(
     num_boxes: float,
     ce_norm: float,
     class_weight: torch.Tensor,
+    duplicate_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """DETR's four values of one layer, given the matcher's `indices` per row."""
+    """DETR's four values of one layer, given the matcher's `indices` per row. With `duplicate_weight` > 0, an
+    unmatched query whose box overlaps a target at IoU >= `DUPLICATE_TARGET_IOU` has that "no object" weight instead
+    of `class_weight[-1]`; the normalizer stays DETR's, so only those queries' share of the loss grows."""
     device = logits.device
     num_classes = logits.shape[-1] - 1
     batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
@@ -265,7 +286,13 @@ def _matched_terms(
     logits = logits.float()
     target_classes = torch.full(logits.shape[:2], num_classes, dtype=torch.int64, device=device)
     target_classes[batch_idx, query_idx] = matched_ids
-    loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, class_weight, reduction="sum") / ce_norm
+    weight = class_weight[target_classes]
+    if duplicate_weight:
+        with torch.no_grad():
+            duplicate = _overlaps_a_target(pred_boxes, boxes)
+            duplicate[batch_idx, query_idx] = False
+        weight = torch.where(duplicate, duplicate_weight, weight)
+    loss_ce = (F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none") * weight).sum() / ce_norm
     loss_bbox, loss_giou = _box_losses(pred_boxes[batch_idx, query_idx].float(), matched_boxes, num_boxes)
 
     with torch.no_grad():
@@ -285,10 +312,15 @@ class OneToOneSetLoss(LossTerm):
     """DETR's Hungarian loss: `loss_ce` (cross-entropy over all queries, "no object" weighted by `eos_coefficient`),
     `loss_bbox` (L1) and `loss_giou` (1 - GIoU) over matched pairs divided by the number of target boxes, and
     `cardinality_error` (logged, no gradient); `_{i}` suffixed for auxiliary layer i. With several query groups
-    (Group DETR) each is matched to all targets on its own and the terms are averaged over groups."""
+    (Group DETR) each is matched to all targets on its own and the terms are averaged over groups.
+    `duplicate_weight`: `HfDetrConfig.duplicate_eos_coefficient` (0: DETR)."""
+
+    duplicate_weight: float = 0.0
 
     def __call__(self, outputs: LossOutputs, targets: LossTargets) -> dict[str, torch.Tensor]:
-        return _set_loss(outputs, targets, targets.one_to_one, targets.class_labels, targets.boxes)
+        return _set_loss(
+            outputs, targets, targets.one_to_one, targets.class_labels, targets.boxes, self.duplicate_weight
+        )
 
 
 @dataclass(frozen=True)
@@ -502,7 +534,7 @@ def build_criterion(config: HfDetrConfig, masks: bool = False) -> SetCriterion:
     suffixes = [""] + [f"_{i}" for i in range(config.decoder_layers - 1) if config.auxiliary_loss]
     set_weights = {key + suffix: weight for suffix in suffixes for key, weight in detr.items()}
     # every term with the weights of the values it returns; adding a term is adding an entry
-    terms: list[tuple[LossTerm, dict[str, float]]] = [(OneToOneSetLoss(), set_weights)]
+    terms: list[tuple[LossTerm, dict[str, float]]] = [(OneToOneSetLoss(config.duplicate_eos_coefficient), set_weights)]
     if config.one_to_many_repeats > 0:
         many_weights = {f"one_to_many_{key}": weight for key, weight in set_weights.items()}
         terms.append((OneToManyLoss(config.one_to_many_repeats), many_weights))

@@ -18,7 +18,14 @@ from ..presets import default_max_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["dataloader_workers", "loader_options", "parameter_groups", "training_data", "with_image_size"]
+__all__ = [
+    "cpu_has_fast_bf16",
+    "dataloader_workers",
+    "loader_options",
+    "parameter_groups",
+    "training_data",
+    "with_image_size",
+]
 
 
 def with_image_size(
@@ -59,6 +66,14 @@ def training_data(
         )
     dataset = DetectionDataset(split, training_transform(augment, size.shortest_edge, size.longest_edge), seed=seed)
     return dataset, DetectionCollator(image_processor, do_resize=augment != "detr")  # "detr" resizes itself
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX): there, autocast in bf16 makes a demo
+    training step 1.3x faster (docs/RECIPE.md session 6); elsewhere bf16 is emulated and slower. torch offers no
+    public check, so this asks its private ones and answers False where they are missing."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def dataloader_workers(requested: int | None, device: torch.device, num_processes: int) -> int:
