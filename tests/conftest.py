@@ -21,6 +21,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    """No test inherits the accelerate state (e.g. the demo's bf16) of an earlier test in the same worker."""
+    yield
+    from helpers import reset_accelerator  # imported here: the environment above must be set before transformers
+
+    reset_accelerator()
+
+
 @pytest.fixture()
 def one_thread():
     """Tiny models on a shared 2-core machine: one thread is several times faster than two fighting for busy cores

@@ -74,3 +74,4 @@ if __name__ == "__main__":
     if accelerator.is_main_process:
         Path(sys.argv[1]).write_text(json.dumps(result))
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the process group: left to interpreter exit, gloo can abort (SIGABRT)

@@ -58,6 +58,7 @@ def main(output: str) -> None:
         state_dict = accelerator.get_state_dict(model)
         torch.save({"num_processes": accelerator.num_processes, "state_dict": state_dict}, output)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the process group: left to interpreter exit, gloo can abort (SIGABRT)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,19 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from accelerate.state import AcceleratorState, GradientState
 
 from hf_detr import presets
 from training_commands import free_port
 
 DATA = Path(__file__).parent / "data"
+
+
+def reset_accelerator() -> None:
+    """`train` (and the demo, which trains in bf16 where the CPU has it) creates an Accelerator, whose process-wide
+    state, mixed precision included, a later Accelerator of the same process would otherwise inherit."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def tiny_config_kwargs(**overrides):
@@ -178,11 +186,22 @@ def report_metrics(metrics: dict) -> None:
     Path(os.environ["METRICS_DIR"], f"{os.environ['RANK']}.json").write_text(json.dumps(metrics))
 
 
+TEARDOWN = """
+import torch.distributed
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
+"""
+
+
 def launch_two_processes(script: str, tmp_path: Path) -> list[dict[str, float]]:
     """Run `script` (which can import `helpers`) on 2 processes with torchrun, offline and one thread each; the
-    metrics each process gave `report_metrics`, by rank."""
+    metrics each process gave `report_metrics`, by rank. The script's process group is destroyed after it: left to
+    interpreter exit, gloo's threads can abort the process ("terminate called without an active exception", once in
+    CI)."""
     launcher = tmp_path / "launch.py"
-    launcher.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n" + textwrap.dedent(script))
+    launcher.write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n" + textwrap.dedent(script) + TEARDOWN
+    )
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = {

@@ -307,7 +307,7 @@ def test_the_training_option_names_the_backends_and_reaches_the_evaluation(tmp_p
     from hf_detr.evaluation.metrics import COCO_BACKENDS
     from hf_detr.training import loop
     from hf_detr.training.config import CocoBackend
-    from test_train import _fresh_accelerator_state, tiny_config  # noqa: F401 (the first: autouse)
+    from test_train import tiny_config
 
     assert typing.get_args(CocoBackend) == COCO_BACKENDS
     with pytest.raises(ValueError, match=r"TrainConfig.coco_backend='fast' is invalid: choose one of"):

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.tracking import GeneralTracker
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from helpers import EXAMPLE, load_script, tiny_config_kwargs
+from helpers import EXAMPLE, load_script, reset_accelerator, tiny_config_kwargs
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection
 from hf_detr.data.synthetic import ID2LABEL, make_synthetic_dataset
 from hf_detr.evaluation import PER_CLASS_STATS, per_class_key
@@ -25,18 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 DECAY = 0.6
 STEPS = 3
-
-
-def _reset_accelerator() -> None:
-    """`train` creates an Accelerator; its process-wide state must not leak into the next run."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    yield
-    _reset_accelerator()
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +118,7 @@ def ema_run(shapes, tmp_path_factory):
     finally:
         handle.remove()
         torch.set_num_threads(threads)
-        _reset_accelerator()
+        reset_accelerator()
     return dict(output=output, result=result, live=live, evaluated=evaluated, tracker=tracker)
 
 
@@ -194,11 +181,11 @@ def test_resume_continues_the_average_and_refuses_a_mismatched_checkpoint(ema_ru
     uninterrupted = load_file(ema_run["output"] / "model.safetensors")
     # an average restarted at the resume would be the step-3 weights, more than 1e-4 away (previous test)
     assert max_difference(load_file(tmp_path / "resumed" / "model.safetensors"), uninterrupted) < 1e-6
-    _reset_accelerator()
+    reset_accelerator()
 
     with pytest.raises(ValueError, match="holds a weight average .saved with --ema_decay.: pass --ema_decay again"):
         train(ema_config(tmp_path / "no-ema", resume=str(checkpoint), ema_decay=None), dataset=shapes)
-    _reset_accelerator()
+    reset_accelerator()
     without = tmp_path / "without-ema"
     shutil.copytree(checkpoint, without, ignore=shutil.ignore_patterns("custom_checkpoint_*"))
     with pytest.raises(ValueError, match="holds no weight average"):
@@ -298,7 +285,7 @@ def test_options_are_checked_before_training(tmp_path, shapes) -> None:
             ),
             dataset=shapes,
         )
-    _reset_accelerator()
+    reset_accelerator()
     empty = make_synthetic_dataset(4, 0, 0, image_size=64, seed=0)
     with pytest.raises(ValueError, match="'validation' has no images to evaluate on"):
         train(tiny_config(tmp_path, max_steps=1, eval_split="validation", early_stopping_patience=2), dataset=empty)

@@ -18,7 +18,7 @@ from pycocotools import mask as coco_mask
 from benchmarks.scale_data import OUTSIDE_PIXELS, WIDTH, write_coco_folder, write_hub_dataset
 from hf_detr.data import coco, folders, hub_sources, load_detection_dataset
 from hf_detr.training.loop import train
-from test_train import _fresh_accelerator_state, tiny_config  # noqa: F401 (the first: autouse)
+from test_train import tiny_config
 
 TESTS = Path(__file__).parent
 
@@ -100,7 +100,7 @@ import json, sys
 sys.path.insert(0, {str(TESTS)!r})
 from hf_detr.data import coco, folders, hub_sources, load_detection_dataset
 from hf_detr.training.loop import train
-from test_train import _fresh_accelerator_state, tiny_config  # noqa: F401 (the first: autouse)
+from test_train import tiny_config
 calls = {{"parse": 0, "encode": 0}}
 for module, name, attribute in (
     (coco, "parse", "_read_coco_json"),

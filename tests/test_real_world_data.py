@@ -14,7 +14,6 @@ import datasets
 import numpy as np
 import PIL.Image
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 from torchvision.transforms import v2
 
 from helpers import EXAMPLE, load_script, tiny_config_kwargs
@@ -429,13 +428,6 @@ def test_apply_box_policy_on_its_own():
 # ----------------------------------------------------------------------------------------------- training, evaluation
 
 
-@pytest.fixture
-def _fresh_accelerator_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def test_box_policy_is_a_validated_train_option():
     assert TrainConfig(output_dir="x", max_steps=1).box_policy == "clip"
     with pytest.raises(ValueError, match=r"TrainConfig.box_policy='fix' is invalid: choose 'clip'"):
@@ -448,7 +440,7 @@ def test_box_policy_is_a_validated_train_option():
         parser.parse_args(["--output_dir", "x", "--box_policy", "fix"])
 
 
-@pytest.mark.usefixtures("one_thread", "_fresh_accelerator_state")
+@pytest.mark.usefixtures("one_thread")
 def test_defective_folder_trains_and_evaluates(defective, tmp_path, caplog):
     root, _ = defective
     config = TrainConfig(
@@ -488,7 +480,7 @@ def test_defective_folder_trains_and_evaluates(defective, tmp_path, caplog):
         train(TrainConfig(**{**vars(config), "box_policy": "error", "output_dir": str(tmp_path / "err")}))
 
 
-@pytest.mark.usefixtures("one_thread", "_fresh_accelerator_state")
+@pytest.mark.usefixtures("one_thread")
 def test_trainer_example_follows_the_box_policy(defective, tmp_path):
     root, _ = defective
     script = load_script(EXAMPLE)

@@ -21,7 +21,7 @@ from hf_detr.data.synthetic import make_synthetic_dataset
 from hf_detr.training import TrainConfig, latest_checkpoint, train
 from hf_detr.training.setup import training_data
 from test_distributed import env, max_difference, run  # noqa: F401 (env: the launched processes' fixture)
-from test_train import _fresh_accelerator_state, tiny_config  # noqa: F401 (the first: autouse)
+from test_train import tiny_config
 from training_commands import TINY, command, free_port, launch_argv
 
 TESTS = Path(__file__).parent

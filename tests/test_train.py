@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from huggingface_hub import HfApi, RepoUrl
 from PIL import Image
 from torchvision.transforms import v2
@@ -48,14 +47,6 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    """`train` creates an Accelerator; its process-wide state must not leak into the next test."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")
