@@ -121,6 +121,32 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-4, atol=1e-6)
 
 
+def test_attention_trains_in_bf16_autocast_with_the_float32_gradients():
+    """bf16 training on the CPU takes SDPA's float32 kernel (its bf16 backward is slow): the gradients still flow to
+    q, k and v and agree with a float32 run within bf16's precision, and the layer's output stays bf16."""
+    from hf_detr.modeling.transformer import MultiHeadAttention
+
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(32, 4, dropout=0.0)
+    torch.nn.init.xavier_uniform_(attention.in_proj_weight)
+    query, memory = torch.randn(3, 10, 32, requires_grad=True), torch.randn(3, 24, 32, requires_grad=True)
+    mask = torch.ones(3, 1, 1, 24, dtype=torch.bool)
+    mask[0, ..., 16:] = False  # a padded image
+
+    def run(bf16: bool) -> tuple[torch.Tensor, ...]:
+        query.grad = memory.grad = None
+        attention.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = attention(query, memory, memory, mask)[0]
+        out.float().square().sum().backward()
+        return out, query.grad.clone(), memory.grad.clone(), attention.in_proj_weight.grad.clone()
+
+    reference, mixed = run(bf16=False), run(bf16=True)
+    assert mixed[0].dtype == torch.bfloat16
+    for actual, expected in zip(mixed, reference):
+        torch.testing.assert_close(actual.float(), expected, rtol=0.05, atol=0.05 * expected.abs().max().item())
+
+
 @pytest.mark.parametrize("backbone", ["efficientnet_b0", "regnety_002", "convnext_atto", "mobilenetv3_small_100"])
 def test_any_timm_cnn_backbone(backbone):
     config = HfDetrConfig(**tiny_config_kwargs(backbone=backbone))

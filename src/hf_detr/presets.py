@@ -139,7 +139,7 @@ register(
             "one_to_many_repeats": 3,
             "encoder_loss_coefficient": 4.0,  # training-only dense head on the encoder tokens
             "order_cost": 0.5,  # a matching tie-break: of two near-equal queries the earlier wins (fewer duplicates)
-            "duplicate_eos_coefficient": 0.3,  # "no object" weighs 0.3, not 0.1, on an unmatched query on an object
+            "duplicate_eos_coefficient": 1.0,  # "no object" weighs 1.0, not 0.1, on an unmatched query on an object
             "auxiliary_loss": True,
             "dropout": 0.0,
             "attention_dropout": 0.0,

@@ -10,8 +10,9 @@ map for 128-pixel images), no encoder layers (the decoder reads the projected fe
 only augmentation, and two training-only signals: an H-DETR one-to-many query group and a dense head on the
 projected features, which let much higher learning rates pay off; a tie-break in the matching (`order_cost`) keeps
 pairs of queries from both learning to fire on one object, and an unmatched query on an object is told "no object" at
-weight 0.3 instead of DETR's 0.1 (`duplicate_eos_coefficient`). It trains in bf16 autocast where the CPU computes
-bf16 natively (1.3x the steps). The saved model is plain DETR (`to_plain_detr()`).
+weight 1.0 instead of DETR's 0.1 (`duplicate_eos_coefficient`). It trains in bf16 autocast where the CPU computes
+bf16 natively (1.3x the steps; attention's backward then runs in float32, which is faster there: session 7 of
+docs/RECIPE.md). The saved model is plain DETR (`to_plain_detr()`).
 
 `task="instance"` (or `"panoptic"`) follows the paper's two phases: the detector as above for 3/4 of the budget,
 then DETR's mask head alone (`freeze_detection`) on the shapes' masks (each shape's visible pixels) for the rest; it

@@ -55,8 +55,21 @@ class MultiHeadAttention(nn.Module):
             weights = scores.softmax(dim=-1)
             out = F.dropout(weights, dropout, self.training) @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            out = _attention(q, k, v, mask, dropout)
         return self.out_proj(out.transpose(1, 2).flatten(2)), weights
+
+
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float
+) -> torch.Tensor:
+    """`scaled_dot_product_attention`; in bf16 on the CPU with gradients, through its float32 kernel: the CPU flash
+    kernel's bf16 backward is several times slower than its float32 one at DETR's head sizes (torch 2.14: 33 ms
+    against 6 ms for the demo's cross-attention; its whole step 192 -> 135 ms on 2 cores, docs/RECIPE.md session 7)."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 class _FeedForwardMixin:
