@@ -183,6 +183,19 @@ def test_bf16_autocast_keeps_the_matcher_and_losses_in_float32(tmp_path: Path, s
     assert seen["loss terms"] == {torch.float32}
 
 
+def test_the_model_trained_in_bf16_predicts_in_float32_as_its_saved_folder(tmp_path: Path, shapes) -> None:
+    """accelerate's `unwrap_model` keeps the autocast wrapper on `forward` by default: the returned model would go on
+    predicting in bf16 (the demo's metrics then differed from its saved folder's). It must predict what the folder
+    loaded afresh predicts."""
+    result = train(tiny_config(tmp_path, mixed_precision="bf16", max_steps=2), dataset=shapes)
+    reloaded = HfDetrForObjectDetection.from_pretrained(result.output_dir).eval()
+    pixel_values = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        returned, saved = result.model.eval()(pixel_values), reloaded(pixel_values)
+    torch.testing.assert_close(returned.logits, saved.logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(returned.pred_boxes, saved.pred_boxes, rtol=0, atol=1e-6)
+
+
 class _FailingDetector(HfDetrForObjectDetection):
     """Diverges at the forward pass of optimizer step `fail_at`: NaN outputs (`how="outputs"`) or an infinite loss."""
 

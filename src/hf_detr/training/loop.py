@@ -553,7 +553,9 @@ def train(
     )
     stop_reason = loop.run()
 
-    trained = accelerator.unwrap_model(model)
+    # without the training's autocast wrapper, which accelerate keeps on `forward` by default: a model trained in
+    # bf16 would go on predicting in bf16, unlike its saved folder
+    trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if ema is not None:  # the average is the model saved (with the live buffers, which `trained` holds)
         with torch.no_grad():
             for weight, averaged in zip(trained.parameters(), ema.module.parameters(), strict=True):
