@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/hf-detr demo
 
 demo-segmentation: $(STAMP)
-	$(VENV)/bin/hf-detr demo --task instance
+	$(VENV)/bin/hf-detr demo --task instance --output_dir demo_output_segmentation  # beside make demo's demo_output/
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_model
